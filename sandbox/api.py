@@ -1,0 +1,273 @@
+"""The sandbox as the job service sees it: a Sandbox (one launcher, the mounted images) that
+makes Jails; a Jail runs commands one at a time and is torn down when closed.
+
+Thread-safe: many server threads may create and use jails at once (each Jail is used by one
+thread at a time). Create the Sandbox from a long-lived thread (the main one): the launcher's
+parent-death signal fires when the thread that started it exits.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import socket
+import subprocess
+import sys
+import threading
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+from . import wire
+from .spec import (
+    WEAKENINGS,
+    JailLimits,
+    ResourceUsage,
+    RunLimits,
+    RunResult,
+    TeardownReport,
+)
+from .uidpool import DEFAULT_BASE, DEFAULT_COUNT
+
+LAUNCHER_START_TIMEOUT = 60.0
+LAUNCHER_REQUEST_TIMEOUT = 30.0
+DEFAULT_ENV = {"PATH": "/usr/bin:/bin", "LC_ALL": "C"}
+
+
+class SandboxError(Exception):
+    """The sandbox could not do what was asked (bad request, set-up failure, launcher gone)."""
+
+
+class JailBroken(SandboxError):
+    """The jail stopped answering or answered nonsense; close it and use another."""
+
+
+class Sandbox:
+    def __init__(
+        self,
+        images: Mapping[str, str],
+        *,
+        uid_base: int = DEFAULT_BASE,
+        uid_count: int = DEFAULT_COUNT,
+        python: str = sys.executable,
+    ) -> None:
+        for name, path in images.items():
+            if not os.path.exists(path):
+                raise SandboxError(f"toolchain image {name}: {path} does not exist")
+        ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
+        cmd = [
+            python,
+            "-m",
+            "jailcc.sandbox.launcher",
+            "--control-fd",
+            str(theirs.fileno()),
+            "--parent-pid",
+            str(os.getpid()),
+            "--uid-base",
+            str(uid_base),
+            "--uid-count",
+            str(uid_count),
+        ]
+        cmd += [f"--image={name}={os.path.abspath(path)}" for name, path in images.items()]
+        self._proc = subprocess.Popen(cmd, pass_fds=[theirs.fileno()], stdin=subprocess.DEVNULL)
+        theirs.close()
+        self._control = ours
+        self._lock = threading.Lock()
+        self._closed = False
+        ours.settimeout(LAUNCHER_START_TIMEOUT)
+        try:
+            hello, _ = wire.recv_packet(ours)
+        except (OSError, wire.WireError) as exc:
+            self.close()
+            raise SandboxError(f"the jail launcher did not start: {exc}") from None
+        if not hello.get("ok"):
+            self.close()
+            raise SandboxError(str(hello.get("error", "the jail launcher failed to start")))
+        ours.settimeout(LAUNCHER_REQUEST_TIMEOUT)
+        self.images: list[str] = list(hello.get("images", []))
+        self.launcher_pid = self._proc.pid
+
+    def _request(
+        self, message: dict[str, Any], max_fds: int = 0
+    ) -> tuple[dict[str, Any], list[int]]:
+        with self._lock:
+            if self._closed:
+                raise SandboxError("the sandbox is closed")
+            try:
+                wire.send_packet(self._control, message)
+                reply, fds = wire.recv_packet(self._control, max_fds)
+            except (OSError, wire.WireError) as exc:
+                raise SandboxError(f"the jail launcher failed: {exc}") from None
+        if not reply.get("ok"):
+            for fd in fds:
+                os.close(fd)
+            raise SandboxError(str(reply.get("error", "unknown launcher error")))
+        return reply, fds
+
+    def create_jail(
+        self, image: str, limits: JailLimits | None = None, weaken: frozenset[str] = frozenset()
+    ) -> Jail:
+        limits = limits or JailLimits()
+        limits.validate()
+        if not weaken <= WEAKENINGS:
+            raise SandboxError(f"unknown weakenings {sorted(weaken - WEAKENINGS)}")
+        if image not in self.images:
+            raise SandboxError(
+                f"no toolchain image named {image!r} (have: {', '.join(self.images)})"
+            )
+        reply, fds = self._request(
+            {"op": "create", "image": image, "limits": limits.to_dict(), "weaken": sorted(weaken)},
+            max_fds=1,
+        )
+        if len(fds) != 1:
+            raise SandboxError("the launcher sent no channel to the jail")
+        return Jail(self, reply, socket.socket(fileno=fds[0]), limits)
+
+    def close(self) -> None:
+        with self._lock:
+            if self._closed:
+                return
+            self._closed = True
+            with contextlib.suppress(OSError):
+                self._control.close()
+        try:
+            self._proc.wait(timeout=30)
+        except subprocess.TimeoutExpired:
+            self._proc.kill()
+            self._proc.wait()
+
+    def __enter__(self) -> Sandbox:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+
+class Jail:
+    def __init__(
+        self, sandbox: Sandbox, info: dict[str, Any], channel: socket.socket, limits: JailLimits
+    ) -> None:
+        self._sandbox = sandbox
+        self.id: int = int(info["jail"])
+        self.pid: int = int(info["pid"])  # the jail's init, as the host sees it
+        self.uid: int = int(info["uid"])
+        self.limits = limits
+        self._cgroups: dict[str, str] = dict(info["cgroups"])
+        self._channel = channel
+        self._workdir: str | None = None
+        self._closed = False
+        self._broken = False
+
+    # -- running ---------------------------------------------------------------------------
+
+    def run(
+        self,
+        argv: Sequence[str],
+        *,
+        cwd: str,
+        inputs: Mapping[str, bytes] | None = None,
+        outputs: Sequence[str] = (),
+        env: Mapping[str, str] | None = None,
+        limits: RunLimits | None = None,
+        executables: Sequence[str] = (),
+    ) -> RunResult:
+        """Run argv in the jail with cwd as its working directory (created in the jail, empty
+        but for inputs); return its status, output and the wanted output files. Inputs named
+        in executables are made executable (the selftest ships its probes that way)."""
+        if self._closed or self._broken:
+            raise SandboxError("the jail is closed" if self._closed else "the jail is broken")
+        limits = limits or RunLimits()
+        limits.validate()
+        inputs = dict(inputs or {})
+        if cwd != self._workdir:
+            self._sandbox._request({"op": "workdir", "jail": self.id, "path": cwd})
+            self._workdir = cwd
+        before = self._counters()
+        request = {
+            "op": "run",
+            "argv": list(argv),
+            "env": dict(DEFAULT_ENV if env is None else env),
+            "cwd": cwd,
+            "inputs": list(inputs),
+            "outputs": list(outputs),
+            "executables": list(executables),
+            "limits": limits.to_dict(),
+        }
+        max_reply = (
+            limits.stdout_bytes
+            + limits.stderr_bytes
+            + 65536
+            + len(outputs) * (limits.output_file_bytes)
+        )
+        try:
+            self._channel.settimeout(LAUNCHER_REQUEST_TIMEOUT)
+            wire.send_message(self._channel, request, list(inputs.values()))
+            # The init keeps the wall clock; this is only the backstop for a wedged init.
+            self._channel.settimeout(limits.wall_seconds + LAUNCHER_REQUEST_TIMEOUT)
+            header, blobs = wire.recv_message(self._channel, max_reply)
+        except (OSError, wire.WireError) as exc:
+            self._broken = True
+            raise JailBroken(f"the jail stopped answering: {exc}") from None
+        if not header.get("ok"):
+            raise SandboxError(str(header.get("error", "the jail refused the job")))
+        try:
+            return self._result(header, blobs, list(outputs), before)
+        except (KeyError, TypeError, ValueError) as exc:
+            self._broken = True
+            raise JailBroken(f"the jail sent a malformed result: {exc}") from None
+
+    def _result(
+        self, header: dict[str, Any], blobs: list[bytes], wanted: list[str], before: dict[str, int]
+    ) -> RunResult:
+        names = header["outputs"]
+        if len(blobs) != 2 + len(names) or not set(names) <= set(wanted):
+            raise ValueError("outputs do not match the request")
+        after = self._counters()
+        limit = header["limit"]
+        signal_number = header["signal"]
+        exit_code = header["exit_code"]
+        failed = signal_number is not None or exit_code != 0
+        if limit is None and failed:
+            if after["oom_kill"] > before["oom_kill"]:
+                limit = "memory"
+            elif after["pids_max_events"] > before["pids_max_events"]:
+                limit = "pids"
+        usage = header["usage"]
+        return RunResult(
+            exit_code=None if exit_code is None else int(exit_code),
+            signal=None if signal_number is None else int(signal_number),
+            stdout=blobs[0],
+            stderr=blobs[1],
+            outputs=dict(zip(names, blobs[2:], strict=True)),
+            limit=None if limit is None else str(limit),
+            usage=ResourceUsage(
+                user_seconds=float(usage["user_seconds"]),
+                system_seconds=float(usage["system_seconds"]),
+                max_rss_bytes=max(int(usage["max_rss_bytes"]), after["memory_peak"]),
+                wall_seconds=float(usage["wall_seconds"]),
+            ),
+        )
+
+    def _counters(self) -> dict[str, int]:
+        from .cgroups import JailCgroup
+
+        group = JailCgroup(self._cgroups)
+        counters = group.counters()
+        group.reset_peak()
+        return counters
+
+    # -- teardown --------------------------------------------------------------------------
+
+    def close(self) -> TeardownReport:
+        if self._closed:
+            return TeardownReport(seconds=0.0)
+        self._closed = True
+        with contextlib.suppress(OSError):
+            self._channel.close()
+        reply, _ = self._sandbox._request({"op": "destroy", "jail": self.id})
+        return TeardownReport(seconds=float(reply["seconds"]), leaks=list(reply["leaks"]))
+
+    def __enter__(self) -> Jail:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()

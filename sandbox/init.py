@@ -1,0 +1,326 @@
+"""The jail's init: PID 1 of the jail's PID namespace, running as the jail's uid.
+
+It takes one command at a time from its control socket, runs it under rlimits and a wall
+clock, captures stdout and stderr up to caps, sweeps away every process the command left,
+returns the named output files and wipes the work dir and /tmp for the next command.
+It holds no privilege, so whatever a job does to it gains nothing beyond the jail.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import resource
+import select
+import signal
+import socket
+import stat
+import time
+from typing import Any
+
+from . import wire
+from .spec import JailLimits, RunLimits
+
+MAX_NAMES = 1000
+MAX_NAME_BYTES = 1024
+MAX_ARGS_BYTES = 256 * 1024
+
+
+class JobRefused(Exception):
+    """The request is malformed; the init answers with an error and carries on."""
+
+
+def _check_relative(name: Any) -> str:
+    if not isinstance(name, str) or not name or "\0" in name or name.startswith("/"):
+        raise JobRefused(f"bad file name {name!r}: must be a relative path")
+    if len(os.fsencode(name)) > MAX_NAME_BYTES or any(
+        p in ("", ".", "..") for p in name.split("/")
+    ):
+        raise JobRefused(f"bad file name {name!r}")
+    return name
+
+
+def _check_strings(values: Any, what: str) -> list[str]:
+    if not isinstance(values, list) or not all(
+        isinstance(v, str) and "\0" not in v for v in values
+    ):
+        raise JobRefused(f"{what} must be a list of strings")
+    return values
+
+
+class JailInit:
+    def __init__(self, sock: socket.socket, limits: JailLimits, weaken: frozenset[str]) -> None:
+        self.sock = sock
+        self.limits = limits
+        self.weaken = weaken
+
+    def serve(self) -> None:
+        max_input = self.limits.work_bytes + MAX_ARGS_BYTES
+        while True:
+            try:
+                header, blobs = wire.recv_message(self.sock, max_input)
+            except wire.PeerClosed:
+                return
+            try:
+                reply, out_blobs = self._dispatch(header, blobs)
+            except JobRefused as exc:
+                reply, out_blobs = {"ok": False, "error": str(exc)}, []
+            wire.send_message(self.sock, reply, out_blobs)
+
+    def _dispatch(self, header: dict[str, Any], blobs: list[bytes]) -> tuple[dict, list[bytes]]:
+        op = header.get("op")
+        if op == "ping":
+            return {"ok": True}, []
+        if op == "run":
+            return self._run(header, blobs)
+        raise JobRefused(f"unknown operation {op!r}")
+
+    # -- one job ---------------------------------------------------------------------------
+
+    def _run(self, req: dict[str, Any], blobs: list[bytes]) -> tuple[dict, list[bytes]]:
+        argv = _check_strings(req.get("argv"), "argv")
+        if not argv or not argv[0].startswith("/"):
+            raise JobRefused("argv[0] must be an absolute path in the jail")
+        env = req.get("env") or {}
+        if not isinstance(env, dict) or not all(
+            isinstance(k, str) and isinstance(v, str) and "=" not in k and "\0" not in k + v
+            for k, v in env.items()
+        ):
+            raise JobRefused("env must map names to strings")
+        cwd = req.get("cwd")
+        if not isinstance(cwd, str) or not cwd.startswith("/") or "\0" in cwd:
+            raise JobRefused("the working directory must be an absolute path")
+        try:
+            st = os.stat(cwd, follow_symlinks=False)
+        except OSError:
+            st = None
+        if st is None or not stat.S_ISDIR(st.st_mode) or st.st_uid != os.getuid():
+            raise JobRefused("the job's working directory was not prepared")
+        names = [_check_relative(n) for n in _check_strings(req.get("inputs", []), "inputs")]
+        outputs = [_check_relative(n) for n in _check_strings(req.get("outputs", []), "outputs")]
+        executables = set(_check_strings(req.get("executables", []), "executables"))
+        if len(names) != len(blobs) or len(names) + len(outputs) > MAX_NAMES:
+            raise JobRefused("inputs do not match the data sent, or too many files")
+        try:
+            limits = RunLimits.from_dict(req.get("limits") or {})
+        except (TypeError, ValueError) as exc:
+            raise JobRefused(str(exc)) from None
+
+        try:
+            for name, data in zip(names, blobs, strict=True):
+                self._write_input(cwd, name, data, 0o700 if name in executables else 0o600)
+            result, stdout, stderr = self._execute(argv, env, cwd, limits)
+            out_names, out_blobs = [], []
+            for name in outputs:
+                data = self._read_output(os.path.join(cwd, name), limits.output_file_bytes)
+                if data is None:
+                    continue
+                if data is False:
+                    result["limit"] = result["limit"] or "output"
+                    continue
+                out_names.append(name)
+                out_blobs.append(data)
+            result["outputs"] = out_names
+        except OSError as exc:
+            raise JobRefused(f"job set-up failed: {exc}") from None
+        finally:
+            self._sweep()
+            self._wipe(cwd)
+            self._wipe("/tmp")
+        return result, [stdout, stderr, *out_blobs]
+
+    def _write_input(self, cwd: str, name: str, data: bytes, mode: int) -> None:
+        path = os.path.join(cwd, name)
+        parent = os.path.dirname(path)
+        if parent != cwd:
+            os.makedirs(parent, mode=0o700, exist_ok=True)
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW, mode)
+        try:
+            view = memoryview(data)
+            while view:
+                view = view[os.write(fd, view) :]
+        finally:
+            os.close(fd)
+
+    def _execute(
+        self, argv: list[str], env: dict[str, str], cwd: str, limits: RunLimits
+    ) -> tuple[dict[str, Any], bytes, bytes]:
+        out_r, out_w = os.pipe2(os.O_CLOEXEC)
+        err_r, err_w = os.pipe2(os.O_CLOEXEC)
+        started = time.monotonic()
+        pid = os.fork()
+        if pid == 0:  # pragma: no cover - runs in the child
+            self._exec_child(argv, env, cwd, limits, out_w, err_w)
+        os.close(out_w)
+        os.close(err_w)
+        pidfd = os.pidfd_open(pid)
+        caps = {out_r: limits.stdout_bytes, err_r: limits.stderr_bytes}
+        chunks: dict[int, list[bytes]] = {out_r: [], err_r: []}
+        sizes = {out_r: 0, err_r: 0}
+        poller = select.poll()
+        for fd in (out_r, err_r, pidfd, self.sock.fileno()):
+            poller.register(fd, select.POLLIN)
+        deadline = None if "no_wall_clock" in self.weaken else started + limits.wall_seconds
+        limit: str | None = None
+        open_pipes = {out_r, err_r}
+        exited = False
+        try:
+            while open_pipes or not exited:
+                timeout = None if deadline is None else deadline - time.monotonic()
+                if timeout is not None and timeout <= 0:
+                    limit = "wall"
+                    break
+                events = poller.poll(None if timeout is None else timeout * 1000)
+                for fd, _ in events:
+                    if fd == pidfd:
+                        exited = True
+                        poller.unregister(pidfd)
+                        # Whatever still holds the pipes is a leftover of the job: stop it now.
+                        self._sweep(keep_reaping=False)
+                    elif fd == self.sock.fileno():
+                        # The server hung up (or spoke out of turn) mid-job: stop everything.
+                        os.kill(pid, signal.SIGKILL)
+                        os._exit(1)
+                    else:
+                        data = os.read(fd, 65536)
+                        if not data:
+                            poller.unregister(fd)
+                            open_pipes.discard(fd)
+                            continue
+                        sizes[fd] += len(data)
+                        if sizes[fd] > caps[fd] and "no_output_cap" not in self.weaken:
+                            limit = "output"
+                            break
+                        chunks[fd].append(data)
+                if limit:
+                    break
+        finally:
+            if limit:
+                with contextlib.suppress(ProcessLookupError):
+                    os.kill(pid, signal.SIGKILL)
+            _, status, usage = os.wait4(pid, 0)
+            wall = time.monotonic() - started
+            for fd in (out_r, err_r, pidfd):
+                os.close(fd)
+        sig = os.WTERMSIG(status) if os.WIFSIGNALED(status) else None
+        cpu = usage.ru_utime + usage.ru_stime
+        if limit is None and sig is not None:
+            if sig == signal.SIGXCPU or (sig == signal.SIGKILL and cpu >= limits.cpu_seconds):
+                limit = "cpu"
+            elif sig == signal.SIGXFSZ:
+                limit = "file-size"
+        result = {
+            "ok": True,
+            "exit_code": os.WEXITSTATUS(status) if os.WIFEXITED(status) else None,
+            "signal": sig,
+            "limit": limit,
+            "usage": {
+                "user_seconds": usage.ru_utime,
+                "system_seconds": usage.ru_stime,
+                "max_rss_bytes": usage.ru_maxrss * 1024,
+                "wall_seconds": wall,
+            },
+        }
+        return result, b"".join(chunks[out_r]), b"".join(chunks[err_r])
+
+    def _exec_child(
+        self,
+        argv: list[str],
+        env: dict[str, str],
+        cwd: str,
+        limits: RunLimits,
+        out_w: int,
+        err_w: int,
+    ) -> None:  # pragma: no cover - runs in the child
+        try:
+            os.setsid()
+            with contextlib.suppress(OSError), open("/proc/self/oom_score_adj", "w") as f:
+                # The job, not the jail's init, is what the OOM killer should pick.
+                f.write("1000")
+            weak = self.weaken
+            rl = [
+                (resource.RLIMIT_CORE, 0),
+                (resource.RLIMIT_NOFILE, limits.open_files),
+                (resource.RLIMIT_FSIZE, limits.file_bytes),
+            ]
+            if "no_memory_limit" not in weak:
+                rl.append((resource.RLIMIT_AS, limits.address_space_bytes))
+            if "no_pids_limit" not in weak and "root_uid" not in weak:
+                # The uid is this jail's alone, so RLIMIT_NPROC counts this jail only.
+                rl.append((resource.RLIMIT_NPROC, self.limits.pids_max))
+            for which, value in rl:
+                resource.setrlimit(which, (value, value))
+            if "no_cpu_limit" not in weak:
+                resource.setrlimit(
+                    resource.RLIMIT_CPU, (limits.cpu_seconds, limits.cpu_seconds + 1)
+                )
+            os.chdir(cwd)
+            null = os.open("/dev/null", os.O_RDONLY)
+            os.dup2(null, 0)
+            os.dup2(out_w, 1)
+            os.dup2(err_w, 2)
+            os.closerange(3, 65536)
+            err_w = 2
+            os.execve(argv[0], argv, env)
+        except BaseException as exc:
+            with contextlib.suppress(BaseException):
+                os.write(err_w, f"jail: cannot run {argv[0]}: {exc}\n".encode())
+            os._exit(127)
+
+    def _sweep(self, keep_reaping: bool = True) -> None:
+        """Kill every process in the jail but ourselves, and reap them all."""
+        if "no_pidns" in self.weaken:
+            return
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(-1, signal.SIGKILL)
+        if not keep_reaping:
+            return
+        while True:
+            try:
+                os.waitpid(-1, 0)
+            except ChildProcessError:
+                return
+
+    @staticmethod
+    def _read_output(path: str, cap: int) -> bytes | bool | None:
+        """The file's bytes; None if absent or not a regular file; False if over the cap."""
+        try:
+            fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK)
+        except OSError:
+            return None
+        try:
+            st = os.fstat(fd)
+            if not stat.S_ISREG(st.st_mode):
+                return None
+            if st.st_size > cap:
+                return False
+            parts, total = [], 0
+            while chunk := os.read(fd, 1 << 20):
+                total += len(chunk)
+                if total > cap:
+                    return False
+                parts.append(chunk)
+            return b"".join(parts)
+        finally:
+            os.close(fd)
+
+    @staticmethod
+    def _wipe(top: str | None) -> None:
+        """Empty a directory the job could write to, whatever permissions it left."""
+        if top is None:
+            return
+        for dirpath, dirnames, _ in os.walk(top, topdown=True):
+            for d in dirnames:
+                with contextlib.suppress(OSError):
+                    os.chmod(os.path.join(dirpath, d), 0o700, follow_symlinks=False)
+        for dirpath, dirnames, filenames in os.walk(top, topdown=False):
+            for name in filenames:
+                with contextlib.suppress(OSError):
+                    os.unlink(os.path.join(dirpath, name))
+            for name in dirnames:
+                path = os.path.join(dirpath, name)
+                with contextlib.suppress(OSError):
+                    if os.path.islink(path):
+                        os.unlink(path)
+                    else:
+                        os.rmdir(path)

@@ -1,0 +1,284 @@
+"""The launcher: a small, single-threaded, privileged process that makes and unmakes jails.
+
+The server is multi-threaded, and forking a multi-threaded Python process is unsafe, so the
+server starts this process once (a fresh interpreter, by exec) and asks it, over a
+SOCK_SEQPACKET socket, to create a jail (it answers with a socket to the jail's init), to mount
+a job's work dir inside a jail, or to destroy one. It mounts the toolchain images once, in its
+own private mount namespace, is a child subreaper, and dies with the server (parent-death
+signal); its jails die with it.
+
+Run as: python -m jailcc.sandbox.launcher --control-fd N --parent-pid P --image NAME=PATH ...
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import os
+import select
+import signal
+import socket
+import sys
+import time
+from dataclasses import dataclass, field
+
+import prctl
+
+from . import cgroups, loopdev, privileges, rootfs, wire
+from . import syscalls as sc
+from .init import JailInit
+from .spec import WEAKENINGS, JailLimits
+from .uidpool import DEFAULT_BASE, DEFAULT_COUNT, UidPool
+
+READY_TIMEOUT = 10.0
+
+
+@dataclass
+class LiveJail:
+    pid: int
+    uid: int  # the uid the jail runs as (0 only when weakened with root_uid)
+    pool_uid: int
+    cgroup: cgroups.JailCgroup
+    mntns_fd: int
+    limits: JailLimits
+    weaken: frozenset[str]
+    workdir: str | None = None
+    exited: bool = False
+    leaks: list[str] = field(default_factory=list)
+
+
+class Launcher:
+    def __init__(self, control: socket.socket, images: dict[str, str], pool: UidPool) -> None:
+        self.control = control
+        self.pool = pool
+        self.jails: dict[int, LiveJail] = {}
+        self.counter = 0
+        self.own_pidns = os.open("/proc/self/ns/pid", os.O_RDONLY | os.O_CLOEXEC)
+        sc.unshare(sc.CLONE_NEWNS)
+        sc.mount(None, "/", None, sc.MS_REC | sc.MS_PRIVATE)
+        self.own_mntns = os.open("/proc/self/ns/mnt", os.O_RDONLY | os.O_CLOEXEC)
+        os.makedirs(rootfs.MOUNT_BASE, exist_ok=True)
+        sc.mount(
+            "jailcc-launcher",
+            rootfs.MOUNT_BASE,
+            "tmpfs",
+            rootfs.SECURE | sc.MS_NOEXEC,
+            "size=64k,mode=0700",
+        )
+        os.mkdir(rootfs.JAIL_BUILD_DIR, 0o755)
+        self.images: dict[str, str] = {}
+        for index, (name, path) in enumerate(sorted(images.items())):
+            target = os.path.join(rootfs.MOUNT_BASE, f"image{index}")
+            os.mkdir(target, 0o755)
+            if os.path.isdir(path):
+                sc.mount(path, target, None, sc.MS_BIND | sc.MS_REC)
+                sc.mount(
+                    None, target, None, sc.MS_BIND | sc.MS_REMOUNT | sc.MS_RDONLY | rootfs.SECURE
+                )
+            else:
+                loopdev.mount_image(path, target)
+            self.images[name] = target
+        self.cgroup_parents = cgroups.parent_dirs()
+        cgroups.remove_stale(self.cgroup_parents)
+
+    # -- request loop ------------------------------------------------------------------------
+
+    def serve(self) -> None:
+        wire.send_packet(self.control, {"ok": True, "images": sorted(self.images)})
+        while True:
+            self._reap_orphans()
+            try:
+                message, _ = wire.recv_packet(self.control)
+            except wire.PeerClosed:
+                break
+            except wire.WireError as exc:
+                wire.send_packet(self.control, {"ok": False, "error": str(exc)})
+                continue
+            op = message.get("op")
+            try:
+                if op == "create":
+                    reply, out_fds = self._create(message)
+                elif op == "workdir":
+                    reply, out_fds = self._workdir(message), []
+                elif op == "destroy":
+                    reply, out_fds = self._destroy(int(message["jail"])), []
+                elif op == "shutdown":
+                    break
+                else:
+                    reply, out_fds = {"ok": False, "error": f"unknown operation {op!r}"}, []
+            except (KeyError, TypeError, ValueError, OSError, rootfs.WorkdirError) as exc:
+                reply, out_fds = {"ok": False, "error": f"{op}: {exc}"}, []
+            wire.send_packet(self.control, reply, out_fds)
+            for fd in out_fds:
+                os.close(fd)
+        self.shutdown()
+
+    def shutdown(self) -> None:
+        for jail_id in list(self.jails):
+            self._destroy(jail_id)
+        for path in self.cgroup_parents.values():
+            with contextlib.suppress(OSError):
+                os.rmdir(path)  # shared with other launchers: only if empty
+
+    def _reap_orphans(self) -> None:
+        while True:
+            try:
+                pid, _ = os.waitpid(-1, os.WNOHANG)
+            except ChildProcessError:
+                return
+            if pid == 0:
+                return
+            for jail in self.jails.values():
+                if jail.pid == pid:
+                    jail.exited = True
+
+    # -- operations -----------------------------------------------------------------------
+
+    def _create(self, message: dict) -> tuple[dict, list[int]]:
+        limits = JailLimits.from_dict(message.get("limits") or {})
+        weaken = frozenset(message.get("weaken") or ())
+        if not weaken <= WEAKENINGS:
+            raise ValueError(f"unknown weakenings {sorted(weaken - WEAKENINGS)}")
+        image_root = self.images[message["image"]]
+        pool_uid = self.pool.acquire()
+        jail_uid = 0 if "root_uid" in weaken else pool_uid
+        self.counter += 1
+        jail_id = self.counter
+        try:
+            group = cgroups.JailCgroup.create(
+                self.cgroup_parents,
+                f"{os.getpid()}-{jail_id}",
+                None if "no_memory_limit" in weaken else limits.memory_bytes,
+                None if "no_pids_limit" in weaken else limits.pids_max,
+            )
+        except BaseException:
+            self.pool.release(pool_uid)
+            raise
+        server_end, jail_end = socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM)
+        ready_r, ready_w = os.pipe2(os.O_CLOEXEC)
+        new_pidns = "no_pidns" not in weaken
+        if new_pidns:
+            sc.unshare(sc.CLONE_NEWPID)
+        pid = os.fork()
+        if pid == 0:  # pragma: no cover - runs in the jail's init
+            _jail_main(jail_end, ready_w, image_root, pool_uid, jail_uid, group, limits, weaken)
+        if new_pidns:
+            sc.setns(self.own_pidns, sc.CLONE_NEWPID)  # later forks stay in our namespace
+        jail_end.close()
+        os.close(ready_w)
+        status = _read_ready(ready_r)
+        os.close(ready_r)
+        jail = LiveJail(pid, jail_uid, pool_uid, group, -1, limits, weaken)
+        self.jails[jail_id] = jail
+        if status != "ok":
+            server_end.close()
+            report = self._destroy(jail_id)
+            raise OSError("; ".join([f"jail set-up failed: {status}", *report["leaks"]]))
+        jail.mntns_fd = os.open(f"/proc/{pid}/ns/mnt", os.O_RDONLY | os.O_CLOEXEC)
+        reply = {"ok": True, "jail": jail_id, "pid": pid, "uid": jail_uid, "cgroups": group.paths}
+        fd = os.dup(server_end.fileno())
+        server_end.close()
+        return reply, [fd]
+
+    def _workdir(self, message: dict) -> dict:
+        jail = self.jails[int(message["jail"])]
+        path = message["path"]
+        rootfs.validate_workdir(path)
+        sc.setns(jail.mntns_fd, sc.CLONE_NEWNS)
+        try:
+            rootfs.prepare_workdir(path, jail.workdir, jail.uid, jail.limits, jail.weaken)
+        finally:
+            sc.setns(self.own_mntns, sc.CLONE_NEWNS)
+            os.chdir("/")
+        jail.workdir = path
+        return {"ok": True}
+
+    def _destroy(self, jail_id: int) -> dict:
+        started = time.monotonic()
+        jail = self.jails.pop(jail_id)
+        leaks: list[str] = []
+        if not jail.exited:
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(jail.pid, signal.SIGKILL)
+            # The init's exit kills and waits for every process in its PID namespace.
+            with contextlib.suppress(ChildProcessError):
+                os.waitpid(jail.pid, 0)
+        if jail.mntns_fd >= 0:
+            os.close(jail.mntns_fd)
+        survivors = jail.cgroup.pids()
+        if survivors:
+            leaks.append(f"{len(survivors)} process(es) outlived the jail's init: {survivors}")
+        leaks += jail.cgroup.remove()
+        self._reap_orphans()
+        self.pool.release(jail.pool_uid)
+        return {"ok": True, "seconds": time.monotonic() - started, "leaks": leaks}
+
+
+def _read_ready(fd: int) -> str:
+    ready, _, _ = select.select([fd], [], [], READY_TIMEOUT)
+    if not ready:
+        return "timed out"
+    data = os.read(fd, 4096)
+    return data.decode(errors="replace") if data else "the jail's init died during set-up"
+
+
+def _jail_main(
+    sock: socket.socket,
+    ready_w: int,
+    image_root: str,
+    pool_uid: int,
+    jail_uid: int,
+    group: cgroups.JailCgroup,
+    limits: JailLimits,
+    weaken: frozenset[str],
+) -> None:  # pragma: no cover - runs in the jail
+    try:
+        sc.close_fds_except({sock.fileno(), ready_w})
+        os.set_inheritable(sock.fileno(), False)
+        prctl.set_pdeathsig(signal.SIGKILL)
+        group.join_self()
+        flags = sc.CLONE_NEWNS | sc.CLONE_NEWIPC | sc.CLONE_NEWUTS
+        if "no_netns" not in weaken:
+            flags |= sc.CLONE_NEWNET
+        sc.unshare(flags)
+        socket.sethostname("jailcc")
+        rootfs.build(image_root, jail_uid, limits, weaken)
+        # As PID 1 an init ignores signals it has no handler for: drop Python's SIGINT handler.
+        signal.signal(signal.SIGINT, signal.SIG_DFL)
+        privileges.drop(pool_uid, weaken)
+        os.write(ready_w, b"ok")
+        os.close(ready_w)
+    except BaseException as exc:
+        with contextlib.suppress(BaseException):
+            os.write(ready_w, f"{type(exc).__name__}: {exc}".encode()[:4000])
+        os._exit(1)
+    try:
+        JailInit(sock, limits, weaken).serve()
+    finally:
+        os._exit(0)
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(prog="jailcc-launcher", description=__doc__)
+    parser.add_argument("--control-fd", type=int, required=True)
+    parser.add_argument("--parent-pid", type=int, required=True)
+    parser.add_argument("--image", action="append", default=[], metavar="NAME=PATH")
+    parser.add_argument("--uid-base", type=int, default=DEFAULT_BASE)
+    parser.add_argument("--uid-count", type=int, default=DEFAULT_COUNT)
+    args = parser.parse_args(argv)
+    prctl.set_pdeathsig(signal.SIGKILL)
+    if os.getppid() != args.parent_pid:
+        sys.exit(1)  # the server died before we set the parent-death signal
+    prctl.set_child_subreaper(True)
+    control = socket.socket(fileno=args.control_fd)
+    try:
+        images = dict(item.split("=", 1) for item in args.image)
+        launcher = Launcher(control, images, UidPool(args.uid_base, args.uid_count))
+    except (OSError, ValueError, cgroups.CgroupError) as exc:
+        wire.send_packet(control, {"ok": False, "error": f"launcher start-up failed: {exc}"})
+        sys.exit(1)
+    launcher.serve()
+
+
+if __name__ == "__main__":
+    main()

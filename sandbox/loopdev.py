@@ -1,0 +1,110 @@
+"""Attach an image file to a loop device read-only and mount it, with the kernel's autoclear.
+
+The launcher mounts each image once, inside its own private mount namespace: when that
+namespace and every jail copied from it are gone, the mount goes and autoclear frees the loop
+device, so even a killed launcher leaves no loop device or mount behind.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import errno
+import fcntl
+import os
+
+from . import syscalls
+
+LOOP_CTL_GET_FREE = 0x4C82
+LOOP_CONFIGURE = 0x4C0A
+LO_FLAGS_READ_ONLY = 1
+LO_FLAGS_AUTOCLEAR = 4
+
+
+class _LoopInfo64(ctypes.Structure):
+    _fields_ = [
+        ("lo_device", ctypes.c_uint64),
+        ("lo_inode", ctypes.c_uint64),
+        ("lo_rdevice", ctypes.c_uint64),
+        ("lo_offset", ctypes.c_uint64),
+        ("lo_sizelimit", ctypes.c_uint64),
+        ("lo_number", ctypes.c_uint32),
+        ("lo_encrypt_type", ctypes.c_uint32),
+        ("lo_encrypt_key_size", ctypes.c_uint32),
+        ("lo_flags", ctypes.c_uint32),
+        ("lo_file_name", ctypes.c_char * 64),
+        ("lo_crypt_name", ctypes.c_char * 64),
+        ("lo_encrypt_key", ctypes.c_char * 32),
+        ("lo_init", ctypes.c_uint64 * 2),
+    ]
+
+
+class _LoopConfig(ctypes.Structure):
+    _fields_ = [
+        ("fd", ctypes.c_uint32),
+        ("block_size", ctypes.c_uint32),
+        ("info", _LoopInfo64),
+        ("reserved", ctypes.c_uint64 * 8),
+    ]
+
+
+def _filesystem_type(image_fd: int) -> str:
+    magic = os.pread(image_fd, 4, 0)
+    if magic == b"hsqs":
+        return "squashfs"
+    if os.pread(image_fd, 2, 1024 + 0x38) == b"\x53\xef":
+        return "ext4"
+    raise ValueError("not a squashfs or ext4 image")
+
+
+def mount_image(image_path: str, target: str) -> str:
+    """Mount image_path read-only on target through a fresh autoclear loop device."""
+    image_fd = os.open(image_path, os.O_RDONLY | os.O_CLOEXEC)
+    try:
+        fstype = _filesystem_type(image_fd)
+        config = _LoopConfig()
+        config.fd = image_fd
+        config.info.lo_flags = LO_FLAGS_READ_ONLY | LO_FLAGS_AUTOCLEAR
+        config.info.lo_file_name = os.fsencode(image_path)[:63]
+        ctl = os.open("/dev/loop-control", os.O_RDWR | os.O_CLOEXEC)
+        try:
+            for _ in range(64):  # another process may grab the free device first
+                number = fcntl.ioctl(ctl, LOOP_CTL_GET_FREE)
+                device = f"/dev/loop{number}"
+                loop_fd = os.open(device, os.O_RDONLY | os.O_CLOEXEC)
+                try:
+                    fcntl.ioctl(loop_fd, LOOP_CONFIGURE, config)
+                except OSError as exc:
+                    if exc.errno == errno.EBUSY:
+                        continue
+                    raise
+                finally:
+                    os.close(loop_fd)
+                break
+            else:
+                raise OSError(errno.EBUSY, "no free loop device")
+        finally:
+            os.close(ctl)
+    finally:
+        os.close(image_fd)
+    flags = syscalls.MS_RDONLY | syscalls.MS_NOSUID | syscalls.MS_NODEV
+    try:
+        syscalls.mount(device, target, fstype, flags)
+    except OSError:
+        # An autoclear device with no mount is only freed by the last close: make sure.
+        _detach(device)
+        raise
+    return device
+
+
+def _detach(device: str) -> None:
+    LOOP_CLR_FD = 0x4C01
+    try:
+        fd = os.open(device, os.O_RDONLY | os.O_CLOEXEC)
+    except OSError:
+        return
+    try:
+        fcntl.ioctl(fd, LOOP_CLR_FD)
+    except OSError:
+        pass
+    finally:
+        os.close(fd)

@@ -1,0 +1,214 @@
+"""The jail's file system: a fresh tmpfs root holding the read-only image, a minimal /dev, its
+own /proc and a small /tmp, entered by pivot_root and then a nested chroot.
+
+Layout inside the jail's mount namespace, after pivot_root:
+    /            OUTER: an empty, tiny tmpfs (the mount namespace's root)
+    /r           ROOT: the jail's root tmpfs, read-only; the jail's processes are chrooted here
+    /r/usr ...   binds of the image's top-level entries, read-only
+    /r/<cwd>     the writable work dir, mounted per job by the launcher (prepare_workdir)
+
+The nested chroot matters: the kernel refuses to create a user namespace for a chrooted process,
+which closes the user-namespace route to capabilities without a seccomp filter.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import stat
+
+from . import syscalls as sc
+from .spec import JailLimits
+
+# Where the launcher mounts images and builds jail roots, inside its private mount namespace.
+MOUNT_BASE = "/run/jailcc/mnt"
+JAIL_BUILD_DIR = os.path.join(MOUNT_BASE, "jail")
+ROOT_IN_OUTER = "/r"
+
+DEVICES = ("null", "zero", "full", "random", "urandom")
+DEV_LINKS = {
+    "fd": "/proc/self/fd",
+    "stdin": "/proc/self/fd/0",
+    "stdout": "/proc/self/fd/1",
+    "stderr": "/proc/self/fd/2",
+}
+# Entries of the image that the jail provides itself.
+RESERVED_TOP = frozenset({"dev", "proc", "tmp"})
+# Parts of /proc that expose or change host-wide state: read-only, as container runtimes do.
+PROC_READONLY = ("sys", "sysrq-trigger", "irq", "bus", "fs")
+
+SECURE = sc.MS_NOSUID | sc.MS_NODEV
+
+
+def _bind_readonly(source: str, target: str, flags: int) -> None:
+    sc.mount(source, target, None, sc.MS_BIND | sc.MS_REC)
+    sc.mount(None, target, None, sc.MS_BIND | sc.MS_REMOUNT | flags)
+
+
+def build(image_root: str, uid: int, limits: JailLimits, weaken: frozenset[str]) -> None:
+    """Build the jail's root and enter it. Runs in the jail's init, as root, in fresh mount and
+    PID namespaces; the caller drops privileges afterwards."""
+    secure = 0 if "suid_mounts" in weaken else SECURE
+    sc.mount(None, "/", None, sc.MS_REC | sc.MS_PRIVATE)
+    outer = JAIL_BUILD_DIR
+    sc.mount(
+        "jailcc-outer", outer, "tmpfs", SECURE | sc.MS_NOEXEC, "size=16k,nr_inodes=16,mode=0755"
+    )
+    root = outer + ROOT_IN_OUTER
+    os.mkdir(root, 0o755)
+    root_opts = "size=1m,nr_inodes=4096,mode=0755"
+    if "writable_root" in weaken:
+        root_opts += f",uid={uid},gid={uid}"
+    sc.mount("jailcc-root", root, "tmpfs", secure, root_opts)
+
+    image_flags = secure | (0 if "writable_image" in weaken else sc.MS_RDONLY)
+    for name in sorted(os.listdir(image_root)):
+        if name in RESERVED_TOP:
+            continue
+        source, target = os.path.join(image_root, name), os.path.join(root, name)
+        st = os.lstat(source)
+        if stat.S_ISLNK(st.st_mode):
+            os.symlink(os.readlink(source), target)
+        elif stat.S_ISDIR(st.st_mode):
+            os.mkdir(target, 0o755)
+            _bind_readonly(source, target, image_flags)
+        elif stat.S_ISREG(st.st_mode):
+            os.close(os.open(target, os.O_CREAT | os.O_WRONLY, 0o644))
+            _bind_readonly(source, target, image_flags)
+
+    if "share_host_paths" in weaken:
+        for host_dir in ("/etc", "/hosttmp"):
+            with contextlib.suppress(FileExistsError):
+                os.mkdir(root + host_dir, 0o755)
+        _bind_readonly("/etc", root + "/etc", sc.MS_RDONLY | secure)
+        _bind_readonly("/tmp", root + "/hosttmp", sc.MS_RDONLY | secure)
+
+    _build_dev(root + "/dev", secure)
+    _build_proc(root + "/proc", weaken)
+
+    os.mkdir(root + "/tmp", 0o755)
+    tmp_size = "" if "no_disk_limit" in weaken else f"size={limits.tmp_bytes},"
+    sc.mount(
+        "jailcc-tmp",
+        root + "/tmp",
+        "tmpfs",
+        secure,
+        f"{tmp_size}nr_inodes={limits.tmp_inodes},mode=0700,uid={uid},gid={uid}",
+    )
+
+    if "writable_root" not in weaken:
+        sc.mount(None, root, None, sc.MS_REMOUNT | sc.MS_RDONLY | secure)
+
+    os.chdir(outer)
+    sc.pivot_root(".", ".")
+    sc.umount2(".", sc.MNT_DETACH)  # the old root, stacked on "." by pivot_root(".", ".")
+    os.chdir("/")
+    if "no_chroot_nesting" in weaken:
+        # Make ROOT the namespace's root too, so the process is not "chrooted".
+        os.chdir(ROOT_IN_OUTER)
+        sc.pivot_root(".", ".")
+        sc.umount2(".", sc.MNT_DETACH)
+    else:
+        os.chroot(ROOT_IN_OUTER)
+    os.chdir("/")
+
+
+def _build_dev(dev: str, secure: int) -> None:
+    os.mkdir(dev, 0o755)
+    sc.mount("jailcc-dev", dev, "tmpfs", secure | sc.MS_NOEXEC, "size=16k,nr_inodes=32,mode=0755")
+    for name in DEVICES:
+        target = os.path.join(dev, name)
+        os.close(os.open(target, os.O_CREAT | os.O_WRONLY, 0o666))
+        # A bind of the host's node: the jail can never create device nodes itself (no
+        # CAP_MKNOD, and nodev on every writable mount).
+        sc.mount("/dev/" + name, target, None, sc.MS_BIND)
+        sc.mount(None, target, None, sc.MS_BIND | sc.MS_REMOUNT | sc.MS_NOSUID | sc.MS_NOEXEC)
+    for name, link in DEV_LINKS.items():
+        os.symlink(link, os.path.join(dev, name))
+    sc.mount(None, dev, None, sc.MS_REMOUNT | sc.MS_RDONLY | secure | sc.MS_NOEXEC)
+
+
+def _build_proc(proc: str, weaken: frozenset[str]) -> None:
+    os.mkdir(proc, 0o755)
+    sc.mount("proc", proc, "proc", SECURE | sc.MS_NOEXEC)
+    if "rw_proc_sys" in weaken:
+        return
+    for name in PROC_READONLY:
+        path = os.path.join(proc, name)
+        if os.path.exists(path):
+            _bind_readonly(path, path, sc.MS_RDONLY | SECURE | sc.MS_NOEXEC)
+
+
+class WorkdirError(Exception):
+    pass
+
+
+def validate_workdir(path: str) -> None:
+    if not isinstance(path, str) or not path.startswith("/") or "\0" in path:
+        raise WorkdirError("the working directory must be an absolute path")
+    if len(os.fsencode(path)) > 1024:
+        raise WorkdirError("the working directory path is too long")
+    parts = path.split("/")[1:]
+    if not parts or parts == [""] or any(p in ("", ".", "..") for p in parts):
+        raise WorkdirError(f"the working directory {path!r} is not a normalized path below /")
+    if parts[0] in ("proc", "dev"):
+        raise WorkdirError(f"the working directory {path!r} cannot lie in /{parts[0]}")
+
+
+def prepare_workdir(
+    path: str, previous: str | None, uid: int, limits: JailLimits, weaken: frozenset[str]
+) -> None:
+    """Mount a fresh work tmpfs at path inside the jail. Runs in the launcher after setns()
+    into the jail's mount namespace, whose root is OUTER.
+
+    Every directory on the way is opened without following symlinks, relative to its parent,
+    and the mount is made on the final descriptor, so a jailed process that controls part of
+    the path (in its /tmp) cannot redirect the mount elsewhere.
+    """
+    validate_workdir(path)
+    root = "/" if "no_chroot_nesting" in weaken else ROOT_IN_OUTER
+    if previous is not None:
+        with contextlib.suppress(OSError):
+            sc.umount2(os.path.join(root, previous.lstrip("/")), sc.MNT_DETACH)
+    readonly_root = "writable_root" not in weaken
+    secure = 0 if "suid_mounts" in weaken else SECURE
+    if readonly_root:
+        sc.mount(None, root, None, sc.MS_REMOUNT | secure)
+    try:
+        fd = os.open(root, os.O_PATH | os.O_DIRECTORY | os.O_NOFOLLOW)
+        try:
+            for part in path.split("/")[1:]:
+                with contextlib.suppress(FileExistsError):
+                    os.mkdir(part, 0o755, dir_fd=fd)
+                try:
+                    nxt = os.open(part, os.O_PATH | os.O_DIRECTORY | os.O_NOFOLLOW, dir_fd=fd)
+                except OSError as exc:
+                    raise WorkdirError(
+                        f"cannot make the working directory {path!r} in the jail: {exc.strerror}"
+                    ) from None
+                os.close(fd)
+                fd = nxt
+            size = "" if "no_disk_limit" in weaken else f"size={limits.work_bytes},"
+            # The namespace has no /proc of ours to name the descriptor by: mount on ".".
+            os.fchdir(fd)
+            sc.mount(
+                "jailcc-work",
+                ".",
+                "tmpfs",
+                secure,
+                f"{size}nr_inodes={limits.work_inodes},mode=0700,uid={uid},gid={uid}",
+            )
+        finally:
+            os.close(fd)
+    except PermissionError as exc:
+        raise WorkdirError(f"cannot make the working directory {path!r}: {exc}") from None
+    except OSError as exc:
+        if isinstance(exc, WorkdirError):
+            raise
+        raise WorkdirError(
+            f"cannot make the working directory {path!r} in the jail: {exc.strerror}"
+            " (it may lie inside the toolchain image)"
+        ) from None
+    finally:
+        if readonly_root:
+            sc.mount(None, root, None, sc.MS_REMOUNT | sc.MS_RDONLY | secure)

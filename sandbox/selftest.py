@@ -1,0 +1,339 @@
+"""`jailccd selftest`: build real jails exactly as for jobs and try to break out of them.
+
+Each probe is a job run in a fresh jail (the escape programs in probes.c, compiled statically on
+the host and shipped in as the job's input). PASS means the jail held, FAIL that it did not.
+The host side prepares what the probes aim at: a planted file outside the jail, a loopback
+listener and an abstract socket in the host's network namespace, a canary key in the keyring
+the launcher inherits, a neighbouring live jail.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import ctypes
+import os
+import secrets
+import shutil
+import socket
+import statistics
+import subprocess
+import tempfile
+import threading
+import time
+from collections.abc import Callable, Iterable, Sequence
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+from . import leaks
+from . import syscalls as sc
+from .api import Jail, Sandbox
+from .spec import JailLimits, MiB, RunLimits, RunResult
+
+JAIL_LIMITS = JailLimits(
+    memory_bytes=128 * MiB,
+    pids_max=32,
+    work_bytes=16 * MiB,
+    work_inodes=256,
+    tmp_bytes=8 * MiB,
+    tmp_inodes=64,
+)
+RUN_LIMITS = RunLimits(
+    cpu_seconds=1,
+    wall_seconds=2.0,
+    stdout_bytes=1 * MiB,
+    stderr_bytes=1 * MiB,
+    output_file_bytes=1 * MiB,
+)
+WORKDIR = "/selftest/work"
+PROBE_SOURCE = Path(__file__).with_name("probes.c")
+
+
+class SelftestError(Exception):
+    """The selftest could not run (no compiler for the probes, the sandbox failed)."""
+
+
+@dataclass
+class ProbeResult:
+    name: str
+    passed: bool
+    detail: str
+
+
+@dataclass
+class ImageReport:
+    image: str
+    probes: list[ProbeResult] = field(default_factory=list)
+    build_ms_median: float = 0.0
+    teardown_ms_median: float = 0.0
+    jails_timed: int = 0
+
+    @property
+    def failed(self) -> int:
+        return sum(not p.passed for p in self.probes)
+
+
+def build_probe_binary(directory: str) -> bytes:
+    """Compile probes.c statically with the host's C compiler: the jail has no libc to offer."""
+    compiler = shutil.which("cc") or shutil.which("gcc")
+    if compiler is None:
+        raise SelftestError(
+            "the selftest needs a C compiler on the host to build its probes:"
+            " install gcc and libc6-dev"
+        )
+    out = os.path.join(directory, "probe")
+    proc = subprocess.run(
+        [compiler, "-static", "-O1", "-o", out, str(PROBE_SOURCE)], capture_output=True, text=True
+    )
+    if proc.returncode != 0:
+        raise SelftestError(
+            f"building the probes failed (is libc6-dev installed?): {proc.stderr.strip()[:500]}"
+        )
+    return Path(out).read_bytes()
+
+
+class _HostBait:
+    """What the probes try to reach on the host, set up for one selftest run."""
+
+    def __init__(self, directory: str) -> None:
+        token = secrets.token_hex(6)
+        self.planted = os.path.join(tempfile.gettempdir(), f"jailcc-selftest-{token}")
+        with open(self.planted, "w") as f:
+            f.write("a secret outside the jail\n")
+        os.chmod(self.planted, 0o644)
+        self.tcp = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+        self.tcp.bind(("127.0.0.1", 0))
+        self.tcp.listen(8)
+        self.port = self.tcp.getsockname()[1]
+        self.abstract_name = f"jailcc-selftest-{token}"
+        self.abstract = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        self.abstract.bind("\0" + self.abstract_name)
+        self.abstract.listen(8)
+        self.canary = f"jailcc-canary-{token}"
+        _plant_canary_key(self.canary)
+
+    def close(self) -> None:
+        self.tcp.close()
+        self.abstract.close()
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(self.planted)
+
+
+def _plant_canary_key(description: str) -> None:
+    """Join a fresh session keyring and put a key in it; the launcher (started after this)
+    inherits the keyring, so a jail that kept it would find the key."""
+    libc = ctypes.CDLL(None, use_errno=True)
+    with contextlib.suppress(OSError):
+        sc.join_new_session_keyring()
+    payload = b"canary"
+    key_spec_session_keyring = -3
+    libc.syscall(
+        248 if os.uname().machine == "x86_64" else 217,
+        b"user",
+        description.encode(),
+        payload,
+        len(payload),
+        key_spec_session_keyring,
+    )
+
+
+def _verdict(result: RunResult) -> tuple[bool, str]:
+    lines = result.stdout.decode(errors="replace").strip().splitlines()
+    last = lines[-1] if lines else ""
+    if result.exit_code == 0 and last.startswith("PASS"):
+        return True, last[5:]
+    if last.startswith("FAIL"):
+        return False, last[5:]
+    err = result.stderr.decode(errors="replace").strip()[-300:]
+    return False, f"probe did not report (exit {result.exit_code}, signal {result.signal}): {err}"
+
+
+class _Runner:
+    def __init__(
+        self, sandbox: Sandbox, image: str, probe: bytes, bait: _HostBait, weaken: frozenset[str]
+    ) -> None:
+        self.sandbox, self.image, self.probe, self.bait = sandbox, image, probe, bait
+        self.weaken = weaken
+
+    def jail(self) -> Jail:
+        return self.sandbox.create_jail(self.image, JAIL_LIMITS, self.weaken)
+
+    def run(self, jail: Jail, *args: str, cwd: str = WORKDIR) -> RunResult:
+        return jail.run(
+            [f"{cwd}/probe", *args],
+            cwd=cwd,
+            inputs={"probe": self.probe},
+            executables=["probe"],
+            limits=RUN_LIMITS,
+        )
+
+    def simple(self, *args: str) -> tuple[bool, str]:
+        with self.jail() as jail:
+            return _verdict(self.run(jail, *args))
+
+    def limit(self, expected: str, *args: str) -> tuple[bool, str]:
+        with self.jail() as jail:
+            result = self.run(jail, *args)
+        if result.limit == expected:
+            return True, f"stopped by the {expected} limit"
+        return _verdict(result)  # the probe may also have been stopped short (ENOSPC, EAGAIN)
+
+    def outlive(self) -> tuple[bool, str]:
+        jail = self.jail()
+        try:
+            passed, detail = _verdict(self.run(jail, "daemon", "30"))
+        finally:
+            report = jail.close()
+        survivors = leaks.processes_of_uids(jail.uid, jail.uid + 1) if jail.uid else []
+        if report.leaks or survivors:
+            for pid, _ in survivors:  # the probe's daemon: do not leave it for the next test
+                with contextlib.suppress(ProcessLookupError):
+                    os.kill(pid, 9)
+            return False, "; ".join(report.leaks) or f"{len(survivors)} process(es) survived"
+        if not passed:
+            return False, detail
+        return True, f"nothing left after teardown ({report.seconds * 1000:.1f} ms)"
+
+    def neighbour(self) -> tuple[bool, str]:
+        marker = f"jailcc-marker-{secrets.token_hex(4)}"
+        with self.sandbox.create_jail(self.image, JAIL_LIMITS) as other, self.jail() as jail:
+            holder: dict[str, RunResult] = {}
+            thread = threading.Thread(
+                target=lambda: holder.setdefault("r", self.run(other, "marker", marker, "3")),
+                daemon=True,
+            )
+            thread.start()
+            time.sleep(0.3)  # let the marker process start and plant its file
+            passed, detail = _verdict(self.run(jail, "neighbour", f"{WORKDIR}/{marker}", marker))
+            same_uid = jail.uid == other.uid
+            thread.join()
+        if same_uid:
+            return False, f"two live jails share uid {jail.uid}"
+        return passed, detail
+
+
+def _probe_table(r: _Runner) -> list[tuple[str, Callable[[], tuple[bool, str]]]]:
+    b = r.bait
+    cap_mem = str(2 * JAIL_LIMITS.memory_bytes // MiB)
+    return [
+        ("read_host_file", lambda: r.simple("read_host_file", b.planted)),
+        ("write_image", lambda: r.simple("write_image")),
+        ("write_outside_workdir", lambda: r.simple("write_outside_workdir")),
+        ("network", lambda: r.simple("network", str(b.port), b.abstract_name)),
+        ("host_processes", lambda: r.simple("host_processes", str(os.getpid()))),
+        ("uid0_caps", lambda: r.simple("uid0_caps")),
+        ("setuid_binaries", lambda: r.simple("setuid_binaries")),
+        ("new_userns", lambda: r.simple("new_userns")),
+        ("mount", lambda: r.simple("mount")),
+        ("chroot_escape", lambda: r.simple("chroot_escape", b.planted)),
+        ("ptrace", lambda: r.simple("ptrace")),
+        ("devices", lambda: r.simple("devices")),
+        ("keyctl", lambda: r.simple("keyctl", b.canary)),
+        ("proc_sys_write", lambda: r.simple("proc_sys_write")),
+        ("memory", lambda: r.limit("memory", "memory", cap_mem)),
+        ("fork_bomb", lambda: r.limit("pids", "fork_bomb", str(4 * JAIL_LIMITS.pids_max))),
+        (
+            "fill_disk",
+            lambda: r.limit("file-size", "fill_disk", str(2 * JAIL_LIMITS.work_bytes // MiB)),
+        ),
+        ("wall_clock", lambda: r.limit("wall", "sleep", str(int(RUN_LIMITS.wall_seconds) + 3))),
+        ("cpu_time", lambda: r.limit("cpu", "spin", str(RUN_LIMITS.cpu_seconds + 3))),
+        (
+            "output_flood",
+            lambda: r.limit("output", "flood", str(4 * RUN_LIMITS.stdout_bytes // MiB)),
+        ),
+        ("outlive_jail", r.outlive),
+        ("neighbour_jail", r.neighbour),
+    ]
+
+
+PROBE_NAMES = (
+    "read_host_file",
+    "write_image",
+    "write_outside_workdir",
+    "network",
+    "host_processes",
+    "uid0_caps",
+    "setuid_binaries",
+    "new_userns",
+    "mount",
+    "chroot_escape",
+    "ptrace",
+    "devices",
+    "keyctl",
+    "proc_sys_write",
+    "memory",
+    "fork_bomb",
+    "fill_disk",
+    "wall_clock",
+    "cpu_time",
+    "output_flood",
+    "outlive_jail",
+    "neighbour_jail",
+)
+
+
+def _time_jails(sandbox: Sandbox, image: str, rounds: int) -> tuple[float, float]:
+    build, teardown = [], []
+    for _ in range(rounds):
+        t0 = time.perf_counter()
+        jail = sandbox.create_jail(image, JAIL_LIMITS)
+        t1 = time.perf_counter()
+        jail.close()
+        t2 = time.perf_counter()
+        build.append(t1 - t0)
+        teardown.append(t2 - t1)
+    return statistics.median(build) * 1000, statistics.median(teardown) * 1000
+
+
+def run_selftest(
+    images: dict[str, str],
+    *,
+    weaken: frozenset[str] = frozenset(),
+    only: Iterable[str] | None = None,
+    timing_rounds: int = 20,
+    progress: Callable[[str, ProbeResult], None] | None = None,
+) -> list[ImageReport]:
+    """Run the probes against a jail of each image; images maps a name to an image path."""
+    wanted = list(only) if only is not None else list(PROBE_NAMES)
+    unknown = set(wanted) - set(PROBE_NAMES)
+    if unknown:
+        raise SelftestError(f"unknown probes: {', '.join(sorted(unknown))}")
+    with tempfile.TemporaryDirectory(prefix="jailcc-selftest-") as tmp:
+        probe = build_probe_binary(tmp)
+        bait = _HostBait(tmp)
+        reports = []
+        try:
+            with Sandbox(images) as sandbox:
+                for name in images:
+                    runner = _Runner(sandbox, name, probe, bait, weaken)
+                    report = ImageReport(image=name)
+                    for probe_name, check in _probe_table(runner):
+                        if probe_name not in wanted:
+                            continue
+                        try:
+                            passed, detail = check()
+                        except Exception as exc:
+                            passed, detail = False, f"{type(exc).__name__}: {exc}"
+                        result = ProbeResult(probe_name, passed, detail.strip())
+                        report.probes.append(result)
+                        if progress:
+                            progress(name, result)
+                    if timing_rounds:
+                        report.build_ms_median, report.teardown_ms_median = _time_jails(
+                            sandbox, name, timing_rounds
+                        )
+                        report.jails_timed = timing_rounds
+                    reports.append(report)
+        finally:
+            bait.close()
+    return reports
+
+
+def reports_to_json(reports: Sequence[ImageReport]) -> dict:
+    passed = sum(len(r.probes) - r.failed for r in reports)
+    failed = sum(r.failed for r in reports)
+    return {
+        "images": [asdict(r) | {"failed": r.failed} for r in reports],
+        "passed": passed,
+        "failed": failed,
+    }

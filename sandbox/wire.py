@@ -1,0 +1,106 @@
+"""Bounded message framing for the sandbox's own channels.
+
+Stream channel (server <-> a jail's init): a message is a 4-byte big-endian header length, a
+JSON header, then the raw blobs whose sizes the header lists under "blobs". Every size is
+checked against a cap before anything is read, so a peer cannot make us allocate unboundedly.
+
+Packet channel (server <-> launcher): one JSON object per SOCK_SEQPACKET datagram, with file
+descriptors passed alongside by SCM_RIGHTS.
+"""
+
+from __future__ import annotations
+
+import json
+import socket
+import struct
+from collections.abc import Sequence
+from typing import Any
+
+_LEN = struct.Struct(">I")
+MAX_HEADER = 256 * 1024
+MAX_PACKET = 64 * 1024
+
+
+class WireError(Exception):
+    """The peer sent something malformed, oversized or closed the channel early."""
+
+
+class PeerClosed(WireError):
+    """The peer closed the channel at a message boundary."""
+
+
+def _recv_exact(sock: socket.socket, size: int) -> bytes:
+    buf = bytearray(size)
+    view = memoryview(buf)
+    got = 0
+    while got < size:
+        n = sock.recv_into(view[got:], size - got)
+        if n == 0:
+            raise WireError(f"channel closed after {got} of {size} bytes")
+        got += n
+    return bytes(buf)
+
+
+def send_message(sock: socket.socket, header: dict[str, Any], blobs: Sequence[bytes] = ()) -> None:
+    header = dict(header, blobs=[len(b) for b in blobs])
+    raw = json.dumps(header, separators=(",", ":")).encode()
+    if len(raw) > MAX_HEADER:
+        raise WireError(f"header of {len(raw)} bytes exceeds {MAX_HEADER}")
+    sock.sendall(_LEN.pack(len(raw)) + raw)
+    for blob in blobs:
+        sock.sendall(blob)
+
+
+def recv_message(sock: socket.socket, max_total: int) -> tuple[dict[str, Any], list[bytes]]:
+    """Read one message; its blobs may add up to at most max_total bytes."""
+    first = sock.recv(_LEN.size, socket.MSG_WAITALL)
+    if not first:
+        raise PeerClosed("channel closed")
+    if len(first) < _LEN.size:
+        first += _recv_exact(sock, _LEN.size - len(first))
+    (length,) = _LEN.unpack(first)
+    if length > MAX_HEADER:
+        raise WireError(f"header of {length} bytes exceeds {MAX_HEADER}")
+    try:
+        header = json.loads(_recv_exact(sock, length))
+    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
+        raise WireError(f"malformed header: {exc}") from None
+    if not isinstance(header, dict):
+        raise WireError("header is not an object")
+    sizes = header.pop("blobs", [])
+    if not isinstance(sizes, list) or not all(
+        isinstance(s, int) and not isinstance(s, bool) and s >= 0 for s in sizes
+    ):
+        raise WireError("malformed blob sizes")
+    if sum(sizes) > max_total:
+        raise WireError(f"message of {sum(sizes)} bytes exceeds the cap of {max_total}")
+    return header, [_recv_exact(sock, s) for s in sizes]
+
+
+def send_packet(sock: socket.socket, message: dict[str, Any], fds: Sequence[int] = ()) -> None:
+    raw = json.dumps(message, separators=(",", ":")).encode()
+    if len(raw) > MAX_PACKET:
+        raise WireError(f"packet of {len(raw)} bytes exceeds {MAX_PACKET}")
+    if fds:
+        socket.send_fds(sock, [raw], list(fds))
+    else:
+        sock.send(raw)
+
+
+def recv_packet(sock: socket.socket, max_fds: int = 0) -> tuple[dict[str, Any], list[int]]:
+    raw, fds, flags, _ = socket.recv_fds(sock, MAX_PACKET + 1, max(max_fds, 1))
+    if len(fds) > max_fds or flags & (socket.MSG_CTRUNC | socket.MSG_TRUNC):
+        for fd in fds:
+            socket.close(fd)
+        raise WireError("packet truncated or carrying unexpected descriptors")
+    if not raw:
+        raise PeerClosed("channel closed")
+    try:
+        message = json.loads(raw)
+    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
+        for fd in fds:
+            socket.close(fd)
+        raise WireError(f"malformed packet: {exc}") from None
+    if not isinstance(message, dict):
+        raise WireError("packet is not an object")
+    return message, fds

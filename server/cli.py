@@ -1,0 +1,110 @@
+"""jailccd: the compile server's command line.
+
+This release has the `selftest` subcommand; serving compiles arrives with the job service.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+from pathlib import Path
+
+from ..sandbox.selftest import PROBE_NAMES, SelftestError, reports_to_json, run_selftest
+
+
+def _image_names(paths: list[str]) -> dict[str, str]:
+    images: dict[str, str] = {}
+    for path in paths:
+        if not os.path.exists(path):
+            raise SelftestError(
+                f"toolchain image {path} does not exist: build one with"
+                " `jailcc-image build --compiler /usr/bin/gcc-12 -o gcc-12.img`"
+            )
+        name = Path(path).name.removesuffix(".img")
+        if name in images:
+            raise SelftestError(f"two toolchain images are named {name!r}")
+        images[name] = path
+    return images
+
+
+def _selftest(args: argparse.Namespace) -> int:
+    if os.geteuid() != 0:
+        print("jailccd selftest: error: must run as root (it builds jails)", file=sys.stderr)
+        return 2
+    images = _image_names(args.toolchain_image)
+
+    def show(image: str, result) -> None:
+        if not args.json:
+            verdict = "PASS" if result.passed else "FAIL"
+            print(f"{verdict}  {image:<12} {result.name:<22} {result.detail}", flush=True)
+
+    reports = run_selftest(
+        images, only=args.probe or None, timing_rounds=args.timing_rounds, progress=show
+    )
+    summary = reports_to_json(reports)
+    if args.json:
+        print(json.dumps(summary, indent=2))
+    else:
+        for report in reports:
+            if report.jails_timed:
+                print(
+                    f"selftest: {report.image}: median jail build {report.build_ms_median:.1f} ms,"
+                    f" teardown {report.teardown_ms_median:.1f} ms ({report.jails_timed} jails)"
+                )
+        print(f"selftest: {summary['passed']} passed, {summary['failed']} failed")
+    return 1 if summary["failed"] else 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="jailccd", description="The jailcc compile server.")
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    st = sub.add_parser(
+        "selftest",
+        help="build real jails and try to break out of them",
+        description="Build real jails from each toolchain image exactly as for jobs and try to"
+        " escape from inside: read host files, write the image, reach the network, see host"
+        " processes, regain privileges, exhaust memory, processes, disk and time, outlive the"
+        " jail, see another jail. Prints PASS (blocked) or FAIL (escaped) per probe and exits"
+        " non-zero on any FAIL. Needs root, and gcc with libc6-dev to build the probes.",
+    )
+    st.add_argument(
+        "--toolchain-image",
+        action="append",
+        required=True,
+        metavar="IMAGE",
+        help="a toolchain image built by jailcc-image (repeatable)",
+    )
+    st.add_argument("--json", action="store_true", help="print one JSON report instead of lines")
+    st.add_argument(
+        "--probe",
+        action="append",
+        choices=PROBE_NAMES,
+        metavar="NAME",
+        help="run only this probe (repeatable); one of: " + ", ".join(PROBE_NAMES),
+    )
+    st.add_argument(
+        "--timing-rounds",
+        type=int,
+        default=20,
+        metavar="N",
+        help="jails to build and tear down for the timing figures (default 20)",
+    )
+    st.set_defaults(func=_selftest)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        return args.func(args)
+    except SelftestError as exc:
+        print(f"jailccd: error: {exc}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())
