@@ -234,6 +234,10 @@ class JailInit:
     ) -> None:  # pragma: no cover - runs in the child
         try:
             os.setsid()
+            # Python ignores SIGPIPE and SIGXFSZ; an ignored signal stays ignored across exec.
+            for sig in (signal.SIGPIPE, signal.SIGXFSZ, signal.SIGINT):
+                signal.signal(sig, signal.SIG_DFL)
+            signal.pthread_sigmask(signal.SIG_SETMASK, set())
             with contextlib.suppress(OSError), open("/proc/self/oom_score_adj", "w") as f:
                 # The job, not the jail's init, is what the OOM killer should pick.
                 f.write("1000")

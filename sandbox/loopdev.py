@@ -65,46 +65,33 @@ def mount_image(image_path: str, target: str) -> str:
         config.fd = image_fd
         config.info.lo_flags = LO_FLAGS_READ_ONLY | LO_FLAGS_AUTOCLEAR
         config.info.lo_file_name = os.fsencode(image_path)[:63]
-        ctl = os.open("/dev/loop-control", os.O_RDWR | os.O_CLOEXEC)
-        try:
-            for _ in range(64):  # another process may grab the free device first
-                number = fcntl.ioctl(ctl, LOOP_CTL_GET_FREE)
-                device = f"/dev/loop{number}"
-                loop_fd = os.open(device, os.O_RDONLY | os.O_CLOEXEC)
-                try:
-                    fcntl.ioctl(loop_fd, LOOP_CONFIGURE, config)
-                except OSError as exc:
-                    if exc.errno == errno.EBUSY:
-                        continue
-                    raise
-                finally:
-                    os.close(loop_fd)
-                break
-            else:
-                raise OSError(errno.EBUSY, "no free loop device")
-        finally:
-            os.close(ctl)
+        device, loop_fd = _configure_free_device(config)
     finally:
         os.close(image_fd)
-    flags = syscalls.MS_RDONLY | syscalls.MS_NOSUID | syscalls.MS_NODEV
+    # Autoclear frees the device at its last close: keep it open until the mount holds it.
     try:
+        flags = syscalls.MS_RDONLY | syscalls.MS_NOSUID | syscalls.MS_NODEV
         syscalls.mount(device, target, fstype, flags)
-    except OSError:
-        # An autoclear device with no mount is only freed by the last close: make sure.
-        _detach(device)
-        raise
+    finally:
+        os.close(loop_fd)
     return device
 
 
-def _detach(device: str) -> None:
-    LOOP_CLR_FD = 0x4C01
+def _configure_free_device(config: _LoopConfig) -> tuple[str, int]:
+    ctl = os.open("/dev/loop-control", os.O_RDWR | os.O_CLOEXEC)
     try:
-        fd = os.open(device, os.O_RDONLY | os.O_CLOEXEC)
-    except OSError:
-        return
-    try:
-        fcntl.ioctl(fd, LOOP_CLR_FD)
-    except OSError:
-        pass
+        for _ in range(64):  # another process may grab the free device first
+            number = fcntl.ioctl(ctl, LOOP_CTL_GET_FREE)
+            device = f"/dev/loop{number}"
+            loop_fd = os.open(device, os.O_RDONLY | os.O_CLOEXEC)
+            try:
+                fcntl.ioctl(loop_fd, LOOP_CONFIGURE, config)
+            except OSError as exc:
+                os.close(loop_fd)
+                if exc.errno == errno.EBUSY:
+                    continue
+                raise
+            return device, loop_fd
+        raise OSError(errno.EBUSY, "no free loop device")
     finally:
-        os.close(fd)
+        os.close(ctl)

@@ -1,0 +1,55 @@
+"""Shared fixtures: real toolchain images built once per session, the probe binary, and a
+sandbox (one launcher) for the tests that need no sandbox of their own."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+BIN = Path(sys.executable).parent
+
+requires_root = pytest.mark.skipif(os.geteuid() != 0, reason="jails need root")
+
+
+def build_image(out: Path, *compilers: str) -> Path:
+    cmd = [str(BIN / "jailcc-image"), "build", "-o", str(out)]
+    for compiler in compilers:
+        cmd += ["--compiler", compiler]
+    subprocess.run(cmd, check=True, capture_output=True)
+    return out
+
+
+@pytest.fixture(scope="session")
+def images_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return tmp_path_factory.mktemp("images")
+
+
+@pytest.fixture(scope="session")
+def gcc_image(images_dir: Path) -> Path:
+    """gcc-12 and g++-12 in one image."""
+    return build_image(images_dir / "gcc-12.img", "/usr/bin/gcc-12", "/usr/bin/g++-12")
+
+
+@pytest.fixture(scope="session")
+def clang_image(images_dir: Path) -> Path:
+    return build_image(images_dir / "clang-16.img", "/usr/bin/clang-16")
+
+
+@pytest.fixture(scope="session")
+def probe_binary(tmp_path_factory: pytest.TempPathFactory) -> bytes:
+    from jailcc.sandbox.selftest import build_probe_binary
+
+    return build_probe_binary(str(tmp_path_factory.mktemp("probe")))
+
+
+@pytest.fixture(scope="session")
+def sandbox(gcc_image: Path) -> Iterator[object]:
+    from jailcc.sandbox.api import Sandbox
+
+    with Sandbox({"gcc-12": str(gcc_image)}) as sb:
+        yield sb

@@ -1,0 +1,272 @@
+"""The jail: real namespaces, a real gcc image, real limits, and nothing left behind."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import threading
+import time
+from pathlib import Path
+
+import psutil
+import pytest
+from conftest import requires_root
+
+from jailcc.sandbox import leaks
+from jailcc.sandbox.api import JailBroken, Sandbox, SandboxError
+from jailcc.sandbox.spec import MiB, JailLimits, RunLimits
+from jailcc.sandbox.uidpool import DEFAULT_BASE, DEFAULT_COUNT
+
+pytestmark = requires_root
+
+SOURCE = b'#include <stdio.h>\nint main(void) { printf("%d\\n", 6 * 7); return 0; }\n'
+SMALL = JailLimits(memory_bytes=128 * MiB, pids_max=32, work_bytes=16 * MiB, tmp_bytes=8 * MiB)
+QUICK = RunLimits(cpu_seconds=1, wall_seconds=2.0, stdout_bytes=1 * MiB)
+
+
+def preprocess(tmp_path: Path, compiler: str = "gcc-12", source: bytes = SOURCE,
+               suffix: str = ".c") -> bytes:
+    src = tmp_path / f"hello{suffix}"
+    src.write_bytes(source)
+    return subprocess.run([compiler, "-E", str(src)], check=True, capture_output=True).stdout
+
+
+def host_compile(tmp_path: Path, preprocessed: bytes, args: list[str], compiler: str,
+                 name: str = "hello.i") -> bytes:
+    (tmp_path / name).write_bytes(preprocessed)
+    subprocess.run([compiler, *args, "-c", name, "-o", "host.o"], cwd=tmp_path, check=True)
+    return (tmp_path / "host.o").read_bytes()
+
+
+def run_probe(jail, probe: bytes, *args: str, limits: RunLimits = QUICK):
+    return jail.run(["/w/probe", *args], cwd="/w", inputs={"probe": probe},
+                    executables=["probe"], limits=limits)
+
+
+def test_compile_in_jail_is_byte_identical_to_host(sandbox, tmp_path: Path) -> None:
+    pre = preprocess(tmp_path)
+    args = ["-g", "-O2"]
+    expected = host_compile(tmp_path, pre, args, "gcc-12")
+    with sandbox.create_jail("gcc-12") as jail:
+        # The same absolute working directory as the host compile: DW_AT_comp_dir matches.
+        result = jail.run(["/usr/bin/gcc-12", *args, "-c", "hello.i", "-o", "hello.o"],
+                          cwd=str(tmp_path), inputs={"hello.i": pre}, outputs=["hello.o"])
+    assert result.exit_code == 0, result.stderr
+    assert result.outputs["hello.o"] == expected
+    assert str(tmp_path).encode() in expected  # debug info names the working directory
+
+
+def test_cxx_compile_in_jail_is_byte_identical(sandbox, tmp_path: Path) -> None:
+    source = b"#include <vector>\nint f() { std::vector<int> v{1, 2, 3}; return v.size(); }\n"
+    pre = preprocess(tmp_path, "g++-12", source, ".cc")
+    expected = host_compile(tmp_path, pre, ["-O1", "-g"], "g++-12", "hello.ii")
+    with sandbox.create_jail("gcc-12") as jail:
+        result = jail.run(["/usr/bin/g++-12", "-O1", "-g", "-c", "hello.ii", "-o", "hello.o"],
+                          cwd=str(tmp_path), inputs={"hello.ii": pre}, outputs=["hello.o"])
+    assert result.exit_code == 0, result.stderr
+    assert result.outputs["hello.o"] == expected
+
+
+def test_compile_error_comes_back_as_diagnostics(sandbox) -> None:
+    with sandbox.create_jail("gcc-12") as jail:
+        result = jail.run(["/usr/bin/gcc-12", "-c", "bad.i", "-o", "bad.o"], cwd="/src",
+                          inputs={"bad.i": b'# 1 "bad.c"\nint f( {\n'}, outputs=["bad.o"])
+    assert result.exit_code == 1 and result.limit is None
+    assert b"bad.c:1:" in result.stderr
+    assert result.outputs == {}
+
+
+def test_identity_inside_the_jail(sandbox, probe_binary: bytes) -> None:
+    with sandbox.create_jail("gcc-12") as jail:
+        result = run_probe(jail, probe_binary, "uid0_caps")
+        assert result.stdout.startswith(b"PASS"), result.stdout
+        assert DEFAULT_BASE <= jail.uid < DEFAULT_BASE + DEFAULT_COUNT
+
+
+def test_several_runs_share_a_jail_and_start_clean(sandbox, probe_binary: bytes) -> None:
+    with sandbox.create_jail("gcc-12") as jail:
+        first = jail.run(["/w/probe", "marker", "left-over", "0"], cwd="/w",
+                         inputs={"probe": probe_binary, "dir/input.txt": b"x"},
+                         executables=["probe"], outputs=["left-over", "dir/input.txt"])
+        assert set(first.outputs) == {"left-over", "dir/input.txt"}
+        # Same directory again: the previous job's files are gone.
+        second = jail.run(["/w/probe", "neighbour", "/w/left-over", "no-such-process"],
+                          cwd="/w", inputs={"probe": probe_binary}, executables=["probe"],
+                          outputs=["left-over", "dir/input.txt"])
+        assert second.stdout.startswith(b"PASS"), second.stdout
+        assert second.outputs == {}
+        # Another directory: a fresh work dir there.
+        third = jail.run(["/usr/bin/gcc-12", "--version"], cwd="/home/someone/project")
+        assert third.exit_code == 0 and b"12.2" in third.stdout
+
+
+def test_outputs_that_are_not_regular_files_are_not_returned(sandbox, probe_binary) -> None:
+    with sandbox.create_jail("gcc-12") as jail:
+        # /w/probe makes nothing called out.o; ask for the input itself through a symlink.
+        result = jail.run(["/w/probe", "daemon", "0"], cwd="/w",
+                          inputs={"probe": probe_binary}, executables=["probe"],
+                          outputs=["missing.o", "probe"])
+        assert set(result.outputs) == {"probe"}
+
+
+@pytest.mark.parametrize(
+    ("argv", "cwd", "inputs", "message"),
+    [
+        (["gcc-12"], "/w", {}, "absolute path"),
+        (["/usr/bin/gcc-12"], "relative", {}, "absolute"),
+        (["/usr/bin/gcc-12"], "/w/../etc", {}, "normalized"),
+        (["/usr/bin/gcc-12"], "/proc/x", {}, "/proc"),
+        (["/usr/bin/gcc-12"], "/usr/src/project", {}, "toolchain image"),
+        (["/usr/bin/gcc-12"], "/w", {"../escape": b""}, "bad file name"),
+        (["/usr/bin/gcc-12"], "/w", {"/etc/passwd": b""}, "relative"),
+    ],
+)
+def test_bad_requests_are_refused_and_the_jail_stays_usable(sandbox, argv, cwd, inputs,
+                                                            message) -> None:
+    with sandbox.create_jail("gcc-12") as jail:
+        with pytest.raises(SandboxError, match=message):
+            jail.run(argv, cwd=cwd, inputs=inputs)
+        assert jail.run(["/usr/bin/gcc-12", "--version"], cwd="/ok").exit_code == 0
+
+
+def test_unknown_image_and_bad_limits_are_refused(sandbox) -> None:
+    with pytest.raises(SandboxError, match="no toolchain image"):
+        sandbox.create_jail("clang-99")
+    with pytest.raises(ValueError):
+        sandbox.create_jail("gcc-12", JailLimits(pids_max=0))
+    with pytest.raises(SandboxError, match="weakenings"):
+        sandbox.create_jail("gcc-12", weaken=frozenset({"no_such_thing"}))
+
+
+@pytest.mark.parametrize(
+    ("args", "limit"),
+    [
+        (["memory", "512"], "memory"),
+        (["sleep", "10"], "wall"),
+        (["spin", "10"], "cpu"),
+        (["flood", "8"], "output"),
+    ],
+)
+def test_a_job_killed_by_a_limit_says_which(sandbox, probe_binary, args, limit) -> None:
+    with sandbox.create_jail("gcc-12", SMALL) as jail:
+        result = run_probe(jail, probe_binary, *args)
+        assert result.limit == limit, (result.exit_code, result.signal, result.stdout[-200:])
+        assert not result.ok
+        # The jail survives a job that hit a limit.
+        assert jail.run(["/usr/bin/gcc-12", "--version"], cwd="/w").exit_code == 0
+
+
+def test_pids_and_file_size_limits(sandbox, probe_binary) -> None:
+    with sandbox.create_jail("gcc-12", SMALL) as jail:
+        bomb = run_probe(jail, probe_binary, "fork_bomb", "200")
+        assert bomb.stdout.startswith(b"PASS"), bomb.stdout
+        small_files = RunLimits(cpu_seconds=5, wall_seconds=5.0, file_bytes=1 * MiB)
+        fill = run_probe(jail, probe_binary, "fill_disk", "8", limits=small_files)
+        assert fill.limit == "file-size"
+
+
+def test_uids_are_unique_across_live_jails_and_sandboxes(sandbox, gcc_image) -> None:
+    with Sandbox({"gcc-12": str(gcc_image)}) as other:
+        jails = [sandbox.create_jail("gcc-12") for _ in range(10)]
+        jails += [other.create_jail("gcc-12") for _ in range(10)]
+        try:
+            assert len({j.uid for j in jails}) == 20
+        finally:
+            for jail in jails:
+                assert jail.close().leaks == []
+
+
+def _rss(pid: int) -> int:
+    return psutil.Process(pid).memory_info().rss
+
+
+def own_copy(image: Path, tmp_path: Path) -> Path:
+    """A copy of the image, so that loop devices of this test's sandbox alone are counted."""
+    copy = tmp_path / image.name
+    copy.write_bytes(image.read_bytes())
+    return copy
+
+
+def test_a_thousand_jails_in_sequence_and_twenty_at_once_leave_nothing(gcc_image,
+                                                                        tmp_path) -> None:
+    gcc_image = own_copy(gcc_image, tmp_path)
+    with Sandbox({"gcc-12": str(gcc_image)}) as sb:
+        def cycle() -> None:
+            jail = sb.create_jail("gcc-12")
+            assert jail.run(["/usr/bin/gcc-12", "-dumpversion"], cwd="/w").exit_code == 0
+            assert jail.close().leaks == []
+
+        for _ in range(50):  # warm-up: caches, allocator pools
+            cycle()
+        server_before, launcher_before = _rss(os.getpid()), _rss(sb.launcher_pid)
+        for _ in range(1000):
+            cycle()
+        errors: list[BaseException] = []
+
+        def worker() -> None:
+            try:
+                for _ in range(5):
+                    cycle()
+            except BaseException as exc:  # noqa: BLE001 - re-raised below
+                errors.append(exc)
+
+        threads = [threading.Thread(target=worker) for _ in range(20)]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join()
+        assert errors == []
+        assert leaks.leftovers(owner_pid=sb.launcher_pid) == []
+        growth_server = _rss(os.getpid()) - server_before
+        growth_launcher = _rss(sb.launcher_pid) - launcher_before
+        assert growth_server < 8 * MiB, growth_server
+        assert growth_launcher < 8 * MiB, growth_launcher
+    assert leaks.leftovers(images=[str(gcc_image)]) == []
+
+
+def test_killing_the_launcher_takes_every_jail_with_it(gcc_image, probe_binary,
+                                                       tmp_path) -> None:
+    gcc_image = own_copy(gcc_image, tmp_path)
+    sb = Sandbox({"gcc-12": str(gcc_image)})
+    jails = [sb.create_jail("gcc-12") for _ in range(3)]
+    uids = [j.uid for j in jails]
+    holder = {}
+
+    def long_job() -> None:
+        try:
+            run_probe(jails[0], probe_binary, "sleep", "30",
+                      limits=RunLimits(wall_seconds=60.0))
+        except BaseException as exc:  # noqa: BLE001 - inspected below
+            holder["error"] = exc
+
+    thread = threading.Thread(target=long_job)
+    thread.start()
+    time.sleep(0.5)
+    os.kill(sb.launcher_pid, signal.SIGKILL)
+    thread.join(timeout=10)
+    assert isinstance(holder.get("error"), JailBroken)
+    deadline = time.monotonic() + 5
+    while time.monotonic() < deadline and (
+        any(leaks.processes_of_uids(u, u + 1) for u in uids)
+        or leaks.loop_devices_backed_by([str(gcc_image)])
+    ):
+        time.sleep(0.05)
+    assert [leaks.processes_of_uids(u, u + 1) for u in uids] == [[], [], []]
+    assert leaks.loop_devices_backed_by([str(gcc_image)]) == []
+    sb.close()
+    # Empty cgroups of the dead launcher are removed by the next launcher that starts.
+    with Sandbox({"gcc-12": str(gcc_image)}) as again:
+        assert all(not p.split("/")[-1].startswith(f"{sb.launcher_pid}-")
+                   for p in leaks.jail_cgroups())
+        assert again.images == ["gcc-12"]
+
+
+def test_missing_or_corrupt_image_is_a_clear_error(tmp_path: Path) -> None:
+    with pytest.raises(SandboxError, match="does not exist"):
+        Sandbox({"x": str(tmp_path / "nope.img")})
+    bad = tmp_path / "bad.img"
+    bad.write_bytes(b"\0" * 65536)
+    with pytest.raises(SandboxError, match="not a squashfs or ext4 image"):
+        Sandbox({"x": str(bad)})
+    assert leaks.loop_devices_backed_by([str(bad)]) == []
