@@ -1,1 +1,15 @@
+"""jailcc.images: toolchain images built from real compilers, and compiler identities.
 
+An image is a read-only squashfs root filesystem holding what a compiler needs to turn
+preprocessed C/C++ into an object file (driver, compiler proper, assembler, shared libraries,
+ELF loader) plus a manifest at /.jailcc/manifest.json. Modules:
+
+- identity:  compiler_identity(), cheap and cached; imported by the client on every compile
+- probe:     asks a compiler driver what it is and which programs it runs
+- collect:   the file closure (programs, libraries, loader, every symlink on the way)
+- squashfs:  mksquashfs/unsquashfs calls
+- manifest:  the manifest format and read_manifest() for the server
+- build:     staging + manifest + image, atomically
+- verify:    checks an image's contents against its manifest
+- cli:       the jailcc-image command
+"""

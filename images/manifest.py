@@ -1,0 +1,142 @@
+"""The image manifest (/.jailcc/manifest.json) and read_manifest() for the server.
+
+Format 1:
+    {"format": 1,
+     "compilers": [{"name": "gcc-12", "kind": "gcc", "path": "/usr/bin/gcc-12",
+                    "version": "12.2.0", "target": "x86_64-linux-gnu",
+                    "identity": "sha256:..."}, ...],
+     "files": {"/usr/lib/gcc/x86_64-linux-gnu/12/cc1": "<sha256 hex>", ...},
+     "symlinks": {"/lib64": "usr/lib64", ...},
+     "created_by": "jailcc-image 0.1.0"}
+"files" lists every regular file but the manifest; "symlinks" every symlink with its target,
+so that verify can check the whole tree. Serialized with sorted keys and no timestamps, so the
+same compilers always give the same bytes.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from collections.abc import Mapping
+from dataclasses import dataclass
+from types import MappingProxyType
+
+from jailcc.images.errors import ImageError
+
+FORMAT = 1
+MANIFEST_PATH = "/.jailcc/manifest.json"
+KINDS = ("gcc", "clang")
+_HEX64 = re.compile(r"^[0-9a-f]{64}$")
+
+__all__ = ["MANIFEST_PATH", "CompilerEntry", "ImageError", "Manifest", "read_manifest"]
+
+
+@dataclass(frozen=True)
+class CompilerEntry:
+    name: str  # e.g. "gcc-12"
+    kind: str  # "gcc" or "clang"
+    path: str  # the driver's path inside the image, e.g. "/usr/bin/gcc-12"
+    version: str  # e.g. "12.2.0"
+    target: str  # e.g. "x86_64-linux-gnu"
+    identity: str  # "sha256:...", as compiler_identity() computes it on the host
+
+
+@dataclass(frozen=True)
+class Manifest:
+    compilers: tuple[CompilerEntry, ...]
+    files: Mapping[str, str]  # image path -> sha256 hex (read-only mapping)
+    symlinks: Mapping[str, str]  # image path -> target (read-only mapping)
+    created_by: str
+
+    def compiler(self, name: str) -> CompilerEntry | None:
+        return next((c for c in self.compilers if c.name == name), None)
+
+    def to_json(self) -> str:
+        doc = {
+            "format": FORMAT,
+            "compilers": [
+                {k: getattr(c, k) for k in CompilerEntry.__dataclass_fields__}
+                for c in self.compilers
+            ],
+            "files": dict(self.files),
+            "symlinks": dict(self.symlinks),
+            "created_by": self.created_by,
+        }
+        return json.dumps(doc, indent=2, sort_keys=True) + "\n"
+
+
+def make_manifest(
+    compilers: list[CompilerEntry], files: dict[str, str], symlinks: dict[str, str], created_by: str
+) -> Manifest:
+    return Manifest(
+        compilers=tuple(compilers),
+        files=MappingProxyType(dict(sorted(files.items()))),
+        symlinks=MappingProxyType(dict(sorted(symlinks.items()))),
+        created_by=created_by,
+    )
+
+
+def parse_manifest(text: str | bytes, origin: str) -> Manifest:
+    """Parse and validate manifest JSON; `origin` names the image in error messages."""
+    bad = f"{origin}: damaged manifest"
+    try:
+        doc = json.loads(text)
+    except (ValueError, UnicodeDecodeError):
+        raise ImageError(f"{bad} (not JSON); rebuild the image with jailcc-image build") from None
+    if not isinstance(doc, dict):
+        raise ImageError(f"{bad} (not a JSON object); rebuild the image")
+    if doc.get("format") != FORMAT:
+        raise ImageError(
+            f"{origin}: manifest format {doc.get('format')!r} is not {FORMAT}; "
+            "rebuild the image with this version of jailcc-image"
+        )
+    try:
+        compilers = tuple(_compiler(c) for c in doc["compilers"])
+        files = doc["files"]
+        symlinks = doc.get("symlinks", {})
+        created_by = doc["created_by"]
+        if not (
+            isinstance(files, dict)
+            and all(_abs(p) and isinstance(h, str) and _HEX64.match(h) for p, h in files.items())
+            and isinstance(symlinks, dict)
+            and all(_abs(p) and isinstance(t, str) and t for p, t in symlinks.items())
+            and isinstance(created_by, str)
+            and compilers
+        ):
+            raise ValueError
+    except (KeyError, TypeError, ValueError):
+        raise ImageError(f"{bad} (missing or malformed fields); rebuild the image") from None
+    return make_manifest(list(compilers), files, symlinks, created_by)
+
+
+def _abs(p: object) -> bool:
+    return isinstance(p, str) and p.startswith("/") and "\0" not in p
+
+
+def _compiler(c: object) -> CompilerEntry:
+    if not isinstance(c, dict):
+        raise ValueError
+    fields = {k: c[k] for k in CompilerEntry.__dataclass_fields__}
+    if not all(isinstance(v, str) and v for v in fields.values()):
+        raise ValueError
+    if fields["kind"] not in KINDS or not _abs(fields["path"]):
+        raise ValueError
+    if not fields["identity"].startswith("sha256:"):
+        raise ValueError
+    return CompilerEntry(**fields)
+
+
+def read_manifest(image_path: str) -> Manifest:
+    """Read the manifest of a toolchain image without mounting it (no root needed).
+
+    Raises ImageError for a missing, unreadable, non-squashfs, corrupt or manifest-less image.
+    """
+    from jailcc.images import squashfs
+
+    data = squashfs.cat(image_path, MANIFEST_PATH)
+    if data is None:
+        raise ImageError(
+            f"{image_path} has no {MANIFEST_PATH}: not a jailcc toolchain image; "
+            "build one with jailcc-image build"
+        )
+    return parse_manifest(data, image_path)
