@@ -48,6 +48,7 @@ class Sandbox:
         *,
         uid_base: int = DEFAULT_BASE,
         uid_count: int = DEFAULT_COUNT,
+        warm: int = 1,
         python: str = sys.executable,
     ) -> None:
         for name, path in images.items():
@@ -66,6 +67,7 @@ class Sandbox:
             str(uid_base),
             "--uid-count",
             str(uid_count),
+            f"--warm={warm}",
         ]
         cmd += [f"--image={name}={os.path.abspath(path)}" for name, path in images.items()]
         self._proc = subprocess.Popen(cmd, pass_fds=[theirs.fileno()], stdin=subprocess.DEVNULL)

@@ -49,10 +49,18 @@ def _check_strings(values: Any, what: str) -> list[str]:
 
 
 class JailInit:
-    def __init__(self, sock: socket.socket, limits: JailLimits, weaken: frozenset[str]) -> None:
+    def __init__(
+        self,
+        sock: socket.socket,
+        limits: JailLimits,
+        weaken: frozenset[str],
+        spawn_helper: str | None = None,
+    ) -> None:
         self.sock = sock
         self.limits = limits
         self.weaken = weaken
+        self.spawn_helper = spawn_helper
+        self.devnull = os.open("/dev/null", os.O_RDONLY | os.O_CLOEXEC)
 
     def serve(self) -> None:
         max_input = self.limits.work_bytes + MAX_ARGS_BYTES
@@ -148,9 +156,12 @@ class JailInit:
         out_r, out_w = os.pipe2(os.O_CLOEXEC)
         err_r, err_w = os.pipe2(os.O_CLOEXEC)
         started = time.monotonic()
-        pid = os.fork()
-        if pid == 0:  # pragma: no cover - runs in the child
-            self._exec_child(argv, env, cwd, limits, out_w, err_w)
+        if self.spawn_helper:
+            pid = self._spawn(argv, env, cwd, limits, out_w, err_w)
+        else:
+            pid = os.fork()
+            if pid == 0:  # pragma: no cover - runs in the child
+                self._exec_child(argv, env, cwd, limits, out_w, err_w)
         os.close(out_w)
         os.close(err_w)
         pidfd = os.pidfd_open(pid)
@@ -223,6 +234,42 @@ class JailInit:
         }
         return result, b"".join(chunks[out_r]), b"".join(chunks[err_r])
 
+    def _rlimits(self, limits: RunLimits) -> tuple[int, int, int, int, int]:
+        """CPU, address space, file size, open files, processes; 0 = leave as inherited."""
+        weak = self.weaken
+        return (
+            0 if "no_cpu_limit" in weak else limits.cpu_seconds,
+            0 if "no_memory_limit" in weak else limits.address_space_bytes,
+            limits.file_bytes,
+            limits.open_files,
+            # The uid is this jail's alone, so RLIMIT_NPROC counts this jail only.
+            0 if {"no_pids_limit", "root_uid"} & weak else self.limits.pids_max,
+        )
+
+    def _spawn(
+        self,
+        argv: list[str],
+        env: dict[str, str],
+        cwd: str,
+        limits: RunLimits,
+        out_w: int,
+        err_w: int,
+    ) -> int:
+        """Start the job through the C helper (spawn.c) with vfork: no copy of this process."""
+        helper = self.spawn_helper
+        assert helper is not None
+        args = [helper, cwd, *(str(v) for v in self._rlimits(limits)), argv[0], *argv]
+        return os.posix_spawn(
+            helper,
+            args,
+            env,
+            file_actions=[
+                (os.POSIX_SPAWN_DUP2, self.devnull, 0),
+                (os.POSIX_SPAWN_DUP2, out_w, 1),
+                (os.POSIX_SPAWN_DUP2, err_w, 2),
+            ],
+        )
+
     def _exec_child(
         self,
         argv: list[str],
@@ -241,23 +288,18 @@ class JailInit:
             with contextlib.suppress(OSError), open("/proc/self/oom_score_adj", "w") as f:
                 # The job, not the jail's init, is what the OOM killer should pick.
                 f.write("1000")
-            weak = self.weaken
-            rl = [
-                (resource.RLIMIT_CORE, 0),
-                (resource.RLIMIT_NOFILE, limits.open_files),
-                (resource.RLIMIT_FSIZE, limits.file_bytes),
-            ]
-            if "no_memory_limit" not in weak:
-                rl.append((resource.RLIMIT_AS, limits.address_space_bytes))
-            if "no_pids_limit" not in weak and "root_uid" not in weak:
-                # The uid is this jail's alone, so RLIMIT_NPROC counts this jail only.
-                rl.append((resource.RLIMIT_NPROC, self.limits.pids_max))
-            for which, value in rl:
-                resource.setrlimit(which, (value, value))
-            if "no_cpu_limit" not in weak:
-                resource.setrlimit(
-                    resource.RLIMIT_CPU, (limits.cpu_seconds, limits.cpu_seconds + 1)
-                )
+            cpu, address_space, file_size, open_files, processes = self._rlimits(limits)
+            resource.setrlimit(resource.RLIMIT_CORE, (0, 0))
+            for which, value in (
+                (resource.RLIMIT_AS, address_space),
+                (resource.RLIMIT_FSIZE, file_size),
+                (resource.RLIMIT_NOFILE, open_files),
+                (resource.RLIMIT_NPROC, processes),
+            ):
+                if value:
+                    resource.setrlimit(which, (value, value))
+            if cpu:
+                resource.setrlimit(resource.RLIMIT_CPU, (cpu, cpu + 1))
             os.chdir(cwd)
             null = os.open("/dev/null", os.O_RDONLY)
             os.dup2(null, 0)

@@ -24,13 +24,14 @@ from dataclasses import dataclass, field
 
 import prctl
 
-from . import cgroups, loopdev, privileges, rootfs, wire
+from . import cgroups, helpers, loopdev, privileges, rootfs, wire
 from . import syscalls as sc
 from .init import JailInit
 from .spec import WEAKENINGS, JailLimits
 from .uidpool import DEFAULT_BASE, DEFAULT_COUNT, UidPool
 
 READY_TIMEOUT = 10.0
+MAX_WARM_KEYS = 4  # distinct (image, limits) pairs kept warm; the least recent is drained
 
 
 @dataclass
@@ -47,12 +48,27 @@ class LiveJail:
     leaks: list[str] = field(default_factory=list)
 
 
+@dataclass
+class PendingJail:
+    """A jail whose init was forked and may still be building it."""
+
+    jail_id: int
+    server_end: socket.socket
+    ready_r: int
+
+
 class Launcher:
-    def __init__(self, control: socket.socket, images: dict[str, str], pool: UidPool) -> None:
+    def __init__(
+        self, control: socket.socket, images: dict[str, str], pool: UidPool, warm_per_key: int = 1
+    ) -> None:
         self.control = control
         self.pool = pool
         self.jails: dict[int, LiveJail] = {}
         self.counter = 0
+        # Jails built ahead of demand, per (image, limits) recently asked for: a connection
+        # then gets a ready jail, and the building happens while the launcher is idle.
+        self.warm_per_key = warm_per_key
+        self.warm: dict[tuple[str, JailLimits], list[PendingJail]] = {}
         self.own_pidns = os.open("/proc/self/ns/pid", os.O_RDONLY | os.O_CLOEXEC)
         sc.unshare(sc.CLONE_NEWNS)
         sc.mount(None, "/", None, sc.MS_REC | sc.MS_PRIVATE)
@@ -78,6 +94,12 @@ class Launcher:
             else:
                 loopdev.mount_image(path, target)
             self.images[name] = target
+        try:
+            self.spawn_helper: str | None = helpers.build_static("spawn.c")
+        except (helpers.HelperUnavailable, OSError) as exc:
+            # Jobs still run, through a slower fork of the Python init.
+            print(f"jailcc-launcher: warning: {exc}", file=sys.stderr)
+            self.spawn_helper = None
         self.cgroup_parents = cgroups.parent_dirs()
         cgroups.remove_stale(self.cgroup_parents)
 
@@ -111,9 +133,12 @@ class Launcher:
             wire.send_packet(self.control, reply, out_fds)
             for fd in out_fds:
                 os.close(fd)
+            self._refill_while_idle()
         self.shutdown()
 
     def shutdown(self) -> None:
+        for key in list(self.warm):
+            self._drain(key)
         for jail_id in list(self.jails):
             self._destroy(jail_id)
         for path in self.cgroup_parents.values():
@@ -139,7 +164,44 @@ class Launcher:
         weaken = frozenset(message.get("weaken") or ())
         if not weaken <= WEAKENINGS:
             raise ValueError(f"unknown weakenings {sorted(weaken - WEAKENINGS)}")
-        image_root = self.images[message["image"]]
+        image = message["image"]
+        if image not in self.images:
+            raise ValueError(f"no image named {image!r}")
+        if weaken or not self.warm_per_key:
+            return self._finish(self._start(image, limits, weaken))
+        key = (image, limits)
+        ready = self.warm.pop(key, [])
+        self.warm[key] = ready  # most recently asked-for key last
+        while len(self.warm) > MAX_WARM_KEYS:
+            self._drain(next(iter(self.warm)))
+        while ready:
+            try:
+                return self._finish(ready.pop(0))
+            except OSError as exc:  # a warm jail that failed: say so, try the next or build
+                print(f"jailcc-launcher: warning: {exc}", file=sys.stderr)
+        return self._finish(self._start(image, limits, weaken))
+
+    def _refill_while_idle(self) -> None:
+        """Start building warm jails; their set-up runs on while we serve requests."""
+        for key, ready in list(self.warm.items()):
+            while len(ready) < self.warm_per_key:
+                if select.select([self.control], [], [], 0)[0]:
+                    return  # a request is waiting: it comes first
+                try:
+                    ready.append(self._start(*key, frozenset()))
+                except (OSError, ValueError) as exc:
+                    print(f"jailcc-launcher: warning: building a warm jail: {exc}", file=sys.stderr)
+                    return
+
+    def _drain(self, key: tuple[str, JailLimits]) -> None:
+        for pending in self.warm.pop(key, []):
+            pending.server_end.close()
+            os.close(pending.ready_r)
+            self._destroy(pending.jail_id)
+
+    def _start(self, image: str, limits: JailLimits, weaken: frozenset[str]) -> PendingJail:
+        """Fork a jail's init; it builds the jail and says so on a pipe."""
+        image_root = self.images[image]
         pool_uid = self.pool.acquire()
         jail_uid = 0 if "root_uid" in weaken else pool_uid
         self.counter += 1
@@ -161,23 +223,43 @@ class Launcher:
             sc.unshare(sc.CLONE_NEWPID)
         pid = os.fork()
         if pid == 0:  # pragma: no cover - runs in the jail's init
-            _jail_main(jail_end, ready_w, image_root, pool_uid, jail_uid, group, limits, weaken)
+            _jail_main(
+                jail_end,
+                ready_w,
+                image_root,
+                pool_uid,
+                jail_uid,
+                group,
+                limits,
+                weaken,
+                self.spawn_helper,
+            )
         if new_pidns:
             sc.setns(self.own_pidns, sc.CLONE_NEWPID)  # later forks stay in our namespace
         jail_end.close()
         os.close(ready_w)
-        status = _read_ready(ready_r)
-        os.close(ready_r)
-        jail = LiveJail(pid, jail_uid, pool_uid, group, -1, limits, weaken)
-        self.jails[jail_id] = jail
+        self.jails[jail_id] = LiveJail(pid, jail_uid, pool_uid, group, -1, limits, weaken)
+        return PendingJail(jail_id, server_end, ready_r)
+
+    def _finish(self, pending: PendingJail) -> tuple[dict, list[int]]:
+        """Wait for a started jail to be ready; the reply and the channel to its init."""
+        status = _read_ready(pending.ready_r)
+        os.close(pending.ready_r)
+        jail = self.jails[pending.jail_id]
         if status != "ok":
-            server_end.close()
-            report = self._destroy(jail_id)
+            pending.server_end.close()
+            report = self._destroy(pending.jail_id)
             raise OSError("; ".join([f"jail set-up failed: {status}", *report["leaks"]]))
-        jail.mntns_fd = os.open(f"/proc/{pid}/ns/mnt", os.O_RDONLY | os.O_CLOEXEC)
-        reply = {"ok": True, "jail": jail_id, "pid": pid, "uid": jail_uid, "cgroups": group.paths}
-        fd = os.dup(server_end.fileno())
-        server_end.close()
+        jail.mntns_fd = os.open(f"/proc/{jail.pid}/ns/mnt", os.O_RDONLY | os.O_CLOEXEC)
+        reply = {
+            "ok": True,
+            "jail": pending.jail_id,
+            "pid": jail.pid,
+            "uid": jail.uid,
+            "cgroups": jail.cgroup.paths,
+        }
+        fd = os.dup(pending.server_end.fileno())
+        pending.server_end.close()
         return reply, [fd]
 
     def _workdir(self, message: dict) -> dict:
@@ -231,6 +313,7 @@ def _jail_main(
     group: cgroups.JailCgroup,
     limits: JailLimits,
     weaken: frozenset[str],
+    spawn_helper: str | None,
 ) -> None:  # pragma: no cover - runs in the jail
     try:
         sc.close_fds_except({sock.fileno(), ready_w})
@@ -242,7 +325,7 @@ def _jail_main(
             flags |= sc.CLONE_NEWNET
         sc.unshare(flags)
         socket.sethostname("jailcc")
-        rootfs.build(image_root, jail_uid, limits, weaken)
+        rootfs.build(image_root, jail_uid, limits, weaken, spawn_helper)
         # As PID 1 an init ignores signals it has no handler for: drop Python's SIGINT handler.
         signal.signal(signal.SIGINT, signal.SIG_DFL)
         privileges.drop(pool_uid, weaken)
@@ -253,7 +336,8 @@ def _jail_main(
             os.write(ready_w, f"{type(exc).__name__}: {exc}".encode()[:4000])
         os._exit(1)
     try:
-        JailInit(sock, limits, weaken).serve()
+        helper = rootfs.SPAWN_HELPER if spawn_helper else None
+        JailInit(sock, limits, weaken, helper).serve()
     finally:
         os._exit(0)
 
@@ -265,6 +349,7 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--image", action="append", default=[], metavar="NAME=PATH")
     parser.add_argument("--uid-base", type=int, default=DEFAULT_BASE)
     parser.add_argument("--uid-count", type=int, default=DEFAULT_COUNT)
+    parser.add_argument("--warm", type=int, default=1, help="jails kept ready per image/limits")
     args = parser.parse_args(argv)
     prctl.set_pdeathsig(signal.SIGKILL)
     if os.getppid() != args.parent_pid:
@@ -273,7 +358,7 @@ def main(argv: list[str] | None = None) -> None:
     control = socket.socket(fileno=args.control_fd)
     try:
         images = dict(item.split("=", 1) for item in args.image)
-        launcher = Launcher(control, images, UidPool(args.uid_base, args.uid_count))
+        launcher = Launcher(control, images, UidPool(args.uid_base, args.uid_count), args.warm)
     except (OSError, ValueError, cgroups.CgroupError) as exc:
         wire.send_packet(control, {"ok": False, "error": f"launcher start-up failed: {exc}"})
         sys.exit(1)

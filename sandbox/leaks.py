@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+from collections.abc import Iterable, Sequence
 
 from . import cgroups, rootfs
 from .uidpool import DEFAULT_BASE, DEFAULT_COUNT
@@ -49,7 +50,7 @@ def host_mounts() -> list[str]:
         return [line.split()[4] for line in f if line.split()[4].startswith(rootfs.MOUNT_BASE)]
 
 
-def loop_devices_backed_by(paths: list[str]) -> list[str]:
+def loop_devices_backed_by(paths: Iterable[str]) -> list[str]:
     """Loop devices whose backing file is one of paths."""
     wanted = {os.path.realpath(p) for p in paths}
     found = []
@@ -63,19 +64,24 @@ def loop_devices_backed_by(paths: list[str]) -> list[str]:
 
 
 def leftovers(
-    images: list[str] = (),
-    uid_base: int = DEFAULT_BASE,  # type: ignore[assignment]
-    uid_count: int = DEFAULT_COUNT,
-    owner_pid: int | None = None,
+    images: Sequence[str] = (), uids: Iterable[int] | None = None, owner_pid: int | None = None
 ) -> list[str]:
-    """Everything jails left behind; with owner_pid, only cgroups of that launcher count."""
-    problems = [
-        f"process {pid} of jail uid {uid} alive"
-        for pid, uid in processes_of_uids(uid_base, uid_base + uid_count)
-    ]
+    """Everything jails left behind: processes of the given jail uids (default: the whole
+    reserved range), cgroups (with owner_pid, only that launcher's), host-visible mounts and
+    loop devices still backed by the given images."""
+    if uids is None:
+        procs = processes_of_uids(DEFAULT_BASE, DEFAULT_BASE + DEFAULT_COUNT)
+    else:
+        wanted = set(uids)
+        procs = [
+            p
+            for p in processes_of_uids(min(wanted, default=0), max(wanted, default=0) + 1)
+            if p[1] in wanted
+        ]
+    problems = [f"process {pid} of jail uid {uid} alive" for pid, uid in procs]
     for path in jail_cgroups():
         if owner_pid is None or os.path.basename(path).startswith(f"{owner_pid}-"):
             problems.append(f"cgroup {path} left")
     problems += [f"mount {m} visible on the host" for m in host_mounts()]
-    problems += [f"loop device {d} still attached" for d in loop_devices_backed_by(list(images))]
+    problems += [f"loop device {d} still attached" for d in loop_devices_backed_by(images)]
     return problems

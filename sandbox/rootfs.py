@@ -24,6 +24,8 @@ from .spec import JailLimits
 MOUNT_BASE = "/run/jailcc/mnt"
 JAIL_BUILD_DIR = os.path.join(MOUNT_BASE, "jail")
 ROOT_IN_OUTER = "/r"
+# The C helper that starts each job (spawn.c), bound read-only into every jail.
+SPAWN_HELPER = "/.jailcc-spawn"
 
 DEVICES = ("null", "zero", "full", "random", "urandom")
 DEV_LINKS = {
@@ -45,7 +47,9 @@ def _bind_readonly(source: str, target: str, flags: int) -> None:
     sc.mount(None, target, None, sc.MS_BIND | sc.MS_REMOUNT | flags)
 
 
-def build(image_root: str, uid: int, limits: JailLimits, weaken: frozenset[str]) -> None:
+def build(
+    image_root: str, uid: int, limits: JailLimits, weaken: frozenset[str], spawn_helper: str | None
+) -> None:
     """Build the jail's root and enter it. Runs in the jail's init, as root, in fresh mount and
     PID namespaces; the caller drops privileges afterwards."""
     secure = 0 if "suid_mounts" in weaken else SECURE
@@ -82,6 +86,11 @@ def build(image_root: str, uid: int, limits: JailLimits, weaken: frozenset[str])
                 os.mkdir(root + host_dir, 0o755)
         _bind_readonly("/etc", root + "/etc", sc.MS_RDONLY | secure)
         _bind_readonly("/tmp", root + "/hosttmp", sc.MS_RDONLY | secure)
+
+    if spawn_helper:
+        target = root + SPAWN_HELPER
+        os.close(os.open(target, os.O_CREAT | os.O_WRONLY, 0o755))
+        _bind_readonly(spawn_helper, target, sc.MS_RDONLY | secure)
 
     _build_dev(root + "/dev", secure)
     _build_proc(root + "/proc", weaken)

@@ -12,10 +12,9 @@ from pathlib import Path
 import psutil
 import pytest
 from conftest import requires_root
-
 from jailcc.sandbox import leaks
 from jailcc.sandbox.api import JailBroken, Sandbox, SandboxError
-from jailcc.sandbox.spec import MiB, JailLimits, RunLimits
+from jailcc.sandbox.spec import JailLimits, MiB, RunLimits
 from jailcc.sandbox.uidpool import DEFAULT_BASE, DEFAULT_COUNT
 
 pytestmark = requires_root
@@ -25,23 +24,26 @@ SMALL = JailLimits(memory_bytes=128 * MiB, pids_max=32, work_bytes=16 * MiB, tmp
 QUICK = RunLimits(cpu_seconds=1, wall_seconds=2.0, stdout_bytes=1 * MiB)
 
 
-def preprocess(tmp_path: Path, compiler: str = "gcc-12", source: bytes = SOURCE,
-               suffix: str = ".c") -> bytes:
+def preprocess(
+    tmp_path: Path, compiler: str = "gcc-12", source: bytes = SOURCE, suffix: str = ".c"
+) -> bytes:
     src = tmp_path / f"hello{suffix}"
     src.write_bytes(source)
     return subprocess.run([compiler, "-E", str(src)], check=True, capture_output=True).stdout
 
 
-def host_compile(tmp_path: Path, preprocessed: bytes, args: list[str], compiler: str,
-                 name: str = "hello.i") -> bytes:
+def host_compile(
+    tmp_path: Path, preprocessed: bytes, args: list[str], compiler: str, name: str = "hello.i"
+) -> bytes:
     (tmp_path / name).write_bytes(preprocessed)
     subprocess.run([compiler, *args, "-c", name, "-o", "host.o"], cwd=tmp_path, check=True)
     return (tmp_path / "host.o").read_bytes()
 
 
 def run_probe(jail, probe: bytes, *args: str, limits: RunLimits = QUICK):
-    return jail.run(["/w/probe", *args], cwd="/w", inputs={"probe": probe},
-                    executables=["probe"], limits=limits)
+    return jail.run(
+        ["/w/probe", *args], cwd="/w", inputs={"probe": probe}, executables=["probe"], limits=limits
+    )
 
 
 def test_compile_in_jail_is_byte_identical_to_host(sandbox, tmp_path: Path) -> None:
@@ -50,8 +52,12 @@ def test_compile_in_jail_is_byte_identical_to_host(sandbox, tmp_path: Path) -> N
     expected = host_compile(tmp_path, pre, args, "gcc-12")
     with sandbox.create_jail("gcc-12") as jail:
         # The same absolute working directory as the host compile: DW_AT_comp_dir matches.
-        result = jail.run(["/usr/bin/gcc-12", *args, "-c", "hello.i", "-o", "hello.o"],
-                          cwd=str(tmp_path), inputs={"hello.i": pre}, outputs=["hello.o"])
+        result = jail.run(
+            ["/usr/bin/gcc-12", *args, "-c", "hello.i", "-o", "hello.o"],
+            cwd=str(tmp_path),
+            inputs={"hello.i": pre},
+            outputs=["hello.o"],
+        )
     assert result.exit_code == 0, result.stderr
     assert result.outputs["hello.o"] == expected
     assert str(tmp_path).encode() in expected  # debug info names the working directory
@@ -62,16 +68,24 @@ def test_cxx_compile_in_jail_is_byte_identical(sandbox, tmp_path: Path) -> None:
     pre = preprocess(tmp_path, "g++-12", source, ".cc")
     expected = host_compile(tmp_path, pre, ["-O1", "-g"], "g++-12", "hello.ii")
     with sandbox.create_jail("gcc-12") as jail:
-        result = jail.run(["/usr/bin/g++-12", "-O1", "-g", "-c", "hello.ii", "-o", "hello.o"],
-                          cwd=str(tmp_path), inputs={"hello.ii": pre}, outputs=["hello.o"])
+        result = jail.run(
+            ["/usr/bin/g++-12", "-O1", "-g", "-c", "hello.ii", "-o", "hello.o"],
+            cwd=str(tmp_path),
+            inputs={"hello.ii": pre},
+            outputs=["hello.o"],
+        )
     assert result.exit_code == 0, result.stderr
     assert result.outputs["hello.o"] == expected
 
 
 def test_compile_error_comes_back_as_diagnostics(sandbox) -> None:
     with sandbox.create_jail("gcc-12") as jail:
-        result = jail.run(["/usr/bin/gcc-12", "-c", "bad.i", "-o", "bad.o"], cwd="/src",
-                          inputs={"bad.i": b'# 1 "bad.c"\nint f( {\n'}, outputs=["bad.o"])
+        result = jail.run(
+            ["/usr/bin/gcc-12", "-c", "bad.i", "-o", "bad.o"],
+            cwd="/src",
+            inputs={"bad.i": b'# 1 "bad.c"\nint f( {\n'},
+            outputs=["bad.o"],
+        )
     assert result.exit_code == 1 and result.limit is None
     assert b"bad.c:1:" in result.stderr
     assert result.outputs == {}
@@ -86,14 +100,22 @@ def test_identity_inside_the_jail(sandbox, probe_binary: bytes) -> None:
 
 def test_several_runs_share_a_jail_and_start_clean(sandbox, probe_binary: bytes) -> None:
     with sandbox.create_jail("gcc-12") as jail:
-        first = jail.run(["/w/probe", "marker", "left-over", "0"], cwd="/w",
-                         inputs={"probe": probe_binary, "dir/input.txt": b"x"},
-                         executables=["probe"], outputs=["left-over", "dir/input.txt"])
+        first = jail.run(
+            ["/w/probe", "marker", "left-over", "0"],
+            cwd="/w",
+            inputs={"probe": probe_binary, "dir/input.txt": b"x"},
+            executables=["probe"],
+            outputs=["left-over", "dir/input.txt"],
+        )
         assert set(first.outputs) == {"left-over", "dir/input.txt"}
         # Same directory again: the previous job's files are gone.
-        second = jail.run(["/w/probe", "neighbour", "/w/left-over", "no-such-process"],
-                          cwd="/w", inputs={"probe": probe_binary}, executables=["probe"],
-                          outputs=["left-over", "dir/input.txt"])
+        second = jail.run(
+            ["/w/probe", "neighbour", "/w/left-over", "no-such-process"],
+            cwd="/w",
+            inputs={"probe": probe_binary},
+            executables=["probe"],
+            outputs=["left-over", "dir/input.txt"],
+        )
         assert second.stdout.startswith(b"PASS"), second.stdout
         assert second.outputs == {}
         # Another directory: a fresh work dir there.
@@ -104,9 +126,13 @@ def test_several_runs_share_a_jail_and_start_clean(sandbox, probe_binary: bytes)
 def test_outputs_that_are_not_regular_files_are_not_returned(sandbox, probe_binary) -> None:
     with sandbox.create_jail("gcc-12") as jail:
         # /w/probe makes nothing called out.o; ask for the input itself through a symlink.
-        result = jail.run(["/w/probe", "daemon", "0"], cwd="/w",
-                          inputs={"probe": probe_binary}, executables=["probe"],
-                          outputs=["missing.o", "probe"])
+        result = jail.run(
+            ["/w/probe", "daemon", "0"],
+            cwd="/w",
+            inputs={"probe": probe_binary},
+            executables=["probe"],
+            outputs=["missing.o", "probe"],
+        )
         assert set(result.outputs) == {"probe"}
 
 
@@ -122,8 +148,9 @@ def test_outputs_that_are_not_regular_files_are_not_returned(sandbox, probe_bina
         (["/usr/bin/gcc-12"], "/w", {"/etc/passwd": b""}, "relative"),
     ],
 )
-def test_bad_requests_are_refused_and_the_jail_stays_usable(sandbox, argv, cwd, inputs,
-                                                            message) -> None:
+def test_bad_requests_are_refused_and_the_jail_stays_usable(
+    sandbox, argv, cwd, inputs, message
+) -> None:
     with sandbox.create_jail("gcc-12") as jail:
         with pytest.raises(SandboxError, match=message):
             jail.run(argv, cwd=cwd, inputs=inputs)
@@ -188,12 +215,15 @@ def own_copy(image: Path, tmp_path: Path) -> Path:
     return copy
 
 
-def test_a_thousand_jails_in_sequence_and_twenty_at_once_leave_nothing(gcc_image,
-                                                                        tmp_path) -> None:
+def test_a_thousand_jails_in_sequence_and_twenty_at_once_leave_nothing(gcc_image, tmp_path) -> None:
     gcc_image = own_copy(gcc_image, tmp_path)
-    with Sandbox({"gcc-12": str(gcc_image)}) as sb:
+    used_uids: set[int] = set()
+    # No warm jails here, so that any live jail process after the loop is a leak.
+    with Sandbox({"gcc-12": str(gcc_image)}, warm=0) as sb:
+
         def cycle() -> None:
             jail = sb.create_jail("gcc-12")
+            used_uids.add(jail.uid)
             assert jail.run(["/usr/bin/gcc-12", "-dumpversion"], cwd="/w").exit_code == 0
             assert jail.close().leaks == []
 
@@ -208,7 +238,7 @@ def test_a_thousand_jails_in_sequence_and_twenty_at_once_leave_nothing(gcc_image
             try:
                 for _ in range(5):
                     cycle()
-            except BaseException as exc:  # noqa: BLE001 - re-raised below
+            except BaseException as exc:
                 errors.append(exc)
 
         threads = [threading.Thread(target=worker) for _ in range(20)]
@@ -217,16 +247,15 @@ def test_a_thousand_jails_in_sequence_and_twenty_at_once_leave_nothing(gcc_image
         for t in threads:
             t.join()
         assert errors == []
-        assert leaks.leftovers(owner_pid=sb.launcher_pid) == []
+        assert leaks.leftovers(uids=used_uids, owner_pid=sb.launcher_pid) == []
         growth_server = _rss(os.getpid()) - server_before
         growth_launcher = _rss(sb.launcher_pid) - launcher_before
         assert growth_server < 8 * MiB, growth_server
         assert growth_launcher < 8 * MiB, growth_launcher
-    assert leaks.leftovers(images=[str(gcc_image)]) == []
+    assert leaks.leftovers(images=[str(gcc_image)], uids=used_uids, owner_pid=sb.launcher_pid) == []
 
 
-def test_killing_the_launcher_takes_every_jail_with_it(gcc_image, probe_binary,
-                                                       tmp_path) -> None:
+def test_killing_the_launcher_takes_every_jail_with_it(gcc_image, probe_binary, tmp_path) -> None:
     gcc_image = own_copy(gcc_image, tmp_path)
     sb = Sandbox({"gcc-12": str(gcc_image)})
     jails = [sb.create_jail("gcc-12") for _ in range(3)]
@@ -235,9 +264,8 @@ def test_killing_the_launcher_takes_every_jail_with_it(gcc_image, probe_binary,
 
     def long_job() -> None:
         try:
-            run_probe(jails[0], probe_binary, "sleep", "30",
-                      limits=RunLimits(wall_seconds=60.0))
-        except BaseException as exc:  # noqa: BLE001 - inspected below
+            run_probe(jails[0], probe_binary, "sleep", "30", limits=RunLimits(wall_seconds=60.0))
+        except BaseException as exc:
             holder["error"] = exc
 
     thread = threading.Thread(target=long_job)
@@ -257,8 +285,9 @@ def test_killing_the_launcher_takes_every_jail_with_it(gcc_image, probe_binary,
     sb.close()
     # Empty cgroups of the dead launcher are removed by the next launcher that starts.
     with Sandbox({"gcc-12": str(gcc_image)}) as again:
-        assert all(not p.split("/")[-1].startswith(f"{sb.launcher_pid}-")
-                   for p in leaks.jail_cgroups())
+        assert all(
+            not p.split("/")[-1].startswith(f"{sb.launcher_pid}-") for p in leaks.jail_cgroups()
+        )
         assert again.images == ["gcc-12"]
 
 
