@@ -1,0 +1,151 @@
+"""`jailccd selftest`: every probe passes on real images, and every probe is shown able to fail
+by running it against a jail weakened in the one way it looks for."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+from pathlib import Path
+
+import pytest
+from conftest import BIN, requires_root
+from jailcc.sandbox import leaks
+from jailcc.sandbox.selftest import PROBE_NAMES, run_selftest
+from jailcc.sandbox.uidpool import DEFAULT_BASE, DEFAULT_COUNT
+
+pytestmark = requires_root
+
+# probe -> the weakening that must make it report FAIL
+WEAKENED = {
+    "read_host_file": {"share_host_paths"},
+    "write_image": {"root_uid", "writable_image"},  # on an unpacked (directory) image
+    "write_outside_workdir": {"writable_root"},
+    "network": {"no_netns"},
+    "host_processes": {"no_pidns"},
+    "uid0_caps": {"root_uid"},
+    "setuid_binaries": {"suid_mounts"},
+    "new_userns": {"no_chroot_nesting"},
+    "mount": {"root_uid"},
+    "chroot_escape": {"root_uid"},
+    "ptrace": {"dumpable_init"},
+    "devices": {"root_uid"},
+    "keyctl": {"keep_session_keyring"},
+    "proc_sys_write": {"root_uid", "rw_proc_sys"},
+    "memory": {"no_memory_limit"},
+    "fork_bomb": {"no_pids_limit"},
+    "fill_disk": {"no_disk_limit"},
+    "wall_clock": {"no_wall_clock"},
+    "cpu_time": {"no_cpu_limit"},
+    "output_flood": {"no_output_cap"},
+    "outlive_jail": {"no_pidns"},
+    "neighbour_jail": {"no_pidns"},
+}
+
+
+def test_every_probe_has_a_weakening() -> None:
+    assert set(WEAKENED) == set(PROBE_NAMES)
+
+
+def test_selftest_passes_on_the_gcc_image(gcc_image: Path) -> None:
+    reports = run_selftest({"gcc-12": str(gcc_image)}, timing_rounds=5)
+    (report,) = reports
+    failed = [(p.name, p.detail) for p in report.probes if not p.passed]
+    assert failed == []
+    assert [p.name for p in report.probes] == list(PROBE_NAMES)
+    assert 0 < report.build_ms_median < 1000 and 0 < report.teardown_ms_median < 1000
+
+
+@pytest.fixture(scope="module")
+def unpacked_image(gcc_image: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The gcc image as a plain directory: squashfs is read-only whatever the mount says, so
+    only a directory image can show that the read-only remount is what protects it."""
+    target = tmp_path_factory.mktemp("unpacked") / "root"
+    subprocess.run(
+        ["unsquashfs", "-q", "-d", str(target), str(gcc_image)], check=True, capture_output=True
+    )
+    return target
+
+
+@pytest.mark.parametrize("probe", PROBE_NAMES)
+def test_each_probe_fails_against_a_weakened_jail(
+    probe: str, gcc_image: Path, unpacked_image: Path
+) -> None:
+    image = unpacked_image if probe == "write_image" else gcc_image
+    jail_range = (DEFAULT_BASE, DEFAULT_BASE + DEFAULT_COUNT)
+    alive_before = set(leaks.processes_of_uids(*jail_range))  # other sandboxes' warm jails
+    (report,) = run_selftest(
+        {"img": str(image)}, weaken=frozenset(WEAKENED[probe]), only=[probe], timing_rounds=0
+    )
+    (result,) = report.probes
+    assert result.name == probe
+    assert not result.passed, f"{probe} passed against a jail with {WEAKENED[probe]}"
+    # Even a weakened jail must not leave anything running on the host.
+    assert set(leaks.processes_of_uids(*jail_range)) <= alive_before
+
+
+def test_weakened_image_probe_passes_without_the_weakening(unpacked_image: Path) -> None:
+    # The same directory image with only root_uid: the read-only remount alone protects it.
+    (report,) = run_selftest(
+        {"img": str(unpacked_image)},
+        weaken=frozenset({"root_uid"}),
+        only=["write_image"],
+        timing_rounds=0,
+    )
+    assert report.probes[0].passed, report.probes[0].detail
+
+
+def test_cli_selftest_json_on_the_clang_image(clang_image: Path) -> None:
+    proc = subprocess.run(
+        [
+            str(BIN / "jailccd"),
+            "selftest",
+            "--toolchain-image",
+            str(clang_image),
+            "--json",
+            "--timing-rounds",
+            "3",
+        ],
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    report = json.loads(proc.stdout)
+    assert report["failed"] == 0 and report["passed"] == len(PROBE_NAMES)
+    assert report["images"][0]["image"] == "clang-16"
+
+
+def test_cli_selftest_lines_and_summary(gcc_image: Path) -> None:
+    proc = subprocess.run(
+        [
+            str(BIN / "jailccd"),
+            "selftest",
+            "--toolchain-image",
+            str(gcc_image),
+            "--probe",
+            "network",
+            "--probe",
+            "uid0_caps",
+            "--timing-rounds",
+            "2",
+        ],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert proc.returncode == 0, proc.stderr
+    lines = proc.stdout.splitlines()
+    assert lines[0].startswith("PASS") and "network" in lines[0]
+    assert "median jail build" in lines[-2]
+    assert lines[-1] == "selftest: 2 passed, 0 failed"
+
+
+def test_cli_selftest_missing_image_is_one_clear_line(tmp_path: Path) -> None:
+    proc = subprocess.run(
+        [str(BIN / "jailccd"), "selftest", "--toolchain-image", str(tmp_path / "none.img")],
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert proc.returncode == 2
+    assert proc.stderr.count("\n") == 1 and "jailcc-image build" in proc.stderr
