@@ -62,6 +62,32 @@ class JailInit:
         self.spawn_helper = spawn_helper
         self.devnull = os.open("/dev/null", os.O_RDONLY | os.O_CLOEXEC)
 
+    def warm_up(self) -> None:
+        """Run one job through the whole path before the first real one: this process is a
+        fresh fork, and its first pass through any code copies the pages it touches (copy-on-
+        write). Paying that while the jail waits in the warm pool keeps it off the first
+        compile. The job runs a program that does not exist, in /tmp, and is wiped after."""
+        request = {
+            "op": "run",
+            "argv": ["/.jailcc-warm-up"],
+            "env": {},
+            "cwd": "/tmp",
+            "inputs": ["in"],
+            "outputs": ["in"],
+            "executables": [],
+            "limits": RunLimits().to_dict(),
+        }
+        ours, theirs = socket.socketpair()
+        try:
+            wire.send_message(theirs, request, [b"warm-up"])
+            header, blobs = wire.recv_message(ours, 1 << 20)
+            reply, out_blobs = self._dispatch(header, blobs)
+            wire.send_message(ours, reply, out_blobs)
+            wire.recv_message(theirs, 1 << 20)
+        finally:
+            ours.close()
+            theirs.close()
+
     def serve(self) -> None:
         max_input = self.limits.work_bytes + MAX_ARGS_BYTES
         while True:

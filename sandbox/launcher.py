@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import gc
 import os
 import select
 import signal
@@ -31,6 +32,7 @@ from .spec import WEAKENINGS, JailLimits
 from .uidpool import DEFAULT_BASE, DEFAULT_COUNT, UidPool
 
 READY_TIMEOUT = 10.0
+REFILL_IDLE_SECONDS = 0.0005
 MAX_WARM_KEYS = 4  # distinct (image, limits) pairs kept warm; the least recent is drained
 
 
@@ -106,6 +108,10 @@ class Launcher:
     # -- request loop ------------------------------------------------------------------------
 
     def serve(self) -> None:
+        # Every jail's init is a fork of this process: keep the collector off the inherited
+        # heap, or its first collection in each init copies every page (copy-on-write).
+        gc.collect()
+        gc.freeze()
         wire.send_packet(self.control, {"ok": True, "images": sorted(self.images)})
         while True:
             self._reap_orphans()
@@ -185,8 +191,10 @@ class Launcher:
         """Start building warm jails; their set-up runs on while we serve requests."""
         for key, ready in list(self.warm.items()):
             while len(ready) < self.warm_per_key:
-                if select.select([self.control], [], [], 0)[0]:
-                    return  # a request is waiting: it comes first
+                # A jail's first requests (work dir, teardown) tend to follow each other
+                # closely: give them the launcher first, and build in the gaps.
+                if select.select([self.control], [], [], REFILL_IDLE_SECONDS)[0]:
+                    return
                 try:
                     ready.append(self._start(*key, frozenset()))
                 except (OSError, ValueError) as exc:
@@ -329,6 +337,9 @@ def _jail_main(
         # As PID 1 an init ignores signals it has no handler for: drop Python's SIGINT handler.
         signal.signal(signal.SIGINT, signal.SIG_DFL)
         privileges.drop(pool_uid, weaken)
+        helper = rootfs.SPAWN_HELPER if spawn_helper else None
+        jail_init = JailInit(sock, limits, weaken, helper)
+        jail_init.warm_up()
         os.write(ready_w, b"ok")
         os.close(ready_w)
     except BaseException as exc:
@@ -336,8 +347,7 @@ def _jail_main(
             os.write(ready_w, f"{type(exc).__name__}: {exc}".encode()[:4000])
         os._exit(1)
     try:
-        helper = rootfs.SPAWN_HELPER if spawn_helper else None
-        JailInit(sock, limits, weaken, helper).serve()
+        jail_init.serve()
     finally:
         os._exit(0)
 

@@ -34,10 +34,11 @@ DEV_LINKS = {
     "stdout": "/proc/self/fd/1",
     "stderr": "/proc/self/fd/2",
 }
-# Entries of the image that the jail provides itself.
-RESERVED_TOP = frozenset({"dev", "proc", "tmp"})
+# Entries of the image that the jail provides itself, or does not need (the manifest).
+RESERVED_TOP = frozenset({"dev", "proc", "tmp", ".jailcc"})
 # Parts of /proc that expose or change host-wide state: read-only, as container runtimes do.
-PROC_READONLY = ("sys", "sysrq-trigger", "irq", "bus", "fs")
+# (The rest of /proc that could change anything is root-only, and the jail is never root.)
+PROC_READONLY = ("sys", "sysrq-trigger")
 
 SECURE = sc.MS_NOSUID | sc.MS_NODEV
 
@@ -123,18 +124,22 @@ def build(
 
 
 def _build_dev(dev: str, secure: int) -> None:
+    """A read-only tmpfs holding copies of the harmless device nodes, made while we still
+    have CAP_MKNOD: one mount instead of a bind per device. The jail can never add a node
+    (no CAP_MKNOD, the tmpfs is read-only, and every writable mount is nodev)."""
     os.mkdir(dev, 0o755)
-    sc.mount("jailcc-dev", dev, "tmpfs", secure | sc.MS_NOEXEC, "size=16k,nr_inodes=32,mode=0755")
+    sc.mount(
+        "jailcc-dev", dev, "tmpfs", sc.MS_NOSUID | sc.MS_NOEXEC, "size=16k,nr_inodes=32,mode=0755"
+    )
     for name in DEVICES:
-        target = os.path.join(dev, name)
-        os.close(os.open(target, os.O_CREAT | os.O_WRONLY, 0o666))
-        # A bind of the host's node: the jail can never create device nodes itself (no
-        # CAP_MKNOD, and nodev on every writable mount).
-        sc.mount("/dev/" + name, target, None, sc.MS_BIND)
-        sc.mount(None, target, None, sc.MS_BIND | sc.MS_REMOUNT | sc.MS_NOSUID | sc.MS_NOEXEC)
+        host = os.stat("/dev/" + name)
+        path = os.path.join(dev, name)
+        os.mknod(path, 0o666 | stat.S_IFCHR, host.st_rdev)
+        os.chmod(path, 0o666)  # mknod applies the umask
     for name, link in DEV_LINKS.items():
         os.symlink(link, os.path.join(dev, name))
-    sc.mount(None, dev, None, sc.MS_REMOUNT | sc.MS_RDONLY | secure | sc.MS_NOEXEC)
+    flags = sc.MS_REMOUNT | sc.MS_RDONLY | sc.MS_NOEXEC | (secure & sc.MS_NOSUID)
+    sc.mount(None, dev, None, flags)
 
 
 def _build_proc(proc: str, weaken: frozenset[str]) -> None:
