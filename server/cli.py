@@ -1,7 +1,5 @@
-"""jailccd: the compile server's command line.
-
-This release has the `selftest` subcommand; serving compiles arrives with the job service.
-"""
+"""jailccd: the compile server's command line: `jailccd [options]` serves (see daemon.py),
+`jailccd selftest` proves the jail."""
 
 from __future__ import annotations
 
@@ -57,12 +55,9 @@ def _selftest(args: argparse.Namespace) -> int:
     return 1 if summary["failed"] else 0
 
 
-def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="jailccd", description="The jailcc compile server.")
-    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
-    st = sub.add_parser(
-        "selftest",
-        help="build real jails and try to break out of them",
+def build_selftest_parser() -> argparse.ArgumentParser:
+    st = argparse.ArgumentParser(
+        prog="jailccd selftest",
         description="Build real jails from each toolchain image exactly as for jobs and try to"
         " escape from inside: read host files, write the image, reach the network, see host"
         " processes, regain privileges, exhaust memory, processes, disk and time, outlive the"
@@ -92,11 +87,17 @@ def build_parser() -> argparse.ArgumentParser:
         help="jails to build and tear down for the timing figures (default 20)",
     )
     st.set_defaults(func=_selftest)
-    return parser
+    return st
 
 
 def main(argv: list[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
+    argv = sys.argv[1:] if argv is None else argv
+    if argv[:1] == ["selftest"]:
+        args = build_selftest_parser().parse_args(argv[1:])
+    else:
+        from .daemon import build_parser
+
+        args = build_parser().parse_args(argv)
     try:
         return args.func(args)
     except SelftestError as exc:

@@ -1,0 +1,182 @@
+"""One remote compile: preprocess locally, send, write back what a local compile would have
+written (object, stdout, stderr, exit status). Raises RemoteFailure whenever the result cannot
+be trusted to equal a local compile's, so the caller compiles locally instead."""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import re
+import sys
+import time
+from typing import Any
+
+from .args import RemoteJob
+from .hosts import candidates
+from .remote import RemoteFailure, connect, handshake, offers_identity, run_job
+from .spawn import run_capture, shell_status
+
+MAX_RESULT = 1 << 30
+MAX_EXTRA_SOURCE = 1 << 20
+_SAFE_NAME = re.compile(r"^[A-Za-z0-9_+.,=@%-]{1,200}$")
+
+
+def compile_remote(compiler: str, job: RemoteJob, cwd: str, verbose: bool) -> int:
+    started = time.monotonic()
+    from jailcc.images.errors import ImageError
+    from jailcc.images.identity import compiler_identity
+
+    try:
+        identity = compiler_identity(compiler)
+    except ImageError as exc:
+        raise RemoteFailure(f"cannot identify the compiler: {exc}") from None
+    hosts = candidates()
+    if not hosts:
+        raise RemoteFailure("no server: set JAILCC_HOSTS or start a local jailccd")
+
+    if job.preprocessed:
+        try:
+            with open(job.source, "rb") as f:
+                source = f.read()
+        except OSError as exc:
+            raise RemoteFailure(f"cannot read {job.source}: {exc.strerror}") from None
+        cpp_stderr = b""
+    else:
+        code, source, cpp_stderr = run_capture([compiler, *job.preprocess_args, "-E", job.source])
+        if code != 0:
+            # A genuine error, found locally: report it exactly as the compiler did.
+            sys.stderr.buffer.write(cpp_stderr)
+            return shell_status(code)
+
+    header, blobs = _job_frame(job, identity, cwd, source)
+    reasons = []
+    for host in hosts:
+        try:
+            sock = connect(host)
+        except RemoteFailure as exc:
+            reasons.append(exc.reason)
+            continue
+        try:
+            hello = handshake(sock, host)
+            if not offers_identity(hello, identity):
+                reasons.append(f"{host} has no image for this compiler")
+                continue
+            result = run_job(sock, host, header, blobs, MAX_RESULT)
+        except RemoteFailure as exc:
+            reasons.append(exc.reason)
+            continue
+        finally:
+            sock.close()
+        break
+    else:
+        raise RemoteFailure("; ".join(reasons))
+
+    if result.limit:
+        raise RemoteFailure(f"{host}: the job hit the server's {result.limit} limit")
+    if result.exit_code is None:
+        raise RemoteFailure(f"{host}: the compiler was killed by signal {result.signal}")
+    if result.exit_code == 127 or result.stderr.startswith(b"jail: "):
+        raise RemoteFailure(f"{host}: the compiler could not run: {result.stderr[:200]!r}")
+    if result.exit_code == 0:
+        if result.output is None:
+            raise RemoteFailure(f"{host}: the compile succeeded but sent no output")
+        try:
+            _write_atomically(job.output, result.output)
+        except OSError as exc:  # e.g. a missing directory: the local compile says it properly
+            raise RemoteFailure(f"cannot write {job.output}: {exc.strerror}") from None
+    sys.stdout.buffer.write(result.stdout)
+    sys.stderr.buffer.write(cpp_stderr + result.stderr)
+    if verbose:
+        run_ms = 1000 * float(result.times.get("run", 0.0))
+        total_ms = 1000 * (time.monotonic() - started)
+        print(
+            f"jailcc: {job.source}: remote on {host} (compile {run_ms:.0f} ms, total"
+            f" {total_ms:.0f} ms, exit {result.exit_code})",
+            file=sys.stderr,
+        )
+    return result.exit_code
+
+
+def _job_frame(
+    job: RemoteJob, identity: str, cwd: str, source: bytes
+) -> tuple[dict[str, Any], list[bytes]]:
+    suffix = "ii" if job.language == "c++" else "i"
+    stem = os.path.basename(job.source).rsplit(".", 1)[0]
+    input_name = f"{stem}.{suffix}" if _SAFE_NAME.match(stem) else f"input.{suffix}"
+    args = list(job.remote_args)
+    if _wants_color(args):
+        args.append("-fdiagnostics-color=always")
+    env = {"LC_ALL": "C.UTF-8" if _utf8_locale() else "C"}
+    for name in ("GCC_COLORS", "SOURCE_DATE_EPOCH"):
+        if name in os.environ:
+            env[name] = os.environ[name]
+    files, blobs = [], [source]
+    extra = _source_for_diagnostics(job, cwd)
+    if extra is not None:
+        files.append(extra[0])
+        blobs.append(extra[1])
+    header = {
+        "id": 1,
+        "identity": identity,
+        "args": args,
+        "cwd": cwd,
+        "input": input_name,
+        "mode": "S" if job.assembly else "c",
+        "env": env,
+        "files": files,
+        "source": os.path.basename(job.source),
+    }
+    return header, blobs
+
+
+def _source_for_diagnostics(job: RemoteJob, cwd: str) -> tuple[str, bytes] | None:
+    """The source file itself, at its place under the working directory, so that the
+    compiler's diagnostics quote its lines as a local compile's would."""
+    if job.preprocessed:
+        return None
+    path = os.path.normpath(os.path.join(cwd, job.source))
+    rel = os.path.relpath(path, cwd)
+    if rel.startswith("..") or os.path.isabs(rel):
+        return None
+    try:
+        if os.path.getsize(path) > MAX_EXTRA_SOURCE:
+            return None
+        with open(path, "rb") as f:
+            return rel, f.read()
+    except OSError:
+        return None
+
+
+def _wants_color(args: list[str]) -> bool:
+    if any(a.startswith(("-fdiagnostics-color", "-fno-diagnostics-color")) for a in args):
+        return False
+    if os.environ.get("GCC_COLORS") == "" or os.environ.get("TERM", "dumb") == "dumb":
+        return False
+    return sys.stderr.isatty()
+
+
+def _utf8_locale() -> bool:
+    for name in ("LC_ALL", "LC_CTYPE", "LANG"):
+        value = os.environ.get(name)
+        if value:
+            return "utf-8" in value.lower() or "utf8" in value.lower()
+    return False
+
+
+def _write_atomically(path: str, data: bytes) -> None:
+    """Write path so that no reader ever sees a partial file (make -j, a killed build)."""
+    directory = os.path.dirname(path) or "."
+    tmp = os.path.join(directory, f".{os.path.basename(path)}.jailcc-{os.getpid()}")
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666)
+    try:
+        try:
+            view = memoryview(data)
+            while view:
+                view = view[os.write(fd, view) :]
+        finally:
+            os.close(fd)
+        os.replace(tmp, path)
+    except BaseException:
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(tmp)
+        raise

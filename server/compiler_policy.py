@@ -1,0 +1,166 @@
+"""The one place where the job service knows about compilers: which compiler arguments a job
+may carry, and the environment it runs with.
+
+The jail is the security boundary; this is defence in depth and a guard against surprises:
+options that load code (plugins, specs, wrappers, other program directories), write files
+besides the one output (dumps, temps, profiles, dependency files), read files other than the
+input (profile data, response files, sysroots), or make the job something other than "compile
+this one preprocessed file" are refused with an error naming the option. The server supplies
+the input file name, -c or -S, and -o itself.
+"""
+
+from __future__ import annotations
+
+# Options refused outright (exact match).
+_REFUSED_EXACT = frozenset(
+    {
+        "-E",
+        "-c",
+        "-S",
+        "-o",
+        "-x",
+        "-wrapper",
+        "-B",
+        "-save-temps",
+        "-dumpspecs",
+        "-dumpversion",
+        "-dumpmachine",
+        "-dumpfullversion",
+        "-v",
+        "-###",
+        "--help",
+        "--version",
+        "-Xclang",
+        "-Xassembler",
+        "-Xpreprocessor",
+        "-Xlinker",
+        "-M",
+        "-MM",
+        "-MD",
+        "-MMD",
+        "-MF",
+        "-MT",
+        "-MQ",
+        "-MP",
+        "-MG",
+        "-MJ",
+        "-include",
+        "-imacros",
+        "-I",
+        "-isystem",
+        "-iquote",
+        "-idirafter",
+        "-iprefix",
+        "-isysroot",
+        "--sysroot",
+        "-fprofile-arcs",
+        "-ftest-coverage",
+        "--coverage",
+        "-fplugin",
+        "-aux-info",
+        "-fstack-usage",
+        "-fcallgraph-info",
+        "-fsyntax-only",
+        "-gsplit-dwarf",
+        "-pipe",
+        "-no-integrated-as",
+        "-fno-integrated-as",
+        "-T",
+        "-L",
+        "-l",
+    }
+)
+# Options refused by prefix (joined forms such as -fplugin=x, -B/dir, --sysroot=/x).
+_REFUSED_PREFIXES = (
+    "-fplugin",
+    "-specs",
+    "--specs",
+    "-B",
+    "--sysroot",
+    "-isysroot",
+    "-iplugindir",
+    "-fdump-",
+    "-save-temps",
+    "-print-",
+    "--print-",
+    "-fprofile-",
+    "-fauto-profile",
+    "-fbranch-probabilities",
+    "-fprofile-instr",
+    "-Wa,",
+    "-Wp,",
+    "-Wl,",
+    "-MF",
+    "-MT",
+    "-MQ",
+    "-MJ",
+    "-I",
+    "-include",
+    "-imacros",
+    "-iquote",
+    "-isystem",
+    "-idirafter",
+    "-iprefix",
+    "-fcallgraph-info",
+    "-fstack-usage",
+    "-aux-info",
+    "-Xclang",
+    "-fmodules-cache-path",
+    "-fmodule-file",
+    "-fprebuilt-module-path",
+    "-fexec-charset",
+    "-fwide-exec-charset",
+    "-finput-charset",
+)
+
+MAX_ARGS = 4096
+MAX_ARG_BYTES = 64 * 1024
+MAX_TOTAL_ARG_BYTES = 512 * 1024
+
+# Environment variables a job may carry (everything else is dropped: GCC_EXEC_PREFIX,
+# COMPILER_PATH, LD_*, CPATH*, DEPENDENCIES_OUTPUT, TMPDIR, ... never reach the compiler).
+ALLOWED_ENV = frozenset({"LC_ALL", "GCC_COLORS", "SOURCE_DATE_EPOCH"})
+ALLOWED_LOCALES = frozenset({"C", "POSIX", "C.UTF-8", "C.utf8"})
+BASE_ENV = {"PATH": "/usr/bin:/bin", "LC_ALL": "C", "TMPDIR": "/tmp"}
+
+
+class PolicyError(Exception):
+    """The job asks for something the server does not do; the message names the option."""
+
+
+def check_args(args: object) -> list[str]:
+    """Validate the compiler arguments of a job; return them as a list of str."""
+    if not isinstance(args, list) or not all(isinstance(a, str) for a in args):
+        raise PolicyError("compiler arguments must be a list of strings")
+    if len(args) > MAX_ARGS or sum(len(a) for a in args) > MAX_TOTAL_ARG_BYTES:
+        raise PolicyError("too many compiler arguments")
+    for arg in args:
+        if "\0" in arg or len(arg) > MAX_ARG_BYTES:
+            raise PolicyError("a compiler argument is malformed or too long")
+        if not arg.startswith("-"):
+            raise PolicyError(f"unexpected file argument {arg!r}: the server supplies the input")
+        if arg.startswith("@"):
+            raise PolicyError(f"response files are not accepted ({arg!r})")
+        if arg in _REFUSED_EXACT or arg.startswith(_REFUSED_PREFIXES):
+            raise PolicyError(f"the option {arg} is not allowed on a compile server")
+        if arg.endswith("=native") and arg.startswith(("-march", "-mtune", "-mcpu")):
+            raise PolicyError(f"{arg} would describe the server's CPU, not the client's")
+    return list(args)
+
+
+def job_env(requested: object) -> dict[str, str]:
+    """The job's environment: a fixed base plus the few allowed variables, validated."""
+    env = dict(BASE_ENV)
+    if requested is None:
+        return env
+    if not isinstance(requested, dict):
+        raise PolicyError("env must be an object")
+    for key, value in requested.items():
+        if key not in ALLOWED_ENV:
+            continue  # dropped silently: clients may send what they have
+        if not isinstance(value, str) or "\0" in value or len(value) > 4096:
+            raise PolicyError(f"environment variable {key} is malformed")
+        if key == "LC_ALL" and value not in ALLOWED_LOCALES:
+            continue
+        env[key] = value
+    return env
