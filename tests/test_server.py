@@ -1,0 +1,355 @@
+"""jailccd serving: real server process, real jails, raw protocol clients (good and hostile)."""
+
+from __future__ import annotations
+
+import os
+import random
+import socket
+import struct
+import subprocess
+import tempfile
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+from conftest import BIN, requires_root
+
+from jailcc.images.identity import compiler_identity
+from jailcc.server import protocol as proto
+
+pytestmark = requires_root
+
+SOURCE = b"int twice(int a) { return 2 * a; }\n"
+
+
+class Server:
+    def __init__(self, socket_path: Path, log: Path, proc: subprocess.Popen) -> None:
+        self.socket_path, self.log, self.proc = socket_path, log, proc
+
+    def connect(self) -> socket.socket:
+        sock = socket.socket(socket.AF_UNIX)
+        sock.settimeout(30)
+        sock.connect(str(self.socket_path))
+        return sock
+
+    def log_text(self) -> str:
+        return self.log.read_text()
+
+
+def start_server(tmp: Path, image: Path, *extra: str) -> Server:
+    # The socket lives where any user can reach it (pytest's tmp dirs are 0700 root).
+    sock_dir = Path(tempfile.mkdtemp(prefix="jailccd-test-"))
+    sock_dir.chmod(0o755)
+    sock, log = sock_dir / "jailccd.sock", tmp / "jailccd.log"
+    proc = subprocess.Popen(
+        [
+            str(BIN / "jailccd"),
+            "--toolchain-image",
+            str(image),
+            "--socket",
+            str(sock),
+            "--log-file",
+            str(log),
+            "--jobs",
+            "2",
+            *extra,
+        ],
+        stdin=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+    )
+    deadline = time.monotonic() + 30
+    while not sock.exists():
+        if proc.poll() is not None or time.monotonic() > deadline:
+            proc.kill()
+            raise RuntimeError(f"jailccd did not start: {proc.stderr.read().decode()}")
+        time.sleep(0.05)
+    return Server(sock, log, proc)
+
+
+def stop_server(server: Server) -> None:
+    server.proc.terminate()
+    try:
+        server.proc.wait(timeout=30)
+    except subprocess.TimeoutExpired:
+        server.proc.kill()
+        server.proc.wait()
+    assert not server.socket_path.exists()  # the server removes its socket
+    server.socket_path.parent.rmdir()
+
+
+@pytest.fixture(scope="module")
+def server(gcc_image: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Server]:
+    srv = start_server(tmp_path_factory.mktemp("server"), gcc_image, "--allow-user", "root")
+    yield srv
+    stop_server(srv)
+
+
+@pytest.fixture(scope="module")
+def identity() -> str:
+    return compiler_identity("/usr/bin/gcc-12")
+
+
+def hello(sock: socket.socket) -> dict:
+    proto.send(sock, proto.HELLO, proto.hello_header("client"))
+    header, _ = proto.expect(sock, proto.HELLO)
+    return header
+
+
+def preprocess(tmp: Path, source: bytes = SOURCE, name: str = "unit.c") -> bytes:
+    (tmp / name).write_bytes(source)
+    return subprocess.run(["gcc-12", "-E", name], cwd=tmp, check=True, capture_output=True).stdout
+
+
+def job(ident: str, workdir: Path, **changes) -> dict:
+    header = {
+        "id": 1,
+        "identity": ident,
+        "args": ["-O2", "-g"],
+        "cwd": str(workdir),
+        "input": "unit.i",
+        "mode": "c",
+        "env": {},
+        "files": [],
+        "source": "unit.c",
+    }
+    header.update(changes)
+    return header
+
+
+def test_jobs_over_one_connection_give_byte_identical_objects(server, identity, tmp_path):
+    pre = preprocess(tmp_path)
+    (tmp_path / "unit.i").write_bytes(pre)
+    subprocess.run(
+        ["gcc-12", "-O2", "-g", "-c", "unit.i", "-o", "local.o"], cwd=tmp_path, check=True
+    )
+    with server.connect() as sock:
+        info = hello(sock)
+        assert info["protocol"] == 1
+        assert any(c["identity"] == identity for i in info["images"] for c in i["compilers"])
+        for n in range(3):
+            proto.send(sock, proto.JOB, job(identity, tmp_path, id=n), [pre], [True])
+            header, (out, err, obj) = proto.expect(sock, proto.RESULT)
+            assert header["id"] == n and header["exit_code"] == 0, err
+            assert obj == (tmp_path / "local.o").read_bytes()
+        # Assembly too.
+        proto.send(sock, proto.JOB, job(identity, tmp_path, mode="S", id=9), [pre], [True])
+        header, (_, _, asm) = proto.expect(sock, proto.RESULT)
+        assert header["exit_code"] == 0 and b".globl\ttwice" in asm
+    assert "status=exit:0" in server.log_text()
+
+
+def test_compile_errors_come_back_with_diagnostics(server, identity, tmp_path):
+    pre = preprocess(tmp_path, b"int f(void) { return x; }\n")
+    with server.connect() as sock:
+        hello(sock)
+        proto.send(sock, proto.JOB, job(identity, tmp_path), [pre], [True])
+        header, (_, err, _) = proto.expect(sock, proto.RESULT)
+    assert header["exit_code"] == 1 and not header["has_output"]
+    assert b"unit.c:1:22: error: 'x' undeclared" in err
+
+
+@pytest.mark.parametrize(
+    ("changes", "code", "words"),
+    [
+        ({"args": ["-fplugin=/tmp/evil.so"]}, "policy", "-fplugin=/tmp/evil.so"),
+        ({"args": ["-B/tmp/x"]}, "policy", "-B/tmp/x"),
+        ({"args": ["-specs=/tmp/s"]}, "policy", "-specs=/tmp/s"),
+        ({"args": ["-o", "/etc/x"]}, "policy", "-o"),
+        ({"args": ["/etc/shadow"]}, "policy", "/etc/shadow"),
+        ({"args": ["-fdump-tree-all"]}, "policy", "-fdump-tree-all"),
+        ({"args": ["-march=native"]}, "policy", "-march=native"),
+        ({"identity": "sha256:" + "0" * 64}, "image", "no toolchain image"),
+        ({"input": "../x.i"}, "protocol", "input"),
+        ({"mode": "E"}, "protocol", "mode"),
+        ({"cwd": "relative"}, "protocol", "working directory"),
+        ({"cwd": "/usr/lib/x"}, "jail", "image"),
+    ],
+)
+def test_refused_jobs_say_why_and_the_connection_goes_on(
+    server, identity, tmp_path, changes, code, words
+):
+    pre = preprocess(tmp_path)
+    with server.connect() as sock:
+        hello(sock)
+        proto.send(sock, proto.JOB, job(identity, tmp_path, **changes), [pre], [True])
+        with pytest.raises(proto.RemoteError) as refused:
+            proto.expect(sock, proto.RESULT)
+        assert refused.value.code == code and words in refused.value.message
+        proto.send(sock, proto.JOB, job(identity, tmp_path), [pre], [True])
+        header, _ = proto.expect(sock, proto.RESULT)
+        assert header["exit_code"] == 0
+
+
+def test_environment_is_scrubbed(server, identity, tmp_path):
+    # A hostile environment would make gcc load another cc1; it never reaches the compiler.
+    pre = preprocess(tmp_path)
+    env = {
+        "GCC_EXEC_PREFIX": "/tmp/evil/",
+        "COMPILER_PATH": "/tmp/evil",
+        "LD_PRELOAD": "x.so",
+        "LC_ALL": "de_DE.UTF-8",
+    }
+    with server.connect() as sock:
+        hello(sock)
+        proto.send(sock, proto.JOB, job(identity, tmp_path, env=env), [pre], [True])
+        header, _ = proto.expect(sock, proto.RESULT)
+    assert header["exit_code"] == 0
+
+
+def test_wrong_protocol_version_is_refused(server):
+    with server.connect() as sock:
+        proto.send(sock, proto.HELLO, {"protocol": 99})
+        with pytest.raises(proto.RemoteError, match="version"):
+            proto.expect(sock, proto.HELLO)
+
+
+def test_unauthorized_user_is_refused(server):
+    # Fork a child that drops to nobody and talks to the server: SO_PEERCRED says who it is.
+    read_end, write_end = os.pipe()
+    pid = os.fork()
+    if pid == 0:
+        try:
+            os.setgroups([])
+            os.setgid(65534)
+            os.setuid(65534)
+            with server.connect() as sock:
+                proto.send(sock, proto.HELLO, proto.hello_header("client"))
+                try:
+                    proto.expect(sock, proto.HELLO)
+                    os.write(write_end, b"accepted")
+                except proto.RemoteError as exc:
+                    os.write(write_end, exc.code.encode())
+        finally:
+            os._exit(0)
+    os.close(write_end)
+    os.waitpid(pid, 0)
+    assert os.read(read_end, 100) == b"unauthorized"
+    os.close(read_end)
+    assert "not authorized" in server.log_text()
+
+
+def raw_frame(body_len: int, frame_type: int, head: bytes, rest: bytes = b"") -> bytes:
+    return struct.pack(">IBI", body_len, frame_type, len(head)) + head + rest
+
+
+@pytest.mark.parametrize(
+    "payload",
+    [
+        b"",  # connect and close
+        b"\x00\x00",  # early EOF inside the prefix
+        struct.pack(">IBI", 2**31, 1, 10),  # absurd length
+        raw_frame(5 + 4, 9, b"{}  "),  # unknown type
+        raw_frame(5 + 5, 1, b"nope!"),  # bad JSON
+        raw_frame(5 + 2, 1, b"[]"),  # JSON not an object
+        raw_frame(5 + 2 + 10, 1, b"{}", b"x" * 10),  # blobs that do not add up
+        raw_frame(5 + 30, 1, b'{"blobs":[5],"raw":[999999]}', b"abcde"),  # bad lz4
+        raw_frame(100, 1, b"{}"),  # truncated frame, then EOF
+    ],
+)
+def test_malformed_frames_are_refused_and_the_server_carries_on(
+    server, payload, identity, tmp_path
+):
+    with server.connect() as sock:
+        sock.sendall(payload)
+        sock.shutdown(socket.SHUT_WR)
+        try:
+            while sock.recv(65536):
+                pass
+        except OSError:
+            pass
+    test_jobs_over_one_connection_give_byte_identical_objects(server, identity, tmp_path)
+
+
+def test_a_stalling_client_is_dropped_and_others_are_served(server, identity, tmp_path):
+    staller = server.connect()
+    staller.sendall(struct.pack(">IBI", 1000, 1, 500))  # a hello that never completes
+    test_jobs_over_one_connection_give_byte_identical_objects(server, identity, tmp_path)
+    # The handshake deadline (10 s) passes: the server drops the connection. recv() raising
+    # a timeout here would mean the stalled connection was kept.
+    staller.settimeout(30)
+    while staller.recv(65536):
+        pass
+    staller.close()
+
+
+def test_random_garbage_does_not_hurt_the_server(server, identity, tmp_path):
+    rng = random.Random(1234)
+    for _ in range(200):
+        with server.connect() as sock:
+            try:
+                sock.sendall(bytes(rng.randrange(256) for _ in range(rng.randrange(1, 200))))
+                sock.shutdown(socket.SHUT_WR)
+                sock.recv(65536)
+            except OSError:
+                pass
+    assert server.proc.poll() is None
+    test_jobs_over_one_connection_give_byte_identical_objects(server, identity, tmp_path)
+
+
+def test_server_refuses_to_start_without_an_authorization_source(gcc_image, tmp_path):
+    proc = subprocess.run(
+        [
+            str(BIN / "jailccd"),
+            "--toolchain-image",
+            str(gcc_image),
+            "--socket",
+            str(tmp_path / "s"),
+        ],
+        capture_output=True,
+        text=True,
+    )
+    assert proc.returncode == 2 and "--allow-user" in proc.stderr
+
+
+def test_tcp_needs_insecure_and_then_warns(gcc_image, tmp_path, identity):
+    proc = subprocess.run(
+        [
+            str(BIN / "jailccd"),
+            "--toolchain-image",
+            str(gcc_image),
+            "--socket",
+            str(tmp_path / "s"),
+            "--allow-user",
+            "root",
+            "--listen",
+            "127.0.0.1:0",
+        ],
+        capture_output=True,
+        text=True,
+    )
+    assert proc.returncode == 2 and "--insecure" in proc.stderr
+    srv = start_server(tmp_path, gcc_image, "--listen", "127.0.0.1:0", "--insecure")
+    try:
+        deadline = time.monotonic() + 10
+        while "listening on tcp" not in srv.log_text() and time.monotonic() < deadline:
+            time.sleep(0.05)
+        text = srv.log_text()
+        assert "WITHOUT AUTHENTICATION" in text
+        port = int(text.split("listening on tcp:127.0.0.1:")[1].split()[0].rstrip(","))
+        with socket.create_connection(("127.0.0.1", port), timeout=10) as sock:
+            hello(sock)
+            pre = preprocess(tmp_path)
+            proto.send(sock, proto.JOB, job(identity, tmp_path), [pre], [True])
+            header, _ = proto.expect(sock, proto.RESULT)
+            assert header["exit_code"] == 0
+    finally:
+        stop_server(srv)
+
+
+def test_missing_image_is_one_clear_line(tmp_path):
+    proc = subprocess.run(
+        [
+            str(BIN / "jailccd"),
+            "--toolchain-image",
+            str(tmp_path / "x.img"),
+            "--allow-user",
+            "root",
+            "--socket",
+            str(tmp_path / "s"),
+        ],
+        capture_output=True,
+        text=True,
+    )
+    assert proc.returncode == 2
+    assert proc.stderr.count("\n") == 1 and "jailcc-image build" in proc.stderr
