@@ -14,7 +14,6 @@ from pathlib import Path
 
 import pytest
 from conftest import BIN, requires_root
-
 from jailcc.images.identity import compiler_identity
 from jailcc.server import protocol as proto
 
@@ -129,7 +128,7 @@ def test_jobs_over_one_connection_give_byte_identical_objects(server, identity, 
         assert any(c["identity"] == identity for i in info["images"] for c in i["compilers"])
         for n in range(3):
             proto.send(sock, proto.JOB, job(identity, tmp_path, id=n), [pre], [True])
-            header, (out, err, obj) = proto.expect(sock, proto.RESULT)
+            header, (_, err, obj) = proto.expect(sock, proto.RESULT)
             assert header["id"] == n and header["exit_code"] == 0, err
             assert obj == (tmp_path / "local.o").read_bytes()
         # Assembly too.
