@@ -49,11 +49,18 @@ class Sandbox:
         uid_base: int = DEFAULT_BASE,
         uid_count: int = DEFAULT_COUNT,
         warm: int = 1,
+        allow_weaken: bool = False,
         python: str = sys.executable,
     ) -> None:
         for name, path in images.items():
             if not os.path.exists(path):
                 raise SandboxError(f"toolchain image {name}: {path} does not exist")
+        from .helpers import HelperUnavailable, build_static
+
+        try:
+            spawn_helper = build_static("spawn.c")
+        except (HelperUnavailable, OSError) as exc:
+            raise SandboxError(f"cannot build the jail's spawn helper: {exc}") from None
         ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
         cmd = [
             python,
@@ -68,7 +75,10 @@ class Sandbox:
             "--uid-count",
             str(uid_count),
             f"--warm={warm}",
+            f"--spawn-helper={spawn_helper}",
         ]
+        if allow_weaken:  # tests and the selftest's own proofs only
+            cmd.append("--allow-weaken")
         cmd += [f"--image={name}={os.path.abspath(path)}" for name, path in images.items()]
         self._proc = subprocess.Popen(cmd, pass_fds=[theirs.fileno()], stdin=subprocess.DEVNULL)
         theirs.close()
@@ -181,7 +191,13 @@ class Jail:
         limits.validate()
         inputs = dict(inputs or {})
         if cwd != self._workdir:
-            self._sandbox._request({"op": "workdir", "jail": self.id, "path": cwd})
+            had_workdir, self._workdir = self._workdir is not None, None
+            try:
+                self._sandbox._request({"op": "workdir", "jail": self.id, "path": cwd})
+            except SandboxError:
+                # After a previous job, a failed switch may leave its files in reach.
+                self._broken = self._broken or had_workdir
+                raise
             self._workdir = cwd
         before = self._counters()
         request = {
@@ -211,6 +227,9 @@ class Jail:
             raise JailBroken(f"the jail stopped answering: {exc}") from None
         if not header.get("ok"):
             raise SandboxError(str(header.get("error", "the jail refused the job")))
+        if header.get("dirty"):
+            # The job left files the init could not wipe: no later job may see them.
+            self._broken = True
         try:
             return self._result(header, blobs, list(outputs), before)
         except (KeyError, TypeError, ValueError) as exc:
@@ -256,6 +275,11 @@ class Jail:
         counters = group.counters()
         group.reset_peak()
         return counters
+
+    @property
+    def usable(self) -> bool:
+        """False once closed, broken, or retired because a job left it dirty."""
+        return not (self._closed or self._broken)
 
     # -- teardown --------------------------------------------------------------------------
 

@@ -81,6 +81,9 @@ class JailCgroup:
                 os.mkdir(path)
             if memory_bytes is not None:
                 _write(os.path.join(paths["memory"], "memory.limit_in_bytes"), str(memory_bytes))
+                swap_limit = os.path.join(paths["memory"], "memory.memsw.limit_in_bytes")
+                if os.path.exists(swap_limit):  # memory plus swap: no spilling to swap either
+                    _write(swap_limit, str(memory_bytes))
             if pids_max is not None:
                 _write(os.path.join(paths["pids"], "pids.max"), str(pids_max))
         except OSError:

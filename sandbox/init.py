@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import contextlib
 import os
-import resource
+import resource  # noqa: F401 - os.wait4 imports it lazily, and after chroot it cannot
 import select
 import signal
 import socket
@@ -54,13 +54,17 @@ class JailInit:
         sock: socket.socket,
         limits: JailLimits,
         weaken: frozenset[str],
-        spawn_helper: str | None = None,
+        spawn_helper: str,
     ) -> None:
         self.sock = sock
         self.limits = limits
         self.weaken = weaken
         self.spawn_helper = spawn_helper
         self.devnull = os.open("/dev/null", os.O_RDONLY | os.O_CLOEXEC)
+        self.dirty = False  # set when a job left something the wipe could not remove
+        if os.geteuid() == 0 and "root_uid" not in weaken:
+            # Its sweep and wipes assume a jail: never let it loose on the host.
+            raise RuntimeError("the jail init must run inside a jail, unprivileged")
 
     def warm_up(self) -> None:
         """Run one job through the whole path before the first real one: this process is a
@@ -146,7 +150,7 @@ class JailInit:
             result, stdout, stderr = self._execute(argv, env, cwd, limits)
             out_names, out_blobs = [], []
             for name in outputs:
-                data = self._read_output(os.path.join(cwd, name), limits.output_file_bytes)
+                data = _read_output(cwd, name, limits.output_file_bytes)
                 if data is None:
                     continue
                 if data is False:
@@ -159,16 +163,23 @@ class JailInit:
             raise JobRefused(f"job set-up failed: {exc}") from None
         finally:
             self._sweep()
-            self._wipe(cwd)
-            self._wipe("/tmp")
+            # A jail the job left unwipeable is retired: the server gets a fresh one.
+            if "no_wipe" not in self.weaken:
+                self.dirty = not (_wipe(cwd) and _wipe("/tmp")) or self.dirty
+        result["dirty"] = self.dirty
         return result, [stdout, stderr, *out_blobs]
 
     def _write_input(self, cwd: str, name: str, data: bytes, mode: int) -> None:
-        path = os.path.join(cwd, name)
-        parent = os.path.dirname(path)
-        if parent != cwd:
-            os.makedirs(parent, mode=0o700, exist_ok=True)
-        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW, mode)
+        parent = _open_beneath(cwd, name.split("/")[:-1], create=True)
+        try:
+            fd = os.open(
+                name.rsplit("/", 1)[-1],
+                os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW,
+                mode,
+                dir_fd=parent,
+            )
+        finally:
+            os.close(parent)
         try:
             view = memoryview(data)
             while view:
@@ -182,12 +193,7 @@ class JailInit:
         out_r, out_w = os.pipe2(os.O_CLOEXEC)
         err_r, err_w = os.pipe2(os.O_CLOEXEC)
         started = time.monotonic()
-        if self.spawn_helper:
-            pid = self._spawn(argv, env, cwd, limits, out_w, err_w)
-        else:
-            pid = os.fork()
-            if pid == 0:  # pragma: no cover - runs in the child
-                self._exec_child(argv, env, cwd, limits, out_w, err_w)
+        pid = self._spawn(argv, env, cwd, limits, out_w, err_w)
         os.close(out_w)
         os.close(err_w)
         pidfd = os.pidfd_open(pid)
@@ -283,8 +289,8 @@ class JailInit:
     ) -> int:
         """Start the job through the C helper (spawn.c) with vfork: no copy of this process."""
         helper = self.spawn_helper
-        assert helper is not None
-        args = [helper, cwd, *(str(v) for v in self._rlimits(limits)), argv[0], *argv]
+        seccomp = "0" if "no_seccomp" in self.weaken else "1"
+        args = [helper, cwd, *(str(v) for v in self._rlimits(limits)), seccomp, argv[0], *argv]
         return os.posix_spawn(
             helper,
             args,
@@ -296,53 +302,10 @@ class JailInit:
             ],
         )
 
-    def _exec_child(
-        self,
-        argv: list[str],
-        env: dict[str, str],
-        cwd: str,
-        limits: RunLimits,
-        out_w: int,
-        err_w: int,
-    ) -> None:  # pragma: no cover - runs in the child
-        try:
-            os.setsid()
-            # Python ignores SIGPIPE and SIGXFSZ; an ignored signal stays ignored across exec.
-            for sig in (signal.SIGPIPE, signal.SIGXFSZ, signal.SIGINT):
-                signal.signal(sig, signal.SIG_DFL)
-            signal.pthread_sigmask(signal.SIG_SETMASK, set())
-            with contextlib.suppress(OSError), open("/proc/self/oom_score_adj", "w") as f:
-                # The job, not the jail's init, is what the OOM killer should pick.
-                f.write("1000")
-            cpu, address_space, file_size, open_files, processes = self._rlimits(limits)
-            resource.setrlimit(resource.RLIMIT_CORE, (0, 0))
-            for which, value in (
-                (resource.RLIMIT_AS, address_space),
-                (resource.RLIMIT_FSIZE, file_size),
-                (resource.RLIMIT_NOFILE, open_files),
-                (resource.RLIMIT_NPROC, processes),
-            ):
-                if value:
-                    resource.setrlimit(which, (value, value))
-            if cpu:
-                resource.setrlimit(resource.RLIMIT_CPU, (cpu, cpu + 1))
-            os.chdir(cwd)
-            null = os.open("/dev/null", os.O_RDONLY)
-            os.dup2(null, 0)
-            os.dup2(out_w, 1)
-            os.dup2(err_w, 2)
-            os.closerange(3, 65536)
-            err_w = 2
-            os.execve(argv[0], argv, env)
-        except BaseException as exc:
-            with contextlib.suppress(BaseException):
-                os.write(err_w, f"jail: cannot run {argv[0]}: {exc}\n".encode())
-            os._exit(127)
-
     def _sweep(self, keep_reaping: bool = True) -> None:
         """Kill every process in the jail but ourselves, and reap them all."""
-        if "no_pidns" in self.weaken:
-            return
+        if "no_pidns" in self.weaken or os.getpid() != 1:
+            return  # kill(-1) outside a PID namespace of our own would hit the host
         with contextlib.suppress(ProcessLookupError):
             os.kill(-1, signal.SIGKILL)
         if not keep_reaping:
@@ -353,46 +316,95 @@ class JailInit:
             except ChildProcessError:
                 return
 
-    @staticmethod
-    def _read_output(path: str, cap: int) -> bytes | bool | None:
-        """The file's bytes; None if absent or not a regular file; False if over the cap."""
-        try:
-            fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK)
-        except OSError:
+
+MAX_WIPE_DEPTH = 64
+
+
+def _open_beneath(top: str, parts: list[str], create: bool = False) -> int:
+    """A directory descriptor for top/parts..., refusing any symlink on the way (the job
+    controls every name below top)."""
+    fd = os.open(top, os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW)
+    try:
+        for part in parts:
+            if create:
+                with contextlib.suppress(FileExistsError):
+                    os.mkdir(part, 0o700, dir_fd=fd)
+            nxt = os.open(part, os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW, dir_fd=fd)
+            os.close(fd)
+            fd = nxt
+    except BaseException:
+        os.close(fd)
+        raise
+    return fd
+
+
+def _read_output(cwd: str, name: str, cap: int) -> bytes | bool | None:
+    """The file's bytes; None if absent or not a regular file; False if over the cap (or
+    sparse: a hole costs the jail nothing but would cost the server its full size)."""
+    parts = name.split("/")
+    try:
+        parent = _open_beneath(cwd, parts[:-1])
+    except OSError:
+        return None
+    try:
+        fd = os.open(parts[-1], os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK, dir_fd=parent)
+    except OSError:
+        return None
+    finally:
+        os.close(parent)
+    try:
+        st = os.fstat(fd)
+        if not stat.S_ISREG(st.st_mode):
             return None
-        try:
-            st = os.fstat(fd)
-            if not stat.S_ISREG(st.st_mode):
-                return None
-            if st.st_size > cap:
+        if st.st_size > cap or st.st_blocks * 512 < st.st_size:
+            return False
+        chunks, total = [], 0
+        while chunk := os.read(fd, 1 << 20):
+            total += len(chunk)
+            if total > cap:
                 return False
-            parts, total = [], 0
-            while chunk := os.read(fd, 1 << 20):
-                total += len(chunk)
-                if total > cap:
-                    return False
-                parts.append(chunk)
-            return b"".join(parts)
+            chunks.append(chunk)
+        return b"".join(chunks)
+    finally:
+        os.close(fd)
+
+
+def _wipe(top: str) -> bool:
+    """Empty a directory the job could write to, whatever it did to it; True if it is empty
+    afterwards. Runs after every job process is gone, so nothing moves underneath."""
+    try:
+        os.chmod(top, 0o700)  # the job owns the directory and may have locked it
+        fd = _open_beneath(top, [])
+        try:
+            return _empty(fd, 0)
         finally:
             os.close(fd)
+    except Exception:
+        return False
 
-    @staticmethod
-    def _wipe(top: str | None) -> None:
-        """Empty a directory the job could write to, whatever permissions it left."""
-        if top is None:
-            return
-        for dirpath, dirnames, _ in os.walk(top, topdown=True):
-            for d in dirnames:
-                with contextlib.suppress(OSError):
-                    os.chmod(os.path.join(dirpath, d), 0o700, follow_symlinks=False)
-        for dirpath, dirnames, filenames in os.walk(top, topdown=False):
-            for name in filenames:
-                with contextlib.suppress(OSError):
-                    os.unlink(os.path.join(dirpath, name))
-            for name in dirnames:
-                path = os.path.join(dirpath, name)
-                with contextlib.suppress(OSError):
-                    if os.path.islink(path):
-                        os.unlink(path)
-                    else:
-                        os.rmdir(path)
+
+def _empty(dir_fd: int, depth: int) -> bool:
+    if depth > MAX_WIPE_DEPTH:
+        return False
+    clean = True
+    here = os.fstat(dir_fd).st_dev
+    me = os.getuid()
+    for entry in list(os.scandir(dir_fd)):
+        name = entry.name
+        st = os.stat(name, dir_fd=dir_fd, follow_symlinks=False)
+        if not stat.S_ISDIR(st.st_mode):
+            os.unlink(name, dir_fd=dir_fd)
+            continue
+        if st.st_dev != here:
+            continue  # a mount point (the work dir under /tmp): wiped on its own
+        if st.st_uid == me:
+            os.chmod(name, 0o700, dir_fd=dir_fd)  # a directory, not a symlink: no follow
+        sub = os.open(name, os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW, dir_fd=dir_fd)
+        try:
+            clean = _empty(sub, depth + 1) and clean
+        finally:
+            os.close(sub)
+        # The launcher's directories on the way to a work dir stay; the job's go.
+        if clean and st.st_uid == me:
+            os.rmdir(name, dir_fd=dir_fd)
+    return clean

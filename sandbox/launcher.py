@@ -25,7 +25,7 @@ from dataclasses import dataclass, field
 
 import prctl
 
-from . import cgroups, helpers, loopdev, privileges, rootfs, wire
+from . import cgroups, loopdev, privileges, rootfs, wire
 from . import syscalls as sc
 from .init import JailInit
 from .spec import WEAKENINGS, JailLimits
@@ -42,7 +42,7 @@ class LiveJail:
     uid: int  # the uid the jail runs as (0 only when weakened with root_uid)
     pool_uid: int
     cgroup: cgroups.JailCgroup
-    mntns_fd: int
+    pidfd: int  # the init's pidfd: setns() through it cannot hit a recycled pid
     limits: JailLimits
     weaken: frozenset[str]
     workdir: str | None = None
@@ -61,7 +61,13 @@ class PendingJail:
 
 class Launcher:
     def __init__(
-        self, control: socket.socket, images: dict[str, str], pool: UidPool, warm_per_key: int = 1
+        self,
+        control: socket.socket,
+        images: dict[str, str],
+        pool: UidPool,
+        spawn_helper: str,
+        warm_per_key: int = 1,
+        allow_weaken: bool = False,
     ) -> None:
         self.control = control
         self.pool = pool
@@ -70,6 +76,8 @@ class Launcher:
         # Jails built ahead of demand, per (image, limits) recently asked for: a connection
         # then gets a ready jail, and the building happens while the launcher is idle.
         self.warm_per_key = warm_per_key
+        self.allow_weaken = allow_weaken
+        self.quarantined: list[int] = []
         self.warm: dict[tuple[str, JailLimits], list[PendingJail]] = {}
         self.own_pidns = os.open("/proc/self/ns/pid", os.O_RDONLY | os.O_CLOEXEC)
         sc.unshare(sc.CLONE_NEWNS)
@@ -96,12 +104,7 @@ class Launcher:
             else:
                 loopdev.mount_image(path, target)
             self.images[name] = target
-        try:
-            self.spawn_helper: str | None = helpers.build_static("spawn.c")
-        except (helpers.HelperUnavailable, OSError) as exc:
-            # Jobs still run, through a slower fork of the Python init.
-            print(f"jailcc-launcher: warning: {exc}", file=sys.stderr)
-            self.spawn_helper = None
+        self.spawn_helper = spawn_helper
         self.cgroup_parents = cgroups.parent_dirs()
         cgroups.remove_stale(self.cgroup_parents)
 
@@ -134,8 +137,8 @@ class Launcher:
                     break
                 else:
                     reply, out_fds = {"ok": False, "error": f"unknown operation {op!r}"}, []
-            except (KeyError, TypeError, ValueError, OSError, rootfs.WorkdirError) as exc:
-                reply, out_fds = {"ok": False, "error": f"{op}: {exc}"}, []
+            except Exception as exc:
+                reply, out_fds = {"ok": False, "error": f"{str(op)[:40]}: {exc}"[:2000]}, []
             wire.send_packet(self.control, reply, out_fds)
             for fd in out_fds:
                 os.close(fd)
@@ -168,6 +171,8 @@ class Launcher:
     def _create(self, message: dict) -> tuple[dict, list[int]]:
         limits = JailLimits.from_dict(message.get("limits") or {})
         weaken = frozenset(message.get("weaken") or ())
+        if weaken and not self.allow_weaken:
+            raise ValueError("weakened jails are for tests: start the launcher with --allow-weaken")
         if not weaken <= WEAKENINGS:
             raise ValueError(f"unknown weakenings {sorted(weaken - WEAKENINGS)}")
         image = message["image"]
@@ -246,7 +251,8 @@ class Launcher:
             sc.setns(self.own_pidns, sc.CLONE_NEWPID)  # later forks stay in our namespace
         jail_end.close()
         os.close(ready_w)
-        self.jails[jail_id] = LiveJail(pid, jail_uid, pool_uid, group, -1, limits, weaken)
+        pidfd = os.pidfd_open(pid)
+        self.jails[jail_id] = LiveJail(pid, jail_uid, pool_uid, group, pidfd, limits, weaken)
         return PendingJail(jail_id, server_end, ready_r)
 
     def _finish(self, pending: PendingJail) -> tuple[dict, list[int]]:
@@ -258,7 +264,6 @@ class Launcher:
             pending.server_end.close()
             report = self._destroy(pending.jail_id)
             raise OSError("; ".join([f"jail set-up failed: {status}", *report["leaks"]]))
-        jail.mntns_fd = os.open(f"/proc/{jail.pid}/ns/mnt", os.O_RDONLY | os.O_CLOEXEC)
         reply = {
             "ok": True,
             "jail": pending.jail_id,
@@ -274,9 +279,10 @@ class Launcher:
         jail = self.jails[int(message["jail"])]
         path = message["path"]
         rootfs.validate_workdir(path)
-        sc.setns(jail.mntns_fd, sc.CLONE_NEWNS)
+        sc.setns(jail.pidfd, sc.CLONE_NEWNS)
         try:
-            rootfs.prepare_workdir(path, jail.workdir, jail.uid, jail.limits, jail.weaken)
+            previous, jail.workdir = jail.workdir, None
+            rootfs.prepare_workdir(path, previous, jail.uid, jail.limits, jail.weaken)
         finally:
             sc.setns(self.own_mntns, sc.CLONE_NEWNS)
             os.chdir("/")
@@ -293,14 +299,17 @@ class Launcher:
             # The init's exit kills and waits for every process in its PID namespace.
             with contextlib.suppress(ChildProcessError):
                 os.waitpid(jail.pid, 0)
-        if jail.mntns_fd >= 0:
-            os.close(jail.mntns_fd)
+        os.close(jail.pidfd)
         survivors = jail.cgroup.pids()
         if survivors:
             leaks.append(f"{len(survivors)} process(es) outlived the jail's init: {survivors}")
         leaks += jail.cgroup.remove()
         self._reap_orphans()
-        self.pool.release(jail.pool_uid)
+        if leaks:
+            # Something of this uid may still exist: never hand the uid to another jail.
+            self.quarantined.append(jail.pool_uid)
+        else:
+            self.pool.release(jail.pool_uid)
         return {"ok": True, "seconds": time.monotonic() - started, "leaks": leaks}
 
 
@@ -321,14 +330,24 @@ def _jail_main(
     group: cgroups.JailCgroup,
     limits: JailLimits,
     weaken: frozenset[str],
-    spawn_helper: str | None,
+    spawn_helper: str,
 ) -> None:  # pragma: no cover - runs in the jail
     try:
         sc.close_fds_except({sock.fileno(), ready_w})
         os.set_inheritable(sock.fileno(), False)
+        if "init_keeps_stdio" not in weaken:
+            # Not the server's terminal or log, not its session: a compromised init could
+            # otherwise type into the admin's shell (TIOCSTI) or forge log lines.
+            null = os.open("/dev/null", os.O_RDWR)
+            for fd in (0, 1, 2):
+                os.dup2(null, fd)
+            os.close(null)
+            os.setsid()
         prctl.set_pdeathsig(signal.SIGKILL)
+        prctl.set_proctitle("jailcc-init")
         group.join_self()
-        flags = sc.CLONE_NEWNS | sc.CLONE_NEWIPC | sc.CLONE_NEWUTS
+        # A cgroup namespace too, once inside the jail's group: /proc shows no host paths.
+        flags = sc.CLONE_NEWNS | sc.CLONE_NEWIPC | sc.CLONE_NEWUTS | sc.CLONE_NEWCGROUP
         if "no_netns" not in weaken:
             flags |= sc.CLONE_NEWNET
         sc.unshare(flags)
@@ -337,8 +356,7 @@ def _jail_main(
         # As PID 1 an init ignores signals it has no handler for: drop Python's SIGINT handler.
         signal.signal(signal.SIGINT, signal.SIG_DFL)
         privileges.drop(pool_uid, weaken)
-        helper = rootfs.SPAWN_HELPER if spawn_helper else None
-        jail_init = JailInit(sock, limits, weaken, helper)
+        jail_init = JailInit(sock, limits, weaken, rootfs.SPAWN_HELPER)
         jail_init.warm_up()
         os.write(ready_w, b"ok")
         os.close(ready_w)
@@ -360,6 +378,8 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--uid-base", type=int, default=DEFAULT_BASE)
     parser.add_argument("--uid-count", type=int, default=DEFAULT_COUNT)
     parser.add_argument("--warm", type=int, default=1, help="jails kept ready per image/limits")
+    parser.add_argument("--allow-weaken", action="store_true", help="accept test weakenings")
+    parser.add_argument("--spawn-helper", required=True, help="the static jailcc-spawn binary")
     args = parser.parse_args(argv)
     prctl.set_pdeathsig(signal.SIGKILL)
     if os.getppid() != args.parent_pid:
@@ -368,7 +388,14 @@ def main(argv: list[str] | None = None) -> None:
     control = socket.socket(fileno=args.control_fd)
     try:
         images = dict(item.split("=", 1) for item in args.image)
-        launcher = Launcher(control, images, UidPool(args.uid_base, args.uid_count), args.warm)
+        launcher = Launcher(
+            control,
+            images,
+            UidPool(args.uid_base, args.uid_count),
+            args.spawn_helper,
+            args.warm,
+            args.allow_weaken,
+        )
     except (OSError, ValueError, cgroups.CgroupError) as exc:
         wire.send_packet(control, {"ok": False, "error": f"launcher start-up failed: {exc}"})
         sys.exit(1)

@@ -108,6 +108,19 @@ static int probe_write_image(int argc, char **argv) {
         if (fd >= 0) { escaped("opened %s for writing", path); close(fd); break; }
     }
     if (d) closedir(d);
+    /* Whatever the uid, the image's mount must say read-only. */
+    FILE *f = fopen("/proc/self/mountinfo", "r");
+    char line[4096];
+    int seen_usr = 0;
+    while (f && fgets(line, sizeof line, f)) {
+        char mnt[1024], opts[1024];
+        if (sscanf(line, "%*s %*s %*s %*s %1023s %1023s", mnt, opts) != 2) continue;
+        if (strcmp(mnt, "/usr") != 0) continue;
+        seen_usr = 1;
+        if (strncmp(opts, "ro", 2) != 0 || (opts[2] != ',' && opts[2] != 0)) escaped("/usr is mounted %s", opts);
+    }
+    if (f) fclose(f);
+    if (!seen_usr) escaped("no /usr mount found to check");
     return finish("image is read-only");
 }
 
@@ -289,7 +302,8 @@ static int probe_ptrace(int argc, char **argv) {
         ptrace(PTRACE_DETACH, 1, 0, 0);
     }
     if (try_read("/proc/1/environ")) escaped("read /proc/1/environ");
-    if (try_read("/proc/1/mem")) escaped("opened /proc/1/mem");
+    int mem = open("/proc/1/mem", O_RDONLY);  /* reading offset 0 fails anyway: opening is enough */
+    if (mem >= 0) { escaped("opened /proc/1/mem"); close(mem); }
     char target[256];
     if (readlink("/proc/1/fd/0", target, sizeof target) > 0) escaped("read /proc/1/fd");
     return finish("init not traceable");
@@ -484,6 +498,47 @@ static int probe_neighbour(int argc, char **argv) {
     return finish("other jails invisible");
 }
 
+/* leave_files: litter the work dir and /tmp, then lock both, for the next job to find. */
+static int probe_leave_files(int argc, char **argv) {
+    (void)argc; (void)argv;
+    const char *dirs[] = {".", "/tmp", NULL};
+    for (int i = 0; dirs[i]; i++) {
+        char path[512];
+        snprintf(path, sizeof path, "%s/left-over", dirs[i]);
+        int fd = open(path, O_WRONLY | O_CREAT, 0400);
+        if (fd >= 0) close(fd);
+        snprintf(path, sizeof path, "%s/left-dir", dirs[i]);
+        mkdir(path, 0700);
+        snprintf(path, sizeof path, "%s/left-dir/inner", dirs[i]);
+        fd = open(path, O_WRONLY | O_CREAT, 0400);
+        if (fd >= 0) close(fd);
+        snprintf(path, sizeof path, "%s/left-dir", dirs[i]);
+        chmod(path, 0500);
+        snprintf(path, sizeof path, "%s/left-link", dirs[i]);
+        symlink("/tmp", path);
+        chmod(dirs[i], 0500);
+    }
+    return finish("files left for the next job");
+}
+
+/* check_clean: nothing of an earlier job in the work dir (but our own probe) or /tmp. */
+static int probe_check_clean(int argc, char **argv) {
+    (void)argc; (void)argv;
+    const char *dirs[] = {".", "/tmp", NULL};
+    for (int i = 0; dirs[i]; i++) {
+        DIR *d = opendir(dirs[i]);
+        struct dirent *e;
+        while (d && (e = readdir(d))) {
+            if (!strcmp(e->d_name, ".") || !strcmp(e->d_name, "..")) continue;
+            if (i == 0 && !strcmp(e->d_name, "probe")) continue;
+            escaped("found %s/%s from an earlier job", dirs[i], e->d_name);
+        }
+        if (d) closedir(d);
+        else escaped("cannot list %s", dirs[i]);
+    }
+    return finish("the job started clean");
+}
+
 struct probe { const char *name; int (*fn)(int, char **); };
 static const struct probe probes[] = {
     {"read_host_file", probe_read_host_file}, {"write_image", probe_write_image},
@@ -494,7 +549,8 @@ static const struct probe probes[] = {
     {"devices", probe_devices}, {"keyctl", probe_keyctl}, {"proc_sys_write", probe_proc_sys_write},
     {"memory", probe_memory}, {"fork_bomb", probe_fork_bomb}, {"fill_disk", probe_fill_disk},
     {"sleep", probe_sleep}, {"spin", probe_spin}, {"flood", probe_flood}, {"daemon", probe_daemon},
-    {"marker", probe_marker}, {"neighbour", probe_neighbour}, {NULL, NULL},
+    {"marker", probe_marker}, {"neighbour", probe_neighbour}, {"leave_files", probe_leave_files},
+    {"check_clean", probe_check_clean}, {NULL, NULL},
 };
 
 int main(int argc, char **argv) {

@@ -49,7 +49,7 @@ def _bind_readonly(source: str, target: str, flags: int) -> None:
 
 
 def build(
-    image_root: str, uid: int, limits: JailLimits, weaken: frozenset[str], spawn_helper: str | None
+    image_root: str, uid: int, limits: JailLimits, weaken: frozenset[str], spawn_helper: str
 ) -> None:
     """Build the jail's root and enter it. Runs in the jail's init, as root, in fresh mount and
     PID namespaces; the caller drops privileges afterwards."""
@@ -88,10 +88,9 @@ def build(
         _bind_readonly("/etc", root + "/etc", sc.MS_RDONLY | secure)
         _bind_readonly("/tmp", root + "/hosttmp", sc.MS_RDONLY | secure)
 
-    if spawn_helper:
-        target = root + SPAWN_HELPER
-        os.close(os.open(target, os.O_CREAT | os.O_WRONLY, 0o755))
-        _bind_readonly(spawn_helper, target, sc.MS_RDONLY | secure)
+    target = root + SPAWN_HELPER
+    os.close(os.open(target, os.O_CREAT | os.O_WRONLY, 0o755))
+    _bind_readonly(spawn_helper, target, sc.MS_RDONLY | secure)
 
     _build_dev(root + "/dev", secure)
     _build_proc(root + "/proc", weaken)
@@ -157,6 +156,35 @@ class WorkdirError(Exception):
     pass
 
 
+UMOUNT_NOFOLLOW = 8
+
+
+def _unmount_workdir(root: str, path: str) -> None:
+    """Detach the previous job's work tmpfs, walking to it without following any symlink:
+    the job may have rearranged every directory it could write to on the way."""
+    parts = path.split("/")[1:]
+    fd = os.open(root, os.O_PATH | os.O_DIRECTORY | os.O_NOFOLLOW)
+    try:
+        for part in parts[:-1]:
+            nxt = os.open(part, os.O_PATH | os.O_DIRECTORY | os.O_NOFOLLOW, dir_fd=fd)
+            os.close(fd)
+            fd = nxt
+        parent_dev = os.fstat(fd).st_dev
+        st = os.stat(parts[-1], dir_fd=fd, follow_symlinks=False)
+        if not stat.S_ISDIR(st.st_mode) or st.st_dev == parent_dev:
+            raise OSError("not a mount point")
+        os.fchdir(fd)
+        sc.umount2(parts[-1], sc.MNT_DETACH | UMOUNT_NOFOLLOW)
+    except OSError as exc:
+        # The old work dir is out of reach: the jail cannot be trusted to start clean.
+        raise WorkdirError(
+            f"cannot unmount the previous work dir {path!r}: {exc}; the jail is retired"
+        ) from None
+    finally:
+        os.close(fd)
+        os.chdir("/")
+
+
 def validate_workdir(path: str) -> None:
     if not isinstance(path, str) or not path.startswith("/") or "\0" in path:
         raise WorkdirError("the working directory must be an absolute path")
@@ -182,8 +210,7 @@ def prepare_workdir(
     validate_workdir(path)
     root = "/" if "no_chroot_nesting" in weaken else ROOT_IN_OUTER
     if previous is not None:
-        with contextlib.suppress(OSError):
-            sc.umount2(os.path.join(root, previous.lstrip("/")), sc.MNT_DETACH)
+        _unmount_workdir(root, previous)
     readonly_root = "writable_root" not in weaken
     secure = 0 if "suid_mounts" in weaken else SECURE
     if readonly_root:

@@ -193,6 +193,31 @@ class _Runner:
             return False, detail
         return True, f"nothing left after teardown ({report.seconds * 1000:.1f} ms)"
 
+    def init_isolation(self) -> tuple[bool, str]:
+        """From the host: the jail's init holds no terminal or log of ours, in no session of
+        ours (else code running in it could type into a shell with TIOCSTI)."""
+        with self.jail() as jail:
+            problems = []
+            for fd in (0, 1, 2):
+                target = os.readlink(f"/proc/{jail.pid}/fd/{fd}")
+                if target != "/dev/null":
+                    problems.append(f"fd {fd} is {target}")
+            with open(f"/proc/{jail.pid}/stat") as f:
+                session = int(f.read().rsplit(")", 1)[1].split()[3])
+            if session == os.getsid(0):
+                problems.append("it shares the server's session")
+        if problems:
+            return False, "the jail's init: " + "; ".join(problems)
+        return True, "init has /dev/null for stdio and a session of its own"
+
+    def leftovers(self) -> tuple[bool, str]:
+        """A job that litters and locks its work dir and /tmp leaves nothing for the next."""
+        with self.jail() as jail:
+            self.run(jail, "leave_files")
+            if not jail.usable:
+                return True, "the jail was retired: the next job gets a fresh one"
+            return _verdict(self.run(jail, "check_clean"))
+
     def neighbour(self) -> tuple[bool, str]:
         marker = f"jailcc-marker-{secrets.token_hex(4)}"
         with self.sandbox.create_jail(self.image, JAIL_LIMITS) as other, self.jail() as jail:
@@ -243,6 +268,8 @@ def _probe_table(r: _Runner) -> list[tuple[str, Callable[[], tuple[bool, str]]]]
         ),
         ("outlive_jail", r.outlive),
         ("neighbour_jail", r.neighbour),
+        ("init_isolation", r.init_isolation),
+        ("leftovers", r.leftovers),
     ]
 
 
@@ -269,6 +296,8 @@ PROBE_NAMES = (
     "output_flood",
     "outlive_jail",
     "neighbour_jail",
+    "init_isolation",
+    "leftovers",
 )
 
 
@@ -303,7 +332,7 @@ def run_selftest(
         bait = _HostBait(tmp)
         reports = []
         try:
-            with Sandbox(images) as sandbox:
+            with Sandbox(images, allow_weaken=bool(weaken)) as sandbox:
                 for name in images:
                     runner = _Runner(sandbox, name, probe, bait, weaken)
                     report = ImageReport(image=name)

@@ -28,6 +28,9 @@ WEAKENINGS = frozenset(
         "no_wall_clock",
         "no_cpu_limit",
         "no_output_cap",
+        "no_wipe",  # leave the job's files in the work dir and /tmp for the next job
+        "no_seccomp",  # start jobs without the spawn helper's seccomp filter
+        "init_keeps_stdio",  # the jail's init keeps the launcher's stdio and session
     }
 )
 
@@ -83,7 +86,7 @@ class RunLimits:
     open_files: int = 256  # RLIMIT_NOFILE
     stdout_bytes: int = 4 * MiB  # output beyond these caps kills the job
     stderr_bytes: int = 4 * MiB
-    output_file_bytes: int = 512 * MiB  # each output file read back
+    output_file_bytes: int = 256 * MiB  # each output file read back
 
     def validate(self) -> None:
         for f in fields(self):

@@ -24,12 +24,12 @@ WEAKENED = {
     "host_processes": {"no_pidns"},
     "uid0_caps": {"root_uid"},
     "setuid_binaries": {"suid_mounts"},
-    "new_userns": {"no_chroot_nesting"},
-    "mount": {"root_uid"},
-    "chroot_escape": {"root_uid"},
+    "new_userns": {"no_chroot_nesting", "no_seccomp"},
+    "mount": {"root_uid", "no_seccomp"},
+    "chroot_escape": {"root_uid", "no_seccomp"},
     "ptrace": {"dumpable_init"},
     "devices": {"root_uid"},
-    "keyctl": {"keep_session_keyring"},
+    "keyctl": {"keep_session_keyring", "no_seccomp"},
     "proc_sys_write": {"root_uid", "rw_proc_sys"},
     "memory": {"no_memory_limit"},
     "fork_bomb": {"no_pids_limit"},
@@ -39,6 +39,8 @@ WEAKENED = {
     "output_flood": {"no_output_cap"},
     "outlive_jail": {"no_pidns"},
     "neighbour_jail": {"no_pidns"},
+    "init_isolation": {"init_keeps_stdio"},
+    "leftovers": {"no_wipe"},
 }
 
 
