@@ -19,6 +19,10 @@ environment:
   JAILCC_HOSTS    servers to use, in order: unix:/path/to/socket, HOST:PORT or tcp:HOST:PORT
                   (default: unix:/run/jailccd/jailccd.sock when that socket exists)
   JAILCC_VERBOSE  1: say on stderr where each job ran and why
+  JAILCC_DEBUG_REMOTE
+                  1: send -g compiles too, accepting debug info whose column numbers differ
+                  from a local compile's (by default they compile locally, unless
+                  -gno-column-info is given: then the objects are identical)
 """
 
 
@@ -48,7 +52,12 @@ def main(argv: list[str] | None = None) -> int:
 
     cwd = os.getcwd()
     try:
-        job = analyse(args, cwd)
+        job = analyse(
+            args,
+            cwd,
+            compiler=name,
+            debug_columns_may_differ=os.environ.get("JAILCC_DEBUG_REMOTE") == "1",
+        )
     except ValueError as exc:  # e.g. an unreadable @file: the compiler will say it best
         job = Local(str(exc))
     if isinstance(job, Local):

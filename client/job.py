@@ -14,7 +14,7 @@ from typing import Any
 from .args import RemoteJob
 from .hosts import candidates
 from .remote import RemoteFailure, connect, handshake, offers_identity, run_job
-from .spawn import run_capture, shell_status
+from .spawn import run_capture
 
 MAX_RESULT = 1 << 30
 MAX_EXTRA_SOURCE = 1 << 20
@@ -43,10 +43,11 @@ def compile_remote(compiler: str, job: RemoteJob, cwd: str, verbose: bool) -> in
         cpp_stderr = b""
     else:
         code, source, cpp_stderr = run_capture([compiler, *job.preprocess_args, "-E", job.source])
-        if code != 0:
-            # A genuine error, found locally: report it exactly as the compiler did.
-            sys.stderr.buffer.write(cpp_stderr)
-            return shell_status(code)
+        if code != 0 or cpp_stderr:
+            # Errors or warnings of the preprocessor: a local compile reports them exactly (a
+            # separate -E run sees some differently, e.g. a #warning silenced by a pragma).
+            raise RemoteFailure("the preprocessor had something to say")
+        cpp_stderr = b""
 
     header, blobs = _job_frame(job, identity, cwd, source)
     reasons = []

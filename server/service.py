@@ -184,6 +184,9 @@ class JobService:
                         {"code": code, "message": str(exc), "id": header.get("id")},
                     )
                     continue
+                if jail is not None and not jail.usable:  # broken, or retired dirty
+                    jail.close()
+                    jail = None
                 if jail is None or jail_image != offer_image:
                     if jail is not None:
                         jail.close()
