@@ -7,7 +7,6 @@ import random
 import socket
 import struct
 import subprocess
-import tempfile
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -16,65 +15,11 @@ import pytest
 from conftest import BIN, requires_root
 from jailcc.images.identity import compiler_identity
 from jailcc.server import protocol as proto
+from serverutil import Server, start_server, stop_server
 
 pytestmark = requires_root
 
 SOURCE = b"int twice(int a) { return 2 * a; }\n"
-
-
-class Server:
-    def __init__(self, socket_path: Path, log: Path, proc: subprocess.Popen) -> None:
-        self.socket_path, self.log, self.proc = socket_path, log, proc
-
-    def connect(self) -> socket.socket:
-        sock = socket.socket(socket.AF_UNIX)
-        sock.settimeout(30)
-        sock.connect(str(self.socket_path))
-        return sock
-
-    def log_text(self) -> str:
-        return self.log.read_text()
-
-
-def start_server(tmp: Path, image: Path, *extra: str) -> Server:
-    # The socket lives where any user can reach it (pytest's tmp dirs are 0700 root).
-    sock_dir = Path(tempfile.mkdtemp(prefix="jailccd-test-"))
-    sock_dir.chmod(0o755)
-    sock, log = sock_dir / "jailccd.sock", tmp / "jailccd.log"
-    proc = subprocess.Popen(
-        [
-            str(BIN / "jailccd"),
-            "--toolchain-image",
-            str(image),
-            "--socket",
-            str(sock),
-            "--log-file",
-            str(log),
-            "--jobs",
-            "2",
-            *extra,
-        ],
-        stdin=subprocess.DEVNULL,
-        stderr=subprocess.PIPE,
-    )
-    deadline = time.monotonic() + 30
-    while not sock.exists():
-        if proc.poll() is not None or time.monotonic() > deadline:
-            proc.kill()
-            raise RuntimeError(f"jailccd did not start: {proc.stderr.read().decode()}")
-        time.sleep(0.05)
-    return Server(sock, log, proc)
-
-
-def stop_server(server: Server) -> None:
-    server.proc.terminate()
-    try:
-        server.proc.wait(timeout=30)
-    except subprocess.TimeoutExpired:
-        server.proc.kill()
-        server.proc.wait()
-    assert not server.socket_path.exists()  # the server removes its socket
-    server.socket_path.parent.rmdir()
 
 
 @pytest.fixture(scope="module")

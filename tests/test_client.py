@@ -1,0 +1,284 @@
+"""`jailcc` end to end: a real jailccd, real gcc, results identical to local compiles, and a
+local compile whenever the remote side cannot be trusted."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import socket
+import subprocess
+import threading
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+from conftest import BIN, requires_root
+from serverutil import Server, start_server, stop_server
+
+from jailcc.server import protocol as proto
+
+pytestmark = requires_root
+JAILCC = str(BIN / "jailcc")
+
+C_SOURCE = b"""#include <stdio.h>
+#include "local.h"
+#define SQUARE(x) ((x) * (x))
+/* a comment before code */ int area(int side) { return SQUARE(side) + LOCAL_OFFSET; }
+int main(void) { printf("%d %s\\n", area(3), __FILE__); return 0; }
+"""
+HEADER = b"#define LOCAL_OFFSET 1\n"
+CXX_SOURCE = b"""#include <map>
+#include <string>
+std::map<std::string, int> table() { return {{"one", 1}, {"two", 2}}; }
+"""
+WARNING_SOURCE = b"int f(int x) {\n  int unused;\n  return x;\n}\n"
+ERROR_SOURCE = b"int f(void) {\n  return y;\n}\n"
+
+
+@pytest.fixture(scope="module")
+def server(gcc_image: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Server]:
+    srv = start_server(tmp_path_factory.mktemp("client-server"), gcc_image, "--allow-user", "root")
+    yield srv
+    stop_server(srv)
+
+
+def env_for(server: Server | None, **extra: str) -> dict[str, str]:
+    env = dict(os.environ, JAILCC_VERBOSE="1", LC_ALL="C")
+    env["JAILCC_HOSTS"] = f"unix:{server.socket_path}" if server else "unix:/nonexistent.sock"
+    env.update(extra)
+    return env
+
+
+def run(argv: list[str], cwd: Path, env: dict[str, str] | None = None):
+    return subprocess.run(argv, cwd=cwd, env=env or env_for(None), capture_output=True)
+
+
+def tree(tmp: Path) -> Path:
+    (tmp / "src").mkdir(parents=True)
+    (tmp / "src" / "main.c").write_bytes(C_SOURCE)
+    (tmp / "src" / "local.h").write_bytes(HEADER)
+    (tmp / "src" / "table.cc").write_bytes(CXX_SOURCE)
+    (tmp / "src" / "warn.c").write_bytes(WARNING_SOURCE)
+    (tmp / "src" / "bad.c").write_bytes(ERROR_SOURCE)
+    (tmp / "obj").mkdir()
+    return tmp
+
+
+def where(stderr: bytes) -> str:
+    lines = [ln for ln in stderr.decode().splitlines() if ln.startswith("jailcc: ")]
+    return lines[-1] if lines else ""
+
+
+@pytest.mark.parametrize(
+    ("compiler", "args", "outputs"),
+    [
+        ("gcc-12", ["-O2", "-Wall", "-c", "src/main.c", "-o", "obj/main.o"], ["obj/main.o"]),
+        (
+            "gcc-12",
+            ["-O2", "-MD", "-c", "src/main.c", "-o", "obj/main.o"],
+            ["obj/main.o", "obj/main.d"],
+        ),
+        (
+            "gcc-12",
+            ["-O1", "-MMD", "-MP", "-MF", "obj/deps.d", "-c", "src/main.c", "-o", "obj/m.o"],
+            ["obj/m.o", "obj/deps.d"],
+        ),
+        ("gcc-12", ["-O2", "-S", "src/main.c", "-o", "obj/main.s"], ["obj/main.s"]),
+        (
+            "gcc-12",
+            ["-g", "-gno-column-info", "-O2", "-c", "src/main.c", "-o", "obj/g.o"],
+            ["obj/g.o"],
+        ),
+        (
+            "g++-12",
+            ["-std=c++17", "-O2", "-MD", "-c", "src/table.cc", "-o", "obj/t.o"],
+            ["obj/t.o", "obj/t.d"],
+        ),
+        ("g++-12", ["-g", "-gno-column-info", "-O1", "-c", "src/table.cc"], ["table.o"]),
+    ],
+)
+def test_remote_results_are_byte_identical_to_local(server, tmp_path, compiler, args, outputs):
+    local = tree(tmp_path / "local")
+    remote = tree(tmp_path / "remote")
+    # The same absolute path for both builds: debug info and dependency files name it.
+    same = tmp_path / "build"
+    local.rename(same)
+    lres = run([compiler, *args], same)
+    assert lres.returncode == 0, lres.stderr
+    expected = {o: (same / o).read_bytes() for o in outputs}
+    shutil.rmtree(same)
+    remote.rename(same)
+    rres = run([JAILCC, compiler, *args], same, env_for(server))
+    assert rres.returncode == 0, rres.stderr
+    assert "remote on unix:" in where(rres.stderr), rres.stderr
+    for name, data in expected.items():
+        assert (same / name).read_bytes() == data, name
+    assert rres.stdout == lres.stdout
+
+
+@pytest.mark.parametrize("locale", ["C", "C.UTF-8"])
+@pytest.mark.parametrize(("source", "code"), [("warn.c", 0), ("bad.c", 1)])
+def test_diagnostics_and_status_are_those_of_a_local_compile(
+    server, tmp_path, source, code, locale
+):
+    work = tree(tmp_path)
+    args = ["-Wall", "-c", f"src/{source}", "-o", "obj/x.o"]
+    lres = run(["gcc-12", *args], work, env_for(None, LC_ALL=locale))
+    rres = run([JAILCC, "gcc-12", *args], work, env_for(server, LC_ALL=locale))
+    assert rres.returncode == lres.returncode == code
+    ours = b"".join(ln + b"\n" for ln in rres.stderr.splitlines() if not ln.startswith(b"jailcc:"))
+    assert ours == lres.stderr  # carets and all: the source went along for the diagnostics
+    assert "remote on unix:" in where(rres.stderr)  # a compile error is not recompiled locally
+
+
+@pytest.mark.parametrize(
+    ("args", "reason"),
+    [
+        (["src/main.c", "-o", "prog"], "linking"),
+        (["-E", "src/main.c"], "-E"),
+        (["-g", "-c", "src/main.c", "-o", "obj/x.o"], "columns"),
+        (["-march=native", "-c", "src/main.c", "-o", "obj/x.o"], "-march=native"),
+        (["-c", "src/main.c", "src/warn.c"], "more than one input"),
+    ],
+)
+def test_jobs_that_must_stay_local_do(server, tmp_path, args, reason):
+    work = tree(tmp_path)
+    lres = run(["gcc-12", *args], work)
+    rres = run([JAILCC, "gcc-12", *args], work, env_for(server))
+    assert rres.returncode == lres.returncode
+    assert "local (" in where(rres.stderr) and reason in where(rres.stderr)
+
+
+def test_no_server_means_a_local_compile_with_the_same_result(tmp_path):
+    work = tree(tmp_path)
+    args = ["-O2", "-c", "src/main.c", "-o", "obj/main.o"]
+    rres = run([JAILCC, "gcc-12", *args], work, env_for(None))
+    assert rres.returncode == 0
+    assert "local after remote failure: cannot connect" in where(rres.stderr)
+    remote_obj = (work / "obj" / "main.o").read_bytes()
+    assert run(["gcc-12", *args], work).returncode == 0
+    assert (work / "obj" / "main.o").read_bytes() == remote_obj
+
+
+class FakeServer:
+    """A server that answers the hello like jailccd, then misbehaves as told."""
+
+    def __init__(self, path: Path, identity: str, behaviour: str) -> None:
+        self.path, self.identity, self.behaviour = path, identity, behaviour
+        self.sock = socket.socket(socket.AF_UNIX)
+        self.sock.bind(str(path))
+        self.sock.listen(4)
+        self.thread = threading.Thread(target=self._serve, daemon=True)
+        self.thread.start()
+
+    def _serve(self) -> None:
+        while True:
+            try:
+                conn, _ = self.sock.accept()
+            except OSError:
+                return
+            with conn:
+                try:
+                    proto.recv(conn, proto.MAX_HELLO_FRAME)
+                    images = [{"name": "x", "compilers": [{"identity": self.identity}]}]
+                    proto.send(conn, proto.HELLO, {"protocol": 1, "images": images})
+                    proto.recv(conn)
+                    if self.behaviour == "garbage":
+                        conn.sendall(b"\x00\x00\x00\x10" + b"\xff" * 16)
+                    elif self.behaviour == "error":
+                        proto.send(conn, proto.ERROR, {"code": "internal", "message": "boom"})
+                    elif self.behaviour == "killed":
+                        proto.send(
+                            conn,
+                            proto.RESULT,
+                            {
+                                "id": 1,
+                                "exit_code": None,
+                                "signal": 9,
+                                "limit": "memory",
+                                "has_output": False,
+                            },
+                            [b"", b"", b""],
+                        )
+                    # "die": close without a word
+                except (OSError, proto.ProtocolError):
+                    pass
+
+    def close(self) -> None:
+        self.sock.close()
+
+
+@pytest.mark.parametrize("behaviour", ["die", "garbage", "error", "killed"])
+def test_a_failing_server_means_a_local_compile(tmp_path, behaviour):
+    from jailcc.images.identity import compiler_identity
+
+    work = tree(tmp_path)
+    fake = FakeServer(tmp_path / "fake.sock", compiler_identity("/usr/bin/gcc-12"), behaviour)
+    try:
+        args = ["-O2", "-c", "src/main.c", "-o", "obj/main.o"]
+        rres = run(
+            [JAILCC, "gcc-12", *args],
+            work,
+            env_for(None, JAILCC_HOSTS=f"unix:{tmp_path / 'fake.sock'}"),
+        )
+    finally:
+        fake.close()
+    assert rres.returncode == 0, rres.stderr
+    assert "local after remote failure" in where(rres.stderr)
+    produced = (work / "obj" / "main.o").read_bytes()
+    run(["gcc-12", *args], work)
+    assert (work / "obj" / "main.o").read_bytes() == produced
+
+
+def test_a_compiler_without_a_matching_image_stays_local(server, tmp_path):
+    work = tree(tmp_path)
+    rres = run(
+        [JAILCC, "clang-16", "-O2", "-c", "src/main.c", "-o", "obj/main.o"], work, env_for(server)
+    )
+    assert rres.returncode == 0
+    assert "has no image for this compiler" in where(rres.stderr)
+
+
+def test_masquerade_symlinks_find_the_real_compiler_and_never_recurse(server, tmp_path):
+    work = tree(tmp_path)
+    masq = tmp_path / "masq"
+    masq.mkdir()
+    for name in ("gcc-12", "g++-12", "cc"):
+        (masq / name).symlink_to(JAILCC)
+    env = env_for(server, PATH=f"{masq}:{os.environ['PATH']}")
+    rres = run(["gcc-12", "-O2", "-c", "src/main.c", "-o", "obj/main.o"], work, env)
+    assert rres.returncode == 0, rres.stderr
+    assert "remote on unix:" in where(rres.stderr)
+    # With only jailcc itself on PATH under that name, it says so instead of recursing.
+    env = env_for(server, PATH=str(masq))
+    rres = run([str(masq / "gcc-12"), "-c", "src/main.c"], work, env)
+    assert rres.returncode == 127 and b"cannot find the compiler" in rres.stderr
+
+
+def test_make_j_with_cc_jailcc(server, tmp_path):
+    work = tmp_path / "proj"
+    work.mkdir()
+    for i in range(12):
+        (work / f"u{i}.c").write_text(f"int unit{i}(int x) {{ return x * {i} + {i}; }}\n")
+    (work / "main.c").write_text("int main(void) { return 0; }\n")
+    objs = " ".join(f"u{i}.o" for i in range(12))
+    (work / "Makefile").write_text(
+        f"prog: main.o {objs}\n\t$(CC) -o $@ $^\n%.o: %.c\n\t$(CC) $(CFLAGS) -MMD -c $< -o $@\n"
+    )
+    res = subprocess.run(
+        ["make", "-j8", f"CC={JAILCC} gcc-12", "CFLAGS=-O2"],
+        cwd=work,
+        env=env_for(server),
+        capture_output=True,
+    )
+    assert res.returncode == 0, res.stderr
+    assert res.stderr.count(b"remote on unix:") == 13
+    remote = {p.name: p.read_bytes() for p in work.glob("*.[od]")}
+    subprocess.run(["make", "clean"], cwd=work, capture_output=True)
+    for p in work.glob("*.[od]"):
+        p.unlink()
+    subprocess.run(
+        ["make", "-j8", "CC=gcc-12", "CFLAGS=-O2"], cwd=work, check=True, capture_output=True
+    )
+    local = {p.name: p.read_bytes() for p in work.glob("*.[od]")}
+    assert remote == local and len(local) == 26
