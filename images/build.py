@@ -48,7 +48,7 @@ def build_image(
     for info in infos:
         log(f"found {info.name}: {info.kind} {info.version} for {info.target}")
     tree = collect([p.path for info in infos for p in info.programs])
-    # The C.UTF-8 locale (not built into glibc): with it, diagnostics quote ‘like this’ in a
+    # The C.UTF-8 locale (not built into glibc): with it, diagnostics use typographic quotes in a
     # UTF-8 session exactly as a local compile does.
     for locale_file in _locale_files(LOCALE_DIR):
         tree.add(locale_file)

@@ -13,9 +13,8 @@ from pathlib import Path
 
 import pytest
 from conftest import BIN, requires_root
-from serverutil import Server, start_server, stop_server
-
 from jailcc.server import protocol as proto
+from serverutil import Server, start_server, stop_server
 
 pytestmark = requires_root
 JAILCC = str(BIN / "jailcc")
