@@ -482,7 +482,7 @@ def _wp_deps(a: str) -> tuple[bool, str | None, bool] | None:
 
 
 def analyse(
-    args: list[str], cwd: str, compiler: str | None = None, debug_columns_may_differ: bool = False
+    args: list[str], cwd: str, compiler: str | None = None, debug_info_may_differ: bool = False
 ) -> "RemoteJob | Local":
     """Decide whether ``COMPILER args`` (``args`` without the compiler) may run remotely.
 
@@ -490,10 +490,11 @@ def analyse(
     as invoked: a name with "++" (g++, clang++) makes .c and .i inputs C++, as those drivers
     do; a name with "clang" selects clang's handling of -Wp,-MD.
 
-    Debug info: compiling the preprocessed output elsewhere moves the columns of tokens that
-    follow a macro or a comment on their line, and debug info records columns, so a -g object
-    would differ from a local one. Such jobs stay local unless -gno-column-info is in force or
-    the caller accepts the difference (``debug_columns_may_differ``).
+    Debug info: compiling the preprocessed output elsewhere moves tokens: those after a macro
+    or a comment on their line to other columns, and the arguments of a macro call that spans
+    lines onto the call's line. Debug info records both, so a -g object would differ from a
+    local one (-gno-column-info is not enough). Such jobs stay local unless the caller accepts
+    the difference (``debug_info_may_differ``).
     """
     try:
         args = expand_response_files(args, cwd)
@@ -514,7 +515,6 @@ def analyse(
     wp_dep = False
     wp_dep_file = None
     debug = False  # a -g option that turns debug info on is in force
-    columns = True  # -gcolumn-info (gcc's default) is in force
     dwarf5 = True  # the DWARF version in force is 5 (both compilers' default here)
     n = len(args)
     i = 0
@@ -586,9 +586,7 @@ def analyse(
                 return Local(f"{a} (macro debug info)")
             if a.startswith("-gdwarf-"):
                 dwarf5 = a == "-gdwarf-5"
-            if a in ("-gno-column-info", "-gcolumn-info"):
-                columns = a == "-gcolumn-info"
-            elif not a.startswith("-gno-") and a not in _DEBUG_NEUTRAL:
+            if not a.startswith(("-gno-", "-gcolumn-info")) and a not in _DEBUG_NEUTRAL:
                 debug = a not in ("-g0", "-ggdb0", "-gdwarf0")
             cpp.append(a)
             remote.append(a)
@@ -600,8 +598,8 @@ def analyse(
 
     if not mode:
         return Local("linking" if inputs else "no input file")
-    if debug and columns and not debug_columns_may_differ:
-        return Local("-g: debug info columns would differ (add -gno-column-info)")
+    if debug and not debug_info_may_differ:
+        return Local("-g: debug info lines and columns would differ from a local compile's")
     if debug and dwarf5 and compiler is not None and "clang" in compiler.rsplit("/", 1)[-1]:
         # clang's DWARF 5 line table holds MD5 sums of the original source files.
         return Local("clang -g with DWARF 5: source checksums would differ (use -gdwarf-4)")

@@ -20,9 +20,9 @@ environment:
                   (default: unix:/run/jailccd/jailccd.sock when that socket exists)
   JAILCC_VERBOSE  1: say on stderr where each job ran and why
   JAILCC_DEBUG_REMOTE
-                  1: send -g compiles too, accepting debug info whose column numbers differ
-                  from a local compile's (by default they compile locally, unless
-                  -gno-column-info is given: then the objects are identical)
+                  1: send -g compiles too, accepting debug info whose line and column
+                  numbers may differ from a local compile's (by default -g compiles locally,
+                  so that every object is identical to a local one)
 """
 
 
@@ -47,19 +47,23 @@ def main(argv: list[str] | None = None) -> int:
         )
         return 127
     verbose = os.environ.get("JAILCC_VERBOSE", "") not in ("", "0")
+    try:
+        return _compile(compiler, name, args, verbose)
+    except Exception as exc:
+        print(
+            f"jailcc: internal error ({type(exc).__name__}: {exc}); compiling locally",
+            file=sys.stderr,
+        )
+        return _exec_local(compiler, args)
 
+
+def _compile(compiler: str, name: str, args: list[str], verbose: bool) -> int:
     from .args import Local, analyse
 
     cwd = os.getcwd()
-    try:
-        job = analyse(
-            args,
-            cwd,
-            compiler=name,
-            debug_columns_may_differ=os.environ.get("JAILCC_DEBUG_REMOTE") == "1",
-        )
-    except ValueError as exc:  # e.g. an unreadable @file: the compiler will say it best
-        job = Local(str(exc))
+    job = analyse(
+        args, cwd, compiler=name, debug_info_may_differ=os.environ.get("JAILCC_DEBUG_REMOTE") == "1"
+    )
     if isinstance(job, Local):
         _note(verbose, args, f"local ({job.reason})")
         return _exec_local(compiler, args)
