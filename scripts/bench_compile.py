@@ -1,0 +1,241 @@
+"""The compile benchmark behind scripts/bench: jailcc against distcc and a local compile, all
+on loopback in the same run (server and client share this machine's cores, so the figures are
+overheads, not speed-ups). Prints Markdown tables with ratios."""
+
+from __future__ import annotations
+
+import argparse
+import os
+import shutil
+import socket
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+import projects
+
+BIN = Path(sys.executable).parent
+JAILCC = str(BIN / "jailcc")
+TRIVIAL = "int answer(void) { return 42; }\n"
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def wait_for(check, what: str, timeout: float = 30.0) -> None:
+    deadline = time.monotonic() + timeout
+    while not check():
+        if time.monotonic() > deadline:
+            raise SystemExit(f"bench: {what} did not start")
+        time.sleep(0.05)
+
+
+@contextmanager
+def jailccd(image: Path, state: Path) -> Iterator[str]:
+    sock = state / "jailccd.sock"
+    proc = subprocess.Popen(
+        [
+            str(BIN / "jailccd"),
+            "--toolchain-image",
+            str(image),
+            "--socket",
+            str(sock),
+            "--allow-user",
+            "root",
+            "--log-file",
+            str(state / "jailccd.log"),
+        ]
+    )
+    try:
+        wait_for(sock.exists, "jailccd")
+        yield f"unix:{sock}"
+    finally:
+        proc.terminate()
+        proc.wait(timeout=30)
+
+
+@contextmanager
+def distccd(state: Path) -> Iterator[str]:
+    port = free_port()
+    proc = subprocess.Popen(
+        [
+            "distccd",
+            "--no-detach",
+            "--daemon",
+            "--allow",
+            "127.0.0.1",
+            "--listen",
+            "127.0.0.1",
+            "--port",
+            str(port),
+            "--jobs",
+            "2",
+            "--user",
+            "distccd",
+            "--log-file",
+            str(state / "distccd.log"),
+        ]
+    )
+    try:
+
+        def up() -> bool:
+            with socket.socket() as s:
+                return s.connect_ex(("127.0.0.1", port)) == 0
+
+        wait_for(up, "distccd")
+        yield f"127.0.0.1:{port}/2"
+    finally:
+        proc.terminate()
+        proc.wait(timeout=30)
+
+
+def median_ms(argv: list[str], cwd: Path, env: dict[str, str], rounds: int) -> float:
+    times = []
+    for i in range(rounds + 3):
+        t0 = time.perf_counter()
+        subprocess.run(
+            argv, cwd=cwd, env=env, check=True, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
+        )
+        if i >= 3:  # warm-up: caches, the server's warm jail
+            times.append(time.perf_counter() - t0)
+    return statistics.median(times) * 1000
+
+
+def table(title: str, header: list[str], rows: list[list[str]]) -> str:
+    lines = [f"\n{title}\n", "| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+    lines += ["| " + " | ".join(r) + " |" for r in rows]
+    return "\n".join(lines)
+
+
+def per_job(
+    work: Path, env_j: dict[str, str], env_d: dict[str, str], rounds: int, mid_source: Path
+) -> str:
+    (work / "trivial.c").write_text(TRIVIAL)
+    shutil.copy(mid_source, work / "mid.c")
+    include = str(mid_source.parent)
+    rows = []
+    for name, src, extra in (
+        ("trivial TU", "trivial.c", []),
+        (f"mid-size TU ({mid_source.name})", "mid.c", ["-I", include]),
+    ):
+        args = ["-O2", *extra, "-c", src, "-o", "out.o"]
+        local = median_ms(["gcc-12", *args], work, env_j, rounds)
+        ours = median_ms([JAILCC, "gcc-12", *args], work, env_j, rounds)
+        theirs = median_ms(["distcc", "gcc-12", *args], work, env_d, rounds)
+        rows.append(
+            [
+                name,
+                f"{local:.1f}",
+                f"{ours:.1f} (+{ours - local:.1f})",
+                f"{theirs:.1f} (+{theirs - local:.1f})",
+                f"{ours / local:.2f}",
+                f"{ours / theirs:.2f}",
+            ]
+        )
+    return table(
+        f"Per job, median of {rounds} sequential compiles (ms; overhead over local)",
+        ["job", "local", "jailcc", "distcc", "jailcc / local", "jailcc / distcc"],
+        rows,
+    )
+
+
+def full_builds(
+    work: Path, env_j: dict[str, str], env_d: dict[str, str], names: list[str], jobs: int
+) -> str:
+    rows = []
+    for name in names:
+        common = {
+            "jobs": jobs,
+            "extra_flags": ["-g0"],
+            "configure_cc": "gcc-12",
+            "configure_cxx": "g++-12",
+        }
+        results = {}
+        for label, cc, cxx, env in (
+            ("local", "gcc-12", "g++-12", {}),
+            ("jailcc", f"{JAILCC} gcc-12", f"{JAILCC} g++-12", env_j),
+            ("distcc", "distcc gcc-12", "distcc g++-12", env_d),
+        ):
+            result = projects.build(name, work / label, cc, cxx, env=env, **common)
+            if result.returncode != 0:
+                raise SystemExit(f"bench: {name} with {label} failed:\n{result.log[-2000:]}")
+            results[label] = result
+            print(f"bench: {name} {label}: {result.seconds:.1f} s", file=sys.stderr)
+        diff = projects.compare(results["local"], results["jailcc"])
+        if diff:
+            raise SystemExit(f"bench: {name}: jailcc's objects differ from local: {diff[:5]}")
+        t = {k: v.seconds for k, v in results.items()}
+        rows.append(
+            [
+                name,
+                str(len(results["local"].objects)),
+                f"{t['local']:.1f}",
+                f"{t['jailcc']:.1f}",
+                f"{t['distcc']:.1f}",
+                f"{t['jailcc'] / t['local']:.2f}",
+                f"{t['jailcc'] / t['distcc']:.2f}",
+            ]
+        )
+    return table(
+        f"Full builds, make -j{jobs}, seconds (Debian's flags with -g0; objects of the"
+        " jailcc build checked identical to the local build)",
+        ["project", "objects", "local", "jailcc", "distcc", "jailcc / local", "jailcc / distcc"],
+        rows,
+    )
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__)
+    parser.add_argument("--rounds", type=int, default=30, help="compiles per per-job figure")
+    parser.add_argument("--jobs", type=int, default=2, help="make -j for the full builds")
+    parser.add_argument("--projects", nargs="*", default=["zlib", "lua5.4"])
+    args = parser.parse_args()
+    if os.geteuid() != 0:
+        print("bench: must run as root (jailccd builds jails)", file=sys.stderr)
+        return 2
+    if projects.fetch().returncode != 0:
+        print("bench: cannot fetch the project sources", file=sys.stderr)
+        return 1
+    state = Path(tempfile.mkdtemp(prefix="jailcc-bench-"))
+    state.chmod(0o755)
+    try:
+        image = state / "gcc-12.img"
+        subprocess.run(
+            [
+                str(BIN / "jailcc-image"),
+                "build",
+                "-q",
+                "--compiler",
+                "/usr/bin/gcc-12",
+                "--compiler",
+                "/usr/bin/g++-12",
+                "-o",
+                str(image),
+            ],
+            check=True,
+        )
+        with jailccd(image, state) as jhost, distccd(state) as dhost:
+            base = {k: v for k, v in os.environ.items() if not k.startswith(("DISTCC", "JAILCC"))}
+            env_j = dict(base, JAILCC_HOSTS=jhost)
+            env_d = dict(base, DISTCC_HOSTS=dhost, DISTCC_FALLBACK="0")
+            work = state / "work"
+            work.mkdir()
+            mid = projects.SRC_ROOT / "zlib" / "deflate.c"
+            print(per_job(work, env_j, env_d, args.rounds, mid))
+            print(full_builds(work, env_j, env_d, args.projects, args.jobs))
+    finally:
+        shutil.rmtree(state, ignore_errors=True)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
