@@ -35,20 +35,38 @@ WEAKENINGS = frozenset(
 )
 
 
-def _from_dict(cls: type, data: dict[str, Any]) -> Any:
-    """Build a dataclass from a dict, refusing unknown or missing keys (data from a peer)."""
-    if not isinstance(data, dict):
-        raise ValueError(f"{cls.__name__}: expected an object")
-    names = {f.name for f in fields(cls)}
-    unknown = set(data) - names
-    if unknown:
-        raise ValueError(f"{cls.__name__}: unknown fields {sorted(unknown)}")
-    return cls(**data)
+class _Limits:
+    """Positive numeric limits, exchanged as plain dicts (from a peer: checked on the way in)."""
+
+    _kinds: tuple[type, ...] = (int,)
+    _what = "limit"
+
+    def validate(self) -> None:
+        for f in fields(self):  # type: ignore[arg-type]
+            value = getattr(self, f.name)
+            if not isinstance(value, self._kinds) or isinstance(value, bool) or value <= 0:
+                raise ValueError(f"{self._what} {f.name} must be a positive number")
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> Any:
+        if not isinstance(data, dict):
+            raise ValueError(f"{cls.__name__}: expected an object")
+        unknown = set(data) - {f.name for f in fields(cls)}  # type: ignore[arg-type]
+        if unknown:
+            raise ValueError(f"{cls.__name__}: unknown fields {sorted(unknown)}")
+        limits = cls(**data)
+        limits.validate()
+        return limits
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)  # type: ignore[call-overload]
 
 
 @dataclass(frozen=True)
-class JailLimits:
+class JailLimits(_Limits):
     """Limits that hold for the jail's whole life (cgroup and tmpfs sizes)."""
+
+    _what = "jail limit"
 
     memory_bytes: int = 1024 * MiB  # cgroup memory: processes plus tmpfs pages
     pids_max: int = 128  # cgroup pids: every process and thread, the jail's init included
@@ -58,26 +76,17 @@ class JailLimits:
     tmp_inodes: int = 1024
 
     def validate(self) -> None:
-        for f in fields(self):
-            value = getattr(self, f.name)
-            if not isinstance(value, int) or isinstance(value, bool) or value <= 0:
-                raise ValueError(f"jail limit {f.name} must be a positive integer")
+        super().validate()
         if self.pids_max < 4:
             raise ValueError("jail limit pids_max must be at least 4 (init, job, helpers)")
 
-    @classmethod
-    def from_dict(cls, data: dict[str, Any]) -> JailLimits:
-        limits = _from_dict(cls, data)
-        limits.validate()
-        return limits
-
-    def to_dict(self) -> dict[str, Any]:
-        return asdict(self)
-
 
 @dataclass(frozen=True)
-class RunLimits:
+class RunLimits(_Limits):
     """Limits for one command run in a jail."""
+
+    _kinds = (int, float)
+    _what = "run limit"
 
     cpu_seconds: int = 300  # RLIMIT_CPU: SIGXCPU, then SIGKILL a second later
     wall_seconds: float = 600.0  # killed by the jail's init when it runs longer
@@ -87,21 +96,6 @@ class RunLimits:
     stdout_bytes: int = 4 * MiB  # output beyond these caps kills the job
     stderr_bytes: int = 4 * MiB
     output_file_bytes: int = 256 * MiB  # each output file read back
-
-    def validate(self) -> None:
-        for f in fields(self):
-            value = getattr(self, f.name)
-            if not isinstance(value, int | float) or isinstance(value, bool) or value <= 0:
-                raise ValueError(f"run limit {f.name} must be a positive number")
-
-    @classmethod
-    def from_dict(cls, data: dict[str, Any]) -> RunLimits:
-        limits = _from_dict(cls, data)
-        limits.validate()
-        return limits
-
-    def to_dict(self) -> dict[str, Any]:
-        return asdict(self)
 
 
 @dataclass(frozen=True)

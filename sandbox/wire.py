@@ -29,14 +29,15 @@ class PeerClosed(WireError):
     """The peer closed the channel at a message boundary."""
 
 
-def _recv_exact(sock: socket.socket, size: int) -> bytes:
+def recv_exact(sock: socket.socket, size: int, error: type[Exception] = WireError) -> bytes:
+    """Exactly size bytes from sock, or `error` if the peer closes first."""
     buf = bytearray(size)
     view = memoryview(buf)
     got = 0
     while got < size:
         n = sock.recv_into(view[got:], size - got)
         if n == 0:
-            raise WireError(f"channel closed after {got} of {size} bytes")
+            raise error(f"channel closed after {got} of {size} bytes")
         got += n
     return bytes(buf)
 
@@ -57,12 +58,12 @@ def recv_message(sock: socket.socket, max_total: int) -> tuple[dict[str, Any], l
     if not first:
         raise PeerClosed("channel closed")
     if len(first) < _LEN.size:
-        first += _recv_exact(sock, _LEN.size - len(first))
+        first += recv_exact(sock, _LEN.size - len(first))
     (length,) = _LEN.unpack(first)
     if length > MAX_HEADER:
         raise WireError(f"header of {length} bytes exceeds {MAX_HEADER}")
     try:
-        header = json.loads(_recv_exact(sock, length))
+        header = json.loads(recv_exact(sock, length))
     except (UnicodeDecodeError, json.JSONDecodeError) as exc:
         raise WireError(f"malformed header: {exc}") from None
     if not isinstance(header, dict):
@@ -74,7 +75,7 @@ def recv_message(sock: socket.socket, max_total: int) -> tuple[dict[str, Any], l
         raise WireError("malformed blob sizes")
     if sum(sizes) > max_total:
         raise WireError(f"message of {sum(sizes)} bytes exceeds the cap of {max_total}")
-    return header, [_recv_exact(sock, s) for s in sizes]
+    return header, [recv_exact(sock, s) for s in sizes]
 
 
 def send_packet(sock: socket.socket, message: dict[str, Any], fds: Sequence[int] = ()) -> None:

@@ -17,6 +17,8 @@ import struct
 from collections.abc import Sequence
 from typing import Any
 
+from jailcc.sandbox.wire import recv_exact
+
 PROTOCOL_VERSION = 1
 DEFAULT_PORT = 3633
 
@@ -34,7 +36,6 @@ MAX_HEADER = 256 * 1024
 DEFAULT_MAX_FRAME = 256 * 1024 * 1024
 MAX_BLOBS = 64
 
-_U32 = struct.Struct(">I")
 _PREFIX = struct.Struct(">IBI")  # frame length, type, header length
 
 
@@ -101,15 +102,7 @@ def send(
 
 
 def _recv_exact(sock: socket.socket, size: int) -> bytes:
-    buf = bytearray(size)
-    view = memoryview(buf)
-    got = 0
-    while got < size:
-        n = sock.recv_into(view[got:], size - got)
-        if n == 0:
-            raise ConnectionClosed(f"connection closed mid-frame ({got} of {size} bytes)")
-        got += n
-    return bytes(buf)
+    return recv_exact(sock, size, ConnectionClosed)
 
 
 def recv(
@@ -185,7 +178,3 @@ class RemoteError(Exception):
 
 def hello_header(role: str, **extra: Any) -> dict[str, Any]:
     return {"protocol": PROTOCOL_VERSION, "role": role, **extra}
-
-
-def u32(value: int) -> bytes:
-    return _U32.pack(value)

@@ -27,6 +27,7 @@ from jailcc.sandbox.spec import JailLimits, MiB, RunLimits
 from . import compiler_policy as policy
 from . import protocol as proto
 from .catalog import Catalog
+from .jail_cache import JailCache
 from .local_auth import LocalAuthorizer, Peer, unix_peer
 
 log = logging.getLogger("jailccd")
@@ -67,6 +68,9 @@ class JobService:
         self.slots = threading.BoundedSemaphore(config.slots)
         self.connections = threading.BoundedSemaphore(config.max_connections)
         self.listeners: list[socket.socket] = []
+        self.jail_cache = JailCache(
+            config.slots, lambda leaks: log.error("jail teardown left: %s", leaks)
+        )
         self._stopping = threading.Event()
         self.stats = {"jobs": 0, "failed": 0, "rejected": 0, "connections": 0}
         self._stats_lock = threading.Lock()
@@ -129,6 +133,7 @@ class JobService:
 
     def stop(self) -> None:
         self._stopping.set()
+        self.jail_cache.close()
         for sock in self.listeners:
             with contextlib.suppress(OSError):
                 if sock.family == socket.AF_UNIX:
@@ -151,6 +156,7 @@ class JobService:
         peer = Peer("tcp", f"{addr[0]}:{addr[1]}") if conn.family != socket.AF_UNIX else None
         jail: Jail | None = None
         jail_image: str | None = None
+        clean_end = False
         try:
             if peer is None:
                 peer = unix_peer(conn)
@@ -168,6 +174,7 @@ class JobService:
                         max_raw=4 * self.config.max_input_bytes,
                     )
                 except proto.ConnectionClosed:
+                    clean_end = True  # between jobs: the jail is wiped and may serve again
                     return
                 if frame_type != proto.JOB:
                     raise proto.ProtocolError(f"expected JOB, got {proto.FRAME_NAMES[frame_type]}")
@@ -189,9 +196,11 @@ class JobService:
                     jail = None
                 if jail is None or jail_image != offer_image:
                     if jail is not None:
-                        jail.close()
+                        self.jail_cache.give_back(str(peer), jail_image or "", jail)
                         jail = None
-                    jail = self.sandbox.create_jail(offer_image, self.config.jail_limits)
+                    jail = self.jail_cache.take(str(peer), offer_image)
+                    if jail is None:
+                        jail = self.sandbox.create_jail(offer_image, self.config.jail_limits)
                     jail_image = offer_image
                 try:
                     self._run_job(conn, peer, jail, offer_image, argv, job)
@@ -216,10 +225,10 @@ class JobService:
             log.warning("connection from %s ended: %s", peer or addr, exc)
         finally:
             if jail is not None:
-                with contextlib.suppress(SandboxError):
-                    report = jail.close()
-                    if report.leaks:
-                        log.error("jail teardown left: %s", "; ".join(report.leaks))
+                if clean_end and jail_image is not None:
+                    self.jail_cache.give_back(str(peer), jail_image, jail)
+                else:
+                    self.jail_cache.discard(jail)
             conn.close()
             self.connections.release()
 
@@ -347,9 +356,10 @@ class JobService:
         )
         self._count("jobs" if result.ok else "failed")
         log.info(
-            "job user=%s image=%s source=%s status=%s queue=%.1fms run=%.1fms",
+            "job user=%s image=%s jail=%d source=%s status=%s queue=%.1fms run=%.1fms",
             peer,
             image,
+            jail.id,
             job["source"],
             status,
             (started - queued) * 1000,

@@ -4,9 +4,11 @@ from __future__ import annotations
 
 import os
 import random
+import shutil
 import socket
 import struct
 import subprocess
+import tempfile
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -297,3 +299,50 @@ def test_missing_image_is_one_clear_line(tmp_path):
     )
     assert proc.returncode == 2
     assert proc.stderr.count("\n") == 1 and "jailcc-image build" in proc.stderr
+
+
+def _jail_ids(log_text: str, source: str) -> list[int]:
+    return [
+        int(line.split(" jail=")[1].split()[0])
+        for line in log_text.splitlines()
+        if f"source={source} " in line and " jail=" in line
+    ]
+
+
+def _compile_as(server: Server, identity: str, tmp: Path, source: str, uid: int | None) -> None:
+    """One job on a fresh connection, as root or (forked) as another uid."""
+    pre = preprocess(tmp)
+    pid = os.fork() if uid is not None else 0
+    if pid == 0:
+        try:
+            if uid is not None:
+                os.setgroups([])
+                os.setgid(uid)
+                os.setuid(uid)
+            with server.connect() as sock:
+                hello(sock)
+                proto.send(sock, proto.JOB, job(identity, tmp, source=source), [pre], [True])
+                proto.expect(sock, proto.RESULT)
+        finally:
+            if uid is not None:
+                os._exit(0)
+    if uid is not None:
+        os.waitpid(pid, 0)
+
+
+def test_a_users_next_connection_reuses_its_jail_and_no_one_elses(gcc_image, tmp_path, identity):
+    srv = start_server(tmp_path, gcc_image, "--allow-user", "root", "--allow-user", "nobody")
+    work = Path(tempfile.mkdtemp(prefix="jailcc-reuse-"))
+    try:
+        work.chmod(0o755)
+        for n in range(3):
+            _compile_as(srv, identity, work, f"root{n}.c", None)
+        _compile_as(srv, identity, work, "nobody.c", 65534)
+        text = srv.log_text()
+        root_jails = [_jail_ids(text, f"root{n}.c")[0] for n in range(3)]
+        nobody_jail = _jail_ids(text, "nobody.c")[0]
+        assert len(set(root_jails)) == 1, root_jails  # one jail served all three connections
+        assert nobody_jail not in root_jails  # another user never gets it
+    finally:
+        stop_server(srv)
+        shutil.rmtree(work, ignore_errors=True)
