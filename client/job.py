@@ -19,6 +19,8 @@ from .spawn import run_capture
 MAX_RESULT = 1 << 30
 MAX_EXTRA_SOURCE = 1 << 20
 _SAFE_NAME = re.compile(r"^[A-Za-z0-9_+.,=@%-]{1,200}$")
+# "file:line:col: " at the start of a diagnostic line (after gcc's colour codes, if any).
+_LOCATION = re.compile(rb"^(?:\x1b\[[0-9;]*m(?:\x1b\[K)?)*([^:\n\x1b]+):\d+:\d+: ", re.M)
 
 
 def compile_remote(compiler: str, job: RemoteJob, cwd: str, verbose: bool) -> int:
@@ -78,6 +80,10 @@ def compile_remote(compiler: str, job: RemoteJob, cwd: str, verbose: bool) -> in
         raise RemoteFailure(f"{host}: the compiler was killed by signal {result.signal}")
     if result.exit_code == 127 or result.stderr.startswith(b"jail: "):
         raise RemoteFailure(f"{host}: the compiler could not run: {result.stderr[:200]!r}")
+    if result.stderr and _names_unshipped_files(result.stderr, job.source):
+        # A diagnostic in a header: locally it would quote the header's line, which the
+        # server did not have. The local compile gives the exact text.
+        raise RemoteFailure("diagnostics point into files the server did not have")
     if result.exit_code == 0:
         if result.output is None:
             raise RemoteFailure(f"{host}: the compile succeeded but sent no output")
@@ -128,6 +134,11 @@ def _job_frame(
         "source": os.path.basename(job.source),
     }
     return header, blobs
+
+
+def _names_unshipped_files(stderr: bytes, source: str) -> bool:
+    shipped = os.fsencode(source)
+    return any(m.group(1) != shipped for m in _LOCATION.finditer(stderr))
 
 
 def _source_for_diagnostics(job: RemoteJob, cwd: str) -> tuple[str, bytes] | None:
