@@ -424,6 +424,22 @@ _DEBUG_NEUTRAL = frozenset(
 _DEBUG3 = frozenset(("-g3", "-ggdb3", "-gdwarf3", "-gstabs3", "-gstabs+3", "-gxcoff3", "-gvms3"))
 
 
+def _debug_after(a: str, debug: bool) -> bool:
+    """Whether debug info is on after the -g option a, given whether it was before."""
+    if a.startswith(("-gno-", "-gcolumn-info")) or a in _DEBUG_NEUTRAL:
+        return debug
+    return a not in ("-g0", "-ggdb0", "-gdwarf0")
+
+
+def debug_info_on(remote_args: list[str]) -> bool:
+    """Whether a job's compile arguments (RemoteJob.remote_args) produce debug info."""
+    debug = False
+    for a in remote_args:
+        if a.startswith("-g"):
+            debug = _debug_after(a, debug)
+    return debug
+
+
 def _classify(a: str) -> tuple[int, bool, str | None, int]:
     """(kind, separate argument follows, Local reason, length of the prefix for joined)."""
     entry = _EXACT.get(a)
@@ -586,8 +602,7 @@ def analyse(
                 return Local(f"{a} (macro debug info)")
             if a.startswith("-gdwarf-"):
                 dwarf5 = a == "-gdwarf-5"
-            if not a.startswith(("-gno-", "-gcolumn-info")) and a not in _DEBUG_NEUTRAL:
-                debug = a not in ("-g0", "-ggdb0", "-gdwarf0")
+            debug = _debug_after(a, debug)
             cpp.append(a)
             remote.append(a)
         else:  # _OPTINFO

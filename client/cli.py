@@ -20,9 +20,9 @@ environment:
                   (default: unix:/run/jailccd/jailccd.sock when that socket exists)
   JAILCC_VERBOSE  1: say on stderr where each job ran and why
   JAILCC_DEBUG_REMOTE
-                  1: send -g compiles too, accepting debug info whose line and column
-                  numbers may differ from a local compile's (by default -g compiles locally,
-                  so that every object is identical to a local one)
+                  1: send clang's -g compiles too, accepting debug info whose line and
+                  column numbers differ from a local compile's (gcc's -g compiles go remote
+                  in an exact mode; clang's compile locally by default)
 """
 
 
@@ -61,8 +61,13 @@ def _compile(compiler: str, name: str, args: list[str], verbose: bool) -> int:
     from .args import Local, analyse
 
     cwd = os.getcwd()
+    # gcc's -g jobs go remote in the exact mode (see job.py); other compilers' only on request.
+    exact_debug = "clang" not in os.path.basename(name)
     job = analyse(
-        args, cwd, compiler=name, debug_info_may_differ=os.environ.get("JAILCC_DEBUG_REMOTE") == "1"
+        args,
+        cwd,
+        compiler=name,
+        debug_info_may_differ=exact_debug or os.environ.get("JAILCC_DEBUG_REMOTE") == "1",
     )
     if isinstance(job, Local):
         _note(verbose, args, f"local ({job.reason})")

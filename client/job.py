@@ -11,7 +11,7 @@ import sys
 import time
 from typing import Any
 
-from .args import RemoteJob
+from .args import RemoteJob, debug_info_on
 from .hosts import candidates
 from .remote import RemoteFailure, connect, handshake, offers_identity, run_job
 from .spawn import run_capture
@@ -36,6 +36,7 @@ def compile_remote(compiler: str, job: RemoteJob, cwd: str, verbose: bool) -> in
     if not hosts:
         raise RemoteFailure("no server: set JAILCC_HOSTS or start a local jailccd")
 
+    exact_debug = False
     if job.preprocessed:
         try:
             with open(job.source, "rb") as f:
@@ -44,7 +45,13 @@ def compile_remote(compiler: str, job: RemoteJob, cwd: str, verbose: bool) -> in
             raise RemoteFailure(f"cannot read {job.source}: {exc.strerror}") from None
         cpp_stderr = b""
     else:
-        code, source, cpp_stderr = run_capture([compiler, *job.preprocess_args, "-E", job.source])
+        # With debug info, gcc's exact mode: preprocess directives only (every token keeps
+        # its line and column); the server expands macros itself (see compiler_policy).
+        exact_debug = debug_info_on(job.remote_args) and not _is_clang(compiler)
+        extra = ["-fdirectives-only"] if exact_debug else []
+        code, source, cpp_stderr = run_capture(
+            [compiler, *job.preprocess_args, *extra, "-E", job.source]
+        )
         if code != 0 or cpp_stderr:
             # Errors or warnings of the preprocessor: a local compile reports them exactly (a
             # separate -E run sees some differently, e.g. a #warning silenced by a pragma).
@@ -52,6 +59,8 @@ def compile_remote(compiler: str, job: RemoteJob, cwd: str, verbose: bool) -> in
         cpp_stderr = b""
 
     header, blobs = _job_frame(job, identity, cwd, source)
+    if not job.preprocessed and exact_debug:
+        header["steps"] = "debug-exact"
     reasons = []
     for host in hosts:
         try:
@@ -134,6 +143,10 @@ def _job_frame(
         "source": os.path.basename(job.source),
     }
     return header, blobs
+
+
+def _is_clang(compiler: str) -> bool:
+    return "clang" in os.path.basename(compiler)
 
 
 def _names_unshipped_files(stderr: bytes, source: str) -> bool:

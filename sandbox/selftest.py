@@ -66,10 +66,12 @@ class ImageReport:
     build_ms_median: float = 0.0
     teardown_ms_median: float = 0.0
     jails_timed: int = 0
+    leftovers: list[str] = field(default_factory=list)  # what the probes' jails left behind
 
     @property
     def failed(self) -> int:
-        return sum(not p.passed for p in self.probes)
+        """Failed probes, plus one if the probes' jails left anything behind."""
+        return sum(not p.passed for p in self.probes) + (1 if self.leftovers else 0)
 
 
 def build_probe_binary(directory: str) -> bytes:
@@ -153,9 +155,12 @@ class _Runner:
     ) -> None:
         self.sandbox, self.image, self.probe, self.bait = sandbox, image, probe, bait
         self.weaken = weaken
+        self.uids: set[int] = set()  # of every jail made, for the leftovers check
 
     def jail(self) -> Jail:
-        return self.sandbox.create_jail(self.image, JAIL_LIMITS, self.weaken)
+        jail = self.sandbox.create_jail(self.image, JAIL_LIMITS, self.weaken)
+        self.uids.add(jail.uid)
+        return jail
 
     def run(self, jail: Jail, *args: str, cwd: str = WORKDIR) -> RunResult:
         return jail.run(
@@ -332,7 +337,9 @@ def run_selftest(
         bait = _HostBait(tmp)
         reports = []
         try:
-            with Sandbox(images, allow_weaken=bool(weaken)) as sandbox:
+            # No warm jails: every jail here is built on demand (what the timing reports),
+            # and after the probes no jail of this launcher may exist at all.
+            with Sandbox(images, warm=0, allow_weaken=bool(weaken)) as sandbox:
                 for name in images:
                     runner = _Runner(sandbox, name, probe, bait, weaken)
                     report = ImageReport(image=name)
@@ -352,6 +359,11 @@ def run_selftest(
                             sandbox, name, timing_rounds
                         )
                         report.jails_timed = timing_rounds
+                    # Every probe's jail is closed by now: none of their uids may have a process.
+                    # (uid 0 is the root_uid weakening's: not ours to check.)
+                    report.leftovers = leaks.leftovers(
+                        uids=runner.uids - {0}, owner_pid=sandbox.launcher_pid
+                    )
                     reports.append(report)
         finally:
             bait.close()

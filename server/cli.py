@@ -46,6 +46,8 @@ def _selftest(args: argparse.Namespace) -> int:
         print(json.dumps(summary, indent=2))
     else:
         for report in reports:
+            for leftover in report.leftovers:
+                print(f"FAIL  {report.image:<12} {'teardown':<22} left behind: {leftover}")
             if report.jails_timed:
                 print(
                     f"selftest: {report.image}: median jail build {report.build_ms_median:.1f} ms,"

@@ -11,6 +11,8 @@ the input file name, -c or -S, and -o itself.
 
 from __future__ import annotations
 
+import itertools
+
 # Options refused outright (exact match).
 _REFUSED_EXACT = frozenset(
     {
@@ -164,3 +166,70 @@ def job_env(requested: object) -> dict[str, str]:
             continue
         env[key] = value
     return env
+
+
+# -- Debug info that matches a local compile exactly (gcc) -----------------------------------
+#
+# Compiling a fully preprocessed file elsewhere moves tokens to other lines and columns (after
+# a macro or comment, or inside a macro call spanning lines), and DWARF records both. So with
+# -g the client preprocesses directives only (-fdirectives-only: includes and conditionals are
+# done, macros are not expanded, every token keeps its place), and the server runs:
+#   A  gcc ARGS -fdirectives-only -S INPUT      the real compile: code and debug info exact,
+#                                               except that gcc records -fdirectives-only in
+#                                               DW_AT_producer, which also moves that string
+#                                               within .debug_str (gcc emits it in hash order);
+#   B  gcc ARGS -nostdinc -x LANG -S INPUT      the same, macros expanded as a normal source
+#                                               (-nostdinc: the image has no headers, and gcc
+#                                               records no -nostdinc): its .debug_str is a local
+#                                               compile's, in order;
+# then puts B's .debug_str (same strings under the same .LASF labels) into A's assembly,
+# checking that only the producer differs, and assembles the result (or returns it for -S).
+# The price is a second compile on the server; the client's work is unchanged.
+
+DEBUG_EXACT = "debug-exact"
+_DIRECTIVES_ONLY = " -fdirectives-only"
+
+
+class TransplantError(Exception):
+    """A and B disagree on more than the producer: the result cannot be trusted."""
+
+
+def _debug_str_block(asm: str) -> tuple[int, int]:
+    """(start, end) of the body of the .debug_str section in gcc's assembly."""
+    marker = "\t.section\t.debug_str,"
+    start = asm.find(marker)
+    if start < 0 or asm.find(marker, start + 1) >= 0:
+        raise TransplantError("expected exactly one .debug_str section")
+    body = asm.index("\n", start) + 1
+    end = asm.find("\t.section\t", body)
+    if end < 0:
+        end = asm.find("\t.ident\t", body)
+    if end < 0:
+        raise TransplantError("cannot find the end of .debug_str")
+    return body, end
+
+
+def _labelled_strings(block: str) -> dict[str, str]:
+    lines = block.splitlines()
+    strings: dict[str, str] = {}
+    for label, value in itertools.pairwise(lines):
+        if label.startswith(".LASF") and label.endswith(":"):
+            strings[label[:-1]] = value
+    return strings
+
+
+def transplant_debug_strings(a_asm: str, b_asm: str) -> str:
+    """A's assembly with B's .debug_str section (see above)."""
+    a_start, a_end = _debug_str_block(a_asm)
+    b_start, b_end = _debug_str_block(b_asm)
+    a_strings = _labelled_strings(a_asm[a_start:a_end])
+    b_strings = _labelled_strings(b_asm[b_start:b_end])
+    if a_strings.keys() != b_strings.keys():
+        raise TransplantError("the two compiles label their debug strings differently")
+    differing = [k for k in a_strings if a_strings[k] != b_strings[k]]
+    if len(differing) != 1:
+        raise TransplantError(f"{len(differing)} debug strings differ, expected the producer")
+    a_producer, b_producer = a_strings[differing[0]], b_strings[differing[0]]
+    if a_producer.replace(_DIRECTIVES_ONLY, "", 1) != b_producer:
+        raise TransplantError("the debug strings differ in more than -fdirectives-only")
+    return a_asm[:a_start] + b_asm[b_start:b_end] + a_asm[a_end:]

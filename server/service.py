@@ -22,7 +22,7 @@ from typing import Any
 
 from jailcc import __version__
 from jailcc.sandbox.api import Jail, JailBroken, Sandbox, SandboxError
-from jailcc.sandbox.spec import JailLimits, MiB, RunLimits
+from jailcc.sandbox.spec import JailLimits, MiB, RunLimits, RunResult
 
 from . import compiler_policy as policy
 from . import protocol as proto
@@ -298,9 +298,13 @@ class JobService:
             raise JobRejected("image", "no toolchain image here matches your compiler")
         args = policy.check_args(header.get("args"))
         env = policy.job_env(header.get("env"))
+        steps = header.get("steps")
+        if steps not in (None, policy.DEBUG_EXACT) or (steps and offer.compiler.kind != "gcc"):
+            raise JobRejected("protocol", f"unknown job steps {steps!r}")
         stem = input_name.rsplit(".", 1)[0]
         output = f"{stem}.{'o' if mode == 'c' else 's'}"
-        argv = [offer.compiler.path, *args, f"-{mode}", input_name, "-o", output]
+        base = [offer.compiler.path, *args]
+        argv = [*base, f"-{mode}", input_name, "-o", output]
         inputs = {input_name: blobs[0], **dict(zip(files, blobs[1:], strict=True))}
         job = {
             "id": job_id,
@@ -309,6 +313,10 @@ class JobService:
             "output": output,
             "env": env,
             "source": str(header.get("source", input_name))[:200],
+            "steps": steps,
+            "base": base,
+            "input": input_name,
+            "mode": mode,
         }
         return offer.image, argv, job
 
@@ -325,14 +333,17 @@ class JobService:
         with self.slots:
             started = time.monotonic()
             try:
-                result = jail.run(
-                    argv,
-                    cwd=job["cwd"],
-                    inputs=job["inputs"],
-                    outputs=[job["output"]],
-                    env=job["env"],
-                    limits=self.config.run_limits,
-                )
+                if job["steps"] == policy.DEBUG_EXACT:
+                    result = self._run_debug_exact(jail, job)
+                else:
+                    result = jail.run(
+                        argv,
+                        cwd=job["cwd"],
+                        inputs=job["inputs"],
+                        outputs=[job["output"]],
+                        env=job["env"],
+                        limits=self.config.run_limits,
+                    )
             except JailBroken:
                 raise
             except SandboxError as exc:
@@ -385,6 +396,47 @@ class JobService:
             [result.stdout, result.stderr, output or b""],
             compress=[False, False, True],
         )
+
+    def _run_debug_exact(self, jail: Jail, job: dict[str, Any]) -> RunResult:
+        """gcc -g with debug info exactly a local compile's (see compiler_policy)."""
+        base, name, limits, env = job["base"], job["input"], self.config.run_limits, job["env"]
+
+        def run(args: list[str], inputs: dict[str, bytes], output: str) -> RunResult:
+            return jail.run(
+                [*base, *args],
+                cwd=job["cwd"],
+                inputs=inputs,
+                outputs=[output],
+                env=env,
+                limits=limits,
+            )
+
+        first = run(["-fdirectives-only", "-S", name, "-o", "a.s"], job["inputs"], "a.s")
+        if not first.ok:
+            return first  # a compile error or a limit: the answer as it stands
+        lang = "c++" if name.endswith(".ii") else "c"
+        second = run(
+            ["-nostdinc", "-x", lang, "-S", name, "-o", "b.s"], {name: job["inputs"][name]}, "b.s"
+        )
+        if not second.ok or "b.s" not in second.outputs:
+            raise SandboxError("the second compile for exact debug info failed")
+        try:
+            merged = policy.transplant_debug_strings(
+                first.outputs["a.s"].decode("utf-8", "surrogateescape"),
+                second.outputs["b.s"].decode("utf-8", "surrogateescape"),
+            ).encode("utf-8", "surrogateescape")
+        except policy.TransplantError as exc:
+            raise SandboxError(f"exact debug info: {exc}") from None
+        if job["mode"] == "S":
+            first.outputs = {job["output"]: merged}
+            return first
+        assembled = run(
+            ["-c", "merged.s", "-o", job["output"]], {"merged.s": merged}, job["output"]
+        )
+        if not assembled.ok:
+            raise SandboxError("assembling the exact-debug-info assembly failed")
+        first.outputs = assembled.outputs
+        return first
 
     def _count(self, key: str) -> None:
         with self._stats_lock:

@@ -97,6 +97,14 @@ def where(stderr: bytes) -> str:
             ["obj/t.o", "obj/t.d"],
         ),
         ("g++-12", ["-O1", "-c", "src/table.cc"], ["table.o"]),
+        # -g: gcc's exact-debug-info mode (directives-only preprocessing, see compiler_policy)
+        (
+            "gcc-12",
+            ["-g", "-O2", "-MD", "-c", "src/main.c", "-o", "obj/g.o"],
+            ["obj/g.o", "obj/g.d"],
+        ),
+        ("gcc-12", ["-ggdb", "-O1", "-S", "src/main.c", "-o", "obj/g.s"], ["obj/g.s"]),
+        ("g++-12", ["-g", "-O2", "-std=c++17", "-c", "src/table.cc", "-o", "obj/t.o"], ["obj/t.o"]),
     ],
 )
 def test_remote_results_are_byte_identical_to_local(server, tmp_path, compiler, args, outputs):
@@ -142,8 +150,8 @@ def test_diagnostics_and_status_are_those_of_a_local_compile(
     [
         (["src/main.c", "-o", "prog"], "linking"),
         (["-E", "src/main.c"], "-E"),
-        (["-g", "-c", "src/main.c", "-o", "obj/x.o"], "debug info"),
         (["-march=native", "-c", "src/main.c", "-o", "obj/x.o"], "-march=native"),
+        (["-g3", "-c", "src/main.c", "-o", "obj/x.o"], "macro debug info"),
         (["-c", "src/main.c", "src/warn.c"], "more than one input"),
     ],
 )
@@ -288,3 +296,14 @@ def test_make_j_with_cc_jailcc(server, tmp_path):
     )
     local = {p.name: p.read_bytes() for p in work.glob("*.[od]")}
     assert remote == local and len(local) == 26
+
+
+def test_clang_debug_info_stays_local(server, tmp_path):
+    # clang has no directives-only mode; its -g objects would differ after separate
+    # preprocessing, so they compile locally (unless JAILCC_DEBUG_REMOTE=1).
+    work = tree(tmp_path)
+    rres = run(
+        [JAILCC, "clang-16", "-g", "-c", "src/main.c", "-o", "obj/x.o"], work, env_for(server)
+    )
+    assert rres.returncode == 0
+    assert "local (" in where(rres.stderr) and "debug info" in where(rres.stderr)

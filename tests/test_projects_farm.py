@@ -17,9 +17,7 @@ import projects
 
 pytestmark = requires_root
 JAILCC = str(BIN / "jailcc")
-# Debian's flags have -g, and jailcc keeps -g compiles local (their debug info would differ
-# after separate preprocessing, see client/args.py): build without debug info to use the farm.
-FLAGS = ["-g0"]
+# Debian's own flags, -g included: gcc's -g compiles go remote in the exact-debug-info mode.
 
 
 @pytest.fixture(scope="module")
@@ -64,7 +62,6 @@ def test_real_project_through_the_farm_matches_a_local_build(
         "gcc-12",
         "g++-12",
         jobs=4,
-        extra_flags=FLAGS,
         map_paths=map_paths,
         configure_cc="gcc-12",
         configure_cxx="g++-12",
@@ -77,7 +74,6 @@ def test_real_project_through_the_farm_matches_a_local_build(
         f"{JAILCC} g++-12",
         jobs=8,
         env=farm_env(server),
-        extra_flags=FLAGS,
         map_paths=map_paths,
         configure_cc="gcc-12",
         configure_cxx="g++-12",
