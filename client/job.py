@@ -11,6 +11,8 @@ import sys
 import time
 from typing import Any
 
+from jailcc.sandbox.wire import write_all
+
 from .args import RemoteJob, debug_info_on
 from .hosts import candidates
 from .remote import RemoteFailure, connect, handshake, offers_identity, run_job
@@ -195,9 +197,7 @@ def _write_atomically(path: str, data: bytes) -> None:
     fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666)
     try:
         try:
-            view = memoryview(data)
-            while view:
-                view = view[os.write(fd, view) :]
+            write_all(fd, data)
         finally:
             os.close(fd)
         os.replace(tmp, path)

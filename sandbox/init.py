@@ -181,9 +181,7 @@ class JailInit:
         finally:
             os.close(parent)
         try:
-            view = memoryview(data)
-            while view:
-                view = view[os.write(fd, view) :]
+            wire.write_all(fd, data)
         finally:
             os.close(fd)
 

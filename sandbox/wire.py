@@ -11,6 +11,7 @@ descriptors passed alongside by SCM_RIGHTS.
 from __future__ import annotations
 
 import json
+import os
 import socket
 import struct
 from collections.abc import Sequence
@@ -40,6 +41,13 @@ def recv_exact(sock: socket.socket, size: int, error: type[Exception] = WireErro
             raise error(f"channel closed after {got} of {size} bytes")
         got += n
     return bytes(buf)
+
+
+def write_all(fd: int, data: bytes) -> None:
+    """Write all of data to fd (os.write may write less than it was given)."""
+    view = memoryview(data)
+    while view:
+        view = view[os.write(fd, view) :]
 
 
 def send_message(sock: socket.socket, header: dict[str, Any], blobs: Sequence[bytes] = ()) -> None:

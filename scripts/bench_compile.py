@@ -149,13 +149,18 @@ def per_job(
 
 
 def full_builds(
-    work: Path, env_j: dict[str, str], env_d: dict[str, str], names: list[str], jobs: int
+    work: Path,
+    env_j: dict[str, str],
+    env_d: dict[str, str],
+    names: list[str],
+    jobs: int,
+    debug: bool,
 ) -> str:
     rows = []
     for name in names:
         common = {
             "jobs": jobs,
-            "extra_flags": ["-g0"],
+            "extra_flags": [] if debug else ["-g0"],
             "configure_cc": "gcc-12",
             "configure_cxx": "g++-12",
         }
@@ -165,7 +170,8 @@ def full_builds(
             ("jailcc", f"{JAILCC} gcc-12", f"{JAILCC} g++-12", env_j),
             ("distcc", "distcc gcc-12", "distcc g++-12", env_d),
         ):
-            result = projects.build(name, work / label, cc, cxx, env=env, **common)
+            tree = work / ("g" if debug else "nog") / label
+            result = projects.build(name, tree, cc, cxx, env=env, **common)
             if result.returncode != 0:
                 raise SystemExit(f"bench: {name} with {label} failed:\n{result.log[-2000:]}")
             results[label] = result
@@ -185,9 +191,10 @@ def full_builds(
                 f"{t['jailcc'] / t['distcc']:.2f}",
             ]
         )
+    flags = "Debian's flags, -g included: jailcc's exact mode" if debug else "Debian's flags, -g0"
     return table(
-        f"Full builds, make -j{jobs}, seconds (Debian's flags with -g0; objects of the"
-        " jailcc build checked identical to the local build)",
+        f"Full builds, make -j{jobs}, seconds ({flags}; objects of the jailcc build checked"
+        " identical to the local build)",
         ["project", "objects", "local", "jailcc", "distcc", "jailcc / local", "jailcc / distcc"],
         rows,
     )
@@ -231,7 +238,8 @@ def main() -> int:
             work.mkdir()
             mid = projects.SRC_ROOT / "zlib" / "deflate.c"
             print(per_job(work, env_j, env_d, args.rounds, mid))
-            print(full_builds(work, env_j, env_d, args.projects, args.jobs))
+            print(full_builds(work, env_j, env_d, args.projects, args.jobs, debug=False))
+            print(full_builds(work, env_j, env_d, args.projects, args.jobs, debug=True))
     finally:
         shutil.rmtree(state, ignore_errors=True)
     return 0
