@@ -265,6 +265,7 @@ class Jail:
                 system_seconds=float(usage["system_seconds"]),
                 max_rss_bytes=max(int(usage["max_rss_bytes"]), after["memory_peak"]),
                 wall_seconds=float(usage["wall_seconds"]),
+                jail_cpu_seconds=(after["cpu_ns"] - before["cpu_ns"]) / 1e9,
             ),
         )
 

@@ -14,7 +14,8 @@ import time
 from dataclasses import dataclass
 
 CGROUP_ROOT = "/sys/fs/cgroup"
-CONTROLLERS = ("memory", "pids")
+# cpuacct: the jail's CPU time, children the job never waited for included.
+CONTROLLERS = ("memory", "pids", "cpuacct")
 PARENT_NAME = "jailcc"
 
 
@@ -111,6 +112,7 @@ class JailCgroup:
             "memory_failcnt": int(_read(os.path.join(mem, "memory.failcnt"))),
             "pids_max_events": int(pids_events.get("max", 0)),
             "memory_peak": int(_read(os.path.join(mem, "memory.max_usage_in_bytes"))),
+            "cpu_ns": int(_read(os.path.join(self.paths["cpuacct"], "cpuacct.usage"))),
         }
 
     def reset_peak(self) -> None:

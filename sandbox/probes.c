@@ -434,6 +434,21 @@ static int probe_spin(int argc, char **argv) {
     return finish("");
 }
 
+/* spin_children N SECONDS: N children burn CPU; we exit without waiting for them. */
+static int probe_spin_children(int argc, char **argv) {
+    int n = argc > 2 ? atoi(argv[2]) : 2, seconds = argc > 3 ? atoi(argv[3]) : 1;
+    for (int i = 0; i < n; i++)
+        if (fork() == 0) {
+            struct timespec start, now;
+            clock_gettime(CLOCK_MONOTONIC, &start);
+            do clock_gettime(CLOCK_MONOTONIC, &now);
+            while (now.tv_sec - start.tv_sec < seconds);
+            _exit(0);
+        }
+    sleep(seconds + 1);
+    return finish("children spun unwaited");
+}
+
 /* flood MIB: write MIB MiB to stdout; the output cap must stop us first. */
 static int probe_flood(int argc, char **argv) {
     long cap = argc > 2 ? atol(argv[2]) : 64;
@@ -550,7 +565,7 @@ static const struct probe probes[] = {
     {"memory", probe_memory}, {"fork_bomb", probe_fork_bomb}, {"fill_disk", probe_fill_disk},
     {"sleep", probe_sleep}, {"spin", probe_spin}, {"flood", probe_flood}, {"daemon", probe_daemon},
     {"marker", probe_marker}, {"neighbour", probe_neighbour}, {"leave_files", probe_leave_files},
-    {"check_clean", probe_check_clean}, {NULL, NULL},
+    {"check_clean", probe_check_clean}, {"spin_children", probe_spin_children}, {NULL, NULL},
 };
 
 int main(int argc, char **argv) {

@@ -100,10 +100,11 @@ class RunLimits(_Limits):
 
 @dataclass(frozen=True)
 class ResourceUsage:
-    user_seconds: float = 0.0
+    user_seconds: float = 0.0  # of the job's process and the children it waited for
     system_seconds: float = 0.0
     max_rss_bytes: int = 0
     wall_seconds: float = 0.0
+    jail_cpu_seconds: float = 0.0  # all CPU the jail used meanwhile (cgroup): nothing escapes it
 
 
 # The limit names a RunResult can carry, so callers can tell a limit from a compile error.

@@ -387,6 +387,7 @@ class JobService:
                 "limit": result.limit,
                 "has_output": output is not None,
                 "usage": {
+                    "jail_cpu": result.usage.jail_cpu_seconds,
                     "user": result.usage.user_seconds,
                     "sys": result.usage.system_seconds,
                     "max_rss": result.usage.max_rss_bytes,

@@ -299,3 +299,20 @@ def test_missing_or_corrupt_image_is_a_clear_error(tmp_path: Path) -> None:
     with pytest.raises(SandboxError, match="not a squashfs or ext4 image"):
         Sandbox({"x": str(bad)})
     assert leaks.loop_devices_backed_by([str(bad)]) == []
+
+
+def test_cpu_of_children_never_waited_for_is_still_counted(sandbox, probe_binary) -> None:
+    with sandbox.create_jail("gcc-12") as jail:
+        result = run_probe(
+            jail,
+            probe_binary,
+            "spin_children",
+            "2",
+            "1",
+            limits=RunLimits(cpu_seconds=10, wall_seconds=10.0),
+        )
+    assert result.exit_code == 0, result.stderr
+    # The job itself slept: its own rusage knows nothing of its children's CPU...
+    assert result.usage.user_seconds + result.usage.system_seconds < 0.5
+    # ...the jail's cgroup does (two children spinning for about a second each, on 2 cores).
+    assert result.usage.jail_cpu_seconds > 1.0, result.usage
