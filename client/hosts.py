@@ -10,16 +10,15 @@ The choice sits behind candidates(): discovery and load balancing replace it lat
 from __future__ import annotations
 
 import os
-from typing import NamedTuple
+from collections import namedtuple
 
 DEFAULT_SOCKET = "/run/jailccd/jailccd.sock"
 
 
-class Host(NamedTuple):
-    kind: str  # "unix" or "tcp"
-    address: str  # socket path, or host
-    port: int = 0
-    slots: int = 0
+class Host(namedtuple("Host", "kind address port slots", defaults=(0, 0))):
+    """kind: "unix" or "tcp"; address: a socket path or a host; port; slots (0: unknown)."""
+
+    __slots__ = ()
 
     def __str__(self) -> str:
         return f"unix:{self.address}" if self.kind == "unix" else f"tcp:{self.address}:{self.port}"

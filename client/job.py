@@ -4,12 +4,9 @@ be trusted to equal a local compile's, so the caller compiles locally instead.""
 
 from __future__ import annotations
 
-import contextlib
 import os
-import re
 import sys
 import time
-from typing import Any
 
 from jailcc.sandbox.wire import write_all
 
@@ -18,11 +15,13 @@ from .hosts import candidates
 from .remote import RemoteFailure, connect, handshake, offers_identity, run_job
 from .spawn import run_capture
 
+TYPE_CHECKING = False  # typing costs milliseconds to import, on every compile; type checkers know
+if TYPE_CHECKING:
+    from typing import Any
+
 MAX_RESULT = 1 << 30
 MAX_EXTRA_SOURCE = 1 << 20
-_SAFE_NAME = re.compile(r"^[A-Za-z0-9_+.,=@%-]{1,200}$")
-# "file:line:col: " at the start of a diagnostic line (after gcc's colour codes, if any).
-_LOCATION = re.compile(rb"^(?:\x1b\[[0-9;]*m(?:\x1b\[K)?)*([^:\n\x1b]+):\d+:\d+: ", re.M)
+_SAFE_CHARS = frozenset("ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789_+.,=@%-")
 
 
 def compile_remote(compiler: str, job: RemoteJob, cwd: str, verbose: bool) -> int:
@@ -120,7 +119,8 @@ def _job_frame(
 ) -> tuple[dict[str, Any], list[bytes]]:
     suffix = "ii" if job.language == "c++" else "i"
     stem = os.path.basename(job.source).rsplit(".", 1)[0]
-    input_name = f"{stem}.{suffix}" if _SAFE_NAME.match(stem) else f"input.{suffix}"
+    safe = 0 < len(stem) <= 200 and set(stem) <= _SAFE_CHARS
+    input_name = f"{stem}.{suffix}" if safe else f"input.{suffix}"
     args = list(job.remote_args)
     if _wants_color(args):
         args.append("-fdiagnostics-color=always")
@@ -152,8 +152,12 @@ def _is_clang(compiler: str) -> bool:
 
 
 def _names_unshipped_files(stderr: bytes, source: str) -> bool:
+    import re  # only when there are diagnostics: re costs milliseconds to import
+
+    # "file:line:col: " at the start of a diagnostic line (after gcc's colour codes, if any).
+    location = re.compile(rb"^(?:\x1b\[[0-9;]*m(?:\x1b\[K)?)*([^:\n\x1b]+):\d+:\d+: ", re.M)
     shipped = os.fsencode(source)
-    return any(m.group(1) != shipped for m in _LOCATION.finditer(stderr))
+    return any(m.group(1) != shipped for m in location.finditer(stderr))
 
 
 def _source_for_diagnostics(job: RemoteJob, cwd: str) -> tuple[str, bytes] | None:
@@ -202,6 +206,8 @@ def _write_atomically(path: str, data: bytes) -> None:
             os.close(fd)
         os.replace(tmp, path)
     except BaseException:
-        with contextlib.suppress(FileNotFoundError):
+        try:  # noqa: SIM105 - contextlib costs milliseconds of every compile's start
             os.unlink(tmp)
+        except FileNotFoundError:
+            pass
         raise

@@ -3,12 +3,16 @@
 from __future__ import annotations
 
 import socket
-from typing import Any, NamedTuple
+from collections import namedtuple
 
 from jailcc import __version__
 from jailcc.server import protocol as proto
 
 from .hosts import Host
+
+TYPE_CHECKING = False  # typing costs milliseconds to import, on every compile; type checkers know
+if TYPE_CHECKING:
+    from typing import Any
 
 CONNECT_TIMEOUT = 5.0
 # The server enforces the job's wall clock; this only bounds a server that went silent.
@@ -24,14 +28,11 @@ class RemoteFailure(Exception):
         self.reason = reason
 
 
-class RemoteResult(NamedTuple):
-    exit_code: int | None
-    signal: int | None
-    limit: str | None
-    stdout: bytes
-    stderr: bytes
-    output: bytes | None
-    times: dict[str, float]
+class RemoteResult(namedtuple("RemoteResult", "exit_code signal limit stdout stderr output times")):
+    """What the server answered: exit_code (None if killed by signal), signal, limit (the limit
+    that stopped the job, if any), stdout, stderr, output (the file, or None), times."""
+
+    __slots__ = ()
 
 
 def connect(host: Host) -> socket.socket:

@@ -14,8 +14,12 @@ import json
 import os
 import socket
 import struct
-from collections.abc import Sequence
-from typing import Any
+
+TYPE_CHECKING = False  # typing costs milliseconds to import, on every compile; type checkers know
+if TYPE_CHECKING:
+    from collections.abc import Sequence
+    from typing import Any
+
 
 _LEN = struct.Struct(">I")
 MAX_HEADER = 256 * 1024

@@ -14,10 +14,13 @@ from __future__ import annotations
 import json
 import socket
 import struct
-from collections.abc import Sequence
-from typing import Any
 
 from jailcc.sandbox.wire import recv_exact
+
+TYPE_CHECKING = False  # typing costs milliseconds to import, on every compile; type checkers know
+if TYPE_CHECKING:
+    from collections.abc import Sequence
+    from typing import Any
 
 PROTOCOL_VERSION = 1
 DEFAULT_PORT = 3633
