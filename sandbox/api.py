@@ -134,6 +134,11 @@ class Sandbox:
             raise SandboxError("the launcher sent no channel to the jail")
         return Jail(self, reply, socket.socket(fileno=fds[0]), limits)
 
+    @property
+    def launcher_exit(self) -> int | None:
+        """The launcher's exit status once it has died (None while it runs)."""
+        return self._proc.poll()
+
     def close(self) -> None:
         with self._lock:
             if self._closed:

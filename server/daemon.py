@@ -203,4 +203,4 @@ def run(args: argparse.Namespace) -> int:
         service.stop()
         sandbox.close()
         log.info("jailccd stopped: %s", service.stats)
-    return 0
+    return 1 if service.failed else 0

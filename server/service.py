@@ -72,6 +72,7 @@ class JobService:
             config.slots, lambda leaks: log.error("jail teardown left: %s", leaks)
         )
         self._stopping = threading.Event()
+        self.failed = False  # stopped because something it cannot do without died
         self.stats = {"jobs": 0, "failed": 0, "rejected": 0, "connections": 0}
         self._stats_lock = threading.Lock()
 
@@ -119,6 +120,15 @@ class JobService:
             selector.register(sock, selectors.EVENT_READ)
         try:
             while not self._stopping.is_set():
+                status = self.sandbox.launcher_exit
+                if status is not None:
+                    # Without it no jail can be built: stop, so a supervisor restarts us, rather
+                    # than refuse every job while looking alive.
+                    log.critical(
+                        "the jail launcher died (status %s): stopping; restart jailccd", status
+                    )
+                    self.failed = True
+                    break
                 for key, _ in selector.select(timeout=0.5):
                     listener = key.fileobj
                     assert isinstance(listener, socket.socket)

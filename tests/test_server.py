@@ -13,6 +13,7 @@ import time
 from collections.abc import Iterator
 from pathlib import Path
 
+import psutil
 import pytest
 from conftest import BIN, requires_root
 from jailcc.images.identity import compiler_identity
@@ -346,3 +347,23 @@ def test_a_users_next_connection_reuses_its_jail_and_no_one_elses(gcc_image, tmp
     finally:
         stop_server(srv)
         shutil.rmtree(work, ignore_errors=True)
+
+
+def test_the_server_stops_loudly_when_its_launcher_dies(gcc_image, tmp_path):
+    srv = start_server(tmp_path, gcc_image, "--allow-user", "root")
+    try:
+        launchers = [
+            p
+            for p in psutil.Process(srv.proc.pid).children()
+            if "jailcc.sandbox.launcher" in " ".join(p.cmdline())
+        ]
+        assert len(launchers) == 1
+        launchers[0].kill()
+        assert srv.proc.wait(timeout=20) == 1
+        assert "the jail launcher died" in srv.log_text()
+        assert not srv.socket_path.exists()
+    finally:
+        if srv.proc.poll() is None:
+            srv.proc.kill()
+            srv.proc.wait()
+        srv.socket_path.parent.rmdir()
