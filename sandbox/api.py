@@ -18,6 +18,7 @@ from collections.abc import Mapping, Sequence
 from typing import Any
 
 from . import wire
+from .cgroups import JailCgroup
 from .spec import (
     WEAKENINGS,
     JailLimits,
@@ -275,8 +276,6 @@ class Jail:
         )
 
     def _counters(self) -> dict[str, int]:
-        from .cgroups import JailCgroup
-
         group = JailCgroup(self._cgroups)
         counters = group.counters()
         group.reset_peak()

@@ -46,6 +46,7 @@ _SYSCALL_NUMBERS = {
     # name: (x86_64, aarch64)
     "pivot_root": (155, 41),
     "keyctl": (250, 219),
+    "add_key": (248, 217),
     "close_range": (436, 436),
 }
 _ARCH_INDEX = {"x86_64": 0, "aarch64": 1}
@@ -128,6 +129,24 @@ def join_new_session_keyring() -> None:
         ctypes.c_long(_nr("keyctl")), ctypes.c_long(KEYCTL_JOIN_SESSION_KEYRING), None
     )
     _check(result, "keyctl(JOIN_SESSION_KEYRING)")
+
+
+KEY_SPEC_SESSION_KEYRING = -3
+
+
+def add_key(
+    key_type: str, description: str, payload: bytes, keyring: int = KEY_SPEC_SESSION_KEYRING
+) -> int:
+    """Add a key to a keyring (the session keyring by default); its serial number."""
+    result = _libc.syscall(
+        ctypes.c_long(_nr("add_key")),
+        key_type.encode(),
+        description.encode(),
+        payload,
+        ctypes.c_size_t(len(payload)),
+        ctypes.c_int(keyring),
+    )
+    return _check(result, "add_key")
 
 
 def close_fds_except(keep: set[int]) -> None:

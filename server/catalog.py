@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -16,20 +17,29 @@ class Offer:
     compiler: CompilerEntry
 
 
+def name_images(paths: list[str], usable: Callable[[str], bool] = os.path.isfile) -> dict[str, str]:
+    """Each image path by its name (the file name without .img), with clear errors for a
+    missing image or two images of one name."""
+    images: dict[str, str] = {}
+    for path in paths:
+        name = Path(path).name.removesuffix(".img")
+        if name in images:
+            raise ImageError(f"two toolchain images are named {name!r}: rename one")
+        if not usable(path):
+            raise ImageError(
+                f"toolchain image {path} does not exist: build one with"
+                " `jailcc-image build --compiler /usr/bin/gcc-12 -o gcc-12.img`"
+            )
+        images[name] = path
+    return images
+
+
 class Catalog:
     def __init__(self, paths: list[str]) -> None:
         self.images: dict[str, str] = {}
         self.manifests: dict[str, Manifest] = {}
         self.by_identity: dict[str, Offer] = {}
-        for path in paths:
-            name = Path(path).name.removesuffix(".img")
-            if name in self.images:
-                raise ImageError(f"two toolchain images are named {name!r}: rename one")
-            if not os.path.isfile(path):
-                raise ImageError(
-                    f"toolchain image {path} does not exist: build one with"
-                    " `jailcc-image build --compiler /usr/bin/gcc-12 -o gcc-12.img`"
-                )
+        for name, path in name_images(paths).items():
             manifest = read_manifest(path)
             self.images[name] = os.path.abspath(path)
             self.manifests[name] = manifest

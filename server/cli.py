@@ -7,31 +7,18 @@ import argparse
 import json
 import os
 import sys
-from pathlib import Path
 
+from ..images.errors import ImageError
 from ..sandbox.selftest import PROBE_NAMES, SelftestError, reports_to_json, run_selftest
-
-
-def _image_names(paths: list[str]) -> dict[str, str]:
-    images: dict[str, str] = {}
-    for path in paths:
-        if not os.path.exists(path):
-            raise SelftestError(
-                f"toolchain image {path} does not exist: build one with"
-                " `jailcc-image build --compiler /usr/bin/gcc-12 -o gcc-12.img`"
-            )
-        name = Path(path).name.removesuffix(".img")
-        if name in images:
-            raise SelftestError(f"two toolchain images are named {name!r}")
-        images[name] = path
-    return images
+from .catalog import name_images
 
 
 def _selftest(args: argparse.Namespace) -> int:
     if os.geteuid() != 0:
         print("jailccd selftest: error: must run as root (it builds jails)", file=sys.stderr)
         return 2
-    images = _image_names(args.toolchain_image)
+    # (Directories are accepted too: the sandbox can bind an unpacked image.)
+    images = name_images(args.toolchain_image, usable=os.path.exists)
 
     def show(image: str, result) -> None:
         if not args.json:
@@ -102,7 +89,7 @@ def main(argv: list[str] | None = None) -> int:
         args = build_parser().parse_args(argv)
     try:
         return args.func(args)
-    except SelftestError as exc:
+    except (SelftestError, ImageError) as exc:
         print(f"jailccd: error: {exc}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
