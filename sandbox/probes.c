@@ -434,18 +434,24 @@ static int probe_spin(int argc, char **argv) {
     return finish("");
 }
 
-/* spin_children N SECONDS: N children burn CPU; we exit without waiting for them. */
+/* spin_children N SECONDS: N children each burn SECONDS of CPU; we exit as soon as they are
+ * done, without waiting for them (so our own rusage never counts them). */
 static int probe_spin_children(int argc, char **argv) {
     int n = argc > 2 ? atoi(argv[2]) : 2, seconds = argc > 3 ? atoi(argv[3]) : 1;
+    int done[2];
+    if (pipe(done) != 0) return 2;
     for (int i = 0; i < n; i++)
         if (fork() == 0) {
-            struct timespec start, now;
-            clock_gettime(CLOCK_MONOTONIC, &start);
-            do clock_gettime(CLOCK_MONOTONIC, &now);
-            while (now.tv_sec - start.tv_sec < seconds);
+            struct timespec used;
+            do clock_gettime(CLOCK_PROCESS_CPUTIME_ID, &used);
+            while (used.tv_sec < seconds);
+            if (write(done[1], "x", 1) != 1) _exit(1);
             _exit(0);
         }
-    sleep(seconds + 1);
+    close(done[1]);
+    char byte;
+    for (int i = 0; i < n; i++)
+        if (read(done[0], &byte, 1) != 1) return 2;
     return finish("children spun unwaited");
 }
 

@@ -314,5 +314,5 @@ def test_cpu_of_children_never_waited_for_is_still_counted(sandbox, probe_binary
     assert result.exit_code == 0, result.stderr
     # The job itself slept: its own rusage knows nothing of its children's CPU...
     assert result.usage.user_seconds + result.usage.system_seconds < 0.5
-    # ...the jail's cgroup does (two children spinning for about a second each, on 2 cores).
-    assert result.usage.jail_cpu_seconds > 1.0, result.usage
+    # ...the jail's cgroup does: two children that used a second of CPU each.
+    assert result.usage.jail_cpu_seconds >= 2.0, result.usage
