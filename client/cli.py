@@ -79,7 +79,7 @@ def _compile(compiler: str, name: str, args: list[str], verbose: bool) -> int:
     try:
         return compile_remote(compiler, job, cwd, verbose)
     except RemoteFailure as exc:
-        _note(verbose, args, f"local after remote failure: {exc.reason}")
+        _note(verbose or exc.tell_user, args, f"compiling locally: {exc.reason}")
         return _exec_local(compiler, args)
 
 

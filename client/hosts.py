@@ -2,8 +2,15 @@
 
 JAILCC_HOSTS is a space-separated list in the spirit of DISTCC_HOSTS:
     unix:/run/jailccd/jailccd.sock      a server's Unix socket (local mode)
-    tcp:HOST:PORT  or  HOST:PORT        a server's TCP port ([v6addr]:PORT for IPv6)
+    tcp:HOST:PORT  or  HOST:PORT        a server's TCP port ([v6addr]:PORT for IPv6), Kerberos
     HOST:PORT/N                         N slots (accepted, used by later load balancing)
+and, after a TCP entry, options separated by ";":
+    ;principal=jailcc/HOST@REALM        the server's Kerberos principal; the default is
+                                        jailcc/HOST in the default realm, HOST exactly as
+                                        written (never canonicalized through DNS)
+    ;auth=none                          a server started with --insecure (no Kerberos): only
+                                        ever used when asked for here, so nobody in between
+                                        can talk a client out of authenticating
 The choice sits behind candidates(): discovery and load balancing replace it later.
 """
 
@@ -15,10 +22,17 @@ from collections import namedtuple
 DEFAULT_SOCKET = "/run/jailccd/jailccd.sock"
 
 
-class Host(namedtuple("Host", "kind address port slots", defaults=(0, 0))):
-    """kind: "unix" or "tcp"; address: a socket path or a host; port; slots (0: unknown)."""
+class Host(
+    namedtuple("Host", "kind address port slots principal auth", defaults=(0, 0, "", "kerberos"))
+):
+    """kind: "unix" or "tcp"; address: a socket path or a host; port; slots (0: unknown);
+    principal: the server's Kerberos principal (tcp); auth: "kerberos" or "none" (tcp)."""
 
     __slots__ = ()
+
+    @property
+    def service_principal(self) -> str:
+        return self.principal or f"jailcc/{self.address}"
 
     def __str__(self) -> str:
         return f"unix:{self.address}" if self.kind == "unix" else f"tcp:{self.address}:{self.port}"
@@ -30,7 +44,19 @@ class HostsError(ValueError):
 
 def parse_hosts(text: str) -> list[Host]:
     hosts = []
-    for entry in text.split():
+    for item in text.split():
+        entry, *options = item.split(";")
+        principal, auth = "", "kerberos"
+        for option in options:
+            key, _, value = option.partition("=")
+            if key == "principal" and value:
+                principal = value
+            elif key == "auth" and value in ("kerberos", "none"):
+                auth = value
+            else:
+                raise HostsError(f"JAILCC_HOSTS: unknown option {option!r} in {item!r}")
+        if options and entry.startswith("unix:"):
+            raise HostsError(f"JAILCC_HOSTS: options are for TCP servers only: {item!r}")
         spec, slots = entry, 0
         if "/" in entry and not entry.startswith("unix:"):
             spec, _, count = entry.rpartition("/")
@@ -47,7 +73,7 @@ def parse_hosts(text: str) -> list[Host]:
         host, _, port = spec.rpartition(":")
         if not host or not port.isdigit() or not 0 < int(port) < 65536:
             raise HostsError(f"JAILCC_HOSTS: expected unix:PATH or HOST:PORT, got {entry!r}")
-        hosts.append(Host("tcp", host.strip("[]"), int(port), slots))
+        hosts.append(Host("tcp", host.strip("[]"), int(port), slots, principal, auth))
     return hosts
 
 

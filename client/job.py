@@ -12,7 +12,7 @@ from jailcc.sandbox.wire import write_all
 
 from .args import RemoteJob, debug_info_on
 from .hosts import candidates
-from .remote import RemoteFailure, connect, handshake, offers_identity, run_job
+from .remote import RemoteFailure, connect, open_session, run_job
 from .spawn import run_capture
 
 TYPE_CHECKING = False  # typing costs milliseconds to import, on every compile; type checkers know
@@ -62,7 +62,7 @@ def compile_remote(compiler: str, job: RemoteJob, cwd: str, verbose: bool) -> in
     header, blobs = _job_frame(job, identity, cwd, source)
     if not job.preprocessed and exact_debug:
         header["steps"] = "debug-exact"
-    reasons = []
+    reasons, tell_user = [], False
     for host in hosts:
         try:
             sock = connect(host)
@@ -70,19 +70,17 @@ def compile_remote(compiler: str, job: RemoteJob, cwd: str, verbose: bool) -> in
             reasons.append(exc.reason)
             continue
         try:
-            hello = handshake(sock, host)
-            if not offers_identity(hello, identity):
-                reasons.append(f"{host} has no image for this compiler")
-                continue
-            result = run_job(sock, host, header, blobs, MAX_RESULT)
+            channel, _ = open_session(sock, host, identity)
+            result = run_job(channel, host, header, blobs, MAX_RESULT)
         except RemoteFailure as exc:
             reasons.append(exc.reason)
+            tell_user = tell_user or exc.tell_user
             continue
         finally:
             sock.close()
         break
     else:
-        raise RemoteFailure("; ".join(reasons))
+        raise RemoteFailure("; ".join(reasons), tell_user)
 
     if result.limit:
         raise RemoteFailure(f"{host}: the job hit the server's {result.limit} limit")

@@ -21,11 +21,13 @@ RESULT_TIMEOUT = 900.0
 
 class RemoteFailure(Exception):
     """The job could not be done remotely (no server, refused, died, timed out): compile
-    locally instead. `reason` is short and human."""
+    locally instead. `reason` is short and human; `tell_user` when the user has something to
+    do about it (e.g. run kinit), so it is said even without JAILCC_VERBOSE."""
 
-    def __init__(self, reason: str) -> None:
+    def __init__(self, reason: str, tell_user: bool = False) -> None:
         super().__init__(reason)
         self.reason = reason
+        self.tell_user = tell_user
 
 
 class RemoteResult(namedtuple("RemoteResult", "exit_code signal limit stdout stderr output times")):
@@ -43,37 +45,59 @@ def connect(host: Host) -> socket.socket:
             sock.connect(host.address)
         else:
             sock = socket.create_connection((host.address, host.port), timeout=CONNECT_TIMEOUT)
+            # Frames are written whole; Nagle would hold a small one back for a delayed ACK.
+            sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
     except OSError as exc:
         raise RemoteFailure(f"cannot connect to {host}: {exc.strerror or exc}") from None
     return sock
 
 
-def handshake(sock: socket.socket, host: Host) -> dict[str, Any]:
+def open_session(
+    sock: socket.socket, host: Host, identity: str
+) -> tuple[proto.Channel, dict[str, Any]]:
+    """Hello and, on TCP, Kerberos: the channel to send jobs on, and the server's hello."""
+    want = "local" if host.kind == "unix" else "gssapi" if host.auth == "kerberos" else "none"
     try:
-        proto.send(sock, proto.HELLO, proto.hello_header("client", client=f"jailcc {__version__}"))
+        proto.send(
+            sock,
+            proto.HELLO,
+            proto.hello_header(
+                "client", client=f"jailcc {__version__}", identity=identity, auth=want
+            ),
+        )
         header, _ = proto.expect(sock, proto.HELLO, proto.MAX_HELLO_FRAME)
+        if header.get("auth") != want:
+            # Never let the other end (or someone in between) choose less than we asked for.
+            raise RemoteFailure(f"{host} offers authentication {header.get('auth')!r}, not {want}")
+        if want != "gssapi":
+            return proto.Channel(sock), header
+        from .kerberos import initiate
+
+        context = initiate(sock, host)
+        return proto.SealedChannel(sock, context), header
     except proto.RemoteError as exc:
         raise RemoteFailure(f"{host} refused: {exc.message}") from None
     except (OSError, proto.ProtocolError) as exc:
         raise RemoteFailure(f"{host}: handshake failed: {exc}") from None
-    return header
-
-
-def offers_identity(hello: dict[str, Any], identity: str) -> bool:
-    for image in hello.get("images") or []:
-        for compiler in image.get("compilers") or []:
-            if compiler.get("identity") == identity:
-                return True
-    return False
 
 
 def run_job(
-    sock: socket.socket, host: Host, job: dict[str, Any], blobs: list[bytes], max_result: int
+    channel: proto.Channel,
+    host: Host,
+    job: dict[str, Any],
+    blobs: list[bytes],
+    max_result: int,
+    ready: bool = False,
 ) -> RemoteResult:
+    """Send a job and read its result. Unless `ready`, the connection's READY (the server
+    authorized us and built the jail) is read first; sending the job before it saves a round
+    trip, and the job is only read in the jail."""
     try:
-        proto.send(sock, proto.JOB, job, blobs, compress=[True] * len(blobs))
-        sock.settimeout(RESULT_TIMEOUT)
-        header, out = proto.expect(sock, proto.RESULT, max_result)
+        channel.send(proto.JOB, job, blobs, compress=[True] * len(blobs))
+        channel.sock.settimeout(RESULT_TIMEOUT)
+        if not ready:
+            channel.expect(proto.READY, proto.MAX_HELLO_FRAME)
+        header, out = channel.expect(proto.RESULT, max_result)
     except proto.RemoteError as exc:
         raise RemoteFailure(f"{host} refused the job: {exc.message}") from None
     except (OSError, proto.ProtocolError) as exc:

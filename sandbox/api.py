@@ -14,7 +14,7 @@ import socket
 import subprocess
 import sys
 import threading
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
 from . import wire
@@ -51,6 +51,7 @@ class Sandbox:
         uid_count: int = DEFAULT_COUNT,
         warm: int = 1,
         allow_weaken: bool = False,
+        preload: Sequence[str] = (),
         python: str = sys.executable,
     ) -> None:
         for name, path in images.items():
@@ -80,6 +81,7 @@ class Sandbox:
         ]
         if allow_weaken:  # tests and the selftest's own proofs only
             cmd.append("--allow-weaken")
+        cmd += [f"--preload={module}" for module in preload]
         cmd += [f"--image={name}={os.path.abspath(path)}" for name, path in images.items()]
         self._proc = subprocess.Popen(cmd, pass_fds=[theirs.fileno()], stdin=subprocess.DEVNULL)
         theirs.close()
@@ -196,15 +198,7 @@ class Jail:
         limits = limits or RunLimits()
         limits.validate()
         inputs = dict(inputs or {})
-        if cwd != self._workdir:
-            had_workdir, self._workdir = self._workdir is not None, None
-            try:
-                self._sandbox._request({"op": "workdir", "jail": self.id, "path": cwd})
-            except SandboxError:
-                # After a previous job, a failed switch may leave its files in reach.
-                self._broken = self._broken or had_workdir
-                raise
-            self._workdir = cwd
+        self.enter_workdir(cwd)
         before = self._counters()
         request = {
             "op": "run",
@@ -242,6 +236,74 @@ class Jail:
             self._broken = True
             raise JailBroken(f"the jail sent a malformed result: {exc}") from None
 
+    def enter_workdir(self, cwd: str) -> None:
+        """Give the jail a fresh, empty work dir at cwd (the launcher mounts it) unless the last
+        job used the same path: the init wipes it after every job."""
+        if self._closed or self._broken:
+            raise SandboxError("the jail is closed" if self._closed else "the jail is broken")
+        if cwd == self._workdir:
+            return
+        had_workdir, self._workdir = self._workdir is not None, None
+        try:
+            self._sandbox._request({"op": "workdir", "jail": self.id, "path": cwd})
+        except SandboxError:
+            # After a previous job, a failed switch may leave its files in reach.
+            self._broken = self._broken or had_workdir
+            raise
+        self._workdir = cwd
+
+    def serve_connection(
+        self,
+        conn: socket.socket,
+        handler: str,
+        params: dict[str, Any],
+        blob: bytes,
+        answer: Callable[[dict[str, Any]], dict[str, Any]],
+        timeout: float,
+    ) -> str | None:
+        """Hand a client connection to a connection handler in the jail (see init.py) and
+        answer its questions until the connection ends. Returns None for a clean end, or why
+        it ended otherwise. `timeout` bounds the wait for each question."""
+        if self._closed or self._broken:
+            raise SandboxError("the jail is closed" if self._closed else "the jail is broken")
+        try:
+            self._channel.settimeout(LAUNCHER_REQUEST_TIMEOUT)
+            wire.send_message(
+                self._channel,
+                {"op": "connection", "handler": handler, "params": params},
+                [blob],
+                fds=[conn.fileno()],
+            )
+            while True:
+                self._channel.settimeout(timeout)
+                header, _ = wire.recv_message(self._channel, 0)
+                if header.get("ask") is True:
+                    wire.send_message(self._channel, answer(header))
+                    continue
+                break
+        except (OSError, wire.WireError) as exc:
+            self._broken = True
+            raise JailBroken(f"the jail stopped answering: {exc}") from None
+        if not header.get("ok"):
+            raise SandboxError(str(header.get("error", "the jail refused the connection")))
+        if header.get("dirty"):
+            self._broken = True
+        error = header.get("error")
+        return None if error is None else str(error)[:500]
+
+    def job_counters(self) -> dict[str, int]:
+        """The jail's cgroup counters (CPU, OOM kills, pids-limit hits), peak memory reset."""
+        return self._counters()
+
+    @staticmethod
+    def limit_hit(before: dict[str, int], after: dict[str, int]) -> str | None:
+        """Which cgroup limit a job that failed between the two readings ran into, if any."""
+        if after["oom_kill"] > before["oom_kill"]:
+            return "memory"
+        if after["pids_max_events"] > before["pids_max_events"]:
+            return "pids"
+        return None
+
     def _result(
         self, header: dict[str, Any], blobs: list[bytes], wanted: list[str], before: dict[str, int]
     ) -> RunResult:
@@ -254,10 +316,7 @@ class Jail:
         exit_code = header["exit_code"]
         failed = signal_number is not None or exit_code != 0
         if limit is None and failed:
-            if after["oom_kill"] > before["oom_kill"]:
-                limit = "memory"
-            elif after["pids_max_events"] > before["pids_max_events"]:
-                limit = "pids"
+            limit = self.limit_hit(before, after)
         usage = header["usage"]
         return RunResult(
             exit_code=None if exit_code is None else int(exit_code),

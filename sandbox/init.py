@@ -16,6 +16,7 @@ import signal
 import socket
 import stat
 import time
+from collections.abc import Callable
 from typing import Any
 
 from . import wire
@@ -24,6 +25,15 @@ from .spec import JailLimits, RunLimits
 MAX_NAMES = 1000
 MAX_NAME_BYTES = 1024
 MAX_ARGS_BYTES = 256 * 1024
+
+
+# Connection handlers by name, registered by modules that the launcher imports before any jail
+# forks (its --preload). A handler speaks to a client directly, from inside the jail, on a
+# socket the server hands over: so the code that parses what an authenticated client sends runs
+# here, unprivileged, instead of in the server. It returns None when the client ended the
+# connection cleanly, or why it ended otherwise.
+ConnectionHandler = Callable[["JailInit", socket.socket, dict[str, Any], bytes], "str | None"]
+CONNECTION_HANDLERS: dict[str, ConnectionHandler] = {}
 
 
 class JobRefused(Exception):
@@ -96,14 +106,50 @@ class JailInit:
         max_input = self.limits.work_bytes + MAX_ARGS_BYTES
         while True:
             try:
-                header, blobs = wire.recv_message(self.sock, max_input)
+                header, blobs, fds = wire.recv_message_with_fds(self.sock, max_input, 1)
             except wire.PeerClosed:
                 return
             try:
-                reply, out_blobs = self._dispatch(header, blobs)
+                if header.get("op") == "connection" and len(fds) == 1:
+                    reply, out_blobs = self._connection(header, blobs, fds.pop()), []
+                elif fds:
+                    raise JobRefused("unexpected descriptors")
+                else:
+                    reply, out_blobs = self._dispatch(header, blobs)
             except JobRefused as exc:
                 reply, out_blobs = {"ok": False, "error": str(exc)}, []
+            finally:
+                for fd in fds:
+                    os.close(fd)
             wire.send_message(self.sock, reply, out_blobs)
+
+    def _connection(self, header: dict[str, Any], blobs: list[bytes], fd: int) -> dict[str, Any]:
+        """Serve a client connection with a registered handler until it ends."""
+        conn = socket.socket(fileno=fd)
+        try:
+            handler = CONNECTION_HANDLERS.get(str(header.get("handler")))
+            params = header.get("params")
+            if handler is None or not isinstance(params, dict) or len(blobs) != 1:
+                raise JobRefused("no such connection handler, or a malformed hand-over")
+            try:
+                error = handler(self, conn, params, blobs[0])
+            except Exception as exc:  # a handler bug ends this connection, not the jail
+                error = f"{type(exc).__name__}: {exc}"
+        finally:
+            conn.close()
+        return {"ok": True, "end": True, "error": error, "dirty": self.dirty}
+
+    # -- for connection handlers -------------------------------------------------------------
+
+    def ask(self, message: dict[str, Any]) -> dict[str, Any]:
+        """Ask the server something (a slot, a working directory) and wait for its answer."""
+        wire.send_message(self.sock, {"ask": True, **message})
+        reply, _ = wire.recv_message(self.sock, 0)
+        return reply
+
+    def run(self, request: dict[str, Any], blobs: list[bytes]) -> tuple[dict, list[bytes]]:
+        """Run one job, as the server's "run" operation does; JobRefused if malformed."""
+        return self._run(request, blobs)
 
     def _dispatch(self, header: dict[str, Any], blobs: list[bytes]) -> tuple[dict, list[bytes]]:
         op = header.get("op")

@@ -15,6 +15,7 @@ from __future__ import annotations
 import argparse
 import contextlib
 import gc
+import importlib
 import os
 import select
 import signal
@@ -380,7 +381,17 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--warm", type=int, default=1, help="jails kept ready per image/limits")
     parser.add_argument("--allow-weaken", action="store_true", help="accept test weakenings")
     parser.add_argument("--spawn-helper", required=True, help="the static jailcc-spawn binary")
+    parser.add_argument(
+        "--preload",
+        action="append",
+        default=[],
+        metavar="MODULE",
+        help="import MODULE before any jail forks (it may register connection handlers)",
+    )
     args = parser.parse_args(argv)
+    for module in args.preload:
+        # Now, while the host's files are in reach: a jail cannot load code after chroot.
+        importlib.import_module(module)
     prctl.set_pdeathsig(signal.SIGKILL)
     if os.getppid() != args.parent_pid:
         sys.exit(1)  # the server died before we set the parent-death signal

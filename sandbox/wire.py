@@ -54,12 +54,23 @@ def write_all(fd: int, data: bytes) -> None:
         view = view[os.write(fd, view) :]
 
 
-def send_message(sock: socket.socket, header: dict[str, Any], blobs: Sequence[bytes] = ()) -> None:
+def send_message(
+    sock: socket.socket,
+    header: dict[str, Any],
+    blobs: Sequence[bytes] = (),
+    fds: Sequence[int] = (),
+) -> None:
+    """Send one message; fds (if any) travel by SCM_RIGHTS with its first bytes."""
     header = dict(header, blobs=[len(b) for b in blobs])
     raw = json.dumps(header, separators=(",", ":")).encode()
     if len(raw) > MAX_HEADER:
         raise WireError(f"header of {len(raw)} bytes exceeds {MAX_HEADER}")
-    sock.sendall(_LEN.pack(len(raw)) + raw)
+    head = _LEN.pack(len(raw)) + raw
+    if fds:
+        sent = socket.send_fds(sock, [head], list(fds))
+        sock.sendall(head[sent:])
+    else:
+        sock.sendall(head)
     for blob in blobs:
         sock.sendall(blob)
 
@@ -69,6 +80,36 @@ def recv_message(sock: socket.socket, max_total: int) -> tuple[dict[str, Any], l
     first = sock.recv(_LEN.size, socket.MSG_WAITALL)
     if not first:
         raise PeerClosed("channel closed")
+    return _recv_rest(sock, first, max_total)
+
+
+def recv_message_with_fds(
+    sock: socket.socket, max_total: int, max_fds: int
+) -> tuple[dict[str, Any], list[bytes], list[int]]:
+    """recv_message for a message that may carry up to max_fds descriptors."""
+    first, fds, flags, _ = socket.recv_fds(sock, _LEN.size, max(max_fds, 1))
+    if len(fds) > max_fds or flags & socket.MSG_CTRUNC:
+        _close_all(fds)
+        raise WireError("message carrying unexpected descriptors")
+    if not first:
+        _close_all(fds)
+        raise PeerClosed("channel closed")
+    try:
+        header, blobs = _recv_rest(sock, first, max_total)
+    except BaseException:
+        _close_all(fds)
+        raise
+    return header, blobs, fds
+
+
+def _close_all(fds: Sequence[int]) -> None:
+    for fd in fds:
+        os.close(fd)
+
+
+def _recv_rest(
+    sock: socket.socket, first: bytes, max_total: int
+) -> tuple[dict[str, Any], list[bytes]]:
     if len(first) < _LEN.size:
         first += recv_exact(sock, _LEN.size - len(first))
     (length,) = _LEN.unpack(first)

@@ -13,9 +13,14 @@ from jailcc.sandbox.api import Sandbox, SandboxError
 from jailcc.sandbox.spec import JailLimits, MiB, RunLimits
 
 from . import protocol as proto
+from . import session
 from .catalog import Catalog
 from .local_auth import LocalAuthorizer
-from .service import JobService, ServiceConfig
+from .service import JobService, PrincipalAuthorizer, ServiceConfig
+
+TYPE_CHECKING = False
+if TYPE_CHECKING:
+    from .kerberos import KerberosAcceptor
 
 DEFAULT_SOCKET = "/run/jailccd/jailccd.sock"
 log = logging.getLogger("jailccd")
@@ -59,13 +64,73 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument(
         "--listen",
         metavar="HOST:PORT",
-        help="also serve TCP (only with --insecure until Kerberos support lands)",
+        help="serve TCP, with Kerberos (--keytab, --principal and an authorization source);"
+        " the Unix socket is then served only if --allow-user/--allow-group name someone",
+    )
+    p.add_argument(
+        "--keytab",
+        metavar="FILE",
+        help="the keytab holding the service principal's key (Kerberos on --listen)",
+    )
+    p.add_argument(
+        "--principal",
+        metavar="SERVICE/HOST@REALM",
+        help="this server's Kerberos principal, e.g. jailcc/build1.example.com@EXAMPLE.COM;"
+        " taken as given, never from reverse DNS",
+    )
+    p.add_argument(
+        "--allow-principals",
+        metavar="FILE",
+        help="who may compile over Kerberos: full principal names (user@REALM), one a line;"
+        " re-read when it changes",
+    )
+    p.add_argument(
+        "--ldap-url",
+        metavar="URL",
+        help="who may compile over Kerberos: members of --ldap-group in this directory",
+    )
+    p.add_argument("--ldap-base", metavar="DN", help="the directory's search base")
+    p.add_argument(
+        "--ldap-group",
+        metavar="CN",
+        help="the group (posixGroup memberUid, or groupOfNames member) of allowed users",
+    )
+    p.add_argument(
+        "--ldap-bind",
+        choices=["gssapi", "simple"],
+        default="gssapi",
+        help="bind with SASL/GSSAPI as --principal from --keytab (default), or simple bind"
+        " with --ldap-bind-dn and --ldap-password-file",
+    )
+    p.add_argument("--ldap-bind-dn", metavar="DN", help="the DN for --ldap-bind simple")
+    p.add_argument(
+        "--ldap-password-file", metavar="FILE", help="the password for --ldap-bind simple"
+    )
+    p.add_argument(
+        "--ldap-starttls",
+        action="store_true",
+        help="protect an ldap:// connection with StartTLS (needed for a simple bind to a"
+        " server that is not on loopback, unless the URL is ldaps://)",
+    )
+    p.add_argument(
+        "--ldap-cache-ttl",
+        type=float,
+        default=60.0,
+        metavar="SECONDS",
+        help="how long an LDAP answer is reused before asking again (default 60)",
+    )
+    p.add_argument(
+        "--ldap-timeout",
+        type=float,
+        default=5.0,
+        metavar="SECONDS",
+        help="longest wait for the directory; past it the connection is refused (default 5)",
     )
     p.add_argument(
         "--insecure",
         action="store_true",
-        help="allow --listen without authentication: anyone who can reach the port"
-        " can compile here",
+        help="serve --listen WITHOUT authentication: anyone who can reach the port"
+        " can compile here (never on a shared network)",
     )
     p.add_argument(
         "--jobs",
@@ -124,20 +189,18 @@ def run(args: argparse.Namespace) -> int:
         return 2
     tcp = None
     if args.listen:
-        if not args.insecure:
-            print(
-                "jailccd: error: --listen needs Kerberos, which this version lacks; add"
-                " --insecure to serve TCP without authentication (not on a shared"
-                " network)",
-                file=sys.stderr,
-            )
-            return 2
         host, _, port = args.listen.rpartition(":")
         if not host or not port.isdigit():
             print("jailccd: error: --listen takes HOST:PORT", file=sys.stderr)
             return 2
         tcp = (host.strip("[]"), int(port))
-    if not args.allow_user and not args.allow_group and not args.insecure:
+    try:
+        kerberos, principals = _kerberos(args, tcp is not None)
+    except ValueError as exc:
+        print(f"jailccd: error: {exc}", file=sys.stderr)
+        return 2
+    serve_unix = bool(args.allow_user or args.allow_group)
+    if not serve_unix and tcp is None:
         print(
             "jailccd: error: nobody is allowed to compile: name users with --allow-user or"
             " groups with --allow-group",
@@ -165,18 +228,22 @@ def run(args: argparse.Namespace) -> int:
         max_input_bytes=args.max_input * MiB,
         jail_limits=JailLimits(memory_bytes=args.job_memory * MiB, pids_max=256),
         run_limits=RunLimits(cpu_seconds=int(args.job_timeout) + 1, wall_seconds=args.job_timeout),
+        kerberos=kerberos,
+        principals=principals,
     )
     try:
-        sandbox = Sandbox(catalog.images)
+        sandbox = Sandbox(catalog.images, preload=[session.__name__])
     except SandboxError as exc:
         print(f"jailccd: error: {exc}", file=sys.stderr)
         return 2
     service = JobService(sandbox, catalog, authorizer, config)
     try:
-        service.listen_unix(args.socket)
+        if serve_unix:
+            service.listen_unix(args.socket)
         if tcp:
             port = service.listen_tcp(*tcp)
-            print(f"jailccd: listening on tcp:{tcp[0]}:{port} (insecure)", file=sys.stderr)
+            how = "insecure" if kerberos is None else f"Kerberos, as {kerberos.principal}"
+            print(f"jailccd: listening on tcp:{tcp[0]}:{port} ({how})", file=sys.stderr)
     except OSError as exc:
         sandbox.close()
         print(f"jailccd: error: {exc}", file=sys.stderr)
@@ -204,3 +271,65 @@ def run(args: argparse.Namespace) -> int:
         sandbox.close()
         log.info("jailccd stopped: %s", service.stats)
     return 1 if service.failed else 0
+
+
+def _kerberos(
+    args: argparse.Namespace, tcp: bool
+) -> tuple[KerberosAcceptor | None, PrincipalAuthorizer | None]:
+    """The Kerberos acceptor and the authorization source from the options, or (None, None)
+    for no Kerberos. Fails closed: TCP without both only with --insecure."""
+    kerberos_options = [args.keytab, args.principal, args.allow_principals, args.ldap_url]
+    if not tcp:
+        if any(kerberos_options):
+            raise ValueError("--keytab, --principal and authorization sources need --listen")
+        return None, None
+    if args.insecure:
+        if any(kerberos_options):
+            raise ValueError("--insecure turns authentication off: drop the Kerberos options")
+        return None, None
+    if not args.keytab or not args.principal:
+        raise ValueError(
+            "--listen needs Kerberos: --keytab FILE --principal jailcc/HOST@REALM (or"
+            " --insecure to serve TCP without authentication, never on a shared network)"
+        )
+    if bool(args.allow_principals) == bool(args.ldap_url):
+        raise ValueError(
+            "say who may compile: --allow-principals FILE, or --ldap-url with --ldap-base and"
+            " --ldap-group (one of the two)"
+        )
+    from .authz import (
+        AuthorizationUnavailable,
+        LdapGroupAuthorizer,
+        PrincipalListAuthorizer,
+        gssapi_client_environment,
+    )
+    from .kerberos import KerberosAcceptor
+
+    kerberos = KerberosAcceptor(args.keytab, args.principal)
+    if args.allow_principals:
+        return kerberos, PrincipalListAuthorizer(args.allow_principals)
+    if not args.ldap_base or not args.ldap_group:
+        raise ValueError("--ldap-url needs --ldap-base and --ldap-group")
+    if args.ldap_bind == "gssapi":
+        # libldap's SASL GSSAPI takes the process's default initiator credentials: a TGT for
+        # the keytab's principal, kept in a ccache of this process's own.
+        os.environ.update(gssapi_client_environment(args.keytab))
+    elif not args.ldap_bind_dn or not args.ldap_password_file:
+        raise ValueError("--ldap-bind simple needs --ldap-bind-dn and --ldap-password-file")
+    authorizer = LdapGroupAuthorizer(
+        args.ldap_url,
+        args.ldap_base,
+        args.ldap_group,
+        realm=kerberos.realm,
+        bind=args.ldap_bind,
+        bind_dn=args.ldap_bind_dn,
+        password_file=args.ldap_password_file,
+        cache_ttl=args.ldap_cache_ttl,
+        timeout=args.ldap_timeout,
+        starttls=args.ldap_starttls,
+    )
+    try:
+        authorizer.check_config()
+    except AuthorizationUnavailable as exc:
+        raise ValueError(f"the directory at {args.ldap_url} does not answer: {exc}") from None
+    return kerberos, authorizer

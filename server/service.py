@@ -1,10 +1,12 @@
-"""The job service: accept a connection, identify and authorize the peer, then run its jobs one
-at a time in the connection's own jail; tear the jail down when the connection ends.
+"""The job service: accept a connection, authenticate and authorize the peer, build (or reuse)
+its jail, and hand the connection to that jail, where its jobs are read and run (session.py).
 
-A job is: a compiler identity (which picks the image and the compiler inside it), compiler
-arguments (checked by compiler_policy), the working directory path, the preprocessed input and
-optional extra files, and whether to stop at assembly. A result is: exit status or signal,
-stdout, stderr, the output file, resource use. Nothing else crosses the wire.
+Before the hand-over this process reads only the small, capped hello and handshake frames.
+After it, the server answers just two questions per job from the jail (a slot, and the job's
+end), so it never parses what an authenticated client sends. A job is: a compiler identity,
+compiler arguments, the working directory path, the preprocessed input and optional extra
+files, and whether to stop at assembly. A result is: exit status or signal, stdout, stderr, the
+output file, resource use. Nothing else crosses the wire.
 """
 
 from __future__ import annotations
@@ -12,7 +14,6 @@ from __future__ import annotations
 import contextlib
 import logging
 import os
-import re
 import selectors
 import socket
 import threading
@@ -22,22 +23,34 @@ from typing import Any
 
 from jailcc import __version__
 from jailcc.sandbox.api import Jail, JailBroken, Sandbox, SandboxError
-from jailcc.sandbox.spec import JailLimits, MiB, RunLimits, RunResult
+from jailcc.sandbox.spec import JailLimits, MiB, RunLimits
 
-from . import compiler_policy as policy
 from . import protocol as proto
-from .catalog import Catalog
+from . import session
+from .catalog import Catalog, Offer
 from .jail_cache import JailCache
 from .local_auth import LocalAuthorizer, Peer, unix_peer
+
+TYPE_CHECKING = False
+if TYPE_CHECKING:
+    from .kerberos import KerberosAcceptor
 
 log = logging.getLogger("jailccd")
 
 HANDSHAKE_TIMEOUT = 10.0
-IDLE_TIMEOUT = 600.0
-SEND_TIMEOUT = 60.0
-# The input's name in the jail: the client's source base name with .i/.ii (keeps diagnostics
-# and any name-derived output the same as a local compile's).
-_INPUT_NAME = re.compile(r"^[A-Za-z0-9_+.,=@%-]{1,200}\.(i|ii)$")
+# How long the server waits for the jail's next question: a connection may idle between jobs
+# and a job may run its whole wall clock; the jail's own timeouts end both before this.
+QUESTION_TIMEOUT = session.IDLE_TIMEOUT + 60.0
+
+
+class PrincipalAuthorizer:
+    """What the service needs of an authorization source for Kerberos principals (authz.py)."""
+
+    def allowed(self, principal: str) -> bool:  # pragma: no cover - an interface
+        raise NotImplementedError
+
+    def describe(self) -> str:  # pragma: no cover - an interface
+        raise NotImplementedError
 
 
 @dataclass
@@ -47,10 +60,13 @@ class ServiceConfig:
     max_input_bytes: int = 128 * MiB
     jail_limits: JailLimits = field(default_factory=JailLimits)
     run_limits: RunLimits = field(default_factory=RunLimits)
+    # Kerberos on TCP: the acceptor, and who may compile.
+    kerberos: KerberosAcceptor | None = None
+    principals: PrincipalAuthorizer | None = None
 
 
-class JobRejected(Exception):
-    """A job the server will not run; the client is told why and compiles locally."""
+class Refused(Exception):
+    """The peer may not go on; `code` and the message go back to it in an ERROR frame."""
 
     def __init__(self, code: str, message: str) -> None:
         super().__init__(message)
@@ -61,6 +77,8 @@ class JobService:
     def __init__(
         self, sandbox: Sandbox, catalog: Catalog, authorizer: LocalAuthorizer, config: ServiceConfig
     ) -> None:
+        if (config.kerberos is None) != (config.principals is None):
+            raise ValueError("Kerberos needs an authorization source, and only with Kerberos")
         self.sandbox = sandbox
         self.catalog = catalog
         self.authorizer = authorizer
@@ -106,12 +124,22 @@ class JobService:
         sock.listen(128)
         self.listeners.append(sock)
         bound = sock.getsockname()[1]
-        log.warning(
-            "listening on tcp:%s:%d WITHOUT AUTHENTICATION (--insecure): anyone who can reach"
-            " this port can run compiles here",
-            host,
-            bound,
-        )
+        if self.config.kerberos is not None:
+            assert self.config.principals is not None
+            log.info(
+                "listening on tcp:%s:%d as %s, allowing %s",
+                host,
+                bound,
+                self.config.kerberos.principal,
+                self.config.principals.describe(),
+            )
+        else:
+            log.warning(
+                "listening on tcp:%s:%d WITHOUT AUTHENTICATION (--insecure): anyone who can"
+                " reach this port can run compiles here",
+                host,
+                bound,
+            )
         return bound
 
     def serve_forever(self) -> None:
@@ -134,6 +162,10 @@ class JobService:
                     assert isinstance(listener, socket.socket)
                     try:
                         conn, addr = listener.accept()
+                        if conn.family != socket.AF_UNIX:
+                            # Frames are written whole; Nagle would hold the jail's READY back
+                            # until the client's delayed ACK of the last AUTH frame (40 ms).
+                            conn.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
                     except OSError as exc:
                         log.warning("accept failed: %s", exc)
                         continue
@@ -163,292 +195,224 @@ class JobService:
     # -- one connection --------------------------------------------------------------------
 
     def _connection(self, conn: socket.socket, addr: Any) -> None:
-        peer = Peer("tcp", f"{addr[0]}:{addr[1]}") if conn.family != socket.AF_UNIX else None
+        peer: Peer | str = f"{addr[0]}:{addr[1]}" if conn.family != socket.AF_UNIX else "unix"
         jail: Jail | None = None
-        jail_image: str | None = None
-        clean_end = False
+        offer: Offer | None = None
+        ended: str | None = "not started"
         try:
-            if peer is None:
-                peer = unix_peer(conn)
             with self._stats_lock:
                 self.stats["connections"] += 1
-            conn.settimeout(HANDSHAKE_TIMEOUT)
-            if not self._handshake(conn, peer):
-                return
-            while True:
-                conn.settimeout(IDLE_TIMEOUT)
-                try:
-                    frame_type, header, blobs = proto.recv(
-                        conn,
-                        self.config.max_input_bytes + 1024 * 1024,
-                        max_raw=4 * self.config.max_input_bytes,
-                    )
-                except proto.ConnectionClosed:
-                    clean_end = True  # between jobs: the jail is wiped and may serve again
-                    return
-                if frame_type != proto.JOB:
-                    raise proto.ProtocolError(f"expected JOB, got {proto.FRAME_NAMES[frame_type]}")
-                conn.settimeout(SEND_TIMEOUT)
-                try:
-                    offer_image, argv, job = self._check_job(header, blobs)
-                except (JobRejected, policy.PolicyError) as exc:
-                    code = exc.code if isinstance(exc, JobRejected) else "policy"
-                    self._count("rejected")
-                    log.info("job refused user=%s code=%s: %s", peer, code, exc)
-                    proto.send(
-                        conn,
-                        proto.ERROR,
-                        {"code": code, "message": str(exc), "id": header.get("id")},
-                    )
-                    continue
-                if jail is not None and not jail.usable:  # broken, or retired dirty
-                    jail.close()
-                    jail = None
-                if jail is None or jail_image != offer_image:
-                    if jail is not None:
-                        self.jail_cache.give_back(str(peer), jail_image or "", jail)
-                        jail = None
-                    jail = self.jail_cache.take(str(peer), offer_image)
-                    if jail is None:
-                        jail = self.sandbox.create_jail(offer_image, self.config.jail_limits)
-                    jail_image = offer_image
-                try:
-                    self._run_job(conn, peer, jail, offer_image, argv, job)
-                except JailBroken as exc:
-                    log.error("jail broke user=%s image=%s: %s", peer, offer_image, exc)
-                    proto.send(
-                        conn,
-                        proto.ERROR,
-                        {
-                            "code": "internal",
-                            "id": job["id"],
-                            "message": "the jail failed; try again",
-                        },
-                    )
-                    jail.close()
-                    jail = None
+            deadline = time.monotonic() + HANDSHAKE_TIMEOUT
+            peer, offer, auth, token, hello = self._handshake(conn, peer, deadline)
+            jail = self.jail_cache.take(str(peer), offer.image)
+            if jail is None:
+                jail = self.sandbox.create_jail(offer.image, self.config.jail_limits)
+            params = session.session_params(
+                auth=auth,
+                identity=offer.compiler.identity,
+                compiler_path=offer.compiler.path,
+                compiler_kind=offer.compiler.kind,
+                image=offer.image,
+                max_input_bytes=self.config.max_input_bytes,
+                run_limits=self.config.run_limits,
+                hello=hello,
+            )
+            questions = _Questions(self, jail, str(peer), offer.image)
+            try:
+                ended = jail.serve_connection(
+                    conn, session.HANDLER, params, token, questions.answer, QUESTION_TIMEOUT
+                )
+            finally:
+                questions.release()
+            if ended is not None:
+                log.warning("connection from %s ended: %s", peer, ended)
+        except Refused:
+            pass  # told the peer and logged by _handshake
         except proto.ProtocolError as exc:
-            log.warning("protocol error from %s: %s", peer or addr, exc)
+            log.warning("protocol error from %s: %s", peer, exc)
             with contextlib.suppress(OSError, proto.ProtocolError):
                 proto.send(conn, proto.ERROR, {"code": "protocol", "message": str(exc)})
+        except JailBroken as exc:
+            log.error("jail broke user=%s: %s", peer, exc)
         except (OSError, SandboxError) as exc:
-            log.warning("connection from %s ended: %s", peer or addr, exc)
+            log.warning("connection from %s ended: %s", peer, exc)
         finally:
             if jail is not None:
-                if clean_end and jail_image is not None:
-                    self.jail_cache.give_back(str(peer), jail_image, jail)
+                if ended is None and offer is not None and jail.usable:
+                    self.jail_cache.give_back(str(peer), offer.image, jail)
                 else:
                     self.jail_cache.discard(jail)
             conn.close()
             self.connections.release()
 
-    def _handshake(self, conn: socket.socket, peer: Peer) -> bool:
-        frame_type, header, _ = proto.recv(conn, proto.MAX_HELLO_FRAME)
+    def _handshake(
+        self, conn: socket.socket, peer: Peer | str, deadline: float
+    ) -> tuple[Peer | str, Offer, str, bytes, dict[str, Any]]:
+        """Hello, authentication, authorization: (peer, offer, auth kind, exported context,
+        the hello the jail greets the client with). Raises Refused after telling the peer."""
+
+        def recv(frame_cap: int) -> tuple[int, dict[str, Any], list[bytes]]:
+            conn.settimeout(max(0.01, deadline - time.monotonic()))
+            return proto.recv(conn, frame_cap)
+
+        def refuse(code: str, message: str, sealed: proto.Channel | None = None) -> Refused:
+            log.info("refused %s: %s: %s", peer, code, message)
+            with contextlib.suppress(OSError, proto.ProtocolError):
+                conn.settimeout(5.0)
+                (sealed or proto.Channel(conn)).send(
+                    proto.ERROR, {"code": code, "message": message}
+                )
+            return Refused(code, message)
+
+        frame_type, header, _ = recv(proto.MAX_HELLO_FRAME)
         if frame_type != proto.HELLO:
             raise proto.ProtocolError("expected HELLO")
         if header.get("protocol") != proto.PROTOCOL_VERSION:
-            proto.send(
-                conn,
-                proto.ERROR,
-                {
-                    "code": "version",
-                    "message": f"protocol {header.get('protocol')!r} not supported; this server"
-                    f" speaks {proto.PROTOCOL_VERSION}",
-                },
+            raise refuse(
+                "version",
+                f"protocol {header.get('protocol')!r} not supported; this server speaks"
+                f" {proto.PROTOCOL_VERSION}",
             )
-            log.info("refused %s: protocol version %r", peer, header.get("protocol"))
-            return False
-        if not self.authorizer.allowed(peer):
-            proto.send(
-                conn,
-                proto.ERROR,
-                {
-                    "code": "unauthorized",
-                    "message": f"{peer.user} may not use this server: ask its admin to add you"
+        if conn.family == socket.AF_UNIX:
+            peer = unix_peer(conn)
+            if not self.authorizer.allowed(peer):
+                raise refuse(
+                    "unauthorized",
+                    f"{peer.user} may not use this server: ask its admin to add you"
                     " (jailccd --allow-user/--allow-group)",
-                },
-            )
-            log.info("refused %s: not authorized", peer)
-            return False
-        proto.send(
-            conn,
-            proto.HELLO,
-            proto.hello_header(
-                "server",
-                server=f"jailccd {__version__}",
-                images=self.catalog.describe(),
-                slots=self.config.slots,
-            ),
-        )
-        return True
-
-    def _check_job(self, header: dict[str, Any], blobs: list[bytes]) -> tuple[str, list[str], dict]:
-        job_id = header.get("id")
-        identity = header.get("identity")
-        cwd = header.get("cwd")
-        input_name = header.get("input")
-        mode = header.get("mode")
-        files = header.get("files", [])
-        if not isinstance(job_id, int) or not isinstance(identity, str):
-            raise JobRejected("protocol", "a job needs an id and a compiler identity")
-        if not isinstance(cwd, str) or not cwd.startswith("/") or len(cwd) > 1024:
-            raise JobRejected("protocol", "a job needs an absolute working directory")
-        if not isinstance(input_name, str) or not _INPUT_NAME.match(input_name):
-            raise JobRejected("protocol", "bad input file name")
-        if mode not in ("c", "S"):
-            raise JobRejected("protocol", "mode must be c or S")
-        if (
-            not isinstance(files, list)
-            or len(files) != len(blobs) - 1
-            or not all(isinstance(f, str) for f in files)
-        ):
-            raise JobRejected("protocol", "extra files do not match the data sent")
-        offer = self.catalog.by_identity.get(identity)
+                )
+        offer = self.catalog.by_identity.get(str(header.get("identity")))
         if offer is None:
-            raise JobRejected("image", "no toolchain image here matches your compiler")
-        args = policy.check_args(header.get("args"))
-        env = policy.job_env(header.get("env"))
-        steps = header.get("steps")
-        if steps not in (None, policy.DEBUG_EXACT) or (steps and offer.compiler.kind != "gcc"):
-            raise JobRejected("protocol", f"unknown job steps {steps!r}")
-        stem = input_name.rsplit(".", 1)[0]
-        output = f"{stem}.{'o' if mode == 'c' else 's'}"
-        base = [offer.compiler.path, *args]
-        argv = [*base, f"-{mode}", input_name, "-o", output]
-        inputs = {input_name: blobs[0], **dict(zip(files, blobs[1:], strict=True))}
-        job = {
-            "id": job_id,
-            "cwd": cwd,
-            "inputs": inputs,
-            "output": output,
-            "env": env,
-            "source": str(header.get("source", input_name))[:200],
-            "steps": steps,
-            "base": base,
-            "input": input_name,
-            "mode": mode,
-        }
-        return offer.image, argv, job
-
-    def _run_job(
-        self,
-        conn: socket.socket,
-        peer: Peer,
-        jail: Jail,
-        image: str,
-        argv: list[str],
-        job: dict[str, Any],
-    ) -> None:
-        queued = time.monotonic()
-        with self.slots:
-            started = time.monotonic()
-            try:
-                if job["steps"] == policy.DEBUG_EXACT:
-                    result = self._run_debug_exact(jail, job)
-                else:
-                    result = jail.run(
-                        argv,
-                        cwd=job["cwd"],
-                        inputs=job["inputs"],
-                        outputs=[job["output"]],
-                        env=job["env"],
-                        limits=self.config.run_limits,
-                    )
-            except JailBroken:
-                raise
-            except SandboxError as exc:
-                # A request the jail cannot serve (e.g. a working directory inside the
-                # image): the client compiles locally.
-                self._count("rejected")
-                log.info(
-                    "job refused user=%s image=%s source=%s: %s", peer, image, job["source"], exc
-                )
-                proto.send(
-                    conn, proto.ERROR, {"code": "jail", "id": job["id"], "message": str(exc)}
-                )
-                return
-        finished = time.monotonic()
-        status = (
-            f"limit:{result.limit}"
-            if result.limit
-            else f"signal:{result.signal}"
-            if result.signal
-            else f"exit:{result.exit_code}"
+            raise refuse("image", "no toolchain image here matches your compiler")
+        greeting = proto.hello_header(
+            "server",
+            server=f"jailccd {__version__}",
+            images=self.catalog.describe(),
+            slots=self.config.slots,
+            image=offer.image,
         )
-        self._count("jobs" if result.ok else "failed")
-        log.info(
-            "job user=%s image=%s jail=%d source=%s status=%s queue=%.1fms run=%.1fms",
-            peer,
-            image,
-            jail.id,
-            job["source"],
-            status,
-            (started - queued) * 1000,
-            (finished - started) * 1000,
-        )
-        output = result.outputs.get(job["output"])
-        proto.send(
-            conn,
-            proto.RESULT,
-            {
-                "id": job["id"],
-                "exit_code": result.exit_code,
-                "signal": result.signal,
-                "limit": result.limit,
-                "has_output": output is not None,
-                "usage": {
-                    "jail_cpu": result.usage.jail_cpu_seconds,
-                    "user": result.usage.user_seconds,
-                    "sys": result.usage.system_seconds,
-                    "max_rss": result.usage.max_rss_bytes,
-                },
-                "times": {"queue": started - queued, "run": finished - started},
-            },
-            [result.stdout, result.stderr, output or b""],
-            compress=[False, False, True],
-        )
+        if isinstance(peer, Peer):
+            proto.send(conn, proto.HELLO, {**greeting, "auth": "local"})
+            return peer, offer, "local", b"", greeting
+        kerberos = self.config.kerberos
+        if kerberos is None:  # --insecure
+            if not self.authorizer.allowed(Peer("tcp", str(peer))):
+                raise refuse("unauthorized", "this server does not take unauthenticated TCP")
+            proto.send(conn, proto.HELLO, {**greeting, "auth": "none"})
+            return peer, offer, "none", b"", greeting
+        proto.send(conn, proto.HELLO, {"protocol": proto.PROTOCOL_VERSION, "auth": "gssapi"})
 
-    def _run_debug_exact(self, jail: Jail, job: dict[str, Any]) -> RunResult:
-        """gcc -g with debug info exactly a local compile's (see compiler_policy)."""
-        base, name, limits, env = job["base"], job["input"], self.config.run_limits, job["env"]
+        def next_token(ours: bytes) -> bytes:
+            proto.send(conn, proto.AUTH, {}, [ours])
+            return _auth_token(recv(proto.MAX_AUTH_TOKEN + 4096))
 
-        def run(args: list[str], inputs: dict[str, bytes], output: str) -> RunResult:
-            return jail.run(
-                [*base, *args],
-                cwd=job["cwd"],
-                inputs=inputs,
-                outputs=[output],
-                env=env,
-                limits=limits,
-            )
+        from .authz import AuthorizationUnavailable
+        from .kerberos import AuthenticationFailed
 
-        first = run(["-fdirectives-only", "-S", name, "-o", "a.s"], job["inputs"], "a.s")
-        if not first.ok:
-            return first  # a compile error or a limit: the answer as it stands
-        lang = "c++" if name.endswith(".ii") else "c"
-        second = run(
-            ["-nostdinc", "-x", lang, "-S", name, "-o", "b.s"], {name: job["inputs"][name]}, "b.s"
-        )
-        if not second.ok or "b.s" not in second.outputs:
-            raise SandboxError("the second compile for exact debug info failed")
         try:
-            merged = policy.transplant_debug_strings(
-                first.outputs["a.s"].decode("utf-8", "surrogateescape"),
-                second.outputs["b.s"].decode("utf-8", "surrogateescape"),
-            ).encode("utf-8", "surrogateescape")
-        except policy.TransplantError as exc:
-            raise SandboxError(f"exact debug info: {exc}") from None
-        if job["mode"] == "S":
-            first.outputs = {job["output"]: merged}
-            return first
-        assembled = run(
-            ["-c", "merged.s", "-o", job["output"]], {"merged.s": merged}, job["output"]
-        )
-        if not assembled.ok:
-            raise SandboxError("assembling the exact-debug-info assembly failed")
-        first.outputs = assembled.outputs
-        return first
+            principal, context, last = kerberos.accept(
+                _auth_token(recv(proto.MAX_AUTH_TOKEN + 4096)), next_token, proto.MAX_AUTH_ROUNDS
+            )
+        except AuthenticationFailed as exc:
+            raise refuse("unauthenticated", f"Kerberos authentication failed: {exc}") from None
+        proto.send(conn, proto.AUTH, {}, [last or b""])
+        sealed = proto.SealedChannel(conn, context)
+        assert self.config.principals is not None
+        try:
+            allowed = self.config.principals.allowed(principal)
+        except AuthorizationUnavailable as exc:
+            log.error("authorization unavailable for %s: %s", principal, exc)
+            raise refuse(
+                "unavailable",
+                "the server cannot check who may compile right now (its directory is down);"
+                " try later",
+                sealed,
+            ) from None
+        if not allowed:
+            raise refuse(
+                "unauthorized",
+                f"{principal} may not use this server: ask its admin to add you",
+                sealed,
+            )
+        log.info("authenticated %s from %s", principal, peer)
+        # Sequence numbers continue in the jail: it sends the first sealed frame there.
+        return principal, offer, "gssapi", context.export(), greeting
 
     def _count(self, key: str) -> None:
         with self._stats_lock:
             self.stats[key] += 1
+
+
+def _auth_token(frame: tuple[int, dict[str, Any], list[bytes]]) -> bytes:
+    frame_type, _, blobs = frame
+    if frame_type != proto.AUTH or len(blobs) != 1 or len(blobs[0]) > proto.MAX_AUTH_TOKEN:
+        raise proto.ProtocolError("expected an AUTH frame with one token")
+    return blobs[0]
+
+
+class _Questions:
+    """The server's answers to one connection's jail: a slot (and the working directory) when a
+    job starts; the slot back, the cgroup's verdict and the log line when it ends."""
+
+    def __init__(self, service: JobService, jail: Jail, user: str, image: str) -> None:
+        self.service, self.jail, self.user, self.image = service, jail, user, image
+        self.holding = False
+        self.before: dict[str, int] = {}
+
+    def answer(self, question: dict[str, Any]) -> dict[str, Any]:
+        what = question.get("what")
+        if what == "start" and not self.holding:
+            self.service.slots.acquire()
+            self.holding = True
+            try:
+                self.jail.enter_workdir(str(question.get("cwd")))
+            except SandboxError as exc:
+                self.release()
+                self.service._count("rejected")
+                # A jail that can no longer be trusted ends the connection; the next one
+                # gets a fresh jail.
+                return {"ok": False, "error": str(exc)[:300], "end": not self.jail.usable}
+            self.before = self.jail.job_counters()
+            return {"ok": True}
+        if what == "done" and self.holding:
+            after = self.jail.job_counters()
+            self.release()
+            limit = self.jail.limit_hit(self.before, after) if question.get("failed") else None
+            status = _printable(question.get("status"), 40)
+            self.service._count("jobs" if status == "exit:0" else "failed")
+            log.info(
+                "job user=%s image=%s jail=%d source=%s status=%s queue=%.1fms run=%.1fms",
+                self.user,
+                self.image,
+                self.jail.id,
+                _printable(question.get("source"), 200),
+                status + (f" limit:{limit}" if limit else ""),
+                _number(question.get("queue")) * 1000,
+                _number(question.get("run")) * 1000,
+            )
+            return {"limit": limit, "jail_cpu": (after["cpu_ns"] - self.before["cpu_ns"]) / 1e9}
+        if what == "refused":
+            self.service._count("rejected")
+            log.info(
+                "job refused user=%s code=%s: %s",
+                self.user,
+                _printable(question.get("code"), 20),
+                _printable(question.get("message"), 300),
+            )
+            return {}
+        raise SandboxError(f"the jail asked out of turn: {_printable(what, 20)}")
+
+    def release(self) -> None:
+        if self.holding:
+            self.holding = False
+            self.service.slots.release()
+
+
+def _printable(value: Any, limit: int) -> str:
+    """A jail's words for the log: one line, bounded, no control characters."""
+    text = str(value)[:limit]
+    return "".join(c if c.isprintable() else "?" for c in text)
+
+
+def _number(value: Any) -> float:
+    return float(value) if isinstance(value, int | float) and not isinstance(value, bool) else 0.0

@@ -25,7 +25,7 @@ class Server:
         return self.log.read_text()
 
 
-def start_server(tmp: Path, image: Path, *extra: str) -> Server:
+def start_server(tmp: Path, image: Path, *extra: str, env: dict[str, str] | None = None) -> Server:
     # The socket lives where any user can reach it (pytest's tmp dirs are 0700 root).
     sock_dir = Path(tempfile.mkdtemp(prefix="jailccd-test-"))
     sock_dir.chmod(0o755)
@@ -45,14 +45,21 @@ def start_server(tmp: Path, image: Path, *extra: str) -> Server:
         ],
         stdin=subprocess.DEVNULL,
         stderr=subprocess.PIPE,
+        env=env,
     )
     deadline = time.monotonic() + 30
-    while not sock.exists():
+    while not sock.exists() and not (log.exists() and "jailccd ready" in log.read_text()):
         if proc.poll() is not None or time.monotonic() > deadline:
             proc.kill()
             raise RuntimeError(f"jailccd did not start: {proc.stderr.read().decode()}")
         time.sleep(0.05)
     return Server(sock, log, proc)
+
+
+def tcp_port(server: Server) -> int:
+    """The TCP port a server started with --listen HOST:0 got."""
+    text = server.log_text()
+    return int(text.split("listening on tcp:127.0.0.1:")[1].split()[0].rstrip(","))
 
 
 def stop_server(server: Server) -> None:

@@ -84,5 +84,5 @@ def test_real_project_through_the_farm_matches_a_local_build(
     # The farm did the work: every compile went remote (libtool hides the output of half of
     # them, so count on the server's side), nothing fell back.
     assert jobs_served(server) - served_before == len(farm.objects), farm.log[-3000:]
-    assert "local after remote failure" not in farm.log
+    assert "compiling locally" not in farm.log
     assert os.path.exists(server.socket_path)
