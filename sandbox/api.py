@@ -263,7 +263,8 @@ class Jail:
     ) -> str | None:
         """Hand a client connection to a connection handler in the jail (see init.py) and
         answer its questions until the connection ends. Returns None for a clean end, or why
-        it ended otherwise. `timeout` bounds the wait for each question."""
+        it ended otherwise. `timeout` bounds the wait for each question. Our copy of conn is
+        closed once it is handed over: from then on only the jail can read or write it."""
         if self._closed or self._broken:
             raise SandboxError("the jail is closed" if self._closed else "the jail is broken")
         try:
@@ -274,6 +275,7 @@ class Jail:
                 [blob],
                 fds=[conn.fileno()],
             )
+            conn.close()
             while True:
                 self._channel.settimeout(timeout)
                 header, _ = wire.recv_message(self._channel, 0)

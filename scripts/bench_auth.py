@@ -98,7 +98,8 @@ def sealed_throughput(env: dict[str, str], size: int, rounds: int) -> dict[str, 
             times.append(time.perf_counter() - started)
         ours.close()
         theirs.close()
-        results[label] = size / statistics.median(times) / 1e6
+        # The best round: what the code costs, with the least of the shared machine's noise.
+        results[label] = size / min(times) / 1e6
     return results
 
 
@@ -166,14 +167,14 @@ def main() -> None:
                 finally:
                     proc.terminate()
                     proc.wait()
-            throughput = sealed_throughput(client, 1 << 20, 20)
+            throughput = sealed_throughput(client, 1 << 20, 100)
     base = rows[0][1]
     print(f"\n### Connection: connect to READY (median of {args.rounds})\n")
     print("| authentication and authorization | ms | ratio to local |")
     print("|---|---:|---:|")
     for label, ms in rows:
         print(f"| {label} | {ms:.2f} | {ms / base:.2f} |")
-    print("\n### A JOB frame with 1 MiB of preprocessed source (LZ4, then sealed)\n")
+    print("\n### A JOB frame with 1 MiB of preprocessed source (LZ4, then sealed; best of 100)\n")
     print("| protection | MB/s | ratio to plain |")
     print("|---|---:|---:|")
     for label, rate in throughput.items():

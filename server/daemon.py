@@ -298,7 +298,6 @@ def _kerberos(
             " --ldap-group (one of the two)"
         )
     from .authz import (
-        AuthorizationUnavailable,
         LdapGroupAuthorizer,
         PrincipalListAuthorizer,
         gssapi_client_environment,
@@ -328,8 +327,5 @@ def _kerberos(
         timeout=args.ldap_timeout,
         starttls=args.ldap_starttls,
     )
-    try:
-        authorizer.check_config()
-    except AuthorizationUnavailable as exc:
-        raise ValueError(f"the directory at {args.ldap_url} does not answer: {exc}") from None
+    authorizer.check_config()  # AuthorizationConfigError, a ValueError, says what is wrong
     return kerberos, authorizer

@@ -553,3 +553,24 @@ def test_ldap_outage_refuses_new_connections_while_open_ones_carry_on(
     assert (tmp_path / "unit.o").read_bytes() == local_object(tmp_path)
     assert carried_on.exit_code == 0 and carried_on.output
     assert "remote on" in compile_with(env, tmp_path).stderr  # back again
+
+
+def test_after_authentication_only_the_unprivileged_jail_holds_the_connection(realm, server, alice):
+    channel = open_sealed(realm, server)
+    try:
+        channel.expect(proto.READY, proto.MAX_HELLO_FRAME)
+        client_port = channel.sock.getsockname()[1]
+        holders = {
+            c.pid
+            for c in psutil.net_connections("tcp")
+            if c.raddr and c.raddr.port == client_port and c.pid != os.getpid()
+        }
+        assert len(holders) == 1, holders  # not the server too
+        holder = psutil.Process(holders.pop())
+        assert holder.pid != server.proc.pid
+        assert min(holder.uids()) >= 1_500_000_000  # a throwaway jail uid, not root
+        assert holder.name() == "jailcc-init" or "jailcc-init" in " ".join(holder.cmdline())
+        server_netns = os.readlink(f"/proc/{server.proc.pid}/ns/net")
+        assert os.readlink(f"/proc/{holder.pid}/ns/net") != server_netns
+    finally:
+        channel.sock.close()
