@@ -1,7 +1,10 @@
 """jailcc: compile remotely when it can, locally when it must, always with a local compile's
-result. Usage: jailcc COMPILER ARGS... | a masquerade symlink named like the compiler.
+result. Usage: jailcc COMPILER ARGS... | a masquerade symlink named like the compiler |
+jailcc proxy start|stop|status | jailcc status [--json].
 
-Runs once per compile, so it imports little and does nothing before it knows the job."""
+Runs once per compile, so it imports little and does nothing before it knows the job. It asks
+the per-user proxy first (starting it when there is none); the native client (jailcc.c) does
+the same faster and comes here only when the proxy cannot answer."""
 
 from __future__ import annotations
 
@@ -9,28 +12,39 @@ import os
 import sys
 
 USAGE = """usage: jailcc COMPILER [ARGS...]
+       jailcc proxy start|stop|status      the per-user proxy (started on demand anyway)
+       jailcc status [--json]              servers, connections, jobs, overhead
 
 Compiles like COMPILER would, on a jailcc server when the job can go remote (a single C or
 C++ source compiled with -c or -S), locally otherwise or whenever the remote side fails.
 Use it as CC="jailcc gcc", CCACHE_PREFIX=jailcc, CMAKE_C_COMPILER_LAUNCHER=jailcc, or through
 a symlink named gcc, g++, cc, c++ or clang pointing at jailcc, placed early on PATH.
 
+Compiles go through a per-user proxy that keeps authenticated connections to the servers open
+ahead of time; jailcc starts it when it is not running, and it exits when idle.
+
 environment:
-  JAILCC_HOSTS    servers to use, in order: unix:/path/to/socket, HOST:PORT or tcp:HOST:PORT
+  JAILCC_HOSTS    servers to use, in order: unix:/path/to/socket, HOST:PORT or tcp:HOST:PORT,
+                  TCP entries optionally followed by ;principal=SERVICE/HOST@REALM
                   (default: unix:/run/jailccd/jailccd.sock when that socket exists)
   JAILCC_VERBOSE  1: say on stderr where each job ran and why
   JAILCC_DEBUG_REMOTE
                   1: send clang's -g compiles too, accepting debug info whose line and
                   column numbers differ from a local compile's (gcc's -g compiles go remote
                   in an exact mode; clang's compile locally by default)
+  JAILCC_PROXY    0: no proxy; every jailcc connects to the servers itself
+  JAILCC_PROXY_IDLE
+                  seconds a proxy started now stays up without work (default 900)
 """
 
 
 def main(argv: list[str] | None = None) -> int:
-    argv = sys.argv if argv is None else argv
-    from .compiler import find_compiler, split_invocation
+    argv = list(sys.argv if argv is None else argv)
+    # The native client passes the name it was called by (a masquerade name matters).
+    argv[0] = os.environ.pop("JAILCC_ARGV0", None) or argv[0]
+    from .compiler import split_invocation
 
-    name, args, _masquerading = split_invocation(argv)
+    name, args, masquerading = split_invocation(argv)
     if name is None or name in ("-h", "--help"):
         sys.stdout.write(USAGE)
         return 0 if name else 2
@@ -39,54 +53,41 @@ def main(argv: list[str] | None = None) -> int:
 
         print(f"jailcc {__version__}")
         return 0
-    compiler = find_compiler(name, argv[0])
-    if compiler is None:
-        print(
-            f"jailcc: cannot find the compiler {name!r} on PATH (jailcc itself skipped)",
-            file=sys.stderr,
-        )
-        return 127
-    verbose = os.environ.get("JAILCC_VERBOSE", "") not in ("", "0")
-    try:
-        return _compile(compiler, name, args, verbose)
-    except Exception as exc:
-        print(
-            f"jailcc: internal error ({type(exc).__name__}: {exc}); compiling locally",
-            file=sys.stderr,
-        )
-        return _exec_local(compiler, args)
+    if not masquerading and name in ("proxy", "status"):
+        from .proxy_cli import command
 
+        return command(name, args)
 
-def _compile(compiler: str, name: str, args: list[str], verbose: bool) -> int:
-    from .args import Local, analyse
+    from .job import Invocation
 
-    cwd = os.getcwd()
-    # gcc's -g jobs go remote in the exact mode (see job.py); other compilers' only on request.
-    exact_debug = "clang" not in os.path.basename(name)
-    job = analyse(
-        args,
-        cwd,
-        compiler=name,
-        debug_info_may_differ=exact_debug or os.environ.get("JAILCC_DEBUG_REMOTE") == "1",
-    )
-    if isinstance(job, Local):
-        _note(verbose, args, f"local ({job.reason})")
-        return _exec_local(compiler, args)
+    inv = Invocation.here()
+    exe = os.path.realpath(sys.argv[0])
+    tried = os.environ.pop("JAILCC_PROXY_TRIED", None) is not None  # by the native client
+    if os.environ.get("JAILCC_PROXY", "1") != "0":
+        from .proxy_client import ask_proxy
 
+        answer = ask_proxy(argv, exe, inv, ask=not tried)
+        if answer is not None:
+            return _act(answer)
+    from .decide import decide
     from .job import compile_remote
-    from .remote import RemoteFailure
 
-    try:
-        return compile_remote(compiler, job, cwd, verbose)
-    except RemoteFailure as exc:
-        _note(verbose or exc.tell_user, args, f"compiling locally: {exc.reason}")
-        return _exec_local(compiler, args)
+    return _act(decide(argv, exe, inv, compile_remote))
 
 
-def _note(verbose: bool, args: list[str], what: str) -> None:
-    if verbose:
-        source = next((a for a in args if not a.startswith("-")), "?")
-        print(f"jailcc: {source}: {what}", file=sys.stderr)
+def _act(answer: object) -> int:
+    from .decide import RunLocally
+
+    if isinstance(answer, RunLocally):
+        if answer.message:
+            sys.stderr.write(answer.message)
+        return _exec_local(answer.compiler, answer.args)
+    exit_code, stdout, stderr = answer[0], answer[1], answer[2]  # an Outcome
+    sys.stdout.buffer.write(stdout)
+    sys.stdout.flush()
+    sys.stderr.buffer.write(stderr)
+    sys.stderr.flush()
+    return exit_code
 
 
 def _exec_local(compiler: str, args: list[str]) -> int:

@@ -7,17 +7,19 @@ from __future__ import annotations
 import os
 
 
-def _is_jailcc(path: str, ours: str) -> bool:
+def _is_jailcc(path: str, ours: set[str]) -> bool:
     try:
-        return os.path.realpath(path) == ours
+        return os.path.realpath(path) in ours
     except OSError:
         return False
 
 
 def find_compiler(name: str, self_path: str, path_env: str | None = None) -> str | None:
     """The compiler called `name` (a path, or a name looked up on PATH), skipping any entry
-    that is jailcc itself (our masquerade symlinks)."""
-    ours = os.path.realpath(self_path)
+    that is jailcc itself (our masquerade symlinks), native or Python."""
+    real = os.path.realpath(self_path)
+    home = os.path.dirname(real)
+    ours = {real, os.path.join(home, "jailcc"), os.path.join(home, "jailcc-py")}
     if "/" in name:
         return None if _is_jailcc(name, ours) else name
     for directory in (os.environ.get("PATH", "") if path_env is None else path_env).split(":"):

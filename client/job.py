@@ -6,17 +6,19 @@ from __future__ import annotations
 
 import os
 import sys
-import time
+import threading
+from collections import namedtuple
 
 from jailcc.sandbox.wire import write_all
 
 from .args import RemoteJob, debug_info_on
 from .hosts import candidates
-from .remote import RemoteFailure, connect, open_session, run_job
+from .remote import RemoteFailure, RemoteResult, connect, open_session, run_job
 from .spawn import run_capture
 
 TYPE_CHECKING = False  # typing costs milliseconds to import, on every compile; type checkers know
 if TYPE_CHECKING:
+    from collections.abc import Mapping
     from typing import Any
 
 MAX_RESULT = 1 << 30
@@ -24,8 +26,40 @@ MAX_EXTRA_SOURCE = 1 << 20
 _SAFE_CHARS = frozenset("ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789_+.,=@%-")
 
 
-def compile_remote(compiler: str, job: RemoteJob, cwd: str, verbose: bool) -> int:
-    started = time.monotonic()
+class Invocation:
+    """Where and how one compile was asked for: this process's own (jailcc run directly), or a
+    client's that the per-user proxy serves (its cwd, environment, stderr and umask)."""
+
+    __slots__ = ("cwd", "env", "stderr_tty", "umask")
+
+    def __init__(self, cwd: str, env: Mapping[str, str], stderr_tty: bool, umask: int) -> None:
+        self.cwd, self.env, self.stderr_tty, self.umask = cwd, env, stderr_tty, umask
+
+    @classmethod
+    def here(cls) -> Invocation:
+        mask = os.umask(0o22)
+        os.umask(mask)
+        return cls(os.getcwd(), os.environ, sys.stderr.isatty(), mask)
+
+    def path(self, name: str) -> str:
+        return os.path.join(self.cwd, name)
+
+
+class Prepared(namedtuple("Prepared", "header blobs identity")):
+    """A job ready to send: its JOB header, its blobs, the compiler's identity."""
+
+    __slots__ = ()
+
+
+class Outcome(namedtuple("Outcome", "exit_code stdout stderr note")):
+    """What the compile says back to the user: exit status, stdout, stderr; note: a line for
+    JAILCC_VERBOSE (where it ran)."""
+
+    __slots__ = ()
+
+
+def prepare(compiler: str, job: RemoteJob, inv: Invocation) -> Prepared:
+    """Preprocess locally and build the job. RemoteFailure if it cannot go remote."""
     from jailcc.images.errors import ImageError
     from jailcc.images.identity import compiler_identity
 
@@ -33,55 +67,34 @@ def compile_remote(compiler: str, job: RemoteJob, cwd: str, verbose: bool) -> in
         identity = compiler_identity(compiler)
     except ImageError as exc:
         raise RemoteFailure(f"cannot identify the compiler: {exc}") from None
-    hosts = candidates()
-    if not hosts:
-        raise RemoteFailure("no server: set JAILCC_HOSTS or start a local jailccd")
-
     exact_debug = False
     if job.preprocessed:
         try:
-            with open(job.source, "rb") as f:
+            with open(inv.path(job.source), "rb") as f:
                 source = f.read()
         except OSError as exc:
             raise RemoteFailure(f"cannot read {job.source}: {exc.strerror}") from None
-        cpp_stderr = b""
     else:
         # With debug info, gcc's exact mode: preprocess directives only (every token keeps
         # its line and column); the server expands macros itself (see compiler_policy).
         exact_debug = debug_info_on(job.remote_args) and not _is_clang(compiler)
         extra = ["-fdirectives-only"] if exact_debug else []
         code, source, cpp_stderr = run_capture(
-            [compiler, *job.preprocess_args, *extra, "-E", job.source]
+            [compiler, *job.preprocess_args, *extra, "-E", job.source], inv
         )
         if code != 0 or cpp_stderr:
             # Errors or warnings of the preprocessor: a local compile reports them exactly (a
             # separate -E run sees some differently, e.g. a #warning silenced by a pragma).
             raise RemoteFailure("the preprocessor had something to say")
-        cpp_stderr = b""
-
-    header, blobs = _job_frame(job, identity, cwd, source)
-    if not job.preprocessed and exact_debug:
+    header, blobs = _job_frame(job, identity, inv, source)
+    if exact_debug:
         header["steps"] = "debug-exact"
-    reasons, tell_user = [], False
-    for host in hosts:
-        try:
-            sock = connect(host)
-        except RemoteFailure as exc:
-            reasons.append(exc.reason)
-            continue
-        try:
-            channel, _ = open_session(sock, host, identity)
-            result = run_job(channel, host, header, blobs, MAX_RESULT)
-        except RemoteFailure as exc:
-            reasons.append(exc.reason)
-            tell_user = tell_user or exc.tell_user
-            continue
-        finally:
-            sock.close()
-        break
-    else:
-        raise RemoteFailure("; ".join(reasons), tell_user)
+    return Prepared(header, blobs, identity)
 
+
+def finish(job: RemoteJob, inv: Invocation, host: object, result: RemoteResult) -> Outcome:
+    """Write back what a local compile would have written; RemoteFailure if the result cannot
+    be trusted to equal a local compile's."""
     if result.limit:
         raise RemoteFailure(f"{host}: the job hit the server's {result.limit} limit")
     if result.exit_code is None:
@@ -96,38 +109,56 @@ def compile_remote(compiler: str, job: RemoteJob, cwd: str, verbose: bool) -> in
         if result.output is None:
             raise RemoteFailure(f"{host}: the compile succeeded but sent no output")
         try:
-            _write_atomically(job.output, result.output)
+            _write_atomically(inv.path(job.output), result.output, inv.umask)
         except OSError as exc:  # e.g. a missing directory: the local compile says it properly
             raise RemoteFailure(f"cannot write {job.output}: {exc.strerror}") from None
-    sys.stdout.buffer.write(result.stdout)
-    sys.stderr.buffer.write(cpp_stderr + result.stderr)
-    if verbose:
-        run_ms = 1000 * float(result.times.get("run", 0.0))
-        total_ms = 1000 * (time.monotonic() - started)
-        print(
-            f"jailcc: {job.source}: remote on {host} (compile {run_ms:.0f} ms, total"
-            f" {total_ms:.0f} ms, exit {result.exit_code})",
-            file=sys.stderr,
-        )
-    return result.exit_code
+    run_ms = 1000 * float(result.times.get("run", 0.0))
+    note = f"remote on {host} (compile {run_ms:.0f} ms, exit {result.exit_code})"
+    return Outcome(result.exit_code, result.stdout, result.stderr, note)
+
+
+def compile_remote(compiler: str, job: RemoteJob, inv: Invocation) -> Outcome:
+    """One remote compile over direct connections to the servers in JAILCC_HOSTS, in order."""
+    hosts = candidates(inv.env)
+    if not hosts:
+        raise RemoteFailure("no server: set JAILCC_HOSTS or start a local jailccd")
+    prepared = prepare(compiler, job, inv)
+    reasons, tell_user = [], False
+    for host in hosts:
+        try:
+            sock = connect(host)
+        except RemoteFailure as exc:
+            reasons.append(exc.reason)
+            continue
+        try:
+            channel, _ = open_session(sock, host, prepared.identity)
+            result = run_job(channel, host, prepared.header, prepared.blobs, MAX_RESULT)
+        except RemoteFailure as exc:
+            reasons.append(exc.reason)
+            tell_user = tell_user or exc.tell_user
+            continue
+        finally:
+            sock.close()
+        return finish(job, inv, host, result)
+    raise RemoteFailure("; ".join(reasons), tell_user)
 
 
 def _job_frame(
-    job: RemoteJob, identity: str, cwd: str, source: bytes
+    job: RemoteJob, identity: str, inv: Invocation, source: bytes
 ) -> tuple[dict[str, Any], list[bytes]]:
     suffix = "ii" if job.language == "c++" else "i"
     stem = os.path.basename(job.source).rsplit(".", 1)[0]
     safe = 0 < len(stem) <= 200 and set(stem) <= _SAFE_CHARS
     input_name = f"{stem}.{suffix}" if safe else f"input.{suffix}"
     args = list(job.remote_args)
-    if _wants_color(args):
+    if _wants_color(args, inv):
         args.append("-fdiagnostics-color=always")
-    env = {"LC_ALL": "C.UTF-8" if _utf8_locale() else "C"}
+    env = {"LC_ALL": "C.UTF-8" if _utf8_locale(inv.env) else "C"}
     for name in ("GCC_COLORS", "SOURCE_DATE_EPOCH"):
-        if name in os.environ:
-            env[name] = os.environ[name]
+        if name in inv.env:
+            env[name] = inv.env[name]
     files, blobs = [], [source]
-    extra = _source_for_diagnostics(job, cwd)
+    extra = _source_for_diagnostics(job, inv.cwd)
     if extra is not None:
         files.append(extra[0])
         blobs.append(extra[1])
@@ -135,7 +166,7 @@ def _job_frame(
         "id": 1,
         "identity": identity,
         "args": args,
-        "cwd": cwd,
+        "cwd": inv.cwd,
         "input": input_name,
         "mode": "S" if job.assembly else "c",
         "env": env,
@@ -176,29 +207,33 @@ def _source_for_diagnostics(job: RemoteJob, cwd: str) -> tuple[str, bytes] | Non
         return None
 
 
-def _wants_color(args: list[str]) -> bool:
+def _wants_color(args: list[str], inv: Invocation) -> bool:
     if any(a.startswith(("-fdiagnostics-color", "-fno-diagnostics-color")) for a in args):
         return False
-    if os.environ.get("GCC_COLORS") == "" or os.environ.get("TERM", "dumb") == "dumb":
+    if inv.env.get("GCC_COLORS") == "" or inv.env.get("TERM", "dumb") == "dumb":
         return False
-    return sys.stderr.isatty()
+    return inv.stderr_tty
 
 
-def _utf8_locale() -> bool:
+def _utf8_locale(env: Mapping[str, str]) -> bool:
     for name in ("LC_ALL", "LC_CTYPE", "LANG"):
-        value = os.environ.get(name)
+        value = env.get(name)
         if value:
             return "utf-8" in value.lower() or "utf8" in value.lower()
     return False
 
 
-def _write_atomically(path: str, data: bytes) -> None:
-    """Write path so that no reader ever sees a partial file (make -j, a killed build)."""
+def _write_atomically(path: str, data: bytes, umask: int) -> None:
+    """Write path so that no reader ever sees a partial file (make -j, a killed build), with
+    the permissions the user's umask gives (the proxy's own umask may differ)."""
     directory = os.path.dirname(path) or "."
-    tmp = os.path.join(directory, f".{os.path.basename(path)}.jailcc-{os.getpid()}")
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666)
+    tmp = os.path.join(
+        directory, f".{os.path.basename(path)}.jailcc-{os.getpid()}-{threading.get_ident()}"
+    )
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
     try:
         try:
+            os.fchmod(fd, 0o666 & ~umask)
             write_all(fd, data)
         finally:
             os.close(fd)

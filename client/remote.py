@@ -24,10 +24,11 @@ class RemoteFailure(Exception):
     locally instead. `reason` is short and human; `tell_user` when the user has something to
     do about it (e.g. run kinit), so it is said even without JAILCC_VERBOSE."""
 
-    def __init__(self, reason: str, tell_user: bool = False) -> None:
+    def __init__(self, reason: str, tell_user: bool = False, code: str | None = None) -> None:
         super().__init__(reason)
         self.reason = reason
         self.tell_user = tell_user
+        self.code = code  # the server's ERROR code when it refused; None for other failures
 
 
 class RemoteResult(namedtuple("RemoteResult", "exit_code signal limit stdout stderr output times")):
@@ -76,7 +77,7 @@ def open_session(
         context = initiate(sock, host)
         return proto.SealedChannel(sock, context), header
     except proto.RemoteError as exc:
-        raise RemoteFailure(f"{host} refused: {exc.message}") from None
+        raise RemoteFailure(f"{host} refused: {exc.message}", code=exc.code) from None
     except (OSError, proto.ProtocolError) as exc:
         raise RemoteFailure(f"{host}: handshake failed: {exc}") from None
 
@@ -99,7 +100,7 @@ def run_job(
             channel.expect(proto.READY, proto.MAX_HELLO_FRAME)
         header, out = channel.expect(proto.RESULT, max_result)
     except proto.RemoteError as exc:
-        raise RemoteFailure(f"{host} refused the job: {exc.message}") from None
+        raise RemoteFailure(f"{host} refused the job: {exc.message}", code=exc.code) from None
     except (OSError, proto.ProtocolError) as exc:
         raise RemoteFailure(f"{host}: {exc}") from None
     if len(out) != 3 or header.get("id") != job["id"]:

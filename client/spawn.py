@@ -6,10 +6,28 @@ from __future__ import annotations
 import os
 import select
 
+TYPE_CHECKING = False
+if TYPE_CHECKING:
+    from .job import Invocation
 
-def run_capture(argv: list[str], env: dict[str, str] | None = None) -> tuple[int, bytes, bytes]:
+
+def run_capture(argv: list[str], inv: Invocation | None = None) -> tuple[int, bytes, bytes]:
     """Run argv (looked up on PATH) with stdin from /dev/null; return (exit status as a shell
-    reports it, stdout, stderr)."""
+    reports it, stdout, stderr). With `inv`, in its directory, environment and umask (the proxy
+    runs a client's preprocessor); otherwise in this process's."""
+    if inv is not None and (inv.cwd != os.getcwd() or inv.env is not os.environ):
+        import subprocess
+
+        proc = subprocess.run(
+            argv,
+            cwd=inv.cwd,
+            env=inv.env,
+            umask=inv.umask,
+            stdin=subprocess.DEVNULL,
+            capture_output=True,
+            close_fds=True,
+        )
+        return proc.returncode, proc.stdout, proc.stderr
     out_r, out_w = os.pipe2(os.O_CLOEXEC)
     err_r, err_w = os.pipe2(os.O_CLOEXEC)
     null = os.open(os.devnull, os.O_RDONLY | os.O_CLOEXEC)
@@ -17,7 +35,7 @@ def run_capture(argv: list[str], env: dict[str, str] | None = None) -> tuple[int
         pid = os.posix_spawnp(
             argv[0],
             argv,
-            os.environ if env is None else env,
+            os.environ,
             file_actions=[
                 (os.POSIX_SPAWN_DUP2, null, 0),
                 (os.POSIX_SPAWN_DUP2, out_w, 1),

@@ -3,9 +3,11 @@ sandbox (one launcher) for the tests that need no sandbox of their own."""
 
 from __future__ import annotations
 
+import contextlib
 import os
 import subprocess
 import sys
+import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -53,3 +55,19 @@ def sandbox(gcc_image: Path) -> Iterator[object]:
 
     with Sandbox({"gcc-12": str(gcc_image)}) as sb:
         yield sb
+
+
+@pytest.fixture(scope="session", autouse=True)
+def proxies_do_not_outlive_the_tests() -> Iterator[None]:
+    """jailcc starts per-user proxies on demand (one per JAILCC_HOSTS); make those the tests
+    start leave soon after their last job, and stop any still running at the end."""
+    import psutil
+
+    os.environ["JAILCC_PROXY_IDLE"] = "20"
+    started = time.time()
+    yield
+    for proc in psutil.process_iter(["cmdline", "create_time"]):
+        cmdline = proc.info["cmdline"] or []
+        if "jailcc.client.proxy" in cmdline and proc.info["create_time"] >= started - 1:
+            with contextlib.suppress(psutil.Error):
+                proc.terminate()

@@ -29,6 +29,7 @@ def start_server(tmp: Path, image: Path, *extra: str, env: dict[str, str] | None
     # The socket lives where any user can reach it (pytest's tmp dirs are 0700 root).
     sock_dir = Path(tempfile.mkdtemp(prefix="jailccd-test-"))
     sock_dir.chmod(0o755)
+    tmp.mkdir(parents=True, exist_ok=True)
     sock, log = sock_dir / "jailccd.sock", tmp / "jailccd.log"
     proc = subprocess.Popen(
         [

@@ -1,0 +1,72 @@
+"""What one `jailcc` invocation comes to: run the compiler locally (and what to say first), or
+the finished result of a remote compile. Shared by jailcc itself and the per-user proxy, which
+decides for many clients at once (their cwd, environment and terminal in an Invocation)."""
+
+from __future__ import annotations
+
+import os
+import time
+from collections import namedtuple
+
+from .compiler import find_compiler, split_invocation
+from .job import Invocation, Outcome
+from .remote import RemoteFailure
+
+TYPE_CHECKING = False
+if TYPE_CHECKING:
+    from collections.abc import Callable
+
+    from .args import RemoteJob
+
+    Remote = Callable[[str, RemoteJob, Invocation], Outcome]
+
+
+class RunLocally(namedtuple("RunLocally", "compiler args message")):
+    """Exec compiler with args here; print message (if any) on stderr first."""
+
+    __slots__ = ()
+
+
+def decide(argv: list[str], exe: str, inv: Invocation, remote: Remote) -> RunLocally | Outcome:
+    """argv as jailcc was called (argv[0] as typed: jailcc, or a masquerade name); exe: the
+    jailcc executable itself, never taken for a compiler; remote: how to run a remote job."""
+    name, args, _ = split_invocation(argv)
+    assert name is not None  # usage errors are answered before this
+    compiler = find_compiler(name, exe, inv.env.get("PATH", ""))
+    if compiler is None:
+        message = f"jailcc: cannot find the compiler {name!r} on PATH (jailcc itself skipped)\n"
+        return Outcome(127, b"", message.encode(), "")
+    verbose = inv.env.get("JAILCC_VERBOSE", "") not in ("", "0")
+    started = time.monotonic()
+    from .args import Local, analyse
+
+    # gcc's -g jobs go remote in the exact mode (see job.py); other compilers' only on request.
+    exact_debug = "clang" not in os.path.basename(name)
+    try:
+        job = analyse(
+            args,
+            inv.cwd,
+            compiler=name,
+            debug_info_may_differ=exact_debug or inv.env.get("JAILCC_DEBUG_REMOTE") == "1",
+        )
+        if isinstance(job, Local):
+            return RunLocally(compiler, args, _note(verbose, args, f"local ({job.reason})"))
+        outcome = remote(compiler, job, inv)
+    except RemoteFailure as exc:
+        note = _note(verbose or exc.tell_user, args, f"compiling locally: {exc.reason}")
+        return RunLocally(compiler, args, note)
+    except Exception as exc:  # a bug of ours must never cost the user the compile
+        message = f"internal error ({type(exc).__name__}: {exc}); compiling locally"
+        return RunLocally(compiler, args, _note(True, args, message))
+    if verbose:
+        total = f"total {1000 * (time.monotonic() - started):.0f} ms"
+        note = _note(True, args, f"{outcome.note}, {total}").encode()
+        outcome = outcome._replace(stderr=outcome.stderr + note)
+    return outcome
+
+
+def _note(say: bool, args: list[str], what: str) -> str:
+    if not say:
+        return ""
+    source = next((a for a in args if not a.startswith("-")), "?")
+    return f"jailcc: {source}: {what}\n"

@@ -1,0 +1,298 @@
+/* jailcc's native front end, in the manner of Mercurial's chg: it hands the invocation (argv,
+ * working directory, environment, umask, whether stderr is a terminal) to the per-user proxy
+ * over its Unix socket, and prints the answer, or execs the compiler when the proxy says the
+ * job is local. Python's start-up is then paid once per proxy, not once per compile.
+ *
+ * Whenever the proxy cannot answer (none running, a proxy of another uid, a proxy that died
+ * before its whole answer arrived, anything malformed) it execs the Python client, jailcc-py
+ * beside it, which does the compile on its own and starts a proxy for the next one. Nothing
+ * is printed before a whole answer is in, so a fallback never repeats output.
+ *
+ * The socket's place and the request's bytes are those of client/proxy_wire.py. */
+#define _GNU_SOURCE
+#include <errno.h>
+#include <limits.h>
+#include <stdint.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/socket.h>
+#include <sys/stat.h>
+#include <sys/types.h>
+#include <sys/un.h>
+#include <unistd.h>
+
+extern char **environ;
+
+#define MAX_OUTPUT (64u << 20)
+#define MAX_REPLY_STRING (1u << 20)
+
+struct buf {
+	char *data;
+	size_t len, cap;
+};
+
+static int grow(struct buf *b, size_t more)
+{
+	if (b->len + more <= b->cap)
+		return 0;
+	size_t cap = b->cap ? b->cap : 4096;
+	while (cap < b->len + more)
+		cap *= 2;
+	char *data = realloc(b->data, cap);
+	if (!data)
+		return -1;
+	b->data = data;
+	b->cap = cap;
+	return 0;
+}
+
+static int put(struct buf *b, const void *p, size_t n)
+{
+	if (grow(b, n))
+		return -1;
+	memcpy(b->data + b->len, p, n);
+	b->len += n;
+	return 0;
+}
+
+static int put_u32(struct buf *b, uint32_t v)
+{
+	unsigned char be[4] = {v >> 24, v >> 16, v >> 8, v};
+	return put(b, be, 4);
+}
+
+static int put_str(struct buf *b, const char *s)
+{
+	return put(b, s, strlen(s) + 1);
+}
+
+static uint64_t fnv1a(uint64_t h, const char *s)
+{
+	for (; *s; s++)
+		h = (h ^ (unsigned char)*s) * 0x100000001b3ULL;
+	return h;
+}
+
+static int owned_dir(const char *path)
+{
+	struct stat st;
+	return lstat(path, &st) == 0 && S_ISDIR(st.st_mode) && st.st_uid == getuid();
+}
+
+/* As proxy_wire.socket_path(). */
+static int socket_path(char *out, size_t size)
+{
+	const char *override = getenv("JAILCC_PROXY_SOCKET");
+	if (override && *override)
+		return snprintf(out, size, "%s", override) >= (int)size ? -1 : 0;
+	uint64_t h = 0xcbf29ce484222325ULL;
+	const char *names[] = {"JAILCC_HOSTS", "KRB5CCNAME"};
+	for (int i = 0; i < 2; i++) {
+		const char *value = getenv(names[i]);
+		h = fnv1a(h, names[i]);
+		h = fnv1a(h, "=");
+		h = fnv1a(h, value ? value : "");
+		h = fnv1a(h, "\n");
+	}
+	char dir[PATH_MAX];
+	const char *xdg = getenv("XDG_RUNTIME_DIR");
+	char run_user[64];
+	snprintf(run_user, sizeof run_user, "/run/user/%u", (unsigned)getuid());
+	if (xdg && *xdg && owned_dir(xdg))
+		snprintf(dir, sizeof dir, "%s/jailcc", xdg);
+	else if (owned_dir(run_user))
+		snprintf(dir, sizeof dir, "%s/jailcc", run_user);
+	else
+		snprintf(dir, sizeof dir, "/tmp/jailcc-%u", (unsigned)getuid());
+	return snprintf(out, size, "%s/proxy-%016llx.sock", dir, (unsigned long long)h) >= (int)size
+		       ? -1
+		       : 0;
+}
+
+static int read_all(int fd, void *p, size_t n)
+{
+	char *c = p;
+	while (n) {
+		ssize_t got = read(fd, c, n);
+		if (got < 0 && errno == EINTR)
+			continue;
+		if (got <= 0)
+			return -1;
+		c += got;
+		n -= (size_t)got;
+	}
+	return 0;
+}
+
+static int write_all(int fd, const void *p, size_t n)
+{
+	const char *c = p;
+	while (n) {
+		ssize_t put = write(fd, c, n);
+		if (put < 0 && errno == EINTR)
+			continue;
+		if (put <= 0)
+			return -1;
+		c += put;
+		n -= (size_t)put;
+	}
+	return 0;
+}
+
+static int read_u32(int fd, uint32_t *v)
+{
+	unsigned char be[4];
+	if (read_all(fd, be, 4))
+		return -1;
+	*v = (uint32_t)be[0] << 24 | (uint32_t)be[1] << 16 | (uint32_t)be[2] << 8 | be[3];
+	return 0;
+}
+
+static char *read_blob(int fd, uint32_t cap, uint32_t *len)
+{
+	if (read_u32(fd, len) || *len > cap)
+		return NULL;
+	char *data = malloc(*len + 1);
+	if (!data || read_all(fd, data, *len)) {
+		free(data);
+		return NULL;
+	}
+	data[*len] = 0;
+	return data;
+}
+
+static char *read_cstr(int fd)
+{
+	struct buf b = {0};
+	char c;
+	do {
+		if (read_all(fd, &c, 1) || b.len >= MAX_REPLY_STRING || put(&b, &c, 1)) {
+			free(b.data);
+			return NULL;
+		}
+	} while (c);
+	return b.data;
+}
+
+static int connect_proxy(void)
+{
+	struct sockaddr_un addr = {.sun_family = AF_UNIX};
+	if (socket_path(addr.sun_path, sizeof addr.sun_path))
+		return -1;
+	int fd = socket(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0);
+	if (fd < 0)
+		return -1;
+	struct ucred cred;
+	socklen_t len = sizeof cred;
+	if (connect(fd, (struct sockaddr *)&addr, sizeof addr) ||
+	    getsockopt(fd, SOL_SOCKET, SO_PEERCRED, &cred, &len) || cred.uid != getuid()) {
+		close(fd);
+		return -1;
+	}
+	return fd;
+}
+
+/* The proxy's answer, acted on. Returns only if there was no whole answer. */
+static int ask(int fd, int argc, char **argv, const char *exe)
+{
+	struct buf req = {0};
+	char cwd[PATH_MAX];
+	if (!getcwd(cwd, sizeof cwd))
+		return -1;
+	mode_t mask = umask(022);
+	umask(mask);
+	size_t envc = 0;
+	for (char **e = environ; *e; e++)
+		envc++;
+	int ok = put(&req, "JCP1\0\0\0\0", 8) == 0 && put_u32(&req, isatty(2) ? 1 : 0) == 0 &&
+		 put_u32(&req, mask) == 0 && put_u32(&req, (uint32_t)argc) == 0;
+	for (int i = 0; ok && i < argc; i++)
+		ok = put_str(&req, argv[i]) == 0;
+	ok = ok && put_str(&req, exe) == 0 && put_str(&req, cwd) == 0 &&
+	     put_u32(&req, (uint32_t)envc) == 0;
+	for (char **e = environ; ok && *e; e++)
+		ok = put_str(&req, *e) == 0;
+	if (!ok)
+		return -1;
+	uint32_t body = (uint32_t)(req.len - 8);
+	unsigned char be[4] = {body >> 24, body >> 16, body >> 8, body};
+	memcpy(req.data + 4, be, 4);
+	if (write_all(fd, req.data, req.len))
+		return -1;
+	free(req.data);
+
+	unsigned char kind;
+	if (read_all(fd, &kind, 1))
+		return -1;
+	if (kind == 0) {
+		uint32_t code, out_len, err_len;
+		if (read_u32(fd, &code))
+			return -1;
+		char *out = read_blob(fd, MAX_OUTPUT, &out_len);
+		char *err = out ? read_blob(fd, MAX_OUTPUT, &err_len) : NULL;
+		if (!err)
+			return -1;
+		close(fd);
+		write_all(1, out, out_len);
+		write_all(2, err, err_len);
+		exit((int)(int32_t)code);
+	}
+	if (kind != 1)
+		return -1;
+	uint32_t path_len, nargs, msg_len;
+	char *path = read_blob(fd, PATH_MAX, &path_len);
+	if (!path || read_u32(fd, &nargs) || nargs > 100000)
+		return -1;
+	char **args = calloc(nargs + 2, sizeof *args);
+	if (!args)
+		return -1;
+	args[0] = path;
+	for (uint32_t i = 0; i < nargs; i++)
+		if (!(args[i + 1] = read_cstr(fd)))
+			return -1;
+	char *msg = read_blob(fd, MAX_REPLY_STRING, &msg_len);
+	if (!msg)
+		return -1;
+	close(fd);
+	write_all(2, msg, msg_len);
+	execv(path, args);
+	fprintf(stderr, "jailcc: cannot run %s: %s\n", path, strerror(errno));
+	exit(127);
+}
+
+int main(int argc, char **argv)
+{
+	char exe[PATH_MAX];
+	ssize_t n = readlink("/proc/self/exe", exe, sizeof exe - 1);
+	if (n <= 0) {
+		fprintf(stderr, "jailcc: cannot find myself in /proc/self/exe\n");
+		return 127;
+	}
+	exe[n] = 0;
+	const char *base = strrchr(argv[0], '/');
+	base = base ? base + 1 : argv[0];
+	int ours = strncmp(base, "jailcc", 6) == 0;
+	const char *proxy = getenv("JAILCC_PROXY");
+	/* Usage, subcommands and a proxy turned off are the Python client's business. */
+	int plain = !(proxy && strcmp(proxy, "0") == 0) &&
+		    !(ours && (argc < 2 || argv[1][0] == '-' || !strcmp(argv[1], "proxy") ||
+			       !strcmp(argv[1], "status")));
+	if (plain) {
+		int fd = connect_proxy();
+		if (fd >= 0) {
+			ask(fd, argc, argv, exe);
+			close(fd);
+		}
+	}
+	char python[PATH_MAX + 16];
+	char *slash = strrchr(exe, '/');
+	snprintf(python, sizeof python, "%.*s/jailcc-py", (int)(slash - exe), exe);
+	setenv("JAILCC_ARGV0", argv[0], 1);
+	if (plain)
+		setenv("JAILCC_PROXY_TRIED", "1", 1);
+	argv[0] = python;
+	execv(python, argv);
+	fprintf(stderr, "jailcc: cannot run %s: %s\n", python, strerror(errno));
+	return 127;
+}

@@ -1,0 +1,108 @@
+"""`jailcc proxy start|stop|status` and `jailcc status [--json]`."""
+
+from __future__ import annotations
+
+import json
+import os
+import struct
+import sys
+import time
+from typing import Any
+
+from . import proxy_wire as pw
+from .proxy_client import connect, start_proxy
+
+_U32 = struct.Struct(">I")
+START_TIMEOUT = 30.0
+
+
+def command(name: str, args: list[str]) -> int:
+    if name == "status":
+        return _status(args)
+    if len(args) != 1 or args[0] not in ("start", "stop", "status"):
+        print("usage: jailcc proxy start|stop|status", file=sys.stderr)
+        return 2
+    if args[0] == "status":
+        return _status([])
+    path = pw.socket_path()
+    if args[0] == "start":
+        if _ask(path, pw.MAGIC_STATUS) is not None:
+            print(f"jailcc: the proxy is running ({path})")
+            return 0
+        start_proxy(os.environ)
+        deadline = time.monotonic() + START_TIMEOUT
+        while _ask(path, pw.MAGIC_STATUS) is None:
+            if time.monotonic() > deadline:
+                print(f"jailcc: the proxy did not start; see {_log(path)}", file=sys.stderr)
+                return 1
+            time.sleep(0.05)
+        print(f"jailcc: proxy started ({path})")
+        return 0
+    if _ask(path, pw.MAGIC_STOP) is None:
+        print("jailcc: no proxy is running for these settings")
+        return 0
+    deadline = time.monotonic() + START_TIMEOUT
+    while os.path.exists(path) and time.monotonic() < deadline:
+        time.sleep(0.05)
+    print("jailcc: proxy stopped")
+    return 0
+
+
+def _status(args: list[str]) -> int:
+    if args not in ([], ["--json"]):
+        print("usage: jailcc status [--json]", file=sys.stderr)
+        return 2
+    path = pw.socket_path()
+    data = _ask(path, pw.MAGIC_STATUS)
+    if data is None:
+        if args:
+            print(json.dumps({"running": False, "socket": path}))
+        else:
+            print(
+                f"jailcc: no proxy is running for these settings ({path}); the next compile"
+                " starts one, or run `jailcc proxy start`"
+            )
+        return 1
+    status = json.loads(data)
+    if args:
+        print(json.dumps({"running": True, **status}, indent=2))
+        return 0
+    _print_status(status)
+    return 0
+
+
+def _print_status(status: dict[str, Any]) -> None:
+    jobs = status["jobs"]
+    overhead = jobs["mean_overhead_ms"]
+    print(f"proxy pid {status['pid']}, up {jobs['uptime_seconds']:.0f} s, {status['socket']}")
+    print(
+        f"jobs: {jobs['jobs_running']} running, {jobs['jobs_done']} done: {jobs['remote']}"
+        f" remote, {jobs['local']} local, {jobs['fallback']} fell back to local;"
+        f" mean overhead {'-' if overhead is None else f'{overhead:.1f} ms'} per remote job"
+    )
+    print(f"{'server':40} {'slots':>5} {'running':>7} {'conns':>5} {'jobs':>6} {'sent':>10}  state")
+    for s in status["servers"]:
+        print(
+            f"{s['server']:40} {s['slots']:>5} {s['running']:>7} {s['connections']:>5}"
+            f" {s['jobs']:>6} {s['bytes_sent']:>10}  {s['state']}"
+        )
+
+
+def _ask(path: str, magic: bytes) -> bytes | None:
+    sock = connect(path)
+    if sock is None:
+        return None
+    from jailcc.sandbox.wire import recv_exact
+
+    with sock:
+        try:
+            sock.settimeout(10)
+            sock.sendall(magic + _U32.pack(0))
+            (size,) = _U32.unpack(recv_exact(sock, 4, ValueError))
+            return recv_exact(sock, size, ValueError) if size else b""
+        except (OSError, ValueError):
+            return None
+
+
+def _log(path: str) -> str:
+    return path.removesuffix(".sock") + ".log"

@@ -1,0 +1,107 @@
+"""jailcc's side of the per-user proxy: ask it to do a compile; start it when it is not running.
+Any failure returns None, and jailcc does the compile on its own (nothing is ever lost)."""
+
+from __future__ import annotations
+
+import os
+import socket
+import struct
+import sys
+
+from . import proxy_wire as pw
+from .decide import RunLocally
+from .job import Invocation, Outcome
+
+ASK_TIMEOUT = 3600.0  # a compile may take long; a dead proxy closes the socket at once
+_U32 = struct.Struct(">I")
+
+
+def ask_proxy(
+    argv: list[str], exe: str, inv: Invocation, ask: bool = True
+) -> RunLocally | Outcome | None:
+    """The proxy's answer, or None (compile on our own). Starts a proxy if none runs; with
+    `ask` False (the native client asked already and got no answer), does only that."""
+    path = pw.socket_path(inv.env)
+    sock = connect(path)
+    if sock is None:
+        start_proxy(inv.env)
+        return None
+    if not ask:
+        sock.close()
+        return None
+    try:
+        with sock:
+            sock.settimeout(ASK_TIMEOUT)
+            sock.sendall(pw.encode_request(argv, exe, inv.cwd, inv.env, inv.stderr_tty, inv.umask))
+            return _read_reply(sock)
+    except (OSError, ValueError):
+        return None
+
+
+def connect(path: str) -> socket.socket | None:
+    """A connection to the proxy at path, if one runs there as this user."""
+    sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    try:
+        sock.connect(path)
+        creds = sock.getsockopt(socket.SOL_SOCKET, socket.SO_PEERCRED, 12)
+        if struct.unpack("3i", creds)[1] != os.getuid():
+            raise PermissionError("the proxy socket belongs to someone else")
+    except OSError:
+        sock.close()
+        return None
+    return sock
+
+
+def _read_reply(sock: socket.socket) -> RunLocally | Outcome:
+    from jailcc.sandbox.wire import recv_exact
+
+    def read(n: int) -> bytes:
+        return recv_exact(sock, n, ValueError)
+
+    def u32(cap: int) -> int:
+        (value,) = _U32.unpack(read(4))
+        if value > cap:
+            raise ValueError("oversized reply")
+        return value
+
+    kind = read(1)[0]
+    if kind == pw.DONE:
+        (exit_code,) = struct.unpack(">i", read(4))
+        stdout = read(u32(pw.MAX_OUTPUT))
+        stderr = read(u32(pw.MAX_OUTPUT))
+        return Outcome(exit_code, stdout, stderr, "")
+    if kind == pw.LOCAL:
+        compiler = os.fsdecode(read(u32(4096)))
+        argc = u32(100_000)
+        args = []
+        for _ in range(argc):
+            chunk = b""
+            while not chunk.endswith(b"\0"):
+                chunk += read(1)
+                if len(chunk) > 1 << 20:
+                    raise ValueError("oversized argument")
+            args.append(os.fsdecode(chunk[:-1]))
+        message = read(u32(1 << 20)).decode("utf-8", "replace")
+        return RunLocally(compiler, args, message)
+    raise ValueError("unknown reply")
+
+
+def start_proxy(env: os._Environ[str] | dict[str, str]) -> None:
+    """Start a proxy for these settings in the background, detached from this build (its own
+    session, no inherited descriptors). If another jailcc starts one at the same moment, the
+    proxy's lock lets only one of them run."""
+    import subprocess
+
+    try:  # noqa: SIM105 - contextlib costs milliseconds of a compile's start
+        subprocess.Popen(
+            [sys.executable, "-m", "jailcc.client.proxy"],
+            env=dict(env),
+            stdin=subprocess.DEVNULL,
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+            start_new_session=True,
+            close_fds=True,
+            cwd="/",
+        )
+    except OSError:
+        pass

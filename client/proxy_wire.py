@@ -1,0 +1,186 @@
+"""The per-user proxy's socket and its small protocol with `jailcc` (the Python client here, and
+the native client, client/jailcc.c, which speaks the same bytes).
+
+Where: a Unix socket in a 0700 directory of the user's own ($XDG_RUNTIME_DIR/jailcc, else
+/run/user/UID/jailcc, else /tmp/jailcc-UID), named after the settings a proxy cannot change
+once started (JAILCC_HOSTS, KRB5CCNAME), so that builds with other settings get a proxy of
+their own. Both ends check the other's uid (SO_PEERCRED).
+
+Request (client to proxy), integers big-endian:
+    "JCP1"  u32 N  then N bytes: u32 flags (1: stderr is a terminal), u32 umask,
+            u32 argc, argv (NUL-terminated each; argv[0] as the user typed it),
+            exe (NUL-terminated: the client's own executable, so the proxy skips it on PATH),
+            cwd (NUL-terminated), u32 envc, "NAME=value" strings (NUL-terminated each)
+    "JCPS"  u32 0: status, answered with u32 N and N bytes of JSON
+    "JCPQ"  u32 0: stop, answered with u32 0
+Reply to JCP1:
+    u8 0 (done)   i32 exit status, u32 N + stdout, u32 M + stderr: write them, exit
+    u8 1 (local)  u32 N + the compiler's path, u32 argc + its arguments (NUL-terminated
+                  each), u32 M + a message for stderr (may be empty): print it, exec the
+                  compiler with those arguments
+A client that gets no whole reply (no proxy, a proxy that died) compiles on its own.
+"""
+
+from __future__ import annotations
+
+import os
+import struct
+
+TYPE_CHECKING = False
+if TYPE_CHECKING:
+    from collections.abc import Mapping
+
+MAGIC_JOB = b"JCP1"
+MAGIC_STATUS = b"JCPS"
+MAGIC_STOP = b"JCPQ"
+DONE = 0
+LOCAL = 1
+MAX_REQUEST = 4 << 20  # argv + environment
+MAX_OUTPUT = 64 << 20  # stdout or stderr of one compile
+KEY_VARIABLES = ("JAILCC_HOSTS", "KRB5CCNAME")
+
+_U32 = struct.Struct(">I")
+
+
+def runtime_dir(uid: int | None = None, env: Mapping[str, str] = os.environ) -> str:
+    """The user's private directory for the proxy's socket (not created here)."""
+    uid = os.getuid() if uid is None else uid
+    xdg = env.get("XDG_RUNTIME_DIR")
+    if xdg and _owned_dir(xdg, uid):
+        return os.path.join(xdg, "jailcc")
+    run_user = f"/run/user/{uid}"
+    if _owned_dir(run_user, uid):
+        return os.path.join(run_user, "jailcc")
+    return f"/tmp/jailcc-{uid}"
+
+
+def _owned_dir(path: str, uid: int) -> bool:
+    try:
+        st = os.lstat(path)
+    except OSError:
+        return False
+    return st.st_uid == uid and (st.st_mode & 0o170000) == 0o040000
+
+
+def ensure_private_dir(path: str) -> None:
+    """Create path 0700, or check that it is ours, a real directory, and private: in /tmp,
+    someone else could have made it first."""
+    try:  # noqa: SIM105 - contextlib costs milliseconds of a compile's start
+        os.mkdir(path, 0o700)
+    except FileExistsError:
+        pass
+    st = os.lstat(path)
+    if st.st_uid != os.getuid() or (st.st_mode & 0o170000) != 0o040000:
+        raise PermissionError(f"{path} is not a directory of ours: remove it")
+    if st.st_mode & 0o077:
+        os.chmod(path, 0o700)
+
+
+def settings_key(env: Mapping[str, str]) -> str:
+    """FNV-1a 64 of the settings a proxy keeps for its life (the native client computes it
+    the same way)."""
+    data = b"".join(
+        f"{name}={env.get(name, '')}\n".encode("utf-8", "surrogateescape") for name in KEY_VARIABLES
+    )
+    h = 0xCBF29CE484222325
+    for byte in data:
+        h = ((h ^ byte) * 0x100000001B3) & 0xFFFFFFFFFFFFFFFF
+    return f"{h:016x}"
+
+
+def socket_path(env: Mapping[str, str] = os.environ) -> str:
+    override = env.get("JAILCC_PROXY_SOCKET")
+    if override:
+        return override
+    return os.path.join(runtime_dir(env=env), f"proxy-{settings_key(env)}.sock")
+
+
+def encode_request(
+    argv: list[str], exe: str, cwd: str, env: Mapping[str, str], stderr_tty: bool, umask: int
+) -> bytes:
+    def z(text: str) -> bytes:
+        return os.fsencode(text) + b"\0"
+
+    parts = [_U32.pack(1 if stderr_tty else 0), _U32.pack(umask), _U32.pack(len(argv))]
+    parts += [z(a) for a in argv]
+    parts += [z(exe), z(cwd), _U32.pack(len(env))]
+    parts += [z(f"{k}={v}") for k, v in env.items()]
+    body = b"".join(parts)
+    return MAGIC_JOB + _U32.pack(len(body)) + body
+
+
+class Request:
+    __slots__ = ("argv", "cwd", "env", "exe", "stderr_tty", "umask")
+
+    def __init__(
+        self,
+        argv: list[str],
+        exe: str,
+        cwd: str,
+        env: dict[str, str],
+        stderr_tty: bool,
+        umask: int,
+    ) -> None:
+        self.argv, self.exe, self.cwd, self.env = argv, exe, cwd, env
+        self.stderr_tty, self.umask = stderr_tty, umask
+
+
+def decode_request(body: bytes) -> Request:
+    """A JCP1 body; ValueError if malformed."""
+    view, pos = memoryview(body), 0
+
+    def u32() -> int:
+        nonlocal pos
+        if pos + 4 > len(view):
+            raise ValueError("request too short")
+        (value,) = _U32.unpack_from(view, pos)
+        pos += 4
+        return value
+
+    def string() -> str:
+        nonlocal pos
+        end = body.find(b"\0", pos)
+        if end < 0:
+            raise ValueError("unterminated string")
+        text = os.fsdecode(body[pos:end])
+        pos = end + 1
+        return text
+
+    flags, umask, argc = u32(), u32(), u32()
+    if argc < 1 or argc > 100_000 or umask > 0o777:
+        raise ValueError("bad argument count or umask")
+    argv = [string() for _ in range(argc)]
+    exe, cwd = string(), string()
+    envc = u32()
+    if envc > 100_000:
+        raise ValueError("bad environment count")
+    env = {}
+    for _ in range(envc):
+        name, sep, value = string().partition("=")
+        if sep:
+            env[name] = value
+    if pos != len(body) or not cwd.startswith("/"):
+        raise ValueError("malformed request")
+    return Request(argv, exe, cwd, env, bool(flags & 1), umask)
+
+
+def encode_done(exit_code: int, stdout: bytes, stderr: bytes) -> bytes:
+    return b"".join(
+        [
+            bytes([DONE]),
+            struct.pack(">i", exit_code),
+            _U32.pack(len(stdout)),
+            stdout,
+            _U32.pack(len(stderr)),
+            stderr,
+        ]
+    )
+
+
+def encode_local(compiler: str, args: list[str], message: str) -> bytes:
+    msg = message.encode("utf-8", "replace")
+    parts = [bytes([LOCAL]), _U32.pack(len(os.fsencode(compiler))), os.fsencode(compiler)]
+    parts.append(_U32.pack(len(args)))
+    parts += [os.fsencode(a) + b"\0" for a in args]
+    parts += [_U32.pack(len(msg)), msg]
+    return b"".join(parts)

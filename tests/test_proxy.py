@@ -1,0 +1,336 @@
+"""The per-user proxy: started on demand, one per user and settings, private to its user,
+serving many jailcc processes at once over connections it keeps open, and never losing a job:
+a proxy killed, a server restarted or a ticket expiring in the middle of a real build still
+gives a build identical to a local one."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import threading
+import time
+from collections.abc import Callable, Iterator
+from pathlib import Path
+
+import psutil
+import pytest
+from conftest import BIN, requires_root
+from realm_fixtures import realm_module
+from serverutil import Server, start_server, stop_server, tcp_port
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "scripts"))
+import projects
+
+pytestmark = requires_root
+JAILCC = str(BIN / "jailcc")
+
+
+@pytest.fixture(scope="module")
+def sources() -> Path:
+    proc = projects.fetch()
+    if proc.returncode == 75:
+        pytest.skip("the Debian source archive is unreachable from here")
+    assert proc.returncode == 0, proc.stderr
+    return projects.SRC_ROOT
+
+
+@pytest.fixture
+def server(gcc_image: Path, tmp_path: Path) -> Iterator[Server]:
+    srv = start_server(tmp_path / "srv", gcc_image, "--allow-user", "root", "--jobs", "4")
+    yield srv
+    if srv.proc.poll() is None:
+        stop_server(srv)
+
+
+def proxy_env(server: Server, **extra: str) -> dict[str, str]:
+    return {
+        **os.environ,
+        "JAILCC_HOSTS": f"unix:{server.socket_path}",
+        "JAILCC_VERBOSE": "1",
+        **extra,
+    }
+
+
+def proxies(env: dict[str, str]) -> list[psutil.Process]:
+    """The proxy processes serving these settings."""
+    found = []
+    for proc in psutil.process_iter(["cmdline", "environ"]):
+        cmdline = proc.info["cmdline"] or []
+        if "jailcc.client.proxy" in cmdline:
+            theirs = proc.info["environ"] or {}
+            if theirs.get("JAILCC_HOSTS") == env["JAILCC_HOSTS"]:
+                found.append(proc)
+    return found
+
+
+def jailcc(args: list[str], cwd: Path, env: dict[str, str]) -> subprocess.CompletedProcess:
+    return subprocess.run(
+        [JAILCC, *args], cwd=cwd, env=env, capture_output=True, text=True, timeout=120
+    )
+
+
+def stop_proxy(env: dict[str, str]) -> None:
+    jailcc(["proxy", "stop"], Path("/"), env)
+
+
+def test_the_first_compile_starts_one_proxy_and_the_next_go_through_it(server, tmp_path):
+    env = proxy_env(server)
+    (tmp_path / "a.c").write_text("int f(void) { return 1; }\n")
+    try:
+        first = jailcc(["gcc-12", "-c", "a.c", "-o", "a.o"], tmp_path, env)
+        assert first.returncode == 0 and "remote on" in first.stderr, first.stderr
+        deadline = time.monotonic() + 20
+        while not proxies(env):
+            assert time.monotonic() < deadline, "no proxy started"
+            time.sleep(0.05)
+        assert jailcc(["proxy", "start"], tmp_path, env).stdout.startswith("jailcc: the proxy")
+        for _ in range(3):
+            again = jailcc(["gcc-12", "-c", "a.c", "-o", "a.o"], tmp_path, env)
+            assert "remote on" in again.stderr
+        status = json.loads(jailcc(["status", "--json"], tmp_path, env).stdout)
+        assert status["running"] and status["jobs"]["remote"] >= 3
+        (server_status,) = status["servers"]
+        assert server_status["connections"] >= 1 and server_status["state"] == "up"
+        assert len(proxies(env)) == 1
+        # The socket sits in a 0700 directory of ours; the proxy runs as us.
+        directory = Path(status["socket"]).parent
+        assert directory.stat().st_mode & 0o777 == 0o700
+        assert "mean overhead" in jailcc(["status"], tmp_path, env).stdout
+    finally:
+        stop_proxy(env)
+    assert not proxies(env)
+
+
+def test_another_user_can_use_neither_the_proxy_nor_its_tickets(server, tmp_path):
+    env = proxy_env(server)
+    assert jailcc(["proxy", "start"], tmp_path, env).returncode == 0
+    try:
+        status = json.loads(jailcc(["status", "--json"], tmp_path, env).stdout)
+        read_end, write_end = os.pipe()
+        pid = os.fork()
+        if pid == 0:
+            try:
+                os.setgroups([])
+                os.setgid(65534)
+                os.setuid(65534)
+                import socket as socket_module
+
+                with socket_module.socket(socket_module.AF_UNIX) as sock:
+                    try:
+                        sock.connect(status["socket"])
+                        os.write(write_end, b"connected")
+                    except OSError as exc:
+                        os.write(write_end, (exc.strerror or "error").encode())
+            finally:
+                os._exit(0)
+        os.close(write_end)
+        os.waitpid(pid, 0)
+        assert os.read(read_end, 100) == b"Permission denied"
+        os.close(read_end)
+    finally:
+        stop_proxy(env)
+
+
+def test_an_idle_proxy_exits_by_itself(server, tmp_path):
+    env = proxy_env(server, JAILCC_PROXY_IDLE="1")
+    assert jailcc(["proxy", "start"], tmp_path, env).returncode == 0
+    assert proxies(env)
+    deadline = time.monotonic() + 20
+    while proxies(env):
+        assert time.monotonic() < deadline, "the idle proxy stayed"
+        time.sleep(0.2)
+
+
+def test_make_j32_through_one_proxy_matches_a_local_build(sources, server, tmp_path):
+    env = proxy_env(server)
+    workdir = tmp_path / "build"
+    local = projects.build("lua5.4", workdir, "gcc-12", "g++-12", jobs=4)
+    try:
+        farm = projects.build(
+            "lua5.4",
+            workdir,
+            f"{JAILCC} gcc-12",
+            f"{JAILCC} g++-12",
+            jobs=32,
+            env=env,
+            configure_cc="gcc-12",
+        )
+        assert farm.returncode == 0, farm.log[-3000:]
+        assert projects.compare(local, farm) == []
+        assert len(proxies(env)) == 1
+        # Every compile went remote: through the proxy, or (the first few, while it started)
+        # straight to the server.
+        assert server.log_text().count("status=exit:0") == len(farm.objects)
+        status = json.loads(jailcc(["status", "--json"], tmp_path, env).stdout)
+        assert status["jobs"]["remote"] >= len(farm.objects) - 32
+        assert status["jobs"]["fallback"] == 0
+    finally:
+        stop_proxy(env)
+
+
+PROJECT = "zlib"  # the smallest real project: these tests only need a build in flight
+
+
+def _local_build(tmp_path: Path) -> projects.BuildResult:
+    return projects.build(PROJECT, tmp_path / "build", "gcc-12", "g++-12", jobs=4, map_paths=True)
+
+
+def _build_while(
+    local: projects.BuildResult,
+    tmp_path: Path,
+    env: dict[str, str],
+    server: Server,
+    disrupt: Callable,
+) -> projects.BuildResult:
+    """A build through jailcc during which disrupt() runs once the server has done a few
+    jobs (in the same directory as the local build, after it)."""
+    results: list[projects.BuildResult] = []
+    builder = threading.Thread(
+        target=lambda: results.append(
+            projects.build(
+                PROJECT,
+                tmp_path / "build",
+                f"{JAILCC} gcc-12",
+                f"{JAILCC} g++-12",
+                jobs=8,
+                env=env,
+                configure_cc="gcc-12",
+            )
+        )
+    )
+    builder.start()
+    deadline = time.monotonic() + 120
+    while server.log_text().count("status=exit:0") < 4 and builder.is_alive():
+        assert time.monotonic() < deadline
+        time.sleep(0.02)
+    disrupt()
+    builder.join(timeout=600)
+    (farm,) = results
+    return farm
+
+
+def test_a_proxy_killed_mid_build_loses_no_job(sources, server, tmp_path):
+    env = proxy_env(server)
+    jailcc(["proxy", "start"], tmp_path, env)
+    killed = []
+
+    def kill_proxy() -> None:
+        for proc in proxies(env):
+            proc.send_signal(signal.SIGKILL)
+            killed.append(proc.pid)
+
+    try:
+        local = _local_build(tmp_path)
+        farm = _build_while(local, tmp_path, env, server, kill_proxy)
+    finally:
+        stop_proxy(env)
+    assert killed
+    assert farm.returncode == 0, farm.log[-3000:]
+    assert projects.compare(local, farm) == []
+
+
+def test_a_server_restarted_mid_build_is_used_again(sources, gcc_image, server, tmp_path):
+    env = proxy_env(server)
+    restarted: list[Server] = []
+
+    def restart_same() -> None:
+        stop_server(server)
+        time.sleep(1.0)
+        restarted.append(_start_at(gcc_image, tmp_path / "srv2", server.socket_path))
+
+    try:
+        local = _local_build(tmp_path)
+        farm = _build_while(local, tmp_path, env, server, restart_same)
+    finally:
+        stop_proxy(env)
+        for srv in restarted:
+            stop_server(srv)
+    assert farm.returncode == 0, farm.log[-3000:]
+    assert projects.compare(local, farm) == []
+    assert restarted and restarted[0].log_text().count("status=exit:0") > 0  # used again
+
+
+def _start_at(image: Path, state: Path, socket_path: Path) -> Server:
+    state.mkdir(parents=True, exist_ok=True)
+    log = state / "jailccd.log"
+    socket_path.parent.mkdir(mode=0o755, exist_ok=True)
+    proc = subprocess.Popen(
+        [
+            str(BIN / "jailccd"),
+            "--toolchain-image",
+            str(image),
+            "--socket",
+            str(socket_path),
+            "--allow-user",
+            "root",
+            "--jobs",
+            "4",
+            "--log-file",
+            str(log),
+        ],
+        stdin=subprocess.DEVNULL,
+    )
+    deadline = time.monotonic() + 30
+    while not socket_path.exists():
+        assert proc.poll() is None and time.monotonic() < deadline, "jailccd did not restart"
+        time.sleep(0.05)
+    return Server(socket_path, log, proc)
+
+
+def test_a_ticket_expiring_mid_build_falls_back_and_the_build_is_right(
+    sources, gcc_image, tmp_path
+):
+    with realm_module.Realm() as realm:
+        allowed = tmp_path / "principals"
+        allowed.write_text("alice@KRBTEST.COM\n")
+        srv = start_server(
+            tmp_path / "krb",
+            gcc_image,
+            "--listen",
+            "127.0.0.1:0",
+            "--keytab",
+            str(realm.keytab),
+            "--principal",
+            realm.service_principal,
+            "--allow-principals",
+            str(allowed),
+            "--jobs",
+            "4",
+            env={**os.environ, **realm.env},
+        )
+        try:
+            local = _local_build(tmp_path)
+            ticket = realm.kinit("alice", tmp_path / "alice.cc", lifetime=4)
+            host = f"tcp:127.0.0.1:{tcp_port(srv)};principal={realm.service_principal}"
+            env = {
+                **os.environ,
+                **ticket,
+                "JAILCC_HOSTS": host,
+                "JAILCC_VERBOSE": "1",
+            }
+
+            def pause_until_expired() -> None:
+                # Stop make (not the compiles in flight) until the ticket has expired, so that
+                # the rest of the build runs without a valid one.
+                makes = [p for p in psutil.Process().children(recursive=True) if p.name() == "make"]
+                for proc in makes:
+                    proc.suspend()
+                try:
+                    while realm.has_valid_tickets(tmp_path / "alice.cc"):
+                        time.sleep(0.2)
+                    time.sleep(realm.clockskew + 0.5)
+                finally:
+                    for proc in makes:
+                        proc.resume()
+
+            farm = _build_while(local, tmp_path, env, srv, pause_until_expired)
+            jobs_before_expiry = srv.log_text().count("status=exit:0")
+        finally:
+            stop_proxy(env)
+            stop_server(srv)
+    assert farm.returncode == 0, farm.log[-3000:]
+    assert projects.compare(local, farm) == []
+    assert jobs_before_expiry >= 4  # the farm did serve the build while the ticket was valid
