@@ -14,6 +14,8 @@ import sys
 USAGE = """usage: jailcc COMPILER [ARGS...]
        jailcc proxy start|stop|status      the per-user proxy (started on demand anyway)
        jailcc status [--json]              servers, connections, jobs, overhead
+       jailcc hosts [--json]               the servers found, and from where
+       jailcc hosts scan PATTERN [PORT]    probe hosts like build[1-40].example.com:3633
 
 Compiles like COMPILER would, on a jailcc server when the job can go remote (a single C or
 C++ source compiled with -c or -S), locally otherwise or whenever the remote side fails.
@@ -32,6 +34,9 @@ environment:
                   1: send clang's -g compiles too, accepting debug info whose line and
                   column numbers differ from a local compile's (gcc's -g compiles go remote
                   in an exact mode; clang's compile locally by default)
+  JAILCC_DISCOVER how the proxy finds servers beyond JAILCC_HOSTS: "mdns" (DNS-SD on the
+                  local network) and/or "srv:DOMAIN" (DNS SRV _jailcc._tcp.DOMAIN);
+                  default "mdns" when JAILCC_HOSTS is unset, nothing otherwise
   JAILCC_PROXY    0: no proxy; every jailcc connects to the servers itself
   JAILCC_PROXY_IDLE
                   seconds a proxy started now stays up without work (default 900)
@@ -53,7 +58,7 @@ def main(argv: list[str] | None = None) -> int:
 
         print(f"jailcc {__version__}")
         return 0
-    if not masquerading and name in ("proxy", "status"):
+    if not masquerading and name in ("proxy", "status", "hosts"):
         from .proxy_cli import command
 
         return command(name, args)

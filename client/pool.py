@@ -236,6 +236,23 @@ class Pool:
                                 break
                             link.idle.setdefault(identity, []).append((time.monotonic(), channel))
 
+    def set_hosts(self, hosts: list[Host]) -> None:
+        """The servers discovery currently knows: new ones are used from now on (the warmer
+        opens their connections), vanished ones are dropped with their idle connections
+        (jobs running on them finish or fail over)."""
+        with self._lock:
+            known = {link.host: link for link in self.links}
+            wanted = set(hosts)
+            for host, link in known.items():
+                if host not in wanted:
+                    for channels in link.idle.values():
+                        for _, channel in channels:
+                            with contextlib.suppress(OSError):
+                                channel.sock.close()
+                    link.idle.clear()
+            self.links = [known.get(h) or Link(h) for h in hosts]
+        self._wake.set()
+
     def close(self) -> None:
         self._closed = True
         self._wake.set()

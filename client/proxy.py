@@ -26,7 +26,7 @@ from typing import Any
 
 from . import proxy_wire as pw
 from .decide import RunLocally, decide
-from .hosts import HostsError, candidates
+from .hosts import Host, HostsError, candidates
 from .job import Invocation, Outcome, finish, prepare
 from .pool import Pool
 
@@ -62,12 +62,103 @@ class Stats:
             }
 
 
+class Discovery:
+    """Which servers the proxy uses, merged from their sources and handed to the pool whenever
+    they change: JAILCC_HOSTS (static); and, as JAILCC_DISCOVER says (default: "mdns" when
+    JAILCC_HOSTS is unset, nothing otherwise), DNS-SD over mDNS on the local network and DNS
+    SRV records (`srv:DOMAIN`) for sites that span subnets. Announcements are not
+    authenticated, so a discovered server is only ever reached with Kerberos, as a principal
+    jailcc/... of the user's own realm: a forged announcement can name a host, never whom to
+    trust."""
+
+    SRV_INTERVAL = 60.0
+
+    def __init__(self, env: dict[str, str], pool: Pool) -> None:
+        from .discovery import HostTable, static
+
+        self.pool = pool
+        self.table = HostTable()
+        self.browser: Any = None
+        self._stop = threading.Event()
+        hosts_text = env.get("JAILCC_HOSTS")
+        # Without JAILCC_HOSTS: the local jailccd's socket, if there is one.
+        self.table.set_source("static", static(" ".join(str(h) for h in candidates(env))))
+        default = "mdns" if hosts_text is None else ""
+        methods = env.get("JAILCC_DISCOVER", default).split()
+        self.srv_domains = [m[4:] for m in methods if m.startswith("srv:")]
+        self.realm = _user_realm()
+        if "mdns" in methods:
+            from .discovery import MdnsBrowser
+
+            self.browser = MdnsBrowser(on_change=self._on_mdns)
+            self.browser.start()
+        if self.srv_domains:
+            threading.Thread(target=self._srv_loop, name="srv", daemon=True).start()
+        self.refresh()
+
+    def _on_mdns(self, event: str, server: Any) -> None:
+        self.table.on_mdns(event, server)
+        self.refresh()
+
+    def _srv_loop(self) -> None:
+        from .discovery import DiscoveryError, srv_lookup
+
+        while not self._stop.is_set():
+            found = []
+            for domain in self.srv_domains:
+                try:
+                    found += srv_lookup(domain)
+                except DiscoveryError as exc:
+                    log.warning("SRV lookup for %s failed: %s", domain, exc)
+            self.table.set_source("srv", found)
+            self.refresh()
+            self._stop.wait(self.SRV_INTERVAL)
+
+    def hosts(self) -> list[Host]:
+        out = []
+        for entry in self.table.entries():
+            host = entry.server.to_host()
+            if "static" not in entry.sources and not self._trusted(host.principal):
+                host = host._replace(principal="")  # the default: jailcc/HOST, our realm
+            out.append(host)
+        return out
+
+    def _trusted(self, principal: str) -> bool:
+        service, _, realm = principal.partition("@")
+        return service.startswith("jailcc/") and (not realm or realm == self.realm)
+
+    def refresh(self) -> None:
+        self.pool.set_hosts(self.hosts())
+
+    def status(self) -> list[dict[str, Any]]:
+        return [
+            {"server": str(e.server.to_host()), "sources": sorted(e.sources)}
+            for e in self.table.entries()
+        ]
+
+    def close(self) -> None:
+        self._stop.set()
+        if self.browser is not None:
+            self.browser.close()
+
+
+def _user_realm() -> str:
+    """The realm of the user's ticket, '' without one."""
+    try:
+        import gssapi
+
+        return str(gssapi.Credentials(usage="initiate").name).rpartition("@")[2]
+    except Exception:  # no ticket, no Kerberos: discovered servers get the default principal
+        return ""
+
+
 class Proxy:
     def __init__(self, env: dict[str, str], idle: float) -> None:
         self.env = env
         self.idle = idle
         self.path = pw.socket_path(env)
-        self.pool = Pool(candidates(env))
+        self.pool = Pool([])
+        self.discovery = Discovery(env, self.pool)
         self.stats = Stats()
         self.last_activity = time.monotonic()
         self._stop = threading.Event()
@@ -102,6 +193,7 @@ class Proxy:
         with contextlib.suppress(OSError):
             os.unlink(self.path)
         self.sock.close()
+        self.discovery.close()
         self.pool.close()
 
     def _serve_one(self, conn: socket.socket) -> None:
@@ -170,6 +262,7 @@ class Proxy:
             "pid": os.getpid(),
             "socket": self.path,
             "servers": self.pool.status(),
+            "hosts": self.discovery.status(),
             "jobs": self.stats.as_dict(),
         }
 

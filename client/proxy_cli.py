@@ -19,6 +19,8 @@ START_TIMEOUT = 30.0
 def command(name: str, args: list[str]) -> int:
     if name == "status":
         return _status(args)
+    if name == "hosts":
+        return _hosts(args)
     if len(args) != 1 or args[0] not in ("start", "stop", "status"):
         print("usage: jailcc proxy start|stop|status", file=sys.stderr)
         return 2
@@ -68,6 +70,38 @@ def _status(args: list[str]) -> int:
         print(json.dumps({"running": True, **status}, indent=2))
         return 0
     _print_status(status)
+    return 0
+
+
+def _hosts(args: list[str]) -> int:
+    if args[:1] == ["scan"] and len(args) in (2, 3):
+        from .discovery import DiscoveryError, scan
+
+        port = int(args[2]) if len(args) == 3 and args[2].isdigit() else 3633
+        try:
+            found = scan([args[1]], port)
+        except (DiscoveryError, ValueError) as exc:
+            print(f"jailcc: {exc}", file=sys.stderr)
+            return 2
+        for server in found:
+            detail = server.error or f"protocol {server.protocol}, {server.auth}"
+            print(f"{server.host}:{server.port}  {detail}")
+        print(f"jailcc: {len(found)} jailccd found", file=sys.stderr)
+        return 0 if found else 1
+    if args not in ([], ["--json"]):
+        print("usage: jailcc hosts [--json] | jailcc hosts scan PATTERN [PORT]", file=sys.stderr)
+        return 2
+    data = _ask(pw.socket_path(), pw.MAGIC_STATUS)
+    if data is None:
+        start_proxy(os.environ)
+        print("jailcc: no proxy was running; started one: ask again in a moment", file=sys.stderr)
+        return 1
+    hosts = json.loads(data)["hosts"]
+    if args:
+        print(json.dumps(hosts, indent=2))
+    else:
+        for entry in hosts:
+            print(f"{entry['server']:50} {', '.join(entry['sources'])}")
     return 0
 
 

@@ -5,7 +5,9 @@ overheads, not speed-ups). Prints Markdown tables with ratios."""
 from __future__ import annotations
 
 import argparse
+import json
 import os
+import resource
 import shutil
 import socket
 import statistics
@@ -16,6 +18,8 @@ import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
+
+import psutil
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 import projects
@@ -98,16 +102,42 @@ def distccd(state: Path) -> Iterator[str]:
         proc.wait(timeout=30)
 
 
-def median_ms(argv: list[str], cwd: Path, env: dict[str, str], rounds: int) -> float:
+def proxy_cpu(env: dict[str, str]) -> float:
+    """CPU seconds the jailcc proxy for env has used, its preprocessor children included."""
+    out = subprocess.run(
+        [JAILCC, "status", "--json"], env=env, capture_output=True, text=True
+    ).stdout
+    try:
+        pid = json.loads(out)["pid"]
+        t = psutil.Process(pid).cpu_times()
+    except (ValueError, KeyError, psutil.Error):
+        return 0.0
+    return t.user + t.system + t.children_user + t.children_system
+
+
+def client_cpu(env: dict[str, str]) -> float:
+    """CPU seconds of this process's waited-for children, plus the proxy's (it is no child)."""
+    usage = resource.getrusage(resource.RUSAGE_CHILDREN)
+    return usage.ru_utime + usage.ru_stime + proxy_cpu(env)
+
+
+def median_ms(argv: list[str], cwd: Path, env: dict[str, str], rounds: int) -> tuple[float, float]:
+    """(median wall ms, mean client-side CPU ms) of `rounds` sequential runs after 3 warm-ups.
+    Client-side: everything on this side of the wire (jailcc or distcc, the preprocessor, the
+    proxy), not the server's compile."""
     times = []
+    cpu_start = 0.0
     for i in range(rounds + 3):
+        if i == 3:  # warm-up: caches, the proxy's connections, the server's warm jail
+            cpu_start = client_cpu(env)
         t0 = time.perf_counter()
         subprocess.run(
             argv, cwd=cwd, env=env, check=True, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
         )
-        if i >= 3:  # warm-up: caches, the server's warm jail
+        if i >= 3:
             times.append(time.perf_counter() - t0)
-    return statistics.median(times) * 1000
+    cpu = (client_cpu(env) - cpu_start) / rounds
+    return statistics.median(times) * 1000, cpu * 1000
 
 
 def table(title: str, header: list[str], rows: list[list[str]]) -> str:
@@ -128,22 +158,37 @@ def per_job(
         (f"mid-size TU ({mid_source.name})", "mid.c", ["-I", include]),
     ):
         args = ["-O2", *extra, "-c", src, "-o", "out.o"]
-        local = median_ms(["gcc-12", *args], work, env_j, rounds)
-        ours = median_ms([JAILCC, "gcc-12", *args], work, env_j, rounds)
-        theirs = median_ms(["distcc", "gcc-12", *args], work, env_d, rounds)
+        local, local_cpu = median_ms(["gcc-12", *args], work, env_j, rounds)
+        ours, ours_cpu = median_ms([JAILCC, "gcc-12", *args], work, env_j, rounds)
+        theirs, theirs_cpu = median_ms(["distcc", "gcc-12", *args], work, env_d, rounds)
         rows.append(
             [
                 name,
                 f"{local:.1f}",
                 f"{ours:.1f} (+{ours - local:.1f})",
                 f"{theirs:.1f} (+{theirs - local:.1f})",
-                f"{ours / local:.2f}",
-                f"{ours / theirs:.2f}",
+                f"{(ours - local) / (theirs - local):.2f}",
+                f"{local_cpu:.1f}",
+                f"{ours_cpu:.1f}",
+                f"{theirs_cpu:.1f}",
+                f"{ours_cpu / theirs_cpu:.2f}",
             ]
         )
     return table(
-        f"Per job, median of {rounds} sequential compiles (ms; overhead over local)",
-        ["job", "local", "jailcc", "distcc", "jailcc / local", "jailcc / distcc"],
+        f"Per job, median of {rounds} sequential compiles (ms; overhead over local), and"
+        " client-side CPU per job (ms: everything on the client's side of the wire, the"
+        " proxy included; for local, the whole compile)",
+        [
+            "job",
+            "local",
+            "jailcc",
+            "distcc",
+            "overhead jailcc / distcc",
+            "CPU local",
+            "CPU jailcc",
+            "CPU distcc",
+            "CPU jailcc / distcc",
+        ],
         rows,
     )
 
@@ -234,12 +279,17 @@ def main() -> int:
             base = {k: v for k, v in os.environ.items() if not k.startswith(("DISTCC", "JAILCC"))}
             env_j = dict(base, JAILCC_HOSTS=jhost)
             env_d = dict(base, DISTCC_HOSTS=dhost, DISTCC_FALLBACK="0")
-            work = state / "work"
-            work.mkdir()
-            mid = projects.SRC_ROOT / "zlib" / "deflate.c"
-            print(per_job(work, env_j, env_d, args.rounds, mid))
-            print(full_builds(work, env_j, env_d, args.projects, args.jobs, debug=False))
-            print(full_builds(work, env_j, env_d, args.projects, args.jobs, debug=True))
+            # The per-user proxy, as a developer has it: started once, warm for the build.
+            subprocess.run([JAILCC, "proxy", "start"], env=env_j, check=True)
+            try:
+                work = state / "work"
+                work.mkdir()
+                mid = projects.SRC_ROOT / "zlib" / "deflate.c"
+                print(per_job(work, env_j, env_d, args.rounds, mid))
+                print(full_builds(work, env_j, env_d, args.projects, args.jobs, debug=False))
+                print(full_builds(work, env_j, env_d, args.projects, args.jobs, debug=True))
+            finally:
+                subprocess.run([JAILCC, "proxy", "stop"], env=env_j)
     finally:
         shutil.rmtree(state, ignore_errors=True)
     return 0
