@@ -276,7 +276,7 @@ int main(int argc, char **argv)
 	const char *proxy = getenv("JAILCC_PROXY");
 	/* Usage, subcommands and a proxy turned off are the Python client's business. */
 	int plain = !(proxy && strcmp(proxy, "0") == 0) &&
-		    !(ours && (argc < 2 || argv[1][0] == '-' || !strcmp(argv[1], "proxy") ||
+		    !(ours && (argc < 2 || argv[1][0] == '-' || !strcmp(argv[1], "proxy") || !strcmp(argv[1], "hosts") ||
 			       !strcmp(argv[1], "status")));
 	if (plain) {
 		int fd = connect_proxy();

@@ -27,8 +27,15 @@ from .remote import RemoteFailure, connect, open_session, run_job
 MAX_RESULT = 1 << 30
 # Refusals that say something about the job, not the server: another server would say the same.
 JOB_REFUSALS = ("policy", "jail", "protocol")
+# Refusals that say the server cannot take it now (full, or its owner took the desktop back):
+# the job goes to another server at once; this one is left alone for a moment.
+ELSEWHERE = {"busy": 1.0, "evicted": 5.0}
 MAX_IDLE_SECONDS = 300.0  # the server drops connections idle for 600 s
 MAX_BACKOFF = 60.0
+# Jobs in flight per server: its slots, and as many again waiting in its queue. Past that the
+# proxy holds the job until a server has room, rather than overbook one (it would refuse).
+IN_FLIGHT_PER_SLOT = 2
+WAIT_FOR_ROOM = 600.0
 CONNECTIONS_CAP = 16  # per server and identity, whatever the server offers
 
 
@@ -48,6 +55,7 @@ class Link:
         self.retry_at = 0.0
         self.last_error = ""
         self.lacks: set[str] = set()  # identities this server has no image for
+        self.load: dict[str, Any] = {}  # the server's last load report
         self.jobs = 0
         self.failed_jobs = 0
         self.bytes_sent = 0
@@ -59,6 +67,19 @@ class Link:
     @property
     def capacity(self) -> int:
         return self.slots or 2
+
+    def expected_wait(self) -> float:
+        """How loaded the server is for one more job, in units of its job time: the jobs ahead
+        of ours (ours running there, and what it reports queued) per slot it offers now,
+        divided by its speed. A server whose owner took all its slots back is last."""
+        slots = self.load.get("slots", self.capacity)
+        speed = self.load.get("speed") or 1.0
+        if not isinstance(slots, int) or not isinstance(speed, int | float) or speed <= 0:
+            slots, speed = self.capacity, 1.0
+        queued = self.load.get("queued", 0) if isinstance(self.load.get("queued"), int) else 0
+        if slots <= 0:
+            return float("inf")
+        return (self.busy + queued + 1) / slots / speed
 
     def status(self) -> dict[str, Any]:
         return {
@@ -79,6 +100,7 @@ class Pool:
         self.links = [Link(h) for h in hosts]
         self.identities: set[str] = set()
         self._lock = threading.Lock()
+        self._room = threading.Condition(self._lock)
         self._wake = threading.Event()
         self._closed = False
         self._warmer = threading.Thread(target=self._warm_loop, name="warmer", daemon=True)
@@ -100,6 +122,10 @@ class Pool:
             link = self._choose(tried, identity)
             if link is None:
                 raise RemoteFailure("; ".join(reasons) or "no server is up", tell_user)
+            if link.busy >= IN_FLIGHT_PER_SLOT * link.capacity:
+                if not self._wait_for_room(link):
+                    raise RemoteFailure("every server stayed full", tell_user)
+                continue
             tried.add(id(link))
             for attempt in range(2):
                 channel, fresh, why = self._checkout(link, identity)
@@ -113,6 +139,13 @@ class Pool:
                     if exc.code in JOB_REFUSALS:
                         self._checkin(link, identity, channel, size)  # the connection is fine
                         raise
+                    if exc.code in ELSEWHERE:
+                        self._checkin(link, identity, channel, size)
+                        with self._lock:
+                            link.retry_at = time.monotonic() + ELSEWHERE[exc.code]
+                            link.last_error = exc.reason
+                        reasons.append(exc.reason)
+                        break
                     self._drop(link, identity, channel, busy=True)
                     if not fresh and attempt == 0:
                         continue  # maybe only this idle connection went stale
@@ -120,6 +153,8 @@ class Pool:
                     reasons.append(exc.reason)
                     break
                 self._checkin(link, identity, channel, size)
+                if result.load is not None:
+                    link.load = result.load
                 return link.host, result
 
     def _choose(self, tried: set[int], identity: str) -> Link | None:
@@ -131,6 +166,17 @@ class Pool:
             if not candidates:
                 return None
             return min(candidates, key=lambda k: ((k.busy + 1) / k.capacity, self.links.index(k)))
+
+    def _wait_for_room(self, link: Link) -> bool:
+        """Wait until the best server has room again (a job anywhere ends)."""
+        deadline = time.monotonic() + WAIT_FOR_ROOM
+        with self._room:
+            while link.busy >= IN_FLIGHT_PER_SLOT * link.capacity:
+                left = deadline - time.monotonic()
+                if left <= 0 or self._closed:
+                    return False
+                self._room.wait(timeout=min(left, 1.0))
+        return True
 
     def _checkout(
         self, link: Link, identity: str
@@ -153,6 +199,7 @@ class Pool:
             with self._lock:
                 link.busy -= 1
                 link.open[identity] -= 1
+                self._room.notify_all()
             return None, True, channel
         return channel, True, _NO_FAILURE
 
@@ -163,6 +210,7 @@ class Pool:
             link.bytes_sent += size
             link.failures = 0
             link.idle.setdefault(identity, []).append((time.monotonic(), channel))
+            self._room.notify_all()
 
     def _drop(self, link: Link, identity: str, channel: proto.Channel, busy: bool) -> None:
         channel.sock.close()
@@ -170,6 +218,7 @@ class Pool:
             link.open[identity] -= 1
             if busy:
                 link.busy -= 1
+            self._room.notify_all()
 
     def _failed(self, link: Link, reason: str) -> None:
         with self._lock:
@@ -192,6 +241,8 @@ class Pool:
             channel, hello = open_session(sock, link.host, identity)
             sock.settimeout(30)
             ready, _ = channel.expect(proto.READY, proto.MAX_HELLO_FRAME)
+            if isinstance(ready.get("load"), dict):
+                link.load = ready["load"]
             slots = ready.get("slots", hello.get("slots"))
             if isinstance(slots, int) and slots > 0 and not link.host.slots:
                 link.slots = min(slots, CONNECTIONS_CAP)

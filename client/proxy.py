@@ -82,7 +82,8 @@ class Discovery:
         self._stop = threading.Event()
         hosts_text = env.get("JAILCC_HOSTS")
         # Without JAILCC_HOSTS: the local jailccd's socket, if there is one.
-        self.table.set_source("static", static(" ".join(str(h) for h in candidates(env))))
+        fallback = " ".join(str(h) for h in candidates(env))  # a unix: entry at most
+        self.table.set_source("static", static(hosts_text if hosts_text is not None else fallback))
         default = "mdns" if hosts_text is None else ""
         methods = env.get("JAILCC_DISCOVER", default).split()
         self.srv_domains = [m[4:] for m in methods if m.startswith("srv:")]

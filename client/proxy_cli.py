@@ -43,9 +43,23 @@ def command(name: str, args: list[str]) -> int:
     if _ask(path, pw.MAGIC_STOP) is None:
         print("jailcc: no proxy is running for these settings")
         return 0
+    # Gone when its lock is free: it holds that until it exits.
+    import fcntl
+
     deadline = time.monotonic() + START_TIMEOUT
-    while os.path.exists(path) and time.monotonic() < deadline:
-        time.sleep(0.05)
+    fd = os.open(path + ".lock", os.O_RDONLY | os.O_CREAT, 0o600)
+    try:
+        while True:
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                break
+            except BlockingIOError:
+                if time.monotonic() > deadline:
+                    print("jailcc: the proxy did not stop", file=sys.stderr)
+                    return 1
+                time.sleep(0.05)
+    finally:
+        os.close(fd)
     print("jailcc: proxy stopped")
     return 0
 

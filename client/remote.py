@@ -31,9 +31,14 @@ class RemoteFailure(Exception):
         self.code = code  # the server's ERROR code when it refused; None for other failures
 
 
-class RemoteResult(namedtuple("RemoteResult", "exit_code signal limit stdout stderr output times")):
+class RemoteResult(
+    namedtuple(
+        "RemoteResult", "exit_code signal limit stdout stderr output times load", defaults=(None,)
+    )
+):
     """What the server answered: exit_code (None if killed by signal), signal, limit (the limit
-    that stopped the job, if any), stdout, stderr, output (the file, or None), times."""
+    that stopped the job, if any), stdout, stderr, output (the file, or None), times, and the
+    server's load report (slots, running, queued, owner_busy, speed)."""
 
     __slots__ = ()
 
@@ -48,6 +53,13 @@ def connect(host: Host) -> socket.socket:
             sock = socket.create_connection((host.address, host.port), timeout=CONNECT_TIMEOUT)
             # Frames are written whole; Nagle would hold a small one back for a delayed ACK.
             sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+            # A server that vanishes (a cut cable, a crash without a reset) while we wait for
+            # a long compile: notice within about 15 s, not after the result timeout.
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_KEEPALIVE, 1)
+            sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_KEEPIDLE, 5)
+            sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_KEEPINTVL, 2)
+            sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_KEEPCNT, 4)
+            sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_USER_TIMEOUT, 15000)
     except OSError as exc:
         raise RemoteFailure(f"cannot connect to {host}: {exc.strerror or exc}") from None
     return sock
@@ -119,4 +131,5 @@ def run_job(
         out[1],
         out[2] if header.get("has_output") else None,
         times,
+        header.get("load") if isinstance(header.get("load"), dict) else None,
     )

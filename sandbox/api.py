@@ -293,6 +293,24 @@ class Jail:
         error = header.get("error")
         return None if error is None else str(error)[:500]
 
+    def job_pids(self) -> list[int]:
+        """The host pids of everything in the jail but its init: the running job, if any."""
+        return [pid for pid in JailCgroup(self._cgroups).pids() if pid != self.pid]
+
+    def kill_job(self) -> None:
+        """Stop the running job at once (its result then says signal 9)."""
+        for pid in self.job_pids():
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(pid, 9)
+
+    def set_idle(self, idle: bool) -> None:
+        """Run the jail at SCHED_IDLE (or normally again): its init, so every job it starts
+        from now on, and the job running now."""
+        policy = os.SCHED_IDLE if idle else os.SCHED_OTHER
+        for pid in [self.pid, *self.job_pids()]:
+            with contextlib.suppress(ProcessLookupError, PermissionError):
+                os.sched_setscheduler(pid, policy, os.sched_param(0))
+
     def job_counters(self) -> dict[str, int]:
         """The jail's cgroup counters (CPU, OOM kills, pids-limit hits), peak memory reset."""
         return self._counters()

@@ -20,6 +20,8 @@ from .service import JobService, PrincipalAuthorizer, ServiceConfig
 
 TYPE_CHECKING = False
 if TYPE_CHECKING:
+    from collections.abc import Callable
+
     from .kerberos import KerberosAcceptor
 
 DEFAULT_SOCKET = "/run/jailccd/jailccd.sock"
@@ -140,6 +142,42 @@ def build_parser() -> argparse.ArgumentParser:
         help="compile jobs running at once over all connections (default: CPUs)",
     )
     p.add_argument(
+        "--max-queue",
+        type=int,
+        default=0,
+        metavar="N",
+        help="jobs that may wait for a slot; past that a job is refused as busy and the"
+        " client sends it elsewhere (default: four times --jobs, at least 8)",
+    )
+    p.add_argument(
+        "--speed",
+        type=float,
+        metavar="X",
+        help="this server's speed relative to others, reported to clients (default: measured"
+        " at start-up with a short CPU-bound loop)",
+    )
+    p.add_argument(
+        "--announce",
+        action="store_true",
+        help="announce the --listen service with DNS-SD over mDNS (_jailcc._tcp) so that"
+        " clients find it without host lists",
+    )
+    p.add_argument(
+        "--announce-address",
+        action="append",
+        default=[],
+        metavar="ADDR",
+        help="announce on (and as) this address only (repeatable; default: every interface)",
+    )
+    p.add_argument(
+        "--desktop",
+        action="store_true",
+        help="this machine is someone's desktop: watch the CPU, memory and input activity"
+        " that is not ours, and while its owner works advertise fewer slots, run jobs at"
+        " SCHED_IDLE, and under sustained pressure evict running jobs (clients re-run them"
+        " elsewhere)",
+    )
+    p.add_argument(
         "--max-connections",
         type=int,
         default=256,
@@ -230,6 +268,8 @@ def run(args: argparse.Namespace) -> int:
         run_limits=RunLimits(cpu_seconds=int(args.job_timeout) + 1, wall_seconds=args.job_timeout),
         kerberos=kerberos,
         principals=principals,
+        max_queue=args.max_queue,
+        speed=args.speed,
     )
     try:
         sandbox = Sandbox(catalog.images, preload=[session.__name__])
@@ -255,6 +295,19 @@ def run(args: argparse.Namespace) -> int:
 
     signal.signal(signal.SIGTERM, on_signal)
     signal.signal(signal.SIGINT, on_signal)
+    extras = []
+    try:
+        if args.desktop:
+            extras.append(_watch_the_owner(service))
+        if args.announce:
+            if not tcp:
+                raise ValueError("--announce needs --listen")
+            extras.append(_announce(service, catalog, port, kerberos, args.announce_address))
+    except (OSError, ValueError) as exc:
+        service.stop()
+        sandbox.close()
+        print(f"jailccd: error: {exc}", file=sys.stderr)
+        return 2
     images = ", ".join(
         f"{n} ({', '.join(c.name for c in m.compilers)})" for n, m in catalog.manifests.items()
     )
@@ -267,6 +320,8 @@ def run(args: argparse.Namespace) -> int:
     try:
         service.serve_forever()
     finally:
+        for close in extras:
+            close()
         service.stop()
         sandbox.close()
         log.info("jailccd stopped: %s", service.stats)
@@ -329,3 +384,79 @@ def _kerberos(
     )
     authorizer.check_config()  # AuthorizationConfigError, a ValueError, says what is wrong
     return kerberos, authorizer
+
+
+def _watch_the_owner(service: JobService) -> Callable[[], None]:
+    """The desktop policy: sample the owner's activity, yield slots, priority and, under
+    sustained pressure, running jobs (server/owner.py)."""
+    from .owner import Decision, OwnerMonitor, OwnerState, desktop_policy, keep_recent
+
+    history: list[OwnerState] = []
+    last: list[Decision | None] = [None]
+
+    def on_state(state: OwnerState) -> None:
+        nonlocal history
+        decision = desktop_policy(state, service.slots.configured, history)
+        history = keep_recent([*history, state], state.at)
+        if decision != last[0]:
+            log.info(
+                "desktop owner %s: %d slots, %s%s",
+                "busy" if state.busy else "away",
+                decision.advertised_slots,
+                "SCHED_IDLE" if decision.sched_idle else "normal priority",
+                ", evicting running jobs" if decision.evict else "",
+            )
+            last[0] = decision
+        service.yield_to_owner(
+            decision.advertised_slots, state.busy, decision.sched_idle, decision.evict
+        )
+
+    monitor = OwnerMonitor()
+    monitor.start(on_state)
+    return monitor.close
+
+
+def _announce(
+    service: JobService,
+    catalog: Catalog,
+    port: int,
+    kerberos: KerberosAcceptor | None,
+    addresses: list[str],
+) -> Callable[[], None]:
+    """DNS-SD over mDNS, its free-slot count kept current every two seconds."""
+    import socket
+    import threading
+
+    from .announce import Announcer
+
+    identities = sorted(catalog.by_identity)
+    # Several servers on one machine (or in its namespaces) need names of their own.
+    label = (
+        f"{socket.gethostname()}-jailccd-{addresses[0]}".replace(".", "-") if addresses else None
+    )
+    announcer = Announcer(
+        port,
+        kerberos.principal if kerberos else "",
+        identities,
+        service.slots.configured,
+        host_name=label,
+        addresses=addresses or None,
+    )
+    announcer.start()
+    stop = threading.Event()
+
+    def refresh() -> None:
+        while not stop.wait(2.0):
+            load = service.load()
+            announcer.update(
+                free_slots=max(0, load["slots"] - load["running"]), slots=load["slots"]
+            )
+
+    threading.Thread(target=refresh, name="announce", daemon=True).start()
+    log.info("announcing _jailcc._tcp on port %d (%s)", port, ", ".join(addresses) or "all")
+
+    def close() -> None:
+        stop.set()
+        announcer.close()
+
+    return close

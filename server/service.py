@@ -27,6 +27,7 @@ from jailcc.sandbox.spec import JailLimits, MiB, RunLimits
 
 from . import protocol as proto
 from . import session
+from .admission import Busy, Slots, measure_speed
 from .catalog import Catalog, Offer
 from .jail_cache import JailCache
 from .local_auth import LocalAuthorizer, Peer, unix_peer
@@ -63,6 +64,8 @@ class ServiceConfig:
     # Kerberos on TCP: the acceptor, and who may compile.
     kerberos: KerberosAcceptor | None = None
     principals: PrincipalAuthorizer | None = None
+    max_queue: int = 0  # jobs that may wait for a slot before "busy"; 0: 4 x slots, 8 at least
+    speed: float | None = None  # this server's relative speed; None: measure it
 
 
 class Refused(Exception):
@@ -83,7 +86,11 @@ class JobService:
         self.catalog = catalog
         self.authorizer = authorizer
         self.config = config
-        self.slots = threading.BoundedSemaphore(config.slots)
+        self.slots = Slots(config.slots, config.max_queue or max(8, 4 * config.slots))
+        self.speed = config.speed if config.speed is not None else measure_speed()
+        self.active: dict[int, _Questions] = {}  # by jail id: connections in a jail now
+        self.active_lock = threading.Lock()
+        self.idle_priority = False
         self.connections = threading.BoundedSemaphore(config.max_connections)
         self.listeners: list[socket.socket] = []
         self.jail_cache = JailCache(
@@ -223,7 +230,7 @@ class JobService:
                     conn, session.HANDLER, params, token, questions.answer, QUESTION_TIMEOUT
                 )
             finally:
-                questions.release()
+                questions.forget()
             if ended is not None:
                 log.warning("connection from %s ended: %s", peer, ended)
         except Refused:
@@ -290,6 +297,7 @@ class JobService:
             images=self.catalog.describe(),
             slots=self.config.slots,
             image=offer.image,
+            load=self.load(),
         )
         if isinstance(peer, Peer):
             proto.send(conn, proto.HELLO, {**greeting, "auth": "local"})
@@ -342,6 +350,26 @@ class JobService:
         with self._stats_lock:
             self.stats[key] += 1
 
+    # -- load and the desktop owner ---------------------------------------------------------
+
+    def load(self) -> dict[str, Any]:
+        """The load report sent with every READY and RESULT."""
+        return self.slots.report(self.speed)
+
+    def yield_to_owner(self, slots: int, owner_busy: bool, idle: bool, evict: bool) -> None:
+        """Apply the desktop policy: fewer slots, SCHED_IDLE for the jails, and eviction of
+        running jobs (their clients re-run them elsewhere)."""
+        self.slots.set_limit(slots, owner_busy)
+        with self.active_lock:
+            active = list(self.active.values())
+        if idle != self.idle_priority:
+            self.idle_priority = idle
+            for questions in active:
+                questions.jail.set_idle(idle)
+        if evict:
+            for questions in active:
+                questions.evict()
+
 
 def _auth_token(frame: tuple[int, dict[str, Any], list[bytes]]) -> bytes:
     frame_type, _, blobs = frame
@@ -357,13 +385,27 @@ class _Questions:
     def __init__(self, service: JobService, jail: Jail, user: str, image: str) -> None:
         self.service, self.jail, self.user, self.image = service, jail, user, image
         self.holding = False
+        self.evicted = False
         self.before: dict[str, int] = {}
+        with service.active_lock:
+            service.active[jail.id] = self
+        if service.idle_priority:
+            jail.set_idle(True)
+
+    def evict(self) -> None:
+        if self.holding:
+            self.evicted = True
+            self.jail.kill_job()
 
     def answer(self, question: dict[str, Any]) -> dict[str, Any]:
         what = question.get("what")
         if what == "start" and not self.holding:
-            self.service.slots.acquire()
+            try:
+                self.service.slots.acquire()
+            except Busy as exc:
+                return {"ok": False, "error": f"busy: {exc}", "code": "busy"}
             self.holding = True
+            self.evicted = False
             try:
                 self.jail.enter_workdir(str(question.get("cwd")))
             except SandboxError as exc:
@@ -390,7 +432,12 @@ class _Questions:
                 _number(question.get("queue")) * 1000,
                 _number(question.get("run")) * 1000,
             )
-            return {"limit": limit, "jail_cpu": (after["cpu_ns"] - self.before["cpu_ns"]) / 1e9}
+            return {
+                "limit": limit,
+                "jail_cpu": (after["cpu_ns"] - self.before["cpu_ns"]) / 1e9,
+                "evicted": self.evicted,
+                "load": self.service.load(),
+            }
         if what == "refused":
             self.service._count("rejected")
             log.info(
@@ -406,6 +453,11 @@ class _Questions:
         if self.holding:
             self.holding = False
             self.service.slots.release()
+
+    def forget(self) -> None:
+        self.release()
+        with self.service.active_lock:
+            self.service.active.pop(self.jail.id, None)
 
 
 def _printable(value: Any, limit: int) -> str:

@@ -169,8 +169,9 @@ def _run_job(init: JailInit, channel: proto.Channel, params: dict, job: dict) ->
     slot = init.ask({"what": "start", "cwd": job["cwd"]})
     started = time.monotonic()
     if not slot.get("ok"):
+        code = "busy" if slot.get("code") == "busy" else "jail"
         channel.send(
-            proto.ERROR, {"code": "jail", "id": job["id"], "message": str(slot.get("error"))}
+            proto.ERROR, {"code": code, "id": job["id"], "message": str(slot.get("error"))}
         )
         return not slot.get("end")
     limits = RunLimits.from_dict(params["run_limits"])
@@ -198,6 +199,14 @@ def _run_job(init: JailInit, channel: proto.Channel, params: dict, job: dict) ->
     if result is None:
         channel.send(proto.ERROR, {"code": "jail", "id": job["id"], "message": error})
         return not init.dirty
+    if done.get("evicted"):
+        # The desktop's owner needed the machine back: the client runs the job elsewhere.
+        message = "evicted: this server's owner needs it; run the job elsewhere"
+        channel.send(
+            proto.ERROR,
+            {"code": "evicted", "id": job["id"], "message": message, "load": done.get("load")},
+        )
+        return not init.dirty
     output = blobs[2] if len(blobs) > 2 else None
     usage = result["usage"]
     channel.send(
@@ -215,6 +224,7 @@ def _run_job(init: JailInit, channel: proto.Channel, params: dict, job: dict) ->
                 "max_rss": usage["max_rss_bytes"],
             },
             "times": {"queue": started - queued, "run": finished - started},
+            "load": done.get("load"),
         },
         [blobs[0], blobs[1], output or b""],
         compress=[False, False, True],
