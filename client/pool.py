@@ -15,6 +15,7 @@ to a minute; new connections take the user's current ticket, so a renewed one is
 from __future__ import annotations
 
 import contextlib
+import os
 import threading
 import time
 from typing import Any
@@ -22,6 +23,7 @@ from typing import Any
 from jailcc.server import protocol as proto
 
 from .hosts import Host
+from .placement import Placement, ServerView
 from .remote import RemoteFailure, connect, open_session, run_job
 
 MAX_RESULT = 1 << 30
@@ -32,10 +34,10 @@ JOB_REFUSALS = ("policy", "jail", "protocol")
 ELSEWHERE = {"busy": 1.0, "evicted": 5.0}
 MAX_IDLE_SECONDS = 300.0  # the server drops connections idle for 600 s
 MAX_BACKOFF = 60.0
-# Jobs in flight per server: its slots, and as many again waiting in its queue. Past that the
-# proxy holds the job until a server has room, rather than overbook one (it would refuse).
-IN_FLIGHT_PER_SLOT = 2
+# A job goes only into a slot a server offers (placement.py): while every usable server is
+# full, the proxy holds it, up to this long, rather than overbook one.
 WAIT_FOR_ROOM = 600.0
+LOAD_FRESH = 10.0  # seconds a server's load report is believed
 CONNECTIONS_CAP = 16  # per server and identity, whatever the server offers
 
 
@@ -56,6 +58,7 @@ class Link:
         self.last_error = ""
         self.lacks: set[str] = set()  # identities this server has no image for
         self.load: dict[str, Any] = {}  # the server's last load report
+        self.load_at = 0.0
         self.jobs = 0
         self.failed_jobs = 0
         self.bytes_sent = 0
@@ -67,6 +70,22 @@ class Link:
     @property
     def capacity(self) -> int:
         return self.slots or 2
+
+    def view(self, now: float, usable: bool) -> ServerView:
+        """This server for the placement policy: its load report while fresh (a stale one,
+        say "no slots" from an owner long gone, must not keep it out for good)."""
+        load = self.load if now - self.load_at < LOAD_FRESH else {}
+        slots = load.get("slots", self.capacity)
+        speed = load.get("speed", 1.0)
+        queued = load.get("queued", 0)
+        return ServerView(
+            str(self.host),
+            slots=slots if isinstance(slots, int) and slots >= 0 else self.capacity,
+            speed=float(speed) if isinstance(speed, int | float) and speed > 0 else 1.0,
+            queued=queued if isinstance(queued, int) and queued >= 0 else 0,
+            owner_busy=bool(load.get("owner_busy")),
+            alive=usable,
+        )
 
     def expected_wait(self) -> float:
         """How loaded the server is for one more job, in units of its job time: the jobs ahead
@@ -99,6 +118,7 @@ class Pool:
     def __init__(self, hosts: list[Host]) -> None:
         self.links = [Link(h) for h in hosts]
         self.identities: set[str] = set()
+        self.placement = Placement()
         self._lock = threading.Lock()
         self._room = threading.Condition(self._lock)
         self._wake = threading.Event()
@@ -109,27 +129,30 @@ class Pool:
     # -- jobs ------------------------------------------------------------------------------
 
     def run(self, header: dict[str, Any], blobs: list[bytes], identity: str) -> tuple[Host, Any]:
-        """Run a job on the best server that will take it; RemoteFailure when none did."""
+        """Run a job where the placement policy (placement.py, the code the farm simulator
+        measures) expects it to finish soonest; hold it while every server it may use is full;
+        retry elsewhere after a failure; RemoteFailure when no server would do it."""
         with self._lock:
             if identity not in self.identities:
                 self.identities.add(identity)
                 self._wake.set()
         reasons: list[str] = []
         tell_user = False
-        tried: set[int] = set()
-        size = sum(len(b) for b in blobs)
+        tried: set[str] = set()
+        size = len(blobs[0]) if blobs else 0
+        wire = sum(len(b) for b in blobs)
+        kind = f"{identity} {os.path.dirname(str(header.get('cwd', '')))}"
+        key = object()
+        held_until = time.monotonic() + WAIT_FOR_ROOM
         while True:
-            link = self._choose(tried, identity)
+            link = self._place(key, size, kind, identity, tried, held_until)
             if link is None:
                 raise RemoteFailure("; ".join(reasons) or "no server is up", tell_user)
-            if link.busy >= IN_FLIGHT_PER_SLOT * link.capacity:
-                if not self._wait_for_room(link):
-                    raise RemoteFailure("every server stayed full", tell_user)
-                continue
-            tried.add(id(link))
             for attempt in range(2):
                 channel, fresh, why = self._checkout(link, identity)
                 if channel is None:
+                    self._placement_failed(link, key)
+                    tried.add(str(link.host))
                     reasons.append(why.reason)
                     tell_user = tell_user or why.tell_user
                     break
@@ -137,10 +160,10 @@ class Pool:
                     result = run_job(channel, link.host, header, blobs, MAX_RESULT, ready=True)
                 except RemoteFailure as exc:
                     if exc.code in JOB_REFUSALS:
-                        self._checkin(link, identity, channel, size)  # the connection is fine
+                        self._checkin(link, identity, channel, wire, key)  # the link is fine
                         raise
                     if exc.code in ELSEWHERE:
-                        self._checkin(link, identity, channel, size)
+                        self._checkin(link, identity, channel, wire, key, evicted=True)
                         with self._lock:
                             link.retry_at = time.monotonic() + ELSEWHERE[exc.code]
                             link.last_error = exc.reason
@@ -148,35 +171,51 @@ class Pool:
                         break
                     self._drop(link, identity, channel, busy=True)
                     if not fresh and attempt == 0:
+                        with self._lock:
+                            link.busy += 1  # the retry on a fresh connection: the same job
                         continue  # maybe only this idle connection went stale
+                    self._placement_failed(link, key)
                     self._failed(link, exc.reason)
+                    tried.add(str(link.host))
                     reasons.append(exc.reason)
                     break
-                self._checkin(link, identity, channel, size)
                 if result.load is not None:
-                    link.load = result.load
+                    link.load, link.load_at = result.load, time.monotonic()
+                self._checkin(link, identity, channel, wire, key, seconds=result.times.get("run"))
                 return link.host, result
 
-    def _choose(self, tried: set[int], identity: str) -> Link | None:
-        """The usable server with the most free slots (relative to its size), untried."""
-        with self._lock:
-            candidates = [
-                k for k in self.links if id(k) not in tried and k.usable and identity not in k.lacks
-            ]
-            if not candidates:
-                return None
-            return min(candidates, key=lambda k: ((k.busy + 1) / k.capacity, self.links.index(k)))
-
-    def _wait_for_room(self, link: Link) -> bool:
-        """Wait until the best server has room again (a job anywhere ends)."""
-        deadline = time.monotonic() + WAIT_FOR_ROOM
+    def _place(
+        self, key: object, size: int, kind: str, identity: str, tried: set[str], until: float
+    ) -> Link | None:
+        """The server for this job (dispatched to it in the policy's books), waiting while all
+        it may use are full; None when there is none to use at all."""
         with self._room:
-            while link.busy >= IN_FLIGHT_PER_SLOT * link.capacity:
-                left = deadline - time.monotonic()
-                if left <= 0 or self._closed:
-                    return False
-                self._room.wait(timeout=min(left, 1.0))
-        return True
+            while not self._closed:
+                now = time.monotonic()
+                usable = {
+                    str(k.host): k
+                    for k in self.links
+                    if k.usable and identity not in k.lacks and str(k.host) not in tried
+                }
+                if not usable:
+                    return None
+                for link in self.links:
+                    self.placement.update(link.view(now, str(link.host) in usable))
+                where = self.placement.choose(size, kind, now)
+                if where in usable:
+                    self.placement.on_dispatch(key, where, size, kind, now)
+                    link = usable[where]
+                    link.busy += 1
+                    return link
+                if now > until:
+                    return None
+                self._room.wait(timeout=1.0)  # a job ends, a server comes back or reports
+            return None
+
+    def _placement_failed(self, link: Link, key: object) -> None:
+        with self._lock:
+            self.placement.on_failure(str(link.host), time.monotonic(), key)
+            self._room.notify_all()
 
     def _checkout(
         self, link: Link, identity: str
@@ -185,7 +224,6 @@ class Pool:
         had."""
         now = time.monotonic()
         with self._lock:
-            link.busy += 1
             idle = link.idle.setdefault(identity, [])
             while idle:
                 since, channel = idle.pop()
@@ -203,13 +241,28 @@ class Pool:
             return None, True, channel
         return channel, True, _NO_FAILURE
 
-    def _checkin(self, link: Link, identity: str, channel: proto.Channel, size: int) -> None:
+    def _checkin(
+        self,
+        link: Link,
+        identity: str,
+        channel: proto.Channel,
+        size: int,
+        key: object,
+        seconds: float | None = None,
+        evicted: bool = False,
+    ) -> None:
         with self._lock:
+            now = time.monotonic()
             link.busy -= 1
             link.jobs += 1
             link.bytes_sent += size
             link.failures = 0
-            link.idle.setdefault(identity, []).append((time.monotonic(), channel))
+            link.idle.setdefault(identity, []).append((now, channel))
+            if evicted:
+                self.placement.on_evicted(key, now)
+            else:
+                busy = bool(link.load.get("owner_busy"))
+                self.placement.on_finish(key, now, seconds, busy=busy)
             self._room.notify_all()
 
     def _drop(self, link: Link, identity: str, channel: proto.Channel, busy: bool) -> None:
@@ -242,7 +295,7 @@ class Pool:
             sock.settimeout(30)
             ready, _ = channel.expect(proto.READY, proto.MAX_HELLO_FRAME)
             if isinstance(ready.get("load"), dict):
-                link.load = ready["load"]
+                link.load, link.load_at = ready["load"], time.monotonic()
             slots = ready.get("slots", hello.get("slots"))
             if isinstance(slots, int) and slots > 0 and not link.host.slots:
                 link.slots = min(slots, CONNECTIONS_CAP)
@@ -302,6 +355,10 @@ class Pool:
                                 channel.sock.close()
                     link.idle.clear()
             self.links = [known.get(h) or Link(h) for h in hosts]
+            for host in known:
+                if host not in wanted:
+                    self.placement.remove(str(host))
+            self._room.notify_all()
         self._wake.set()
 
     def close(self) -> None:

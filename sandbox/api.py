@@ -310,6 +310,11 @@ class Jail:
         for pid in [self.pid, *self.job_pids()]:
             with contextlib.suppress(ProcessLookupError, PermissionError):
                 os.sched_setscheduler(pid, policy, os.sched_param(0))
+            # Each job is a session of its own, so an autogroup of its own, which the
+            # scheduler weighs as one equal of the owner's whatever its policy: lower that too
+            # (jobs started later take the init's, see spawn.c).
+            with contextlib.suppress(OSError), open(f"/proc/{pid}/autogroup", "w") as f:
+                f.write("19" if idle else "0")
 
     def job_counters(self) -> dict[str, int]:
         """The jail's cgroup counters (CPU, OOM kills, pids-limit hits), peak memory reset."""

@@ -111,6 +111,25 @@ static void limit(int resource, unsigned long long soft, unsigned long long hard
     if (setrlimit(resource, &rl) != 0) die("setrlimit", prog);
 }
 
+/* setsid() puts the job in an autogroup of its own, which the scheduler weighs against the
+ * desktop owner's as an equal whatever the job's own policy: take the init's autogroup nice
+ * (jailccd raises it while a desktop's owner works), so the job yields as the init would. */
+static void inherit_autogroup_nice(void) {
+    char buf[128];
+    int fd = open("/proc/1/autogroup", O_RDONLY);
+    if (fd < 0) return;
+    ssize_t n = read(fd, buf, sizeof buf - 1);
+    close(fd);
+    if (n <= 0) return;
+    buf[n] = 0;
+    const char *nice = strstr(buf, " nice ");
+    if (!nice || atoi(nice + 6) <= 0) return;
+    fd = open("/proc/self/autogroup", O_WRONLY);
+    if (fd < 0) return;
+    if (write(fd, nice + 6, strcspn(nice + 6, "\n")) < 0) { /* best effort */ }
+    close(fd);
+}
+
 int main(int argc, char **argv) {
     if (argc < 10) {
         dprintf(2, "usage: jailcc-spawn CWD CPU AS FSIZE NOFILE NPROC SECCOMP PROGRAM ARGV0"
@@ -123,6 +142,7 @@ int main(int argc, char **argv) {
     unsigned long long nofile = number(argv[5]), nproc = number(argv[6]);
 
     setsid();
+    inherit_autogroup_nice();
     sigset_t none;
     sigemptyset(&none);
     sigprocmask(SIG_SETMASK, &none, NULL);

@@ -178,6 +178,22 @@ def build_parser() -> argparse.ArgumentParser:
         " elsewhere)",
     )
     p.add_argument(
+        "--desktop-calm",
+        type=float,
+        default=60.0,
+        metavar="SECONDS",
+        help="with --desktop: how long the owner must have been away before every slot comes"
+        " back (default 60)",
+    )
+    p.add_argument(
+        "--desktop-evict-after",
+        type=float,
+        default=15.0,
+        metavar="SECONDS",
+        help="with --desktop: how long the owner's CPU or memory pressure lasts before running"
+        " jobs are evicted (default 15)",
+    )
+    p.add_argument(
         "--max-connections",
         type=int,
         default=256,
@@ -298,7 +314,7 @@ def run(args: argparse.Namespace) -> int:
     extras = []
     try:
         if args.desktop:
-            extras.append(_watch_the_owner(service))
+            extras.append(_watch_the_owner(service, args.desktop_calm, args.desktop_evict_after))
         if args.announce:
             if not tcp:
                 raise ValueError("--announce needs --listen")
@@ -386,18 +402,27 @@ def _kerberos(
     return kerberos, authorizer
 
 
-def _watch_the_owner(service: JobService) -> Callable[[], None]:
+def _watch_the_owner(service: JobService, calm: float, evict_after: float) -> Callable[[], None]:
     """The desktop policy: sample the owner's activity, yield slots, priority and, under
     sustained pressure, running jobs (server/owner.py)."""
-    from .owner import Decision, OwnerMonitor, OwnerState, desktop_policy, keep_recent
+    from .owner import (
+        Decision,
+        OwnerMonitor,
+        OwnerState,
+        PolicyConfig,
+        desktop_policy,
+        keep_recent,
+    )
+
+    config = PolicyConfig(calm_seconds=calm, evict_after=evict_after)
 
     history: list[OwnerState] = []
     last: list[Decision | None] = [None]
 
     def on_state(state: OwnerState) -> None:
         nonlocal history
-        decision = desktop_policy(state, service.slots.configured, history)
-        history = keep_recent([*history, state], state.at)
+        decision = desktop_policy(state, service.slots.configured, history, config)
+        history = keep_recent([*history, state], state.at, config)
         if decision != last[0]:
             log.info(
                 "desktop owner %s: %d slots, %s%s",
