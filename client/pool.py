@@ -4,8 +4,9 @@ connection and not per compile.
 
 A connection serves one compiler identity (the server binds it to an image at the hello). For
 each server and each identity the proxy has seen, a warmer thread keeps as many connections
-open as the server has slots. A job takes an idle connection of the least loaded server (or
-opens one), and gives it back when done. A connection that fails is closed; an idle one may
+open as the server has slots. The placement policy (placement.py) picks each job's server from
+the servers' load reports and its own books; the job takes an idle connection there (or opens
+one), and gives it back when done. A connection that fails is closed; an idle one may
 simply have gone stale (the server restarted, the ticket behind it expired), so the job is
 tried once more on a fresh connection to the same server, then on the other servers, before
 the caller compiles locally. A server that fails is left alone for a back-off that doubles up
@@ -86,19 +87,6 @@ class Link:
             owner_busy=bool(load.get("owner_busy")),
             alive=usable,
         )
-
-    def expected_wait(self) -> float:
-        """How loaded the server is for one more job, in units of its job time: the jobs ahead
-        of ours (ours running there, and what it reports queued) per slot it offers now,
-        divided by its speed. A server whose owner took all its slots back is last."""
-        slots = self.load.get("slots", self.capacity)
-        speed = self.load.get("speed") or 1.0
-        if not isinstance(slots, int) or not isinstance(speed, int | float) or speed <= 0:
-            slots, speed = self.capacity, 1.0
-        queued = self.load.get("queued", 0) if isinstance(self.load.get("queued"), int) else 0
-        if slots <= 0:
-            return float("inf")
-        return (self.busy + queued + 1) / slots / speed
 
     def status(self) -> dict[str, Any]:
         return {

@@ -71,3 +71,17 @@ def proxies_do_not_outlive_the_tests() -> Iterator[None]:
         if "jailcc.client.proxy" in cmdline and proc.info["create_time"] >= started - 1:
             with contextlib.suppress(psutil.Error):
                 proc.terminate()
+
+
+@pytest.fixture(scope="session")
+def sources() -> Path:
+    """Debian's zlib, lua5.4 and re2 sources (scripts/fetch-sources); skips the tests that need
+    them when the archive cannot be reached."""
+    sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "scripts"))
+    import projects
+
+    proc = projects.fetch()
+    if proc.returncode == 75:
+        pytest.skip("the Debian source archive is unreachable from here")
+    assert proc.returncode == 0, proc.stderr
+    return projects.SRC_ROOT

@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import os
 import socket
 import subprocess
 import tempfile
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 from conftest import BIN
@@ -72,3 +74,34 @@ def stop_server(server: Server) -> None:
         server.proc.wait()
     assert not server.socket_path.exists()  # the server removes its socket
     server.socket_path.parent.rmdir()
+
+
+def kerberos_options(realm: object, principal: str | None = None) -> list[str]:
+    """jailccd's options for Kerberos on loopback with a scripts/realm.py Realm's keytab."""
+    return [
+        "--listen",
+        "127.0.0.1:0",
+        "--keytab",
+        str(realm.keytab),  # type: ignore[attr-defined]
+        "--principal",
+        principal or realm.service_principal,  # type: ignore[attr-defined]
+    ]
+
+
+def as_nobody(fn: Callable[[], bytes]) -> bytes:
+    """fn's answer, run in a forked child that dropped to the unprivileged user nobody (what a
+    server sees in SO_PEERCRED, or what the file system lets another user do)."""
+    read_end, write_end = os.pipe()
+    pid = os.fork()
+    if pid == 0:
+        try:
+            os.setgroups([])
+            os.setgid(65534)
+            os.setuid(65534)
+            os.write(write_end, fn())
+        finally:
+            os._exit(0)
+    os.close(write_end)
+    os.waitpid(pid, 0)
+    with os.fdopen(read_end, "rb") as answer:
+        return answer.read()

@@ -29,15 +29,6 @@ JAILCC = str(BIN / "jailcc")
 SERVERS = {"s1": (1, 0.5), "s2": (2, 1.0), "s3": (3, 1.5), "s4": (4, 2.0)}  # slots, speed
 
 
-@pytest.fixture(scope="module")
-def sources() -> Path:
-    proc = projects.fetch()
-    if proc.returncode == 75:
-        pytest.skip("the Debian source archive is unreachable from here")
-    assert proc.returncode == 0, proc.stderr
-    return projects.SRC_ROOT
-
-
 class Farm:
     def __init__(self, lab: NetLab, realm: object, image: Path, state: Path) -> None:
         self.lab, self.realm, self.image, self.state = lab, realm, image, state

@@ -22,7 +22,7 @@ from jailcc.client.remote import connect, open_session, run_job
 from jailcc.images.identity import compiler_identity
 from jailcc.server import protocol as proto
 from realm_fixtures import realm_module
-from serverutil import Server, start_server, stop_server, tcp_port
+from serverutil import Server, kerberos_options, start_server, stop_server, tcp_port
 
 pytestmark = requires_root
 
@@ -45,12 +45,7 @@ def server(realm, gcc_image: Path, tmp_path_factory: pytest.TempPathFactory) -> 
     srv = start_server(
         tmp,
         gcc_image,
-        "--listen",
-        "127.0.0.1:0",
-        "--keytab",
-        str(realm.keytab),
-        "--principal",
-        realm.service_principal,
+        *kerberos_options(realm),
         "--allow-principals",
         str(allowed),
         env={**os.environ, **realm.env},
@@ -153,12 +148,7 @@ def test_a_server_without_the_key_refuses_to_start(realm, gcc_image, tmp_path):
             str(BIN / "jailccd"),
             "--toolchain-image",
             str(gcc_image),
-            "--listen",
-            "127.0.0.1:0",
-            "--keytab",
-            str(realm.keytab),
-            "--principal",
-            "jailcc/nothere@KRBTEST.COM",
+            *kerberos_options(realm, "jailcc/nothere@KRBTEST.COM"),
             "--allow-principals",
             "/dev/null",
         ],
@@ -416,12 +406,7 @@ def ldap_server(realm, directory, gcc_image: Path, tmp: Path, *options: str) -> 
     return start_server(
         tmp,
         gcc_image,
-        "--listen",
-        "127.0.0.1:0",
-        "--keytab",
-        str(realm.keytab),
-        "--principal",
-        realm.service_principal,
+        *kerberos_options(realm),
         "--ldap-url",
         directory.url,
         "--ldap-base",
@@ -496,12 +481,7 @@ def test_a_wrong_ldap_password_stops_the_server_at_start(realm, directory, gcc_i
             str(BIN / "jailccd"),
             "--toolchain-image",
             str(gcc_image),
-            "--listen",
-            "127.0.0.1:0",
-            "--keytab",
-            str(realm.keytab),
-            "--principal",
-            realm.service_principal,
+            *kerberos_options(realm),
             "--ldap-url",
             directory.url,
             "--ldap-base",

@@ -21,15 +21,6 @@ JAILCC = str(BIN / "jailcc")
 
 
 @pytest.fixture(scope="module")
-def sources() -> Path:
-    proc = projects.fetch()
-    if proc.returncode == 75:
-        pytest.skip("the Debian source archive is unreachable from here")
-    assert proc.returncode == 0, proc.stderr
-    return projects.SRC_ROOT
-
-
-@pytest.fixture(scope="module")
 def server(gcc_image: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Server]:
     srv = start_server(
         tmp_path_factory.mktemp("farm"), gcc_image, "--allow-user", "root", "--jobs", "4"

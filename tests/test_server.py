@@ -18,7 +18,7 @@ import pytest
 from conftest import BIN, requires_root
 from jailcc.images.identity import compiler_identity
 from jailcc.server import protocol as proto
-from serverutil import Server, start_server, stop_server
+from serverutil import Server, as_nobody, start_server, stop_server
 
 pytestmark = requires_root
 
@@ -159,27 +159,17 @@ def test_wrong_protocol_version_is_refused(server):
 
 
 def test_unauthorized_user_is_refused(server):
-    # Fork a child that drops to nobody and talks to the server: SO_PEERCRED says who it is.
-    read_end, write_end = os.pipe()
-    pid = os.fork()
-    if pid == 0:
-        try:
-            os.setgroups([])
-            os.setgid(65534)
-            os.setuid(65534)
-            with server.connect() as sock:
-                proto.send(sock, proto.HELLO, proto.hello_header("client"))
-                try:
-                    proto.expect(sock, proto.HELLO)
-                    os.write(write_end, b"accepted")
-                except proto.RemoteError as exc:
-                    os.write(write_end, exc.code.encode())
-        finally:
-            os._exit(0)
-    os.close(write_end)
-    os.waitpid(pid, 0)
-    assert os.read(read_end, 100) == b"unauthorized"
-    os.close(read_end)
+    # Talk to the server as nobody: SO_PEERCRED says who it is.
+    def hello() -> bytes:
+        with server.connect() as sock:
+            proto.send(sock, proto.HELLO, proto.hello_header("client"))
+            try:
+                proto.expect(sock, proto.HELLO)
+                return b"accepted"
+            except proto.RemoteError as exc:
+                return exc.code.encode()
+
+    assert as_nobody(hello) == b"unauthorized"
     assert "unauthorized: nobody" in server.log_text()
 
 
