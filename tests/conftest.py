@@ -64,6 +64,9 @@ def proxies_do_not_outlive_the_tests() -> Iterator[None]:
     import psutil
 
     os.environ["JAILCC_PROXY_IDLE"] = "20"
+    # Never browse mDNS on this machine's own network: tests that discover servers do it
+    # inside network namespaces of their own, with their own environment.
+    os.environ["JAILCC_DISCOVER"] = ""
     started = time.time()
     yield
     for proc in psutil.process_iter(["cmdline", "create_time"]):
