@@ -139,7 +139,10 @@ class Pool:
             for attempt in range(2):
                 channel, fresh, why = self._checkout(link, identity)
                 if channel is None:
-                    self._placement_failed(link, key)
+                    if why.code == "image":  # this compiler only: the server is fine
+                        self._placement_released(key)
+                    else:
+                        self._placement_failed(link, key)
                     tried.add(str(link.host))
                     reasons.append(why.reason)
                     tell_user = tell_user or why.tell_user
@@ -183,7 +186,10 @@ class Pool:
                 usable = {
                     str(k.host): k
                     for k in self.links
-                    if k.usable and identity not in k.lacks and str(k.host) not in tried
+                    if k.usable
+                    and identity not in k.lacks
+                    and str(k.host) not in tried
+                    and not self._placement_backs_off(str(k.host), now)
                 }
                 if not usable:
                     return None
@@ -199,6 +205,17 @@ class Pool:
                     return None
                 self._room.wait(timeout=1.0)  # a job ends, a server comes back or reports
             return None
+
+    def _placement_backs_off(self, name: str, now: float) -> bool:
+        """The policy leaves a failed server alone for a while: so do we, compiling locally
+        meanwhile rather than holding jobs for a server that may be gone."""
+        view = self.placement.servers.get(name)
+        return view is not None and view.retry_at > now
+
+    def _placement_released(self, key: object) -> None:
+        with self._lock:
+            self.placement.on_finish(key, time.monotonic())
+            self._room.notify_all()
 
     def _placement_failed(self, link: Link, key: object) -> None:
         with self._lock:
