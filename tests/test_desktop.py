@@ -40,8 +40,12 @@ def servers(gcc_image: Path, tmp_path: Path) -> Iterator[tuple[Server, Server]]:
         "1",
         "--desktop-evict-after",
         "2",
+        "--speed",
+        "2",  # the faster: the proxy's first choice while its owner is away
     )
-    other = start_server(tmp_path / "other", gcc_image, "--allow-user", "root", "--jobs", "1")
+    other = start_server(
+        tmp_path / "other", gcc_image, "--allow-user", "root", "--jobs", "1", "--speed", "1"
+    )
     yield desktop, other
     stop_server(desktop)
     stop_server(other)
@@ -66,6 +70,13 @@ def test_the_owner_gets_the_desktop_back_and_the_job_runs_elsewhere(servers, tmp
     # The owner is away: the desktop server offers its slot again.
     wait_for(lambda: "desktop owner away: 1 slots" in desktop.log_text(), "a calm desktop")
     subprocess.run([JAILCC, "proxy", "start"], env=env, check=True, capture_output=True)
+    # A first small compile: the proxy opens its connections and hears both servers' load
+    # reports (their speeds), so the slow job then goes to the faster, desktop server.
+    (tmp_path / "small.c").write_text("int small(void) { return 1; }\n")
+    for _ in range(2):
+        subprocess.run(
+            [JAILCC, "gcc-12", "-c", "small.c", "-o", "small.o"], cwd=tmp_path, env=env, check=True
+        )
     burners: list[subprocess.Popen] = []
     try:
         build = subprocess.Popen(
