@@ -131,12 +131,19 @@ def recv(
 ) -> tuple[int, dict[str, Any], list[bytes]]:
     """Read one frame: (type, header, blobs decompressed). max_frame caps the bytes on the wire,
     max_raw the decompressed total (default: 4 x max_frame)."""
-    first = sock.recv(_PREFIX.size, socket.MSG_WAITALL)
+    first = _recv_start(sock, _PREFIX.size)
+    return _parse(first, lambda size: _recv_exact(sock, size), max_frame, max_raw)
+
+
+def _recv_start(sock: socket.socket, size: int) -> bytes:
+    """A frame's first `size` bytes: ConnectionClosed if the peer closed cleanly before any,
+    TruncatedFrame if it closed after some."""
+    first = sock.recv(size, socket.MSG_WAITALL)
     if not first:
         raise ConnectionClosed("connection closed")
-    if len(first) < _PREFIX.size:
-        first += _recv_exact(sock, _PREFIX.size - len(first))
-    return _parse(first, lambda size: _recv_exact(sock, size), max_frame, max_raw)
+    if len(first) < size:
+        first += _recv_exact(sock, size - len(first))
+    return first
 
 
 def decode(data: bytes, max_frame: int, max_raw: int | None = None) -> tuple[int, dict, list]:
@@ -289,12 +296,7 @@ class SealedChannel(Channel):
     def recv(
         self, max_frame: int = DEFAULT_MAX_FRAME, max_raw: int | None = None
     ) -> tuple[int, dict[str, Any], list[bytes]]:
-        first = self.sock.recv(4, socket.MSG_WAITALL)
-        if not first:
-            raise ConnectionClosed("connection closed")
-        if len(first) < 4:
-            first += _recv_exact(self.sock, 4 - len(first))
-        (size,) = self._LEN.unpack(first)
+        (size,) = self._LEN.unpack(_recv_start(self.sock, 4))
         if size > max_frame + _PREFIX.size + SEAL_OVERHEAD:
             raise ProtocolError(f"sealed frame of {size} bytes exceeds the cap of {max_frame}")
         token = _recv_exact(self.sock, size)
