@@ -193,8 +193,7 @@ class Jail:
         """Run argv in the jail with cwd as its working directory (created in the jail, empty
         but for inputs); return its status, output and the wanted output files. Inputs named
         in executables are made executable (the selftest ships its probes that way)."""
-        if self._closed or self._broken:
-            raise SandboxError("the jail is closed" if self._closed else "the jail is broken")
+        self._check_usable()
         limits = limits or RunLimits()
         limits.validate()
         inputs = dict(inputs or {})
@@ -239,8 +238,7 @@ class Jail:
     def enter_workdir(self, cwd: str) -> None:
         """Give the jail a fresh, empty work dir at cwd (the launcher mounts it) unless the last
         job used the same path: the init wipes it after every job."""
-        if self._closed or self._broken:
-            raise SandboxError("the jail is closed" if self._closed else "the jail is broken")
+        self._check_usable()
         if cwd == self._workdir:
             return
         had_workdir, self._workdir = self._workdir is not None, None
@@ -265,8 +263,7 @@ class Jail:
         answer its questions until the connection ends. Returns None for a clean end, or why
         it ended otherwise. `timeout` bounds the wait for each question. Our copy of conn is
         closed once it is handed over: from then on only the jail can read or write it."""
-        if self._closed or self._broken:
-            raise SandboxError("the jail is closed" if self._closed else "the jail is broken")
+        self._check_usable()
         try:
             self._channel.settimeout(LAUNCHER_REQUEST_TIMEOUT)
             wire.send_message(
@@ -364,6 +361,10 @@ class Jail:
         counters = group.counters()
         group.reset_peak()
         return counters
+
+    def _check_usable(self) -> None:
+        if self._closed or self._broken:
+            raise SandboxError("the jail is closed" if self._closed else "the jail is broken")
 
     @property
     def usable(self) -> bool:
