@@ -44,8 +44,10 @@ def wait_for(check, what: str, timeout: float = 30.0) -> None:
 
 
 @contextmanager
-def jailccd(image: Path, state: Path) -> Iterator[str]:
-    sock = state / "jailccd.sock"
+def jailccd(image: Path, state: Path, *extra: str, name: str = "jailccd") -> Iterator[str]:
+    """A local-mode jailccd for root, its socket and log named `name` in state, with extra
+    options; yields its JAILCC_HOSTS entry."""
+    sock = state / f"{name}.sock"
     proc = subprocess.Popen(
         [
             str(BIN / "jailccd"),
@@ -56,8 +58,10 @@ def jailccd(image: Path, state: Path) -> Iterator[str]:
             "--allow-user",
             "root",
             "--log-file",
-            str(state / "jailccd.log"),
-        ]
+            str(state / f"{name}.log"),
+            *extra,
+        ],
+        stdin=subprocess.DEVNULL,
     )
     try:
         wait_for(sock.exists, "jailccd")

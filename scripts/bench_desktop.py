@@ -21,6 +21,8 @@ import threading
 import time
 from pathlib import Path
 
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from bench_compile import jailccd
 from jailcc.images.identity import compiler_identity
 from jailcc.server import protocol as proto
 
@@ -104,36 +106,15 @@ class Feeder:
 def run_case(
     image: Path, state: Path, source: bytes, desktop: bool, megabytes: int, settle: float
 ) -> tuple[float, int, int]:
-    sock = state / ("desktop.sock" if desktop else "plain.sock")
-    cmd = [
-        str(BIN / "jailccd"),
-        "--toolchain-image",
-        str(image),
-        "--socket",
-        str(sock),
-        "--allow-user",
-        "root",
-        "--jobs",
-        str(os.cpu_count() or 1),
-        "--log-file",
-        str(state / f"jailccd-{'desktop' if desktop else 'plain'}.log"),
-        *(["--desktop"] if desktop else []),
-    ]
-    proc = subprocess.Popen(cmd, stdin=subprocess.DEVNULL)
-    try:
-        while not sock.exists():
-            if proc.poll() is not None:
-                raise SystemExit("bench-desktop: jailccd did not start")
-            time.sleep(0.05)
-        feeder = Feeder(sock, source, state, clients=4)
+    name = "desktop" if desktop else "plain"
+    options = ["--jobs", str(os.cpu_count() or 1), *(["--desktop"] if desktop else [])]
+    with jailccd(image, state, *options, name=name) as host:
+        feeder = Feeder(Path(host.removeprefix("unix:")), source, state, clients=4)
         feeder.start()
         time.sleep(settle)  # the farm at full speed (and the policy's first samples)
         seconds = owner_seconds(megabytes)
         feeder.stop()
         return seconds, feeder.done, feeder.refused
-    finally:
-        proc.terminate()
-        proc.wait()
 
 
 def main() -> None:
