@@ -6,11 +6,9 @@ from __future__ import annotations
 
 import os
 import sys
-import threading
 from collections import namedtuple
 
-from jailcc.sandbox.wire import write_all
-
+from . import outputs
 from .args import RemoteJob, debug_info_on
 from .hosts import candidates
 from .remote import RemoteFailure, RemoteResult, connect, open_session, run_job
@@ -67,6 +65,10 @@ def prepare(compiler: str, job: RemoteJob, inv: Invocation) -> Prepared:
         identity = compiler_identity(compiler)
     except ImageError as exc:
         raise RemoteFailure(f"cannot identify the compiler: {exc}") from None
+    try:  # a directory, or a FIFO gcc -c cannot write: the local compile gives the error
+        outputs.plan(inv.path(job.output), _is_clang(compiler), job.assembly)
+    except outputs.OutputError as exc:
+        raise RemoteFailure(str(exc)) from None
     exact_debug = False
     if job.preprocessed:
         try:
@@ -92,7 +94,9 @@ def prepare(compiler: str, job: RemoteJob, inv: Invocation) -> Prepared:
     return Prepared(header, blobs, identity)
 
 
-def finish(job: RemoteJob, inv: Invocation, host: object, result: RemoteResult) -> Outcome:
+def finish(
+    compiler: str, job: RemoteJob, inv: Invocation, host: object, result: RemoteResult
+) -> Outcome:
     """Write back what a local compile would have written; RemoteFailure if the result cannot
     be trusted to equal a local compile's."""
     if result.limit:
@@ -105,13 +109,25 @@ def finish(job: RemoteJob, inv: Invocation, host: object, result: RemoteResult) 
         # A diagnostic in a header: locally it would quote the header's line, which the
         # server did not have. The local compile gives the exact text.
         raise RemoteFailure("diagnostics point into files the server did not have")
+    clang = _is_clang(compiler)
+    path = inv.path(job.output)
     if result.exit_code == 0:
         if result.output is None:
             raise RemoteFailure(f"{host}: the compile succeeded but sent no output")
         try:
-            _write_atomically(inv.path(job.output), result.output, inv.umask)
+            outputs.write(path, result.output, inv.umask, outputs.plan(path, clang, job.assembly))
+        except outputs.OutputError as exc:
+            raise RemoteFailure(str(exc)) from None
         except OSError as exc:  # e.g. a missing directory: the local compile says it properly
             raise RemoteFailure(f"cannot write {job.output}: {exc.strerror}") from None
+    elif outputs.failure_shows_partial_text(path, clang, job.assembly):
+        raise RemoteFailure("a failed gcc -S leaves part of its output: compiling locally")
+    elif clang or job.assembly:
+        outputs.remove_after_failure(path)
+    elif b"Assembler messages:" in result.stderr:
+        # gcc -c deletes the object only when the assembler was the step that failed, and
+        # the assembler's messages name its temporary files: the local compile is exact.
+        raise RemoteFailure("the assembler failed")
     run_ms = 1000 * float(result.times.get("run", 0.0))
     note = f"remote on {host} (compile {run_ms:.0f} ms, exit {result.exit_code})"
     return Outcome(result.exit_code, result.stdout, result.stderr, note)
@@ -139,7 +155,7 @@ def compile_remote(compiler: str, job: RemoteJob, inv: Invocation) -> Outcome:
             continue
         finally:
             sock.close()
-        return finish(job, inv, host, result)
+        return finish(compiler, job, inv, host, result)
     raise RemoteFailure("; ".join(reasons), tell_user)
 
 
@@ -221,26 +237,3 @@ def _utf8_locale(env: Mapping[str, str]) -> bool:
         if value:
             return "utf-8" in value.lower() or "utf8" in value.lower()
     return False
-
-
-def _write_atomically(path: str, data: bytes, umask: int) -> None:
-    """Write path so that no reader ever sees a partial file (make -j, a killed build), with
-    the permissions the user's umask gives (the proxy's own umask may differ)."""
-    directory = os.path.dirname(path) or "."
-    tmp = os.path.join(
-        directory, f".{os.path.basename(path)}.jailcc-{os.getpid()}-{threading.get_ident()}"
-    )
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
-    try:
-        try:
-            os.fchmod(fd, 0o666 & ~umask)
-            write_all(fd, data)
-        finally:
-            os.close(fd)
-        os.replace(tmp, path)
-    except BaseException:
-        try:  # noqa: SIM105 - contextlib costs milliseconds of every compile's start
-            os.unlink(tmp)
-        except FileNotFoundError:
-            pass
-        raise

@@ -235,7 +235,7 @@ class Proxy:
             prepared = prepare(compiler, job, inv)
             host, result = self.pool.run(prepared.header, prepared.blobs, prepared.identity)
             went_remote.append(float(result.times.get("run", 0.0)))
-            return finish(job, inv, host, result)
+            return finish(compiler, job, inv, host, result)
 
         try:
             answer = decide(request.argv, request.exe, inv, remote)

@@ -1,0 +1,212 @@
+"""Outputs are written as the local compiler writes them (client/outputs.py): device files and
+FIFOs in place, symlinks, hard links and failed compiles as gcc-12 and clang-16 treat them.
+Each case runs the real compiler locally and `jailcc` against a real jailccd on twin trees and
+compares what the two left behind: node types, symlink targets, contents, device numbers."""
+
+from __future__ import annotations
+
+import os
+import stat
+import subprocess
+import threading
+from collections.abc import Callable, Iterator
+from pathlib import Path
+
+import pytest
+from conftest import BIN, requires_root
+from serverutil import Server, start_server, stop_server
+
+pytestmark = requires_root
+JAILCC = str(BIN / "jailcc")
+GOOD = b"int f(int x) { return x * 3; }\n"
+BAD = b"int f(void) { return y; }\n"
+
+
+@pytest.fixture(scope="module")
+def server(
+    gcc_image: Path, clang_image: Path, tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[Server]:
+    srv = start_server(
+        tmp_path_factory.mktemp("outputs-server"),
+        gcc_image,
+        "--toolchain-image",
+        str(clang_image),
+        "--allow-user",
+        "root",
+    )
+    yield srv
+    stop_server(srv)
+
+
+def env_for(server: Server | None) -> dict[str, str]:
+    hosts = f"unix:{server.socket_path}" if server else "unix:/nonexistent.sock"
+    return dict(os.environ, JAILCC_VERBOSE="1", LC_ALL="C", JAILCC_HOSTS=hosts)
+
+
+def snapshot(top: Path) -> dict[str, tuple]:
+    """What a build left in a tree: each entry's kind and what identifies its content."""
+    seen: dict[str, tuple] = {}
+    for path in sorted(top.rglob("*")):
+        st = path.lstat()
+        name = str(path.relative_to(top))
+        if stat.S_ISLNK(st.st_mode):
+            seen[name] = ("symlink", os.readlink(path))
+        elif stat.S_ISREG(st.st_mode):
+            seen[name] = ("file", path.read_bytes(), st.st_nlink)
+        elif stat.S_ISCHR(st.st_mode):
+            seen[name] = ("chr", st.st_rdev)
+        elif stat.S_ISFIFO(st.st_mode):
+            seen[name] = ("fifo",)
+        else:
+            seen[name] = ("other", stat.S_IFMT(st.st_mode))
+    return seen
+
+
+def mkfile(name: str, data: bytes = b"old output\n") -> Callable[[Path], None]:
+    return lambda d: (d / name).write_bytes(data)
+
+
+def mksymlink(name: str, target: str, target_data: bytes | None = None) -> Callable[[Path], None]:
+    def make(d: Path) -> None:
+        if target_data is not None:
+            (d / target).write_bytes(target_data)
+        (d / name).symlink_to(target)
+
+    return make
+
+
+def mkhardlink(name: str, other: str) -> Callable[[Path], None]:
+    def make(d: Path) -> None:
+        (d / other).write_bytes(b"old output\n")
+        os.link(d / other, d / name)
+
+    return make
+
+
+def mkchr(name: str) -> Callable[[Path], None]:
+    # A private null device: writes vanish, and the node must stay a character device.
+    return lambda d: os.mknod(d / name, stat.S_IFCHR | 0o666, os.makedev(1, 3))
+
+
+def compile_both(
+    tmp: Path, server: Server, compiler: str, args: list[str], source: bytes, prepare
+) -> tuple[subprocess.CompletedProcess, subprocess.CompletedProcess, dict, dict]:
+    """Run the local compile and jailcc's in twin trees at the same path (for identical
+    objects); return both processes and both snapshots."""
+    same = tmp / "build"
+    results = []
+    for env in (None, env_for(server)):
+        same.mkdir()
+        (same / "x.c").write_bytes(source)
+        if prepare is not None:
+            prepare(same)
+        argv = [compiler, *args] if env is None else [JAILCC, compiler, *args]
+        proc = subprocess.run(argv, cwd=same, env=env or env_for(None), capture_output=True)
+        results.append((proc, snapshot(same)))
+        subprocess.run(["rm", "-rf", str(same)], check=True)
+    (local, local_tree), (ours, our_tree) = results
+    return local, ours, local_tree, our_tree
+
+
+def where(stderr: bytes) -> str:
+    lines = [ln for ln in stderr.decode().splitlines() if ln.startswith("jailcc: ")]
+    return lines[-1] if lines else ""
+
+
+CASES = [
+    # (output, what exists before, source)
+    ("x.o", None, GOOD),
+    ("x.o", mkfile("x.o"), GOOD),
+    ("link.o", mksymlink("link.o", "target.o", b"old target\n"), GOOD),
+    ("link.o", mksymlink("link.o", "missing.o"), GOOD),
+    ("h1.o", mkhardlink("h1.o", "h2.o"), GOOD),
+    ("null", mkchr("null"), GOOD),
+    ("devlink.o", mksymlink("devlink.o", "/dev/null"), GOOD),
+    ("x.o", mkfile("x.o"), BAD),
+    ("link.o", mksymlink("link.o", "target.o", b"old target\n"), BAD),
+    ("null", mkchr("null"), BAD),
+]
+IDS = ["new", "regular", "symlink", "dangling", "hardlink", "chrdev", "to-devnull"]
+IDS += ["fail-regular", "fail-symlink", "fail-chrdev"]
+
+
+@pytest.mark.parametrize("compiler", ["gcc-12", "clang-16"])
+@pytest.mark.parametrize("mode", ["-c", "-S"])
+@pytest.mark.parametrize(("output", "prepare", "source"), CASES, ids=IDS)
+def test_outputs_are_left_as_the_local_compiler_leaves_them(
+    server, tmp_path, compiler, mode, output, prepare, source
+):
+    args = ["-O2", mode, "x.c", "-o", output]
+    local, ours, local_tree, our_tree = compile_both(
+        tmp_path, server, compiler, args, source, prepare
+    )
+    assert ours.returncode == local.returncode, ours.stderr
+    if source is BAD and mode == "-S" and compiler == "gcc-12" and output == "link.o":
+        # cc1 wrote part of the .s through the link before failing: only a local run can
+        assert "leaves part of its output" in where(ours.stderr), ours.stderr
+    else:
+        assert "remote on unix:" in where(ours.stderr), ours.stderr
+    assert our_tree == local_tree
+
+
+def test_dev_null_as_the_output_stays_the_device(server, tmp_path):
+    """The report: `jailcc gcc-12 -c x.c -o /dev/null` as root replaced the host's /dev/null."""
+    (tmp_path / "x.c").write_bytes(GOOD)
+    before = os.stat("/dev/null")
+    for args in (["-c", "x.c", "-o", "/dev/null"], ["-S", "x.c", "-o", "/dev/null"]):
+        proc = subprocess.run(
+            [JAILCC, "gcc-12", "-O2", *args], cwd=tmp_path, env=env_for(server), capture_output=True
+        )
+        assert proc.returncode == 0, proc.stderr
+        assert "remote on unix:" in where(proc.stderr)
+        after = os.stat("/dev/null")
+        assert stat.S_ISCHR(after.st_mode) and after.st_rdev == os.makedev(1, 3)
+        assert (after.st_ino, after.st_rdev) == (before.st_ino, before.st_rdev)
+
+
+def read_into(path: Path, received: list[bytes]) -> None:
+    received.append(path.read_bytes())
+
+
+@pytest.mark.parametrize("compiler", ["gcc-12", "clang-16"])
+def test_a_fifo_gets_the_object_or_the_local_compilers_error(server, tmp_path, compiler):
+    """clang writes an object into a FIFO; gcc's assembler cannot (it seeks): jailcc must do
+    the same, the first remotely, the second by compiling locally for the exact error."""
+    results = []
+    for env in (None, env_for(server)):
+        work = tmp_path / ("local" if env is None else "ours")
+        work.mkdir()
+        (work / "x.c").write_bytes(GOOD)
+        os.mkfifo(work / "pipe.o")
+        received: list[bytes] = []
+        reader = threading.Thread(target=read_into, args=(work / "pipe.o", received))
+        reader.start()
+        argv = [compiler, "-O2", "-c", "x.c", "-o", "pipe.o"]
+        if env is not None:
+            argv.insert(0, JAILCC)
+        proc = subprocess.run(argv, cwd=work, env=env or env_for(None), capture_output=True)
+        if not received:  # the compiler failed before opening it: release the reader
+            with open(work / "pipe.o", "wb"):
+                pass
+        reader.join(timeout=30)
+        assert stat.S_ISFIFO((work / "pipe.o").lstat().st_mode)
+        results.append((proc, received[0]))
+    (local, local_bytes), (ours, our_bytes) = results
+    assert ours.returncode == local.returncode
+    assert our_bytes == local_bytes
+    if compiler == "clang-16":
+        assert local.returncode == 0 and our_bytes.startswith(b"\x7fELF")
+        assert "remote on unix:" in where(ours.stderr)
+    else:
+        assert local.returncode != 0
+        assert "compiling locally" in where(ours.stderr) or "local" in where(ours.stderr)
+
+
+def test_a_directory_as_the_output_gets_the_compilers_own_error(server, tmp_path):
+    (tmp_path / "x.c").write_bytes(GOOD)
+    (tmp_path / "out.o").mkdir()
+    args = ["gcc-12", "-c", "x.c", "-o", "out.o"]
+    local = subprocess.run(args, cwd=tmp_path, capture_output=True)
+    ours = subprocess.run([JAILCC, *args], cwd=tmp_path, env=env_for(server), capture_output=True)
+    assert ours.returncode == local.returncode != 0
+    assert (tmp_path / "out.o").is_dir()
