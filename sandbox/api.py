@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import signal
 import socket
 import subprocess
 import sys
@@ -295,10 +296,9 @@ class Jail:
         return [pid for pid in JailCgroup(self._cgroups).pids() if pid != self.pid]
 
     def kill_job(self) -> None:
-        """Stop the running job at once (its result then says signal 9)."""
-        for pid in self.job_pids():
-            with contextlib.suppress(ProcessLookupError):
-                os.kill(pid, 9)
+        """Stop the running job at once (its result then says signal 9): every process of the
+        jail but its init, each through a pidfd checked to be in the jail (see cgroups)."""
+        JailCgroup(self._cgroups).signal_members(signal.SIGKILL, spare={self.pid})
 
     def set_idle(self, idle: bool) -> None:
         """Run the jail at SCHED_IDLE (or normally again): its init, so every job it starts

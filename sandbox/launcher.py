@@ -105,7 +105,8 @@ class Launcher:
             else:
                 loopdev.mount_image(path, target)
             self.images[name] = target
-        self.spawn_helper = spawn_helper
+        rootfs.install_spawn_helper(spawn_helper)
+        self.spawn_helper = spawn_helper  # the host path: only the host_mount_sources weakening
         self.cgroup_parents = cgroups.parent_dirs()
         cgroups.remove_stale(self.cgroup_parents)
 
@@ -295,8 +296,9 @@ class Launcher:
         jail = self.jails.pop(jail_id)
         leaks: list[str] = []
         if not jail.exited:
+            # Through the pidfd: it names this init, whatever the kernel does with its pid.
             with contextlib.suppress(ProcessLookupError):
-                os.kill(jail.pid, signal.SIGKILL)
+                signal.pidfd_send_signal(jail.pidfd, signal.SIGKILL)
             # The init's exit kills and waits for every process in its PID namespace.
             with contextlib.suppress(ChildProcessError):
                 os.waitpid(jail.pid, 0)
@@ -338,11 +340,10 @@ def _jail_main(
         os.set_inheritable(sock.fileno(), False)
         if "init_keeps_stdio" not in weaken:
             # Not the server's terminal or log, not its session: a compromised init could
-            # otherwise type into the admin's shell (TIOCSTI) or forge log lines.
-            null = os.open("/dev/null", os.O_RDWR)
+            # otherwise type into the admin's shell (TIOCSTI) or forge log lines. Its stdio
+            # becomes the jail's own /dev/null once the jail is built (the host's is not used).
             for fd in (0, 1, 2):
-                os.dup2(null, fd)
-            os.close(null)
+                os.close(fd)
             os.setsid()
         prctl.set_pdeathsig(signal.SIGKILL)
         prctl.set_proctitle("jailcc-init")
@@ -354,10 +355,14 @@ def _jail_main(
         sc.unshare(flags)
         socket.sethostname("jailcc")
         rootfs.build(image_root, jail_uid, limits, weaken, spawn_helper)
+        if "init_keeps_stdio" not in weaken:
+            _stdio_to_null()
         # As PID 1 an init ignores signals it has no handler for: drop Python's SIGINT handler.
         signal.signal(signal.SIGINT, signal.SIG_DFL)
+        # Opened while root: once non-dumpable, the init's own /proc files belong to root.
+        io_counters = os.open("/proc/self/io", os.O_RDONLY | os.O_CLOEXEC)
         privileges.drop(pool_uid, weaken)
-        jail_init = JailInit(sock, limits, weaken, rootfs.SPAWN_HELPER)
+        jail_init = JailInit(sock, limits, weaken, rootfs.SPAWN_HELPER, io_counters)
         jail_init.warm_up()
         os.write(ready_w, b"ok")
         os.close(ready_w)
@@ -369,6 +374,16 @@ def _jail_main(
         jail_init.serve()
     finally:
         os._exit(0)
+
+
+def _stdio_to_null() -> None:  # pragma: no cover - runs in the jail
+    """Make 0, 1 and 2 the jail's /dev/null, a node made from its fixed numbers (rootfs)."""
+    null = os.open("/dev/null", os.O_RDWR)
+    for fd in (0, 1, 2):
+        if fd != null:
+            os.dup2(null, fd)
+    if null > 2:
+        os.close(null)
 
 
 def main(argv: list[str] | None = None) -> None:

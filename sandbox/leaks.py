@@ -31,16 +31,21 @@ def processes_of_uids(low: int, high: int) -> list[tuple[int, int]]:
 
 def jail_cgroups() -> list[str]:
     """Per-jail cgroups still present under the jailcc parents."""
-    found = []
+    parents = []
     for controller in cgroups.CONTROLLERS:
         with contextlib.suppress(cgroups.CgroupError):
-            parent = os.path.join(cgroups._own_path(controller), cgroups.PARENT_NAME)
-            with contextlib.suppress(FileNotFoundError):
-                found += [
-                    os.path.join(parent, n)
-                    for n in os.listdir(parent)
-                    if os.path.isdir(os.path.join(parent, n))
-                ]
+            parents.append(os.path.join(cgroups._own_path(controller), cgroups.PARENT_NAME))
+    unified = cgroups.unified_parent()
+    if unified is not None:
+        parents.append(unified)
+    found = []
+    for parent in parents:
+        with contextlib.suppress(FileNotFoundError):
+            found += [
+                os.path.join(parent, n)
+                for n in os.listdir(parent)
+                if os.path.isdir(os.path.join(parent, n))
+            ]
     return found
 
 

@@ -71,7 +71,9 @@ def mount_image(image_path: str, target: str) -> str:
     # Autoclear frees the device at its last close: keep it open until the mount holds it.
     try:
         flags = syscalls.MS_RDONLY | syscalls.MS_NOSUID | syscalls.MS_NODEV
-        syscalls.mount(device, target, fstype, flags)
+        # Named through our descriptor, not /dev/loopN: the mount keeps the source string, and
+        # every jail's /proc/self/mountinfo shows it. This one says nothing about the host.
+        syscalls.mount(f"/proc/self/fd/{loop_fd}", target, fstype, flags)
     finally:
         os.close(loop_fd)
     return device

@@ -339,6 +339,107 @@ static int probe_devices(int argc, char **argv) {
     return finish("no device creation, only null/zero/full/random/urandom");
 }
 
+/* device_nodes: /dev holds the real null, zero, full, random and urandom, whatever the host's
+ * /dev looks like (they are made from fixed numbers), and each behaves as it should. */
+static int probe_device_nodes(int argc, char **argv) {
+    (void)argc; (void)argv;
+    static const struct { const char *name; unsigned major, minor; } want[] = {
+        {"null", 1, 3}, {"zero", 1, 5}, {"full", 1, 7}, {"random", 1, 8}, {"urandom", 1, 9},
+    };
+    for (size_t i = 0; i < sizeof want / sizeof want[0]; i++) {
+        char path[64];
+        struct stat st;
+        snprintf(path, sizeof path, "/dev/%s", want[i].name);
+        if (lstat(path, &st) != 0) escaped("%s missing", path);
+        else if (!S_ISCHR(st.st_mode)) escaped("%s is not a character device", path);
+        else if (major(st.st_rdev) != want[i].major || minor(st.st_rdev) != want[i].minor)
+            escaped("%s is %u:%u, not %u:%u", path, major(st.st_rdev), minor(st.st_rdev),
+                    want[i].major, want[i].minor);
+    }
+    char buf[16];
+    int fd = open("/dev/null", O_RDWR);
+    if (fd < 0) escaped("cannot open /dev/null: %s", strerror(errno));
+    else {
+        if (read(fd, buf, sizeof buf) != 0) escaped("/dev/null is not empty");
+        if (write(fd, "x", 1) != 1) escaped("writing /dev/null failed");
+        close(fd);
+    }
+    fd = open("/dev/zero", O_RDONLY);
+    memset(buf, 1, sizeof buf);
+    if (fd < 0 || read(fd, buf, sizeof buf) != (ssize_t)sizeof buf) escaped("cannot read /dev/zero");
+    else for (size_t i = 0; i < sizeof buf; i++) if (buf[i]) { escaped("/dev/zero gave non-zero bytes"); break; }
+    if (fd >= 0) close(fd);
+    fd = open("/dev/full", O_WRONLY);
+    if (fd < 0) escaped("cannot open /dev/full: %s", strerror(errno));
+    else {
+        errno = 0;
+        if (write(fd, "x", 1) != -1 || errno != ENOSPC) escaped("writing /dev/full did not fail with ENOSPC");
+        close(fd);
+    }
+    const char *random[] = {"/dev/random", "/dev/urandom", NULL};
+    for (int i = 0; random[i]; i++) {
+        fd = open(random[i], O_RDONLY);
+        memset(buf, 0, sizeof buf);
+        int nonzero = 0;
+        if (fd >= 0 && read(fd, buf, sizeof buf) == (ssize_t)sizeof buf)
+            for (size_t j = 0; j < sizeof buf; j++) nonzero |= buf[j];
+        if (!nonzero) escaped("%s gave no random bytes", random[i]);
+        if (fd >= 0) close(fd);
+    }
+    return finish("null, zero, full, random and urandom are the real devices");
+}
+
+/* socket_families: only AF_UNIX, AF_INET and AF_INET6; every other family must fail with
+ * EAFNOSUPPORT from the seccomp filter, before the kernel's code for it runs (any other answer,
+ * EPERM or ENODEV say, means the call reached it). A network namespace holds none of these. */
+static int probe_socket_families(int argc, char **argv) {
+    (void)argc; (void)argv;
+    static const struct { int family, type; const char *name; } refused[] = {
+        {AF_VSOCK, SOCK_STREAM, "AF_VSOCK"}, {AF_PACKET, SOCK_RAW, "AF_PACKET"},
+        {AF_NETLINK, SOCK_RAW, "AF_NETLINK"}, {AF_ALG, SOCK_SEQPACKET, "AF_ALG"},
+        {AF_KEY, SOCK_RAW, "AF_KEY"}, {AF_BLUETOOTH, SOCK_RAW, "AF_BLUETOOTH"},
+    };
+    for (size_t i = 0; i < sizeof refused / sizeof refused[0]; i++) {
+        int sv[2];
+        int s = socket(refused[i].family, refused[i].type, 0);
+        if (s >= 0) { escaped("opened an %s socket", refused[i].name); close(s); }
+        else if (errno != EAFNOSUPPORT) escaped("socket(%s) reached the kernel: %s", refused[i].name, strerror(errno));
+        if (socketpair(refused[i].family, refused[i].type, 0, sv) == 0) {
+            escaped("made an %s socket pair", refused[i].name);
+            close(sv[0]); close(sv[1]);
+        } else if (errno != EAFNOSUPPORT) escaped("socketpair(%s) reached the kernel: %s", refused[i].name, strerror(errno));
+    }
+    /* The family is an int: high bits in the register must not smuggle one past the filter. */
+    long s = syscall(SYS_socket, (long)AF_NETLINK | (1L << 32), SOCK_RAW, 0);
+    if (s >= 0) { escaped("opened AF_NETLINK with high bits set"); close((int)s); }
+    int sv[2];
+    if (socketpair(AF_UNIX, SOCK_STREAM, 0, sv) != 0) escaped("AF_UNIX refused: %s", strerror(errno));
+    else { close(sv[0]); close(sv[1]); }
+    return finish("only AF_UNIX, AF_INET and AF_INET6 sockets");
+}
+
+/* mount_table HOSTPATH...: /proc/self/mountinfo names no host device, file or directory. */
+static int probe_mount_table(int argc, char **argv) {
+    const char *tables[] = {"/proc/self/mountinfo", "/proc/self/mounts", "/proc/1/mountinfo", NULL};
+    for (int t = 0; tables[t]; t++) {
+        FILE *f = fopen(tables[t], "r");
+        char line[4096];
+        if (!f) { if (t == 0) escaped("cannot read %s", tables[t]); continue; }
+        while (fgets(line, sizeof line, f)) {
+            line[strcspn(line, "\n")] = 0;
+            char source[1024] = "";
+            const char *dash = strstr(line, " - ");
+            if (t == 1) sscanf(line, "%1023s", source);
+            else if (dash) sscanf(dash + 3, "%*s %1023s", source);
+            if (!strncmp(source, "/dev/", 5)) escaped("%s names the host device %s", tables[t], source);
+            for (int i = 2; i < argc; i++)
+                if (argv[i][0] && strstr(line, argv[i])) escaped("%s names %s: %.200s", tables[t], argv[i], line);
+        }
+        fclose(f);
+    }
+    return finish("the mount table names nothing of the host");
+}
+
 /* keyctl: the launcher's session keyring (and any canary key in it) must be out of reach. */
 static int probe_keyctl(int argc, char **argv) {
     const char *canary = argc > 2 ? argv[2] : "jailcc-canary";
@@ -571,7 +672,9 @@ static const struct probe probes[] = {
     {"memory", probe_memory}, {"fork_bomb", probe_fork_bomb}, {"fill_disk", probe_fill_disk},
     {"sleep", probe_sleep}, {"spin", probe_spin}, {"flood", probe_flood}, {"daemon", probe_daemon},
     {"marker", probe_marker}, {"neighbour", probe_neighbour}, {"leave_files", probe_leave_files},
-    {"check_clean", probe_check_clean}, {"spin_children", probe_spin_children}, {NULL, NULL},
+    {"check_clean", probe_check_clean}, {"spin_children", probe_spin_children},
+    {"device_nodes", probe_device_nodes}, {"socket_families", probe_socket_families},
+    {"mount_table", probe_mount_table}, {NULL, NULL},
 };
 
 int main(int argc, char **argv) {

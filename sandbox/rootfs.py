@@ -9,6 +9,12 @@ Layout inside the jail's mount namespace, after pivot_root:
 
 The nested chroot matters: the kernel refuses to create a user namespace for a chrooted process,
 which closes the user-namespace route to capabilities without a seccomp filter.
+
+Nothing in the jail comes from the host's /dev, and its mount table names nothing of the host:
+the device nodes are made from fixed numbers (a broken host node cannot break every jail), every
+tmpfs has a "jailcc-..." source name, the image is mounted by a source that names no device or
+file (loopdev.py), and the spawn helper is bound from the launcher's own copy of it, not from
+the host path (a bind shows its source's file system, options and path in /proc/self/mountinfo).
 """
 
 from __future__ import annotations
@@ -24,10 +30,20 @@ from .spec import JailLimits
 MOUNT_BASE = "/run/jailcc/mnt"
 JAIL_BUILD_DIR = os.path.join(MOUNT_BASE, "jail")
 ROOT_IN_OUTER = "/r"
-# The C helper that starts each job (spawn.c), bound read-only into every jail.
+# The C helper that starts each job (spawn.c), bound read-only into every jail from the
+# launcher's copy of it, in a tmpfs of its own (install_spawn_helper).
 SPAWN_HELPER = "/.jailcc-spawn"
+HELPER_DIR = os.path.join(MOUNT_BASE, "helpers")
+SPAWN_HELPER_COPY = os.path.join(HELPER_DIR, "spawn")
 
-DEVICES = ("null", "zero", "full", "random", "urandom")
+# The harmless character devices, by their fixed numbers (Documentation/admin-guide/devices.txt).
+DEVICES = {
+    "null": (1, 3),
+    "zero": (1, 5),
+    "full": (1, 7),
+    "random": (1, 8),
+    "urandom": (1, 9),
+}
 DEV_LINKS = {
     "fd": "/proc/self/fd",
     "stdin": "/proc/self/fd/0",
@@ -46,6 +62,28 @@ SECURE = sc.MS_NOSUID | sc.MS_NODEV
 def _bind_readonly(source: str, target: str, flags: int) -> None:
     sc.mount(source, target, None, sc.MS_BIND | sc.MS_REC)
     sc.mount(None, target, None, sc.MS_BIND | sc.MS_REMOUNT | flags)
+
+
+def install_spawn_helper(host_path: str) -> None:
+    """Copy the spawn helper into a read-only tmpfs of the launcher's, once at start: jails bind
+    it from there, so their mount table shows "jailcc-helpers /spawn", not the host's disk and
+    the helper's path on it. Runs in the launcher's private mount namespace."""
+    os.mkdir(HELPER_DIR, 0o755)
+    sc.mount("jailcc-helpers", HELPER_DIR, "tmpfs", SECURE, "size=4m,nr_inodes=8,mode=0755")
+    source = os.open(host_path, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC)
+    try:
+        # Only a regular file: whatever else sits at the path is not the helper we built.
+        if not stat.S_ISREG(os.fstat(source).st_mode):
+            raise OSError(f"the spawn helper {host_path} is not a regular file")
+        target = os.open(SPAWN_HELPER_COPY, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o755)
+        try:
+            while chunk := os.read(source, 1 << 20):
+                os.write(target, chunk)
+        finally:
+            os.close(target)
+    finally:
+        os.close(source)
+    sc.mount(None, HELPER_DIR, None, sc.MS_REMOUNT | sc.MS_RDONLY | SECURE)
 
 
 def build(
@@ -90,9 +128,11 @@ def build(
 
     target = root + SPAWN_HELPER
     os.close(os.open(target, os.O_CREAT | os.O_WRONLY, 0o755))
-    _bind_readonly(spawn_helper, target, sc.MS_RDONLY | secure)
+    # From the launcher's copy: a bind of the host's file shows the host's disk in mountinfo.
+    helper = spawn_helper if "host_mount_sources" in weaken else SPAWN_HELPER_COPY
+    _bind_readonly(helper, target, sc.MS_RDONLY | secure)
 
-    _build_dev(root + "/dev", secure)
+    _build_dev(root + "/dev", secure, "wrong_dev_nodes" in weaken)
     _build_proc(root + "/proc", weaken)
 
     os.mkdir(root + "/tmp", 0o755)
@@ -122,18 +162,22 @@ def build(
     os.chdir("/")
 
 
-def _build_dev(dev: str, secure: int) -> None:
-    """A read-only tmpfs holding copies of the harmless device nodes, made while we still
-    have CAP_MKNOD: one mount instead of a bind per device. The jail can never add a node
-    (no CAP_MKNOD, the tmpfs is read-only, and every writable mount is nodev)."""
+def _build_dev(dev: str, secure: int, wrong_nodes: bool) -> None:
+    """A read-only tmpfs holding the harmless device nodes, made while we still have CAP_MKNOD:
+    one mount instead of a bind per device. The jail can never add a node (no CAP_MKNOD, the
+    tmpfs is read-only, and every writable mount is nodev). The nodes are made from their fixed
+    numbers, never copied from the host's /dev: a host node that a bug or an admin replaced
+    (a regular /dev/null) would otherwise break every jail."""
     os.mkdir(dev, 0o755)
     sc.mount(
         "jailcc-dev", dev, "tmpfs", sc.MS_NOSUID | sc.MS_NOEXEC, "size=16k,nr_inodes=32,mode=0755"
     )
-    for name in DEVICES:
-        host = os.stat("/dev/" + name)
+    numbers = list(DEVICES.values())
+    if wrong_nodes:  # the wrong_dev_nodes weakening: each node gets the next one's numbers
+        numbers = numbers[1:] + numbers[:1]
+    for name, (major, minor) in zip(DEVICES, numbers, strict=True):
         path = os.path.join(dev, name)
-        os.mknod(path, 0o666 | stat.S_IFCHR, host.st_rdev)
+        os.mknod(path, 0o666 | stat.S_IFCHR, os.makedev(major, minor))
         os.chmod(path, 0o666)  # mknod applies the umask
     for name, link in DEV_LINKS.items():
         os.symlink(link, os.path.join(dev, name))

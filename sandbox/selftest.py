@@ -14,6 +14,7 @@ import os
 import secrets
 import shutil
 import socket
+import stat
 import statistics
 import subprocess
 import tempfile
@@ -23,7 +24,7 @@ from collections.abc import Callable, Iterable, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
-from . import leaks
+from . import helpers, leaks, rootfs
 from . import syscalls as sc
 from .api import Jail, Sandbox
 from .spec import JailLimits, MiB, RunLimits, RunResult
@@ -141,10 +142,19 @@ def _verdict(result: RunResult) -> tuple[bool, str]:
 
 class _Runner:
     def __init__(
-        self, sandbox: Sandbox, image: str, probe: bytes, bait: _HostBait, weaken: frozenset[str]
+        self,
+        sandbox: Sandbox,
+        image: str,
+        image_path: str,
+        probe: bytes,
+        bait: _HostBait,
+        weaken: frozenset[str],
     ) -> None:
         self.sandbox, self.image, self.probe, self.bait = sandbox, image, probe, bait
         self.weaken = weaken
+        # Host paths a jail's mount table must not name: the image file, where the helpers
+        # are built, where the launcher mounts things.
+        self.host_paths = (os.path.abspath(image_path), helpers.CACHE_DIR, rootfs.MOUNT_BASE)
         self.uids: set[int] = set()  # of every jail made, for the leftovers check
 
     def jail(self) -> Jail:
@@ -193,10 +203,12 @@ class _Runner:
         ours (else code running in it could type into a shell with TIOCSTI)."""
         with self.jail() as jail:
             problems = []
+            null = os.makedev(*rootfs.DEVICES["null"])
             for fd in (0, 1, 2):
-                target = os.readlink(f"/proc/{jail.pid}/fd/{fd}")
-                if target != "/dev/null":
-                    problems.append(f"fd {fd} is {target}")
+                # The jail's own /dev/null: by its device number, its path is the jail's.
+                st = os.stat(f"/proc/{jail.pid}/fd/{fd}")
+                if not stat.S_ISCHR(st.st_mode) or st.st_rdev != null:
+                    problems.append(f"fd {fd} is {os.readlink(f'/proc/{jail.pid}/fd/{fd}')}")
             with open(f"/proc/{jail.pid}/stat") as f:
                 session = int(f.read().rsplit(")", 1)[1].split()[3])
             if session == os.getsid(0):
@@ -247,6 +259,9 @@ def _probe_table(r: _Runner) -> list[tuple[str, Callable[[], tuple[bool, str]]]]
         ("chroot_escape", lambda: r.simple("chroot_escape", b.planted)),
         ("ptrace", lambda: r.simple("ptrace")),
         ("devices", lambda: r.simple("devices")),
+        ("device_nodes", lambda: r.simple("device_nodes")),
+        ("socket_families", lambda: r.simple("socket_families")),
+        ("mount_table", lambda: r.simple("mount_table", *r.host_paths)),
         ("keyctl", lambda: r.simple("keyctl", b.canary)),
         ("proc_sys_write", lambda: r.simple("proc_sys_write")),
         ("memory", lambda: r.limit("memory", "memory", cap_mem)),
@@ -281,6 +296,9 @@ PROBE_NAMES = (
     "chroot_escape",
     "ptrace",
     "devices",
+    "device_nodes",
+    "socket_families",
+    "mount_table",
     "keyctl",
     "proc_sys_write",
     "memory",
@@ -331,7 +349,7 @@ def run_selftest(
             # and after the probes no jail of this launcher may exist at all.
             with Sandbox(images, warm=0, allow_weaken=bool(weaken)) as sandbox:
                 for name in images:
-                    runner = _Runner(sandbox, name, probe, bait, weaken)
+                    runner = _Runner(sandbox, name, images[name], probe, bait, weaken)
                     report = ImageReport(image=name)
                     for probe_name, check in _probe_table(runner):
                         if probe_name not in wanted:

@@ -7,7 +7,7 @@
  * A limit of 0 means "leave as inherited". It starts a new session, resets the signals Python
  * ignores, makes the job the OOM killer's first choice, sets the limits (soft = hard, except
  * CPU whose hard limit is one second later so SIGXCPU comes first), with SECCOMP=1 installs a
- * seccomp filter (below), closes every descriptor above 2, changes to CWD and executes PROGRAM
+ * seccomp filter (below; 2: without its socket family check, a test weakening), closes every descriptor above 2, changes to CWD and executes PROGRAM
  * with ARGV0 ARGS... On any failure it writes one line to stderr and exits 127, as a shell does
  * for a command it cannot run.
  *
@@ -16,7 +16,14 @@
  * to the uid and outlive the jail; namespaces and mounts are refused by the missing
  * capabilities and the chroot already; ptrace, bpf, perf, userfaultfd, io_uring, module and
  * kexec calls are attack surface a compile never uses. They fail with EPERM; a foreign
- * architecture (x32 or 32-bit calls on x86_64) kills the process.
+ * architecture (x32 or 32-bit calls on x86_64, 32-bit ARM on aarch64) kills the process, which
+ * also rules out socketcall(2): neither x86_64 nor aarch64 has it, only their 32-bit ABIs.
+ *
+ * socket() and socketpair() are allowed for AF_UNIX, AF_INET and AF_INET6 only; any other family
+ * fails with EAFNOSUPPORT, as on a kernel built without it, so a program probing for one carries
+ * on. The network namespace covers IP, but not vsock (a VM's channel to its host), netlink,
+ * packet, crypto (AF_ALG) or Bluetooth sockets, each a kernel interface a compile never uses.
+ * SECCOMP=2 (a test weakening) installs the filter without this family check.
  */
 #define _GNU_SOURCE
 #include <errno.h>
@@ -27,6 +34,7 @@
 #include <stdlib.h>
 #include <string.h>
 #include <sys/resource.h>
+#include <sys/socket.h>
 #include <linux/audit.h>
 #include <linux/filter.h>
 #include <linux/seccomp.h>
@@ -48,8 +56,19 @@ static void die(const char *what, const char *arg);
 #define DENY(nr) BPF_JUMP(BPF_JMP | BPF_JEQ | BPF_K, (nr), 0, 1), \
                  BPF_STMT(BPF_RET | BPF_K, SECCOMP_RET_ERRNO | EPERM)
 
-static void install_seccomp(const char *prog) {
-    struct sock_filter filter[] = {
+/* For socket(2) and socketpair(2): allow the families above, refuse the rest. The family is an
+ * int, so only the low 32 bits of the argument count (the kernel truncates it the same way). */
+#define SOCKET_FAMILIES(nr) \
+        BPF_JUMP(BPF_JMP | BPF_JEQ | BPF_K, (nr), 0, 6), \
+        BPF_STMT(BPF_LD | BPF_W | BPF_ABS, offsetof(struct seccomp_data, args[0])), \
+        BPF_JUMP(BPF_JMP | BPF_JEQ | BPF_K, AF_UNIX, 2, 0), \
+        BPF_JUMP(BPF_JMP | BPF_JEQ | BPF_K, AF_INET, 1, 0), \
+        BPF_JUMP(BPF_JMP | BPF_JEQ | BPF_K, AF_INET6, 0, 1), \
+        BPF_STMT(BPF_RET | BPF_K, SECCOMP_RET_ALLOW), \
+        BPF_STMT(BPF_RET | BPF_K, SECCOMP_RET_ERRNO | EAFNOSUPPORT)
+
+static void install_seccomp(const char *prog, int socket_families) {
+    struct sock_filter head[] = {
         BPF_STMT(BPF_LD | BPF_W | BPF_ABS, offsetof(struct seccomp_data, arch)),
         BPF_JUMP(BPF_JMP | BPF_JEQ | BPF_K, JAIL_AUDIT_ARCH, 1, 0),
         BPF_STMT(BPF_RET | BPF_K, SECCOMP_RET_KILL_PROCESS),
@@ -74,6 +93,9 @@ static void install_seccomp(const char *prog) {
          * clone, whose flags are checked below. */
         BPF_JUMP(BPF_JMP | BPF_JEQ | BPF_K, __NR_clone3, 0, 1),
         BPF_STMT(BPF_RET | BPF_K, SECCOMP_RET_ERRNO | ENOSYS),
+    };
+    struct sock_filter families[] = {SOCKET_FAMILIES(__NR_socket), SOCKET_FAMILIES(__NR_socketpair)};
+    struct sock_filter tail[] = {
         BPF_JUMP(BPF_JMP | BPF_JEQ | BPF_K, __NR_clone, 0, 3),
         BPF_STMT(BPF_LD | BPF_W | BPF_ABS, offsetof(struct seccomp_data, args[0])),
         BPF_JUMP(BPF_JMP | BPF_JSET | BPF_K,
@@ -82,10 +104,19 @@ static void install_seccomp(const char *prog) {
         BPF_STMT(BPF_RET | BPF_K, SECCOMP_RET_ERRNO | EPERM),
         BPF_STMT(BPF_RET | BPF_K, SECCOMP_RET_ALLOW),
     };
-    struct sock_fprog prog_desc = {
-        .len = (unsigned short)(sizeof filter / sizeof filter[0]),
-        .filter = filter,
-    };
+    /* Each part falls through to the next with the syscall number loaded: join them. */
+    struct sock_filter filter[sizeof head / sizeof head[0] + sizeof families / sizeof families[0]
+                              + sizeof tail / sizeof tail[0]];
+    size_t len = 0;
+    memcpy(filter, head, sizeof head);
+    len += sizeof head / sizeof head[0];
+    if (socket_families) {
+        memcpy(filter + len, families, sizeof families);
+        len += sizeof families / sizeof families[0];
+    }
+    memcpy(filter + len, tail, sizeof tail);
+    len += sizeof tail / sizeof tail[0];
+    struct sock_fprog prog_desc = {.len = (unsigned short)len, .filter = filter};
     /* The init set no_new_privs already; setting it again is harmless and required. */
     if (prctl(PR_SET_NO_NEW_PRIVS, 1, 0, 0, 0) != 0) die("no_new_privs", prog);
     if (prctl(PR_SET_SECCOMP, SECCOMP_MODE_FILTER, &prog_desc) != 0) die("seccomp", prog);
@@ -137,7 +168,9 @@ int main(int argc, char **argv) {
         return 127;
     }
     const char *cwd = argv[1], *prog = argv[8];
-    int seccomp = !strcmp(argv[7], "1");
+    /* 1: the filter; 2: the filter without the socket family check (a test weakening). */
+    int seccomp = !strcmp(argv[7], "1") || !strcmp(argv[7], "2");
+    int socket_families = strcmp(argv[7], "2") != 0;
     unsigned long long cpu = number(argv[2]), as = number(argv[3]), fsize = number(argv[4]);
     unsigned long long nofile = number(argv[5]), nproc = number(argv[6]);
 
@@ -161,7 +194,7 @@ int main(int argc, char **argv) {
     if (nofile) limit(RLIMIT_NOFILE, nofile, nofile, prog);
     if (nproc) limit(RLIMIT_NPROC, nproc, nproc, prog);
 
-    if (seccomp) install_seccomp(prog);
+    if (seccomp) install_seccomp(prog, socket_families);
     if (syscall(SYS_close_range, 3, ~0U, 0) != 0)
         for (int i = 3; i < 65536; i++) close(i);
     if (chdir(cwd) != 0) die("chdir", cwd);

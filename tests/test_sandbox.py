@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import os
 import signal
+import stat
 import subprocess
+import sys
 import threading
 import time
 from pathlib import Path
@@ -12,8 +14,9 @@ from pathlib import Path
 import psutil
 import pytest
 from conftest import requires_root
-from jailcc.sandbox import leaks
+from jailcc.sandbox import cgroups, leaks
 from jailcc.sandbox.api import JailBroken, Sandbox, SandboxError
+from jailcc.sandbox.cgroups import JailCgroup
 from jailcc.sandbox.spec import JailLimits, MiB, RunLimits
 from jailcc.sandbox.uidpool import DEFAULT_BASE, DEFAULT_COUNT
 
@@ -316,3 +319,136 @@ def test_cpu_of_children_never_waited_for_is_still_counted(sandbox, probe_binary
     assert result.usage.user_seconds + result.usage.system_seconds < 0.5
     # ...the jail's cgroup does: two children that used a second of CPU each.
     assert result.usage.jail_cpu_seconds >= 2.0, result.usage
+
+
+def test_a_broken_host_dev_null_does_not_reach_the_jails(gcc_image, probe_binary, tmp_path) -> None:
+    """The jail's device nodes come from fixed numbers, not from the host's /dev: with a regular
+    file over /dev/null (in a mount namespace of the test's own), jails still work."""
+    fake = tmp_path / "not-a-device"
+    fake.write_bytes(b"")
+    (tmp_path / "probe").write_bytes(probe_binary)
+    script = tmp_path / "jail.py"
+    script.write_text(
+        "import os, stat, sys\n"
+        "from jailcc.sandbox.api import Sandbox\n"
+        "assert stat.S_ISREG(os.stat('/dev/null').st_mode), 'the host /dev/null is not broken'\n"
+        f"probe = open({str(tmp_path / 'probe')!r}, 'rb').read()\n"
+        f"with Sandbox({{'gcc-12': {str(gcc_image)!r}}}, warm=0) as sb:\n"
+        "    with sb.create_jail('gcc-12') as jail:\n"
+        "        r = jail.run(['/w/probe', 'device_nodes'], cwd='/w', inputs={'probe': probe},\n"
+        "                     executables=['probe'])\n"
+        "        sys.stdout.write(r.stdout.decode())\n"
+    )
+    # unshare(1) makes the new namespace's mounts private: the host's /dev/null is untouched.
+    proc = subprocess.run(
+        [
+            "unshare",
+            "--mount",
+            "sh",
+            "-c",
+            'mount --bind "$1" /dev/null && exec "$2" "$3"',
+            "sh",
+            str(fake),
+            sys.executable,
+            str(script),
+        ],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    assert proc.stdout.startswith("PASS"), proc.stdout
+    assert stat.S_ISCHR(os.stat("/dev/null").st_mode)
+
+
+def test_a_file_size_limit_below_the_compiler_driver_is_reported(sandbox, tmp_path) -> None:
+    """as, not the gcc driver, is stopped by RLIMIT_FSIZE: the driver fails with an ordinary
+    status, and the result must still name the limit (the client then compiles locally)."""
+    source = b"char big[4 << 20] = {1};\n"
+    limits = RunLimits(cpu_seconds=10, wall_seconds=20.0, file_bytes=1 * MiB)
+    with sandbox.create_jail("gcc-12") as jail:
+        result = jail.run(
+            ["/usr/bin/gcc-12", "-c", "big.i", "-o", "big.o"],
+            cwd="/src",
+            inputs={"big.i": source},
+            outputs=["big.o"],
+            limits=limits,
+        )
+        assert result.exit_code != 0 and result.limit == "file-size", (result, result.stderr)
+        # Within RLIMIT_FSIZE but over the cap on what is read back: the output limit.
+        over_cap = jail.run(
+            ["/usr/bin/gcc-12", "-c", "big.i", "-o", "big.o"],
+            cwd="/src",
+            inputs={"big.i": source},
+            outputs=["big.o"],
+            limits=RunLimits(file_bytes=8 * MiB, output_file_bytes=1 * MiB),
+        )
+        assert over_cap.exit_code == 0 and over_cap.limit == "output" and not over_cap.ok
+        # Below the limit the same job is an ordinary success...
+        small = jail.run(
+            ["/usr/bin/gcc-12", "-c", "small.i", "-o", "small.o"],
+            cwd="/src",
+            inputs={"small.i": b"char small[4096] = {1};\n"},
+            outputs=["small.o"],
+            limits=limits,
+        )
+        assert small.ok and "small.o" in small.outputs
+        # ...and a compile error that writes little is no limit.
+        bad = jail.run(
+            ["/usr/bin/gcc-12", "-c", "bad.i", "-o", "bad.o"],
+            cwd="/src",
+            inputs={"bad.i": b"int f( {\n"},
+            limits=limits,
+        )
+        assert bad.exit_code == 1 and bad.limit is None
+
+
+def _sleeper_in(group: JailCgroup) -> subprocess.Popen:
+    proc = subprocess.Popen(["sleep", "60"])
+    for path in group.paths.values():
+        with open(os.path.join(path, "cgroup.procs"), "w") as f:
+            f.write(str(proc.pid))
+    return proc
+
+
+def test_cgroup_kill_reads_no_pids(monkeypatch) -> None:
+    """Teardown kills by cgroup.kill where there is a cgroup2 group: no pid read from
+    cgroup.procs, which a recycled pid could turn into a host process."""
+    parents = cgroups.parent_dirs()
+    if cgroups.UNIFIED not in parents:
+        pytest.skip("no cgroup2 hierarchy mounted")
+    group = JailCgroup.create(parents, f"{os.getpid()}-kill-test", 64 * MiB, 8)
+    proc = _sleeper_in(group)
+    try:
+
+        def no_pids(self) -> list[int]:
+            raise AssertionError("cgroup.procs read to kill")
+
+        monkeypatch.setattr(JailCgroup, "pids", no_pids)
+        assert group.remove() == []
+        assert proc.wait(timeout=5) == -signal.SIGKILL
+    finally:
+        proc.kill()
+        proc.wait()
+        monkeypatch.undo()
+        group.remove()
+
+
+def test_cgroup_kill_without_cgroup2_goes_by_verified_pidfds(monkeypatch) -> None:
+    parents = {c: p for c, p in cgroups.parent_dirs().items() if c != cgroups.UNIFIED}
+    group = JailCgroup.create(parents, f"{os.getpid()}-pidfd-test", 64 * MiB, 8)
+    outsider = subprocess.Popen(["sleep", "60"])
+    proc = _sleeper_in(group)
+    try:
+        # A pid that is not (or no longer) in the group is never signalled.
+        real_pids = JailCgroup.pids
+        monkeypatch.setattr(JailCgroup, "pids", lambda self: [outsider.pid, *real_pids(self)])
+        assert group.remove() == []
+        assert proc.wait(timeout=5) == -signal.SIGKILL
+        assert outsider.poll() is None
+    finally:
+        for p in (proc, outsider):
+            p.kill()
+            p.wait()
+        monkeypatch.undo()
+        group.remove()
