@@ -11,10 +11,11 @@ arguments are expanded first, with gcc's rules (``expand_response_files``).  Pas
 ``compiler=`` (argv[0]) when known: g++/clang++ make .c and .i inputs C++.
 
 The rule is distcc's: a job goes remote only when the remote result can be the local one, so
-anything that would change the outcome keeps the job local.  Unknown single-dash options are
-taken for plain compiler flags (kept in both runs; gcc ignores cpp-only flags for a .i input
-anyway); unknown options in the families where one could take a separate argument or write a
-file (``--*``, ``-i*``, ``-M*``, ``-X*``, ``-d*``) keep the job local.  One pass, O(n).
+anything that would change the outcome keeps the job local.  Options come from
+``jailcc.options``, the table the server's allowlist is made from, parsed as the drivers parse
+them (joined and separate values, ``--long=value``, gcc's unique abbreviations of its long
+options: ``--imac x.h`` is ``-imacros x.h``); an option the table does not know keeps the job
+local, since the server would refuse it.  One pass, O(n).
 
 Decisions ("cpp": preprocessing run only; "remote": remote compile only; "both"; "local"),
 checked against gcc-12, g++-12 and clang-16 in tests/test_args.py:
@@ -28,21 +29,22 @@ option                                         where   why
 -x c|c++|cpp-output|c++-cpp-output|none        cpp     re-added at the end of preprocess_args
                                                        (it only affects later inputs)
 -x other languages; any -x after the input     local   not C/C++; gcc warns "no effect"
--D -U -I -include -imacros -isystem -iquote    cpp     joined and separate forms; cc1 does
--idirafter -iprefix -iwithprefix[before]               not record them in DW_AT_producer,
--imultilib -imultiarch -iframework -nostdinc           and the driver drops them for .i
--nostdinc++ -no-integrated-cpp -I-                     input anyway
+-D -U -I -include -imacros -isystem -iquote    cpp     joined and separate forms, and gcc's
+-idirafter -iprefix -iwithprefix[before]               long spellings (--include=...); cc1
+-imultilib -imultiarch -iframework -nostdinc           does not record them in DW_AT_producer,
+-nostdinc++ -no-integrated-cpp -I- -stdlib=            and the driver drops them for .i input
+                                                       (clang warns "unused" for -stdlib=)
 -Wp,<-D/-U/-I/-MD/-MMD/-MF/-MT/-MQ/-MP only>   cpp     (anything else in -Wp,: local)
 -MD -MMD -MF -MT -MQ -MP                       cpp     the .d comes from the local run; -MF
                                                        and -MQ are added (see below)
 -MF - (deps to stdout, mixed into the .i)      local
 -M -MM (even with -MD: no compile), -MG, -MJ   local   no object / needs -M / clang database
--Mmodules -Mno-modules                         local
+-Mmodules -Mno-modules
 -H -C -CC -P -undef -A -remap                  local   cc1 records them in DW_AT_producer;
                                                        the .i compile cannot (-P also drops
                                                        the line markers)
 -traditional -traditional-cpp                  local   rare
--dD -dM -dN -dI -dU, other -d<letters>         local   change the .i / RTL dump files
+-dD -dM -dN -dI -dU -da, other -d<letters>     local   change the .i / RTL dump files
 -dA -dp -dP                                    both    annotate the assembly only
 -dumpbase -dumpbase-ext -dumpdir               local   name auxiliary outputs
 -E -fsyntax-only -v -### --help* --version     local   no object, or print instead
@@ -53,14 +55,16 @@ option                                         where   why
 -fcallgraph-info* -gsplit-dwarf -ftime-trace
 -fsave-optimization-record -fopt-info*=FILE
 -fdiagnostics-format=json-file|sarif-file
+-fcompare-debug* -fproc-stat-report ...
 -fprofile* (all, also -fprofile-update)        local   profile/coverage data read or written
 -fauto-profile* -fbranch-probabilities
 -ftest-coverage --coverage -fcoverage*
 -fcs-profile*
--fplugin* -specs* -wrapper -B* --sysroot*      local   the server refuses them (compiler
--isysroot -iplugindir* -Xclang -Xanalyzer              policy): host files, foreign code
--gcc-toolchain -resource-dir
--fsanitize-*list= -fsanitize-coverage-*list=   local   read host files while compiling
+-fplugin* -fpass-plugin -specs* -wrapper -B*   local   the server refuses them (compiler
+--prefix* --sysroot* -isysroot -iplugindir*            policy): host files, foreign code
+-Xclang -Xanalyzer -gcc-toolchain -resource-dir
+-fsanitize-*list= -fxray-*-list= -fself-test   local   read host files while compiling
+-fbasic-block-sections=FILE
 -include-pch -ivfsoverlay -fpch-preprocess     local   precompiled headers / overlays
 -fmodules* -fmodule-* -fcxx-modules -gmodules  local   module caches, mappers, .gcm files
 -fimplicit-module* -fprebuilt-module*
@@ -68,17 +72,22 @@ option                                         where   why
 -g3 -ggdb3 -gdwarf3 ... (level 3)              local   separate cpp loses macro info
 -fdebug-macro
 -Wa,* -Xassembler X -Xpreprocessor X           local   may write files / pass -H, -P to cpp
--emit-llvm --analyze -fcompare-debug*          local   other outputs / cc1 run twice
+-emit-llvm --analyze                           local   other outputs
+-no-integrated-as -fno-integrated-as           local   clang images hold no assembler
+-fno-<a local -f family> (-fno-plugin...)      local   judged as the family it negates
+unknown options, unknown or ambiguous --long   local   the server refuses them (gcc turns an
+                                                       unknown --X into -fX)
 -g -gN -gdwarf-N -gz -O* -W* -f* -m* -std=     both    compile options that cpp also sees
 -ansi -pedantic -trigraphs -w -pipe -pthread           (__OPTIMIZE__, __PIC__, _REENTRANT,
--fPIC -flto -fsanitize=*                               __STRICT_ANSI__, __SANITIZE_*__ ...)
+-p -pg -fPIC -flto -fsanitize=*                        __STRICT_ANSI__, __SANITIZE_*__ ...)
 -frecord-gcc-switches -f*-prefix-map=                  (-finput-charset=: cc1 does not
--finput-charset= and other single-dash options         convert the .i a second time)
+-finput-charset= -fexec-charset= (iconv names)         convert the .i a second time)
+-Qunused-arguments -no-canonical-prefixes
 --param X --param=X -mllvm X -target X -arch X both    separate arguments consumed
 -l -L -Wl,* -Xlinker X -T -u -z -e -shared     remote  link-only: no effect with -c (gcc-12
 -static* -shared-* -pie -no-pie -rdynamic -s           is silent, clang warns "unused" once
 -r -nostdlib -nostartfiles -nodefaultlibs              per run, so once, as locally)
--nolibc -symbolic -fuse-ld=
+-nolibc -symbolic -fuse-ld= -rtlib= -unwindlib=
 -ftime-report* -fmem-report*                   remote  else cc1 -E prints a report of its own
 =============================================  ======  ======================================
 
@@ -113,6 +122,8 @@ strict xfail tests in tests/test_args.py):
 
 import os
 from collections import namedtuple
+
+from jailcc.options import BOTH, CPP, LOCAL, option_at
 
 
 class Local(namedtuple("Local", "reason")):
@@ -274,113 +285,7 @@ def expand_response_files(args: list[str], cwd: str) -> list[str]:
 
 
 # ---------------------------------------------------------------------------------------------
-# Option tables
-
-_BOTH = 0  # preprocessing and remote compile
-_CPP = 1  # preprocessing only
-_LOCAL = 2  # the job runs locally
-_OUT = 3  # -o
-_LANG = 4  # -x
-_COMPILE = 5  # -c
-_ASSEMBLE = 6  # -S
-_DEP = 7  # -MD / -MMD
-_DEPFILE = 8  # -MF
-_TARGET = 9  # -MT / -MQ
-_WP = 10  # -Wp,...
-_DEBUG = 11  # -g...: level 3 is local
-_OPTINFO = 12  # -fopt-info...: local when it names a file
-_REMOTE = 13  # remote compile only: link-only options, reports of the compile
-
-# Exact spellings: option -> (kind, takes a separate argument, reason for Local or None).
-_EXACT: dict[str, tuple[int, bool, str | None]] = {}
-
-
-def _exact(kind: int, separate: bool, names: str, reason: str | None = None) -> None:
-    for name in names.split():
-        _EXACT[name] = (kind, separate, reason)
-
-
-_exact(_COMPILE, False, "-c")
-_exact(_ASSEMBLE, False, "-S")
-_exact(_OUT, True, "-o")
-_exact(_LANG, True, "-x")
-_exact(_DEP, False, "-MD -MMD")
-_exact(_DEPFILE, True, "-MF")
-_exact(_TARGET, True, "-MT -MQ")
-_exact(_CPP, False, "-MP -nostdinc -nostdinc++ -no-integrated-cpp -I-")
-_exact(
-    _CPP,
-    True,
-    "-D -U -I -include -imacros -isystem -iquote -idirafter -iprefix -iwithprefix"
-    " -iwithprefixbefore -imultilib -imultiarch -iframework -cxx-isystem -iwithsysroot",
-)
-_exact(_BOTH, True, "--param -mllvm -target -arch")
-_exact(_REMOTE, True, "-L -l -T -Tbss -Tdata -Ttext -u -z -e -Xlinker")
-_exact(
-    _REMOTE,
-    False,
-    "-shared -static -pie -no-pie -rdynamic -s -r -nostdlib -nostartfiles -nodefaultlibs"
-    " -nolibc -symbolic",
-)
-_exact(_BOTH, False, "-dA -dp -dP -w -trigraphs")
-_exact(_LOCAL, False, "-E")
-_exact(_LOCAL, False, "-M", "-M (dependencies only)")
-_exact(_LOCAL, False, "-MM", "-MM (dependencies only)")
-_exact(
-    _LOCAL,
-    True,
-    "-MJ -A -B -Xassembler -Xpreprocessor -Xclang -Xanalyzer -aux-info -dumpbase -dumpbase-ext"
-    " -dumpdir -wrapper -specs --sysroot -isysroot -include-pch -ivfsoverlay -gcc-toolchain"
-    " -resource-dir",
-)
-_exact(
-    _LOCAL,
-    False,
-    "-MG -Mmodules -Mno-modules -H -C -CC -P -undef -remap -traditional -traditional-cpp"
-    " -dD -dM -dN -dI -dU -v -### -Q -time -dumpspecs -dumpversion -dumpfullversion"
-    " -dumpmachine --version --help --target-help --coverage --analyze -emit-llvm"
-    " -gsplit-dwarf -gmodules -march=native -mtune=native -mcpu=native -fsyntax-only"
-    " -fdiagnostics-format=json-file -fdiagnostics-format=sarif-file",
-)
-
-# Joined spellings: first two characters -> ((prefix, kind, reason), ...), longest first.
-_PREFIX: dict[str, tuple[tuple[str, int, str | None], ...]] = {}
-# Unknown options starting with these two characters keep the job local.
-_UNKNOWN_LOCAL = frozenset(("--", "-i", "-M", "-X", "-d"))
-
-
-def _prefixes(kind: int, prefixes: str) -> None:
-    for p in prefixes.split():
-        group = [*_PREFIX.get(p[:2], ()), (p, kind, None)]
-        group.sort(key=lambda e: -len(e[0]))
-        _PREFIX[p[:2]] = tuple(group)
-
-
-_prefixes(_OUT, "-o")
-_prefixes(_LANG, "-x")
-_prefixes(_DEPFILE, "-MF")
-_prefixes(_TARGET, "-MT -MQ")
-_prefixes(_WP, "-Wp,")
-_prefixes(_DEBUG, "-g")
-_prefixes(_OPTINFO, "-fopt-info")
-_prefixes(
-    _CPP,
-    "-D -U -I -include -imacros -isystem -iquote -idirafter -iprefix -iwithprefix"
-    " -iwithprefixbefore -imultilib -imultiarch -iframework",
-)
-_prefixes(_BOTH, "--param= --target=")
-_prefixes(_REMOTE, "-L -l -T -u -z -e -Wl, -static- -shared- -fuse-ld= -ftime-report -fmem-report")
-_prefixes(
-    _LOCAL,
-    "-B -A -MJ -isysroot -iplugindir -specs -save-temps --save-temps --sysroot -print- --help"
-    " -Wa, -fplugin -fdump- -fprofile -fauto-profile -fbranch-probabilities -ftest-coverage"
-    " -fcoverage -fcs-profile -fstack-usage -fcallgraph-info -fmodules -fmodule- -fcxx-modules"
-    " -fimplicit-module -fprebuilt-module -fsanitize-blacklist -fsanitize-ignorelist"
-    " -fsanitize-coverage-allowlist -fsanitize-coverage-ignorelist"
-    " -fsanitize-coverage-whitelist -fsanitize-coverage-blacklist -ftime-trace"
-    " -fsave-optimization-record -fcompare-debug -fdebug-macro -fdirectives-only"
-    " -fpch-preprocess -fpreprocessed -time=",
-)
+# Inputs and -g (the options themselves are jailcc.options' table)
 
 # Input suffixes (gcc's, case-sensitive) -> (language, preprocessed).
 _SUFFIXES = {
@@ -421,7 +326,6 @@ _DEBUG_NEUTRAL = frozenset(
         "-gctf",
     )
 )
-_DEBUG3 = frozenset(("-g3", "-ggdb3", "-gdwarf3", "-gstabs3", "-gstabs+3", "-gxcoff3", "-gvms3"))
 
 
 def _debug_after(a: str, debug: bool) -> bool:
@@ -434,24 +338,12 @@ def _debug_after(a: str, debug: bool) -> bool:
 def debug_info_on(remote_args: list[str]) -> bool:
     """Whether a job's compile arguments (RemoteJob.remote_args) produce debug info."""
     debug = False
-    for a in remote_args:
-        if a.startswith("-g"):
-            debug = _debug_after(a, debug)
+    i = 0
+    while i < len(remote_args):
+        w, i = option_at(remote_args, i)
+        if w.option is not None and w.option.handler == "debug":
+            debug = _debug_after(w.canonical, debug)
     return debug
-
-
-def _classify(a: str) -> tuple[int, bool, str | None, int]:
-    """(kind, separate argument follows, Local reason, length of the prefix for joined)."""
-    entry = _EXACT.get(a)
-    if entry is not None:
-        return (*entry, len(a))
-    head = a[:2]
-    for prefix, kind, reason in _PREFIX.get(head, ()):
-        if a.startswith(prefix):
-            return kind, False, reason, len(prefix)
-    if head in _UNKNOWN_LOCAL:
-        return _LOCAL, False, f"unknown option {a}", 0
-    return _BOTH, False, None, 0
 
 
 def _stem(path: str) -> str:
@@ -545,50 +437,48 @@ def analyse(
                 source = a
                 source_lang = x_lang
             continue
-        kind, separate, reason, plen = _classify(a)
-        if separate:
-            if i >= n:
-                return Local(f"missing argument to {a}")
-            value = args[i]
-            i += 1
-            words: tuple[str, ...] = (a, value)
-        else:
-            value = a[plen:]
-            words = (a,)
-        if kind == _BOTH:
-            cpp += words
-            remote += words
-        elif kind == _CPP:
-            cpp += words
-        elif kind == _REMOTE:
-            remote += words
-        elif kind == _LOCAL:
-            return Local(reason or a)
-        elif kind == _OUT:
+        try:
+            w, i = option_at(args, i - 1)
+        except ValueError as e:
+            return Local(str(e))
+        if w.decision == LOCAL:
+            return Local(w.reason)
+        words = w.words
+        handler = w.option.handler  # (unknown options are LOCAL: returned above)
+        if handler is None:
+            if w.decision == BOTH:
+                cpp += words
+                remote += words
+            elif w.decision == CPP:
+                cpp += words
+            else:  # REMOTE
+                remote += words
+        elif handler == "out":
             outputs += 1
-            output = value
-        elif kind == _LANG:
+            output = w.value
+        elif handler == "lang":
+            value = w.value
             if value != "none" and value not in _LANGUAGES:
                 return Local(f"-x {value}")
             if inputs:
                 return Local("-x after the input file")
             x_lang = None if value == "none" else value
-        elif kind == _COMPILE:
+        elif handler == "compile":
             mode = mode or 1
-        elif kind == _ASSEMBLE:
+        elif handler == "assemble":
             mode = 2
-        elif kind == _DEP:
+        elif handler == "dep":
             dep = True
-            cpp.append(a)
-        elif kind == _DEPFILE:
-            if value == "-":
-                return Local("dependencies to stdout")
-            dep_file = value
             cpp += words
-        elif kind == _TARGET:
+        elif handler == "depfile":
+            if w.value == "-":
+                return Local("dependencies to stdout")
+            dep_file = w.value
+            cpp += words
+        elif handler == "target":
             target = True
             cpp += words
-        elif kind == _WP:
+        elif handler == "wp":
             parsed = _wp_deps(a)
             if parsed is None or parsed[1] == "-":
                 return Local(a)
@@ -596,20 +486,13 @@ def analyse(
                 wp_dep = True
                 wp_dep_file = parsed[1]
             target = target or parsed[2]
-            cpp.append(a)
-        elif kind == _DEBUG:
-            if a in _DEBUG3:
-                return Local(f"{a} (macro debug info)")
-            if a.startswith("-gdwarf-"):
-                dwarf5 = a == "-gdwarf-5"
-            debug = _debug_after(a, debug)
-            cpp.append(a)
-            remote.append(a)
-        else:  # _OPTINFO
-            if "=" in a:
-                return Local(a)
-            cpp.append(a)
-            remote.append(a)
+            cpp += words
+        else:  # "debug"
+            if w.canonical.startswith("-gdwarf-"):
+                dwarf5 = w.canonical == "-gdwarf-5"
+            debug = _debug_after(w.canonical, debug)
+            cpp += words
+            remote += words
 
     if not mode:
         return Local("linking" if inputs else "no input file")

@@ -1,119 +1,24 @@
 """The one place where the job service knows about compilers: which compiler arguments a job
 may carry, and the environment it runs with.
 
-The jail is the security boundary; this is defence in depth and a guard against surprises:
-options that load code (plugins, specs, wrappers, other program directories), write files
-besides the one output (dumps, temps, profiles, dependency files), read files other than the
-input (profile data, response files, sysroots), or make the job something other than "compile
-this one preprocessed file" are refused with an error naming the option. The server supplies
-the input file name, -c or -S, and -o itself.
+The jail is the security boundary; this is defence in depth and a guard against surprises.
+The arguments are checked against an allowlist: ``jailcc.options``' table, the one the client
+classifies with, parsed as the gcc and clang drivers parse them (joined and separate values,
+``--long=value``, gcc's abbreviations of long options).  An argument is admitted only if its
+row sends it to the remote compile of a preprocessed file ("both" or "remote"); everything
+else is refused with an error naming the option: unknown options, options that load code
+(plugins, specs, wrappers, other program directories), write files besides the one output
+(dumps, temps, profiles, dependency files), read files other than the input (profile data,
+response files, sysroots, include directories), or make the job something other than "compile
+this one preprocessed file" (-E, -x, -dumpdir...).  The server supplies the input file name,
+-c or -S, and -o itself; a separate value may not be missing (it would swallow the -c).
 """
 
 from __future__ import annotations
 
 import itertools
 
-# Options refused outright (exact match).
-_REFUSED_EXACT = frozenset(
-    {
-        "-E",
-        "-c",
-        "-S",
-        "-o",
-        "-x",
-        "-wrapper",
-        "-B",
-        "-save-temps",
-        "-dumpspecs",
-        "-dumpversion",
-        "-dumpmachine",
-        "-dumpfullversion",
-        "-v",
-        "-###",
-        "--help",
-        "--version",
-        "-Xclang",
-        "-Xassembler",
-        "-Xpreprocessor",
-        "-Xlinker",
-        "-M",
-        "-MM",
-        "-MD",
-        "-MMD",
-        "-MF",
-        "-MT",
-        "-MQ",
-        "-MP",
-        "-MG",
-        "-MJ",
-        "-include",
-        "-imacros",
-        "-I",
-        "-isystem",
-        "-iquote",
-        "-idirafter",
-        "-iprefix",
-        "-isysroot",
-        "--sysroot",
-        "-fprofile-arcs",
-        "-ftest-coverage",
-        "--coverage",
-        "-fplugin",
-        "-aux-info",
-        "-fstack-usage",
-        "-fcallgraph-info",
-        "-fsyntax-only",
-        "-gsplit-dwarf",
-        "-pipe",
-        "-no-integrated-as",
-        "-fno-integrated-as",
-        "-T",
-        "-L",
-        "-l",
-    }
-)
-# Options refused by prefix (joined forms such as -fplugin=x, -B/dir, --sysroot=/x).
-_REFUSED_PREFIXES = (
-    "-fplugin",
-    "-specs",
-    "--specs",
-    "-B",
-    "--sysroot",
-    "-isysroot",
-    "-iplugindir",
-    "-fdump-",
-    "-save-temps",
-    "-print-",
-    "--print-",
-    "-fprofile-",
-    "-fauto-profile",
-    "-fbranch-probabilities",
-    "-fprofile-instr",
-    "-Wa,",
-    "-Wp,",
-    "-Wl,",
-    "-MF",
-    "-MT",
-    "-MQ",
-    "-MJ",
-    "-I",
-    "-include",
-    "-imacros",
-    "-iquote",
-    "-isystem",
-    "-idirafter",
-    "-iprefix",
-    "-fcallgraph-info",
-    "-fstack-usage",
-    "-aux-info",
-    "-Xclang",
-    "-fmodules-cache-path",
-    "-fmodule-file",
-    "-fprebuilt-module-path",
-    "-fexec-charset",
-    "-fwide-exec-charset",
-    "-finput-charset",
-)
+from jailcc.options import SENT_REMOTE, option_at
 
 MAX_ARGS = 4096
 MAX_ARG_BYTES = 64 * 1024
@@ -139,14 +44,22 @@ def check_args(args: object) -> list[str]:
     for arg in args:
         if "\0" in arg or len(arg) > MAX_ARG_BYTES:
             raise PolicyError("a compiler argument is malformed or too long")
-        if not arg.startswith("-"):
-            raise PolicyError(f"unexpected file argument {arg!r}: the server supplies the input")
-        if arg.startswith("@"):
+        if arg.startswith("@"):  # gcc expands them anywhere, separate values too
             raise PolicyError(f"response files are not accepted ({arg!r})")
-        if arg in _REFUSED_EXACT or arg.startswith(_REFUSED_PREFIXES):
-            raise PolicyError(f"the option {arg} is not allowed on a compile server")
-        if arg.endswith("=native") and arg.startswith(("-march", "-mtune", "-mcpu")):
-            raise PolicyError(f"{arg} would describe the server's CPU, not the client's")
+    i = 0
+    while i < len(args):
+        arg = args[i]
+        if not arg.startswith("-") or arg == "-":
+            raise PolicyError(f"unexpected file argument {arg!r}: the server supplies the input")
+        try:
+            word, i = option_at(args, i)
+        except ValueError as exc:
+            raise PolicyError(f"{exc}: a value must follow it") from None
+        if word.decision not in SENT_REMOTE:
+            shown = " ".join(word.words)
+            if word.canonical != arg:  # a long option or an abbreviation: say what it means
+                shown += f" (that is {word.canonical})"
+            raise PolicyError(f"the option {shown} is not allowed on a compile server")
     return list(args)
 
 

@@ -1,12 +1,20 @@
-"""The compiler policy's exact-debug-info transplant, on real gcc output and on forgeries."""
+"""The compiler policy: the argument allowlist against hostile spellings, and the
+exact-debug-info transplant, on real gcc output and on forgeries."""
 
 from __future__ import annotations
 
 import re
+import shutil
 import subprocess
 
 import pytest
-from jailcc.server.compiler_policy import TransplantError, transplant_debug_strings
+from jailcc.client.args import Local, analyse
+from jailcc.server.compiler_policy import (
+    PolicyError,
+    TransplantError,
+    check_args,
+    transplant_debug_strings,
+)
 
 SOURCE = b"""#include <stdio.h>
 #define TWICE(x) ((x) * 2)
@@ -58,3 +66,111 @@ def test_missing_or_relabelled_strings_are_refused(compiled: dict[str, str]) -> 
     assert relabelled != compiled["b"]
     with pytest.raises(TransplantError, match="label"):
         transplant_debug_strings(compiled["a"], relabelled)
+
+
+# ---------------------------------------------------------------------------------------------
+# The argument allowlist.  Each spelling below is one a hostile client used against the
+# denylist this allowlist replaced; each of them (in this form, with a value that looks like an
+# option, or as the last argument, where the value is the -c the server appends) passed it.
+# gcc-12 -### shows that the driver really takes each one.
+
+HOSTILE = [
+    # gcc's -B: an uploaded specs file made gcc run an uploaded program
+    ["--prefix=/tmp/evil/"], ["--prefix", "-evil/"], ["--pref", "-evil/"], ["--prefix"],
+    ["-B-evil/"], ["-B", "-evil/"],
+    # reads other files than the input
+    ["--include=x.h"], ["--include", "-x.h"], ["--imacros=x.h"], ["--imac", "-x.h"],
+    ["--include-directory=/x"], ["--include-directory", "-x"], ["--include-prefix=/x"],
+    ["--include-pre", "-x"], ["--include-with-prefix=/x"], ["--include-with-prefix-before=/x"],
+    ["-iwithprefix/x"], ["-iwithprefix", "-x"], ["-iwithprefixbefore/x"],
+    ["-include", "-x.h"], ["-imacros-x.h"], ["-I/x"], ["-isystem/x"],
+    # the language is the server's to choose
+    ["-xassembler"], ["-xc"], ["-x", "c"], ["--language=c"], ["--language", "c"],
+    ["--lang", "assembler"], ["-x"],
+    # options passed on unchecked
+    ["--for-assembler=-adhln=x.lst"], ["--for-assembler", "-al"], ["--for-a", "-al"],
+    ["-Wa,-adhln=x.lst"], ["-Xassembler", "-al"],
+    # other files written
+    ["--save-temps"], ["--save"], ["-save-temps=obj"], ["--write-dependencies"],
+    ["--write-user-dependencies"], ["--user-dependencies"], ["--user"], ["-MD"],
+    ["-da"], ["-dD"], ["--dump=a"], ["--dump", "a"], ["-fopt-info-all=f.txt"],
+    ["-fopt-info-vec-optimized=f.txt"], ["-fdump-tree-all"], ["--plugin=x.so"],
+    ["--profile-generate"],
+    # other programs, or cc1 run twice
+    ["-fcompare-debug"], ["-fcompare-debug=-O1"], ["-fcompare-debug-second"],
+    ["-fself-test=/x"], ["-no-integrated-cpp"], ["--no-integrated-cpp"], ["--no-integ"],
+    # not a compile
+    ["--preprocess"], ["--prep"], ["--assemble"], ["--assem"], ["-E"],
+    # swallow the -c the server appends: the job becomes a link
+    ["-dumpdir"], ["-dumpdir", "x"], ["-dumpbase"], ["-dumpbase", "x"], ["--dumpdir", "x"],
+    ["--dumpbase", "x"], ["-dumpbase-ext"], ["-Xlinker"], ["-o"], ["-l"], ["--param"],
+    # this server's CPU, not the client's
+    ["-march=native"], ["-mtune=native"], ["-mcpu=native"],
+]  # fmt: skip
+
+
+@pytest.mark.parametrize("words", HOSTILE, ids=[" ".join(w) for w in HOSTILE])
+def test_hostile_spellings_are_refused(words: list[str], tmp_path) -> None:
+    with pytest.raises(PolicyError, match=re.escape(words[0])):
+        check_args(["-O2", *words])
+    # ... and the client never sends them: it compiles locally or keeps them to its cpp run
+    job = analyse(["-c", "foo.c", *words], "/")
+    assert isinstance(job, Local) or words[0] not in job.remote_args
+    if words == [words[0]] and words[0] in (
+        "-dumpdir",
+        "-dumpbase",
+        "-dumpbase-ext",
+        "-Xlinker",
+        "-o",
+        "-l",
+        "--param",
+        "--prefix",
+        "-x",
+    ):
+        return  # (the -c swallowed: gcc -### shows a link, or an error)
+    if shutil.which("gcc-12") is None:
+        pytest.skip("gcc-12 not installed")
+    (tmp_path / "x.c").write_text("int x;\n")
+    (tmp_path / "x.h").write_text("\n")
+    run = subprocess.run(
+        ["gcc-12", "-###", *words, "-c", "x.c"], cwd=tmp_path, capture_output=True, timeout=60
+    )
+    assert b"unrecognized command-line option" not in run.stderr, run.stderr[-300:]
+
+
+@pytest.mark.parametrize("word", ["--incl=x.h", "--pref=/tmp", "--incl", "--include-d"])
+def test_abbreviations_gcc_refuses_are_refused(word: str) -> None:
+    with pytest.raises(PolicyError, match=re.escape(word)):
+        check_args([word])
+
+
+REAL_BUILD = """
+-O2 -g -pipe -Wall -Wextra -Werror=format-security -fPIC -fstack-protector-strong
+-ffile-prefix-map=/b=. -std=gnu11 -march=x86-64-v2 -pthread -lm -L/x -Wl,-O1 -Xlinker -zdefs
+-finput-charset=UTF-8 -fdiagnostics-color=always --param=ssp-buffer-size=4
+--param ggc-min-expand=1 -mllvm -inline-threshold=100 -target x86_64-linux-gnu
+"""
+
+
+def test_the_server_admits_what_real_builds_send() -> None:
+    args = REAL_BUILD.split()
+    assert check_args(args) == args
+    # a family's unknown members pass (cc1 itself refuses what it does not know)
+    assert check_args(["-frobnicate-x", "-Wnew-warning", "-mnew-isa"])
+
+
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        (["-O2", "x.c"], "unexpected file argument 'x.c'"),
+        (["@args.rsp"], "response files"),
+        (["-Xlinker", "@args.rsp"], "response files"),
+        (["-Xlinker"], "missing argument to -Xlinker"),
+        (["--pref", "/tmp"], r"--pref /tmp \(that is -B\)"),
+        (["-finput-charset=../../evil"], "-finput-charset"),
+        ([1], "list of strings"),
+    ],
+)
+def test_refusals_name_the_option(args: list, message: str) -> None:
+    with pytest.raises(PolicyError, match=message):
+        check_args(args)
