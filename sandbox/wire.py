@@ -24,6 +24,9 @@ if TYPE_CHECKING:
 _LEN = struct.Struct(">I")
 MAX_HEADER = 256 * 1024
 MAX_PACKET = 64 * 1024
+# How deep a JSON header may nest. Ours nest three deep; much deeper would make the decoder, or
+# any later repr or re-encoding of the header, recurse past Python's limit (RecursionError).
+MAX_NESTING = 32
 
 
 class WireError(Exception):
@@ -45,6 +48,35 @@ def recv_exact(sock: socket.socket, size: int, error: type[Exception] = WireErro
             raise error(f"channel closed after {got} of {size} bytes")
         got += n
     return bytes(buf)
+
+
+def json_object(raw: bytes, error: type[Exception] = WireError) -> dict[str, Any]:
+    """The JSON object in raw, or `error`: malformed, not an object, or nested too deep."""
+    # Counting brackets is cheap; only a header with many of them needs the real scan.
+    if raw.count(b"[") + raw.count(b"{") > MAX_NESTING and _nesting(raw) > MAX_NESTING:
+        raise error(f"malformed header: nested more than {MAX_NESTING} deep")
+    try:
+        value = json.loads(raw)
+    except (UnicodeDecodeError, ValueError) as exc:
+        raise error(f"malformed header: {exc}") from None
+    if not isinstance(value, dict):
+        raise error("header is not an object")
+    return value
+
+
+def _nesting(raw: bytes) -> int:
+    """How deep the brackets in raw nest, skipping those inside JSON strings."""
+    import re  # only for odd headers: the client imports this module on every compile
+
+    deepest = depth = 0
+    for token in re.finditer(rb'"[^"\\]*(?:\\.[^"\\]*)*"?|[\[\]{}]', raw, re.DOTALL):
+        first = token.group()[:1]
+        if first in (b"[", b"{"):
+            depth += 1
+            deepest = max(deepest, depth)
+        elif first in (b"]", b"}"):
+            depth -= 1
+    return deepest
 
 
 def write_all(fd: int, data: bytes) -> None:
@@ -115,12 +147,7 @@ def _recv_rest(
     (length,) = _LEN.unpack(first)
     if length > MAX_HEADER:
         raise WireError(f"header of {length} bytes exceeds {MAX_HEADER}")
-    try:
-        header = json.loads(recv_exact(sock, length))
-    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
-        raise WireError(f"malformed header: {exc}") from None
-    if not isinstance(header, dict):
-        raise WireError("header is not an object")
+    header = json_object(recv_exact(sock, length))
     sizes = header.pop("blobs", [])
     if not isinstance(sizes, list) or not all(
         isinstance(s, int) and not isinstance(s, bool) and s >= 0 for s in sizes
@@ -150,11 +177,9 @@ def recv_packet(sock: socket.socket, max_fds: int = 0) -> tuple[dict[str, Any], 
     if not raw:
         raise PeerClosed("channel closed")
     try:
-        message = json.loads(raw)
-    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
+        message = json_object(raw)
+    except WireError:
         for fd in fds:
             socket.close(fd)
-        raise WireError(f"malformed packet: {exc}") from None
-    if not isinstance(message, dict):
-        raise WireError("packet is not an object")
+        raise
     return message, fds

@@ -201,6 +201,46 @@ def build_parser() -> argparse.ArgumentParser:
         help="connections served at once (default 256)",
     )
     p.add_argument(
+        "--max-unauthenticated",
+        type=int,
+        default=0,
+        metavar="N",
+        help="of --max-connections, how many may be peers that have not authenticated yet;"
+        " the rest stays for authenticated users (default: half of --max-connections)",
+    )
+    p.add_argument(
+        "--max-unauthenticated-per-peer",
+        type=int,
+        default=16,
+        metavar="N",
+        help="connections not yet authenticated from one peer: a uid on the Unix socket, an"
+        " IPv4 address or an IPv6 /64 on TCP; past it the peer is refused as busy (default 16)",
+    )
+    p.add_argument(
+        "--handshake-timeout",
+        type=float,
+        default=10.0,
+        metavar="SECONDS",
+        help="longest time from accepting a connection to handing it to its jail (hello,"
+        " Kerberos, authorization); a peer that takes longer is dropped (default 10)",
+    )
+    p.add_argument(
+        "--frame-timeout",
+        type=float,
+        default=5.0,
+        metavar="SECONDS",
+        help="before authorization, longest time from a frame's first byte to its last, so a"
+        " peer trickling bytes is dropped early (default 5)",
+    )
+    p.add_argument(
+        "--log-peer-lines",
+        type=int,
+        default=20,
+        metavar="N",
+        help="log lines a minute about one peer that has not authenticated (a uid, an IPv4"
+        " address or an IPv6 /64); past it, one line says the rest are suppressed (default 20)",
+    )
+    p.add_argument(
         "--job-timeout",
         type=float,
         default=600.0,
@@ -261,9 +301,15 @@ def run(args: argparse.Namespace) -> int:
             file=sys.stderr,
         )
         return 2
-    if args.jobs < 1 or args.max_connections < 1 or args.job_timeout <= 0:
+    if (
+        min(args.jobs, args.max_connections, args.max_unauthenticated_per_peer) < 1
+        or min(args.job_timeout, args.handshake_timeout, args.frame_timeout) <= 0
+        or args.max_unauthenticated < 0
+        or args.log_peer_lines < 1
+    ):
         print(
-            "jailccd: error: --jobs, --max-connections and --job-timeout must be positive",
+            "jailccd: error: --jobs, --max-connections, --max-unauthenticated-per-peer,"
+            " --log-peer-lines and the timeouts must be positive",
             file=sys.stderr,
         )
         return 2
@@ -286,6 +332,11 @@ def run(args: argparse.Namespace) -> int:
         principals=principals,
         max_queue=args.max_queue,
         speed=args.speed,
+        handshake_timeout=args.handshake_timeout,
+        frame_timeout=args.frame_timeout,
+        max_unauthenticated=args.max_unauthenticated,
+        max_unauthenticated_per_peer=args.max_unauthenticated_per_peer,
+        peer_log_lines=args.log_peer_lines,
     )
     try:
         sandbox = Sandbox(catalog.images, preload=[session.__name__])

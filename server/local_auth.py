@@ -24,10 +24,16 @@ class Peer:
         return self.user if self.uid is None else f"{self.user}(uid {self.uid})"
 
 
-def unix_peer(conn: socket.socket) -> Peer:
-    pid, uid, _gid = _UCRED.unpack(
+def peer_credentials(conn: socket.socket) -> tuple[int, int, int]:
+    """(pid, uid, gid) of a Unix socket's peer, as the kernel saw them at connect()."""
+    pid, uid, gid = _UCRED.unpack(
         conn.getsockopt(socket.SOL_SOCKET, socket.SO_PEERCRED, _UCRED.size)
     )
+    return pid, uid, gid
+
+
+def unix_peer(conn: socket.socket) -> Peer:
+    pid, uid, _gid = peer_credentials(conn)
     try:
         name = pwd.getpwuid(uid).pw_name
     except KeyError:

@@ -14,8 +14,9 @@ from __future__ import annotations
 import json
 import socket
 import struct
+import time
 
-from jailcc.sandbox.wire import recv_exact
+from jailcc.sandbox.wire import json_object, recv_exact
 
 TYPE_CHECKING = False  # typing costs milliseconds to import, on every compile; type checkers know
 if TYPE_CHECKING:
@@ -122,12 +123,14 @@ def send(
     return len(data)
 
 
-def _recv_exact(sock: socket.socket, size: int) -> bytes:
+def _recv_exact(sock: socket.socket | DeadlineSocket, size: int) -> bytes:
     return recv_exact(sock, size, TruncatedFrame)
 
 
 def recv(
-    sock: socket.socket, max_frame: int = DEFAULT_MAX_FRAME, max_raw: int | None = None
+    sock: socket.socket | DeadlineSocket,
+    max_frame: int = DEFAULT_MAX_FRAME,
+    max_raw: int | None = None,
 ) -> tuple[int, dict[str, Any], list[bytes]]:
     """Read one frame: (type, header, blobs decompressed). max_frame caps the bytes on the wire,
     max_raw the decompressed total (default: 4 x max_frame)."""
@@ -135,7 +138,7 @@ def recv(
     return _parse(first, lambda size: _recv_exact(sock, size), max_frame, max_raw)
 
 
-def _recv_start(sock: socket.socket, size: int) -> bytes:
+def _recv_start(sock: socket.socket | DeadlineSocket, size: int) -> bytes:
     """A frame's first `size` bytes: ConnectionClosed if the peer closed cleanly before any,
     TruncatedFrame if it closed after some."""
     first = sock.recv(size, socket.MSG_WAITALL)
@@ -144,6 +147,68 @@ def _recv_start(sock: socket.socket, size: int) -> bytes:
     if len(first) < size:
         first += _recv_exact(sock, size - len(first))
     return first
+
+
+class DeadlineSocket:
+    """A socket read and written against absolute deadlines, for the frames before
+    authentication. Every call's timeout is the time left, not a fresh one, so a peer that
+    trickles a byte at a time gains nothing: all must be done by `deadline` (time.monotonic()),
+    and each frame must be whole within `frame_seconds` of its first byte."""
+
+    def __init__(self, sock: socket.socket, deadline: float, frame_seconds: float) -> None:
+        self.sock = sock
+        self.family = sock.family
+        self.deadline = deadline
+        self.frame_seconds = frame_seconds
+        self.frame_deadline: float | None = None  # set by a frame's first byte
+
+    def next_frame(self) -> None:
+        self.frame_deadline = None
+
+    def recv(self, size: int, flags: int = 0) -> bytes:
+        end = self._arm(reading=True)
+        try:
+            data = self.sock.recv(size, flags)
+        except TimeoutError:
+            raise self._expired(end) from None
+        self._started(len(data))
+        return data
+
+    def recv_into(self, buffer: memoryview, nbytes: int = 0) -> int:
+        end = self._arm(reading=True)
+        try:
+            got = self.sock.recv_into(buffer, nbytes)
+        except TimeoutError:
+            raise self._expired(end) from None
+        self._started(got)
+        return got
+
+    def sendall(self, data: bytes) -> None:
+        end = self._arm(reading=False)
+        try:
+            self.sock.sendall(data)
+        except TimeoutError:
+            raise self._expired(end) from None
+
+    def _started(self, got: int) -> None:
+        if got and self.frame_deadline is None:
+            self.frame_deadline = time.monotonic() + self.frame_seconds
+
+    def _arm(self, reading: bool) -> float:
+        """Set the socket's timeout to what is left; the deadline that applies."""
+        end = self.deadline
+        if reading and self.frame_deadline is not None:
+            end = min(end, self.frame_deadline)
+        left = end - time.monotonic()
+        if left <= 0:
+            raise self._expired(end)
+        self.sock.settimeout(left)
+        return end
+
+    def _expired(self, end: float) -> TimeoutError:
+        if end == self.deadline:
+            return TimeoutError("the handshake's deadline passed")
+        return TimeoutError(f"a frame not whole {self.frame_seconds:g} s after its first byte")
 
 
 def decode(data: bytes, max_frame: int, max_raw: int | None = None) -> tuple[int, dict, list]:
@@ -175,12 +240,7 @@ def _parse(
         raise ProtocolError(f"unknown frame type {frame_type}")
     if head_len > MAX_HEADER or 5 + head_len > body_len:
         raise ProtocolError("bad header length")
-    try:
-        header = json.loads(read(head_len))
-    except (UnicodeDecodeError, ValueError) as exc:
-        raise ProtocolError(f"malformed header: {exc}") from None
-    if not isinstance(header, dict):
-        raise ProtocolError("header is not an object")
+    header = json_object(read(head_len), ProtocolError)
     sizes = header.pop("blobs", [])
     raws = header.pop("raw", [None] * len(sizes))
     if (

@@ -12,8 +12,10 @@ output file, resource use. Nothing else crosses the wire.
 from __future__ import annotations
 
 import contextlib
+import ipaddress
 import logging
 import os
+import select
 import selectors
 import socket
 import threading
@@ -30,15 +32,20 @@ from . import session
 from .admission import Busy, Slots, measure_speed
 from .catalog import Catalog, Offer
 from .jail_cache import JailCache
-from .local_auth import LocalAuthorizer, Peer, unix_peer
+from .local_auth import LocalAuthorizer, Peer, peer_credentials, unix_peer
 
 TYPE_CHECKING = False
 if TYPE_CHECKING:
+    from collections.abc import Callable
+
     from .kerberos import KerberosAcceptor
 
 log = logging.getLogger("jailccd")
 
-HANDSHAKE_TIMEOUT = 10.0
+# How long a peer refused by its credentials has to close first, so that a hello it sent just
+# as we refused lands in our (unread) buffer instead of meeting a closed socket: it then reads
+# our ERROR rather than a broken pipe.
+REFUSAL_LINGER = 2.0
 # How long the server waits for the jail's next question: a connection may idle between jobs
 # and a job may run its whole wall clock; the jail's own timeouts end both before this.
 QUESTION_TIMEOUT = session.IDLE_TIMEOUT + 60.0
@@ -66,6 +73,13 @@ class ServiceConfig:
     principals: PrincipalAuthorizer | None = None
     max_queue: int = 0  # jobs that may wait for a slot before "busy"; 0: 4 x slots, 8 at least
     speed: float | None = None  # this server's relative speed; None: measure it
+    # Before authentication: real deadlines (protocol.DeadlineSocket), caps on connections
+    # (ConnectionCaps) and on log lines (PeerLog), all per peer where a peer could hog them.
+    handshake_timeout: float = 10.0  # from accept to authorized
+    frame_timeout: float = 5.0  # from a frame's first byte to its last
+    max_unauthenticated: int = 0  # 0: half of max_connections
+    max_unauthenticated_per_peer: int = 16
+    peer_log_lines: int = 20  # a minute, about one unauthenticated peer
 
 
 class Refused(Exception):
@@ -91,7 +105,12 @@ class JobService:
         self.active: dict[int, _Questions] = {}  # by jail id: connections in a jail now
         self.active_lock = threading.Lock()
         self.idle_priority = False
-        self.connections = threading.BoundedSemaphore(config.max_connections)
+        self.caps = ConnectionCaps(
+            config.max_connections,
+            config.max_unauthenticated or max(1, config.max_connections // 2),
+            config.max_unauthenticated_per_peer,
+        )
+        self.peer_log = PeerLog(config.peer_log_lines)
         self.listeners: list[socket.socket] = []
         self.jail_cache = JailCache(
             config.slots, lambda leaks: log.error("jail teardown left: %s", leaks)
@@ -190,27 +209,55 @@ class JobService:
             sock.close()
 
     def _start_connection(self, conn: socket.socket, addr: Any) -> None:
-        if not self.connections.acquire(blocking=False):
-            with contextlib.suppress(OSError):
-                conn.settimeout(1.0)
-                proto.send(conn, proto.ERROR, {"code": "busy", "message": "too many connections"})
+        try:
+            key = peer_key(conn, addr)
+        except (OSError, ValueError) as exc:
+            log.warning("dropped a connection whose peer cannot be told: %s", exc)
             conn.close()
             return
-        thread = threading.Thread(target=self._connection, args=(conn, addr), daemon=True)
+        refused = self.caps.admit(key)
+        if refused is not None:
+            self.peer_log.log(key, logging.WARNING, "refused %s: busy: %s", key, refused)
+            with contextlib.suppress(OSError):
+                # Nothing is read; the frame fits in the socket's empty buffer, so this send
+                # cannot block the accept loop.
+                conn.settimeout(0)
+                proto.send(conn, proto.ERROR, {"code": "busy", "message": refused})
+            conn.close()
+            return
+        thread = threading.Thread(target=self._connection, args=(conn, addr, key), daemon=True)
         thread.start()
 
     # -- one connection --------------------------------------------------------------------
 
-    def _connection(self, conn: socket.socket, addr: Any) -> None:
+    def _connection(self, conn: socket.socket, addr: Any, key: str) -> None:
         peer: Peer | str = f"{addr[0]}:{addr[1]}" if conn.family != socket.AF_UNIX else "unix"
         jail: Jail | None = None
         offer: Offer | None = None
         ended: str | None = "not started"
+        authenticated = False
+
+        def on_authenticated() -> None:
+            nonlocal authenticated
+            self.caps.authenticated(key)
+            authenticated = True
+
+        def note(level: int, message: str, *args: Any) -> None:
+            # Lines about peers not yet authenticated are rate-limited per peer.
+            if authenticated:
+                log.log(level, message, *args)
+            else:
+                self.peer_log.log(key, level, message, *args)
+
         try:
             with self._stats_lock:
                 self.stats["connections"] += 1
-            deadline = time.monotonic() + HANDSHAKE_TIMEOUT
-            peer, offer, auth, token, hello = self._handshake(conn, peer, deadline)
+            timed = proto.DeadlineSocket(
+                conn,
+                time.monotonic() + self.config.handshake_timeout,
+                self.config.frame_timeout,
+            )
+            peer, offer, auth, token, hello = self._handshake(timed, peer, on_authenticated, note)
             jail = self.jail_cache.take(str(peer), offer.image)
             if jail is None:
                 jail = self.sandbox.create_jail(offer.image, self.config.jail_limits)
@@ -232,17 +279,18 @@ class JobService:
             finally:
                 questions.forget()
             if ended is not None:
-                log.warning("connection from %s ended: %s", peer, ended)
+                log.warning("connection from %s ended: %s", peer, _printable(ended, 300))
         except Refused:
             pass  # told the peer and logged by _handshake
         except proto.ProtocolError as exc:
-            log.warning("protocol error from %s: %s", peer, exc)
+            note(logging.WARNING, "protocol error from %s: %s", peer, _printable(exc, 300))
             with contextlib.suppress(OSError, proto.ProtocolError):
-                proto.send(conn, proto.ERROR, {"code": "protocol", "message": str(exc)})
+                conn.settimeout(1.0)
+                proto.send(conn, proto.ERROR, {"code": "protocol", "message": str(exc)[:300]})
         except JailBroken as exc:
-            log.error("jail broke user=%s: %s", peer, exc)
+            log.error("jail broke user=%s: %s", _printable(peer, 300), exc)
         except (OSError, SandboxError) as exc:
-            log.warning("connection from %s ended: %s", peer, exc)
+            note(logging.WARNING, "connection from %s ended: %s", _printable(peer, 300), exc)
         finally:
             if jail is not None:
                 if ended is None and offer is not None and jail.usable:
@@ -250,45 +298,51 @@ class JobService:
                 else:
                     self.jail_cache.discard(jail)
             conn.close()
-            self.connections.release()
+            self.caps.close(key, authenticated)
 
     def _handshake(
-        self, conn: socket.socket, peer: Peer | str, deadline: float
+        self,
+        conn: proto.DeadlineSocket,
+        peer: Peer | str,
+        on_authenticated: Callable[[], None],
+        note: Callable[..., None],
     ) -> tuple[Peer | str, Offer, str, bytes, dict[str, Any]]:
-        """Hello, authentication, authorization: (peer, offer, auth kind, exported context,
-        the hello the jail greets the client with). Raises Refused after telling the peer."""
+        """Credentials (Unix socket), hello, authentication (Kerberos), authorization:
+        (peer, offer, auth kind, exported context, the hello the jail greets the client with).
+        Every read and write is bounded by conn's deadlines. Raises Refused after telling the
+        peer."""
 
         def recv(frame_cap: int) -> tuple[int, dict[str, Any], list[bytes]]:
-            conn.settimeout(max(0.01, deadline - time.monotonic()))
+            conn.next_frame()
             return proto.recv(conn, frame_cap)
 
         def refuse(code: str, message: str, sealed: proto.Channel | None = None) -> Refused:
-            log.info("refused %s: %s: %s", peer, code, message)
+            note(logging.INFO, "refused %s: %s: %s", _printable(peer, 300), code, message)
             with contextlib.suppress(OSError, proto.ProtocolError):
-                conn.settimeout(5.0)
                 (sealed or proto.Channel(conn)).send(
                     proto.ERROR, {"code": code, "message": message}
                 )
             return Refused(code, message)
 
-        frame_type, header, _ = recv(proto.MAX_HELLO_FRAME)
-        if frame_type != proto.HELLO:
-            raise proto.ProtocolError("expected HELLO")
-        if header.get("protocol") != proto.PROTOCOL_VERSION:
-            raise refuse(
-                "version",
-                f"protocol {header.get('protocol')!r} not supported; this server speaks"
-                f" {proto.PROTOCOL_VERSION}",
-            )
         if conn.family == socket.AF_UNIX:
-            peer = unix_peer(conn)
+            # The kernel names the peer: refuse one who may not compile before reading a byte
+            # (what it sent stays unread; closing with it unread resets the connection, which
+            # the peer sees after our ERROR frame).
+            peer = unix_peer(conn.sock)
             if not self.authorizer.allowed(peer):
-                raise refuse(
+                refused = refuse(
                     "unauthorized",
                     f"{peer.user} may not use this server: ask its admin to add you"
                     " (jailccd --allow-user/--allow-group)",
                 )
-        offer = self.catalog.by_identity.get(str(header.get("identity")))
+                _until_closed(conn.sock, min(REFUSAL_LINGER, conn.deadline - time.monotonic()))
+                raise refused
+            on_authenticated()
+        try:
+            identity = _hello_identity(recv(proto.MAX_HELLO_FRAME))
+        except Refused as exc:
+            raise refuse(exc.code, str(exc)) from None
+        offer = self.catalog.by_identity.get(identity)
         if offer is None:
             raise refuse("image", "no toolchain image here matches your compiler")
         greeting = proto.hello_header(
@@ -306,6 +360,7 @@ class JobService:
         if kerberos is None:  # --insecure
             if not self.authorizer.allowed(Peer("tcp", str(peer))):
                 raise refuse("unauthorized", "this server does not take unauthenticated TCP")
+            on_authenticated()
             proto.send(conn, proto.HELLO, {**greeting, "auth": "none"})
             return peer, offer, "none", b"", greeting
         proto.send(conn, proto.HELLO, {"protocol": proto.PROTOCOL_VERSION, "auth": "gssapi"})
@@ -322,14 +377,15 @@ class JobService:
                 _auth_token(recv(proto.MAX_AUTH_TOKEN + 4096)), next_token, proto.MAX_AUTH_ROUNDS
             )
         except AuthenticationFailed as exc:
-            raise refuse("unauthenticated", f"Kerberos authentication failed: {exc}") from None
+            message = f"Kerberos authentication failed: {_printable(exc, 300)}"
+            raise refuse("unauthenticated", message) from None
         proto.send(conn, proto.AUTH, {}, [last or b""])
         sealed = proto.SealedChannel(conn, context)
         assert self.config.principals is not None
         try:
             allowed = self.config.principals.allowed(principal)
         except AuthorizationUnavailable as exc:
-            log.error("authorization unavailable for %s: %s", principal, exc)
+            log.error("authorization unavailable for %s: %s", _printable(principal, 300), exc)
             raise refuse(
                 "unavailable",
                 "the server cannot check who may compile right now (its directory is down);"
@@ -339,10 +395,11 @@ class JobService:
         if not allowed:
             raise refuse(
                 "unauthorized",
-                f"{principal} may not use this server: ask its admin to add you",
+                f"{_printable(principal, 300)} may not use this server: ask its admin to add you",
                 sealed,
             )
-        log.info("authenticated %s from %s", principal, peer)
+        on_authenticated()
+        log.info("authenticated %s from %s", _printable(principal, 300), peer)
         # Sequence numbers continue in the jail: it sends the first sealed frame there.
         return principal, offer, "gssapi", context.export(), greeting
 
@@ -369,6 +426,28 @@ class JobService:
         if evict:
             for questions in active:
                 questions.evict()
+
+
+def _until_closed(conn: socket.socket, seconds: float) -> None:
+    """Wait up to `seconds` for the peer to close its end, reading nothing."""
+    poller = select.poll()
+    poller.register(conn, select.POLLRDHUP)  # not POLLIN: what it sends does not wake us
+    poller.poll(max(0, int(seconds * 1000)))
+
+
+def _hello_identity(frame: tuple[int, dict[str, Any], list[bytes]]) -> str:
+    """The compiler identity a client's hello names. ProtocolError if it is no hello, Refused
+    (not yet told to the peer) for a protocol version we do not speak."""
+    frame_type, header, _ = frame
+    if frame_type != proto.HELLO:
+        raise proto.ProtocolError("expected HELLO")
+    if header.get("protocol") != proto.PROTOCOL_VERSION:
+        raise Refused(
+            "version",
+            f"protocol {_printable(header.get('protocol'), 40)} not supported; this server"
+            f" speaks {proto.PROTOCOL_VERSION}",
+        )
+    return str(header.get("identity"))[:200]
 
 
 def _auth_token(frame: tuple[int, dict[str, Any], list[bytes]]) -> bytes:
@@ -461,9 +540,102 @@ class _Questions:
 
 
 def _printable(value: Any, limit: int) -> str:
-    """A jail's words for the log: one line, bounded, no control characters."""
-    text = str(value)[:limit]
-    return "".join(c if c.isprintable() else "?" for c in text)
+    """A peer's or a jail's words for the log: one line of at most `limit` of its characters,
+    the unprintable ones escaped."""
+    text = str(value)
+    shown = "".join(
+        c if c.isprintable() else c.encode("unicode_escape").decode("ascii") for c in text[:limit]
+    )
+    return shown + "..." if len(text) > limit else shown
+
+
+def peer_key(conn: socket.socket, addr: Any) -> str:
+    """Who a connection counts against for the caps and log limits before authentication: a
+    uid on the Unix socket; on TCP an IPv4 address, or an IPv6 /64 (one host or site usually
+    has a whole /64 to pick addresses from)."""
+    if conn.family == socket.AF_UNIX:
+        return f"uid {peer_credentials(conn)[1]}"
+    address = ipaddress.ip_address(str(addr[0]).split("%")[0])
+    if isinstance(address, ipaddress.IPv6Address):
+        if address.ipv4_mapped is not None:
+            return str(address.ipv4_mapped)
+        return str(ipaddress.IPv6Network((address, 64), strict=False))
+    return str(address)
+
+
+class ConnectionCaps:
+    """Who may hold one of the server's connections: at most `total` at once; of those at
+    most `unauthenticated` whose peer has not authenticated yet, and at most `per_peer` of
+    those from any one peer. So peers that never authenticate (or may not compile) cannot take
+    more than their share: the rest of `total` is kept for authenticated connections."""
+
+    def __init__(self, total: int, unauthenticated: int, per_peer: int) -> None:
+        self.total, self.unauthenticated, self.per_peer = total, unauthenticated, per_peer
+        self.lock = threading.Lock()
+        self.open = 0
+        self.waiting = 0  # connections not authenticated yet
+        self.waiting_by_peer: dict[str, int] = {}
+
+    def admit(self, peer: str) -> str | None:
+        """Count a new connection from peer as unauthenticated; or why it may not open."""
+        with self.lock:
+            if self.open >= self.total:
+                return "too many connections"
+            if self.waiting >= self.unauthenticated:
+                return "too many connections waiting to authenticate"
+            if self.waiting_by_peer.get(peer, 0) >= self.per_peer:
+                return f"too many connections from {peer} waiting to authenticate"
+            self.open += 1
+            self.waiting += 1
+            self.waiting_by_peer[peer] = self.waiting_by_peer.get(peer, 0) + 1
+            return None
+
+    def authenticated(self, peer: str) -> None:
+        with self.lock:
+            self._stop_waiting(peer)
+
+    def close(self, peer: str, authenticated: bool) -> None:
+        with self.lock:
+            self.open -= 1
+            if not authenticated:
+                self._stop_waiting(peer)
+
+    def _stop_waiting(self, peer: str) -> None:
+        self.waiting -= 1
+        left = self.waiting_by_peer[peer] - 1
+        if left:
+            self.waiting_by_peer[peer] = left
+        else:
+            del self.waiting_by_peer[peer]
+
+
+class PeerLog:
+    """Log lines about peers not yet authenticated, at most `per_minute` a peer a minute and
+    then one line saying the rest are suppressed: such a peer must not be able to fill the
+    disk, or drown the lines that matter."""
+
+    WINDOW = 60.0
+    MAX_PEERS = 10_000  # past this many in a minute, the others share one budget
+
+    def __init__(self, per_minute: int) -> None:
+        self.per_minute = per_minute
+        self.lock = threading.Lock()
+        self.counts: dict[str, int] = {}
+        self.window_end = 0.0
+
+    def log(self, peer: str, level: int, message: str, *args: Any) -> None:
+        now = time.monotonic()
+        with self.lock:
+            if now >= self.window_end:
+                self.counts.clear()
+                self.window_end = now + self.WINDOW
+            if peer not in self.counts and len(self.counts) >= self.MAX_PEERS:
+                peer = "other peers"
+            count = self.counts[peer] = self.counts.get(peer, 0) + 1
+        if count <= self.per_minute:
+            log.log(level, message, *args)
+        elif count == self.per_minute + 1:
+            log.warning("more log lines about %s suppressed for up to a minute", peer)
 
 
 def _number(value: Any) -> float:

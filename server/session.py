@@ -34,7 +34,7 @@ IDLE_TIMEOUT = 600.0
 SEND_TIMEOUT = 60.0
 # The input's name in the jail: the client's source base name with .i/.ii (keeps diagnostics
 # and any name-derived output the same as a local compile's).
-_INPUT_NAME = re.compile(r"^[A-Za-z0-9_+.,=@%-]{1,200}\.(i|ii)$")
+_INPUT_NAME = re.compile(r"[A-Za-z0-9_+.,=@%-]{1,200}\.(i|ii)")  # fullmatch: "$" allows "\n"
 
 
 class JobRejected(Exception):
@@ -126,7 +126,7 @@ def _check_job(params: dict[str, Any], header: dict[str, Any], blobs: list[bytes
         raise JobRejected("image", "this connection serves another compiler: open another one")
     if not isinstance(cwd, str) or not cwd.startswith("/") or len(cwd) > 1024 or "\0" in cwd:
         raise JobRejected("protocol", "a job needs an absolute working directory")
-    if not isinstance(input_name, str) or not _INPUT_NAME.match(input_name):
+    if not isinstance(input_name, str) or not _INPUT_NAME.fullmatch(input_name):
         raise JobRejected("protocol", "bad input file name")
     if mode not in ("c", "S"):
         raise JobRejected("protocol", "mode must be c or S")

@@ -392,6 +392,37 @@ def test_a_flood_of_garbage_before_authentication_leaves_the_server_serving(
     assert growth < 64 * 1024 * 1024, f"the server grew by {growth >> 20} MiB"
 
 
+def test_one_address_holding_idle_connections_does_not_lock_others_out(realm, server, tmp_path):
+    """Hundreds of connections from one address (127.0.0.2) that never say a word: past the
+    per-peer cap they are refused at once, and a user elsewhere still compiles remotely."""
+    port = tcp_port(server)
+    held: list[socket.socket] = []
+    try:
+        for _ in range(300):
+            sock = socket.socket()
+            sock.settimeout(10)
+            sock.bind(("127.0.0.2", 0))
+            sock.connect(("127.0.0.1", port))
+            held.append(sock)
+        env = client_env(realm, server, realm.kinit("alice", tmp_path / "alice.cc"))
+        result = compile_with(env, tmp_path)
+        busy = 0
+        for sock in held:
+            sock.settimeout(0.2)
+            try:
+                proto.expect(sock, proto.HELLO)
+            except proto.RemoteError as exc:
+                busy += exc.code == "busy"
+            except (OSError, proto.ProtocolError):
+                pass  # still waiting for its hello
+    finally:
+        for sock in held:
+            sock.close()
+    assert "remote on" in result.stderr, result.stderr
+    assert busy >= 300 - 16, busy  # --max-unauthenticated-per-peer's default
+    assert "too many connections from 127.0.0.2 waiting to authenticate" in server.log_text()
+
+
 # -- LDAP authorization -------------------------------------------------------------------------
 
 

@@ -111,6 +111,7 @@ def test_compile_errors_come_back_with_diagnostics(server, identity, tmp_path):
         ({"args": ["-march=native"]}, "policy", "-march=native"),
         ({"identity": "sha256:" + "0" * 64}, "image", "another compiler"),
         ({"input": "../x.i"}, "protocol", "input"),
+        ({"input": "unit.i\n"}, "protocol", "input"),  # "$" would match before a newline
         ({"mode": "E"}, "protocol", "mode"),
         ({"cwd": "relative"}, "protocol", "working directory"),
         ({"cwd": "/usr/lib/x"}, "jail", "image"),

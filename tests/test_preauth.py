@@ -1,0 +1,250 @@
+"""Before authentication: real deadlines, credentials checked before a byte is read, caps that
+keep peers who may not compile from locking out those who may, bounded and rate-limited log
+lines, and frame headers that cannot make the parser recurse. Real jailccd, raw clients."""
+
+from __future__ import annotations
+
+import os
+import select
+import signal
+import socket
+import struct
+import subprocess
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+from conftest import BIN, requires_root
+from jailcc.server import protocol as proto
+from serverutil import Server, as_nobody, start_server, stop_server
+
+pytestmark = requires_root
+
+# How late after its deadline a connection may close: the server's own wake-up, and our poll
+# once a second, on a loaded machine.
+SLACK = 3.0
+NOBODY = 65534
+
+
+@pytest.fixture(scope="module")
+def server(gcc_image: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Server]:
+    srv = start_server(
+        tmp_path_factory.mktemp("preauth"),
+        gcc_image,
+        "--allow-user",
+        "root",
+        "--speed",
+        "1",
+        "--log-peer-lines",
+        "5",
+    )
+    yield srv
+    stop_server(srv)
+
+
+def trickle(sock: socket.socket, data: bytes, seconds: float) -> float | None:
+    """Send data a byte a second until the server closes the connection: when it did, or None
+    if it had not within `seconds`."""
+    end = time.monotonic() + seconds
+    for byte in data:
+        if time.monotonic() > end:
+            return None
+        try:
+            sock.send(bytes([byte]))
+            if select.select([sock], [], [], 1.0)[0] and not sock.recv(65536):
+                return time.monotonic()
+        except OSError:
+            return time.monotonic()
+    return None
+
+
+@pytest.mark.parametrize(
+    ("options", "idle", "deadline", "words"),
+    [
+        (["--handshake-timeout", "3", "--frame-timeout", "60"], 0, 3, "handshake's deadline"),
+        (["--handshake-timeout", "60", "--frame-timeout", "2"], 3, 2, "after its first byte"),
+    ],
+    ids=["handshake", "frame"],
+)
+def test_a_trickling_peer_is_cut_at_the_deadline(
+    gcc_image, tmp_path, options, idle, deadline, words
+):
+    srv = start_server(tmp_path, gcc_image, "--allow-user", "root", "--speed", "1", *options)
+    try:
+        hello = proto.encode(proto.HELLO, proto.hello_header("client", identity="sha256:0"))
+        with srv.connect() as sock:
+            started = time.monotonic()
+            time.sleep(idle)  # the frame's deadline runs from its first byte, not from accept
+            first_byte = time.monotonic()
+            closed = trickle(sock, hello, deadline + SLACK + 5)
+        assert closed is not None, "a trickling peer kept its connection"
+        assert closed > first_byte  # the byte that started the frame was taken
+        assert closed - (started if words.startswith("handshake") else first_byte) <= (
+            deadline + SLACK
+        )
+        assert words in srv.log_text()
+    finally:
+        stop_server(srv)
+
+
+def test_a_unix_peer_who_may_not_compile_is_refused_before_a_byte_is_read(server):
+    def attempt() -> bytes:
+        # Protocol 99: had the server read this hello, it would refuse it as "version".
+        with server.connect() as sock:
+            try:
+                sock.sendall(proto.encode(proto.HELLO, {"protocol": 99, "role": "client"}))
+                sent = "sent"
+            except BrokenPipeError:  # the server closed first: it read nothing either
+                sent = "unsent"
+            try:
+                proto.expect(sock, proto.HELLO)
+                return b"accepted"
+            except proto.RemoteError as exc:
+                code = exc.code
+            try:
+                end = "eof" if not sock.recv(1) else "more"
+            except ConnectionResetError:
+                # A Unix socket's peer closed with our bytes still unread in its queue.
+                end = "reset"
+            return f"{code} {sent} {end}".encode()
+
+    answer = as_nobody(attempt).decode()
+    assert answer in ("unauthorized sent reset", "unauthorized unsent eof"), answer
+    text = server.log_text()
+    assert "refused nobody(uid 65534): unauthorized" in text
+    assert "version" not in text
+
+
+def test_idle_connections_of_a_user_who_may_not_compile_leave_others_served(server, tmp_path):
+    """A local user who may not compile opens hundreds of connections and sends nothing; an
+    allowed user's compile meanwhile still goes remote."""
+    before = len(server.log_text())
+    ready_r, ready_w = os.pipe()
+    done_r, done_w = os.pipe()
+    pid = os.fork()
+    if pid == 0:
+        try:
+            os.setgroups([])
+            os.setgid(NOBODY)
+            os.setuid(NOBODY)
+            held = []
+            signal.alarm(60)  # blocking connects (a full backlog makes others fail at once)
+            for _ in range(300):
+                sock = socket.socket(socket.AF_UNIX)
+                try:
+                    sock.connect(str(server.socket_path))
+                    held.append(sock)
+                except OSError:
+                    sock.close()
+            os.write(ready_w, str(len(held)).encode())
+            select.select([done_r], [], [], 120)
+        finally:
+            os._exit(0)
+    os.close(ready_w)
+    try:
+        assert select.select([ready_r], [], [], 60)[0], "the idle connections were not opened"
+        assert int(os.read(ready_r, 16)) > 250
+        (tmp_path / "unit.c").write_text("int twice(int a) { return 2 * a; }\n")
+        result = subprocess.run(
+            [str(BIN / "jailcc"), "gcc-12", "-O2", "-c", "unit.c", "-o", "unit.o"],
+            cwd=tmp_path,
+            env={
+                **os.environ,
+                "JAILCC_HOSTS": f"unix:{server.socket_path}",
+                "JAILCC_VERBOSE": "1",
+            },
+            capture_output=True,
+            text=True,
+            timeout=120,
+        )
+    finally:
+        os.write(done_w, b"x")
+        os.waitpid(pid, 0)
+        for fd in (ready_r, done_r, done_w):
+            os.close(fd)
+    assert result.returncode == 0, result.stderr
+    assert "remote on unix:" in result.stderr, result.stderr
+    # Each was refused by its credentials; the log tells of a few, then says it stopped.
+    new = server.log_text()[before:]
+    refusals = new.count("refused nobody(uid 65534): unauthorized")
+    assert 0 < refusals <= 2 * 5, refusals  # --log-peer-lines 5 (a minute may have turned)
+    assert "more log lines about uid 65534 suppressed" in new
+
+
+def test_peer_strings_in_log_lines_are_bounded_and_escaped(server):
+    before = len(server.log_text())
+    bait = "A" * 60000 + "\nFORGED jailccd line\x1b[2J"
+    for _ in range(10):
+        with server.connect() as sock:
+            proto.send(sock, proto.HELLO, {"protocol": bait, "role": "client"})
+            with pytest.raises(proto.RemoteError) as refused:
+                proto.expect(sock, proto.HELLO)
+            assert refused.value.code == "version"
+            assert len(refused.value.message) < 200
+    new = server.log_text()[before:]
+    assert new.count("not supported") == 10
+    assert len(new) < 10 * 400, f"{len(new)} bytes logged"
+    assert "\nFORGED" not in new and "\x1b" not in new
+
+
+def test_a_deeply_nested_header_is_a_protocol_error(server):
+    depth = (proto.MAX_HELLO_FRAME - 9) // 2
+    head = b"[" * depth + b"]" * depth
+    frame = struct.pack(">IBI", 5 + len(head), proto.HELLO, len(head)) + head
+    assert len(frame) <= proto.MAX_HELLO_FRAME + 4
+    with server.connect() as sock:
+        sock.sendall(frame)
+        with pytest.raises(proto.RemoteError) as refused:
+            proto.expect(sock, proto.HELLO)
+    assert refused.value.code == "protocol" and "nested" in refused.value.message
+    assert server.proc.poll() is None
+
+
+def test_decode_refuses_deep_nesting_without_recursing():
+    for depth in (33, 1000, 100_000):
+        head = b"[" * depth + b"]" * depth
+        frame = struct.pack(">IBI", 5 + len(head), proto.HELLO, len(head)) + head
+        with pytest.raises(proto.ProtocolError, match="nested more than 32"):
+            proto.decode(frame, 1 << 20)
+    # Brackets inside strings are no nesting.
+    head = b'{"a":"' + b"[" * 1000 + b'\\"[[[","b":[[1]]}'
+    frame = struct.pack(">IBI", 5 + len(head), proto.HELLO, len(head)) + head
+    assert proto.decode(frame, 1 << 20)[1] == {"a": "[" * 1000 + '"[[[', "b": [[1]]}
+
+
+def test_connection_caps_keep_a_share_for_authenticated_peers():
+    from jailcc.server.service import ConnectionCaps
+
+    caps = ConnectionCaps(total=8, unauthenticated=4, per_peer=2)
+    assert caps.admit("a") is None and caps.admit("a") is None
+    assert "from a" in str(caps.admit("a"))  # a third from one peer
+    assert caps.admit("b") is None and caps.admit("c") is None
+    assert "waiting to authenticate" in str(caps.admit("d"))  # half the total, unauthenticated
+    for peer in "abc":
+        caps.authenticated(peer)  # three authenticate: their places free up for others
+    assert caps.admit("d") is None and caps.admit("e") is None and caps.admit("f") is None
+    assert "waiting to authenticate" in str(caps.admit("g"))  # a, d, e, f wait
+    caps.authenticated("d")
+    assert caps.admit("g") is None  # 8 open: 4 authenticated, 4 waiting
+    assert caps.admit("h") == "too many connections"
+    caps.close("g", authenticated=False)
+    caps.close("b", authenticated=True)
+    assert caps.admit("h") is None
+    assert caps.waiting_by_peer == {"a": 1, "e": 1, "f": 1, "h": 1}
+
+
+@pytest.mark.parametrize(
+    ("address", "key"),
+    [
+        ("192.0.2.7", "192.0.2.7"),
+        ("::ffff:192.0.2.7", "192.0.2.7"),
+        ("2001:db8:1:2:aaaa::1", "2001:db8:1:2::/64"),
+        ("fe80::1%eth0", "fe80::/64"),
+    ],
+)
+def test_tcp_peers_are_counted_by_address_and_ipv6_by_64(address, key):
+    from jailcc.server.service import peer_key
+
+    with socket.socket(socket.AF_INET6) as sock:
+        assert peer_key(sock, (address, 1234, 0, 0)) == key
