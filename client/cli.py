@@ -26,9 +26,11 @@ Compiles go through a per-user proxy that keeps authenticated connections to the
 ahead of time; jailcc starts it when it is not running, and it exits when idle.
 
 environment:
-  JAILCC_HOSTS    servers to use, in order: unix:/path/to/socket, HOST:PORT or tcp:HOST:PORT,
-                  TCP entries optionally followed by ;principal=SERVICE/HOST@REALM
-                  (default: unix:/run/jailccd/jailccd.sock when that socket exists)
+  JAILCC_HOSTS    servers to use: unix:/path/to/socket, HOST:PORT or tcp:HOST:PORT, each
+                  optionally followed by /SLOTS (unix:/run/jailccd/jailccd.sock/4), TCP
+                  entries then by ;principal=SERVICE/HOST@REALM or ;auth=none; when unset,
+                  the first hosts file found (below), else unix:/run/jailccd/jailccd.sock
+                  when that socket exists
   JAILCC_VERBOSE  1: say on stderr where each job ran and why
   JAILCC_DEBUG_REMOTE
                   1: send clang's -g compiles too, accepting debug info whose line and
@@ -36,10 +38,17 @@ environment:
                   in an exact mode; clang's compile locally by default)
   JAILCC_DISCOVER how the proxy finds servers beyond JAILCC_HOSTS: "mdns" (DNS-SD on the
                   local network) and/or "srv:DOMAIN" (DNS SRV _jailcc._tcp.DOMAIN);
-                  default "mdns" when JAILCC_HOSTS is unset, nothing otherwise
+                  default "mdns" when no hosts are configured (JAILCC_HOSTS or a
+                  hosts file), nothing otherwise
   JAILCC_PROXY    0: no proxy; every jailcc connects to the servers itself
   JAILCC_PROXY_IDLE
                   seconds a proxy started now stays up without work (default 900)
+
+files (read when JAILCC_HOSTS is unset, the first that exists; JAILCC_HOSTS's syntax,
+entries separated by spaces or newlines, # to the end of a line a comment; the proxy
+re-reads its file when it changes):
+  $XDG_CONFIG_HOME/jailcc/hosts   (default ~/.config/jailcc/hosts)
+  /etc/jailcc/hosts
 """
 
 

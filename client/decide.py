@@ -9,6 +9,7 @@ import time
 from collections import namedtuple
 
 from .compiler import find_compiler, split_invocation
+from .hosts import HostsError
 from .job import Invocation, Outcome
 from .remote import RemoteFailure
 
@@ -55,6 +56,8 @@ def decide(argv: list[str], exe: str, inv: Invocation, remote: Remote) -> RunLoc
     except RemoteFailure as exc:
         note = _note(verbose or exc.tell_user, args, f"compiling locally: {exc.reason}")
         return RunLocally(compiler, args, note)
+    except HostsError as exc:  # the user's mistake, in their words: say so on every compile
+        return RunLocally(compiler, args, f"jailcc: {exc}; compiling {_source(args)} locally\n")
     except Exception as exc:  # a bug of ours must never cost the user the compile
         message = f"internal error ({type(exc).__name__}: {exc}); compiling locally"
         return RunLocally(compiler, args, _note(True, args, message))
@@ -68,5 +71,8 @@ def decide(argv: list[str], exe: str, inv: Invocation, remote: Remote) -> RunLoc
 def _note(say: bool, args: list[str], what: str) -> str:
     if not say:
         return ""
-    source = next((a for a in args if not a.startswith("-")), "?")
-    return f"jailcc: {source}: {what}\n"
+    return f"jailcc: {_source(args)}: {what}\n"
+
+
+def _source(args: list[str]) -> str:
+    return next((a for a in args if not a.startswith("-")), "?")

@@ -2,7 +2,7 @@
 
 Four sources, each giving Server entries tagged with where they came from:
 
-    static(text)             JAILCC_HOSTS syntax (client/hosts.py)                "static"
+    static(hosts)            JAILCC_HOSTS or a hosts file (client/hosts.py)       "static"
     srv_lookup(domain)       DNS SRV records _jailcc._tcp.DOMAIN (dnspython)      "srv"
     MdnsBrowser(on_change)   DNS-SD _jailcc._tcp.local. on the link (zeroconf)    "mdns"
     scan(pattern, port)      TCP connect + HELLO over a host pattern (lsdistcc)    "scan"
@@ -88,10 +88,11 @@ class Server:
 # Static entries.
 
 
-def static(text: str) -> list[Server]:
-    """JAILCC_HOSTS-style text (client/hosts.py); raises hosts.HostsError."""
+def static(hosts: str | Iterable[Host]) -> list[Server]:
+    """The user's hosts: JAILCC_HOSTS-style text (raises hosts.HostsError) or parsed ones (the
+    proxy's, from JAILCC_HOSTS or a hosts file: hosts.configured)."""
     servers = []
-    for h in parse_hosts(text):
+    for h in parse_hosts(hosts) if isinstance(hosts, str) else hosts:
         address = h.address if h.kind == "tcp" and _is_ip(h.address) else ""
         auth = h.auth if h.kind == "tcp" else "local"
         servers.append(

@@ -80,21 +80,41 @@ static int owned_dir(const char *path)
 	return lstat(path, &st) == 0 && S_ISDIR(st.st_mode) && st.st_uid == getuid();
 }
 
-/* As proxy_wire.socket_path(). */
+/* As hosts.user_hosts_file(): "" with neither XDG_CONFIG_HOME (absolute) nor HOME. */
+static void user_hosts_file(char *out, size_t size)
+{
+	const char *xdg = getenv("XDG_CONFIG_HOME");
+	const char *home = getenv("HOME");
+	if (xdg && xdg[0] == '/')
+		snprintf(out, size, "%s/jailcc/hosts", xdg);
+	else if (home && *home)
+		snprintf(out, size, "%s/.config/jailcc/hosts", home);
+	else
+		out[0] = 0;
+}
+
+/* As proxy_wire.socket_path(), its key from the lines of proxy_wire.key_settings(). */
 static int socket_path(char *out, size_t size)
 {
 	const char *override = getenv("JAILCC_PROXY_SOCKET");
 	if (override && *override)
 		return snprintf(out, size, "%s", override) >= (int)size ? -1 : 0;
 	uint64_t h = 0xcbf29ce484222325ULL;
-	const char *names[] = {"JAILCC_HOSTS", "KRB5CCNAME"};
-	for (int i = 0; i < 2; i++) {
-		const char *value = getenv(names[i]);
-		h = fnv1a(h, names[i]);
-		h = fnv1a(h, "=");
-		h = fnv1a(h, value ? value : "");
-		h = fnv1a(h, "\n");
+	const char *hosts = getenv("JAILCC_HOSTS");
+	if (hosts) {
+		h = fnv1a(h, "JAILCC_HOSTS=");
+		h = fnv1a(h, hosts);
+	} else {
+		char file[PATH_MAX + 32];
+		user_hosts_file(file, sizeof file);
+		h = fnv1a(h, "hosts file=");
+		h = fnv1a(h, file);
 	}
+	h = fnv1a(h, "\n");
+	const char *ccache = getenv("KRB5CCNAME");
+	h = fnv1a(h, "KRB5CCNAME=");
+	h = fnv1a(h, ccache ? ccache : "");
+	h = fnv1a(h, "\n");
 	char dir[PATH_MAX];
 	const char *xdg = getenv("XDG_RUNTIME_DIR");
 	char run_user[64];

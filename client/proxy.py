@@ -26,7 +26,7 @@ from typing import Any
 
 from . import proxy_wire as pw
 from .decide import RunLocally, decide
-from .hosts import Host, HostsError, candidates
+from .hosts import Host, HostsError, config_stamp, configured, default_hosts
 from .job import Invocation, Outcome, finish, prepare
 from .pool import Pool
 
@@ -64,40 +64,90 @@ class Stats:
 
 class Discovery:
     """Which servers the proxy uses, merged from their sources and handed to the pool whenever
-    they change: JAILCC_HOSTS (static); and, as JAILCC_DISCOVER says (default: "mdns" when
-    JAILCC_HOSTS is unset, nothing otherwise), DNS-SD over mDNS on the local network and DNS
-    SRV records (`srv:DOMAIN`) for sites that span subnets. Announcements are not
-    authenticated, so a discovered server is only ever reached with Kerberos, as a principal
-    jailcc/... of the user's own realm: a forged announcement can name a host, never whom to
-    trust."""
+    they change: the hosts the user configured (static: JAILCC_HOSTS or a hosts file, see
+    hosts.py; without either, the local jailccd's socket if there is one); and, as
+    JAILCC_DISCOVER says (default: "mdns" while no hosts are configured, nothing otherwise),
+    DNS-SD over mDNS on the local network and DNS SRV records (`srv:DOMAIN`) for sites that
+    span subnets. Announcements are not authenticated, so a discovered server is only ever
+    reached with Kerberos, as a principal jailcc/... of the user's own realm: a forged
+    announcement can name a host, never whom to trust.
+
+    A hosts file is followed while the proxy runs: check() (before each job, and for status)
+    looks at most once a CHECK_INTERVAL whether it changed (a stat or two) and re-reads it.
+    A file, or JAILCC_HOSTS, with a mistake in it gives no static servers and `error`, which
+    each job tells the user as it compiles locally."""
 
     SRV_INTERVAL = 60.0
+    CHECK_INTERVAL = 1.0
 
     def __init__(self, env: dict[str, str], pool: Pool) -> None:
-        from .discovery import HostTable, static
+        from .discovery import HostTable
 
+        self.env = env
         self.pool = pool
         self.table = HostTable()
         self.browser: Any = None
+        self.where = ""  # where the static hosts come from: JAILCC_HOSTS, a file, "" (default)
+        self.error = ""  # what is wrong with them, for the user
         self._stop = threading.Event()
-        hosts_text = env.get("JAILCC_HOSTS")
-        # Without JAILCC_HOSTS: the local jailccd's socket, if there is one.
-        fallback = " ".join(str(h) for h in candidates(env))  # a unix: entry at most
-        self.table.set_source("static", static(hosts_text if hosts_text is not None else fallback))
-        default = "mdns" if hosts_text is None else ""
-        methods = env.get("JAILCC_DISCOVER", default).split()
-        self.srv_domains = [m[4:] for m in methods if m.startswith("srv:")]
+        self._check_lock = threading.Lock()
+        self._checked = 0.0
+        self._stamp: object = None
+        self.methods = env.get("JAILCC_DISCOVER")  # None: as configured() says
+        self.srv_domains = [m[4:] for m in (self.methods or "").split() if m.startswith("srv:")]
         self.realm = _user_realm()
-        if "mdns" in methods:
+        self.check(force=True)
+        if self.srv_domains:
+            threading.Thread(target=self._srv_loop, name="srv", daemon=True).start()
+
+    def check(self, force: bool = False) -> None:
+        """Re-read the user's hosts if they may have changed since the last look."""
+        from .discovery import static
+
+        with self._check_lock:
+            now = time.monotonic()
+            if not force and now - self._checked < self.CHECK_INTERVAL:
+                return
+            self._checked = now
+            stamp = config_stamp(self.env)  # before reading: a change while we read is seen
+            if stamp == self._stamp:
+                return
+            self._stamp = stamp
+            try:
+                config = configured(self.env)
+                hosts = default_hosts() if config is None else config.parse()
+                error = ""
+            except HostsError as exc:
+                config, hosts, error = None, [], str(exc)
+            where = str(stamp[0])
+            if error:
+                log.error("%s: compiling locally until it is fixed", error)
+            else:
+                log.info("hosts from %s: %s", where or "the default", [str(h) for h in hosts])
+            self.where, self.error = where, error
+            self.table.set_source("static", static(hosts))
+            self._set_mdns(self._wants_mdns(config is not None or bool(error)))
+        self.refresh()
+
+    def _wants_mdns(self, configured_hosts: bool) -> bool:
+        if self.methods is not None:
+            return "mdns" in self.methods.split()
+        return not configured_hosts
+
+    def _set_mdns(self, on: bool) -> None:
+        if on and self.browser is None:
             from .discovery import MdnsBrowser
 
             self.browser = MdnsBrowser(on_change=self._on_mdns)
             self.browser.start()
-        if self.srv_domains:
-            threading.Thread(target=self._srv_loop, name="srv", daemon=True).start()
-        self.refresh()
+        elif not on and self.browser is not None:
+            self.browser.close()
+            self.browser = None
+            self.table.set_source("mdns", [])
 
     def _on_mdns(self, event: str, server: Any) -> None:
+        if self.browser is None:
+            return  # a late word from a browser closed since: hosts are configured now
         self.table.on_mdns(event, server)
         self.refresh()
 
@@ -139,8 +189,8 @@ class Discovery:
 
     def close(self) -> None:
         self._stop.set()
-        if self.browser is not None:
-            self.browser.close()
+        with self._check_lock:
+            self._set_mdns(False)
 
 
 def _user_realm() -> str:
@@ -229,9 +279,14 @@ class Proxy:
         with self.stats.lock:
             self.stats.running += 1
         started = time.monotonic()
+        tried_remote: list[bool] = []
         went_remote: list[float] = []
 
         def remote(compiler: str, job: Any, inv: Invocation) -> Outcome:
+            tried_remote.append(True)
+            self.discovery.check()
+            if self.discovery.error:
+                raise HostsError(self.discovery.error)
             prepared = prepare(compiler, job, inv)
             host, result = self.pool.run(prepared.header, prepared.blobs, prepared.identity)
             went_remote.append(float(result.times.get("run", 0.0)))
@@ -244,11 +299,10 @@ class Proxy:
                 self.stats.running -= 1
                 self.stats.done += 1
         with self.stats.lock:
-            if isinstance(answer, RunLocally):
-                if went_remote or "compiling locally" in answer.message:
-                    self.stats.fallback += 1
-                else:
-                    self.stats.local += 1
+            if not tried_remote:
+                self.stats.local += 1  # not a job for a server, or no compiler to run at all
+            elif isinstance(answer, RunLocally):
+                self.stats.fallback += 1  # it could have gone; something stopped it
             else:
                 self.stats.remote += 1
                 if went_remote:
@@ -259,9 +313,12 @@ class Proxy:
         return pw.encode_done(answer.exit_code, answer.stdout, answer.stderr)
 
     def status(self) -> dict[str, Any]:
+        self.discovery.check()
         return {
             "pid": os.getpid(),
             "socket": self.path,
+            "hosts_from": self.discovery.where,
+            "hosts_error": self.discovery.error,
             "servers": self.pool.status(),
             "hosts": self.discovery.status(),
             "jobs": self.stats.as_dict(),
@@ -295,11 +352,7 @@ def main(argv: list[str] | None = None) -> int:
         level=logging.INFO,
         format="%(asctime)s jailcc-proxy[%(process)d] %(levelname)s %(message)s",
     )
-    try:
-        proxy = Proxy(env, args.idle)
-    except HostsError as exc:
-        log.error("%s", exc)
-        return 1
+    proxy = Proxy(env, args.idle)  # a mistake in the hosts: jobs are told, and run locally
     proxy.listen()
     signal.signal(signal.SIGTERM, lambda *_: proxy._stop.set())
     proxy.serve()

@@ -31,13 +31,8 @@ def command(name: str, args: list[str]) -> int:
         if _ask(path, pw.MAGIC_STATUS) is not None:
             print(f"jailcc: the proxy is running ({path})")
             return 0
-        start_proxy(os.environ)
-        deadline = time.monotonic() + START_TIMEOUT
-        while _ask(path, pw.MAGIC_STATUS) is None:
-            if time.monotonic() > deadline:
-                print(f"jailcc: the proxy did not start; see {_log(path)}", file=sys.stderr)
-                return 1
-            time.sleep(0.05)
+        if _start(path) is None:
+            return 1
         print(f"jailcc: proxy started ({path})")
         return 0
     if _ask(path, pw.MAGIC_STOP) is None:
@@ -87,6 +82,19 @@ def _status(args: list[str]) -> int:
     return 0
 
 
+def _start(path: str) -> bytes | None:
+    """Start the proxy for these settings and wait for its status; None (and why, said) if it
+    does not answer."""
+    start_proxy(os.environ)
+    deadline = time.monotonic() + START_TIMEOUT
+    while (data := _ask(path, pw.MAGIC_STATUS)) is None:
+        if time.monotonic() > deadline:
+            print(f"jailcc: the proxy did not start; see {_log(path)}", file=sys.stderr)
+            return None
+        time.sleep(0.05)
+    return data
+
+
 def _hosts(args: list[str]) -> int:
     if args[:1] == ["scan"] and len(args) in (2, 3):
         from .discovery import DiscoveryError, scan
@@ -105,17 +113,23 @@ def _hosts(args: list[str]) -> int:
     if args not in ([], ["--json"]):
         print("usage: jailcc hosts [--json] | jailcc hosts scan PATTERN [PORT]", file=sys.stderr)
         return 2
-    data = _ask(pw.socket_path(), pw.MAGIC_STATUS)
+    path = pw.socket_path()
+    data = _ask(path, pw.MAGIC_STATUS)
     if data is None:
-        start_proxy(os.environ)
-        print("jailcc: no proxy was running; started one: ask again in a moment", file=sys.stderr)
-        return 1
-    hosts = json.loads(data)["hosts"]
+        data = _start(path)
+        if data is None:
+            return 1
+        print("jailcc: proxy started; servers it discovers show as found", file=sys.stderr)
+    status = json.loads(data)
+    hosts = status["hosts"]
     if args:
         print(json.dumps(hosts, indent=2))
     else:
         for entry in hosts:
             print(f"{entry['server']:50} {', '.join(entry['sources'])}")
+    if status.get("hosts_error"):
+        print(f"jailcc: {status['hosts_error']}", file=sys.stderr)
+        return 1
     return 0
 
 
@@ -123,6 +137,10 @@ def _print_status(status: dict[str, Any]) -> None:
     jobs = status["jobs"]
     overhead = jobs["mean_overhead_ms"]
     print(f"proxy pid {status['pid']}, up {jobs['uptime_seconds']:.0f} s, {status['socket']}")
+    if status.get("hosts_error"):
+        print(f"hosts: {status['hosts_error']}: every job compiles locally")
+    else:
+        print(f"hosts from {status.get('hosts_from') or 'nothing configured: the local jailccd'}")
     print(
         f"jobs: {jobs['jobs_running']} running, {jobs['jobs_done']} done: {jobs['remote']}"
         f" remote, {jobs['local']} local, {jobs['fallback']} fell back to local;"

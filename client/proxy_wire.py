@@ -3,8 +3,9 @@ the native client, client/jailcc.c, which speaks the same bytes).
 
 Where: a Unix socket in a 0700 directory of the user's own ($XDG_RUNTIME_DIR/jailcc, else
 /run/user/UID/jailcc, else /tmp/jailcc-UID), named after the settings a proxy cannot change
-once started (JAILCC_HOSTS, KRB5CCNAME), so that builds with other settings get a proxy of
-their own. Both ends check the other's uid (SO_PEERCRED).
+once started (key_settings: JAILCC_HOSTS, or when it is unset the user's hosts file's path,
+and KRB5CCNAME), so that builds with other settings get a proxy of their own. Both ends check
+the other's uid (SO_PEERCRED).
 
 Request (client to proxy), integers big-endian:
     "JCP1"  u32 N  then N bytes: u32 flags (1: stderr is a terminal), u32 umask,
@@ -26,6 +27,8 @@ from __future__ import annotations
 import os
 import struct
 
+from .hosts import user_hosts_file
+
 TYPE_CHECKING = False
 if TYPE_CHECKING:
     from collections.abc import Mapping
@@ -37,7 +40,6 @@ DONE = 0
 LOCAL = 1
 MAX_REQUEST = 4 << 20  # argv + environment
 MAX_OUTPUT = 64 << 20  # stdout or stderr of one compile
-KEY_VARIABLES = ("JAILCC_HOSTS", "KRB5CCNAME")
 
 _U32 = struct.Struct(">I")
 
@@ -76,12 +78,20 @@ def ensure_private_dir(path: str) -> None:
         os.chmod(path, 0o700)
 
 
+def key_settings(env: Mapping[str, str]) -> list[str]:
+    """The settings a proxy keeps for its life, as its key's lines. JAILCC_HOSTS when set (even
+    empty: no servers); when unset, the hosts come from a file the proxy re-reads as it
+    changes, so the key holds which user file that is (HOME and XDG_CONFIG_HOME decide), not
+    its contents; the system file is the same for every user. The native client (jailcc.c)
+    builds the same lines; tests/test_hosts_files.py checks that both agree."""
+    hosts = env.get("JAILCC_HOSTS")
+    first = f"JAILCC_HOSTS={hosts}" if hosts is not None else f"hosts file={user_hosts_file(env)}"
+    return [first, f"KRB5CCNAME={env.get('KRB5CCNAME', '')}"]
+
+
 def settings_key(env: Mapping[str, str]) -> str:
-    """FNV-1a 64 of the settings a proxy keeps for its life (the native client computes it
-    the same way)."""
-    data = b"".join(
-        f"{name}={env.get(name, '')}\n".encode("utf-8", "surrogateescape") for name in KEY_VARIABLES
-    )
+    """FNV-1a 64 of key_settings, a line each (the native client computes it the same way)."""
+    data = "".join(f"{line}\n" for line in key_settings(env)).encode("utf-8", "surrogateescape")
     h = 0xCBF29CE484222325
     for byte in data:
         h = ((h ^ byte) * 0x100000001B3) & 0xFFFFFFFFFFFFFFFF

@@ -7,6 +7,7 @@ import contextlib
 import os
 import subprocess
 import sys
+import tempfile
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -67,6 +68,9 @@ def proxies_do_not_outlive_the_tests() -> Iterator[None]:
     # Never browse mDNS on this machine's own network: tests that discover servers do it
     # inside network namespaces of their own, with their own environment.
     os.environ["JAILCC_DISCOVER"] = ""
+    # ...nor read this machine's user's hosts file (~/.config/jailcc/hosts): tests name their
+    # servers themselves, and the discovery tests need "nothing configured".
+    os.environ["XDG_CONFIG_HOME"] = tempfile.mkdtemp(prefix="jailcc-test-config-")
     started = time.time()
     yield
     for proc in psutil.process_iter(["cmdline", "create_time"]):

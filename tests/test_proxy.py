@@ -103,6 +103,21 @@ def test_the_first_compile_starts_one_proxy_and_the_next_go_through_it(server, t
     assert not proxies(env)
 
 
+def test_status_counts_each_job_where_it_ran(server, tmp_path):
+    env = proxy_env(server)
+    (tmp_path / "a.c").write_text("int f(void) { return 1; }\n")
+    assert jailcc(["proxy", "start"], tmp_path, env).returncode == 0
+    try:
+        missing = jailcc(["no-such-compiler-12", "-c", "a.c"], tmp_path, env)
+        assert missing.returncode == 127 and "cannot find the compiler" in missing.stderr
+        assert "remote on" in jailcc(["gcc-12", "-c", "a.c"], tmp_path, env).stderr
+        assert jailcc(["gcc-12", "-E", "a.c"], tmp_path, env).returncode == 0  # never remote
+        jobs = json.loads(jailcc(["status", "--json"], tmp_path, env).stdout)["jobs"]
+        assert (jobs["jobs_done"], jobs["remote"], jobs["local"], jobs["fallback"]) == (3, 1, 2, 0)
+    finally:
+        stop_proxy(env)
+
+
 def test_another_user_can_use_neither_the_proxy_nor_its_tickets(server, tmp_path):
     env = proxy_env(server)
     assert jailcc(["proxy", "start"], tmp_path, env).returncode == 0
