@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import shutil
 import subprocess
 import sys
 import tempfile
@@ -70,9 +71,11 @@ def proxies_do_not_outlive_the_tests() -> Iterator[None]:
     os.environ["JAILCC_DISCOVER"] = ""
     # ...nor read this machine's user's hosts file (~/.config/jailcc/hosts): tests name their
     # servers themselves, and the discovery tests need "nothing configured".
-    os.environ["XDG_CONFIG_HOME"] = tempfile.mkdtemp(prefix="jailcc-test-config-")
+    config_home = tempfile.mkdtemp(prefix="jailcc-test-config-")
+    os.environ["XDG_CONFIG_HOME"] = config_home
     started = time.time()
     yield
+    shutil.rmtree(config_home, ignore_errors=True)
     for proc in psutil.process_iter(["cmdline", "create_time"]):
         cmdline = proc.info["cmdline"] or []
         if "jailcc.client.proxy" in cmdline and proc.info["create_time"] >= started - 1:
