@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import socket
 from collections import namedtuple
 
@@ -43,14 +44,14 @@ class RemoteResult(
     __slots__ = ()
 
 
-def connect(host: Host) -> socket.socket:
+def connect(host: Host, timeout: float = CONNECT_TIMEOUT) -> socket.socket:
     try:
         if host.kind == "unix":
             sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
-            sock.settimeout(CONNECT_TIMEOUT)
+            sock.settimeout(timeout)
             sock.connect(host.address)
         else:
-            sock = socket.create_connection((host.address, host.port), timeout=CONNECT_TIMEOUT)
+            sock = socket.create_connection((host.address, host.port), timeout=timeout)
             # Frames are written whole; Nagle would hold a small one back for a delayed ACK.
             sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
             # A server that vanishes (a cut cable, a crash without a reset) while we wait for
@@ -69,29 +70,67 @@ def open_session(
     sock: socket.socket, host: Host, identity: str
 ) -> tuple[proto.Channel, dict[str, Any]]:
     """Hello and, on TCP, Kerberos: the channel to send jobs on, and the server's hello."""
-    want = "local" if host.kind == "unix" else "gssapi" if host.auth == "kerberos" else "none"
     try:
-        proto.send(
-            sock,
-            proto.HELLO,
-            proto.hello_header(
-                "client", client=f"jailcc {__version__}", identity=identity, auth=want
-            ),
-        )
+        want = send_hello(sock, host, identity=identity)
         header, _ = proto.expect(sock, proto.HELLO, proto.MAX_HELLO_FRAME)
-        if header.get("auth") != want:
-            # Never let the other end (or someone in between) choose less than we asked for.
-            raise RemoteFailure(f"{host} offers authentication {header.get('auth')!r}, not {want}")
-        if want != "gssapi":
-            return proto.Channel(sock), header
-        from .kerberos import initiate
+        return authenticate(sock, host, want, header), header
+    except HANDSHAKE_ERRORS as exc:
+        failure = handshake_failure(host, exc)
+        raise (missing_image(host, identity) if failure.code == "image" else failure) from None
 
-        context = initiate(sock, host)
-        return proto.SealedChannel(sock, context), header
-    except proto.RemoteError as exc:
-        raise RemoteFailure(f"{host} refused: {exc.message}", code=exc.code) from None
-    except (OSError, proto.ProtocolError) as exc:
-        raise RemoteFailure(f"{host}: handshake failed: {exc}") from None
+
+def missing_image(host: Host, identity: str) -> RemoteFailure:
+    """The server has no image of our compiler: say which, and the command that makes one."""
+    from jailcc.images.identity import compiler_of
+
+    # The identity was just computed for our compiler, and cached under its resolved path.
+    compiler = compiler_of(identity) or "/usr/bin/COMPILER"
+    return RemoteFailure(
+        f"{host} has no toolchain image for {compiler} (identity {identity[:19]}); on the"
+        f" server: `jailcc-image build --compiler {compiler} -o"
+        f" {os.path.basename(compiler)}.img`, put it in the image directory, SIGHUP jailccd",
+        tell_user=True,
+        code="image",
+    )
+
+
+def send_hello(sock: socket.socket, host: Host, **extra: Any) -> str:
+    """Send the client's hello asking for the authentication the host entry calls for; that
+    authentication ("local", "gssapi" or "none")."""
+    want = "local" if host.kind == "unix" else "gssapi" if host.auth == "kerberos" else "none"
+    proto.send(
+        sock,
+        proto.HELLO,
+        proto.hello_header("client", client=f"jailcc {__version__}", auth=want, **extra),
+    )
+    return want
+
+
+def authenticate(
+    sock: socket.socket, host: Host, want: str, server_hello: dict[str, Any]
+) -> proto.Channel:
+    """After the server's hello: the channel, sealed once Kerberos is done where we asked for
+    it."""
+    if server_hello.get("auth") != want:
+        # Never let the other end (or someone in between) choose less than we asked for.
+        raise RemoteFailure(
+            f"{host} offers authentication {server_hello.get('auth')!r}, not {want}"
+        )
+    if want != "gssapi":
+        return proto.Channel(sock)
+    from .kerberos import initiate
+
+    return proto.SealedChannel(sock, initiate(sock, host))
+
+
+# What a refused or broken handshake raises (handshake_failure says it as a RemoteFailure).
+HANDSHAKE_ERRORS = (proto.RemoteError, OSError, proto.ProtocolError)
+
+
+def handshake_failure(host: Host, exc: Exception) -> RemoteFailure:
+    if isinstance(exc, proto.RemoteError):
+        return RemoteFailure(f"{host} refused: {exc.message}", code=exc.code)
+    return RemoteFailure(f"{host}: handshake failed: {exc}")
 
 
 def run_job(

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import os
 import signal
 import sys
 
@@ -11,6 +12,7 @@ from jailcc.images import squashfs
 from jailcc.images.errors import ImageError
 
 PROG = "jailcc-image"
+IMAGE_DIR = "/var/lib/jailcc/images"  # jailccd's default image directory
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -68,7 +70,38 @@ def _parser() -> argparse.ArgumentParser:
         "Exits non-zero naming the first mismatching, missing or extra file.",
     )
     v.add_argument("image", metavar="IMAGE", help="a toolchain image file")
+
+    ls = sub.add_parser(
+        "list",
+        help="list the images in a directory",
+        description="List the *.img files of a directory (default: jailccd's image directory):"
+        " file, name, compilers with versions and short identities, size; with --verify,"
+        " whether each verifies against its manifest.",
+    )
+    ls.add_argument("directory", nargs="?", metavar="DIR", help="default " + IMAGE_DIR)
+    ls.add_argument("--verify", action="store_true", help="verify each image (slower)")
     return p
+
+
+def _list(directory: str, verify: bool) -> None:
+    """One block per image; a bad one says why instead of its compilers."""
+    from jailcc.images.manifest import read_manifest
+    from jailcc.images.verify import verify_image
+
+    for entry in sorted(os.listdir(directory)):
+        if not entry.endswith(".img"):
+            continue
+        path = os.path.join(directory, entry)
+        size = os.path.getsize(path) / (1 << 20)
+        try:
+            manifest = verify_image(path) if verify else read_manifest(path)
+        except ImageError as exc:
+            print(f"{entry}  {size:.1f} MiB  BAD: {exc}")
+            continue
+        verdict = "  verified" if verify else ""
+        print(f"{entry}  name {entry.removesuffix('.img')}  {size:.1f} MiB{verdict}")
+        for c in manifest.compilers:
+            print(f"    {c.name} {c.version} {c.target} {c.identity[:19]}")
 
 
 def _on_sigterm(signum: int, frame: object) -> None:
@@ -84,6 +117,8 @@ def main(argv: list[str] | None = None) -> int:
 
             log = (lambda _msg: None) if args.quiet else progress
             build_image(args.compiler, args.output, args.compression, log=log)
+        elif args.command == "list":
+            _list(args.directory or IMAGE_DIR, args.verify)
         elif args.command == "info":
             from jailcc.images.manifest import read_manifest
 

@@ -57,6 +57,15 @@ def compiler_identity(path: str) -> str:
     return ident
 
 
+def compiler_of(identity: str) -> str | None:
+    """The compiler (its resolved path) this machine last identified as ``identity``, from the
+    cache compiler_identity keeps; None if there is none."""
+    for driver, (ident, _) in _read_cache(_cache_file()).items():
+        if ident == identity:
+            return driver
+    return None
+
+
 def identity_parts(info: CompilerInfo) -> list[tuple[str, str, str]]:
     """(role, lookup, resolved path) of every file the identity covers, for a probed compiler.
 

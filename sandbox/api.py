@@ -54,6 +54,7 @@ class Sandbox:
         allow_weaken: bool = False,
         preload: Sequence[str] = (),
         python: str = sys.executable,
+        image_dir: str | None = None,
     ) -> None:
         for name, path in images.items():
             if not os.path.exists(path):
@@ -83,6 +84,8 @@ class Sandbox:
         if allow_weaken:  # tests and the selftest's own proofs only
             cmd.append("--allow-weaken")
         cmd += [f"--preload={module}" for module in preload]
+        if image_dir is not None:  # where mount_image may take images from later
+            cmd.append(f"--image-dir={os.path.realpath(image_dir)}")
         cmd += [f"--image={name}={os.path.abspath(path)}" for name, path in images.items()]
         self._proc = subprocess.Popen(cmd, pass_fds=[theirs.fileno()], stdin=subprocess.DEVNULL)
         theirs.close()
@@ -137,6 +140,17 @@ class Sandbox:
         if len(fds) != 1:
             raise SandboxError("the launcher sent no channel to the jail")
         return Jail(self, reply, socket.socket(fileno=fds[0]), limits)
+
+    def mount_image(self, name: str, path: str) -> None:
+        """Mount another image file as `name` (the launcher takes only files it was given at
+        start and *.img files in its image directory)."""
+        self._request({"op": "mount_image", "name": name, "path": os.path.abspath(path)})
+        self.images = [*self.images, name]
+
+    def retire_image(self, name: str) -> None:
+        """No new jail from `name`; jails built from it keep it until they end."""
+        self._request({"op": "retire_image", "name": name})
+        self.images = [n for n in self.images if n != name]
 
     @property
     def launcher_exit(self) -> int | None:

@@ -7,6 +7,10 @@ a job's work dir inside a jail, or to destroy one. It mounts the toolchain image
 own private mount namespace, is a child subreaper, and dies with the server (parent-death
 signal); its jails die with it.
 
+Images can also come and go while it runs: "mount_image" mounts a file as a new name, and
+"retire_image" takes a name away (jails built from it keep their own mount until they end).
+Only the files given at start and *.img files directly in the --image-dir are mounted.
+
 Run as: python -m jailcc.sandbox.launcher --control-fd N --parent-pid P --image NAME=PATH ...
 """
 
@@ -17,9 +21,11 @@ import contextlib
 import gc
 import importlib
 import os
+import re
 import select
 import signal
 import socket
+import stat
 import sys
 import time
 from dataclasses import dataclass, field
@@ -35,6 +41,10 @@ from .uidpool import DEFAULT_BASE, DEFAULT_COUNT, UidPool
 READY_TIMEOUT = 10.0
 REFILL_IDLE_SECONDS = 0.0005
 MAX_WARM_KEYS = 4  # distinct (image, limits) pairs kept warm; the least recent is drained
+MAX_IMAGES = 64
+MAX_IMAGE_BYTES = 16 << 30
+# An image's name, and after "@" the version the server counts (server/catalog.py).
+IMAGE_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._+-]{0,63}(@[0-9]{1,9})?")
 
 
 @dataclass
@@ -69,8 +79,13 @@ class Launcher:
         spawn_helper: str,
         warm_per_key: int = 1,
         allow_weaken: bool = False,
+        image_dir: str | None = None,
     ) -> None:
         self.control = control
+        if image_dir is not None:
+            _check_image_dir(image_dir)
+        self.image_dir = image_dir
+        self.start_images = frozenset(p for p in images.values() if not os.path.isdir(p))
         self.pool = pool
         self.jails: dict[int, LiveJail] = {}
         self.counter = 0
@@ -105,6 +120,7 @@ class Launcher:
             else:
                 loopdev.mount_image(path, target)
             self.images[name] = target
+        self.targets = len(self.images)
         rootfs.install_spawn_helper(spawn_helper)
         self.spawn_helper = spawn_helper  # the host path: only the host_mount_sources weakening
         self.cgroup_parents = cgroups.parent_dirs()
@@ -135,6 +151,10 @@ class Launcher:
                     reply, out_fds = self._workdir(message), []
                 elif op == "destroy":
                     reply, out_fds = self._destroy(int(message["jail"])), []
+                elif op == "mount_image":
+                    reply, out_fds = self._mount_image(message), []
+                elif op == "retire_image":
+                    reply, out_fds = self._retire_image(message), []
                 elif op == "shutdown":
                     break
                 else:
@@ -291,6 +311,57 @@ class Launcher:
         jail.workdir = path
         return {"ok": True}
 
+    def _mount_image(self, message: dict) -> dict:
+        """Mount an image file as a new name: a file given at start, or a *.img file right in
+        the image directory, nothing else."""
+        name, path = message.get("name"), message.get("path")
+        if not isinstance(name, str) or not IMAGE_NAME.fullmatch(name):
+            raise ValueError("an image name is letters, digits and ._+- (then @N)")
+        if name in self.images:
+            raise ValueError(f"image {name!r} is mounted already")
+        if len(self.images) >= MAX_IMAGES:
+            raise ValueError(f"{MAX_IMAGES} images are mounted already")
+        if not isinstance(path, str) or not self._may_mount(path):
+            raise ValueError("only images given at start or *.img files in the image directory")
+        info = os.lstat(path)
+        if not stat.S_ISREG(info.st_mode) or info.st_size > MAX_IMAGE_BYTES:
+            raise ValueError(f"{path}: not a regular file of at most {MAX_IMAGE_BYTES} bytes")
+        target = os.path.join(rootfs.MOUNT_BASE, f"image{self.targets}")
+        self.targets += 1
+        os.mkdir(target, 0o755)
+        try:
+            loopdev.mount_image(path, target)
+        except BaseException:
+            os.rmdir(target)
+            raise
+        self.images[name] = target
+        return {"ok": True}
+
+    def _may_mount(self, path: str) -> bool:
+        if path in self.start_images:
+            return True
+        directory, file = os.path.split(path)
+        return (
+            self.image_dir is not None
+            and directory == self.image_dir
+            and os.path.normpath(path) == path
+            and IMAGE_NAME.fullmatch(file.removesuffix(".img")) is not None
+            and file.endswith(".img")
+        )
+
+    def _retire_image(self, message: dict) -> dict:
+        name = message.get("name")
+        if not isinstance(name, str) or name not in self.images:
+            raise ValueError(f"no image named {str(name)[:80]!r}")
+        target = self.images.pop(name)
+        for key in [k for k in self.warm if k[0] == name]:
+            self._drain(key)
+        # Each jail built from it holds its own copy of the mount and keeps it until it ends;
+        # the loop device is freed (autoclear) with the last one.
+        sc.umount2(target, sc.MNT_DETACH)
+        os.rmdir(target)
+        return {"ok": True}
+
     def _destroy(self, jail_id: int) -> dict:
         started = time.monotonic()
         jail = self.jails.pop(jail_id)
@@ -314,6 +385,17 @@ class Launcher:
         else:
             self.pool.release(jail.pool_uid)
         return {"ok": True, "seconds": time.monotonic() - started, "leaks": leaks}
+
+
+def _check_image_dir(path: str) -> None:
+    """We mount, as root, what is in it: only root may put files there."""
+    info = os.stat(path)
+    if path != os.path.realpath(path) or not stat.S_ISDIR(info.st_mode):
+        raise ValueError(f"image directory {path}: not a directory named by its real path")
+    if info.st_uid != 0 or info.st_mode & 0o022:
+        raise ValueError(
+            f"image directory {path}: must be owned by root and writable by no one else"
+        )
 
 
 def _read_ready(fd: int) -> str:
@@ -391,6 +473,7 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--control-fd", type=int, required=True)
     parser.add_argument("--parent-pid", type=int, required=True)
     parser.add_argument("--image", action="append", default=[], metavar="NAME=PATH")
+    parser.add_argument("--image-dir", metavar="DIR", help="where mount_image may take *.img")
     parser.add_argument("--uid-base", type=int, default=DEFAULT_BASE)
     parser.add_argument("--uid-count", type=int, default=DEFAULT_COUNT)
     parser.add_argument("--warm", type=int, default=1, help="jails kept ready per image/limits")
@@ -421,6 +504,7 @@ def main(argv: list[str] | None = None) -> None:
             args.spawn_helper,
             args.warm,
             args.allow_weaken,
+            args.image_dir,
         )
     except (OSError, ValueError, cgroups.CgroupError) as exc:
         wire.send_packet(control, {"ok": False, "error": f"launcher start-up failed: {exc}"})

@@ -1,4 +1,5 @@
 """jailccd: the compile server's command line: `jailccd [options]` serves (see daemon.py),
+`jailccd --check-config` checks and shows the configuration (options over config.py's file),
 `jailccd selftest` proves the jail."""
 
 from __future__ import annotations
@@ -9,8 +10,10 @@ import os
 import sys
 
 from ..images.errors import ImageError
+from ..images.manifest import read_manifest
 from ..sandbox.selftest import PROBE_NAMES, SelftestError, reports_to_json, run_selftest
-from .catalog import name_images
+from . import config
+from .catalog import dir_images, image_dir, name_images
 
 
 def _selftest(args: argparse.Namespace) -> int:
@@ -18,7 +21,9 @@ def _selftest(args: argparse.Namespace) -> int:
         print("jailccd selftest: error: must run as root (it builds jails)", file=sys.stderr)
         return 2
     # (Directories are accepted too: the sandbox can bind an unpacked image.)
-    images = name_images(args.toolchain_image, usable=os.path.exists)
+    images = name_images(args.toolchain_image or _configured_images(args), usable=os.path.exists)
+    if not images:
+        raise ImageError("no toolchain image: name one with --toolchain-image IMAGE")
 
     def show(image: str, result) -> None:
         if not args.json:
@@ -44,6 +49,41 @@ def _selftest(args: argparse.Namespace) -> int:
     return 1 if summary["failed"] else 0
 
 
+def _configured_images(args: argparse.Namespace) -> list[str]:
+    """The images jailccd would serve, from its config file and image directory."""
+    from .daemon import build_parser
+
+    path = config.config_path(args)
+    values = config.read(path, build_parser()) if path else {}
+    found, _ = dir_images(image_dir(values.get("image_dir")))
+    return [*values.get("toolchain_image", []), *found.values()]
+
+
+def _check_config(
+    args: argparse.Namespace, sources: dict[str, str], parser: argparse.ArgumentParser
+) -> int:
+    from .daemon import check
+
+    print(f"# config file: {config.config_path(args) or 'none'}")
+    print(config.describe(args, sources, parser))
+    try:
+        catalog = check(args).catalog
+        wanted, skipped = catalog.wanted()
+    except (ImageError, ValueError) as exc:
+        print(f"jailccd: error: {exc}", file=sys.stderr)
+        return 1
+    for name, path in wanted.items():
+        try:
+            compilers = ", ".join(c.name for c in read_manifest(path).compilers)
+            print(f"# image {name}: {path} ({compilers})")
+        except ImageError as exc:
+            skipped.append(f"{path}: {exc}")
+    for reason in skipped:
+        print(f"# image skipped: {reason}")
+    print("# configuration ok")
+    return 0
+
+
 def build_selftest_parser() -> argparse.ArgumentParser:
     st = argparse.ArgumentParser(
         prog="jailccd selftest",
@@ -56,9 +96,15 @@ def build_selftest_parser() -> argparse.ArgumentParser:
     st.add_argument(
         "--toolchain-image",
         action="append",
-        required=True,
         metavar="IMAGE",
-        help="a toolchain image built by jailcc-image (repeatable)",
+        help="a toolchain image built by jailcc-image (repeatable; default: the images jailccd"
+        " would serve, from its --config file and image directory)",
+    )
+    st.add_argument(
+        "--config",
+        metavar="FILE",
+        help=f"jailccd's config file to take the images from (default {config.DEFAULT_CONFIG},"
+        " if it exists; '' for none)",
     )
     st.add_argument("--json", action="store_true", help="print one JSON report instead of lines")
     st.add_argument(
@@ -81,17 +127,20 @@ def build_selftest_parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else argv
-    if argv[:1] == ["selftest"]:
-        args = build_selftest_parser().parse_args(argv[1:])
-    else:
-        from .daemon import build_parser
-
-        args = build_parser().parse_args(argv)
     try:
+        if argv[:1] == ["selftest"]:
+            args = build_selftest_parser().parse_args(argv[1:])
+        else:
+            from .daemon import build_parser
+
+            parser = build_parser()
+            args, sources = config.parse(parser, argv)
+            if args.check_config:
+                return _check_config(args, sources, parser)
         return args.func(args)
-    except (SelftestError, ImageError) as exc:
+    except (SelftestError, ImageError, config.ConfigError) as exc:
         print(f"jailccd: error: {exc}", file=sys.stderr)
-        return 2
+        return 1 if "--check-config" in argv else 2
     except KeyboardInterrupt:
         return 130
 

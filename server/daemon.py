@@ -7,14 +7,18 @@ import logging
 import os
 import signal
 import sys
+import threading
+from typing import NamedTuple
 
+from jailcc import __version__
 from jailcc.images.errors import ImageError
 from jailcc.sandbox.api import Sandbox, SandboxError
 from jailcc.sandbox.spec import JailLimits, MiB, RunLimits
 
 from . import protocol as proto
 from . import session
-from .catalog import Catalog
+from .catalog import IMAGE_DIR, Catalog, image_dir
+from .config import DEFAULT_CONFIG
 from .local_auth import LocalAuthorizer
 from .service import JobService, PrincipalAuthorizer, ServiceConfig
 
@@ -35,13 +39,38 @@ def build_parser() -> argparse.ArgumentParser:
         " jail built from a read-only toolchain image. Local mode (the default) serves a Unix"
         " socket to the users and groups you allow. See also: jailccd selftest --help.",
     )
+    p.add_argument("--version", action="version", version=f"jailccd {__version__}")
+    p.add_argument(
+        "--config",
+        metavar="FILE",
+        help=f"read options from this TOML file (default {DEFAULT_CONFIG}, if it exists; ''"
+        ' for none): keys are the long options without dashes, e.g. allow-user = ["root"];'
+        " options on the command line replace the file's (a repeatable one, its whole list)",
+    )
+    p.add_argument(
+        "--no-config", dest="config", action="store_const", const="", help="read no config file"
+    )
+    p.add_argument(
+        "--check-config",
+        action="store_true",
+        help="check the configuration as jailccd would before serving, print every option"
+        " with its value and where it came from, and exit (0: good)",
+    )
     p.add_argument(
         "--toolchain-image",
         action="append",
-        required=True,
+        default=[],
         metavar="IMAGE",
         help="a toolchain image built by jailcc-image (repeatable); clients whose"
         " compiler identity matches a compiler in it can use it",
+    )
+    p.add_argument(
+        "--image-dir",
+        metavar="DIR",
+        help=f"serve every *.img in DIR too (default {IMAGE_DIR}, if it exists), rescanned on"
+        " SIGHUP: new images are added, changed ones replaced, removed ones retired, without"
+        " dropping running jobs; a bad image is logged and skipped. Root's only: owned by root"
+        " and writable by no one else",
     )
     p.add_argument(
         "--socket",
@@ -261,6 +290,19 @@ def build_parser() -> argparse.ArgumentParser:
         metavar="MIB",
         help="largest preprocessed input accepted, in MiB (default 128)",
     )
+    p.add_argument(
+        "--status-show-sources",
+        choices=["own", "all"],
+        default="own",
+        help="whose running jobs a status request (jailcc mon) shows with their source file"
+        " names: the requester's own (default; others' show only the user) or everyone's",
+    )
+    p.add_argument(
+        "--metrics",
+        metavar="HOST:PORT",
+        help="serve Prometheus metrics at http://HOST:PORT/metrics. Plain HTTP with no"
+        " authentication: bind it to loopback or a management network only",
+    )
     p.add_argument("--log-file", metavar="PATH", help="log here instead of to stderr")
     p.add_argument(
         "--log-level",
@@ -281,41 +323,8 @@ def run(args: argparse.Namespace) -> int:
     if os.geteuid() != 0:
         print("jailccd: error: must run as root (it builds jails)", file=sys.stderr)
         return 2
-    tcp = None
-    if args.listen:
-        host, _, port = args.listen.rpartition(":")
-        if not host or not port.isdigit():
-            print("jailccd: error: --listen takes HOST:PORT", file=sys.stderr)
-            return 2
-        tcp = (host.strip("[]"), int(port))
     try:
-        kerberos, principals = _kerberos(args, tcp is not None)
-    except ValueError as exc:
-        print(f"jailccd: error: {exc}", file=sys.stderr)
-        return 2
-    serve_unix = bool(args.allow_user or args.allow_group)
-    if not serve_unix and tcp is None:
-        print(
-            "jailccd: error: nobody is allowed to compile: name users with --allow-user or"
-            " groups with --allow-group",
-            file=sys.stderr,
-        )
-        return 2
-    if (
-        min(args.jobs, args.max_connections, args.max_unauthenticated_per_peer) < 1
-        or min(args.job_timeout, args.handshake_timeout, args.frame_timeout) <= 0
-        or args.max_unauthenticated < 0
-        or args.log_peer_lines < 1
-    ):
-        print(
-            "jailccd: error: --jobs, --max-connections, --max-unauthenticated-per-peer,"
-            " --log-peer-lines and the timeouts must be positive",
-            file=sys.stderr,
-        )
-        return 2
-    try:
-        catalog = Catalog(args.toolchain_image)
-        authorizer = LocalAuthorizer(args.allow_user, args.allow_group, allow_tcp=tcp is not None)
+        tcp, kerberos, principals, serve_unix, catalog, authorizer = check(args)
     except (ImageError, ValueError) as exc:
         print(f"jailccd: error: {exc}", file=sys.stderr)
         return 2
@@ -337,11 +346,17 @@ def run(args: argparse.Namespace) -> int:
         max_unauthenticated=args.max_unauthenticated,
         max_unauthenticated_per_peer=args.max_unauthenticated_per_peer,
         peer_log_lines=args.log_peer_lines,
+        status_show_sources=args.status_show_sources,
     )
     try:
-        sandbox = Sandbox(catalog.images, preload=[session.__name__])
+        sandbox = Sandbox(catalog.images, preload=[session.__name__], image_dir=catalog.directory)
     except SandboxError as exc:
         print(f"jailccd: error: {exc}", file=sys.stderr)
+        return 2
+    catalog.sync(sandbox)  # the image directory's images (a bad one is logged and skipped)
+    if not catalog.manifests:
+        sandbox.close()
+        print("jailccd: error: no usable toolchain image (see the log)", file=sys.stderr)
         return 2
     service = JobService(sandbox, catalog, authorizer, config)
     try:
@@ -360,10 +375,18 @@ def run(args: argparse.Namespace) -> int:
         log.info("signal %d: stopping", signum)
         service.stop()
 
+    def on_hangup(_signum: int, _frame: object) -> None:
+        # Not in the handler: a rescan verifies images and waits for the launcher.
+        log.info("SIGHUP: rescanning the toolchain images")
+        threading.Thread(target=catalog.sync, args=(sandbox,), name="rescan").start()
+
     signal.signal(signal.SIGTERM, on_signal)
     signal.signal(signal.SIGINT, on_signal)
+    signal.signal(signal.SIGHUP, on_hangup)
     extras = []
     try:
+        if args.metrics:
+            _serve_metrics(service, args.metrics)
         if args.desktop:
             extras.append(_watch_the_owner(service, args.desktop_calm, args.desktop_evict_after))
         if args.announce:
@@ -391,8 +414,63 @@ def run(args: argparse.Namespace) -> int:
             close()
         service.stop()
         sandbox.close()
-        log.info("jailccd stopped: %s", service.stats)
+        log.info("jailccd stopped: %s", service.metrics.totals())
     return 1 if service.failed else 0
+
+
+def _serve_metrics(service: JobService, address: str) -> None:
+    """Prometheus metrics from a daemon thread, on the address given only."""
+    host, _, port = address.rpartition(":")
+    if not host or not port.isdigit():
+        raise ValueError("--metrics takes HOST:PORT")
+    bound = service.metrics.serve(host.strip("[]"), int(port))
+    log.warning("serving metrics on http://%s:%d/metrics, unauthenticated", host, bound)
+
+
+class Checked(NamedTuple):
+    tcp: tuple[str, int] | None
+    kerberos: KerberosAcceptor | None
+    principals: PrincipalAuthorizer | None
+    serve_unix: bool
+    catalog: Catalog
+    authorizer: LocalAuthorizer
+
+
+def check(args: argparse.Namespace) -> Checked:
+    """What jailccd checks before it starts anything (jailccd --check-config runs just this):
+    the options agree, the keytab holds the principal, the directory settings hold, the users
+    and groups exist, the images have manifests. ValueError or ImageError says what is wrong."""
+    tcp = None
+    if args.listen:
+        host, _, port = args.listen.rpartition(":")
+        if not host or not port.isdigit():
+            raise ValueError("--listen takes HOST:PORT")
+        tcp = (host.strip("[]"), int(port))
+    kerberos, principals = _kerberos(args, tcp is not None)
+    serve_unix = bool(args.allow_user or args.allow_group)
+    if not serve_unix and tcp is None:
+        raise ValueError(
+            "nobody is allowed to compile: name users with --allow-user or groups with"
+            " --allow-group"
+        )
+    if (
+        min(args.jobs, args.max_connections, args.max_unauthenticated_per_peer) < 1
+        or min(args.job_timeout, args.handshake_timeout, args.frame_timeout) <= 0
+        or args.max_unauthenticated < 0
+        or args.log_peer_lines < 1
+    ):
+        raise ValueError(
+            "--jobs, --max-connections, --max-unauthenticated-per-peer, --log-peer-lines and"
+            " the timeouts must be positive"
+        )
+    catalog = Catalog(args.toolchain_image, image_dir(args.image_dir))
+    if not catalog.wanted()[0]:
+        raise ImageError(
+            "no toolchain image: name one with --toolchain-image IMAGE, or put IMAGE.img files"
+            f" in the image directory (--image-dir, default {IMAGE_DIR})"
+        )
+    authorizer = LocalAuthorizer(args.allow_user, args.allow_group, allow_tcp=tcp is not None)
+    return Checked(tcp, kerberos, principals, serve_unix, catalog, authorizer)
 
 
 def _kerberos(

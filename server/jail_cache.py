@@ -22,11 +22,16 @@ IDLE_SECONDS = 20.0
 
 class JailCache:
     def __init__(
-        self, per_key: int, on_leak: Callable[[str], None], idle_seconds: float = IDLE_SECONDS
+        self,
+        per_key: int,
+        on_leak: Callable[[str], None],
+        on_teardown: Callable[[float], None] = lambda seconds: None,
+        idle_seconds: float = IDLE_SECONDS,
     ) -> None:
         self.per_key = per_key
         self.idle_seconds = idle_seconds
         self.on_leak = on_leak
+        self.on_teardown = on_teardown  # told how long each teardown took (metrics)
         self._idle: dict[tuple[str, str], list[tuple[float, Jail]]] = {}
         self._lock = threading.Lock()
         self._stop = threading.Event()
@@ -77,6 +82,8 @@ class JailCache:
 
     def _close(self, jail: Jail) -> None:
         with contextlib.suppress(SandboxError):
+            started = time.monotonic()
             report = jail.close()
+            self.on_teardown(time.monotonic() - started)
             if report.leaks:
                 self.on_leak("; ".join(report.leaks))

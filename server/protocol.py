@@ -33,6 +33,7 @@ RESULT = 3
 ERROR = 4
 AUTH = 5  # a GSSAPI context token, in blob 0 (before the connection is sealed)
 READY = 6  # the connection's jail is ready and the peer authorized (first sealed frame)
+STATUS = 7  # the server's state, the answer to a hello with "request": "status"
 
 FRAME_NAMES = {
     HELLO: "HELLO",
@@ -41,6 +42,7 @@ FRAME_NAMES = {
     ERROR: "ERROR",
     AUTH: "AUTH",
     READY: "READY",
+    STATUS: "STATUS",
 }
 
 # Caps. Before the hello exchange only a small frame is accepted.
@@ -51,6 +53,8 @@ MAX_BLOBS = 64
 # A GSSAPI token before the context is complete (a Kerberos AP-REQ with a PAC fits easily).
 MAX_AUTH_TOKEN = 48 * 1024
 MAX_AUTH_ROUNDS = 4
+# A STATUS frame (the client's cap: the server's report is bounded well below it).
+MAX_STATUS_FRAME = 1024 * 1024
 # What wrapping adds to a frame: the token header, padding and checksum, our sequence number.
 SEAL_OVERHEAD = 4096
 

@@ -33,6 +33,7 @@ from .admission import Busy, Slots, measure_speed
 from .catalog import Catalog, Offer
 from .jail_cache import JailCache
 from .local_auth import LocalAuthorizer, Peer, peer_credentials, unix_peer
+from .metrics import Metrics
 
 TYPE_CHECKING = False
 if TYPE_CHECKING:
@@ -80,6 +81,14 @@ class ServiceConfig:
     max_unauthenticated: int = 0  # 0: half of max_connections
     max_unauthenticated_per_peer: int = 16
     peer_log_lines: int = 20  # a minute, about one unauthenticated peer
+    # Whose running jobs a status request shows with their source names: "own" or "all".
+    status_show_sources: str = "own"
+
+
+# Refusal codes that are failures to authenticate or be authorized (counted by reason).
+AUTH_FAILURES = frozenset({"unauthenticated", "unauthorized", "unavailable"})
+# A status answer lists at most this many running jobs (one per connection holding a slot).
+MAX_STATUS_JOBS = 1000
 
 
 class Refused(Exception):
@@ -112,13 +121,15 @@ class JobService:
         )
         self.peer_log = PeerLog(config.peer_log_lines)
         self.listeners: list[socket.socket] = []
+        self.metrics = Metrics(self.load, config.slots)
+        self.started = time.monotonic()
         self.jail_cache = JailCache(
-            config.slots, lambda leaks: log.error("jail teardown left: %s", leaks)
+            config.slots,
+            lambda leaks: log.error("jail teardown left: %s", leaks),
+            self.metrics.jail_teardown.observe,
         )
         self._stopping = threading.Event()
         self.failed = False  # stopped because something it cannot do without died
-        self.stats = {"jobs": 0, "failed": 0, "rejected": 0, "connections": 0}
-        self._stats_lock = threading.Lock()
 
     # -- listening -------------------------------------------------------------------------
 
@@ -217,6 +228,7 @@ class JobService:
             return
         refused = self.caps.admit(key)
         if refused is not None:
+            self.metrics.refusal("busy", by_caps=True)
             self.peer_log.log(key, logging.WARNING, "refused %s: busy: %s", key, refused)
             with contextlib.suppress(OSError):
                 # Nothing is read; the frame fits in the socket's empty buffer, so this send
@@ -250,17 +262,24 @@ class JobService:
                 self.peer_log.log(key, level, message, *args)
 
         try:
-            with self._stats_lock:
-                self.stats["connections"] += 1
+            self.metrics.connection()
             timed = proto.DeadlineSocket(
                 conn,
                 time.monotonic() + self.config.handshake_timeout,
                 self.config.frame_timeout,
             )
-            peer, offer, auth, token, hello = self._handshake(timed, peer, on_authenticated, note)
-            jail = self.jail_cache.take(str(peer), offer.image)
-            if jail is None:
-                jail = self.sandbox.create_jail(offer.image, self.config.jail_limits)
+            peer, offer, auth, channel = self._handshake(timed, peer, on_authenticated, note)
+            if offer is None:
+                # A status request: answered here, in the channel the handshake left (sealed
+                # on Kerberos), with no jail.
+                channel.send(proto.STATUS, self.status(_user_name(peer)))
+                return
+            hello = self._greeting(offer)
+            if not channel.sealed:
+                channel.send(proto.HELLO, {**hello, "auth": auth})
+            # Sequence numbers continue in the jail: it sends the first sealed frame there.
+            token = channel.context.export() if isinstance(channel, proto.SealedChannel) else b""
+            jail = self._jail(str(peer), offer.image)
             params = session.session_params(
                 auth=auth,
                 identity=offer.compiler.identity,
@@ -271,7 +290,7 @@ class JobService:
                 run_limits=self.config.run_limits,
                 hello=hello,
             )
-            questions = _Questions(self, jail, str(peer), offer.image)
+            questions = _Questions(self, jail, str(peer), _user_name(peer), offer.image)
             try:
                 ended = jail.serve_connection(
                     conn, session.HANDLER, params, token, questions.answer, QUESTION_TIMEOUT
@@ -284,6 +303,7 @@ class JobService:
             pass  # told the peer and logged by _handshake
         except proto.ProtocolError as exc:
             note(logging.WARNING, "protocol error from %s: %s", peer, _printable(exc, 300))
+            self.metrics.refusal("protocol")
             with contextlib.suppress(OSError, proto.ProtocolError):
                 conn.settimeout(1.0)
                 proto.send(conn, proto.ERROR, {"code": "protocol", "message": str(exc)[:300]})
@@ -306,11 +326,11 @@ class JobService:
         peer: Peer | str,
         on_authenticated: Callable[[], None],
         note: Callable[..., None],
-    ) -> tuple[Peer | str, Offer, str, bytes, dict[str, Any]]:
+    ) -> tuple[Peer | str, Offer | None, str, proto.Channel]:
         """Credentials (Unix socket), hello, authentication (Kerberos), authorization:
-        (peer, offer, auth kind, exported context, the hello the jail greets the client with).
-        Every read and write is bounded by conn's deadlines. Raises Refused after telling the
-        peer."""
+        (peer, offer, auth kind, the channel to go on in). The offer is None for a status
+        request, which needs no image. Every read and write is bounded by conn's deadlines.
+        Raises Refused after telling the peer."""
 
         def recv(frame_cap: int) -> tuple[int, dict[str, Any], list[bytes]]:
             conn.next_frame()
@@ -318,6 +338,9 @@ class JobService:
 
         def refuse(code: str, message: str, sealed: proto.Channel | None = None) -> Refused:
             note(logging.INFO, "refused %s: %s: %s", _printable(peer, 300), code, message)
+            self.metrics.refusal(code)
+            if code in AUTH_FAILURES:
+                self.metrics.auth_failure(code)
             with contextlib.suppress(OSError, proto.ProtocolError):
                 (sealed or proto.Channel(conn)).send(
                     proto.ERROR, {"code": code, "message": message}
@@ -339,30 +362,22 @@ class JobService:
                 raise refused
             on_authenticated()
         try:
-            identity = _hello_identity(recv(proto.MAX_HELLO_FRAME))
+            hello = _client_hello(recv(proto.MAX_HELLO_FRAME))
         except Refused as exc:
             raise refuse(exc.code, str(exc)) from None
-        offer = self.catalog.by_identity.get(identity)
-        if offer is None:
-            raise refuse("image", "no toolchain image here matches your compiler")
-        greeting = proto.hello_header(
-            "server",
-            server=f"jailccd {__version__}",
-            images=self.catalog.describe(),
-            slots=self.config.slots,
-            image=offer.image,
-            load=self.load(),
-        )
+        offer = None
+        if hello.get("request") != "status":
+            offer = self.catalog.by_identity.get(str(hello.get("identity"))[:200])
+            if offer is None:
+                raise refuse("image", "no toolchain image here matches your compiler")
         if isinstance(peer, Peer):
-            proto.send(conn, proto.HELLO, {**greeting, "auth": "local"})
-            return peer, offer, "local", b"", greeting
+            return peer, offer, "local", proto.Channel(conn)
         kerberos = self.config.kerberos
         if kerberos is None:  # --insecure
             if not self.authorizer.allowed(Peer("tcp", str(peer))):
                 raise refuse("unauthorized", "this server does not take unauthenticated TCP")
             on_authenticated()
-            proto.send(conn, proto.HELLO, {**greeting, "auth": "none"})
-            return peer, offer, "none", b"", greeting
+            return peer, offer, "none", proto.Channel(conn)
         proto.send(conn, proto.HELLO, {"protocol": proto.PROTOCOL_VERSION, "auth": "gssapi"})
 
         def next_token(ours: bytes) -> bytes:
@@ -400,12 +415,72 @@ class JobService:
             )
         on_authenticated()
         log.info("authenticated %s from %s", _printable(principal, 300), peer)
-        # Sequence numbers continue in the jail: it sends the first sealed frame there.
-        return principal, offer, "gssapi", context.export(), greeting
+        return principal, offer, "gssapi", sealed
 
-    def _count(self, key: str) -> None:
-        with self._stats_lock:
-            self.stats[key] += 1
+    def _greeting(self, offer: Offer) -> dict[str, Any]:
+        """The server's hello for a job connection (the jail's READY repeats it)."""
+        return proto.hello_header(
+            "server",
+            server=f"jailccd {__version__}",
+            images=self.catalog.describe(),
+            slots=self.config.slots,
+            image=offer.image,
+            load=self.load(),
+        )
+
+    def _jail(self, owner: str, image: str) -> Jail:
+        """A jail for the connection: one this owner left idle, or a new one."""
+        jail = self.jail_cache.take(owner, image)
+        if jail is None:
+            started = time.monotonic()
+            jail = self.sandbox.create_jail(image, self.config.jail_limits)
+            self.metrics.jail_build.observe(time.monotonic() - started)
+        return jail
+
+    # -- status ------------------------------------------------------------------------------
+
+    def status(self, requester: str) -> dict[str, Any]:
+        """The STATUS header for an authenticated requester (PROTOCOL.md, "Status")."""
+        load = self.load()
+        return {
+            "server": f"jailccd {__version__}",
+            "protocol": proto.PROTOCOL_VERSION,
+            "host": socket.gethostname(),
+            "uptime": round(time.monotonic() - self.started, 3),
+            "slots": self.config.slots,
+            "slots_now": load["slots"],
+            "running": load["running"],
+            "queued": load["queued"],
+            "owner_busy": load["owner_busy"],
+            "speed": load["speed"],
+            "images": [
+                {
+                    "name": name,
+                    "compilers": [
+                        {"name": c.name, "identity": c.identity, "version": c.version}
+                        for c in manifest.compilers
+                    ],
+                }
+                for name, manifest in self.catalog.manifests.items()
+            ],
+            "jobs": self._running_jobs(requester),
+            "totals": self.metrics.totals(),
+        }
+
+    def _running_jobs(self, requester: str) -> list[dict[str, Any]]:
+        everyone = self.config.status_show_sources == "all"
+        now = time.monotonic()
+        with self.active_lock:
+            running = [q for q in self.active.values() if q.holding]
+        return [
+            {
+                "user": q.name,
+                "source": q.source if everyone or q.name == requester else None,
+                "elapsed": round(max(0.0, now - q.started), 3),
+                "jail": q.jail.id,
+            }
+            for q in running[:MAX_STATUS_JOBS]
+        ]
 
     # -- load and the desktop owner ---------------------------------------------------------
 
@@ -435,9 +510,10 @@ def _until_closed(conn: socket.socket, seconds: float) -> None:
     poller.poll(max(0, int(seconds * 1000)))
 
 
-def _hello_identity(frame: tuple[int, dict[str, Any], list[bytes]]) -> str:
-    """The compiler identity a client's hello names. ProtocolError if it is no hello, Refused
-    (not yet told to the peer) for a protocol version we do not speak."""
+def _client_hello(frame: tuple[int, dict[str, Any], list[bytes]]) -> dict[str, Any]:
+    """A client's hello: a job's (naming the compiler identity) or a status request.
+    ProtocolError if it is no hello, Refused (not yet told to the peer) for a protocol version
+    we do not speak."""
     frame_type, header, _ = frame
     if frame_type != proto.HELLO:
         raise proto.ProtocolError("expected HELLO")
@@ -447,7 +523,13 @@ def _hello_identity(frame: tuple[int, dict[str, Any], list[bytes]]) -> str:
             f"protocol {_printable(header.get('protocol'), 40)} not supported; this server"
             f" speaks {proto.PROTOCOL_VERSION}",
         )
-    return str(header.get("identity"))[:200]
+    return header
+
+
+def _user_name(peer: Peer | str) -> str:
+    """Who a peer is for the status answer: a local user's name, a Kerberos principal, or
+    (--insecure) an address, which matches no job's user but its own connection's."""
+    return peer.user if isinstance(peer, Peer) else str(peer)
 
 
 def _auth_token(frame: tuple[int, dict[str, Any], list[bytes]]) -> bytes:
@@ -457,14 +539,32 @@ def _auth_token(frame: tuple[int, dict[str, Any], list[bytes]]) -> bytes:
     return blobs[0]
 
 
-class _Questions:
-    """The server's answers to one connection's jail: a slot (and the working directory) when a
-    job starts; the slot back, the cgroup's verdict and the log line when it ends."""
+# The jail's words are shown and counted, never trusted: these bound what it can make us keep.
+MAX_SOURCE = 200  # characters of a job's source name, for the log and status answers
+MAX_COUNTED_BYTES = 1 << 36  # a job's input or result, as the jail reports it
+KNOWN_LIMITS = frozenset({"memory", "pids", "cpu", "wall", "output", "file-size"})
+JOB_REFUSALS = frozenset({"policy", "protocol", "image"})  # the "refused" question's codes
 
-    def __init__(self, service: JobService, jail: Jail, user: str, image: str) -> None:
-        self.service, self.jail, self.user, self.image = service, jail, user, image
+
+class _Questions:
+    """The server's answers to one connection's jail. As in OpenSSH's monitor, the interface is
+    a table (QUESTIONS, below): each question, whether a job must be running ("holding" a
+    slot) for it, and its handler; anything else, or out of turn, ends the connection. Every
+    question is one capped message (sandbox/wire.py).
+
+        start    no job    a slot, and the working directory; names the job's source
+        done     a job     the slot back, the cgroup's verdict, the log line; byte counts
+        refused  any       a job refused before it started, for the log and the counts
+    """
+
+    def __init__(self, service: JobService, jail: Jail, user: str, name: str, image: str) -> None:
+        # user: the peer for the log; name: for status answers (user name or principal).
+        self.service, self.jail, self.image = service, jail, image
+        self.user, self.name = user, name
         self.holding = False
         self.evicted = False
+        self.source = ""
+        self.started = 0.0
         self.before: dict[str, int] = {}
         with service.active_lock:
             service.active[jail.id] = self
@@ -478,55 +578,87 @@ class _Questions:
 
     def answer(self, question: dict[str, Any]) -> dict[str, Any]:
         what = question.get("what")
-        if what == "start" and not self.holding:
-            try:
-                self.service.slots.acquire()
-            except Busy as exc:
-                return {"ok": False, "error": f"busy: {exc}", "code": "busy"}
-            self.holding = True
-            self.evicted = False
-            try:
-                self.jail.enter_workdir(str(question.get("cwd")))
-            except SandboxError as exc:
-                self.release()
-                self.service._count("rejected")
-                # A jail that can no longer be trusted ends the connection; the next one
-                # gets a fresh jail.
-                return {"ok": False, "error": str(exc)[:300], "end": not self.jail.usable}
-            self.before = self.jail.job_counters()
-            return {"ok": True}
-        if what == "done" and self.holding:
-            after = self.jail.job_counters()
+        entry = QUESTIONS.get(what) if isinstance(what, str) else None
+        if entry is None or entry[0] not in (None, self.holding):
+            raise SandboxError(f"the jail asked out of turn: {_printable(what, 20)}")
+        return entry[1](self, question)
+
+    def _start(self, question: dict[str, Any]) -> dict[str, Any]:
+        try:
+            self.service.slots.acquire()
+        except Busy as exc:
+            self.service.metrics.job_refused("busy")
+            return {"ok": False, "error": f"busy: {exc}", "code": "busy"}
+        # Set before `holding`, which makes the job show in status answers.
+        self.source = _display_source(question.get("source"))
+        self.started = time.monotonic()
+        self.holding = True
+        self.evicted = False
+        try:
+            self.jail.enter_workdir(str(question.get("cwd")))
+        except SandboxError as exc:
             self.release()
-            limit = self.jail.limit_hit(self.before, after) if question.get("failed") else None
-            status = _printable(question.get("status"), 40)
-            self.service._count("jobs" if status == "exit:0" else "failed")
-            log.info(
-                "job user=%s image=%s jail=%d source=%s status=%s queue=%.1fms run=%.1fms",
-                self.user,
-                self.image,
-                self.jail.id,
-                _printable(question.get("source"), 200),
-                status + (f" limit:{limit}" if limit else ""),
-                _number(question.get("queue")) * 1000,
-                _number(question.get("run")) * 1000,
-            )
-            return {
-                "limit": limit,
-                "jail_cpu": (after["cpu_ns"] - self.before["cpu_ns"]) / 1e9,
-                "evicted": self.evicted,
-                "load": self.service.load(),
-            }
-        if what == "refused":
-            self.service._count("rejected")
-            log.info(
-                "job refused user=%s code=%s: %s",
-                self.user,
-                _printable(question.get("code"), 20),
-                _printable(question.get("message"), 300),
-            )
-            return {}
-        raise SandboxError(f"the jail asked out of turn: {_printable(what, 20)}")
+            self.service.metrics.job_refused("jail")
+            # A jail that can no longer be trusted ends the connection; the next one
+            # gets a fresh jail.
+            return {"ok": False, "error": str(exc)[:300], "end": not self.jail.usable}
+        self.before = self.jail.job_counters()
+        return {"ok": True}
+
+    def _done(self, question: dict[str, Any]) -> dict[str, Any]:
+        after = self.jail.job_counters()
+        seconds = time.monotonic() - self.started
+        self.release()
+        limit = self.jail.limit_hit(self.before, after) if question.get("failed") else None
+        status = _printable(question.get("status"), 40)
+        self._count(status, limit, seconds, question)
+        log.info(
+            "job user=%s image=%s jail=%d source=%s status=%s queue=%.1fms run=%.1fms",
+            self.user,
+            self.image,
+            self.jail.id,
+            _printable(self.source, MAX_SOURCE),
+            status + (f" limit:{limit}" if limit else ""),
+            _number(question.get("queue")) * 1000,
+            _number(question.get("run")) * 1000,
+        )
+        return {
+            "limit": limit,
+            "jail_cpu": (after["cpu_ns"] - self.before["cpu_ns"]) / 1e9,
+            "evicted": self.evicted,
+            "load": self.service.load(),
+        }
+
+    def _count(
+        self, status: str, limit: str | None, seconds: float, question: dict[str, Any]
+    ) -> None:
+        """Count a job that held a slot by its outcome (metrics.OUTCOMES)."""
+        metrics = self.service.metrics
+        if status == "refused":  # the jail would not run it (a bad file name, say)
+            metrics.job_refused("jail")
+            return
+        limit = limit or (status[6:] if status.startswith("limit:") else None)
+        if limit is not None and limit not in KNOWN_LIMITS:
+            limit = "other"
+        if self.evicted:
+            outcome = "evicted"
+        elif limit:
+            outcome = "limit"
+        else:
+            outcome = "ok" if status == "exit:0" else "failed"
+        sent = 0 if self.evicted else _size(question.get("bytes_out"))
+        metrics.job_ended(outcome, seconds, limit, _size(question.get("bytes_in")), sent)
+
+    def _refused(self, question: dict[str, Any]) -> dict[str, Any]:
+        code = question.get("code")
+        self.service.metrics.job_refused(code if code in JOB_REFUSALS else "other")
+        log.info(
+            "job refused user=%s code=%s: %s",
+            self.user,
+            _printable(code, 20),
+            _printable(question.get("message"), 300),
+        )
+        return {}
 
     def release(self) -> None:
         if self.holding:
@@ -537,6 +669,27 @@ class _Questions:
         self.release()
         with self.service.active_lock:
             self.service.active.pop(self.jail.id, None)
+
+
+# The jail's questions: name -> (whether a job must be running, None: either; the handler).
+QUESTIONS: dict[str, tuple[bool | None, Callable[[_Questions, dict[str, Any]], dict[str, Any]]]] = {
+    "start": (False, _Questions._start),
+    "done": (True, _Questions._done),
+    "refused": (None, _Questions._refused),
+}
+
+
+def _display_source(value: Any) -> str:
+    """A job's source name as the jail gave it, fit to show: text, at most MAX_SOURCE
+    characters, the unprintable ones replaced."""
+    text = value if isinstance(value, str) else ""
+    return "".join(c if c.isprintable() else "\ufffd" for c in text[:MAX_SOURCE])
+
+
+def _size(value: Any) -> int:
+    """A byte count the jail reported, or 0 if it is not a plausible one."""
+    ok = isinstance(value, int) and not isinstance(value, bool) and 0 <= value <= MAX_COUNTED_BYTES
+    return value if ok else 0
 
 
 def _printable(value: Any, limit: int) -> str:

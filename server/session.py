@@ -5,8 +5,9 @@ socket (and, with Kerberos, the exported GSSAPI security context) to the jail's 
 runs `serve` below. So everything an authenticated client sends is unwrapped, decompressed,
 parsed and checked here, by an unprivileged process in an empty jail: a bug in that code gives
 an attacker nothing the jail does not already allow. The server is asked only two small things
-per job: a slot to run in (with the job's working directory), and the end of the job (it frees
-the slot, reads the jail's cgroup counters and writes the log line).
+per job: a slot to run in (with the job's working directory, and its source name for status
+answers), and the end of the job (it frees the slot, reads the jail's cgroup counters, writes
+the log line and counts the job's bytes).
 
 The launcher imports this module before any jail forks (`--preload`), which registers the
 handler and loads gssapi while the host's libraries are still in reach.
@@ -166,7 +167,7 @@ class _Refused(Exception):
 def _run_job(init: JailInit, channel: proto.Channel, params: dict, job: dict) -> bool:
     """Run one job in a server slot and send its result. False if the jail cannot go on."""
     queued = time.monotonic()
-    slot = init.ask({"what": "start", "cwd": job["cwd"]})
+    slot = init.ask({"what": "start", "cwd": job["cwd"], "source": job["source"]})
     started = time.monotonic()
     if not slot.get("ok"):
         code = "busy" if slot.get("code") == "busy" else "jail"
@@ -189,11 +190,13 @@ def _run_job(init: JailInit, channel: proto.Channel, params: dict, job: dict) ->
         done = init.ask(
             {
                 "what": "done",
-                "source": job["source"],
                 "status": status,
                 "failed": result is None or result["exit_code"] != 0,
                 "queue": started - queued,
                 "run": finished - started,
+                # What crossed the wire, uncompressed: the job's files and the result's.
+                "bytes_in": sum(len(data) for data in job["inputs"].values()),
+                "bytes_out": sum(len(b) for b in blobs[:3]) if result is not None else 0,
             }
         )
     if result is None:

@@ -27,7 +27,10 @@ class Server:
         return self.log.read_text()
 
 
-def start_server(tmp: Path, image: Path, *extra: str, env: dict[str, str] | None = None) -> Server:
+def start_server(
+    tmp: Path, image: Path | None, *extra: str, env: dict[str, str] | None = None
+) -> Server:
+    """jailccd serving image (None: only what its other options name, e.g. --image-dir)."""
     # The socket lives where any user can reach it (pytest's tmp dirs are 0700 root).
     sock_dir = Path(tempfile.mkdtemp(prefix="jailccd-test-"))
     sock_dir.chmod(0o755)
@@ -36,8 +39,7 @@ def start_server(tmp: Path, image: Path, *extra: str, env: dict[str, str] | None
     proc = subprocess.Popen(
         [
             str(BIN / "jailccd"),
-            "--toolchain-image",
-            str(image),
+            *(["--toolchain-image", str(image)] if image else []),
             "--socket",
             str(sock),
             "--log-file",

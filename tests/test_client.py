@@ -250,7 +250,10 @@ def test_a_compiler_without_a_matching_image_stays_local(server, tmp_path):
         [JAILCC, "clang-16", "-O2", "-c", "src/main.c", "-o", "obj/main.o"], work, env_for(server)
     )
     assert rres.returncode == 0
-    assert "no toolchain image here matches your compiler" in where(rres.stderr)
+    # Said without JAILCC_VERBOSE too: which compiler, and how to add it on the server.
+    said = where(rres.stderr)
+    assert "has no toolchain image for /usr/lib/llvm-16/bin/clang" in said, said
+    assert "jailcc-image build --compiler /usr/lib/llvm-16/bin/clang" in said
 
 
 def test_masquerade_symlinks_find_the_real_compiler_and_never_recurse(server, tmp_path):

@@ -7,7 +7,7 @@ parser is meant to raise are caught, and anything else is a crash.
 
 Targets:
   preauth  an unauthenticated connection's bytes: the hello under the pre-auth cap
-           (protocol.recv through DeadlineSocket, service._hello_identity), then AUTH frames
+           (protocol.recv through DeadlineSocket, service._client_hello), then AUTH frames
            (service._auth_token)
   decode   protocol.decode of one whole frame (a sealed frame's payload)
   sealed   SealedChannel.recv with a stand-in GSSAPI context: the length, unwrap and sequence
@@ -87,7 +87,7 @@ def preauth(data: bytes) -> None:
     sock = proto.DeadlineSocket(_Bytes(data), time.monotonic() + 3600, 3600)  # type: ignore[arg-type]
     with contextlib.suppress(proto.ProtocolError, service.Refused):
         sock.next_frame()
-        service._hello_identity(proto.recv(sock, proto.MAX_HELLO_FRAME))
+        service._client_hello(proto.recv(sock, proto.MAX_HELLO_FRAME))
         for _ in range(proto.MAX_AUTH_ROUNDS):
             sock.next_frame()
             service._auth_token(proto.recv(sock, proto.MAX_AUTH_TOKEN + 4096))
