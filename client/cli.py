@@ -1,6 +1,7 @@
 """jailcc: compile remotely when it can, locally when it must, always with a local compile's
 result. Usage: jailcc COMPILER ARGS... | a masquerade symlink named like the compiler |
-jailcc proxy start|stop|status | jailcc status [--json].
+jailcc proxy start|stop|status | jailcc status [--json] | jailcc hosts | jailcc mon |
+jailcc trace.
 
 Runs once per compile, so it imports little and does nothing before it knows the job. It asks
 the per-user proxy first (starting it when there is none); the native client (jailcc.c) does
@@ -16,6 +17,18 @@ USAGE = """usage: jailcc COMPILER [ARGS...]
        jailcc status [--json]              servers, connections, jobs, overhead
        jailcc hosts [--json]               the servers found, and from where
        jailcc hosts scan PATTERN [PORT]    probe hosts like build[1-40].example.com:3633
+       jailcc mon [--once] [--json] [--interval S]
+                                           the farm, live: each server's slots and jobs, and
+                                           your build (--once: one snapshot; --json: the raw
+                                           data, one object per refresh; --interval: seconds
+                                           between refreshes, default 1)
+       jailcc trace [-o FILE.json] [--png FILE.png] [--gap SECONDS]
+                                           your last build's timeline as Chrome trace-event
+                                           JSON (-o, default jailcc-trace.json, - for stdout;
+                                           opens in ui.perfetto.dev or chrome://tracing) and,
+                                           with --png, as an image; the last build: the jobs
+                                           since the last --gap seconds (default 10) in which
+                                           none ran
 
 Compiles like COMPILER would, on a jailcc server when the job can go remote (a single C or
 C++ source compiled with -c or -S), locally otherwise or whenever the remote side fails.
@@ -52,6 +65,11 @@ re-reads its file when it changes):
 """
 
 
+# jailcc's own commands; any other first word is a compiler. The native client (jailcc.c) hands
+# these to this program: its SUBCOMMANDS must say the same (tests/test_hosts_files.py checks).
+SUBCOMMANDS = ("proxy", "status", "hosts", "mon", "trace")
+
+
 def main(argv: list[str] | None = None) -> int:
     argv = list(sys.argv if argv is None else argv)
     # The native client passes the name it was called by (a masquerade name matters).
@@ -67,7 +85,11 @@ def main(argv: list[str] | None = None) -> int:
 
         print(f"jailcc {__version__}")
         return 0
-    if not masquerading and name in ("proxy", "status", "hosts"):
+    if not masquerading and name in SUBCOMMANDS:
+        if name in ("mon", "trace"):
+            from . import mon, trace
+
+            return (mon if name == "mon" else trace).main(args)
         from .proxy_cli import command
 
         return command(name, args)

@@ -281,6 +281,18 @@ static int ask(int fd, int argc, char **argv, const char *exe)
 	exit(127);
 }
 
+/* jailcc's own subcommands (client/cli.py SUBCOMMANDS: tests/test_hosts_files.py checks that
+ * the two lists agree); any other first word is a compiler. */
+static const char *const SUBCOMMANDS[] = {"proxy", "status", "hosts", "mon", "trace"};
+
+static int is_subcommand(const char *word)
+{
+	for (size_t i = 0; i < sizeof SUBCOMMANDS / sizeof SUBCOMMANDS[0]; i++)
+		if (strcmp(word, SUBCOMMANDS[i]) == 0)
+			return 1;
+	return 0;
+}
+
 int main(int argc, char **argv)
 {
 	char exe[PATH_MAX];
@@ -296,8 +308,7 @@ int main(int argc, char **argv)
 	const char *proxy = getenv("JAILCC_PROXY");
 	/* Usage, subcommands and a proxy turned off are the Python client's business. */
 	int plain = !(proxy && strcmp(proxy, "0") == 0) &&
-		    !(ours && (argc < 2 || argv[1][0] == '-' || !strcmp(argv[1], "proxy") || !strcmp(argv[1], "hosts") ||
-			       !strcmp(argv[1], "status")));
+		    !(ours && (argc < 2 || argv[1][0] == '-' || is_subcommand(argv[1])));
 	if (plain) {
 		int fd = connect_proxy();
 		if (fd >= 0) {

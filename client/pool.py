@@ -26,8 +26,10 @@ from jailcc.server import protocol as proto
 from .hosts import Host
 from .placement import Placement, ServerView
 from .remote import RemoteFailure, connect, open_session, run_job
+from .trace import Span
 
 MAX_RESULT = 1 << 30
+LACKS_RECHECK = 60.0  # seconds before a server without our compiler's image is asked again
 # Refusals that say something about the job, not the server: another server would say the same.
 JOB_REFUSALS = ("policy", "jail", "protocol")
 # Refusals that say the server cannot take it now (full, or its owner took the desktop back):
@@ -57,12 +59,18 @@ class Link:
         self.failures = 0
         self.retry_at = 0.0
         self.last_error = ""
-        self.lacks: set[str] = set()  # identities this server has no image for
+        # Identities this server had no image for, and when it said so: asked again after
+        # LACKS_RECHECK seconds, since an admin may add the image (SIGHUP) at any time.
+        self.lacks: dict[str, float] = {}
         self.load: dict[str, Any] = {}  # the server's last load report
         self.load_at = 0.0
         self.jobs = 0
         self.failed_jobs = 0
         self.bytes_sent = 0
+
+    def lacks_image(self, identity: str, now: float) -> bool:
+        said = self.lacks.get(identity)
+        return said is not None and now - said < LACKS_RECHECK
 
     @property
     def usable(self) -> bool:
@@ -116,10 +124,14 @@ class Pool:
 
     # -- jobs ------------------------------------------------------------------------------
 
-    def run(self, header: dict[str, Any], blobs: list[bytes], identity: str) -> tuple[Host, Any]:
+    def run(
+        self, header: dict[str, Any], blobs: list[bytes], identity: str, span: Span
+    ) -> tuple[Host, Any]:
         """Run a job where the placement policy (placement.py, the code the farm simulator
         measures) expects it to finish soonest; hold it while every server it may use is full;
-        retry elsewhere after a failure; RemoteFailure when no server would do it."""
+        retry elsewhere after a failure; RemoteFailure when no server would do it. `span`
+        gets the job's queue and remote phases, per attempt, and its server (trace.py)."""
+        waiting = time.time()
         with self._lock:
             if identity not in self.identities:
                 self.identities.add(identity)
@@ -136,6 +148,7 @@ class Pool:
             link = self._place(key, size, kind, identity, tried, held_until)
             if link is None:
                 raise RemoteFailure("; ".join(reasons) or "no server is up", tell_user)
+            span.server = str(link.host)
             for attempt in range(2):
                 channel, fresh, why = self._checkout(link, identity)
                 if channel is None:
@@ -147,9 +160,11 @@ class Pool:
                     reasons.append(why.reason)
                     tell_user = tell_user or why.tell_user
                     break
+                sending = span.phase("queue", waiting)
                 try:
                     result = run_job(channel, link.host, header, blobs, MAX_RESULT, ready=True)
                 except RemoteFailure as exc:
+                    waiting = span.phase("remote", sending)
                     if exc.code in JOB_REFUSALS:
                         self._checkin(link, identity, channel, wire, key)  # the link is fine
                         raise
@@ -170,6 +185,7 @@ class Pool:
                     tried.add(str(link.host))
                     reasons.append(exc.reason)
                     break
+                span.phase("remote", sending)
                 if result.load is not None:
                     link.load, link.load_at = result.load, time.monotonic()
                 self._checkin(link, identity, channel, wire, key, seconds=result.times.get("run"))
@@ -187,7 +203,7 @@ class Pool:
                     str(k.host): k
                     for k in self.links
                     if k.usable
-                    and identity not in k.lacks
+                    and not k.lacks_image(identity, now)
                     and str(k.host) not in tried
                     and not self._placement_backs_off(str(k.host), now)
                 }
@@ -316,7 +332,7 @@ class Pool:
                 failure = RemoteFailure(f"{link.host}: {exc}")
             with self._lock:
                 if failure.code == "image":
-                    link.lacks.add(identity)
+                    link.lacks[identity] = time.monotonic()
                 else:
                     self._back_off(link, failure.reason)
             return failure
@@ -333,7 +349,7 @@ class Pool:
                             want = min(link.capacity, CONNECTIONS_CAP)
                             if (
                                 not link.usable
-                                or identity in link.lacks
+                                or link.lacks_image(identity, time.monotonic())
                                 or link.open.get(identity, 0) >= want
                             ):
                                 break

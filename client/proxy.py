@@ -25,14 +25,19 @@ import time
 from typing import Any
 
 from . import proxy_wire as pw
-from .decide import RunLocally, decide
+from .compiler import split_invocation
+from .decide import RunLocally, _source, decide
 from .hosts import Host, HostsError, config_stamp, configured, default_hosts
 from .job import Invocation, Outcome, finish, prepare
 from .pool import Pool
+from .trace import Span, Spans
 
 log = logging.getLogger("jailcc-proxy")
 DEFAULT_IDLE = 900.0
 REQUEST_TIMEOUT = 30.0
+STATUS_TIMEOUT = 2.0  # per server, for `jailcc mon`
+STATUS_THREADS = 32
+BUILD_GAP = 10.0  # seconds without a job that end a build (jailcc mon's "this build")
 _U32 = struct.Struct(">I")
 
 
@@ -45,6 +50,7 @@ class Stats:
         self.remote = 0
         self.local = 0  # jobs that could never go remote (linking, -E, ...)
         self.fallback = 0  # jobs that could have, but compiled locally after a failure
+        self.failed = 0  # remote jobs that were compile errors (non-zero exit)
         self.overhead_total = 0.0  # seconds of proxy time beyond the server's compile
         self.overhead_jobs = 0
 
@@ -58,6 +64,7 @@ class Stats:
                 "remote": self.remote,
                 "local": self.local,
                 "fallback": self.fallback,
+                "failed": self.failed,
                 "mean_overhead_ms": None if mean is None else round(mean * 1000, 2),
             }
 
@@ -211,6 +218,8 @@ class Proxy:
         self.pool = Pool([])
         self.discovery = Discovery(env, self.pool)
         self.stats = Stats()
+        self.spans = Spans()
+        self.running: dict[int, Span] = {}  # id(span): the jobs in progress, under stats.lock
         self.last_activity = time.monotonic()
         self._stop = threading.Event()
         self.sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
@@ -261,36 +270,49 @@ class Proxy:
                 if size > pw.MAX_REQUEST:
                     return
                 body = recv_exact(conn, size, ValueError)
-                if magic == pw.MAGIC_JOB:
-                    conn.sendall(self._job(pw.decode_request(body)))
-                elif magic == pw.MAGIC_STATUS:
-                    data = json.dumps(self.status()).encode()
-                    conn.sendall(_U32.pack(len(data)) + data)
-                elif magic == pw.MAGIC_STOP:
-                    conn.sendall(_U32.pack(0))
-                    self._stop.set()
+                handler = self._requests.get(magic)
+                if handler is not None:
+                    conn.sendall(handler(self, body))
             except (OSError, ValueError) as exc:
                 log.debug("client connection failed: %s", exc)
             finally:
                 self.last_activity = time.monotonic()
 
-    def _job(self, request: pw.Request) -> bytes:
+    def _job(self, body: bytes) -> bytes:
+        request = pw.decode_request(body)
         inv = Invocation(request.cwd, request.env, request.stderr_tty, request.umask)
+        span = Span(time.time())
+        span.source = _source(split_invocation(request.argv)[1])  # until analysis says
         with self.stats.lock:
             self.stats.running += 1
+            self.running[id(span)] = span
         started = time.monotonic()
         tried_remote: list[bool] = []
         went_remote: list[float] = []
 
         def remote(compiler: str, job: Any, inv: Invocation) -> Outcome:
             tried_remote.append(True)
-            self.discovery.check()
-            if self.discovery.error:
-                raise HostsError(self.discovery.error)
-            prepared = prepare(compiler, job, inv)
-            host, result = self.pool.run(prepared.header, prepared.blobs, prepared.identity)
-            went_remote.append(float(result.times.get("run", 0.0)))
-            return finish(compiler, job, inv, host, result)
+            span.source = job.source
+            try:
+                self.discovery.check()
+                if self.discovery.error:
+                    raise HostsError(self.discovery.error)
+                prepared = prepare(compiler, job, inv)
+                span.phase("analysis", span.start)
+                host, result = self.pool.run(
+                    prepared.header, prepared.blobs, prepared.identity, span
+                )
+                went_remote.append(float(result.times.get("run", 0.0)))
+                span.server_times = result.times
+                writing = time.time()
+                outcome = finish(compiler, job, inv, host, result)
+                span.phase("result", writing)
+                return outcome
+            except Exception as exc:  # recorded, then decide() compiles locally
+                span.reason = getattr(exc, "reason", None) or str(exc)
+                if not span.phases:
+                    span.phase("analysis", span.start)
+                raise
 
         try:
             answer = decide(request.argv, request.exe, inv, remote)
@@ -298,19 +320,126 @@ class Proxy:
             with self.stats.lock:
                 self.stats.running -= 1
                 self.stats.done += 1
+                del self.running[id(span)]
+        self._count(span, answer, bool(tried_remote))
         with self.stats.lock:
-            if not tried_remote:
-                self.stats.local += 1  # not a job for a server, or no compiler to run at all
-            elif isinstance(answer, RunLocally):
-                self.stats.fallback += 1  # it could have gone; something stopped it
-            else:
-                self.stats.remote += 1
-                if went_remote:
-                    self.stats.overhead_total += time.monotonic() - started - went_remote[-1]
-                    self.stats.overhead_jobs += 1
+            if went_remote and span.outcome == "remote":
+                self.stats.overhead_total += time.monotonic() - started - went_remote[-1]
+                self.stats.overhead_jobs += 1
+        self.spans.add(span)
         if isinstance(answer, RunLocally):
             return pw.encode_local(answer.compiler, answer.args, answer.message)
         return pw.encode_done(answer.exit_code, answer.stdout, answer.stderr)
+
+    def _count(self, span: Span, answer: RunLocally | Outcome, tried_remote: bool) -> None:
+        """The job's outcome, in its span and in the proxy's Stats."""
+        span.end = time.time()
+        if not tried_remote:
+            span.outcome = "local"  # not a job for a server, or no compiler to run at all
+            message = answer.message.strip() if isinstance(answer, RunLocally) else ""
+            span.reason = message or "not a job for a server"
+            if not span.phases:
+                span.phase("analysis", span.start, span.end)
+        elif isinstance(answer, RunLocally):
+            span.outcome = "fallback"  # it could have gone; something stopped it
+        else:
+            span.outcome = "remote"
+            span.exit_code = answer.exit_code
+        with self.stats.lock:
+            if span.outcome == "local":
+                self.stats.local += 1
+            elif span.outcome == "fallback":
+                self.stats.fallback += 1
+            else:
+                self.stats.remote += 1
+                self.stats.failed += int(answer.exit_code != 0)
+
+    def _status(self, _body: bytes) -> bytes:
+        return _reply(self.status())
+
+    def _stop_request(self, _body: bytes) -> bytes:
+        self._stop.set()
+        return _U32.pack(0)
+
+    def _trace(self, body: bytes) -> bytes:
+        """The last build's jobs: those since the last `gap` seconds (the request's JSON) in
+        which no job ran."""
+        gap = BUILD_GAP
+        with contextlib.suppress(ValueError, TypeError, AttributeError):
+            gap = float(json.loads(body or b"{}").get("gap", BUILD_GAP))
+        jobs = self.spans.last_build(max(gap, 0.0), self._running_since())
+        return _reply({"jobs": [span.as_dict() for span in jobs]})
+
+    def _running_since(self) -> float | None:
+        with self.stats.lock:
+            return min((span.start for span in self.running.values()), default=None)
+
+    def _mon(self, _body: bytes) -> bytes:
+        return _reply(self.mon())
+
+    def mon(self) -> dict[str, Any]:
+        """For `jailcc mon`: every server's own status (asked in parallel: one that does not
+        answer in STATUS_TIMEOUT is "down" with the reason), the pool's view of each, and this
+        user's build."""
+        self.discovery.check()
+        hosts = [link.host for link in list(self.pool.links)]
+        answers = _fetch_statuses(hosts)
+        pool = {entry["server"]: entry for entry in self.pool.status()}
+        sources = {entry["server"]: entry["sources"] for entry in self.discovery.status()}
+        servers = []
+        for host in hosts:
+            name = str(host)
+            answer = answers.get(name, "no answer")
+            servers.append(
+                {
+                    "server": name,
+                    "sources": sources.get(name, []),
+                    "pool": pool.get(name),
+                    "status": answer if isinstance(answer, dict) else None,
+                    "error": answer if isinstance(answer, str) else "",
+                }
+            )
+        return {"time": time.time(), "servers": servers, "build": self._build()}
+
+    def _build(self) -> dict[str, Any]:
+        """This user's jobs: the proxy's totals, the current (or last) build's counts, and the
+        jobs in progress."""
+        now = time.time()
+        with self.stats.lock:
+            running = [
+                {
+                    "source": span.source,
+                    "elapsed": round(now - span.start, 2),
+                    "phase": _NEXT_PHASE.get(span.phases[-1][0] if span.phases else "", "?"),
+                    "server": span.server,
+                }
+                for span in self.running.values()
+            ]
+        jobs = self.spans.last_build(BUILD_GAP, self._running_since())
+        outcomes = [span.outcome for span in jobs]
+        failed = sum(1 for s in jobs if s.outcome == "remote" and s.exit_code not in (0, None))
+        started = min([s.start for s in jobs] + [now - r["elapsed"] for r in running], default=now)
+        return {
+            "totals": self.stats.as_dict(),
+            "current": {
+                "done": len(jobs),
+                "remote": outcomes.count("remote"),
+                "local": outcomes.count("local"),
+                "fallback": outcomes.count("fallback"),
+                "failed": failed,
+                "running": len(running),
+                "elapsed": round(now - started, 1),
+            },
+            "running": sorted(running, key=lambda r: -r["elapsed"]),
+        }
+
+    _requests = {
+        pw.MAGIC_JOB: _job,
+        pw.MAGIC_STATUS: _status,
+        pw.MAGIC_STOP: _stop_request,
+        pw.MAGIC_TRACE: _trace,
+        pw.MAGIC_MON: _mon,
+    }
 
     def status(self) -> dict[str, Any]:
         self.discovery.check()
@@ -323,6 +452,38 @@ class Proxy:
             "hosts": self.discovery.status(),
             "jobs": self.stats.as_dict(),
         }
+
+
+# What a job in progress does next, after the last phase it finished.
+_NEXT_PHASE = {"": "analysis", "analysis": "queue", "queue": "remote", "remote": "result"}
+
+
+def _reply(data: Any) -> bytes:
+    body = json.dumps(data).encode()
+    return _U32.pack(len(body)) + body
+
+
+def _fetch_statuses(hosts: list[Host]) -> dict[str, dict[str, Any] | str]:
+    """Each server's status, or why not, asked in parallel; servers still silent after
+    STATUS_TIMEOUT are left out (their threads finish on their own)."""
+    from concurrent.futures import ThreadPoolExecutor, wait
+
+    from .remote import RemoteFailure
+    from .status import fetch_status
+
+    def one(host: Host) -> dict[str, Any] | str:
+        try:
+            return fetch_status(host, timeout=STATUS_TIMEOUT)
+        except RemoteFailure as exc:
+            return exc.reason
+
+    if not hosts:
+        return {}
+    executor = ThreadPoolExecutor(min(len(hosts), STATUS_THREADS), thread_name_prefix="status")
+    futures = {str(host): executor.submit(one, host) for host in hosts}
+    wait(futures.values(), timeout=STATUS_TIMEOUT + 1.0)
+    executor.shutdown(wait=False, cancel_futures=True)
+    return {name: f.result() for name, f in futures.items() if f.done() and not f.cancelled()}
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -1,4 +1,5 @@
-"""`jailcc proxy start|stop|status` and `jailcc status [--json]`."""
+"""`jailcc proxy start|stop|status`, `jailcc status [--json]`, `jailcc hosts`, and asking the
+proxy for JSON (ask_json: jailcc mon and jailcc trace)."""
 
 from __future__ import annotations
 
@@ -154,7 +155,22 @@ def _print_status(status: dict[str, Any]) -> None:
         )
 
 
-def _ask(path: str, magic: bytes) -> bytes | None:
+def ask_json(magic: bytes, body: bytes = b"") -> Any:
+    """The proxy's JSON answer to a request, starting the proxy when none runs; None (and
+    why, said) if it cannot answer."""
+    path = pw.socket_path()
+    data = _ask(path, magic, body)
+    if data is None:
+        if _start(path) is None:
+            return None
+        data = _ask(path, magic, body)
+    if data is None:
+        print(f"jailcc: the proxy did not answer; see {_log(path)}", file=sys.stderr)
+        return None
+    return json.loads(data)
+
+
+def _ask(path: str, magic: bytes, body: bytes = b"", timeout: float = 10.0) -> bytes | None:
     sock = connect(path)
     if sock is None:
         return None
@@ -162,9 +178,11 @@ def _ask(path: str, magic: bytes) -> bytes | None:
 
     with sock:
         try:
-            sock.settimeout(10)
-            sock.sendall(magic + _U32.pack(0))
+            sock.settimeout(timeout)
+            sock.sendall(magic + _U32.pack(len(body)) + body)
             (size,) = _U32.unpack(recv_exact(sock, 4, ValueError))
+            if size > pw.MAX_REPLY:
+                return None
             return recv_exact(sock, size, ValueError) if size else b""
         except (OSError, ValueError):
             return None

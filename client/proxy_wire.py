@@ -14,6 +14,11 @@ Request (client to proxy), integers big-endian:
             cwd (NUL-terminated), u32 envc, "NAME=value" strings (NUL-terminated each)
     "JCPS"  u32 0: status, answered with u32 N and N bytes of JSON
     "JCPQ"  u32 0: stop, answered with u32 0
+    "JCPT"  u32 N, N bytes of JSON {"gap": seconds} (or none: 10): the last build's jobs (those
+            since the last gap seconds in which none ran), answered with u32 N and N bytes of
+            JSON {"jobs": [...]} (client/trace.py: Span.as_dict)
+    "JCPM"  u32 0: for `jailcc mon`, answered with u32 N and N bytes of JSON: every server's
+            status (asked now, in parallel), the proxy's view of it, this user's build
 Reply to JCP1:
     u8 0 (done)   i32 exit status, u32 N + stdout, u32 M + stderr: write them, exit
     u8 1 (local)  u32 N + the compiler's path, u32 argc + its arguments (NUL-terminated
@@ -36,10 +41,13 @@ if TYPE_CHECKING:
 MAGIC_JOB = b"JCP1"
 MAGIC_STATUS = b"JCPS"
 MAGIC_STOP = b"JCPQ"
+MAGIC_TRACE = b"JCPT"
+MAGIC_MON = b"JCPM"
 DONE = 0
 LOCAL = 1
 MAX_REQUEST = 4 << 20  # argv + environment
 MAX_OUTPUT = 64 << 20  # stdout or stderr of one compile
+MAX_REPLY = 256 << 20  # a JSON answer (a trace of MAX_SPANS jobs is about 40 MiB)
 
 _U32 = struct.Struct(">I")
 

@@ -415,3 +415,15 @@ def test_a_jailcc_hosts_mistake_is_one_line_and_a_local_compile(tmp_path, proxy)
         assert listed.stderr.splitlines()[-1] == expected.split(";")[0]
     finally:
         jailcc(["proxy", "stop"], tmp_path, env)
+
+
+def test_the_native_client_knows_the_same_subcommands() -> None:
+    """A subcommand the native client does not know is sent to the proxy as a compile."""
+    import re
+
+    from jailcc.client.cli import SUBCOMMANDS
+
+    source = (Path(__file__).resolve().parent.parent / "client" / "jailcc.c").read_text()
+    table = re.search(r"SUBCOMMANDS\[\] = \{([^}]*)\}", source)
+    assert table is not None
+    assert tuple(re.findall(r'"([a-z]+)"', table.group(1))) == SUBCOMMANDS
