@@ -28,9 +28,17 @@ class RunLocally(namedtuple("RunLocally", "compiler args message")):
     __slots__ = ()
 
 
-def decide(argv: list[str], exe: str, inv: Invocation, remote: Remote) -> RunLocally | Outcome:
+def decide(
+    argv: list[str],
+    exe: str,
+    inv: Invocation,
+    remote: Remote,
+    tell: Callable[[RemoteFailure], bool] | None = None,
+) -> RunLocally | Outcome:
     """argv as jailcc was called (argv[0] as typed: jailcc, or a masquerade name); exe: the
-    jailcc executable itself, never taken for a compiler; remote: how to run a remote job."""
+    jailcc executable itself, never taken for a compiler; remote: how to run a remote job;
+    tell: whether a failure the user should hear about is to be said now (the proxy says each
+    once per build; without it, every time)."""
     name, args, _ = split_invocation(argv)
     assert name is not None  # usage errors are answered before this
     compiler = find_compiler(name, exe, inv.env.get("PATH", ""))
@@ -54,7 +62,8 @@ def decide(argv: list[str], exe: str, inv: Invocation, remote: Remote) -> RunLoc
             return RunLocally(compiler, args, _note(verbose, args, f"local ({job.reason})"))
         outcome = remote(compiler, job, inv)
     except RemoteFailure as exc:
-        note = _note(verbose or exc.tell_user, args, f"compiling locally: {exc.reason}")
+        told = exc.tell_user and (tell is None or tell(exc))
+        note = _note(verbose or told, args, f"compiling locally: {exc.reason}")
         return RunLocally(compiler, args, note)
     except HostsError as exc:  # the user's mistake, in their words: say so on every compile
         return RunLocally(compiler, args, f"jailcc: {exc}; compiling {_source(args)} locally\n")

@@ -147,7 +147,7 @@ class Pool:
         while True:
             link = self._place(key, size, kind, identity, tried, held_until)
             if link is None:
-                raise RemoteFailure("; ".join(reasons) or "no server is up", tell_user)
+                raise self._nowhere(reasons, tell_user)
             span.server = str(link.host)
             for attempt in range(2):
                 channel, fresh, why = self._checkout(link, identity)
@@ -336,6 +336,23 @@ class Pool:
                 else:
                     self._back_off(link, failure.reason)
             return failure
+
+    def _nowhere(self, reasons: list[str], tell_user: bool) -> RemoteFailure:
+        """Why a job found no server: the servers' own words when they have something to tell
+        the user (no ticket, no image), else, when none could be reached, what to check."""
+        if tell_user:
+            return RemoteFailure("; ".join(reasons), tell_user=True)
+        with self._lock:
+            backed_off = [f"{k.host}: {k.last_error}" for k in self.links if not k.usable]
+            if len(backed_off) < len(self.links) and not reasons:
+                return RemoteFailure("every server stayed full")  # busy, not broken: quiet
+        tried = "; ".join(reasons + backed_off) or "no servers are configured or discovered"
+        return RemoteFailure(
+            f"no jailcc server could be reached ({tried}): check that jailccd runs there and"
+            " that JAILCC_HOSTS or your hosts file names it (`jailcc hosts` shows what was found)",
+            tell_user=True,
+            code="unreachable",
+        )
 
     def _warm_loop(self) -> None:
         """Keep each usable server's connections topped up to its slots, per identity."""

@@ -41,6 +41,40 @@ BUILD_GAP = 10.0  # seconds without a job that end a build (jailcc mon's "this b
 _U32 = struct.Struct(">I")
 
 
+class Notices:
+    """Says each reason a build's jobs compile locally once per build, not once per job: a
+    "build" is a burst of jobs with less than BUILD_GAP seconds without any job between them
+    (the same idea as `jailcc trace`'s last build)."""
+
+    BUILD_GAP = 10.0
+
+    def __init__(self) -> None:
+        self.lock = threading.Lock()
+        self.told: set[str] = set()
+        self.last_activity = 0.0
+
+    def job_started(self) -> None:
+        now = time.monotonic()
+        with self.lock:
+            if now - self.last_activity >= self.BUILD_GAP:
+                self.told.clear()  # a new build: each reason is worth saying again
+            self.last_activity = now
+
+    def job_ended(self) -> None:
+        with self.lock:
+            self.last_activity = time.monotonic()
+
+    def tell(self, failure: Any) -> bool:
+        """Whether to say this failure now: the first time in this build."""
+        # Each missing image is its own news (it names the compiler); other reasons by kind.
+        key = failure.reason if failure.code in (None, "image") else failure.code
+        with self.lock:
+            if key in self.told:
+                return False
+            self.told.add(key)
+            return True
+
+
 class Stats:
     def __init__(self) -> None:
         self.lock = threading.Lock()
@@ -218,6 +252,7 @@ class Proxy:
         self.pool = Pool([])
         self.discovery = Discovery(env, self.pool)
         self.stats = Stats()
+        self.notices = Notices()
         self.spans = Spans()
         self.running: dict[int, Span] = {}  # id(span): the jobs in progress, under stats.lock
         self.last_activity = time.monotonic()
@@ -314,9 +349,11 @@ class Proxy:
                     span.phase("analysis", span.start)
                 raise
 
+        self.notices.job_started()
         try:
-            answer = decide(request.argv, request.exe, inv, remote)
+            answer = decide(request.argv, request.exe, inv, remote, self.notices.tell)
         finally:
+            self.notices.job_ended()
             with self.stats.lock:
                 self.stats.running -= 1
                 self.stats.done += 1
