@@ -24,6 +24,12 @@ well: jailcc/localhost@KRBTEST.COM (with the service keytab) is mapped to `gssap
 read everything. Its `url` names "localhost", not 127.0.0.1, because a GSSAPI client asks for
 the service ticket ldap/<host in the URL>; localhost must resolve to 127.0.0.1.
 
+Elsewhere than loopback (a farm of network namespaces, tests/test_farm_guide.py): Realm(address=
+ADDR, port=88) listens on ADDR (REALM's KDC on `port`); Directory(realm, address=ADDR, port=389,
+host="ldap.example.com", services=r"jailcc/[^,]+") listens on ADDR, accepts GSSAPI binds for
+ldap/<host> and maps every service principal matching `services` to `gssapi_dn`. Neither changes
+anything when left out. Realm.kadmin_local(query) runs a kadmin query on a KDC's database.
+
 As a command (scripts/dev-realm): start both, print how to use them, wait for Ctrl-C.
 """
 
@@ -150,7 +156,11 @@ class Realm:
         *,
         clockskew: int = 2,
         password: str | None = None,
+        address: str = "127.0.0.1",
+        port: int | None = None,
     ) -> None:
+        self.address = address  # where the KDCs listen
+        self._port = port  # REALM's KDC port (default: a free one)
         self.realm = REALM
         self.other_realm = OTHER_REALM
         self.clockskew = clockskew
@@ -198,7 +208,7 @@ class Realm:
         }
         kdc = _kdc_class()(
             realm=name,
-            portbase=_free_port(),
+            portbase=(self._port if name == REALM else None) or _free_port(),
             create_kdb=False,
             create_user=False,
             create_host=False,
@@ -208,7 +218,7 @@ class Realm:
                 "libdefaults": settings,
                 "realms": {
                     "$realm": {
-                        "kdc": "127.0.0.1:$port0",
+                        "kdc": f"{self.address}:$port0",
                         "admin_server": None,
                         "kpasswd_server": None,
                     }
@@ -220,8 +230,8 @@ class Realm:
                         # k5test's kdc_ports listen on every address; these on loopback only.
                         "kdc_ports": None,
                         "kdc_tcp_ports": None,
-                        "kdc_listen": "127.0.0.1:$port0",
-                        "kdc_tcp_listen": "127.0.0.1:$port0",
+                        "kdc_listen": f"{self.address}:$port0",
+                        "kdc_tcp_listen": f"{self.address}:$port0",
                     }
                 }
             },
@@ -240,7 +250,7 @@ class Realm:
 
     def _write_krb5_conf(self) -> None:
         realms = "".join(
-            f"\t{name} = {{\n\t\tkdc = 127.0.0.1:{self.kdc_port(name)}\n\t}}\n"
+            f"\t{name} = {{\n\t\tkdc = {self.address}:{self.kdc_port(name)}\n\t}}\n"
             for name in self._kdcs
         )
         # qualify_shortname = "": "localhost" must not grow the resolver's search domain.
@@ -289,6 +299,11 @@ class Realm:
             kdc.addprinc(principal, password)
             self.passwords[principal] = password
         return principal
+
+    def kadmin_local(self, query: str, realm: str = REALM) -> str:
+        """A kadmin query (e.g. "addprinc -randkey jailcc/h", "ktadd -k FILE jailcc/h") run by
+        kadmin.local on `realm`'s database: what an admin runs with kadmin."""
+        return str(self._kdc(realm).run_kadminl(query))
 
     # -- use ----------------------------------------------------------------------------------
 
@@ -418,14 +433,21 @@ class Directory:
         *,
         port: int | None = None,
         password: str | None = None,
+        address: str = "127.0.0.1",
+        host: str = "localhost",
+        services: str = SERVICE,
     ) -> None:
         self.realm = realm
+        self.address = address  # where slapd listens
+        self.host = host  # the name in `url`: GSSAPI binds ask for ldap/<host>
+        self.services = services  # a regex: GSSAPI service principals mapped to gssapi_dn
         self._owns_dir = dir is None
         self.dir = Path(tempfile.mkdtemp(prefix="jailcc-ldap-") if dir is None else dir)
         self.dir.mkdir(parents=True, exist_ok=True)
         self.port = port or _free_port()
-        self.url = f"ldap://localhost:{self.port}"
-        self.ip_url = f"ldap://127.0.0.1:{self.port}"
+        self.url = f"ldap://{host}" + ("" if self.port == 389 else f":{self.port}")
+        self.ip_url = f"ldap://{address}:{self.port}"
+        self.keytab = realm.ldap_keytab if realm is not None else None
         self.password = password or secrets.token_urlsafe(16)
         self.password_file = self.dir / "jailccd.password"
         self.admin_password = secrets.token_urlsafe(16)
@@ -441,6 +463,9 @@ class Directory:
             ):
                 path.touch(mode=0o600)
                 path.write_text(secret)  # no newline: ldapwhoami -y takes the file verbatim
+            if realm is not None and host != "localhost":
+                self.keytab = self.dir / "ldap.keytab"
+                realm.addprinc(f"ldap/{host}", keytab=self.keytab)
             self._write_conf()
             data = self.dir / "data.ldif"
             data.write_text(self._ldif())
@@ -458,7 +483,7 @@ class Directory:
             return {}
         return {
             **self.realm.env,
-            "KRB5_KTNAME": f"FILE:{self.realm.ldap_keytab}",  # slapd accepts ldap/localhost
+            "KRB5_KTNAME": f"FILE:{self.keytab}",  # slapd accepts ldap/<host>
         }
 
     def _write_conf(self) -> None:
@@ -469,9 +494,9 @@ class Directory:
             # the realm part is left out when it is sasl-realm's, so match both forms.
             realm = self.realm.realm.lower().replace(".", r"\.")
             sasl = textwrap.dedent(f"""\
-                sasl-host localhost
+                sasl-host {self.host}
                 sasl-realm {self.realm.realm}
-                authz-regexp "^uid={SERVICE}(,cn={realm})?,cn=gssapi,cn=auth$" "{self.gssapi_dn}"
+                authz-regexp "^uid={self.services}(,cn={realm})?,cn=gssapi,cn=auth$" "{self.gssapi_dn}"
                 """)
         self.conf.write_text(
             schemas
