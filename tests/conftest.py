@@ -59,6 +59,17 @@ def sandbox(gcc_image: Path) -> Iterator[object]:
         yield sb
 
 
+@pytest.fixture
+def root_server(gcc_image: Path, tmp_path: Path) -> Iterator[object]:
+    """A jailccd of its own on a Unix socket, for root (the test's user), with the gcc image."""
+    from serverutil import start_server, stop_server
+
+    srv = start_server(tmp_path / "srv", gcc_image, "--allow-user", "root")
+    yield srv
+    if srv.proc.poll() is None:
+        stop_server(srv)
+
+
 @pytest.fixture(scope="session", autouse=True)
 def proxies_do_not_outlive_the_tests() -> Iterator[None]:
     """jailcc starts per-user proxies on demand (one per JAILCC_HOSTS); make those the tests

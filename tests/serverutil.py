@@ -90,6 +90,24 @@ def kerberos_options(realm: object, principal: str | None = None) -> list[str]:
     ]
 
 
+def start_kerberos_server(
+    tmp: Path, image: Path, realm: object, principals: str, *extra: str
+) -> Server:
+    """A jailccd on 127.0.0.1 with the realm's keytab, allowing the principals listed (the
+    text of an --allow-principals file)."""
+    allowed = tmp / "principals"
+    allowed.write_text(principals)
+    return start_server(
+        tmp,
+        image,
+        *kerberos_options(realm),
+        "--allow-principals",
+        str(allowed),
+        *extra,
+        env={**os.environ, **realm.env},  # type: ignore[attr-defined]
+    )
+
+
 def as_nobody(fn: Callable[[], bytes]) -> bytes:
     """fn's answer, run in a forked child that dropped to the unprivileged user nobody (what a
     server sees in SO_PEERCRED, or what the file system lets another user do)."""

@@ -22,7 +22,14 @@ from jailcc.client.remote import connect, open_session, run_job
 from jailcc.images.identity import compiler_identity
 from jailcc.server import protocol as proto
 from realm_fixtures import realm_module
-from serverutil import Server, kerberos_options, start_server, stop_server, tcp_port
+from serverutil import (
+    Server,
+    kerberos_options,
+    start_kerberos_server,
+    start_server,
+    stop_server,
+    tcp_port,
+)
 
 pytestmark = requires_root
 
@@ -39,17 +46,8 @@ def realm() -> Iterator:
 
 @pytest.fixture(scope="module")
 def server(realm, gcc_image: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Server]:
-    tmp = tmp_path_factory.mktemp("krb-server")
-    allowed = tmp / "principals"
-    allowed.write_text("# who may compile\nalice@KRBTEST.COM\n\ncarol@KRBTEST.COM\n")
-    srv = start_server(
-        tmp,
-        gcc_image,
-        *kerberos_options(realm),
-        "--allow-principals",
-        str(allowed),
-        env={**os.environ, **realm.env},
-    )
+    principals = "# who may compile\nalice@KRBTEST.COM\n\ncarol@KRBTEST.COM\n"
+    srv = start_kerberos_server(tmp_path_factory.mktemp("krb-server"), gcc_image, realm, principals)
     yield srv
     stop_server(srv)
 

@@ -20,7 +20,7 @@ from pathlib import Path
 
 import pytest
 from conftest import BIN, requires_root
-from serverutil import Server, start_server, stop_server
+from serverutil import Server, stop_server
 
 JAILCC = str(BIN / "jailcc")
 
@@ -32,16 +32,8 @@ def slow_source(path: Path, statements: int = 6000) -> None:
 
 
 @pytest.fixture
-def server(gcc_image: Path, tmp_path: Path) -> Iterator[Server]:
-    srv = start_server(tmp_path / "srv", gcc_image, "--allow-user", "root")
-    yield srv
-    if srv.proc.poll() is None:
-        stop_server(srv)
-
-
-@pytest.fixture
-def env(server: Server) -> Iterator[dict[str, str]]:
-    env = {**os.environ, "JAILCC_HOSTS": f"unix:{server.socket_path}"}
+def env(root_server: Server) -> Iterator[dict[str, str]]:
+    env = {**os.environ, "JAILCC_HOSTS": f"unix:{root_server.socket_path}"}
     started = subprocess.run([JAILCC, "proxy", "start"], env=env, capture_output=True)
     assert started.returncode == 0, started.stderr
     yield env
@@ -91,10 +83,10 @@ def wait_for_job(env: dict[str, str], source: str) -> dict:
 
 
 @requires_root
-def test_once_and_json_show_the_server_and_the_job_running_there(env, server, slow_compile):
+def test_once_and_json_show_the_server_and_the_job_running_there(env, root_server, slow_compile):
     data = wait_for_job(env, "slow.c")
     (entry,) = data["servers"]
-    assert entry["server"] == f"unix:{server.socket_path}" and entry["error"] == ""
+    assert entry["server"] == f"unix:{root_server.socket_path}" and entry["error"] == ""
     assert entry["status"]["running"] >= 1 and entry["status"]["slots"] == 2
     assert data["build"]["current"]["running"] >= 1
     assert any(job["source"] == "slow.c" for job in data["build"]["running"])
@@ -111,8 +103,8 @@ def test_once_and_json_show_the_server_and_the_job_running_there(env, server, sl
 
 
 @requires_root
-def test_a_server_that_does_not_answer_shows_as_down(env, server):
-    stop_server(server)
+def test_a_server_that_does_not_answer_shows_as_down(env, root_server):
+    stop_server(root_server)
     data = mon_json(env)
     (entry,) = data["servers"]
     assert entry["status"] is None and entry["error"]
@@ -142,7 +134,8 @@ def test_live_in_an_80x24_terminal_then_ctrl_c(env, slow_compile):
         lines = frame.replace("\r", "").replace("^C", "").split("\n")
         assert len(lines) <= 23
         assert all(len(line) <= 80 for line in lines), frame
-    assert "slow.c" in frames[-2]
+    # The job shows in the live view (it may have ended before the last frames).
+    assert any("slow.c" in frame for frame in frames[1:]), text
 
 
 def read_for(fd: int, seconds: float) -> bytes:

@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import contextlib
 import json
-import os
 import socket
 import subprocess
 import threading
@@ -23,7 +22,7 @@ from jailcc.images.identity import compiler_identity
 from jailcc.server import protocol as proto
 from prometheus_client.parser import text_string_to_metric_families
 from realm_fixtures import realm_module
-from serverutil import Server, as_nobody, kerberos_options, start_server, stop_server, tcp_port
+from serverutil import Server, as_nobody, start_kerberos_server, start_server, stop_server, tcp_port
 
 pytestmark = requires_root
 
@@ -284,16 +283,7 @@ def realm() -> Iterator:
 @pytest.fixture(scope="module")
 def kerberos_server(realm, gcc_image, tmp_path_factory) -> Iterator[Server]:
     tmp = tmp_path_factory.mktemp("status-krb")
-    allowed = tmp / "principals"
-    allowed.write_text("alice@KRBTEST.COM\n")
-    srv = start_server(
-        tmp,
-        gcc_image,
-        *kerberos_options(realm),
-        "--allow-principals",
-        str(allowed),
-        env={**os.environ, **realm.env},
-    )
+    srv = start_kerberos_server(tmp, gcc_image, realm, "alice@KRBTEST.COM\n")
     yield srv
     stop_server(srv)
 

@@ -7,23 +7,12 @@ from __future__ import annotations
 import json
 import os
 import subprocess
-from collections.abc import Iterator
 from pathlib import Path
 
-import pytest
 from conftest import BIN, requires_root
-from serverutil import Server, start_server, stop_server
 
 JAILCC = str(BIN / "jailcc")
 SOURCES = 12
-
-
-@pytest.fixture
-def server(gcc_image: Path, tmp_path: Path) -> Iterator[Server]:
-    srv = start_server(tmp_path / "srv", gcc_image, "--allow-user", "root")
-    yield srv
-    if srv.proc.poll() is None:
-        stop_server(srv)
 
 
 def project(root: Path) -> Path:
@@ -41,10 +30,10 @@ def project(root: Path) -> Path:
 
 
 @requires_root
-def test_a_real_build_gives_a_trace_and_a_png(server, tmp_path):
+def test_a_real_build_gives_a_trace_and_a_png(root_server, tmp_path):
     from PIL import Image
 
-    env = {**os.environ, "JAILCC_HOSTS": f"unix:{server.socket_path}"}
+    env = {**os.environ, "JAILCC_HOSTS": f"unix:{root_server.socket_path}"}
     started = subprocess.run([JAILCC, "proxy", "start"], env=env, capture_output=True)
     assert started.returncode == 0, started.stderr
     try:
@@ -81,7 +70,10 @@ def test_a_real_build_gives_a_trace_and_a_png(server, tmp_path):
     assert all(j["args"]["server_run_ms"] > 0 and j["args"]["exit_code"] == 0 for j in remote)
     (link,) = [j for j in jobs if j["args"]["outcome"] == "local"]
     names = {(e["pid"], e["args"]["name"]) for e in events if e["name"] == "process_name"}
-    assert {name for _, name in names} == {f"unix:{server.socket_path}", "local (this machine)"}
+    assert {name for _, name in names} == {
+        f"unix:{root_server.socket_path}",
+        "local (this machine)",
+    }
     assert link["pid"] in {pid for pid, name in names if name.startswith("local")}
     phases = {e["name"] for e in complete if e["cat"] == "phase"}
     assert {"analysis", "queue", "remote", "result"} <= phases
