@@ -77,6 +77,7 @@ def install_spawn_helper(host_path: str) -> None:
             raise OSError(f"the spawn helper {host_path} is not a regular file")
         target = os.open(SPAWN_HELPER_COPY, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o755)
         try:
+            os.fchmod(target, 0o755)  # whatever the server's umask (a unit's UMask=0077 too)
             while chunk := os.read(source, 1 << 20):
                 os.write(target, chunk)
         finally:
