@@ -493,10 +493,11 @@ class Directory:
             # Cyrus SASL names a GSSAPI identity uid=<name>[,cn=<realm>],cn=gssapi,cn=auth;
             # the realm part is left out when it is sasl-realm's, so match both forms.
             realm = self.realm.realm.lower().replace(".", r"\.")
+            identity = f"^uid={self.services}(,cn={realm})?,cn=gssapi,cn=auth$"
             sasl = textwrap.dedent(f"""\
                 sasl-host {self.host}
                 sasl-realm {self.realm.realm}
-                authz-regexp "^uid={self.services}(,cn={realm})?,cn=gssapi,cn=auth$" "{self.gssapi_dn}"
+                authz-regexp "{identity}" "{self.gssapi_dn}"
                 """)
         self.conf.write_text(
             schemas
