@@ -61,7 +61,7 @@ def _ticket_failure(exc: gssapi.exceptions.GSSError, host: Host) -> RemoteFailur
     if "not found in Kerberos database" in text:
         return RemoteFailure(
             f"{host}: the KDC knows no principal {host.service_principal}: check JAILCC_HOSTS"
-            " (;principal=...)",
+            " or your hosts file (;principal=...)",
             tell_user=True,
         )
     return RemoteFailure(f"{host}: Kerberos: {text}")

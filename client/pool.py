@@ -25,7 +25,7 @@ from jailcc.server import protocol as proto
 
 from .hosts import Host
 from .placement import Placement, ServerView
-from .remote import RemoteFailure, connect, open_session, run_job
+from .remote import RemoteFailure, connect, handshake_failure, open_session, run_job
 from .trace import Span
 
 MAX_RESULT = 1 << 30
@@ -59,6 +59,7 @@ class Link:
         self.failures = 0
         self.retry_at = 0.0
         self.last_error = ""
+        self.last_told = ""  # the last failure here the user can act on (no ticket, refused)
         # Identities this server had no image for, and when it said so: asked again after
         # LACKS_RECHECK seconds, since an admin may add the image (SIGHUP) at any time.
         self.lacks: dict[str, float] = {}
@@ -184,6 +185,10 @@ class Pool:
                     self._failed(link, exc.reason)
                     tried.add(str(link.host))
                     reasons.append(exc.reason)
+                    tell_user = tell_user or exc.tell_user
+                    if exc.tell_user:
+                        with self._lock:
+                            link.last_told = exc.reason
                     break
                 span.phase("remote", sending)
                 if result.load is not None:
@@ -320,17 +325,20 @@ class Pool:
             slots = ready.get("slots", hello.get("slots"))
             if isinstance(slots, int) and slots > 0 and not link.host.slots:
                 link.slots = min(slots, CONNECTIONS_CAP)
+            link.last_told = ""
             return channel
         except (RemoteFailure, proto.ProtocolError, OSError) as exc:
             if sock is not None:
                 sock.close()
             if isinstance(exc, RemoteFailure):
                 failure = exc
-            elif isinstance(exc, proto.RemoteError):
-                failure = RemoteFailure(f"{link.host} refused: {exc.message}", code=exc.code)
+            elif isinstance(exc, proto.RemoteError):  # e.g. a sealed "unauthorized" for READY
+                failure = handshake_failure(link.host, exc)
             else:
                 failure = RemoteFailure(f"{link.host}: {exc}")
             with self._lock:
+                if failure.tell_user:
+                    link.last_told = failure.reason
                 if failure.code == "image":
                     link.lacks[identity] = time.monotonic()
                 else:
@@ -340,12 +348,16 @@ class Pool:
     def _nowhere(self, reasons: list[str], tell_user: bool) -> RemoteFailure:
         """Why a job found no server: the servers' own words when they have something to tell
         the user (no ticket, no image), else, when none could be reached, what to check."""
-        if tell_user:
-            return RemoteFailure("; ".join(reasons), tell_user=True)
         with self._lock:
+            # Servers left alone after a failure the user can act on (warmer connections
+            # refused before this job came): their words, not "unreachable".
+            told = [k.last_told for k in self.links if not k.usable and k.last_told]
             backed_off = [f"{k.host}: {k.last_error}" for k in self.links if not k.usable]
-            if len(backed_off) < len(self.links) and not reasons:
-                return RemoteFailure("every server stayed full")  # busy, not broken: quiet
+        if tell_user or told:
+            # "run kinit" once, not once per server
+            return RemoteFailure("; ".join(dict.fromkeys(reasons + told)), tell_user=True)
+        if len(backed_off) < len(self.links) and not reasons:
+            return RemoteFailure("every server stayed full")  # busy, not broken: quiet
         tried = "; ".join(reasons + backed_off) or "no servers are configured or discovered"
         return RemoteFailure(
             f"no jailcc server could be reached ({tried}): check that jailccd runs there and"

@@ -88,7 +88,8 @@ def missing_image(host: Host, identity: str) -> RemoteFailure:
     return RemoteFailure(
         f"{host} has no toolchain image for {compiler} (identity {identity[:19]}); on the"
         f" server: `jailcc-image build --compiler {compiler} -o"
-        f" {os.path.basename(compiler)}.img`, put it in the image directory, SIGHUP jailccd",
+        f" {os.path.basename(compiler)}.img`, put it in the image directory, then"
+        " `systemctl reload jailccd` (or SIGHUP it)",
         tell_user=True,
         code="image",
     )
@@ -123,13 +124,18 @@ def authenticate(
     return proto.SealedChannel(sock, initiate(sock, host))
 
 
+# Refusals the user has something to act on (not allowed; the server cannot check who is): said
+# without JAILCC_VERBOSE, once per build through the proxy.
+TOLD_REFUSALS = ("unauthorized", "unavailable")
+
 # What a refused or broken handshake raises (handshake_failure says it as a RemoteFailure).
 HANDSHAKE_ERRORS = (proto.RemoteError, OSError, proto.ProtocolError)
 
 
 def handshake_failure(host: Host, exc: Exception) -> RemoteFailure:
     if isinstance(exc, proto.RemoteError):
-        return RemoteFailure(f"{host} refused: {exc.message}", code=exc.code)
+        tell = exc.code in TOLD_REFUSALS
+        return RemoteFailure(f"{host} refused: {exc.message}", tell, code=exc.code)
     return RemoteFailure(f"{host}: handshake failed: {exc}")
 
 
@@ -151,7 +157,9 @@ def run_job(
             channel.expect(proto.READY, proto.MAX_HELLO_FRAME)
         header, out = channel.expect(proto.RESULT, max_result)
     except proto.RemoteError as exc:
-        raise RemoteFailure(f"{host} refused the job: {exc.message}", code=exc.code) from None
+        # A first JOB sent before READY meets the handshake's refusal: said as that one is.
+        tell = exc.code in TOLD_REFUSALS
+        raise RemoteFailure(f"{host} refused the job: {exc.message}", tell, code=exc.code) from None
     except (OSError, proto.ProtocolError) as exc:
         raise RemoteFailure(f"{host}: {exc}") from None
     if len(out) != 3 or header.get("id") != job["id"]:
