@@ -83,7 +83,10 @@ unknown options, unknown or ambiguous --long   local   the server refuses them (
 -frecord-gcc-switches -f*-prefix-map=                  (-finput-charset=: cc1 does not
 -finput-charset= -fexec-charset= (iconv names)         convert the .i a second time)
 -Qunused-arguments -no-canonical-prefixes
---param X --param=X -mllvm X -target X -arch X both    separate arguments consumed
+--param X --param=X -target X -arch X          both    separate arguments consumed
+-mllvm X; the spellings that the drivers       local   the value would go unchecked
+give a separate value where a family (-f,
+-m, -g) sees a flag: -fnew-alignment N ...
 -l -L -Wl,* -Xlinker X -T -u -z -e -shared     remote  link-only: no effect with -c (gcc-12
 -static* -shared-* -pie -no-pie -rdynamic -s           is silent, clang warns "unused" once
 -r -nostdlib -nostartfiles -nodefaultlibs              per run, so once, as locally)

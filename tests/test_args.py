@@ -144,7 +144,8 @@ CASES: list[tuple[str, dict[str, object] | str]] = [
     ),
     ("-c -finput-charset=latin1 foo.c", remote(remote=["-finput-charset=latin1"])),
     ("-c -fopt-info-vec foo.c", remote(remote=["-fopt-info-vec"])),
-    ("-c -target x86_64-linux-gnu -mllvm -x86-asm-syntax=intel foo.c", remote(source="foo.c")),
+    ("-c -target x86_64-linux-gnu foo.c", remote(source="foo.c")),
+    ("-c -mllvm -x86-asm-syntax=intel foo.c", local("-mllvm")),
     # link-only options: harmless with -c, kept for the remote run only
     (
         "-c -Xlinker -zfoo foo.c -lm -l pthread -L/lib -L /lib2 -Wl,-O1 -shared -T x.ld -u sym",

@@ -13,6 +13,7 @@ import shutil
 import subprocess
 import sys
 from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import pytest
@@ -301,3 +302,44 @@ def test_the_jail_refuses_hostile_spellings(server: Server, tmp_path: Path, args
         proto.send(sock, proto.JOB, {**header, "args": ["-O2", "-pipe"]}, [pre], [True])
         result, _ = proto.expect(sock, proto.RESULT)
         assert result["exit_code"] == 0
+
+
+def _driver_options(compiler: str) -> set[str]:
+    """Every option spelling the driver admits to: gcc's --help lists, clang's completion."""
+    if compiler.startswith("gcc"):
+        helps = ["--help=" + h for h in ("common", "optimizers", "warnings", "target", "c", "c++")]
+        out = subprocess.run(
+            [compiler, *helps, "--help=undocumented"], capture_output=True, text=True
+        ).stdout
+        out += subprocess.run([compiler, "-v", "--help"], capture_output=True, text=True).stdout
+        return {m.group(1) for m in re.finditer(r"^\s+(-[^\s=<\[]+)", out, re.M)}
+    out = subprocess.run([compiler, "--autocomplete=-"], capture_output=True, text=True).stdout
+    return {line.split("\t")[0].rstrip("=") for line in out.splitlines() if line[:1] == "-"}
+
+
+def _swallows_the_next_word(compiler: str, option: str, cwd: Path) -> bool:
+    # The server appends -c INPUT -o OUTPUT: an option that takes a separate value eats the
+    # -c and the compile becomes a link (or its value, in the middle, goes unchecked).
+    argv = [compiler, "-###", option, "-c", "x.i", "-o", "x.o"]
+    proc = subprocess.run(argv, cwd=cwd, capture_output=True, text=True)
+    return "collect2" in proc.stderr or '/ld"' in proc.stderr or '"ld"' in proc.stderr
+
+
+@pytest.mark.parametrize("compiler", ["gcc-12", "clang-16"])
+def test_no_admitted_spelling_takes_the_next_word(compiler: str, tmp_path: Path) -> None:
+    """Every spelling the server admits on its own, as the driver itself lists them, leaves the
+    server's -c a compile: none is one the driver gives a separate value (the review found
+    -fintrinsic-modules-path, -fnew-alignment, -mthread-model ... passing as family members)."""
+    (tmp_path / "x.i").write_text("int x;\n")
+    admitted = []
+    for option in sorted(_driver_options(compiler)):
+        try:
+            check_args([option])
+        except PolicyError:
+            continue
+        admitted.append(option)
+    assert len(admitted) > 500  # the lists were read
+    with ThreadPoolExecutor(4) as pool:
+        found = pool.map(lambda o: _swallows_the_next_word(compiler, o, tmp_path), admitted)
+        swallowing = [o for o, bad in zip(admitted, found, strict=True) if bad]
+    assert swallowing == []

@@ -148,7 +148,7 @@ REAL_BUILD = """
 -O2 -g -pipe -Wall -Wextra -Werror=format-security -fPIC -fstack-protector-strong
 -ffile-prefix-map=/b=. -std=gnu11 -march=x86-64-v2 -pthread -lm -L/x -Wl,-O1 -Xlinker -zdefs
 -finput-charset=UTF-8 -fdiagnostics-color=always --param=ssp-buffer-size=4
---param ggc-min-expand=1 -mllvm -inline-threshold=100 -target x86_64-linux-gnu
+--param ggc-min-expand=1 -target x86_64-linux-gnu
 """
 
 
