@@ -35,9 +35,11 @@ a symlink, a second hard link or a FIFO: those failures are compiled locally.
 
 from __future__ import annotations
 
+import errno
 import os
 import stat
 import threading
+import time
 
 from jailcc.sandbox.wire import write_all
 
@@ -46,6 +48,9 @@ _REPLACE = "replace"  # atomically, at the path itself
 _REPLACE_TARGET = "replace-target"  # atomically, at the path with symlinks resolved
 _REWRITE = "rewrite"  # open(O_CREAT|O_TRUNC) through symlinks, as cc1's fopen("w")
 _IN_PLACE = "in-place"  # open the existing device or FIFO and write into it
+
+
+FIFO_WAIT = 5.0  # seconds a FIFO output may wait for its reader (see _open_fifo)
 
 
 class OutputError(Exception):
@@ -116,8 +121,8 @@ def remove_after_failure(path: str) -> None:
 
 def _write_in_place(path: str, data: bytes) -> None:
     # No O_CREAT: if the node vanished since plan(), fail rather than create a regular file.
-    # A FIFO's open waits for a reader, as the compiler's own open would.
-    fd = os.open(path, os.O_WRONLY | os.O_NOCTTY | os.O_CLOEXEC)
+    flags = os.O_WRONLY | os.O_NOCTTY | os.O_CLOEXEC
+    fd = _open_fifo(path, flags) if stat.S_ISFIFO(os.stat(path).st_mode) else os.open(path, flags)
     try:
         mode = os.fstat(fd).st_mode
         if not (stat.S_ISCHR(mode) or stat.S_ISBLK(mode) or stat.S_ISFIFO(mode)):
@@ -127,13 +132,41 @@ def _write_in_place(path: str, data: bytes) -> None:
         os.close(fd)
 
 
+def _open_fifo(path: str, flags: int) -> int:
+    """A FIFO's write end once a reader has it open. The compiler's own open would wait for
+    ever, and so would a proxy thread, long after the build that asked was interrupted: so
+    wait FIFO_WAIT seconds at most, then let the compile run locally, where the wait is the
+    compiler's own and dies with the build."""
+    import fcntl
+
+    deadline = time.monotonic() + FIFO_WAIT
+    while True:
+        try:
+            fd = os.open(path, flags | os.O_NONBLOCK)
+            break
+        except OSError as exc:
+            if exc.errno != errno.ENXIO or time.monotonic() > deadline:
+                raise OutputError(f"nobody reads the FIFO {path} yet: compiling locally") from None
+            time.sleep(0.02)
+    fcntl.fcntl(fd, fcntl.F_SETFL, fcntl.fcntl(fd, fcntl.F_GETFL) & ~os.O_NONBLOCK)
+    return fd
+
+
 def _rewrite(path: str, data: bytes, umask: int) -> None:
-    existed = os.path.exists(path)
-    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_NOCTTY | os.O_CLOEXEC, 0o600)
+    flags = os.O_WRONLY | os.O_NOCTTY | os.O_CLOEXEC
+    created = True
+    try:  # new: the user's umask, not the proxy's
+        fd = os.open(path, flags | os.O_CREAT | os.O_EXCL, 0o600)
+    except FileExistsError:  # an existing file, or a symlink (perhaps dangling) to follow
+        try:
+            fd = os.open(path, flags | os.O_TRUNC)
+            created = False
+        except FileNotFoundError:  # a dangling symlink: cc1's fopen creates its target
+            fd = os.open(path, flags | os.O_CREAT | os.O_TRUNC, 0o600)
     try:
         if not stat.S_ISREG(os.fstat(fd).st_mode):
             raise OutputError(f"{path} changed while the job ran")
-        if not existed:  # created: the user's umask, not the proxy's
+        if created:
             os.fchmod(fd, 0o666 & ~umask)
         write_all(fd, data)
     finally:

@@ -275,6 +275,9 @@ def control(root: Path, work: Path) -> None:
 
 
 def main(argv: list[str] | None = None) -> int:
+    # Every file packaged is written by this process: root-owned, and never group- or
+    # world-writable whatever the builder's umask (the conffile and the code root runs).
+    os.umask(0o022)
     parser = argparse.ArgumentParser(
         prog="scripts/package",
         formatter_class=argparse.RawDescriptionHelpFormatter,

@@ -652,7 +652,10 @@ class _Questions:
     def _refused(self, question: dict[str, Any]) -> dict[str, Any]:
         code = question.get("code")
         self.service.metrics.job_refused(code if code in JOB_REFUSALS else "other")
-        log.info(
+        # Any number may come in any state, so a jail could fill the log: rate-limited per user.
+        self.service.peer_log.log(
+            f"jobs refused to {self.user}",
+            logging.INFO,
             "job refused user=%s code=%s: %s",
             self.user,
             _printable(code, 20),

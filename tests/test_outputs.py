@@ -212,3 +212,22 @@ def test_a_directory_as_the_output_gets_the_compilers_own_error(server, tmp_path
     ours = subprocess.run([JAILCC, *args], cwd=tmp_path, env=env_for(server), capture_output=True)
     assert ours.returncode == local.returncode != 0
     assert (tmp_path / "out.o").is_dir()
+
+
+def test_a_fifo_nobody_reads_is_left_to_a_local_compile(tmp_path, monkeypatch):
+    """A proxy thread must not wait for ever on a FIFO whose reader never comes (the build
+    that asked may be gone): after FIFO_WAIT the job compiles locally, whose wait dies with
+    the build; a reader that comes in time gets the object."""
+    from jailcc.client import outputs
+
+    monkeypatch.setattr(outputs, "FIFO_WAIT", 0.3)
+    fifo = tmp_path / "out.o"
+    os.mkfifo(fifo)
+    with pytest.raises(outputs.OutputError, match="nobody reads the FIFO"):
+        outputs.write(str(fifo), b"object", 0o022, outputs.plan(str(fifo), True, False))
+    received: list[bytes] = []
+    late_reader = threading.Timer(0.1, read_into, (fifo, received))
+    late_reader.start()
+    outputs.write(str(fifo), b"object" * 20000, 0o022, outputs.plan(str(fifo), True, False))
+    late_reader.join(timeout=10)
+    assert received == [b"object" * 20000]
