@@ -18,6 +18,9 @@ a FIFO                       as fails: local         written in place        wri
 a directory, socket, ...     the compiler fails: the job compiles locally, which says why
 ===========================  ======================  ======================  =================
 
+A FIFO is written once a reader opens it, within FIFO_WAIT seconds; otherwise the job compiles
+locally, so that the wait is the compiler's own and ends with the build that asked.
+
 "replaced" and "created" are atomic here (a temporary file in the same directory, then a
 rename), so a reader never sees half an object; the compilers' own writes are not, which no
 build can tell apart. gcc -S truncates and rewrites an existing file (a hard link to it sees
