@@ -66,7 +66,7 @@ def decide(
         note = _note(verbose or told, args, f"compiling locally: {exc.reason}")
         return RunLocally(compiler, args, note)
     except HostsError as exc:  # the user's mistake, in their words: say so on every compile
-        return RunLocally(compiler, args, f"jailcc: {exc}; compiling {_source(args)} locally\n")
+        return RunLocally(compiler, args, f"jailcc: {exc}; compiling {source_of(args)} locally\n")
     except Exception as exc:  # a bug of ours must never cost the user the compile
         message = f"internal error ({type(exc).__name__}: {exc}); compiling locally"
         return RunLocally(compiler, args, _note(True, args, message))
@@ -80,8 +80,9 @@ def decide(
 def _note(say: bool, args: list[str], what: str) -> str:
     if not say:
         return ""
-    return f"jailcc: {_source(args)}: {what}\n"
+    return f"jailcc: {source_of(args)}: {what}\n"
 
 
-def _source(args: list[str]) -> str:
+def source_of(args: list[str]) -> str:
+    """The source file a compile names, for messages ("?" if none)."""
     return next((a for a in args if not a.startswith("-")), "?")

@@ -182,13 +182,10 @@ class Pool:
                             link.busy += 1  # the retry on a fresh connection: the same job
                         continue  # maybe only this idle connection went stale
                     self._placement_failed(link, key)
-                    self._failed(link, exc.reason)
+                    self._failed(link, exc)
                     tried.add(str(link.host))
                     reasons.append(exc.reason)
                     tell_user = tell_user or exc.tell_user
-                    if exc.tell_user:
-                        with self._lock:
-                            link.last_told = exc.reason
                     break
                 span.phase("remote", sending)
                 if result.load is not None:
@@ -299,14 +296,16 @@ class Pool:
                 link.busy -= 1
             self._room.notify_all()
 
-    def _failed(self, link: Link, reason: str) -> None:
+    def _failed(self, link: Link, failure: RemoteFailure) -> None:
         with self._lock:
             link.failed_jobs += 1
-            self._back_off(link, reason)
+            self._back_off(link, failure)
 
-    def _back_off(self, link: Link, reason: str) -> None:
+    def _back_off(self, link: Link, failure: RemoteFailure) -> None:
         link.failures += 1
-        link.last_error = reason
+        link.last_error = failure.reason
+        if failure.tell_user:  # what _nowhere says while the server is left alone
+            link.last_told = failure.reason
         link.retry_at = time.monotonic() + min(MAX_BACKOFF, 0.5 * 2 ** (link.failures - 1))
 
     # -- connections -----------------------------------------------------------------------
@@ -337,12 +336,10 @@ class Pool:
             else:
                 failure = RemoteFailure(f"{link.host}: {exc}")
             with self._lock:
-                if failure.tell_user:
-                    link.last_told = failure.reason
                 if failure.code == "image":
                     link.lacks[identity] = time.monotonic()
                 else:
-                    self._back_off(link, failure.reason)
+                    self._back_off(link, failure)
             return failure
 
     def _nowhere(self, reasons: list[str], tell_user: bool) -> RemoteFailure:

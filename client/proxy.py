@@ -26,18 +26,17 @@ from typing import Any
 
 from . import proxy_wire as pw
 from .compiler import split_invocation
-from .decide import RunLocally, _source, decide
+from .decide import RunLocally, decide, source_of
 from .hosts import Host, HostsError, config_stamp, configured, default_hosts
 from .job import Invocation, Outcome, finish, prepare
 from .pool import Pool
-from .trace import Span, Spans
+from .trace import BUILD_GAP, Span, Spans
 
 log = logging.getLogger("jailcc-proxy")
 DEFAULT_IDLE = 900.0
 REQUEST_TIMEOUT = 30.0
 STATUS_TIMEOUT = 2.0  # per server, for `jailcc mon`
 STATUS_THREADS = 32
-BUILD_GAP = 10.0  # seconds without a job that end a build (jailcc mon's "this build")
 _U32 = struct.Struct(">I")
 
 
@@ -46,7 +45,7 @@ class Notices:
     "build" is a burst of jobs with less than BUILD_GAP seconds without any job between them
     (the same idea as `jailcc trace`'s last build)."""
 
-    BUILD_GAP = 10.0
+    BUILD_GAP = BUILD_GAP  # (tests shorten it on an instance)
 
     def __init__(self) -> None:
         self.lock = threading.Lock()
@@ -317,7 +316,7 @@ class Proxy:
         request = pw.decode_request(body)
         inv = Invocation(request.cwd, request.env, request.stderr_tty, request.umask)
         span = Span(time.time())
-        span.source = _source(split_invocation(request.argv)[1])  # until analysis says
+        span.source = source_of(split_invocation(request.argv)[1])  # until analysis says
         with self.stats.lock:
             self.stats.running += 1
             self.running[id(span)] = span

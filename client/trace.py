@@ -78,6 +78,11 @@ class Span:
         }
 
 
+# Seconds without any job that end a build: `jailcc trace`'s last build, `jailcc mon`'s
+# current one, and the proxy's once-per-build notices.
+BUILD_GAP = 10.0
+
+
 class Spans:
     """The proxy's ring of finished jobs, in the order they finished."""
 
@@ -117,7 +122,7 @@ def main(argv: list[str]) -> int:
     parser = argparse.ArgumentParser(prog="jailcc trace", description="The last build's timeline.")
     parser.add_argument("-o", dest="output", default="jailcc-trace.json", help="'-': stdout")
     parser.add_argument("--png", help="also draw the timeline as this PNG")
-    parser.add_argument("--gap", type=float, default=10.0, help="idle seconds between builds")
+    parser.add_argument("--gap", type=float, default=BUILD_GAP, help="idle seconds between builds")
     args = parser.parse_args(argv)
     data = ask_json(pw.MAGIC_TRACE, json.dumps({"gap": args.gap}).encode())
     if data is None:
