@@ -33,13 +33,22 @@ class CgroupError(Exception):
     pass
 
 
-def _own_path(controller: str) -> str:
-    with open("/proc/self/cgroup") as f:
+def _group_of(pid: str, controller: str) -> str | None:
+    """The directory of pid's group ("self": ours) in the controller's v1 hierarchy, from
+    /proc/PID/cgroup; None when the controller has no v1 hierarchy."""
+    with open(f"/proc/{pid}/cgroup") as f:
         for line in f:
             _, names, path = line.rstrip("\n").split(":", 2)
             if controller in names.split(","):
                 return os.path.join(CGROUP_ROOT, controller, path.lstrip("/"))
-    raise CgroupError(f"no cgroup v1 {controller} hierarchy mounted under {CGROUP_ROOT}")
+    return None
+
+
+def _own_path(controller: str) -> str:
+    path = _group_of("self", controller)
+    if path is None:
+        raise CgroupError(f"no cgroup v1 {controller} hierarchy mounted under {CGROUP_ROOT}")
+    return path
 
 
 def _cgroup2_mount() -> str | None:
@@ -202,15 +211,9 @@ class JailCgroup:
     def _holds(self, controller: str, pid: int) -> bool:
         """Whether pid is in our group of the controller's hierarchy, from /proc/PID/cgroup."""
         try:
-            with open(f"/proc/{pid}/cgroup") as f:
-                for line in f:
-                    _, names, path = line.rstrip("\n").split(":", 2)
-                    if controller in names.split(","):
-                        full = os.path.join(CGROUP_ROOT, controller, path.lstrip("/"))
-                        return full == self.paths[controller]
+            return _group_of(str(pid), controller) == self.paths[controller]
         except FileNotFoundError:
-            pass
-        return False
+            return False
 
     def remove(self, timeout: float = 2.0) -> list[str]:
         """Kill anything still inside, remove the groups; return what could not be cleaned."""

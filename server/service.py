@@ -396,11 +396,12 @@ class JobService:
             raise refuse("unauthenticated", message) from None
         proto.send(conn, proto.AUTH, {}, [last or b""])
         sealed = proto.SealedChannel(conn, context)
+        shown = _printable(principal, 300)  # the KDC's word, but a realm can name anything
         assert self.config.principals is not None
         try:
             allowed = self.config.principals.allowed(principal)
         except AuthorizationUnavailable as exc:
-            log.error("authorization unavailable for %s: %s", _printable(principal, 300), exc)
+            log.error("authorization unavailable for %s: %s", shown, exc)
             raise refuse(
                 "unavailable",
                 "the server cannot check who may compile right now (its directory is down);"
@@ -410,11 +411,11 @@ class JobService:
         if not allowed:
             raise refuse(
                 "unauthorized",
-                f"{_printable(principal, 300)} may not use this server: ask its admin to add you",
+                f"{shown} may not use this server: ask its admin to add you",
                 sealed,
             )
         on_authenticated()
-        log.info("authenticated %s from %s", _printable(principal, 300), peer)
+        log.info("authenticated %s from %s", shown, peer)
         return principal, offer, "gssapi", sealed
 
     def _greeting(self, offer: Offer) -> dict[str, Any]:
