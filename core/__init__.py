@@ -5,3 +5,7 @@ jailcc.sandbox, jailcc.server, jailcc.client and jailcc.images (see DESIGN.md, "
 """
 
 __version__ = "0.1.0"
+
+# A toolchain image's name (its file name without .img): the server's catalog, the image
+# directory and the privileged launcher all check it (a plain string: no `re` at import).
+IMAGE_NAME_PATTERN = r"[A-Za-z0-9][A-Za-z0-9._+-]{0,63}"

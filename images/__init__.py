@@ -11,5 +11,6 @@ ELF loader) plus a manifest at /.jailcc/manifest.json. Modules:
 - manifest:  the manifest format and read_manifest() for the server
 - build:     staging + manifest + image, atomically
 - verify:    checks an image's contents against its manifest
+- directory: which files of an image directory (jailccd's, `jailcc-image list`) are images
 - cli:       the jailcc-image command
 """

@@ -9,10 +9,10 @@ import sys
 
 from jailcc import __version__
 from jailcc.images import squashfs
+from jailcc.images.directory import IMAGE_DIR, dir_images
 from jailcc.images.errors import ImageError
 
 PROG = "jailcc-image"
-IMAGE_DIR = "/var/lib/jailcc/images"  # jailccd's default image directory
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -88,10 +88,11 @@ def _list(directory: str, verify: bool) -> None:
     from jailcc.images.manifest import read_manifest
     from jailcc.images.verify import verify_image
 
-    for entry in sorted(os.listdir(directory)):
-        if not entry.endswith(".img"):
-            continue
-        path = os.path.join(directory, entry)
+    found, skipped = dir_images(directory)  # what jailccd would serve from it, and why not
+    for reason in skipped:
+        print(f"SKIPPED: {reason}")
+    for name, path in found.items():
+        entry = os.path.basename(path)
         size = os.path.getsize(path) / (1 << 20)
         try:
             manifest = verify_image(path) if verify else read_manifest(path)
@@ -99,7 +100,7 @@ def _list(directory: str, verify: bool) -> None:
             print(f"{entry}  {size:.1f} MiB  BAD: {exc}")
             continue
         verdict = "  verified" if verify else ""
-        print(f"{entry}  name {entry.removesuffix('.img')}  {size:.1f} MiB{verdict}")
+        print(f"{entry}  name {name}  {size:.1f} MiB{verdict}")
         for c in manifest.compilers:
             print(f"    {c.name} {c.version} {c.target} {c.identity[:19]}")
 

@@ -31,6 +31,7 @@ import time
 from dataclasses import dataclass, field
 
 import prctl
+from jailcc import IMAGE_NAME_PATTERN
 
 from . import cgroups, loopdev, privileges, rootfs, wire
 from . import syscalls as sc
@@ -44,7 +45,7 @@ MAX_WARM_KEYS = 4  # distinct (image, limits) pairs kept warm; the least recent 
 MAX_IMAGES = 64
 MAX_IMAGE_BYTES = 16 << 30
 # An image's name, and after "@" the version the server counts (server/catalog.py).
-IMAGE_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._+-]{0,63}(@[0-9]{1,9})?")
+IMAGE_NAME = re.compile(IMAGE_NAME_PATTERN + r"(@[0-9]{1,9})?")
 
 
 @dataclass

@@ -12,20 +12,16 @@ from __future__ import annotations
 
 import logging
 import os
-import re
-import stat
 import threading
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Protocol
 
-from jailcc.images.cli import IMAGE_DIR
+from jailcc.images.directory import IMAGE_DIR, dir_images
 from jailcc.images.errors import ImageError
 from jailcc.images.manifest import CompilerEntry, Manifest, read_manifest
 
-# What the launcher accepts as an image name (sandbox/launcher.py checks the same).
-IMAGE_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._+-]{0,63}")
 log = logging.getLogger("jailccd")
 
 
@@ -75,26 +71,6 @@ def image_dir(given: str | None) -> str | None:
     if not os.path.isdir(given):
         raise ImageError(f"--image-dir {given}: no such directory")
     return os.path.realpath(given)
-
-
-def dir_images(directory: str | None) -> tuple[dict[str, str], list[str]]:
-    """The *.img files in directory by name, and why any others named *.img are skipped."""
-    found: dict[str, str] = {}
-    skipped: list[str] = []
-    if directory is None:
-        return found, skipped
-    for entry in sorted(os.listdir(directory)):
-        if not entry.endswith(".img"):
-            continue
-        path = os.path.join(directory, entry)
-        name = entry.removesuffix(".img")
-        if not IMAGE_NAME.fullmatch(name):
-            skipped.append(f"{path}: the name must be letters, digits and ._+- (at most 64)")
-        elif not stat.S_ISREG(os.lstat(path).st_mode):
-            skipped.append(f"{path}: not a regular file (symbolic links are not followed)")
-        else:
-            found[name] = path
-    return found, skipped
 
 
 def _stamp(path: str) -> tuple[int, ...]:

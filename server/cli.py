@@ -9,11 +9,12 @@ import json
 import os
 import sys
 
+from ..images.directory import dir_images
 from ..images.errors import ImageError
 from ..images.manifest import read_manifest
 from ..sandbox.selftest import PROBE_NAMES, SelftestError, reports_to_json, run_selftest
 from . import config
-from .catalog import dir_images, image_dir, name_images
+from .catalog import image_dir, name_images
 
 
 def _selftest(args: argparse.Namespace) -> int:
