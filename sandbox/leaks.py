@@ -31,13 +31,7 @@ def processes_of_uids(low: int, high: int) -> list[tuple[int, int]]:
 
 def jail_cgroups() -> list[str]:
     """Per-jail cgroups still present under the jailcc parents."""
-    parents = []
-    for controller in cgroups.CONTROLLERS:
-        with contextlib.suppress(cgroups.CgroupError):
-            parents.append(os.path.join(cgroups._own_path(controller), cgroups.PARENT_NAME))
-    unified = cgroups.unified_parent()
-    if unified is not None:
-        parents.append(unified)
+    parents = sorted(set(cgroups.candidate_parents().values()))
     found = []
     for parent in parents:
         with contextlib.suppress(FileNotFoundError):

@@ -3,13 +3,14 @@ jailccd should do about it.
 
 OwnerMonitor measures, between two samples:
 - CPU: the machine's busy time (psutil.cpu_times) less ours, where ours is the CPU time of
-  jailccd's process tree (processes that are not in a jail cgroup) plus the cpuacct usage of
-  the jail cgroups' parent ("jailcc" under our own cgroup, as sandbox/cgroups.py names it; it
-  counts every jail's processes, exited ones included, without double counting). CPU of a
-  non-jail process of ours that ran and exited between two samples is missed, and so counted as
-  the owner's: the error leans towards yielding.
+  jailccd's process tree (processes that are not in a jail cgroup) plus the CPU usage of the
+  jail cgroups' parent ("jailcc", where sandbox/cgroups.py makes it: cpu.stat in cgroup v2,
+  cpuacct.usage in v1; it counts every jail's processes, exited ones included, without double
+  counting). CPU of a non-jail process of ours that ran and exited between two samples is
+  missed, and so counted as the owner's: the error leans towards yielding.
 - Memory: RAM not available (total - available) less ours (resident size of the same process
-  tree, plus the jail parent's rss and shmem: tmpfs work dirs cannot be dropped either).
+  tree, plus the jail parent's anonymous and shmem pages, from memory.stat of v2 or v1: tmpfs
+  work dirs cannot be dropped either).
 - Input: idle time from logind's IdleHint/IdleSinceHint (local user sessions, via loginctl)
   and from /dev/input/event* (events are read and thrown away at once, keeping only the time of
   the last key, button or motion; root can read them). None when neither is there.
@@ -34,11 +35,12 @@ from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 
 import psutil
+from jailcc.sandbox import cgroups
 
 log = logging.getLogger(__name__)
 
-CGROUP_ROOT = "/sys/fs/cgroup"  # as in sandbox/cgroups.py
-JAIL_PARENT = "jailcc"  # sandbox/cgroups.py PARENT_NAME: every jail's group sits under it
+CGROUP_ROOT = cgroups.CGROUP_ROOT
+JAIL_PARENT = cgroups.PARENT_NAME  # every jail's group sits under it
 INPUT_DIR = "/dev/input"
 _EVENT = struct.Struct("llHHi")  # struct input_event: timeval, type, code, value
 _INPUT_TYPES = {1, 2, 3}  # EV_KEY, EV_REL, EV_ABS: someone typed, clicked or moved
@@ -64,23 +66,20 @@ class Thresholds:
     input_idle: float = 120.0  # someone typed or moved the mouse in the last two minutes
 
 
-# Cgroups (v1, as the jails use; v2 files are read where v1 ones are missing).
+# Cgroups, v2 or v1 as the jails use them. Where sandbox/cgroups.py puts things comes from its
+# pure reads (mount table, /proc/PID/cgroup): nothing here creates or changes a group.
 
 
 def cgroup_dir(controller: str, pid: int | str = "self") -> str | None:
     """The directory of pid's cgroup in a v1 hierarchy (None if it is not mounted)."""
-    with open(f"/proc/{pid}/cgroup") as f:
-        for line in f:
-            _, names, path = line.rstrip("\n").split(":", 2)
-            if controller in names.split(","):
-                return os.path.join(CGROUP_ROOT, controller, path.lstrip("/"))
-    return None
+    return cgroups.group_dir(pid, controller)
 
 
 def default_jail_cgroups() -> list[str]:
-    """The jails' parent groups sandbox/cgroups.py makes under our own cgroups."""
-    dirs = [cgroup_dir(c) for c in ("cpuacct", "memory")]
-    return [os.path.join(d, JAIL_PARENT) for d in dirs if d]
+    """Every place sandbox/cgroups.py may make the jails' parent group (v2 and each v1
+    hierarchy), whether or not the launcher uses it or has made it yet: the places it does not
+    use hold still (CPU is counted as a difference between samples) or hold nothing."""
+    return sorted(set(cgroups.candidate_parents().values()))
 
 
 def _read(path: str) -> str | None:
@@ -114,11 +113,6 @@ def cgroup_memory_bytes(directory: str) -> int | None:
     if "anon" in values:  # v2
         return int(values["anon"]) + int(values.get("shmem", 0))
     return None
-
-
-def _controller_of(directory: str) -> str:
-    rel = os.path.relpath(directory, CGROUP_ROOT)
-    return rel.split(os.sep, 1)[0]
 
 
 # Input activity.
@@ -238,20 +232,24 @@ class _InputDevices:
 # The monitor.
 
 
-def _in_groups(pid: int, prefixes: Sequence[tuple[str, str]]) -> bool:
-    """Whether pid's cgroup lies under one of (controller, directory)."""
-    for controller, directory in prefixes:
-        with contextlib.suppress(OSError):
-            group, top = cgroup_dir(controller, pid) or "", directory.rstrip("/")
-            if group == top or group.startswith(top + "/"):
-                return True
+def _in_groups(pid: int, directories: Sequence[str]) -> bool:
+    """Whether pid's cgroup, in any hierarchy, lies under one of the directories."""
+    try:
+        groups = cgroups.group_dirs(pid)
+    except OSError:
+        return False
+    for top in (d.rstrip("/") for d in directories):
+        if any(group == top or group.startswith(top + "/") for group in groups):
+            return True
     return False
 
 
 class OwnerMonitor:
     """own_pids: jailccd's root processes (default: this process), their descendants being
-    ours too; or a cgroup directory (or a path under /sys/fs/cgroup/<controller>/ relative to
-    it, such as "/system.slice/jailccd.service") whose cpuacct and memory usage is ours.
+    ours too; or a cgroup directory (or a group path as /proc/PID/cgroup shows it, such as
+    "/system.slice/jailccd.service") whose CPU and memory usage is ours: read from cgroup v2
+    where the group is there (memory from v1 where v2 has no memory controller for it), else
+    from the v1 cpuacct and memory hierarchies.
     jail_cgroups: the jails' parent groups (default: default_jail_cgroups())."""
 
     def __init__(
@@ -275,7 +273,7 @@ class OwnerMonitor:
         groups = list(default_jail_cgroups() if jail_cgroups is None else jail_cgroups)
         if self.own_group is not None:
             groups += self._group_dirs(self.own_group)
-        self.groups = [(_controller_of(d), d) for d in groups]
+        self.groups = groups
         self.ncpu = psutil.cpu_count() or 1
         self.logind = _Logind(loginctl)
         self.inputs = _InputDevices(input_dir)
@@ -287,14 +285,21 @@ class OwnerMonitor:
 
     @staticmethod
     def _group_dirs(group: str) -> list[str]:
-        if group.startswith(CGROUP_ROOT + "/"):
-            rel = os.path.relpath(group, CGROUP_ROOT).split(os.sep, 1)
-            group = "/" + (rel[1] if len(rel) > 1 else "")
-        return [os.path.join(CGROUP_ROOT, c, group.lstrip("/")) for c in ("cpuacct", "memory")]
+        """The group's directories to read, each measure from one hierarchy only: in a hybrid
+        layout the same processes are in a v2 group and in v1 ones."""
+        dirs = cgroups.hierarchy_dirs(group)
+        unified = dirs.get(cgroups.UNIFIED)
+        if unified is not None and os.path.isdir(unified):
+            found = [unified]  # cpu.stat, and memory.stat with the memory controller
+            if not os.path.exists(os.path.join(unified, "memory.stat")) and "memory" in dirs:
+                found.append(dirs["memory"])
+            return found
+        return [dirs[c] for c in ("cpuacct", "memory") if c in dirs]
 
-    def _outermost_groups(self, controller: str) -> list[str]:
-        """Groups of one controller, without those nested in another listed group."""
-        dirs = sorted({d.rstrip("/") for c, d in self.groups if c == controller})
+    def _outermost_groups(self) -> list[str]:
+        """The groups, without those nested in another listed group. Each is read for both CPU
+        and memory: a file the group lacks (cpuacct.usage in a v1 memory group) counts 0."""
+        dirs = sorted({d.rstrip("/") for d in self.groups})
         return [d for d in dirs if not any(d.startswith(o + "/") for o in dirs if o != d)]
 
     def _tree(self) -> list[psutil.Process]:
@@ -314,7 +319,7 @@ class OwnerMonitor:
         times = psutil.cpu_times()._asdict()
         # guest and guest_nice are already inside user and nice; idle and iowait are not busy.
         busy = sum(times.get(k, 0.0) for k in ("user", "nice", "system", "irq", "softirq", "steal"))
-        group_cpu = sum(cgroup_cpu_seconds(d) or 0.0 for d in self._outermost_groups("cpuacct"))
+        group_cpu = sum(cgroup_cpu_seconds(d) or 0.0 for d in self._outermost_groups())
         return {"wall": time.monotonic(), "busy": busy, "groups": group_cpu}
 
     def _tree_usage(self) -> tuple[float, int]:
@@ -346,7 +351,7 @@ class OwnerMonitor:
         owner_cpu = min(1.0, max(0.0, busy - ours) / span)
 
         vm = psutil.virtual_memory()
-        group_mem = sum(cgroup_memory_bytes(d) or 0 for d in self._outermost_groups("memory"))
+        group_mem = sum(cgroup_memory_bytes(d) or 0 for d in self._outermost_groups())
         used = vm.total - vm.available
         owner_mem = min(1.0, max(0, used - tree_rss - group_mem) / vm.total)
 
