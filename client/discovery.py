@@ -40,8 +40,8 @@ from collections.abc import Callable, Iterable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field, fields, replace
 
-from jailcc.server import protocol as proto
-from jailcc.server.announce import SERVICE_TYPE, parse_txt
+from jailcc import protocol as proto
+from jailcc.dnssd import SERVICE_TYPE, parse_txt
 
 from .hosts import Host, parse_hosts
 

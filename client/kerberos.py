@@ -6,7 +6,7 @@ import socket
 
 import gssapi
 import gssapi.exceptions
-from jailcc.server import protocol as proto
+from jailcc import protocol as proto
 
 from .hosts import Host
 from .remote import RemoteFailure

@@ -44,7 +44,7 @@ import stat
 import threading
 import time
 
-from jailcc.sandbox.wire import write_all
+from jailcc.wire import write_all
 
 # What to do with a path (see the table above).
 _REPLACE = "replace"  # atomically, at the path itself

@@ -21,7 +21,7 @@ import threading
 import time
 from typing import Any
 
-from jailcc.server import protocol as proto
+from jailcc import protocol as proto
 
 from .hosts import Host
 from .placement import Placement, ServerView

@@ -37,7 +37,6 @@ DEFAULT_IDLE = 900.0
 REQUEST_TIMEOUT = 30.0
 STATUS_TIMEOUT = 2.0  # per server, for `jailcc mon`
 STATUS_THREADS = 32
-_U32 = struct.Struct(">I")
 
 
 class Notices:
@@ -297,13 +296,7 @@ class Proxy:
                 if struct.unpack("3i", creds)[1] != os.getuid():
                     return  # only our own user: not their compiles, not our tickets
                 conn.settimeout(REQUEST_TIMEOUT)
-                from jailcc.sandbox.wire import recv_exact
-
-                head = recv_exact(conn, 8, ValueError)
-                magic, (size,) = head[:4], _U32.unpack(head[4:])
-                if size > pw.MAX_REQUEST:
-                    return
-                body = recv_exact(conn, size, ValueError)
+                magic, body = pw.read_request(conn)
                 handler = self._requests.get(magic)
                 if handler is not None:
                     conn.sendall(handler(self, body))
@@ -395,7 +388,7 @@ class Proxy:
 
     def _stop_request(self, _body: bytes) -> bytes:
         self._stop.set()
-        return _U32.pack(0)
+        return pw.encode_reply()
 
     def _trace(self, body: bytes) -> bytes:
         """The last build's jobs: those since the last `gap` seconds (the request's JSON) in
@@ -495,8 +488,7 @@ _NEXT_PHASE = {"": "analysis", "analysis": "queue", "queue": "remote", "remote":
 
 
 def _reply(data: Any) -> bytes:
-    body = json.dumps(data).encode()
-    return _U32.pack(len(body)) + body
+    return pw.encode_reply(json.dumps(data).encode())
 
 
 def _fetch_statuses(hosts: list[Host]) -> dict[str, dict[str, Any] | str]:

@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import json
 import os
-import struct
 import sys
 import time
 from typing import Any
@@ -13,7 +12,6 @@ from typing import Any
 from . import proxy_wire as pw
 from .proxy_client import connect, start_proxy
 
-_U32 = struct.Struct(">I")
 START_TIMEOUT = 30.0
 
 
@@ -174,16 +172,11 @@ def _ask(path: str, magic: bytes, body: bytes = b"", timeout: float = 10.0) -> b
     sock = connect(path)
     if sock is None:
         return None
-    from jailcc.sandbox.wire import recv_exact
-
     with sock:
         try:
             sock.settimeout(timeout)
-            sock.sendall(magic + _U32.pack(len(body)) + body)
-            (size,) = _U32.unpack(recv_exact(sock, 4, ValueError))
-            if size > pw.MAX_REPLY:
-                return None
-            return recv_exact(sock, size, ValueError) if size else b""
+            sock.sendall(pw.encode_message(magic, body))
+            return pw.read_reply(sock)
         except (OSError, ValueError):
             return None
 

@@ -13,7 +13,6 @@ from .decide import RunLocally
 from .job import Invocation, Outcome
 
 ASK_TIMEOUT = 3600.0  # a compile may take long; a dead proxy closes the socket at once
-_U32 = struct.Struct(">I")
 
 
 def ask_proxy(
@@ -53,37 +52,10 @@ def connect(path: str) -> socket.socket | None:
 
 
 def _read_reply(sock: socket.socket) -> RunLocally | Outcome:
-    from jailcc.sandbox.wire import recv_exact
-
-    def read(n: int) -> bytes:
-        return recv_exact(sock, n, ValueError)
-
-    def u32(cap: int) -> int:
-        (value,) = _U32.unpack(read(4))
-        if value > cap:
-            raise ValueError("oversized reply")
-        return value
-
-    kind = read(1)[0]
-    if kind == pw.DONE:
-        (exit_code,) = struct.unpack(">i", read(4))
-        stdout = read(u32(pw.MAX_OUTPUT))
-        stderr = read(u32(pw.MAX_OUTPUT))
-        return Outcome(exit_code, stdout, stderr, "")
-    if kind == pw.LOCAL:
-        compiler = os.fsdecode(read(u32(4096)))
-        argc = u32(100_000)
-        args = []
-        for _ in range(argc):
-            chunk = b""
-            while not chunk.endswith(b"\0"):
-                chunk += read(1)
-                if len(chunk) > 1 << 20:
-                    raise ValueError("oversized argument")
-            args.append(os.fsdecode(chunk[:-1]))
-        message = read(u32(1 << 20)).decode("utf-8", "replace")
-        return RunLocally(compiler, args, message)
-    raise ValueError("unknown reply")
+    reply = pw.read_job_reply(sock)
+    if isinstance(reply, pw.Local):
+        return RunLocally(reply.compiler, reply.args, reply.message)
+    return Outcome(reply.exit_code, reply.stdout, reply.stderr, "")
 
 
 def start_proxy(env: os._Environ[str] | dict[str, str]) -> None:

@@ -25,6 +25,9 @@ Reply to JCP1:
                   each), u32 M + a message for stderr (may be empty): print it, exec the
                   compiler with those arguments
 A client that gets no whole reply (no proxy, a proxy that died) compiles on its own.
+
+Both ends of every message are here (encode_* and read_*, decode_request), on jailcc.wire's
+primitives; every read is capped. A malformed or oversized message raises ValueError.
 """
 
 from __future__ import annotations
@@ -32,10 +35,13 @@ from __future__ import annotations
 import os
 import struct
 
+from jailcc.wire import U32, recv_exact
+
 from .hosts import user_hosts_file
 
 TYPE_CHECKING = False
 if TYPE_CHECKING:
+    import socket
     from collections.abc import Mapping
 
 MAGIC_JOB = b"JCP1"
@@ -48,8 +54,11 @@ LOCAL = 1
 MAX_REQUEST = 4 << 20  # argv + environment
 MAX_OUTPUT = 64 << 20  # stdout or stderr of one compile
 MAX_REPLY = 256 << 20  # a JSON answer (a trace of MAX_SPANS jobs is about 40 MiB)
+MAX_PATH = 4096  # the compiler's path in a LOCAL reply
+MAX_ARGS = 100_000  # arguments in a request or a LOCAL reply, and environment strings
+MAX_STRING = 1 << 20  # one argument, or the message, of a LOCAL reply
 
-_U32 = struct.Struct(">I")
+_I32 = struct.Struct(">i")
 
 
 def runtime_dir(uid: int | None = None, env: Mapping[str, str] = os.environ) -> str:
@@ -119,12 +128,25 @@ def encode_request(
     def z(text: str) -> bytes:
         return os.fsencode(text) + b"\0"
 
-    parts = [_U32.pack(1 if stderr_tty else 0), _U32.pack(umask), _U32.pack(len(argv))]
+    parts = [U32.pack(1 if stderr_tty else 0), U32.pack(umask), U32.pack(len(argv))]
     parts += [z(a) for a in argv]
-    parts += [z(exe), z(cwd), _U32.pack(len(env))]
+    parts += [z(exe), z(cwd), U32.pack(len(env))]
     parts += [z(f"{k}={v}") for k, v in env.items()]
-    body = b"".join(parts)
-    return MAGIC_JOB + _U32.pack(len(body)) + body
+    return encode_message(MAGIC_JOB, b"".join(parts))
+
+
+def encode_message(magic: bytes, body: bytes = b"") -> bytes:
+    """A request: its magic, u32 N, N bytes."""
+    return magic + U32.pack(len(body)) + body
+
+
+def read_request(sock: socket.socket) -> tuple[bytes, bytes]:
+    """(magic, body) of a request; the body at most MAX_REQUEST bytes."""
+    head = recv_exact(sock, 4 + U32.size, ValueError)
+    (size,) = U32.unpack_from(head, 4)
+    if size > MAX_REQUEST:
+        raise ValueError(f"request of {size} bytes exceeds {MAX_REQUEST}")
+    return head[:4], recv_exact(sock, size, ValueError)
 
 
 class Request:
@@ -151,7 +173,7 @@ def decode_request(body: bytes) -> Request:
         nonlocal pos
         if pos + 4 > len(view):
             raise ValueError("request too short")
-        (value,) = _U32.unpack_from(view, pos)
+        (value,) = U32.unpack_from(view, pos)
         pos += 4
         return value
 
@@ -165,12 +187,12 @@ def decode_request(body: bytes) -> Request:
         return text
 
     flags, umask, argc = u32(), u32(), u32()
-    if argc < 1 or argc > 100_000 or umask > 0o777:
+    if argc < 1 or argc > MAX_ARGS or umask > 0o777:
         raise ValueError("bad argument count or umask")
     argv = [string() for _ in range(argc)]
     exe, cwd = string(), string()
     envc = u32()
-    if envc > 100_000:
+    if envc > MAX_ARGS:
         raise ValueError("bad environment count")
     env = {}
     for _ in range(envc):
@@ -182,14 +204,45 @@ def decode_request(body: bytes) -> Request:
     return Request(argv, exe, cwd, env, bool(flags & 1), umask)
 
 
+def encode_reply(body: bytes = b"") -> bytes:
+    """The reply to JCPS, JCPT, JCPM (N bytes of JSON) or JCPQ (none): u32 N, N bytes."""
+    return U32.pack(len(body)) + body
+
+
+def read_reply(sock: socket.socket) -> bytes:
+    """The body of an encode_reply reply, at most MAX_REPLY bytes."""
+    (size,) = U32.unpack(recv_exact(sock, U32.size, ValueError))
+    if size > MAX_REPLY:
+        raise ValueError(f"reply of {size} bytes exceeds {MAX_REPLY}")
+    return recv_exact(sock, size, ValueError)
+
+
+class Done:
+    """A JCP1 reply: the compile ran; write its output, exit with its status."""
+
+    __slots__ = ("exit_code", "stderr", "stdout")
+
+    def __init__(self, exit_code: int, stdout: bytes, stderr: bytes) -> None:
+        self.exit_code, self.stdout, self.stderr = exit_code, stdout, stderr
+
+
+class Local:
+    """A JCP1 reply: print the message, exec the compiler with these arguments."""
+
+    __slots__ = ("args", "compiler", "message")
+
+    def __init__(self, compiler: str, args: list[str], message: str) -> None:
+        self.compiler, self.args, self.message = compiler, args, message
+
+
 def encode_done(exit_code: int, stdout: bytes, stderr: bytes) -> bytes:
     return b"".join(
         [
             bytes([DONE]),
-            struct.pack(">i", exit_code),
-            _U32.pack(len(stdout)),
+            _I32.pack(exit_code),
+            U32.pack(len(stdout)),
             stdout,
-            _U32.pack(len(stderr)),
+            U32.pack(len(stderr)),
             stderr,
         ]
     )
@@ -197,8 +250,42 @@ def encode_done(exit_code: int, stdout: bytes, stderr: bytes) -> bytes:
 
 def encode_local(compiler: str, args: list[str], message: str) -> bytes:
     msg = message.encode("utf-8", "replace")
-    parts = [bytes([LOCAL]), _U32.pack(len(os.fsencode(compiler))), os.fsencode(compiler)]
-    parts.append(_U32.pack(len(args)))
+    parts = [bytes([LOCAL]), U32.pack(len(os.fsencode(compiler))), os.fsencode(compiler)]
+    parts.append(U32.pack(len(args)))
     parts += [os.fsencode(a) + b"\0" for a in args]
-    parts += [_U32.pack(len(msg)), msg]
+    parts += [U32.pack(len(msg)), msg]
     return b"".join(parts)
+
+
+def read_job_reply(sock: socket.socket) -> Done | Local:
+    """The proxy's reply to a JCP1 request, read as it comes (its length is not sent first)."""
+
+    def read(n: int) -> bytes:
+        return recv_exact(sock, n, ValueError)
+
+    def u32(cap: int) -> int:
+        (value,) = U32.unpack(read(U32.size))
+        if value > cap:
+            raise ValueError("oversized reply")
+        return value
+
+    kind = read(1)[0]
+    if kind == DONE:
+        (exit_code,) = _I32.unpack(read(_I32.size))
+        stdout = read(u32(MAX_OUTPUT))
+        stderr = read(u32(MAX_OUTPUT))
+        return Done(exit_code, stdout, stderr)
+    if kind == LOCAL:
+        compiler = os.fsdecode(read(u32(MAX_PATH)))
+        argc = u32(MAX_ARGS)
+        args = []
+        for _ in range(argc):
+            chunk = b""
+            while not chunk.endswith(b"\0"):
+                chunk += read(1)
+                if len(chunk) > MAX_STRING:
+                    raise ValueError("oversized argument")
+            args.append(os.fsdecode(chunk[:-1]))
+        message = read(u32(MAX_STRING)).decode("utf-8", "replace")
+        return Local(compiler, args, message)
+    raise ValueError("unknown reply")

@@ -7,7 +7,7 @@ import socket
 from collections import namedtuple
 
 from jailcc import __version__
-from jailcc.server import protocol as proto
+from jailcc import protocol as proto
 
 from .hosts import Host
 

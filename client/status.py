@@ -13,7 +13,7 @@ import math
 import socket
 from typing import Any
 
-from jailcc.server import protocol as proto
+from jailcc import protocol as proto
 
 from .hosts import Host
 from .remote import (

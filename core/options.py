@@ -4,7 +4,7 @@ ends of a job.
 * ``jailcc.client.args`` (the client, once per compile) classifies a command line with it:
   which options the local preprocessing run gets, which the remote compile gets, and which
   keep the job local.
-* ``jailcc.server.compiler_policy`` (in the connection's jail) admits a job's arguments only if
+* ``jailcc.jobs.compiler_policy`` (in the connection's jail) admits a job's arguments only if
   every one of them parses to a row whose decision sends it to the remote compile: an
   allowlist.  So whatever the client sends remote the server accepts, and whatever the server
   refuses the client keeps local (tests/test_options.py checks both over the whole table).

@@ -4,9 +4,12 @@ A frame is a 4-byte big-endian length N followed by N bytes: a 1-byte frame type
 big-endian header length H, H bytes of a JSON object, then the frame's blobs back to back.
 The header lists each blob's length on the wire under "blobs" and, for compressed blobs, its
 length once decompressed under "raw"; both are checked against caps before anything is read or
-decompressed. Blobs marked compressed are LZ4 blocks.
+decompressed. Blobs marked compressed are LZ4 blocks. After the handshake a connection's frames
+go sealed (SealedChannel).
 
-This module is imported by the client on every compile: standard library and lz4 only.
+The client, the network service, the jobs inside each jail and `jailccd selftest` all speak it.
+Its reads, header parsing and header cap are jailcc.wire's. This module is imported by the
+client on every compile: standard library and lz4 only.
 """
 
 from __future__ import annotations
@@ -16,7 +19,7 @@ import socket
 import struct
 import time
 
-from jailcc.sandbox.wire import json_object, recv_exact
+from jailcc.wire import MAX_HEADER, U32, is_size, json_object, recv_exact, recv_start
 
 TYPE_CHECKING = False  # typing costs milliseconds to import, on every compile; type checkers know
 if TYPE_CHECKING:
@@ -47,7 +50,7 @@ FRAME_NAMES = {
 
 # Caps. Before the hello exchange only a small frame is accepted.
 MAX_HELLO_FRAME = 64 * 1024
-MAX_HEADER = 256 * 1024
+# A frame's JSON header is capped at jailcc.wire's MAX_HEADER.
 DEFAULT_MAX_FRAME = 256 * 1024 * 1024
 MAX_BLOBS = 64
 # A GSSAPI token before the context is complete (a Kerberos AP-REQ with a PAC fits easily).
@@ -145,12 +148,7 @@ def recv(
 def _recv_start(sock: socket.socket | DeadlineSocket, size: int) -> bytes:
     """A frame's first `size` bytes: ConnectionClosed if the peer closed cleanly before any,
     TruncatedFrame if it closed after some."""
-    first = sock.recv(size, socket.MSG_WAITALL)
-    if not first:
-        raise ConnectionClosed("connection closed")
-    if len(first) < size:
-        first += _recv_exact(sock, size - len(first))
-    return first
+    return recv_start(sock, size, ConnectionClosed, TruncatedFrame)
 
 
 class DeadlineSocket:
@@ -252,8 +250,8 @@ def _parse(
         or not isinstance(raws, list)
         or len(sizes) != len(raws)
         or len(sizes) > MAX_BLOBS
-        or not all(_is_size(s) for s in sizes)
-        or not all(r is None or _is_size(r) for r in raws)
+        or not all(is_size(s) for s in sizes)
+        or not all(r is None or is_size(r) for r in raws)
     ):
         raise ProtocolError("malformed blob table")
     if 5 + head_len + sum(sizes) != body_len:
@@ -266,10 +264,6 @@ def _parse(
         data = read(size)
         blobs.append(data if raw is None else _decompress(data, raw))
     return frame_type, header, blobs
-
-
-def _is_size(value: Any) -> bool:
-    return isinstance(value, int) and not isinstance(value, bool) and value >= 0
 
 
 def expect(
@@ -335,7 +329,6 @@ class SealedChannel(Channel):
     sealed = True
     confidential = True  # only a benchmark turns it off, to measure what it costs
     _SEQ = struct.Struct(">Q")
-    _LEN = struct.Struct(">I")
 
     def __init__(self, sock: socket.socket, context: Any) -> None:
         super().__init__(sock)
@@ -354,13 +347,13 @@ class SealedChannel(Channel):
         token = self.context.wrap(self._SEQ.pack(self.send_seq) + frame, self.confidential)
         token = token.message
         self.send_seq += 1
-        self.sock.sendall(self._LEN.pack(len(token)) + token)
+        self.sock.sendall(U32.pack(len(token)) + token)
         return 4 + len(token)
 
     def recv(
         self, max_frame: int = DEFAULT_MAX_FRAME, max_raw: int | None = None
     ) -> tuple[int, dict[str, Any], list[bytes]]:
-        (size,) = self._LEN.unpack(_recv_start(self.sock, 4))
+        (size,) = U32.unpack(_recv_start(self.sock, U32.size))
         if size > max_frame + _PREFIX.size + SEAL_OVERHEAD:
             raise ProtocolError(f"sealed frame of {size} bytes exceeds the cap of {max_frame}")
         token = _recv_exact(self.sock, size)

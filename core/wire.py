@@ -1,11 +1,21 @@
-"""Bounded message framing for the sandbox's own channels.
+"""Bounded framing, the one module every layer's channels are built on.
 
-Stream channel (server <-> a jail's init): a message is a 4-byte big-endian header length, a
-JSON header, then the raw blobs whose sizes the header lists under "blobs". Every size is
-checked against a cap before anything is read, so a peer cannot make us allocate unboundedly.
+Primitives: recv_start and recv_exact (whole reads, the peer closing told apart from a cut),
+json_object (a JSON header, its nesting capped), is_size, write_all, U32 (the big-endian
+length every jailcc framing uses). jailcc.protocol (client <-> server frames) and the per-user
+proxy's protocol (client/proxy_wire.py) build their own formats on them.
 
-Packet channel (server <-> launcher): one JSON object per SOCK_SEQPACKET datagram, with file
+Two formats of the project's internal channels live here too, with their caps:
+
+Messages over a stream socket (the monitor, the network service, a jail's init): a 4-byte
+big-endian header length, a JSON header, then the raw blobs whose sizes the header lists under
+"blobs"; file descriptors may travel with the first bytes by SCM_RIGHTS. Every size is checked
+against a cap before anything is read, so a peer cannot make us allocate unboundedly.
+
+Packets (the monitor <-> the launcher): one JSON object per SOCK_SEQPACKET datagram, with file
 descriptors passed alongside by SCM_RIGHTS.
+
+The client imports this module on every compile: standard library only, nothing costly.
 """
 
 from __future__ import annotations
@@ -21,7 +31,7 @@ if TYPE_CHECKING:
     from typing import Any
 
 
-_LEN = struct.Struct(">I")
+U32 = struct.Struct(">I")  # a length (or count) on the wire: 4 bytes, big-endian
 MAX_HEADER = 256 * 1024
 MAX_PACKET = 64 * 1024
 # How deep a JSON header may nest. Ours nest three deep; much deeper would make the decoder, or
@@ -35,6 +45,22 @@ class WireError(Exception):
 
 class PeerClosed(WireError):
     """The peer closed the channel at a message boundary."""
+
+
+def recv_start(
+    sock: socket.socket,
+    size: int,
+    closed: type[Exception] = PeerClosed,
+    error: type[Exception] = WireError,
+) -> bytes:
+    """A message's first size bytes: `closed` if the peer closed cleanly before sending any,
+    `error` if it closed after some."""
+    first = sock.recv(size, socket.MSG_WAITALL)
+    if not first:
+        raise closed("channel closed")
+    if len(first) < size:
+        first += recv_exact(sock, size - len(first), error)
+    return first
 
 
 def recv_exact(sock: socket.socket, size: int, error: type[Exception] = WireError) -> bytes:
@@ -79,6 +105,11 @@ def _nesting(raw: bytes) -> int:
     return deepest
 
 
+def is_size(value: Any) -> bool:
+    """Whether a header's value is a size: an int (not a bool), not negative."""
+    return isinstance(value, int) and not isinstance(value, bool) and value >= 0
+
+
 def write_all(fd: int, data: bytes) -> None:
     """Write all of data to fd (os.write may write less than it was given)."""
     view = memoryview(data)
@@ -97,7 +128,7 @@ def send_message(
     raw = json.dumps(header, separators=(",", ":")).encode()
     if len(raw) > MAX_HEADER:
         raise WireError(f"header of {len(raw)} bytes exceeds {MAX_HEADER}")
-    head = _LEN.pack(len(raw)) + raw
+    head = U32.pack(len(raw)) + raw
     if fds:
         sent = socket.send_fds(sock, [head], list(fds))
         sock.sendall(head[sent:])
@@ -109,17 +140,14 @@ def send_message(
 
 def recv_message(sock: socket.socket, max_total: int) -> tuple[dict[str, Any], list[bytes]]:
     """Read one message; its blobs may add up to at most max_total bytes."""
-    first = sock.recv(_LEN.size, socket.MSG_WAITALL)
-    if not first:
-        raise PeerClosed("channel closed")
-    return _recv_rest(sock, first, max_total)
+    return _recv_rest(sock, recv_start(sock, U32.size), max_total)
 
 
 def recv_message_with_fds(
     sock: socket.socket, max_total: int, max_fds: int
 ) -> tuple[dict[str, Any], list[bytes], list[int]]:
     """recv_message for a message that may carry up to max_fds descriptors."""
-    first, fds, flags, _ = socket.recv_fds(sock, _LEN.size, max(max_fds, 1))
+    first, fds, flags, _ = socket.recv_fds(sock, U32.size, max(max_fds, 1))
     if len(fds) > max_fds or flags & socket.MSG_CTRUNC:
         _close_all(fds)
         raise WireError("message carrying unexpected descriptors")
@@ -142,16 +170,14 @@ def _close_all(fds: Sequence[int]) -> None:
 def _recv_rest(
     sock: socket.socket, first: bytes, max_total: int
 ) -> tuple[dict[str, Any], list[bytes]]:
-    if len(first) < _LEN.size:
-        first += recv_exact(sock, _LEN.size - len(first))
-    (length,) = _LEN.unpack(first)
+    if len(first) < U32.size:
+        first += recv_exact(sock, U32.size - len(first))
+    (length,) = U32.unpack(first)
     if length > MAX_HEADER:
         raise WireError(f"header of {length} bytes exceeds {MAX_HEADER}")
     header = json_object(recv_exact(sock, length))
     sizes = header.pop("blobs", [])
-    if not isinstance(sizes, list) or not all(
-        isinstance(s, int) and not isinstance(s, bool) and s >= 0 for s in sizes
-    ):
+    if not isinstance(sizes, list) or not all(is_size(s) for s in sizes):
         raise WireError("malformed blob sizes")
     if sum(sizes) > max_total:
         raise WireError(f"message of {sum(sizes)} bytes exceeds the cap of {max_total}")
@@ -171,15 +197,13 @@ def send_packet(sock: socket.socket, message: dict[str, Any], fds: Sequence[int]
 def recv_packet(sock: socket.socket, max_fds: int = 0) -> tuple[dict[str, Any], list[int]]:
     raw, fds, flags, _ = socket.recv_fds(sock, MAX_PACKET + 1, max(max_fds, 1))
     if len(fds) > max_fds or flags & (socket.MSG_CTRUNC | socket.MSG_TRUNC):
-        for fd in fds:
-            socket.close(fd)
+        _close_all(fds)
         raise WireError("packet truncated or carrying unexpected descriptors")
     if not raw:
         raise PeerClosed("channel closed")
     try:
         message = json_object(raw)
     except WireError:
-        for fd in fds:
-            socket.close(fd)
+        _close_all(fds)
         raise
     return message, fds

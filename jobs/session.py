@@ -9,8 +9,10 @@ per job: a slot to run in (with the job's working directory, and its source name
 answers), and the end of the job (it frees the slot, reads the jail's cgroup counters, writes
 the log line and counts the job's bytes).
 
-The launcher imports this module before any jail forks (`--preload`), which registers the
-handler and loads gssapi while the host's libraries are still in reach.
+Root never runs this module: the launcher only reads its source, and each jail's init imports
+it from memory after dropping its privileges (jobs/__init__.py, sandbox/jail_code.py), which
+registers the handler. gssapi and lz4 come from the launcher, loaded while the host's libraries
+are still in reach (JAIL_LIBRARIES).
 """
 
 from __future__ import annotations
@@ -23,15 +25,15 @@ from typing import Any
 
 import gssapi
 import gssapi.raw
-import lz4.block  # noqa: F401 - protocol.py imports it lazily, and after chroot it cannot
-from jailcc.sandbox.init import CONNECTION_HANDLERS, JailInit, JobRefused
+from jailcc import protocol as proto
+from jailcc.sandbox.jail_init import CONNECTION_HANDLERS, JailInit, JobRefused
 from jailcc.sandbox.spec import RunLimits
 
 from . import compiler_policy as policy
-from . import protocol as proto
+from .handover import HANDLER, IDLE_TIMEOUT, session_params
 
-HANDLER = "jobs"
-IDLE_TIMEOUT = 600.0
+__all__ = ["HANDLER", "IDLE_TIMEOUT", "JobRejected", "serve", "session_params"]
+
 SEND_TIMEOUT = 60.0
 # The input's name in the jail: the client's source base name with .i/.ii (keeps diagnostics
 # and any name-derived output the same as a local compile's).
@@ -44,30 +46,6 @@ class JobRejected(Exception):
     def __init__(self, code: str, message: str) -> None:
         super().__init__(message)
         self.code = code
-
-
-def session_params(
-    *,
-    auth: str,
-    identity: str,
-    compiler_path: str,
-    compiler_kind: str,
-    image: str,
-    max_input_bytes: int,
-    run_limits: RunLimits,
-    hello: dict[str, Any],
-) -> dict[str, Any]:
-    """What the server tells the jail about the connection it hands over."""
-    return {
-        "auth": auth,
-        "identity": identity,
-        "compiler_path": compiler_path,
-        "compiler_kind": compiler_kind,
-        "image": image,
-        "max_input_bytes": max_input_bytes,
-        "run_limits": run_limits.to_dict(),
-        "hello": hello,
-    }
 
 
 def serve(init: JailInit, conn: socket.socket, params: dict[str, Any], token: bytes) -> str | None:

@@ -9,11 +9,13 @@ import json
 import os
 import sys
 
-from ..images.directory import dir_images
-from ..images.errors import ImageError
-from ..images.manifest import read_manifest
-from ..sandbox.selftest import PROBE_NAMES, SelftestError, reports_to_json, run_selftest
-from . import config
+from jailcc import jobs
+from jailcc.images.directory import dir_images
+from jailcc.images.errors import ImageError
+from jailcc.images.manifest import read_manifest
+from jailcc.sandbox.selftest import PROBE_NAMES, SelftestError, reports_to_json, run_selftest
+
+from . import config, jobs_probe
 from .catalog import image_dir, name_images
 
 
@@ -32,7 +34,15 @@ def _selftest(args: argparse.Namespace) -> int:
             print(f"{verdict}  {image:<12} {result.name:<22} {result.detail}", flush=True)
 
     reports = run_selftest(
-        images, only=args.probe or None, timing_rounds=args.timing_rounds, progress=show
+        images,
+        only=args.probe or None,
+        timing_rounds=args.timing_rounds,
+        progress=show,
+        # The production job path too: jails that load the job code as jailccd's do, and one
+        # compile through the jobs handler.
+        jobs_check=(jobs_probe.NAME, jobs_probe.probe),
+        jail_modules=jobs.JAIL_MODULES,
+        jail_libraries=jobs.JAIL_LIBRARIES,
     )
     summary = reports_to_json(reports)
     if args.json:
@@ -92,7 +102,9 @@ def build_selftest_parser() -> argparse.ArgumentParser:
         " escape from inside: read host files, write the image, reach the network, see host"
         " processes, regain privileges, exhaust memory, processes, disk and time, outlive the"
         " jail, see another jail. Prints PASS (blocked) or FAIL (escaped) per probe and exits"
-        " non-zero on any FAIL. Needs root, and gcc with libc6-dev to build the probes.",
+        " non-zero on any FAIL; first, jobs_compile compiles a C file through a jail's jobs"
+        " handler as a client's job would. Needs root, and gcc with libc6-dev to build the"
+        " probes.",
     )
     st.add_argument(
         "--toolchain-image",
@@ -111,9 +123,10 @@ def build_selftest_parser() -> argparse.ArgumentParser:
     st.add_argument(
         "--probe",
         action="append",
-        choices=PROBE_NAMES,
+        choices=(jobs_probe.NAME, *PROBE_NAMES),
         metavar="NAME",
-        help="run only this probe (repeatable); one of: " + ", ".join(PROBE_NAMES),
+        help="run only this probe (repeatable); one of: "
+        + ", ".join((jobs_probe.NAME, *PROBE_NAMES)),
     )
     st.add_argument(
         "--timing-rounds",

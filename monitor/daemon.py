@@ -3,32 +3,38 @@
 from __future__ import annotations
 
 import argparse
+import contextlib
 import logging
 import os
+import pwd
 import signal
+import socket
+import subprocess
 import sys
 import threading
 from typing import NamedTuple
 
-from jailcc import __version__
+from jailcc import __version__, jobs, wire
 from jailcc.images.errors import ImageError
 from jailcc.sandbox.api import Sandbox, SandboxError
 from jailcc.sandbox.spec import JailLimits, MiB, RunLimits
+from jailcc.sandbox.uidpool import DEFAULT_BASE
 
-from . import protocol as proto
-from . import session
 from .catalog import IMAGE_DIR, Catalog, image_dir
 from .config import DEFAULT_CONFIG
+from .jail_cache import JailCache
 from .local_auth import LocalAuthorizer
-from .service import JobService, PrincipalAuthorizer, ServiceConfig
+from .monitor import Monitor, MonitorConfig
 
 TYPE_CHECKING = False
 if TYPE_CHECKING:
-    from collections.abc import Callable
-
+    from .authz import Authorizer
     from .kerberos import KerberosAcceptor
 
 DEFAULT_SOCKET = "/run/jailccd/jailccd.sock"
+DEFAULT_SERVICE_USER = "jailccd"
+# The network service's uid where no jailccd user exists: its own, next to the jails' range.
+SERVICE_UID_FALLBACK = DEFAULT_BASE - 1
 log = logging.getLogger("jailccd")
 
 
@@ -303,6 +309,14 @@ def build_parser() -> argparse.ArgumentParser:
         help="serve Prometheus metrics at http://HOST:PORT/metrics. Plain HTTP with no"
         " authentication: bind it to loopback or a management network only",
     )
+    p.add_argument(
+        "--service-user",
+        default=DEFAULT_SERVICE_USER,
+        metavar="USER",
+        help="the user the network service runs as (it parses what peers send before they"
+        f" authenticate; never root). Default {DEFAULT_SERVICE_USER}; when no such user"
+        f" exists, uid {SERVICE_UID_FALLBACK}",
+    )
     p.add_argument("--log-file", metavar="PATH", help="log here instead of to stderr")
     p.add_argument(
         "--log-level",
@@ -325,31 +339,20 @@ def run(args: argparse.Namespace) -> int:
         return 2
     try:
         tcp, kerberos, principals, serve_unix, catalog, authorizer = check(args)
+        service_uid, service_gid = service_user(args.service_user)
     except (ImageError, ValueError) as exc:
         print(f"jailccd: error: {exc}", file=sys.stderr)
         return 2
     import prctl
 
     prctl.set_child_subreaper(True)  # this machine's PID 1 does not reap orphans
-    config = ServiceConfig(
-        slots=args.jobs,
-        max_connections=args.max_connections,
-        max_input_bytes=args.max_input * MiB,
-        jail_limits=JailLimits(memory_bytes=args.job_memory * MiB, pids_max=256),
-        run_limits=RunLimits(cpu_seconds=int(args.job_timeout) + 1, wall_seconds=args.job_timeout),
-        kerberos=kerberos,
-        principals=principals,
-        max_queue=args.max_queue,
-        speed=args.speed,
-        handshake_timeout=args.handshake_timeout,
-        frame_timeout=args.frame_timeout,
-        max_unauthenticated=args.max_unauthenticated,
-        max_unauthenticated_per_peer=args.max_unauthenticated_per_peer,
-        peer_log_lines=args.log_peer_lines,
-        status_show_sources=args.status_show_sources,
-    )
     try:
-        sandbox = Sandbox(catalog.images, preload=[session.__name__], image_dir=catalog.directory)
+        sandbox = Sandbox(
+            catalog.images,
+            jail_modules=jobs.JAIL_MODULES,
+            jail_libraries=jobs.JAIL_LIBRARIES,
+            image_dir=catalog.directory,
+        )
     except SandboxError as exc:
         print(f"jailccd: error: {exc}", file=sys.stderr)
         return 2
@@ -358,79 +361,265 @@ def run(args: argparse.Namespace) -> int:
         sandbox.close()
         print("jailccd: error: no usable toolchain image (see the log)", file=sys.stderr)
         return 2
-    service = JobService(sandbox, catalog, authorizer, config)
+    listeners: list[socket.socket] = []
     try:
         if serve_unix:
-            service.listen_unix(args.socket)
+            listeners.append(listen_unix(args.socket, authorizer.describe()))
         if tcp:
-            port = service.listen_tcp(*tcp)
+            sock, port = listen_tcp(*tcp, kerberos, principals)
+            listeners.append(sock)
             how = "insecure" if kerberos is None else f"Kerberos, as {kerberos.principal}"
             print(f"jailccd: listening on tcp:{tcp[0]}:{port} ({how})", file=sys.stderr)
-    except OSError as exc:
+        if args.announce and not tcp:
+            raise ValueError("--announce needs --listen")
+    except (OSError, ValueError) as exc:
+        _close_listeners(listeners)
         sandbox.close()
         print(f"jailccd: error: {exc}", file=sys.stderr)
         return 2
+    jail_cache = JailCache(args.jobs, lambda leaks: log.error("jail teardown left: %s", leaks))
+    monitor = Monitor(
+        sandbox,
+        catalog,
+        jail_cache,
+        authorizer,
+        MonitorConfig(
+            jail_limits=JailLimits(memory_bytes=args.job_memory * MiB, pids_max=256),
+            run_limits=RunLimits(
+                cpu_seconds=int(args.job_timeout) + 1, wall_seconds=args.job_timeout
+            ),
+            max_input_bytes=args.max_input * MiB,
+            max_connections=args.max_connections,
+        ),
+        kerberos,
+        principals,
+    )
+    jail_cache.on_teardown = monitor.torn_down
+    setup = {
+        "log_level": args.log_level,
+        # The network service's ServiceConfig (server/service.py), whose fields these must be.
+        "config": {
+            "slots": args.jobs,
+            "max_connections": args.max_connections,
+            "tcp_auth": None if not tcp else ("insecure" if kerberos is None else "gssapi"),
+            "principal": kerberos.principal if kerberos else "",
+            "max_queue": args.max_queue,
+            "speed": args.speed,
+            "handshake_timeout": args.handshake_timeout,
+            "frame_timeout": args.frame_timeout,
+            "max_unauthenticated": args.max_unauthenticated,
+            "max_unauthenticated_per_peer": args.max_unauthenticated_per_peer,
+            "peer_log_lines": args.log_peer_lines,
+            "status_show_sources": args.status_show_sources,
+        },
+        "catalog": monitor.catalog_generation,
+        "metrics": args.metrics,
+        "desktop": (
+            {"calm": args.desktop_calm, "evict_after": args.desktop_evict_after}
+            if args.desktop
+            else None
+        ),
+        "announce": (
+            {"port": listeners[-1].getsockname()[1], "addresses": args.announce_address}
+            if args.announce
+            else None
+        ),
+    }
+    service, main_channel = start_network_service(
+        setup, listeners, service_uid, service_gid, args.log_file
+    )
+    _close_listeners(listeners, unlink=False)  # the service has them now
+    serving = threading.Thread(target=monitor.serve, args=(main_channel,), name="monitor")
+    serving.daemon = True
+    serving.start()
+    stopping = threading.Event()
 
     def on_signal(signum: int, _frame: object) -> None:
         log.info("signal %d: stopping", signum)
-        service.stop()
+        stopping.set()
 
     def on_hangup(_signum: int, _frame: object) -> None:
         # Not in the handler: a rescan verifies images and waits for the launcher.
         log.info("SIGHUP: rescanning the toolchain images")
-        threading.Thread(target=catalog.sync, args=(sandbox,), name="rescan").start()
+
+        def rescan() -> None:
+            catalog.sync(sandbox)
+            monitor.rescanned()
+
+        threading.Thread(target=rescan, name="rescan").start()
 
     signal.signal(signal.SIGTERM, on_signal)
     signal.signal(signal.SIGINT, on_signal)
     signal.signal(signal.SIGHUP, on_hangup)
-    extras = []
-    try:
-        if args.metrics:
-            _serve_metrics(service, args.metrics)
-        if args.desktop:
-            extras.append(_watch_the_owner(service, args.desktop_calm, args.desktop_evict_after))
-        if args.announce:
-            if not tcp:
-                raise ValueError("--announce needs --listen")
-            extras.append(_announce(service, catalog, port, kerberos, args.announce_address))
-    except (OSError, ValueError) as exc:
-        service.stop()
-        sandbox.close()
-        print(f"jailccd: error: {exc}", file=sys.stderr)
-        return 2
     images = ", ".join(
         f"{n} ({', '.join(c.name for c in m.compilers)})" for n, m in catalog.manifests.items()
     )
     log.info(
-        "jailccd ready: protocol %d, %d slots, images %s",
-        proto.PROTOCOL_VERSION,
-        config.slots,
+        "jailccd ready: %d slots, images %s; network service pid %d as uid %d",
+        args.jobs,
         images,
+        service.pid,
+        service_uid,
     )
+    failed = False
     try:
-        service.serve_forever()
+        while not stopping.wait(0.2):
+            if service.poll() is not None:
+                log.critical(
+                    "the network service (uid %d) exited (status %s): stopping; its own lines"
+                    " above say why (it must be able to read jailcc's installation as that"
+                    " user: see --service-user)",
+                    service_uid,
+                    service.returncode,
+                )
+                failed = True
+                break
+            if sandbox.launcher_exit is not None:
+                # Without it no jail can be built: stop, so a supervisor restarts us, rather
+                # than refuse every job while looking alive.
+                log.critical(
+                    "the jail launcher died (status %s): stopping; restart jailccd",
+                    sandbox.launcher_exit,
+                )
+                failed = True
+                break
     finally:
-        for close in extras:
-            close()
-        service.stop()
+        _stop_process(service)
+        main_channel.close()
+        jail_cache.close()
         sandbox.close()
-        log.info("jailccd stopped: %s", service.metrics.totals())
-    return 1 if service.failed else 0
+        if serve_unix:
+            with contextlib.suppress(OSError):
+                os.unlink(args.socket)
+        log.info("jailccd stopped")
+    return 1 if failed else 0
 
 
-def _serve_metrics(service: JobService, address: str) -> None:
-    """Prometheus metrics from a daemon thread, on the address given only."""
-    host, _, port = address.rpartition(":")
-    if not host or not port.isdigit():
-        raise ValueError("--metrics takes HOST:PORT")
-    bound = service.metrics.serve(host.strip("[]"), int(port))
-    log.warning("serving metrics on http://%s:%d/metrics, unauthenticated", host, bound)
+def service_user(name: str) -> tuple[int, int]:
+    """The uid and gid the network service runs as: the named user's, or, for the default
+    name when no such user exists, a uid of its own just below the jails' range."""
+    try:
+        entry = pwd.getpwnam(name)
+    except KeyError:
+        if name != DEFAULT_SERVICE_USER:
+            raise ValueError(f"--service-user {name}: no such user") from None
+        return SERVICE_UID_FALLBACK, SERVICE_UID_FALLBACK
+    if entry.pw_uid == 0:
+        raise ValueError(f"--service-user {name}: must not be root")
+    return entry.pw_uid, entry.pw_gid
+
+
+def start_network_service(
+    setup: dict[str, object],
+    listeners: list[socket.socket],
+    uid: int,
+    gid: int,
+    log_file: str | None,
+) -> tuple[subprocess.Popen[bytes], socket.socket]:
+    """Start server/netservice.py as uid:gid with no supplementary groups, no capabilities
+    (a uid change from root clears them all) and no_new_privs; hand it its settings and the
+    listening sockets. It logs to our log file (opened here: it may not open it itself) or
+    our stderr. Returns the process and the monitor's end of the main channel."""
+    ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM)
+
+    def unprivileged() -> None:  # runs in the child after the uid change, before exec
+        import prctl
+
+        prctl.set_no_new_privs(True)
+        prctl.set_pdeathsig(signal.SIGKILL)
+
+    fds = [theirs.fileno(), *(sock.fileno() for sock in listeners)]
+    log_stream = open(log_file, "ab") if log_file else None  # noqa: SIM115 - the child's
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "jailcc.server.netservice", "--monitor-fd", str(theirs.fileno())],
+        pass_fds=fds,
+        stdin=subprocess.DEVNULL,
+        stdout=subprocess.DEVNULL,
+        stderr=log_stream,
+        user=uid,
+        group=gid,
+        extra_groups=[],
+        cwd="/",
+        preexec_fn=unprivileged,
+    )
+    theirs.close()
+    if log_stream is not None:
+        log_stream.close()
+    wire.send_message(ours, setup, fds=[sock.fileno() for sock in listeners])
+    return proc, ours
+
+
+def _stop_process(proc: subprocess.Popen[bytes]) -> None:
+    if proc.poll() is None:
+        proc.terminate()
+        try:
+            proc.wait(timeout=10)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait()
+
+
+def listen_unix(path: str, allowing: str) -> socket.socket:
+    os.makedirs(os.path.dirname(path) or ".", mode=0o755, exist_ok=True)
+    if os.path.exists(path):
+        probe = socket.socket(socket.AF_UNIX)
+        try:
+            probe.connect(path)
+        except OSError:
+            os.unlink(path)  # a stale socket from a server that is gone
+        else:
+            raise OSError(f"another jailccd is serving {path}")
+        finally:
+            probe.close()
+    sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    sock.bind(path)
+    # Anyone may connect; who may compile is decided from the peer's credentials.
+    os.chmod(path, 0o666)
+    sock.listen(128)
+    log.info("listening on unix:%s, allowing %s", path, allowing)
+    return sock
+
+
+def listen_tcp(
+    host: str, port: int, kerberos: KerberosAcceptor | None, principals: Authorizer | None
+) -> tuple[socket.socket, int]:
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    sock = socket.socket(family, socket.SOCK_STREAM)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    sock.bind((host, port))
+    sock.listen(128)
+    bound = sock.getsockname()[1]
+    if kerberos is not None:
+        assert principals is not None
+        log.info(
+            "listening on tcp:%s:%d as %s, allowing %s",
+            host,
+            bound,
+            kerberos.principal,
+            principals.describe(),
+        )
+    else:
+        log.warning(
+            "listening on tcp:%s:%d WITHOUT AUTHENTICATION (--insecure): anyone who can"
+            " reach this port can run compiles here",
+            host,
+            bound,
+        )
+    return sock, bound
+
+
+def _close_listeners(listeners: list[socket.socket], unlink: bool = True) -> None:
+    for sock in listeners:
+        if unlink and sock.family == socket.AF_UNIX:
+            with contextlib.suppress(OSError):
+                os.unlink(sock.getsockname())
+        sock.close()
 
 
 class Checked(NamedTuple):
     tcp: tuple[str, int] | None
     kerberos: KerberosAcceptor | None
-    principals: PrincipalAuthorizer | None
+    principals: Authorizer | None
     serve_unix: bool
     catalog: Catalog
     authorizer: LocalAuthorizer
@@ -475,7 +664,7 @@ def check(args: argparse.Namespace) -> Checked:
 
 def _kerberos(
     args: argparse.Namespace, tcp: bool
-) -> tuple[KerberosAcceptor | None, PrincipalAuthorizer | None]:
+) -> tuple[KerberosAcceptor | None, Authorizer | None]:
     """The Kerberos acceptor and the authorization source from the options, or (None, None)
     for no Kerberos. Fails closed: TCP without both only with --insecure."""
     kerberos_options = [args.keytab, args.principal, args.allow_principals, args.ldap_url]
@@ -529,88 +718,3 @@ def _kerberos(
     )
     authorizer.check_config()  # AuthorizationConfigError, a ValueError, says what is wrong
     return kerberos, authorizer
-
-
-def _watch_the_owner(service: JobService, calm: float, evict_after: float) -> Callable[[], None]:
-    """The desktop policy: sample the owner's activity, yield slots, priority and, under
-    sustained pressure, running jobs (server/owner.py)."""
-    from .owner import (
-        Decision,
-        OwnerMonitor,
-        OwnerState,
-        PolicyConfig,
-        desktop_policy,
-        keep_recent,
-    )
-
-    config = PolicyConfig(calm_seconds=calm, evict_after=evict_after)
-
-    history: list[OwnerState] = []
-    last: list[Decision | None] = [None]
-
-    def on_state(state: OwnerState) -> None:
-        nonlocal history
-        decision = desktop_policy(state, service.slots.configured, history, config)
-        history = keep_recent([*history, state], state.at, config)
-        if decision != last[0]:
-            log.info(
-                "desktop owner %s: %d slots, %s%s",
-                "busy" if state.busy else "away",
-                decision.advertised_slots,
-                "SCHED_IDLE" if decision.sched_idle else "normal priority",
-                ", evicting running jobs" if decision.evict else "",
-            )
-            last[0] = decision
-        service.yield_to_owner(
-            decision.advertised_slots, state.busy, decision.sched_idle, decision.evict
-        )
-
-    monitor = OwnerMonitor()
-    monitor.start(on_state)
-    return monitor.close
-
-
-def _announce(
-    service: JobService,
-    catalog: Catalog,
-    port: int,
-    kerberos: KerberosAcceptor | None,
-    addresses: list[str],
-) -> Callable[[], None]:
-    """DNS-SD over mDNS, its free-slot count kept current every two seconds."""
-    import socket
-    import threading
-
-    from .announce import Announcer
-
-    identities = sorted(catalog.by_identity)
-    # Several servers on one machine (or in its namespaces) need names of their own.
-    label = (
-        f"{socket.gethostname()}-jailccd-{addresses[0]}".replace(".", "-") if addresses else None
-    )
-    announcer = Announcer(
-        port,
-        kerberos.principal if kerberos else "",
-        identities,
-        service.slots.configured,
-        host_name=label,
-        addresses=addresses or None,
-    )
-    announcer.start()
-    stop = threading.Event()
-
-    def refresh() -> None:
-        while not stop.wait(2.0):
-            load = service.load()
-            announcer.update(
-                free_slots=max(0, load["slots"] - load["running"]), slots=load["slots"]
-            )
-
-    threading.Thread(target=refresh, name="announce", daemon=True).start()
-    log.info("announcing _jailcc._tcp on port %d (%s)", port, ", ".join(addresses) or "all")
-
-    def close() -> None:
-        stop.set()
-        announcer.close()
-
-    return close

@@ -1,4 +1,5 @@
-"""The server's side of the Kerberos (GSSAPI) handshake.
+"""The server's side of the Kerberos (GSSAPI) handshake, run by the root monitor one step at a
+time on the tokens the network service relays (monitor/monitor.py).
 
 The server's principal comes from configuration, never from reverse DNS; its key from a keytab
 read once at start-up. A context is accepted only if the client asked for mutual
@@ -9,7 +10,6 @@ name with its realm, never stripped.
 from __future__ import annotations
 
 import os
-from collections.abc import Callable
 
 import gssapi
 import gssapi.exceptions
@@ -44,34 +44,29 @@ class KerberosAcceptor:
         except gssapi.exceptions.GSSError as exc:
             raise ValueError(f"no key for {principal} in {keytab}: {_short(exc)}") from None
 
-    def accept(
-        self,
-        first_token: bytes,
-        exchange: Callable[[bytes], bytes],
-        max_rounds: int,
-    ) -> tuple[str, gssapi.SecurityContext, bytes | None]:
-        """Run the handshake from the client's first token. exchange(token) sends our token
-        and returns the client's next one. Returns (principal, context, last token to send)."""
-        context = gssapi.SecurityContext(creds=self.creds, usage="accept")
-        token: bytes | None = first_token
+    def new_context(self) -> gssapi.SecurityContext:
+        return gssapi.SecurityContext(creds=self.creds, usage="accept")
+
+    def step(self, context: gssapi.SecurityContext, token: bytes) -> tuple[bytes, bool]:
+        """One accept step: our token for the client (empty when there is none), and whether
+        the context is complete. (gssapi may raise a step's error only when asked whether the
+        context is complete.)"""
         try:
-            for _ in range(max_rounds):
-                assert token is not None
-                reply = context.step(token)
-                if context.complete:
-                    break
-                token = exchange(reply or b"")
-            else:
-                raise AuthenticationFailed("the handshake took too many rounds")
+            reply = context.step(token) or b""
+            return reply, bool(context.complete)
         except gssapi.exceptions.GSSError as exc:
             raise AuthenticationFailed(_short(exc)) from None
+
+    @staticmethod
+    def established(context: gssapi.SecurityContext) -> str:
+        """The client's principal, once the context is complete and as strong as we ask."""
         missing = [flag.name for flag in REQUIRED_FLAGS if flag not in context.actual_flags]
         if missing:
             raise AuthenticationFailed(f"the client did not ask for {', '.join(missing)}")
         principal = str(context.initiator_name)
         if "@" not in principal:
             raise AuthenticationFailed(f"a principal without a realm: {principal!r}")
-        return principal, context, reply
+        return principal
 
 
 def _profile_for_jails() -> None:

@@ -18,7 +18,8 @@ import threading
 from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
-from . import wire
+from jailcc import wire
+
 from .cgroups import JailCgroup
 from .spec import (
     WEAKENINGS,
@@ -52,7 +53,8 @@ class Sandbox:
         uid_count: int = DEFAULT_COUNT,
         warm: int = 1,
         allow_weaken: bool = False,
-        preload: Sequence[str] = (),
+        jail_modules: Sequence[str] = (),
+        jail_libraries: Sequence[str] = (),
         python: str = sys.executable,
         image_dir: str | None = None,
     ) -> None:
@@ -83,7 +85,11 @@ class Sandbox:
         ]
         if allow_weaken:  # tests and the selftest's own proofs only
             cmd.append("--allow-weaken")
-        cmd += [f"--preload={module}" for module in preload]
+        # The code each jail's init imports once unprivileged (jailcc.jobs): the launcher reads
+        # it as source and never runs it; and the libraries it needs, which the launcher
+        # imports (see jail_code.py).
+        cmd += [f"--jail-module={module}" for module in jail_modules]
+        cmd += [f"--jail-library={library}" for library in jail_libraries]
         if image_dir is not None:  # where mount_image may take images from later
             cmd.append(f"--image-dir={os.path.realpath(image_dir)}")
         cmd += [f"--image={name}={os.path.abspath(path)}" for name, path in images.items()]
@@ -274,7 +280,7 @@ class Jail:
         answer: Callable[[dict[str, Any]], dict[str, Any]],
         timeout: float,
     ) -> str | None:
-        """Hand a client connection to a connection handler in the jail (see init.py) and
+        """Hand a client connection to a connection handler in the jail (see jail_init.py) and
         answer its questions until the connection ends. Returns None for a clean end, or why
         it ended otherwise. `timeout` bounds the wait for each question. Our copy of conn is
         closed once it is handed over: from then on only the jail can read or write it."""
@@ -317,6 +323,9 @@ class Jail:
     def set_idle(self, idle: bool) -> None:
         """Run the jail at SCHED_IDLE (or normally again): its init, so every job it starts
         from now on, and the job running now."""
+        # Under cgroup v2 with the cpu controller, the jail's group too (cpu.idle): it then
+        # weighs least against jailccd's other groups, whatever its processes' policy.
+        JailCgroup(self._cgroups).set_idle(idle)
         policy = os.SCHED_IDLE if idle else os.SCHED_OTHER
         for pid in [self.pid, *self.job_pids()]:
             with contextlib.suppress(ProcessLookupError, PermissionError):

@@ -2,8 +2,13 @@
 
 It takes one command at a time from its control socket, runs it under rlimits and a wall
 clock, captures stdout and stderr up to caps, sweeps away every process the command left,
-returns the named output files and wipes the work dir and /tmp for the next command.
+returns the named output files and wipes the work dir and /tmp for the next command; or it
+serves a whole client connection with a registered connection handler (the jobs, jobs/).
 It holds no privilege, so whatever a job does to it gains nothing beyond the jail.
+
+It knows nothing of compilers: the same generic init runs the selftest's probes. The launcher
+forks it (sandbox/launcher.py, _jail_main), builds the jail around it and drops its privileges
+before this code takes over.
 """
 
 from __future__ import annotations
@@ -19,7 +24,8 @@ import time
 from collections.abc import Callable
 from typing import Any
 
-from . import wire
+from jailcc import wire
+
 from .spec import JailLimits, RunLimits
 
 MAX_NAMES = 1000
@@ -27,11 +33,11 @@ MAX_NAME_BYTES = 1024
 MAX_ARGS_BYTES = 256 * 1024
 
 
-# Connection handlers by name, registered by modules that the launcher imports before any jail
-# forks (its --preload). A handler speaks to a client directly, from inside the jail, on a
-# socket the server hands over: so the code that parses what an authenticated client sends runs
-# here, unprivileged, instead of in the server. It returns None when the client ended the
-# connection cleanly, or why it ended otherwise.
+# Connection handlers by name, registered by the modules the init imports from memory once it
+# is unprivileged (jail_code.py: jailcc.jobs.session registers "jobs"). A handler speaks to a
+# client directly, from inside the jail, on a socket the server hands over: so the code that
+# parses what an authenticated client sends runs here, unprivileged, instead of in the server.
+# It returns None when the client ended the connection cleanly, or why it ended otherwise.
 ConnectionHandler = Callable[["JailInit", socket.socket, dict[str, Any], bytes], "str | None"]
 CONNECTION_HANDLERS: dict[str, ConnectionHandler] = {}
 

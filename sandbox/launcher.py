@@ -11,6 +11,11 @@ Images can also come and go while it runs: "mount_image" mounts a file as a new 
 "retire_image" takes a name away (jails built from it keep their own mount until they end).
 Only the files given at start and *.img files directly in the --image-dir are mounted.
 
+It never runs the compiler-aware job code (jailcc.jobs) itself: it reads the source of the
+--jail-module modules at start-up, and each jail's init imports them from memory after dropping
+its privileges (jail_code.py). The only code it imports for the jails is a short list of
+libraries (--jail-library: gssapi, lz4), never the project's.
+
 Run as: python -m jailcc.sandbox.launcher --control-fd N --parent-pid P --image NAME=PATH ...
 """
 
@@ -19,7 +24,6 @@ from __future__ import annotations
 import argparse
 import contextlib
 import gc
-import importlib
 import os
 import re
 import select
@@ -31,11 +35,12 @@ import time
 from dataclasses import dataclass, field
 
 import prctl
-from jailcc import IMAGE_NAME_PATTERN
+from jailcc import IMAGE_NAME_PATTERN, wire
 
-from . import cgroups, loopdev, privileges, rootfs, wire
+from . import cgroups, loopdev, privileges, rootfs
 from . import syscalls as sc
-from .init import JailInit
+from .jail_code import JailCode, JailCodeError, import_libraries
+from .jail_init import JailInit
 from .spec import WEAKENINGS, JailLimits
 from .uidpool import DEFAULT_BASE, DEFAULT_COUNT, UidPool
 
@@ -44,7 +49,7 @@ REFILL_IDLE_SECONDS = 0.0005
 MAX_WARM_KEYS = 4  # distinct (image, limits) pairs kept warm; the least recent is drained
 MAX_IMAGES = 64
 MAX_IMAGE_BYTES = 16 << 30
-# An image's name, and after "@" the version the server counts (server/catalog.py).
+# An image's name, and after "@" the version the server counts (monitor/catalog.py).
 IMAGE_NAME = re.compile(IMAGE_NAME_PATTERN + r"(@[0-9]{1,9})?")
 
 
@@ -81,8 +86,10 @@ class Launcher:
         warm_per_key: int = 1,
         allow_weaken: bool = False,
         image_dir: str | None = None,
+        jail_code: JailCode | None = None,
     ) -> None:
         self.control = control
+        self.jail_code = jail_code or JailCode({})
         if image_dir is not None:
             _check_image_dir(image_dir)
         self.image_dir = image_dir
@@ -243,12 +250,7 @@ class Launcher:
         self.counter += 1
         jail_id = self.counter
         try:
-            group = cgroups.JailCgroup.create(
-                self.cgroup_parents,
-                f"{os.getpid()}-{jail_id}",
-                None if "no_memory_limit" in weaken else limits.memory_bytes,
-                None if "no_pids_limit" in weaken else limits.pids_max,
-            )
+            group = self._jail_cgroup(f"{os.getpid()}-{jail_id}", limits, weaken)
         except BaseException:
             self.pool.release(pool_uid)
             raise
@@ -269,6 +271,7 @@ class Launcher:
                 limits,
                 weaken,
                 self.spawn_helper,
+                self.jail_code,
             )
         if new_pidns:
             sc.setns(self.own_pidns, sc.CLONE_NEWPID)  # later forks stay in our namespace
@@ -277,6 +280,19 @@ class Launcher:
         pidfd = os.pidfd_open(pid)
         self.jails[jail_id] = LiveJail(pid, jail_uid, pool_uid, group, pidfd, limits, weaken)
         return PendingJail(jail_id, server_end, ready_r)
+
+    def _jail_cgroup(
+        self, name: str, limits: JailLimits, weaken: frozenset[str]
+    ) -> cgroups.JailCgroup:
+        memory = None if "no_memory_limit" in weaken else limits.memory_bytes
+        pids = None if "no_pids_limit" in weaken else limits.pids_max
+        try:
+            return cgroups.JailCgroup.create(self.cgroup_parents, name, memory, pids)
+        except FileNotFoundError:
+            # The "jailcc" parents are shared with this machine's other launchers, and one that
+            # stopped while we had no jail removed them (it removes them when empty): again.
+            self.cgroup_parents = cgroups.parent_dirs()
+            return cgroups.JailCgroup.create(self.cgroup_parents, name, memory, pids)
 
     def _finish(self, pending: PendingJail) -> tuple[dict, list[int]]:
         """Wait for a started jail to be ready; the reply and the channel to its init."""
@@ -417,6 +433,7 @@ def _jail_main(
     limits: JailLimits,
     weaken: frozenset[str],
     spawn_helper: str,
+    jail_code: JailCode,
 ) -> None:  # pragma: no cover - runs in the jail
     try:
         sc.close_fds_except({sock.fileno(), ready_w})
@@ -445,6 +462,9 @@ def _jail_main(
         # Opened while root: once non-dumpable, the init's own /proc files belong to root.
         io_counters = os.open("/proc/self/io", os.O_RDONLY | os.O_CLOEXEC)
         privileges.drop(pool_uid, weaken)
+        # Only now, chrooted and unprivileged, does the job code run: the launcher only read
+        # it. Done while the jail waits in the warm pool, so no connection waits for it.
+        jail_code.load()
         jail_init = JailInit(sock, limits, weaken, rootfs.SPAWN_HELPER, io_counters)
         jail_init.warm_up()
         os.write(ready_w, b"ok")
@@ -481,21 +501,33 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--allow-weaken", action="store_true", help="accept test weakenings")
     parser.add_argument("--spawn-helper", required=True, help="the static jailcc-spawn binary")
     parser.add_argument(
-        "--preload",
+        "--jail-module",
         action="append",
         default=[],
         metavar="MODULE",
-        help="import MODULE before any jail forks (it may register connection handlers)",
+        help="project code each jail imports from memory once unprivileged (it may register"
+        " connection handlers); read as source here, never run",
+    )
+    parser.add_argument(
+        "--jail-library",
+        action="append",
+        default=[],
+        metavar="MODULE",
+        help="a library (not project code) that jail code needs, imported before any jail forks",
     )
     args = parser.parse_args(argv)
-    for module in args.preload:
+    control = socket.socket(fileno=args.control_fd)
+    try:
         # Now, while the host's files are in reach: a jail cannot load code after chroot.
-        importlib.import_module(module)
+        import_libraries(args.jail_library)
+        jail_code = JailCode.read(args.jail_module)
+    except (OSError, ImportError, SyntaxError, ValueError, JailCodeError) as exc:
+        wire.send_packet(control, {"ok": False, "error": f"launcher start-up failed: {exc}"})
+        sys.exit(1)
     prctl.set_pdeathsig(signal.SIGKILL)
     if os.getppid() != args.parent_pid:
         sys.exit(1)  # the server died before we set the parent-death signal
     prctl.set_child_subreaper(True)
-    control = socket.socket(fileno=args.control_fd)
     try:
         images = dict(item.split("=", 1) for item in args.image)
         launcher = Launcher(
@@ -506,6 +538,7 @@ def main(argv: list[str] | None = None) -> None:
             args.warm,
             args.allow_weaken,
             args.image_dir,
+            jail_code,
         )
     except (OSError, ValueError, cgroups.CgroupError) as exc:
         wire.send_packet(control, {"ok": False, "error": f"launcher start-up failed: {exc}"})

@@ -5,6 +5,11 @@ the host and shipped in as the job's input). PASS means the jail held, FAIL that
 The host side prepares what the probes aim at: a planted file outside the jail, a loopback
 listener and an abstract socket in the host's network namespace, a canary key in the keyring
 the launcher inherits, a neighbouring live jail.
+
+The caller may add a check of the production job path (`jailccd selftest` does, with
+monitor/jobs_probe.py): its jails load the job code as jailccd's do (jail_modules), and the
+check gets a fresh jail of each image to hand a connection to. It is not an escape probe:
+PASS means the jobs ran.
 """
 
 from __future__ import annotations
@@ -46,6 +51,11 @@ RUN_LIMITS = RunLimits(
 )
 WORKDIR = "/selftest/work"
 PROBE_SOURCE = Path(__file__).with_name("probes.c")
+
+
+# A check of the production job path: its name, and a function of a fresh jail and the image's
+# path that says whether it passed and why.
+JobsCheck = tuple[str, Callable[[Jail, str], tuple[bool, str]]]
 
 
 class SelftestError(Exception):
@@ -151,6 +161,7 @@ class _Runner:
         weaken: frozenset[str],
     ) -> None:
         self.sandbox, self.image, self.probe, self.bait = sandbox, image, probe, bait
+        self.image_path = image_path
         self.weaken = weaken
         # Host paths a jail's mount table must not name: the image file, where the helpers
         # are built, where the launcher mounts things.
@@ -170,6 +181,17 @@ class _Runner:
             executables=["probe"],
             limits=RUN_LIMITS,
         )
+
+    def with_jail(
+        self, check: Callable[[Jail, str], tuple[bool, str]]
+    ) -> Callable[[], tuple[bool, str]]:
+        """A check of a fresh jail of this image, given the jail and the image's path."""
+
+        def run() -> tuple[bool, str]:
+            with self.jail() as jail:
+                return check(jail, self.image_path)
+
+        return run
 
     def simple(self, *args: str) -> tuple[bool, str]:
         with self.jail() as jail:
@@ -334,10 +356,16 @@ def run_selftest(
     only: Iterable[str] | None = None,
     timing_rounds: int = 20,
     progress: Callable[[str, ProbeResult], None] | None = None,
+    jobs_check: JobsCheck | None = None,
+    jail_modules: Sequence[str] = (),
+    jail_libraries: Sequence[str] = (),
 ) -> list[ImageReport]:
-    """Run the probes against a jail of each image; images maps a name to an image path."""
-    wanted = list(only) if only is not None else list(PROBE_NAMES)
-    unknown = set(wanted) - set(PROBE_NAMES)
+    """Run the probes against a jail of each image; images maps a name to an image path.
+    jobs_check, if given, runs first, in a jail whose init holds jail_modules (and jail
+    libraries) as the server's do (see api.Sandbox)."""
+    names = [*([jobs_check[0]] if jobs_check else []), *PROBE_NAMES]
+    wanted = list(only) if only is not None else names
+    unknown = set(wanted) - set(names)
     if unknown:
         raise SelftestError(f"unknown probes: {', '.join(sorted(unknown))}")
     with tempfile.TemporaryDirectory(prefix="jailcc-selftest-") as tmp:
@@ -347,11 +375,20 @@ def run_selftest(
         try:
             # No warm jails: every jail here is built on demand (what the timing reports),
             # and after the probes no jail of this launcher may exist at all.
-            with Sandbox(images, warm=0, allow_weaken=bool(weaken)) as sandbox:
+            with Sandbox(
+                images,
+                warm=0,
+                allow_weaken=bool(weaken),
+                jail_modules=jail_modules,
+                jail_libraries=jail_libraries,
+            ) as sandbox:
                 for name in images:
                     runner = _Runner(sandbox, name, images[name], probe, bait, weaken)
                     report = ImageReport(image=name)
-                    for probe_name, check in _probe_table(runner):
+                    table = _probe_table(runner)
+                    if jobs_check:
+                        table.insert(0, (jobs_check[0], runner.with_jail(jobs_check[1])))
+                    for probe_name, check in table:
                         if probe_name not in wanted:
                             continue
                         try:

@@ -23,10 +23,10 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 import realm as realms
+from jailcc import protocol as proto
 from jailcc.client.hosts import parse_hosts
 from jailcc.client.remote import connect, open_session
 from jailcc.images.identity import compiler_identity
-from jailcc.server import protocol as proto
 
 BIN = Path(sys.executable).parent
 COMPILER = "/usr/bin/gcc-12"

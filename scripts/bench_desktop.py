@@ -23,8 +23,8 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from bench_compile import jailccd
+from jailcc import protocol as proto
 from jailcc.images.identity import compiler_identity
-from jailcc.server import protocol as proto
 
 BIN = Path(sys.executable).parent
 COMPILER = "/usr/bin/gcc-12"

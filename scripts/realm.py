@@ -639,7 +639,7 @@ def _usage(realm: Realm, directory: Directory, port: int, images: list[str]) -> 
         "--ldap-url", directory.url, "--ldap-base", directory.base,
         "--ldap-group", directory.group,
     ]  # fmt: skip
-    # The same variables as jailcc.server.authz.gssapi_client_environment().
+    # The same variables as jailcc.monitor.authz.gssapi_client_environment().
     ldap_env = (
         f"KRB5_CLIENT_KTNAME=FILE:{shlex.quote(str(realm.keytab))} KRB5CCNAME=MEMORY:jailccd-ldap"
     )

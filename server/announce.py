@@ -1,16 +1,8 @@
 """Announce this jailccd on the local link as a DNS-SD service `_jailcc._tcp.local.` (mDNS).
 
-The TXT record carries what a proxy needs to choose a server before it connects:
-
-    pv=2                        protocol version (server/protocol.py)
-    principal=jailcc/h@REALM    the Kerberos service principal (empty: --insecure)
-    slots=8                     slots configured now (lowered while the desktop owner is busy)
-    free=5                      slots free now (updated as jobs start and end)
-    id0=... id1=...             the compiler identities served, one key each (see encode_identity)
-
-A TXT string is at most 255 bytes, so identities cannot share one value; one key per identity
-also keeps each of them whole, which matching needs. The whole record is kept under
-MAX_TXT_BYTES so that an announcement fits one packet on an Ethernet link.
+The TXT record carries what a proxy needs to choose a server before it connects: protocol
+version, service principal, slots, free slots and the compiler identities served. Its format
+is jailcc.dnssd's (core/dnssd.py), which the client's discovery reads with.
 
 Updates of `free` and `slots` go out as one unsolicited TXT-only answer (plus one repeat a
 second later, as RFC 6762 8.4 asks), not as a full re-registration, and at most one per
@@ -25,91 +17,18 @@ old, so faster updates could leave two TXT records side by side in their caches.
 from __future__ import annotations
 
 import asyncio
-import base64
-import binascii
-import re
 import socket
 import threading
 import time
-from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
+from collections.abc import Sequence
+
+from jailcc.dnssd import SERVICE_TYPE, txt_properties
 
 TYPE_CHECKING = False
 if TYPE_CHECKING:
     from zeroconf import ServiceInfo, Zeroconf
 
-SERVICE_TYPE = "_jailcc._tcp.local."
-TXT_PROTOCOL = "2"  # server/protocol.py PROTOCOL_VERSION, as the TXT record says it
-# RFC 6763 6.2: keep the TXT record small enough for one packet with the other records.
-MAX_TXT_BYTES = 1300
-_SHA256 = re.compile(r"sha256:([0-9a-f]{64})")
 _FLAGS_RESPONSE_AA = 0x8400  # QR (response) | AA (authoritative), RFC 1035 4.1.1
-
-
-def encode_identity(identity: str) -> str:
-    """A compiler identity as one TXT value, losslessly: "sha256:<64 hex>" becomes the 43
-    characters of its digest in unpadded base64url (75 bytes down to 43); anything else is
-    kept as is (it contains a ":", which base64url never does)."""
-    match = _SHA256.fullmatch(identity)
-    if match is None:
-        if ":" not in identity:
-            raise ValueError(f"not a compiler identity: {identity!r}")
-        return identity
-    return base64.urlsafe_b64encode(bytes.fromhex(match.group(1))).rstrip(b"=").decode()
-
-
-def decode_identity(value: str) -> str:
-    if ":" in value:
-        return value
-    try:
-        digest = base64.urlsafe_b64decode(value + "=")
-    except (binascii.Error, ValueError):
-        raise ValueError(f"bad identity in TXT record: {value!r}") from None
-    if len(digest) != 32:
-        raise ValueError(f"bad identity in TXT record: {value!r}")
-    return "sha256:" + digest.hex()
-
-
-def txt_properties(
-    principal: str, identities: Sequence[str], slots: int, free: int
-) -> dict[str, str]:
-    props = {"pv": TXT_PROTOCOL, "principal": principal, "slots": str(slots), "free": str(free)}
-    for i, identity in enumerate(identities):
-        props[f"id{i}"] = encode_identity(identity)
-    size = sum(1 + len(k) + 1 + len(v.encode()) for k, v in props.items())
-    if size > MAX_TXT_BYTES:
-        raise ValueError(f"TXT record of {size} bytes exceeds {MAX_TXT_BYTES}: too many images")
-    if any(len(k) + 1 + len(v.encode()) > 255 for k, v in props.items()):
-        raise ValueError("a TXT string exceeds 255 bytes (principal too long?)")
-    return props
-
-
-@dataclass(frozen=True)
-class TxtRecord:
-    protocol: int | None  # None: missing or malformed, as for the numbers below
-    principal: str
-    identities: tuple[str, ...]
-    slots: int | None
-    free: int | None
-
-
-def parse_txt(props: Mapping[str, str | None]) -> TxtRecord:
-    """A received TXT record (keys lower-cased); identities that do not decode are skipped."""
-
-    def number(key: str) -> int | None:
-        value = props.get(key)
-        return int(value) if value is not None and value.isdigit() else None
-
-    ids = []
-    for key in sorted((k for k in props if re.fullmatch(r"id\d+", k)), key=lambda k: int(k[2:])):
-        value = props[key]
-        if value:
-            try:
-                ids.append(decode_identity(value))
-            except ValueError:
-                continue
-    principal = props.get("principal") or ""
-    return TxtRecord(number("pv"), principal, tuple(ids), number("slots"), number("free"))
 
 
 def _local_addresses() -> list[str]:

@@ -1,12 +1,12 @@
-"""The job service: accept a connection, authenticate and authorize the peer, build (or reuse)
-its jail, and hand the connection to that jail, where its jobs are read and run (session.py).
+"""The network service, unprivileged: accept a connection, read the peer's hello and handshake
+frames under deadlines and caps, have the root monitor authenticate and authorize the peer
+(monitor_link.py), and have it hand the connection to a jail, where its jobs are read and run
+(jobs/session.py).
 
-Before the hand-over this process reads only the small, capped hello and handshake frames.
-After it, the server answers just two questions per job from the jail (a slot, and the job's
-end), so it never parses what an authenticated client sends. A job is: a compiler identity,
-compiler arguments, the working directory path, the preprocessed input and optional extra
-files, and whether to stop at assembly. A result is: exit status or signal, stdout, stderr, the
-output file, resource use. Nothing else crosses the wire.
+This process runs as its own uid with no capabilities. Before the hand-over it reads only the
+small, capped hello and handshake frames; after it, it answers just the jail's questions the
+monitor relays (a slot, and the job's end), so it never parses what an authenticated client
+sends, and it holds neither the jail's channel nor a job connection's security context.
 """
 
 from __future__ import annotations
@@ -14,7 +14,6 @@ from __future__ import annotations
 import contextlib
 import ipaddress
 import logging
-import os
 import select
 import selectors
 import socket
@@ -24,22 +23,16 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from jailcc import __version__
-from jailcc.sandbox.api import Jail, JailBroken, Sandbox, SandboxError
-from jailcc.sandbox.spec import JailLimits, MiB, RunLimits
+from jailcc import protocol as proto
+from jailcc.peer import Peer, peer_credentials
 
-from . import protocol as proto
-from . import session
 from .admission import Busy, Slots, measure_speed
-from .catalog import Catalog, Offer
-from .jail_cache import JailCache
-from .local_auth import LocalAuthorizer, Peer, peer_credentials, unix_peer
 from .metrics import Metrics
+from .monitor_link import ConnectionLink, MonitorGone, MonitorLink, MonitorRefused
 
 TYPE_CHECKING = False
 if TYPE_CHECKING:
     from collections.abc import Callable
-
-    from .kerberos import KerberosAcceptor
 
 log = logging.getLogger("jailccd")
 
@@ -47,31 +40,17 @@ log = logging.getLogger("jailccd")
 # as we refused lands in our (unread) buffer instead of meeting a closed socket: it then reads
 # our ERROR rather than a broken pipe.
 REFUSAL_LINGER = 2.0
-# How long the server waits for the jail's next question: a connection may idle between jobs
-# and a job may run its whole wall clock; the jail's own timeouts end both before this.
-QUESTION_TIMEOUT = session.IDLE_TIMEOUT + 60.0
-
-
-class PrincipalAuthorizer:
-    """What the service needs of an authorization source for Kerberos principals (authz.py)."""
-
-    def allowed(self, principal: str) -> bool:  # pragma: no cover - an interface
-        raise NotImplementedError
-
-    def describe(self) -> str:  # pragma: no cover - an interface
-        raise NotImplementedError
 
 
 @dataclass
 class ServiceConfig:
+    """The service's settings, as the monitor sends them at start (JSON)."""
+
     slots: int
     max_connections: int = 256
-    max_input_bytes: int = 128 * MiB
-    jail_limits: JailLimits = field(default_factory=JailLimits)
-    run_limits: RunLimits = field(default_factory=RunLimits)
-    # Kerberos on TCP: the acceptor, and who may compile.
-    kerberos: KerberosAcceptor | None = None
-    principals: PrincipalAuthorizer | None = None
+    # TCP peers: "gssapi" (Kerberos, the monitor accepts), "insecure", or None (no TCP).
+    tcp_auth: str | None = None
+    principal: str = ""  # the server's own Kerberos principal, for the mDNS TXT record
     max_queue: int = 0  # jobs that may wait for a slot before "busy"; 0: 4 x slots, 8 at least
     speed: float | None = None  # this server's relative speed; None: measure it
     # Before authentication: real deadlines (protocol.DeadlineSocket), caps on connections
@@ -99,19 +78,45 @@ class Refused(Exception):
         self.code = code
 
 
+@dataclass
+class CatalogView:
+    """The images as the monitor last described them: a copy, refreshed when the monitor's
+    catalog generation moves on (after a rescan)."""
+
+    images: list[dict[str, Any]] = field(default_factory=list)  # the hello's "images"
+    offers: dict[str, str] = field(default_factory=dict)  # compiler identity -> image mount
+    generation: int = 0
+
+    def refresh(self, monitor: MonitorLink, generation: int) -> None:
+        if generation == self.generation:
+            return
+        answer = monitor.catalog()
+        offers = answer.get("offers")
+        images = answer.get("images")
+        if not isinstance(offers, dict) or not isinstance(images, list):
+            raise MonitorGone("the monitor sent a malformed catalog")
+        self.images = images
+        self.offers = {str(k): str(v.get("image")) for k, v in offers.items()}
+        self.generation = int(answer["generation"])
+
+    def identities(self) -> list[str]:
+        return sorted(self.offers)
+
+
+@dataclass(frozen=True)
+class Offer:
+    image: str  # the image version's mount name
+    identity: str
+
+
 class JobService:
-    def __init__(
-        self, sandbox: Sandbox, catalog: Catalog, authorizer: LocalAuthorizer, config: ServiceConfig
-    ) -> None:
-        if (config.kerberos is None) != (config.principals is None):
-            raise ValueError("Kerberos needs an authorization source, and only with Kerberos")
-        self.sandbox = sandbox
+    def __init__(self, monitor: MonitorLink, catalog: CatalogView, config: ServiceConfig) -> None:
+        self.monitor = monitor
         self.catalog = catalog
-        self.authorizer = authorizer
         self.config = config
         self.slots = Slots(config.slots, config.max_queue or max(8, 4 * config.slots))
         self.speed = config.speed if config.speed is not None else measure_speed()
-        self.active: dict[int, _Questions] = {}  # by jail id: connections in a jail now
+        self.active: dict[int, _Questions] = {}  # by connection: connections in a jail now
         self.active_lock = threading.Lock()
         self.idle_priority = False
         self.caps = ConnectionCaps(
@@ -123,61 +128,14 @@ class JobService:
         self.listeners: list[socket.socket] = []
         self.metrics = Metrics(self.load, config.slots)
         self.started = time.monotonic()
-        self.jail_cache = JailCache(
-            config.slots,
-            lambda leaks: log.error("jail teardown left: %s", leaks),
-            self.metrics.jail_teardown.observe,
-        )
         self._stopping = threading.Event()
         self.failed = False  # stopped because something it cannot do without died
 
     # -- listening -------------------------------------------------------------------------
 
-    def listen_unix(self, path: str) -> None:
-        os.makedirs(os.path.dirname(path) or ".", mode=0o755, exist_ok=True)
-        if os.path.exists(path):
-            probe = socket.socket(socket.AF_UNIX)
-            try:
-                probe.connect(path)
-            except OSError:
-                os.unlink(path)  # a stale socket from a server that is gone
-            else:
-                raise OSError(f"another jailccd is serving {path}")
-            finally:
-                probe.close()
-        sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
-        sock.bind(path)
-        # Anyone may connect; who may compile is decided from the peer's credentials.
-        os.chmod(path, 0o666)
-        sock.listen(128)
+    def adopt_listener(self, sock: socket.socket) -> None:
+        """A listening socket the monitor bound (it may be a port below 1024)."""
         self.listeners.append(sock)
-        log.info("listening on unix:%s, allowing %s", path, self.authorizer.describe())
-
-    def listen_tcp(self, host: str, port: int) -> int:
-        family = socket.AF_INET6 if ":" in host else socket.AF_INET
-        sock = socket.socket(family, socket.SOCK_STREAM)
-        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-        sock.bind((host, port))
-        sock.listen(128)
-        self.listeners.append(sock)
-        bound = sock.getsockname()[1]
-        if self.config.kerberos is not None:
-            assert self.config.principals is not None
-            log.info(
-                "listening on tcp:%s:%d as %s, allowing %s",
-                host,
-                bound,
-                self.config.kerberos.principal,
-                self.config.principals.describe(),
-            )
-        else:
-            log.warning(
-                "listening on tcp:%s:%d WITHOUT AUTHENTICATION (--insecure): anyone who can"
-                " reach this port can run compiles here",
-                host,
-                bound,
-            )
-        return bound
 
     def serve_forever(self) -> None:
         selector = selectors.DefaultSelector()
@@ -185,13 +143,10 @@ class JobService:
             selector.register(sock, selectors.EVENT_READ)
         try:
             while not self._stopping.is_set():
-                status = self.sandbox.launcher_exit
-                if status is not None:
-                    # Without it no jail can be built: stop, so a supervisor restarts us, rather
-                    # than refuse every job while looking alive.
-                    log.critical(
-                        "the jail launcher died (status %s): stopping; restart jailccd", status
-                    )
+                if self.monitor.closed:
+                    # Without it no peer can be authenticated nor a jail built: stop, so the
+                    # monitor (or a supervisor) restarts us, rather than refuse every job.
+                    log.critical("the monitor is gone: the network service stops")
                     self.failed = True
                     break
                 for key, _ in selector.select(timeout=0.5):
@@ -212,12 +167,8 @@ class JobService:
 
     def stop(self) -> None:
         self._stopping.set()
-        self.jail_cache.close()
         for sock in self.listeners:
-            with contextlib.suppress(OSError):
-                if sock.family == socket.AF_UNIX:
-                    os.unlink(sock.getsockname())
-            sock.close()
+            sock.close()  # the monitor removes the Unix socket's file
 
     def _start_connection(self, conn: socket.socket, addr: Any) -> None:
         try:
@@ -244,9 +195,7 @@ class JobService:
 
     def _connection(self, conn: socket.socket, addr: Any, key: str) -> None:
         peer: Peer | str = f"{addr[0]}:{addr[1]}" if conn.family != socket.AF_UNIX else "unix"
-        jail: Jail | None = None
-        offer: Offer | None = None
-        ended: str | None = "not started"
+        link: ConnectionLink | None = None
         authenticated = False
 
         def on_authenticated() -> None:
@@ -263,42 +212,24 @@ class JobService:
 
         try:
             self.metrics.connection()
+            link, generation = self.monitor.open(conn)
+            self.catalog.refresh(self.monitor, generation)
             timed = proto.DeadlineSocket(
                 conn,
                 time.monotonic() + self.config.handshake_timeout,
                 self.config.frame_timeout,
             )
-            peer, offer, auth, channel = self._handshake(timed, peer, on_authenticated, note)
+            peer, offer, auth, channel = self._handshake(timed, link, peer, on_authenticated, note)
             if offer is None:
                 # A status request: answered here, in the channel the handshake left (sealed
                 # on Kerberos), with no jail.
+                assert channel is not None
                 channel.send(proto.STATUS, self.status(_user_name(peer)))
                 return
             hello = self._greeting(offer)
-            if not channel.sealed:
+            if channel is not None:  # unsealed: on Kerberos the jail's READY is the hello
                 channel.send(proto.HELLO, {**hello, "auth": auth})
-            # Sequence numbers continue in the jail: it sends the first sealed frame there.
-            token = channel.context.export() if isinstance(channel, proto.SealedChannel) else b""
-            jail = self._jail(str(peer), offer.image)
-            params = session.session_params(
-                auth=auth,
-                identity=offer.compiler.identity,
-                compiler_path=offer.compiler.path,
-                compiler_kind=offer.compiler.kind,
-                image=offer.image,
-                max_input_bytes=self.config.max_input_bytes,
-                run_limits=self.config.run_limits,
-                hello=hello,
-            )
-            questions = _Questions(self, jail, str(peer), _user_name(peer), offer.image)
-            try:
-                ended = jail.serve_connection(
-                    conn, session.HANDLER, params, token, questions.answer, QUESTION_TIMEOUT
-                )
-            finally:
-                questions.forget()
-            if ended is not None:
-                log.warning("connection from %s ended: %s", peer, _printable(ended, 300))
+            self._hand_over(conn, link, offer, hello, str(peer), _user_name(peer))
         except Refused:
             pass  # told the peer and logged by _handshake
         except proto.ProtocolError as exc:
@@ -307,28 +238,57 @@ class JobService:
             with contextlib.suppress(OSError, proto.ProtocolError):
                 conn.settimeout(1.0)
                 proto.send(conn, proto.ERROR, {"code": "protocol", "message": str(exc)[:300]})
-        except JailBroken as exc:
-            log.error("jail broke user=%s: %s", _printable(peer, 300), exc)
-        except (OSError, SandboxError) as exc:
+        except MonitorGone as exc:
+            log.error("connection from %s: %s", _printable(peer, 300), exc)
+        except (OSError, MonitorRefused) as exc:
             note(logging.WARNING, "connection from %s ended: %s", _printable(peer, 300), exc)
         finally:
-            if jail is not None:
-                if ended is None and offer is not None and jail.usable:
-                    self.jail_cache.give_back(str(peer), offer.image, jail)
-                else:
-                    self.jail_cache.discard(jail)
+            if link is not None:
+                link.close()
             conn.close()
             self.caps.close(key, authenticated)
+
+    def _hand_over(
+        self,
+        conn: socket.socket,
+        link: ConnectionLink,
+        offer: Offer,
+        hello: dict[str, Any],
+        user: str,
+        name: str,
+    ) -> None:
+        """The monitor hands the connection to a jail; we answer the jail's questions."""
+
+        def on_jail(jail_id: int, built: float | None) -> None:
+            # The monitor has its own copy of the socket, the one the jail gets: from now on
+            # only the jail reads the client's bytes.
+            conn.close()
+            questions.jail_id = jail_id
+            if built is not None:
+                self.metrics.jail_build.observe(built)
+
+        questions = _Questions(self, link.id, user, name, offer.image)
+        try:
+            end = link.serve(offer.identity, hello, on_jail, questions.answer)
+        finally:
+            questions.forget()
+        for seconds in end.get("teardowns") or []:
+            self.metrics.jail_teardown.observe(_number(seconds))
+        ended = end.get("error")
+        if ended is not None:
+            log.warning("connection from %s ended: %s", user, _printable(ended, 300))
 
     def _handshake(
         self,
         conn: proto.DeadlineSocket,
+        link: ConnectionLink,
         peer: Peer | str,
         on_authenticated: Callable[[], None],
         note: Callable[..., None],
-    ) -> tuple[Peer | str, Offer | None, str, proto.Channel]:
-        """Credentials (Unix socket), hello, authentication (Kerberos), authorization:
-        (peer, offer, auth kind, the channel to go on in). The offer is None for a status
+    ) -> tuple[Peer | str, Offer | None, str, proto.Channel | None]:
+        """Credentials (Unix socket), hello, authentication (Kerberos), authorization, each
+        decided by the monitor: (peer, offer, auth kind, the channel to go on in, None for a
+        Kerberos job connection, whose channel is the jail's). The offer is None for a status
         request, which needs no image. Every read and write is bounded by conn's deadlines.
         Raises Refused after telling the peer."""
 
@@ -348,11 +308,12 @@ class JobService:
             return Refused(code, message)
 
         if conn.family == socket.AF_UNIX:
-            # The kernel names the peer: refuse one who may not compile before reading a byte
-            # (what it sent stays unread; closing with it unread resets the connection, which
-            # the peer sees after our ERROR frame).
-            peer = unix_peer(conn.sock)
-            if not self.authorizer.allowed(peer):
+            # The kernel names the peer (to the monitor): refuse one who may not compile before
+            # reading a byte (what it sent stays unread; closing with it unread resets the
+            # connection, which the peer sees after our ERROR frame).
+            who = link.local_peer()
+            peer = Peer("unix", str(who["user"]), int(who["uid"]), int(who["pid"]))
+            if who["allowed"] is not True:
                 refused = refuse(
                     "unauthorized",
                     f"{peer.user} may not use this server: ask its admin to add you"
@@ -367,76 +328,61 @@ class JobService:
             raise refuse(exc.code, str(exc)) from None
         offer = None
         if hello.get("request") != "status":
-            offer = self.catalog.by_identity.get(str(hello.get("identity"))[:200])
-            if offer is None:
+            identity = str(hello.get("identity"))[:200]
+            image = self.catalog.offers.get(identity)
+            if image is None:
                 raise refuse("image", "no toolchain image here matches your compiler")
+            offer = Offer(image, identity)
         if isinstance(peer, Peer):
             return peer, offer, "local", proto.Channel(conn)
-        kerberos = self.config.kerberos
-        if kerberos is None:  # --insecure
-            if not self.authorizer.allowed(Peer("tcp", str(peer))):
+        if self.config.tcp_auth != "gssapi":  # --insecure
+            if link.insecure().get("allowed") is not True:
                 raise refuse("unauthorized", "this server does not take unauthenticated TCP")
             on_authenticated()
             return peer, offer, "none", proto.Channel(conn)
         proto.send(conn, proto.HELLO, {"protocol": proto.PROTOCOL_VERSION, "auth": "gssapi"})
-
-        def next_token(ours: bytes) -> bytes:
+        token = _auth_token(recv(proto.MAX_AUTH_TOKEN + 4096))
+        while True:
+            try:
+                answer, ours = link.gss_step(token)
+            except MonitorRefused as exc:
+                raise refuse(
+                    "unauthenticated", f"Kerberos authentication failed: {_printable(exc, 300)}"
+                ) from None
+            if answer.get("complete") is True:
+                break
             proto.send(conn, proto.AUTH, {}, [ours])
-            return _auth_token(recv(proto.MAX_AUTH_TOKEN + 4096))
-
-        from .authz import AuthorizationUnavailable
-        from .kerberos import AuthenticationFailed
-
-        try:
-            principal, context, last = kerberos.accept(
-                _auth_token(recv(proto.MAX_AUTH_TOKEN + 4096)), next_token, proto.MAX_AUTH_ROUNDS
-            )
-        except AuthenticationFailed as exc:
-            message = f"Kerberos authentication failed: {_printable(exc, 300)}"
-            raise refuse("unauthenticated", message) from None
-        proto.send(conn, proto.AUTH, {}, [last or b""])
-        sealed = proto.SealedChannel(conn, context)
+            token = _auth_token(recv(proto.MAX_AUTH_TOKEN + 4096))
+        proto.send(conn, proto.AUTH, {}, [ours])
+        principal = str(answer.get("principal"))
         shown = _printable(principal, 300)  # the KDC's word, but a realm can name anything
-        assert self.config.principals is not None
-        try:
-            allowed = self.config.principals.allowed(principal)
-        except AuthorizationUnavailable as exc:
-            log.error("authorization unavailable for %s: %s", shown, exc)
+        if answer.get("allowed") is not True:
+            sealed = _sealed(conn, link)
+            if "unavailable" in answer:
+                log.error("authorization unavailable for %s: %s", shown, answer["unavailable"])
+                raise refuse(
+                    "unavailable",
+                    "the server cannot check who may compile right now (its directory is"
+                    " down); try later",
+                    sealed,
+                )
             raise refuse(
-                "unavailable",
-                "the server cannot check who may compile right now (its directory is down);"
-                " try later",
-                sealed,
-            ) from None
-        if not allowed:
-            raise refuse(
-                "unauthorized",
-                f"{shown} may not use this server: ask its admin to add you",
-                sealed,
+                "unauthorized", f"{shown} may not use this server: ask its admin to add you", sealed
             )
         on_authenticated()
         log.info("authenticated %s from %s", shown, peer)
-        return principal, offer, "gssapi", sealed
+        return principal, offer, "gssapi", (_sealed(conn, link) if offer is None else None)
 
     def _greeting(self, offer: Offer) -> dict[str, Any]:
         """The server's hello for a job connection (the jail's READY repeats it)."""
         return proto.hello_header(
             "server",
             server=f"jailccd {__version__}",
-            images=self.catalog.describe(),
+            images=self.catalog.images,
             slots=self.config.slots,
             image=offer.image,
             load=self.load(),
         )
-
-    def _jail(self, owner: str, image: str) -> Jail:
-        """A jail for the connection: one this owner left idle, or a new one."""
-        jail = self.jail_cache.take(owner, image)
-        if jail is None:
-            started = time.monotonic()
-            jail = self.sandbox.create_jail(image, self.config.jail_limits)
-            self.metrics.jail_build.observe(time.monotonic() - started)
-        return jail
 
     # -- status ------------------------------------------------------------------------------
 
@@ -456,13 +402,13 @@ class JobService:
             "speed": load["speed"],
             "images": [
                 {
-                    "name": name,
+                    "name": image.get("name"),
                     "compilers": [
-                        {"name": c.name, "identity": c.identity, "version": c.version}
-                        for c in manifest.compilers
+                        {k: c.get(k) for k in ("name", "identity", "version")}
+                        for c in image.get("compilers", [])
                     ],
                 }
-                for name, manifest in self.catalog.manifests.items()
+                for image in self.catalog.images
             ],
             "jobs": self._running_jobs(requester),
             "totals": self.metrics.totals(),
@@ -478,7 +424,7 @@ class JobService:
                 "user": q.name,
                 "source": q.source if everyone or q.name == requester else None,
                 "elapsed": round(max(0.0, now - q.started), 3),
-                "jail": q.jail.id,
+                "jail": q.jail_id,
             }
             for q in running[:MAX_STATUS_JOBS]
         ]
@@ -497,11 +443,19 @@ class JobService:
             active = list(self.active.values())
         if idle != self.idle_priority:
             self.idle_priority = idle
-            for questions in active:
-                questions.jail.set_idle(idle)
+            self.monitor.set_idle(idle)
         if evict:
             for questions in active:
-                questions.evict()
+                if questions.holding:
+                    questions.evicted = True
+                    self.monitor.evict(questions.conn)
+
+
+def _sealed(conn: proto.DeadlineSocket, link: ConnectionLink) -> proto.SealedChannel:
+    """A sealed channel from the context the monitor accepted (no jail will get it)."""
+    import gssapi
+
+    return proto.SealedChannel(conn, gssapi.SecurityContext(token=link.export_context()))
 
 
 def _until_closed(conn: socket.socket, seconds: float) -> None:
@@ -548,40 +502,34 @@ JOB_REFUSALS = frozenset({"policy", "protocol", "image"})  # the "refused" quest
 
 
 class _Questions:
-    """The server's answers to one connection's jail. As in OpenSSH's monitor, the interface is
+    """The service's answers to one connection's jail, relayed by the monitor (which mounts the
+    work dir and reads the cgroup's verdict itself). As in OpenSSH's monitor, the interface is
     a table (QUESTIONS, below): each question, whether a job must be running ("holding" a
-    slot) for it, and its handler; anything else, or out of turn, ends the connection. Every
-    question is one capped message (sandbox/wire.py).
+    slot) for it, and its handler; anything else, or out of turn, ends the connection.
 
-        start    no job    a slot, and the working directory; names the job's source
-        done     a job     the slot back, the cgroup's verdict, the log line; byte counts
+        start    no job    a slot; names the job's source
+        abort    a job     the slot back: the monitor could not set the job up
+        done     a job     the slot back, the log line; the cgroup's verdict, byte counts
         refused  any       a job refused before it started, for the log and the counts
     """
 
-    def __init__(self, service: JobService, jail: Jail, user: str, name: str, image: str) -> None:
+    def __init__(self, service: JobService, conn: int, user: str, name: str, image: str) -> None:
         # user: the peer for the log; name: for status answers (user name or principal).
-        self.service, self.jail, self.image = service, jail, image
+        self.service, self.conn, self.image = service, conn, image
         self.user, self.name = user, name
+        self.jail_id = 0  # the monitor's jail number, for the log and status answers
         self.holding = False
         self.evicted = False
         self.source = ""
         self.started = 0.0
-        self.before: dict[str, int] = {}
         with service.active_lock:
-            service.active[jail.id] = self
-        if service.idle_priority:
-            jail.set_idle(True)
-
-    def evict(self) -> None:
-        if self.holding:
-            self.evicted = True
-            self.jail.kill_job()
+            service.active[conn] = self
 
     def answer(self, question: dict[str, Any]) -> dict[str, Any]:
         what = question.get("what")
         entry = QUESTIONS.get(what) if isinstance(what, str) else None
         if entry is None or entry[0] not in (None, self.holding):
-            raise SandboxError(f"the jail asked out of turn: {_printable(what, 20)}")
+            raise MonitorGone(f"the jail asked out of turn: {_printable(what, 20)}")
         return entry[1](self, question)
 
     def _start(self, question: dict[str, Any]) -> dict[str, Any]:
@@ -589,46 +537,37 @@ class _Questions:
             self.service.slots.acquire()
         except Busy as exc:
             self.service.metrics.job_refused("busy")
-            return {"ok": False, "error": f"busy: {exc}", "code": "busy"}
+            return {"ok": False, "error": f"busy: {exc}"}
         # Set before `holding`, which makes the job show in status answers.
         self.source = _display_source(question.get("source"))
         self.started = time.monotonic()
         self.holding = True
         self.evicted = False
-        try:
-            self.jail.enter_workdir(str(question.get("cwd")))
-        except SandboxError as exc:
-            self.release()
-            self.service.metrics.job_refused("jail")
-            # A jail that can no longer be trusted ends the connection; the next one
-            # gets a fresh jail.
-            return {"ok": False, "error": str(exc)[:300], "end": not self.jail.usable}
-        self.before = self.jail.job_counters()
+        return {"ok": True}
+
+    def _abort(self, _question: dict[str, Any]) -> dict[str, Any]:
+        self.release()
+        self.service.metrics.job_refused("jail")
         return {"ok": True}
 
     def _done(self, question: dict[str, Any]) -> dict[str, Any]:
-        after = self.jail.job_counters()
         seconds = time.monotonic() - self.started
         self.release()
-        limit = self.jail.limit_hit(self.before, after) if question.get("failed") else None
+        limit = question.get("limit")
+        limit = limit if limit in KNOWN_LIMITS else None
         status = _printable(question.get("status"), 40)
         self._count(status, limit, seconds, question)
         log.info(
             "job user=%s image=%s jail=%d source=%s status=%s queue=%.1fms run=%.1fms",
             self.user,
             self.image,
-            self.jail.id,
+            self.jail_id,
             _printable(self.source, MAX_SOURCE),
             status + (f" limit:{limit}" if limit else ""),
             _number(question.get("queue")) * 1000,
             _number(question.get("run")) * 1000,
         )
-        return {
-            "limit": limit,
-            "jail_cpu": (after["cpu_ns"] - self.before["cpu_ns"]) / 1e9,
-            "evicted": self.evicted,
-            "load": self.service.load(),
-        }
+        return {"ok": True, "evicted": self.evicted, "load": self.service.load()}
 
     def _count(
         self, status: str, limit: str | None, seconds: float, question: dict[str, Any]
@@ -662,7 +601,7 @@ class _Questions:
             _printable(code, 20),
             _printable(question.get("message"), 300),
         )
-        return {}
+        return {"ok": True}
 
     def release(self) -> None:
         if self.holding:
@@ -672,12 +611,13 @@ class _Questions:
     def forget(self) -> None:
         self.release()
         with self.service.active_lock:
-            self.service.active.pop(self.jail.id, None)
+            self.service.active.pop(self.conn, None)
 
 
 # The jail's questions: name -> (whether a job must be running, None: either; the handler).
 QUESTIONS: dict[str, tuple[bool | None, Callable[[_Questions, dict[str, Any]], dict[str, Any]]]] = {
     "start": (False, _Questions._start),
+    "abort": (True, _Questions._abort),
     "done": (True, _Questions._done),
     "refused": (None, _Questions._refused),
 }

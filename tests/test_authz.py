@@ -1,4 +1,4 @@
-"""Authorization of Kerberos principals (server/authz.py) against a real slapd and real KDCs
+"""Authorization of Kerberos principals (monitor/authz.py) against a real slapd and real KDCs
 (scripts/realm.py): LDAP group membership through simple and GSSAPI binds, names that must not
 map (another realm, another case, filter syntax), failing closed when LDAP is down or hung,
 the principal list file; and the realm helpers themselves."""
@@ -17,7 +17,7 @@ import gssapi
 import ldap
 import psutil
 import pytest
-from jailcc.server.authz import (
+from jailcc.monitor.authz import (
     AuthorizationConfigError,
     AuthorizationUnavailable,
     LdapGroupAuthorizer,

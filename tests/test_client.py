@@ -13,7 +13,7 @@ from pathlib import Path
 
 import pytest
 from conftest import BIN, requires_root
-from jailcc.server import protocol as proto
+from jailcc import protocol as proto
 from serverutil import Server, start_server, stop_server
 
 pytestmark = requires_root

@@ -9,9 +9,9 @@ from pathlib import Path
 
 import pytest
 from conftest import BIN
-from jailcc.server import config
-from jailcc.server.cli import _configured_images
-from jailcc.server.daemon import build_parser
+from jailcc.monitor import config
+from jailcc.monitor.cli import _configured_images
+from jailcc.monitor.daemon import build_parser
 
 EXAMPLE = Path(__file__).resolve().parent.parent / "docs" / "jailccd.toml.example"
 

@@ -16,6 +16,7 @@ import time
 from collections.abc import Callable, Iterator
 
 import pytest
+from jailcc import protocol as proto
 from jailcc.client.discovery import (
     DiscoveryError,
     HostTable,
@@ -27,16 +28,15 @@ from jailcc.client.discovery import (
     static,
 )
 from jailcc.client.hosts import HostsError
-from jailcc.server import protocol as proto
-from jailcc.server.announce import (
+from jailcc.dnssd import (
     MAX_TXT_BYTES,
-    Announcer,
     TxtRecord,
     decode_identity,
     encode_identity,
     parse_txt,
     txt_properties,
 )
+from jailcc.server.announce import Announcer
 from netns import NetLab
 
 requires_root = pytest.mark.skipif(os.geteuid() != 0, reason="network namespaces need root")

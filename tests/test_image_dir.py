@@ -13,8 +13,8 @@ from pathlib import Path
 
 import pytest
 from conftest import BIN, requires_root
+from jailcc import protocol as proto
 from jailcc.images.identity import compiler_identity
-from jailcc.server import protocol as proto
 from serverutil import Server, start_server, stop_server
 from test_server import hello, job, preprocess
 

@@ -17,10 +17,10 @@ from pathlib import Path
 import psutil
 import pytest
 from conftest import BIN, requires_root
+from jailcc import protocol as proto
 from jailcc.client.hosts import parse_hosts
 from jailcc.client.remote import connect, open_session, run_job
 from jailcc.images.identity import compiler_identity
-from jailcc.server import protocol as proto
 from realm_fixtures import realm_module
 from serverutil import (
     Server,

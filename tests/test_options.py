@@ -19,10 +19,10 @@ from pathlib import Path
 import pytest
 from conftest import BIN, requires_root
 from jailcc import options
+from jailcc import protocol as proto
 from jailcc.client.args import Local, RemoteJob, analyse
 from jailcc.images.identity import compiler_identity
-from jailcc.server import protocol as proto
-from jailcc.server.compiler_policy import PolicyError, check_args
+from jailcc.jobs.compiler_policy import PolicyError, check_args
 from serverutil import Server, start_server, stop_server
 
 GCC = "gcc-12"

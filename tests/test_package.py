@@ -249,8 +249,12 @@ def outer():
     shutil.copy(f"{pkg}/etc/jailcc/jailccd.toml", f"{work}/etc/jailcc/jailccd.toml")
     with open("/etc/group") as f:
         group = f.read()
+    with open("/etc/passwd") as f:
+        passwd = f.read()
     with open(f"{work}/etc/group", "w") as f:  # what postinst does, root made a member
-        f.write(group + f"jailcc:x:{cfg['gid']}:root\n")
+        f.write(group + f"jailcc:x:{cfg['gid']}:root\njailccd:x:{cfg['gid'] - 1}:\n")
+    with open(f"{work}/etc/passwd", "w") as f:  # and the network service's user
+        f.write(passwd + f"jailccd:x:{cfg['gid'] - 1}:{cfg['gid'] - 1}::/nonexistent:/bin/false\n")
     overlay("/etc", "/etc", f"{work}/etc")
     os.makedirs(f"{work}/varlib/jailcc")
     shutil.copytree(f"{pkg}/var/lib/jailcc/images", f"{work}/varlib/jailcc/images")
@@ -496,9 +500,11 @@ _CAPS = {
 
 def _free_gid() -> int:
     import grp
+    import pwd
 
-    used = {g.gr_gid for g in grp.getgrall()}
-    return next(gid for gid in range(990, 100, -1) if gid not in used)
+    # gid and gid - 1 (the jailccd user's uid and gid) both free.
+    used = {g.gr_gid for g in grp.getgrall()} | {p.pw_uid for p in pwd.getpwall()}
+    return next(gid for gid in range(990, 100, -1) if not {gid, gid - 1} & used)
 
 
 def test_the_packaged_jailccd_serves_a_compile_in_its_units_sandbox(extracted, tmp_path):
@@ -565,6 +571,8 @@ def test_the_packaged_jailccd_serves_a_compile_in_its_units_sandbox(extracted, t
     assert code == 0 and json.loads(status), status
     assert result["proxy_stop"][0] == 0, result["proxy_stop"]
     assert "jailccd ready" in server_log, server_log
+    # Its network service runs as the packaged jailccd user.
+    assert "network service pid" in server_log and f"as uid {cfg['gid'] - 1}\n" in server_log
     assert result["server_exit"] == 0, server_log[-3000:]
 
 
@@ -592,9 +600,11 @@ mount --rbind /dev "$root"/dev
 mount -t proc proc "$root"/proc
 # the jailcc group must be the package's doing, whatever the host has
 sed -i '/^jailcc:/d' "$root"/etc/group "$root"/etc/gshadow
+sed -i '/^jailccd:/d' "$root"/etc/passwd "$root"/etc/shadow "$root"/etc/group "$root"/etc/gshadow
 dpkg --root="$root" --force-depends -i "$deb"
 echo "== status"; dpkg --root="$root" -s jailcc | grep -E '^(Status|Conffiles|Version):' -A1
 echo "== group"; grep '^jailcc:' "$root"/etc/group
+echo "== user"; grep '^jailccd:' "$root"/etc/passwd
 echo "== enabled"; readlink "$root"/etc/systemd/system/multi-user.target.wants/jailccd.service
 echo "== files"; ls -l "$root"/usr/bin/jailccd "$root"/lib/systemd/system/jailccd.service \
     "$root"/etc/jailcc/jailccd.toml; ls -ld "$root"/var/lib/jailcc/images
@@ -619,6 +629,9 @@ def test_dpkg_installs_and_purges_it_in_a_throwaway_root(deb, tmp_path):
     assert "Status: install ok installed" in said
     assert "/etc/jailcc/jailccd.toml" in said.split("== status")[1].split("== group")[0]
     assert re.search(r"^jailcc:x:\d+:", said, re.M)
+    # The network service's own user: a system one, no home, no login.
+    user = re.search(r"^jailccd:x:(\d+):\d+:[^:]*:/nonexistent:/usr/sbin/nologin$", said, re.M)
+    assert user and 0 < int(user.group(1)) < 1000, said
     assert "/lib/systemd/system/jailccd.service" in said.split("== enabled")[1]
     assert f"jailccd {jailcc.__version__}" in said
     assert "Status: deinstall ok config-files" in said

@@ -9,7 +9,7 @@ import subprocess
 
 import pytest
 from jailcc.client.args import Local, analyse
-from jailcc.server.compiler_policy import (
+from jailcc.jobs.compiler_policy import (
     PolicyError,
     TransplantError,
     check_args,

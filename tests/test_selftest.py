@@ -112,8 +112,11 @@ def test_cli_selftest_json_on_the_clang_image(clang_image: Path) -> None:
     )
     assert proc.returncode == 0, proc.stdout + proc.stderr
     report = json.loads(proc.stdout)
-    assert report["failed"] == 0 and report["passed"] == len(PROBE_NAMES)
+    # Every escape probe, and first the compile through the jobs handler (monitor/jobs_probe.py).
+    assert report["failed"] == 0 and report["passed"] == len(PROBE_NAMES) + 1
     assert report["images"][0]["image"] == "clang-16"
+    first = report["images"][0]["probes"][0]
+    assert first["name"] == "jobs_compile" and "clang-16" in first["detail"]
 
 
 def test_cli_selftest_lines_and_summary(gcc_image: Path) -> None:
@@ -126,6 +129,8 @@ def test_cli_selftest_lines_and_summary(gcc_image: Path) -> None:
             "--probe",
             "network",
             "--probe",
+            "jobs_compile",
+            "--probe",
             "uid0_caps",
             "--timing-rounds",
             "2",
@@ -136,9 +141,11 @@ def test_cli_selftest_lines_and_summary(gcc_image: Path) -> None:
     )
     assert proc.returncode == 0, proc.stderr
     lines = proc.stdout.splitlines()
-    assert lines[0].startswith("PASS") and "network" in lines[0]
+    assert lines[0].startswith("PASS") and "jobs_compile" in lines[0]
+    assert "compiled a C file through the jobs handler" in lines[0]
+    assert lines[1].startswith("PASS") and "network" in lines[1]
     assert "median jail build" in lines[-2]
-    assert lines[-1] == "selftest: 2 passed, 0 failed"
+    assert lines[-1] == "selftest: 3 passed, 0 failed"
 
 
 def test_cli_selftest_missing_image_is_one_clear_line(tmp_path: Path) -> None:

@@ -16,8 +16,8 @@ from pathlib import Path
 import psutil
 import pytest
 from conftest import BIN, requires_root
+from jailcc import protocol as proto
 from jailcc.images.identity import compiler_identity
-from jailcc.server import protocol as proto
 from serverutil import Server, as_nobody, start_server, stop_server
 
 pytestmark = requires_root

@@ -15,11 +15,11 @@ from pathlib import Path
 
 import pytest
 from conftest import requires_root
+from jailcc import protocol as proto
 from jailcc.client.hosts import Host
 from jailcc.client.remote import RemoteFailure
 from jailcc.client.status import check_status, fetch_status
 from jailcc.images.identity import compiler_identity
-from jailcc.server import protocol as proto
 from prometheus_client.parser import text_string_to_metric_families
 from realm_fixtures import realm_module
 from serverutil import Server, as_nobody, start_kerberos_server, start_server, stop_server, tcp_port

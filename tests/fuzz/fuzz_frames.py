@@ -13,7 +13,7 @@ Targets:
   sealed   SealedChannel.recv with a stand-in GSSAPI context: the length, unwrap and sequence
            checks, then the frame inside
   job      a JOB frame into session._check_job, the jail's check of a job header
-  wire     sandbox/wire.py: recv_message (a jail's stream channel) and recv_packet (SEQPACKET)
+  wire     core/wire.py: recv_message (a jail's stream channel) and recv_packet (SEQPACKET)
 """
 
 from __future__ import annotations
@@ -28,11 +28,12 @@ from types import SimpleNamespace
 import atheris
 
 with atheris.instrument_imports(include=["jailcc"]):
-    from jailcc.sandbox import wire
+    from jailcc import protocol as proto
+    from jailcc import wire
+    from jailcc.jobs import compiler_policy as policy
+    from jailcc.jobs import session
     from jailcc.sandbox.spec import RunLimits
-    from jailcc.server import compiler_policy as policy
-    from jailcc.server import protocol as proto
-    from jailcc.server import service, session
+    from jailcc.server import service
 
 CORPUS = Path(__file__).resolve().parent / "corpus"
 IDENTITY = "sha256:" + "ab" * 32

@@ -1,0 +1,457 @@
+"""The privileged monitor: what jailccd's root process answers its unprivileged network service.
+
+    jailccd (root, this module)      authentication and authorization, jails (by the launcher)
+     +- launcher (root)              makes and unmakes jails (sandbox/)
+     +- network service (own uid)    accepts, parses every byte before authentication,
+                                     admission, status, metrics, mDNS, the owner monitor (server/)
+
+As in OpenSSH's privilege separation, the service may only ask what the tables below list, each
+request only in the states it names, each message capped (core/wire.py); anything else ends
+that connection. So a service taken over by a peer's bytes still cannot get a jail for anyone
+the monitor did not authenticate and authorize itself: it reads SO_PEERCRED from the client's
+own socket, runs the GSSAPI accept on the tokens passed to it, asks the principal file or LDAP,
+picks the jail, its user, image and limits, and hands the client's socket and the security
+context to the jail's init. The service never holds a jail's channel, nor a job connection's
+GSSAPI context.
+
+Channels (Unix stream sockets, core/wire.py messages):
+- main, one: "open" (a new connection, its socket passed along; answered with a channel of
+  its own), "catalog", "evict", "idle".
+- per connection: the handshake ("local_peer", "gss_step", "insecure"), then either
+  "export_context" (a status request or a sealed refusal: that connection never gets a jail)
+  or "serve" (the hand-over: the monitor then relays the jail's questions to the service as
+  "ask" messages until the connection ends).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import enum
+import logging
+import socket
+import threading
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+from jailcc import wire
+from jailcc.jobs import handover
+from jailcc.sandbox.api import Jail, JailBroken, Sandbox, SandboxError
+from jailcc.sandbox.spec import JailLimits, RunLimits
+
+TYPE_CHECKING = False
+if TYPE_CHECKING:
+    from .authz import Authorizer
+    from .catalog import Catalog
+    from .jail_cache import JailCache
+    from .kerberos import KerberosAcceptor
+    from .local_auth import LocalAuthorizer
+
+log = logging.getLogger("jailccd")
+
+# How long the monitor waits for the jail's next question: a connection may idle between jobs
+# and a job may run its whole wall clock; the jail's own timeouts end both before this.
+QUESTION_TIMEOUT = handover.IDLE_TIMEOUT + 60.0
+# How long the service has to answer a relayed question.
+ANSWER_TIMEOUT = 30.0
+MAX_AUTH_TOKEN = 48 * 1024  # as the wire protocol caps a client's token (core/protocol.py)
+MAX_AUTH_ROUNDS = 4
+MAX_REQUEST_BYTES = MAX_AUTH_TOKEN  # blobs of any one request
+MAX_REPLY_BYTES = 64 * 1024  # blobs of any one answer from the service (none are expected)
+
+
+class State(enum.Enum):
+    NEW = "new"
+    ACCEPTING = "accepting"  # GSSAPI tokens going back and forth
+    AUTHORIZED = "authorized"
+    REFUSED = "refused"
+    NO_JAIL = "no jail"  # its context went to the service: never a jail for it
+    SERVING = "serving"
+
+
+class OutOfTurn(Exception):
+    """The service asked something not allowed now: the connection ends."""
+
+
+@dataclass
+class MonitorConfig:
+    jail_limits: JailLimits
+    run_limits: RunLimits
+    max_input_bytes: int
+    max_connections: int  # connections the service may have open here at once
+
+
+@dataclass
+class _Connection:
+    id: int
+    client: socket.socket  # the peer's socket, as the service accepted it
+    channel: socket.socket  # to the service, this connection's requests
+    state: State = State.NEW
+    user: str = ""  # a user name, a principal, or (--insecure) an address
+    auth: str = ""  # "local", "gssapi" or "none"
+    context: Any = None  # the accepted GSSAPI context
+    rounds: int = 0
+    jail: Jail | None = None
+    holding: bool = False  # a job runs: the jail asked "start", not yet "done"
+    before: dict[str, int] = field(default_factory=dict)
+
+
+class Monitor:
+    def __init__(
+        self,
+        sandbox: Sandbox,
+        catalog: Catalog,
+        jail_cache: JailCache,
+        local: LocalAuthorizer,
+        config: MonitorConfig,
+        kerberos: KerberosAcceptor | None = None,
+        principals: Authorizer | None = None,
+    ) -> None:
+        self.sandbox, self.catalog, self.jail_cache = sandbox, catalog, jail_cache
+        self.local, self.kerberos, self.principals = local, kerberos, principals
+        self.config = config
+        self.catalog_generation = 1  # bumped after each rescan; the service re-reads then
+        self.teardowns: list[float] = []  # seconds, reported to the service with "end"
+        self.connections: dict[int, _Connection] = {}
+        self.lock = threading.Lock()
+        self.counter = 0
+        self.idle = False
+
+    # -- the main channel --------------------------------------------------------------------
+
+    def serve(self, main: socket.socket) -> None:
+        """Answer the service's main channel until it closes."""
+        while True:
+            try:
+                header, _, fds = wire.recv_message_with_fds(main, 0, 1)
+            except wire.PeerClosed:
+                return
+            except (OSError, wire.WireError) as exc:
+                # Nonsense on the main channel: stop answering; the service then stops, and
+                # jailccd with it (fail closed).
+                log.error("network service: main channel: %s: closing it", exc)
+                main.close()
+                return
+            op = header.get("op")
+            entry = MAIN_REQUESTS.get(op) if isinstance(op, str) else None
+            try:
+                if entry is None or (len(fds) == 1) != (op == "open"):
+                    raise OutOfTurn(f"unknown request {str(op)[:40]!r} or wrong descriptors")
+                reply, out_fds = entry(self, header, fds)
+            except OutOfTurn as exc:
+                log.error("network service: %s", exc)
+                reply, out_fds = {"ok": False, "error": str(exc)}, []
+            finally:
+                for fd in fds:
+                    with contextlib.suppress(OSError):
+                        socket.close(fd)
+            try:
+                wire.send_message(main, reply, fds=out_fds)
+            finally:
+                for fd in out_fds:
+                    socket.close(fd)
+
+    def _open(self, _header: dict[str, Any], fds: list[int]) -> tuple[dict, list[int]]:
+        client = socket.socket(fileno=socket.dup(fds[0]))
+        if (
+            client.type != socket.SOCK_STREAM
+            or client.family not in (socket.AF_UNIX, socket.AF_INET, socket.AF_INET6)
+            # A listening socket's SO_PEERCRED names whoever listened (root): never a peer.
+            or client.getsockopt(socket.SOL_SOCKET, socket.SO_ACCEPTCONN)
+        ):
+            client.close()
+            raise OutOfTurn("open: not a connected stream socket")
+        with self.lock:
+            if len(self.connections) >= self.config.max_connections:
+                client.close()
+                return {"ok": False, "error": "too many connections"}, []
+            self.counter += 1
+            ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM)
+            conn = _Connection(self.counter, client, ours)
+            self.connections[conn.id] = conn
+        threading.Thread(target=self._connection, args=(conn,), daemon=True).start()
+        reply = {"ok": True, "conn": conn.id, "catalog": self.catalog_generation}
+        return reply, [theirs.detach()]
+
+    def _catalog(self, _header: dict[str, Any], _fds: list[int]) -> tuple[dict, list[int]]:
+        return {"ok": True, "generation": self.catalog_generation, **catalog_snapshot(self)}, []
+
+    def _evict(self, header: dict[str, Any], _fds: list[int]) -> tuple[dict, list[int]]:
+        """Kill the running job of a connection (the desktop owner needs the machine)."""
+        conn = self.connections.get(header.get("conn"))  # type: ignore[arg-type]
+        if conn is not None and conn.holding and conn.jail is not None:
+            conn.jail.kill_job()
+        return {"ok": True}, []
+
+    def _set_idle(self, header: dict[str, Any], _fds: list[int]) -> tuple[dict, list[int]]:
+        """Every jail's jobs at SCHED_IDLE (or normal again), now and for new jails."""
+        self.idle = header.get("idle") is True
+        with self.lock:
+            jails = [c.jail for c in self.connections.values() if c.jail is not None]
+        for jail in jails:
+            with contextlib.suppress(SandboxError, OSError):
+                jail.set_idle(self.idle)
+        return {"ok": True}, []
+
+    def rescanned(self) -> None:
+        self.catalog_generation += 1
+
+    # -- one connection ----------------------------------------------------------------------
+
+    def _connection(self, conn: _Connection) -> None:
+        try:
+            while True:
+                try:
+                    header, blobs = wire.recv_message(conn.channel, MAX_REQUEST_BYTES)
+                except wire.PeerClosed:
+                    return
+                op = header.get("op")
+                entry = REQUESTS.get(op) if isinstance(op, str) else None
+                if entry is None or conn.state not in entry[0]:
+                    raise OutOfTurn(
+                        f"connection {conn.id}: {str(op)[:40]!r} out of turn"
+                        f" (state: {conn.state.value})"
+                    )
+                reply, out_blobs = entry[1](self, conn, header, blobs)
+                wire.send_message(conn.channel, reply, out_blobs)
+        except OutOfTurn as exc:
+            log.error("network service: %s: connection closed", exc)
+            with contextlib.suppress(OSError, wire.WireError):
+                wire.send_message(conn.channel, {"ok": False, "error": str(exc)})
+        except (OSError, wire.WireError) as exc:
+            log.warning("network service: connection %d: %s", conn.id, exc)
+        except Exception:
+            log.exception("monitor: connection %d", conn.id)  # a bug here: that connection ends
+        finally:
+            with self.lock:
+                self.connections.pop(conn.id, None)
+            conn.client.close()
+            conn.channel.close()
+
+    def _local_peer(
+        self, conn: _Connection, _header: dict[str, Any], _blobs: list[bytes]
+    ) -> tuple[dict, list[bytes]]:
+        """The kernel's word on a Unix socket's peer, and whether it may compile."""
+        from .local_auth import unix_peer
+
+        if conn.client.family != socket.AF_UNIX:
+            raise OutOfTurn(f"connection {conn.id}: local_peer on a TCP connection")
+        peer = unix_peer(conn.client)
+        allowed = self.local.allowed(peer)
+        conn.state = State.AUTHORIZED if allowed else State.REFUSED
+        conn.user, conn.auth = peer.user, "local"
+        reply = {"ok": True, "user": peer.user, "uid": peer.uid, "pid": peer.pid}
+        return {**reply, "allowed": allowed}, []
+
+    def _insecure(
+        self, conn: _Connection, _header: dict[str, Any], _blobs: list[bytes]
+    ) -> tuple[dict, list[bytes]]:
+        """--insecure: a TCP peer, known only by its address."""
+        from .local_auth import Peer
+
+        if conn.client.family == socket.AF_UNIX or self.kerberos is not None:
+            raise OutOfTurn(f"connection {conn.id}: insecure without --insecure TCP")
+        host, port = conn.client.getpeername()[:2]
+        address = f"{host}:{port}"
+        if not self.local.allowed(Peer("tcp", address)):
+            conn.state = State.REFUSED
+            return {"ok": True, "allowed": False}, []
+        conn.state, conn.user, conn.auth = State.AUTHORIZED, address, "none"
+        return {"ok": True, "allowed": True, "user": address}, []
+
+    def _gss_step(
+        self, conn: _Connection, _header: dict[str, Any], blobs: list[bytes]
+    ) -> tuple[dict, list[bytes]]:
+        """One GSSAPI accept step on the client's token; at the end, who it is and whether
+        they may compile."""
+        from .authz import AuthorizationUnavailable
+        from .kerberos import AuthenticationFailed
+
+        if self.kerberos is None or conn.client.family == socket.AF_UNIX:
+            raise OutOfTurn(f"connection {conn.id}: gss_step without Kerberos")
+        if len(blobs) != 1 or len(blobs[0]) > MAX_AUTH_TOKEN:
+            raise OutOfTurn(f"connection {conn.id}: gss_step takes one token")
+        conn.rounds += 1
+        if conn.state is State.NEW:
+            conn.context = self.kerberos.new_context()
+            conn.state = State.ACCEPTING
+        try:
+            if conn.rounds > MAX_AUTH_ROUNDS:
+                raise AuthenticationFailed("the handshake took too many rounds")
+            token, complete = self.kerberos.step(conn.context, blobs[0])
+            if not complete:
+                return {"ok": True, "complete": False}, [token]
+            principal = self.kerberos.established(conn.context)
+        except AuthenticationFailed as exc:
+            conn.state, conn.context = State.REFUSED, None
+            return {"ok": False, "code": "unauthenticated", "message": str(exc)}, []
+        conn.user, conn.auth = principal, "gssapi"
+        assert self.principals is not None
+        try:
+            allowed = self.principals.allowed(principal)
+        except AuthorizationUnavailable as exc:
+            conn.state = State.REFUSED
+            reply = {"ok": True, "complete": True, "principal": principal, "allowed": False}
+            return {**reply, "unavailable": str(exc)[:300]}, [token]
+        conn.state = State.AUTHORIZED if allowed else State.REFUSED
+        return {"ok": True, "complete": True, "principal": principal, "allowed": allowed}, [token]
+
+    def _export_context(
+        self, conn: _Connection, _header: dict[str, Any], _blobs: list[bytes]
+    ) -> tuple[dict, list[bytes]]:
+        """The context, for a connection that will never get a jail: a status answer, or a
+        sealed refusal. Sequence numbers go on in the service."""
+        if conn.context is None:
+            raise OutOfTurn(f"connection {conn.id}: no security context to export")
+        conn.state = State.NO_JAIL
+        token, conn.context = conn.context.export(), None
+        return {"ok": True}, [token]
+
+    def _serve(
+        self, conn: _Connection, header: dict[str, Any], _blobs: list[bytes]
+    ) -> tuple[dict, list[bytes]]:
+        """Hand the connection to a jail of its user's and relay the jail's questions until it
+        ends. The service names only the compiler identity and the hello to repeat; the image,
+        limits and the user come from here."""
+        hello = header.get("hello")
+        if not isinstance(hello, dict):
+            raise OutOfTurn(f"connection {conn.id}: serve needs a hello")
+        conn.state = State.SERVING
+        offer = self.catalog.by_identity.get(str(header.get("identity"))[:200])
+        if offer is None:  # retired since the service looked
+            return {"ok": False, "code": "image", "error": "no image here serves it now"}, []
+        started = time.monotonic()
+        jail = self.jail_cache.take(conn.user, offer.image)
+        built = None
+        ended: str | None = "not started"
+        try:
+            if jail is None:
+                jail = self.sandbox.create_jail(offer.image, self.config.jail_limits)
+                built = time.monotonic() - started
+            conn.jail = jail
+            if self.idle:
+                jail.set_idle(True)
+            wire.send_message(conn.channel, {"ok": True, "jail": jail.id, "built": built})
+            params = handover.session_params(
+                auth=conn.auth,
+                identity=offer.compiler.identity,
+                compiler_path=offer.compiler.path,
+                compiler_kind=offer.compiler.kind,
+                image=offer.image,
+                max_input_bytes=self.config.max_input_bytes,
+                run_limits=self.config.run_limits,
+                hello=hello,
+            )
+            token = conn.context.export() if conn.context is not None else b""
+            conn.context = None
+            relay = _Relay(conn, jail)
+            ended = jail.serve_connection(
+                conn.client, handover.HANDLER, params, token, relay.answer, QUESTION_TIMEOUT
+            )
+        except JailBroken as exc:
+            ended = f"the jail broke: {exc}"
+            log.error("jail broke user=%s: %s", conn.user[:300], exc)
+        except SandboxError as exc:
+            ended = str(exc)
+        finally:
+            if jail is not None:
+                if ended is None and jail.usable:
+                    self.jail_cache.give_back(conn.user, offer.image, jail)
+                else:
+                    self.jail_cache.discard(jail)
+            conn.jail = None
+        with self.lock:
+            teardowns, self.teardowns = self.teardowns, []
+        return {"ok": True, "end": True, "error": ended, "teardowns": teardowns[:1000]}, []
+
+    def torn_down(self, seconds: float) -> None:
+        with self.lock:
+            if len(self.teardowns) < 1000:
+                self.teardowns.append(seconds)
+
+
+class _Relay:
+    """The jail's questions, checked here against the job's state and passed on to the service
+    (which keeps the slots) with what only root can add: the work dir it mounts and the
+    cgroup's verdict."""
+
+    def __init__(self, conn: _Connection, jail: Jail) -> None:
+        self.conn, self.jail = conn, jail
+
+    def answer(self, question: dict[str, Any]) -> dict[str, Any]:
+        what = question.get("what")
+        conn = self.conn
+        if what == "start" and not conn.holding:
+            reply = self._ask({"what": "start", "source": question.get("source")})
+            if reply.get("ok") is not True:
+                return {"ok": False, "error": str(reply.get("error"))[:300], "code": "busy"}
+            conn.holding = True
+            try:
+                self.jail.enter_workdir(str(question.get("cwd")))
+            except SandboxError as exc:
+                conn.holding = False
+                self._ask({"what": "abort"})
+                return {"ok": False, "error": str(exc)[:300], "end": not self.jail.usable}
+            conn.before = self.jail.job_counters()
+            return {"ok": True}
+        if what == "done" and conn.holding:
+            after = self.jail.job_counters()
+            conn.holding = False
+            limit = self.jail.limit_hit(conn.before, after) if question.get("failed") else None
+            fields = ("status", "queue", "run", "bytes_in", "bytes_out", "failed")
+            reply = self._ask(
+                {"what": "done", "limit": limit, **{k: question.get(k) for k in fields}}
+            )
+            return {
+                "limit": limit,
+                "jail_cpu": (after["cpu_ns"] - conn.before["cpu_ns"]) / 1e9,
+                "evicted": reply.get("evicted") is True,
+                "load": reply.get("load"),
+            }
+        if what == "refused":
+            self._ask({"what": "refused", **{k: question.get(k) for k in ("code", "message")}})
+            return {}
+        raise SandboxError(f"the jail asked out of turn: {str(what)[:20]}")
+
+    def _ask(self, question: dict[str, Any]) -> dict[str, Any]:
+        channel = self.conn.channel
+        channel.settimeout(ANSWER_TIMEOUT)
+        try:
+            wire.send_message(channel, {"ask": question})
+            reply, _ = wire.recv_message(channel, 0)
+        except (OSError, wire.WireError) as exc:
+            raise SandboxError(f"the network service did not answer: {exc}") from None
+        finally:
+            channel.settimeout(None)
+        return reply
+
+
+def catalog_snapshot(monitor: Monitor) -> dict[str, Any]:
+    """What the service needs of the images: names, compilers, and which identity each serves."""
+    catalog = monitor.catalog
+    return {
+        "images": catalog.describe(),
+        "offers": {
+            identity: {"image": offer.image, "compiler": offer.compiler.name}
+            for identity, offer in catalog.by_identity.items()
+        },
+    }
+
+
+Handler = Callable[[Monitor, _Connection, dict[str, Any], list[bytes]], tuple[dict, list[bytes]]]
+# Per connection: request -> (the states it is allowed in, its handler).
+REQUESTS: dict[str, tuple[frozenset[State], Handler]] = {
+    "local_peer": (frozenset({State.NEW}), Monitor._local_peer),
+    "insecure": (frozenset({State.NEW}), Monitor._insecure),
+    "gss_step": (frozenset({State.NEW, State.ACCEPTING}), Monitor._gss_step),
+    "export_context": (frozenset({State.AUTHORIZED, State.REFUSED}), Monitor._export_context),
+    "serve": (frozenset({State.AUTHORIZED}), Monitor._serve),
+}
+MainHandler = Callable[[Monitor, dict[str, Any], list[int]], tuple[dict, list[int]]]
+MAIN_REQUESTS: dict[str, MainHandler] = {
+    "open": Monitor._open,
+    "catalog": Monitor._catalog,
+    "evict": Monitor._evict,
+    "idle": Monitor._set_idle,
+}

@@ -1,0 +1,167 @@
+"""The network service's process: `python -m jailcc.server.netservice --monitor-fd N`, started
+by jailccd's root monitor (monitor/daemon.py) as its own unprivileged uid, with no capabilities
+and no_new_privs. It gets its settings and listening sockets from the monitor's first message,
+then serves (service.py): accepts and the handshakes, admission, status, Prometheus metrics,
+the mDNS announcement and the desktop owner's monitor. It exits when the monitor goes.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import os
+import signal
+import socket
+import sys
+import threading
+from collections.abc import Callable
+
+from jailcc import protocol as proto
+from jailcc import wire
+
+from .monitor_link import MonitorLink
+from .service import CatalogView, JobService, ServiceConfig
+
+log = logging.getLogger("jailccd")
+MAX_LISTENERS = 4
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="jailccd-net", description=__doc__)
+    parser.add_argument("--monitor-fd", type=int, required=True, help="the main channel")
+    args = parser.parse_args(argv)
+    main_channel = socket.socket(fileno=args.monitor_fd)
+    try:
+        setup, _, fds = wire.recv_message_with_fds(main_channel, 0, MAX_LISTENERS)
+    except wire.WireError as exc:
+        print(f"jailccd-net: no settings from the monitor: {exc}", file=sys.stderr)
+        return 2
+    logging.basicConfig(
+        stream=sys.stderr,
+        level=getattr(logging, str(setup["log_level"]).upper()),
+        format="%(asctime)s jailccd-net[%(process)d] %(levelname)s %(message)s",
+    )
+    link = MonitorLink(main_channel)
+    service = JobService(link, CatalogView(), ServiceConfig(**setup["config"]))
+    service.catalog.refresh(link, int(setup["catalog"]))
+    for fd in fds:
+        service.adopt_listener(socket.socket(fileno=fd))
+
+    def on_signal(signum: int, _frame: object) -> None:
+        log.info("signal %d: the network service stops", signum)
+        service.stop()
+
+    signal.signal(signal.SIGTERM, on_signal)
+    signal.signal(signal.SIGINT, on_signal)
+    signal.signal(signal.SIGHUP, signal.SIG_IGN)  # the monitor rescans; we follow it
+    extras = []
+    try:
+        if setup.get("metrics"):
+            _serve_metrics(service, str(setup["metrics"]))
+        desktop = setup.get("desktop")
+        if desktop:
+            extras.append(_watch_the_owner(service, desktop["calm"], desktop["evict_after"]))
+        announce = setup.get("announce")
+        if announce:
+            extras.append(_announce(service, int(announce["port"]), announce["addresses"]))
+    except (OSError, ValueError) as exc:
+        log.error("the network service cannot start: %s", exc)
+        return 2
+    log.info("network service ready: protocol %d, as uid %d", proto.PROTOCOL_VERSION, os.getuid())
+    try:
+        service.serve_forever()
+    finally:
+        for close in extras:
+            close()
+        service.stop()
+        log.info("network service stopped: %s", service.metrics.totals())
+    return 1 if service.failed else 0
+
+
+def _serve_metrics(service: JobService, address: str) -> None:
+    """Prometheus metrics from a daemon thread, on the address given only."""
+    host, _, port = address.rpartition(":")
+    if not host or not port.isdigit():
+        raise ValueError("--metrics takes HOST:PORT")
+    bound = service.metrics.serve(host.strip("[]"), int(port))
+    log.warning("serving metrics on http://%s:%d/metrics, unauthenticated", host, bound)
+
+
+def _watch_the_owner(service: JobService, calm: float, evict_after: float) -> Callable[[], None]:
+    """The desktop policy: sample the owner's activity, yield slots, priority and, under
+    sustained pressure, running jobs (server/owner.py)."""
+    from .owner import (
+        Decision,
+        OwnerMonitor,
+        OwnerState,
+        PolicyConfig,
+        desktop_policy,
+        keep_recent,
+    )
+
+    config = PolicyConfig(calm_seconds=calm, evict_after=evict_after)
+
+    history: list[OwnerState] = []
+    last: list[Decision | None] = [None]
+
+    def on_state(state: OwnerState) -> None:
+        nonlocal history
+        decision = desktop_policy(state, service.slots.configured, history, config)
+        history = keep_recent([*history, state], state.at, config)
+        if decision != last[0]:
+            log.info(
+                "desktop owner %s: %d slots, %s%s",
+                "busy" if state.busy else "away",
+                decision.advertised_slots,
+                "SCHED_IDLE" if decision.sched_idle else "normal priority",
+                ", evicting running jobs" if decision.evict else "",
+            )
+            last[0] = decision
+        service.yield_to_owner(
+            decision.advertised_slots, state.busy, decision.sched_idle, decision.evict
+        )
+
+    monitor = OwnerMonitor()
+    monitor.start(on_state)
+    return monitor.close
+
+
+def _announce(service: JobService, port: int, addresses: list[str]) -> Callable[[], None]:
+    """DNS-SD over mDNS, its free-slot count kept current every two seconds."""
+    from .announce import Announcer
+
+    identities = service.catalog.identities()
+    # Several servers on one machine (or in its namespaces) need names of their own.
+    label = (
+        f"{socket.gethostname()}-jailccd-{addresses[0]}".replace(".", "-") if addresses else None
+    )
+    announcer = Announcer(
+        port,
+        service.config.principal,
+        identities,
+        service.slots.configured,
+        host_name=label,
+        addresses=addresses or None,
+    )
+    announcer.start()
+    stop = threading.Event()
+
+    def refresh() -> None:
+        while not stop.wait(2.0):
+            load = service.load()
+            announcer.update(
+                free_slots=max(0, load["slots"] - load["running"]), slots=load["slots"]
+            )
+
+    threading.Thread(target=refresh, name="announce", daemon=True).start()
+    log.info("announcing _jailcc._tcp on port %d (%s)", port, ", ".join(addresses) or "all")
+
+    def close() -> None:
+        stop.set()
+        announcer.close()
+
+    return close
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,295 @@
+"""The privilege separation: the network service runs unprivileged, and the root monitor answers
+only its tables, each request in its state (monitor/monitor.py). The monitor is driven here
+with forged and out-of-turn requests over its real channels, as a compromised service would."""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import re
+import socket
+import threading
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import psutil
+import pytest
+from conftest import requires_root
+from jailcc import wire
+from jailcc.monitor.kerberos import AuthenticationFailed
+from jailcc.monitor.local_auth import LocalAuthorizer
+from jailcc.monitor.monitor import MAX_AUTH_ROUNDS, Monitor, MonitorConfig, State
+from jailcc.sandbox.api import SandboxError
+from jailcc.sandbox.spec import JailLimits, RunLimits
+from serverutil import Server
+
+# -- the network service's process ----------------------------------------------------------
+
+
+def _service_pid(server: Server) -> int:
+    deadline = time.monotonic() + 30
+    while not (found := re.search(r"network service pid (\d+) as uid", server.log_text())):
+        assert time.monotonic() < deadline, server.log_text()
+        time.sleep(0.05)
+    return int(found.group(1))
+
+
+def _status(pid: int) -> dict[str, str]:
+    lines = Path(f"/proc/{pid}/status").read_text().splitlines()
+    return dict(line.split(":\t", 1) for line in lines if ":\t" in line)
+
+
+@requires_root
+def test_the_network_service_runs_unprivileged(root_server: Server) -> None:
+    pid = _service_pid(root_server)
+    status = _status(pid)
+    assert all(int(uid) != 0 for uid in status["Uid"].split()), status["Uid"]
+    assert all(int(gid) != 0 for gid in status["Gid"].split()), status["Gid"]
+    assert status["Groups"].strip() == ""
+    for caps in ("CapInh", "CapPrm", "CapEff", "CapAmb"):
+        assert int(status[caps], 16) == 0, (caps, status[caps])
+    assert status["NoNewPrivs"].strip() == "1"
+    # Its parent is the root monitor, which holds no listening socket: every peer's first
+    # byte is read by the unprivileged service.
+    monitor = psutil.Process(pid).parent()
+    assert monitor is not None and monitor.uids().effective == 0
+    socket_path = str(root_server.socket_path)
+    listening = [c for c in psutil.net_connections(kind="unix") if c.laddr == socket_path and c.pid]
+    assert {c.pid for c in listening} == {pid}
+
+
+@requires_root
+def test_the_monitor_stops_when_the_service_dies(root_server: Server) -> None:
+    os.kill(_service_pid(root_server), 9)
+    assert root_server.proc.wait(timeout=30) == 1
+    assert "the network service (uid " in root_server.log_text()
+    assert not root_server.socket_path.exists()
+    root_server.socket_path.parent.rmdir()
+
+
+# -- the monitor's tables, driven as a compromised service would ----------------------------
+
+
+@dataclass
+class FakeSandbox:
+    """Counts the jails asked for; never builds one (the tests are about who may ask)."""
+
+    created: list[str] = field(default_factory=list)
+
+    def create_jail(self, image: str, limits: JailLimits) -> Any:
+        self.created.append(image)
+        raise SandboxError("no jails here")
+
+
+@dataclass
+class FakeOffer:
+    image: str
+    compiler: Any
+
+
+class FakeCatalog:
+    by_identity = {"id-1": FakeOffer("gcc-12", None)}
+
+    def describe(self) -> list[dict[str, Any]]:
+        return []
+
+
+class FakeCache:
+    def take(self, owner: str, image: str) -> None:
+        return None
+
+    def give_back(self, *args: Any) -> None:
+        pass
+
+    def discard(self, *args: Any) -> None:
+        pass
+
+
+class FakeContext:
+    complete = False
+
+
+class FakeKerberos:
+    """Accepts nothing: every token is garbage to it."""
+
+    principal = "jailcc/host@TEST"
+
+    def new_context(self) -> FakeContext:
+        return FakeContext()
+
+    def step(self, context: FakeContext, token: bytes) -> tuple[bytes, bool]:
+        if token == b"continue":
+            return b"more", False
+        raise AuthenticationFailed("a garbage token")
+
+
+@pytest.fixture
+def monitor() -> Iterator[tuple[Monitor, socket.socket, FakeSandbox]]:
+    sandbox = FakeSandbox()
+    mon = Monitor(
+        sandbox,  # type: ignore[arg-type]
+        FakeCatalog(),  # type: ignore[arg-type]
+        FakeCache(),  # type: ignore[arg-type]
+        LocalAuthorizer([], [], allow_tcp=False),  # nobody local may compile
+        MonitorConfig(JailLimits(), RunLimits(), 1 << 20, max_connections=4),
+    )
+    ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM)
+    thread = threading.Thread(target=mon.serve, args=(theirs,), daemon=True)
+    thread.start()
+    ours.settimeout(10)
+    yield mon, ours, sandbox
+    ours.close()
+    thread.join(10)
+    theirs.close()
+
+
+def _main(main: socket.socket, request: dict[str, Any], fds: list[int] = ()) -> tuple[dict, list]:
+    wire.send_message(main, request, fds=fds)
+    reply, _, out = wire.recv_message_with_fds(main, 0, 1)
+    return reply, out
+
+
+def _open(main: socket.socket, client: socket.socket) -> socket.socket:
+    reply, fds = _main(main, {"op": "open"}, [client.fileno()])
+    assert reply["ok"] is True and len(fds) == 1, reply
+    channel = socket.socket(fileno=fds[0])
+    channel.settimeout(10)
+    return channel
+
+
+def _ask(channel: socket.socket, op: str, blobs: list[bytes] = (), **fields: Any) -> dict:
+    wire.send_message(channel, {"op": op, **fields}, blobs)
+    reply, _ = wire.recv_message(channel, 1 << 20)
+    return reply
+
+
+def _closed(channel: socket.socket) -> bool:
+    try:
+        wire.recv_message(channel, 0)
+    except (wire.PeerClosed, ConnectionResetError):  # reset: it closed with our bytes unread
+        return True
+    return False
+
+
+def test_serve_before_authentication_is_refused_and_ends_the_connection(monitor) -> None:
+    _mon, main, sandbox = monitor
+    client, _peer = socket.socketpair()
+    channel = _open(main, client)
+    reply = _ask(channel, "serve", identity="id-1", hello={})
+    assert reply["ok"] is False and "out of turn" in reply["error"]
+    assert _closed(channel)
+    assert sandbox.created == []
+
+
+def test_a_refused_local_peer_gets_no_jail(monitor) -> None:
+    _mon, main, sandbox = monitor
+    client, _peer = socket.socketpair()
+    channel = _open(main, client)
+    who = _ask(channel, "local_peer")
+    assert who["ok"] is True and who["allowed"] is False and who["uid"] == os.getuid()
+    # Asking again (hoping for another answer) is out of turn, as is serving.
+    for op in ("local_peer", "serve"):
+        channel = _open(main, client) if op == "serve" else channel
+        if op == "serve":
+            assert _ask(channel, "local_peer")["allowed"] is False
+        reply = _ask(channel, op, identity="id-1", hello={})
+        assert reply["ok"] is False and "out of turn" in reply["error"], op
+    assert sandbox.created == []
+
+
+def test_an_allowed_local_peer_reaches_the_sandbox(monitor) -> None:
+    """The control for the refusals above: the same requests in turn do get a jail."""
+    mon, main, sandbox = monitor
+    mon.local = LocalAuthorizer([_user_name()], [], allow_tcp=False)
+    client, _peer = socket.socketpair()
+    channel = _open(main, client)
+    assert _ask(channel, "local_peer")["allowed"] is True
+    reply = _ask(channel, "serve", identity="id-1", hello={})
+    assert reply["end"] is True and reply["error"] == "no jails here"
+    assert sandbox.created == ["gcc-12"]
+
+
+def _user_name() -> str:
+    import pwd
+
+    return pwd.getpwuid(os.getuid()).pw_name
+
+
+@pytest.mark.parametrize(
+    ("op", "fields"),
+    [
+        ("export_context", {}),  # no context: nobody authenticated
+        ("gss_step", {}),  # no Kerberos configured, and a Unix socket
+        ("insecure", {}),  # a Unix socket, and no --insecure
+        ("make_jail", {"user": "alice"}),  # no such request
+        ("serve", {"identity": "id-1", "hello": {}, "user": "root"}),
+    ],
+)
+def test_forged_requests_are_refused(monitor, op: str, fields: dict) -> None:
+    _mon, main, sandbox = monitor
+    client, _peer = socket.socketpair()
+    channel = _open(main, client)
+    reply = _ask(channel, op, [b"token"] if op == "gss_step" else [], **fields)
+    assert reply["ok"] is False, reply
+    assert _closed(channel)
+    assert sandbox.created == []
+
+
+def test_kerberos_failures_and_too_many_rounds_never_authorize(monitor) -> None:
+    mon, main, sandbox = monitor
+    mon.kerberos = FakeKerberos()  # type: ignore[assignment]
+    listener = socket.create_server(("127.0.0.1", 0))
+    client = socket.create_connection(listener.getsockname())
+    server_side, _ = listener.accept()
+    # A garbage token: unauthenticated, and nothing after it is in turn.
+    channel = _open(main, server_side)
+    reply = _ask(channel, "gss_step", [b"garbage"])
+    assert reply == {"ok": False, "code": "unauthenticated", "message": "a garbage token"}
+    for op in ("gss_step", "serve", "export_context"):
+        channel = _open(main, server_side)
+        _ask(channel, "gss_step", [b"garbage"])
+        reply = _ask(channel, op, [b"x"] if op == "gss_step" else [], identity="id-1", hello={})
+        assert reply["ok"] is False and _closed(channel), (op, reply)
+    # A handshake that never completes is cut after MAX_AUTH_ROUNDS.
+    channel = _open(main, server_side)
+    for _ in range(MAX_AUTH_ROUNDS):
+        assert _ask(channel, "gss_step", [b"continue"])["complete"] is False
+    assert _ask(channel, "gss_step", [b"continue"])["code"] == "unauthenticated"
+    # An oversized token is not even read: the connection ends.
+    channel = _open(main, server_side)
+    with contextlib.suppress(BrokenPipeError, ConnectionResetError):
+        wire.send_message(channel, {"op": "gss_step"}, [b"x" * (1 << 20)])
+    assert _closed(channel)
+    assert sandbox.created == []
+    for sock in (client, server_side, listener):
+        sock.close()
+
+
+def test_the_main_channel_takes_only_its_table(monitor) -> None:
+    mon, main, _sandbox = monitor
+    assert _main(main, {"op": "open"})[0]["ok"] is False  # no socket passed along
+    assert _main(main, {"op": "fork_jail"})[0]["ok"] is False
+    udp = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    assert _main(main, {"op": "open"}, [udp.fileno()])[0]["ok"] is False  # not a stream
+    udp.close()
+    listening = socket.create_server(("127.0.0.1", 0))  # its peer would be whoever listened
+    assert _main(main, {"op": "open"}, [listening.fileno()])[0]["ok"] is False
+    listening.close()
+    client, _peer = socket.socketpair()
+    assert _main(main, {"op": "catalog"}, [client.fileno()])[0]["ok"] is False  # fd out of turn
+    # At most max_connections open at once, however many the service asks for.
+    channels = [_open(main, client) for _ in range(4)]
+    reply, fds = _main(main, {"op": "open"}, [client.fileno()])
+    assert reply == {"ok": False, "error": "too many connections"} and fds == []
+    assert all(c.state is State.NEW for c in mon.connections.values())
+    for channel in channels:
+        channel.close()
+
+
+def test_nonsense_on_the_main_channel_closes_it(monitor) -> None:
+    _mon, main, _sandbox = monitor
+    main.sendall(b"\xff" * 64)
+    assert _closed(main)
