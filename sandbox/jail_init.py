@@ -29,6 +29,7 @@ from jailcc import wire
 from .spec import JailLimits, RunLimits
 
 MAX_NAMES = 1000
+NPROC_MARGIN = 8  # RLIMIT_NPROC above the cgroup's pids.max (see _rlimits)
 MAX_NAME_BYTES = 1024
 MAX_ARGS_BYTES = 256 * 1024
 
@@ -333,8 +334,11 @@ class JailInit:
             0 if "no_memory_limit" in weak else limits.address_space_bytes,
             limits.file_bytes,
             limits.open_files,
-            # The uid is this jail's alone, so RLIMIT_NPROC counts this jail only.
-            0 if {"no_pids_limit", "root_uid"} & weak else self.limits.pids_max,
+            # The uid is this jail's alone, so RLIMIT_NPROC counts this jail only. A backstop a
+            # little above the cgroup's pids.max: the kernel checks it first at fork, and at the
+            # same figure a fork bomb would stop there, unseen by pids.events, so the job's end
+            # could not name the pids limit.
+            0 if {"no_pids_limit", "root_uid"} & weak else self.limits.pids_max + NPROC_MARGIN,
         )
 
     def _spawn(

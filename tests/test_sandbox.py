@@ -15,7 +15,7 @@ import psutil
 import pytest
 from conftest import requires_root
 from jailcc.sandbox import cgroups, leaks
-from jailcc.sandbox.api import JailBroken, Sandbox, SandboxError
+from jailcc.sandbox.api import Jail, JailBroken, Sandbox, SandboxError
 from jailcc.sandbox.cgroups import JailCgroup
 from jailcc.sandbox.spec import JailLimits, MiB, RunLimits
 from jailcc.sandbox.uidpool import DEFAULT_BASE, DEFAULT_COUNT
@@ -189,8 +189,12 @@ def test_a_job_killed_by_a_limit_says_which(sandbox, probe_binary, args, limit) 
 
 def test_pids_and_file_size_limits(sandbox, probe_binary) -> None:
     with sandbox.create_jail("gcc-12", SMALL) as jail:
+        before = jail.job_counters()
         bomb = run_probe(jail, probe_binary, "fork_bomb", "200")
         assert bomb.stdout.startswith(b"PASS"), bomb.stdout
+        # The cgroup's pids.max stopped it (not RLIMIT_NPROC, set above it): so a job that
+        # fails this way is reported as having hit the pids limit.
+        assert Jail.limit_hit(before, jail.job_counters()) == "pids"
         small_files = RunLimits(cpu_seconds=5, wall_seconds=5.0, file_bytes=1 * MiB)
         fill = run_probe(jail, probe_binary, "fill_disk", "8", limits=small_files)
         assert fill.limit == "file-size"
