@@ -16,6 +16,7 @@ from typing import NamedTuple
 
 from jailcc import __version__, jobs, wire
 from jailcc.images.errors import ImageError
+from jailcc.peer import LocalAuthorizer
 from jailcc.sandbox.api import Sandbox, SandboxError
 from jailcc.sandbox.spec import JailLimits, MiB, RunLimits
 from jailcc.sandbox.uidpool import DEFAULT_BASE
@@ -23,7 +24,6 @@ from jailcc.sandbox.uidpool import DEFAULT_BASE
 from .catalog import IMAGE_DIR, Catalog, image_dir
 from .config import DEFAULT_CONFIG
 from .jail_cache import JailCache
-from .local_auth import LocalAuthorizer
 from .monitor import Monitor, MonitorConfig
 
 TYPE_CHECKING = False
@@ -403,6 +403,8 @@ def run(args: argparse.Namespace) -> int:
             "max_connections": args.max_connections,
             "tcp_auth": None if not tcp else ("insecure" if kerberos is None else "gssapi"),
             "principal": kerberos.principal if kerberos else "",
+            "allow_users": args.allow_user,
+            "allow_groups": args.allow_group,
             "max_queue": args.max_queue,
             "speed": args.speed,
             "handshake_timeout": args.handshake_timeout,
@@ -412,7 +414,6 @@ def run(args: argparse.Namespace) -> int:
             "peer_log_lines": args.log_peer_lines,
             "status_show_sources": args.status_show_sources,
         },
-        "catalog": monitor.catalog_generation,
         "metrics": args.metrics,
         "desktop": (
             {"calm": args.desktop_calm, "evict_after": args.desktop_evict_after}
@@ -444,7 +445,8 @@ def run(args: argparse.Namespace) -> int:
 
         def rescan() -> None:
             catalog.sync(sandbox)
-            monitor.rescanned()
+            with contextlib.suppress(ProcessLookupError):
+                service.send_signal(signal.SIGHUP)  # it reads the images again from us
 
         threading.Thread(target=rescan, name="rescan").start()
 

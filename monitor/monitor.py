@@ -8,19 +8,23 @@
 As in OpenSSH's privilege separation, the service may only ask what the tables below list, each
 request only in the states it names, each message capped (core/wire.py); anything else ends
 that connection. So a service taken over by a peer's bytes still cannot get a jail for anyone
-the monitor did not authenticate and authorize itself: it reads SO_PEERCRED from the client's
-own socket, runs the GSSAPI accept on the tokens passed to it, asks the principal file or LDAP,
-picks the jail, its user, image and limits, and hands the client's socket and the security
-context to the jail's init. The service never holds a jail's channel, nor a job connection's
-GSSAPI context.
+the monitor did not authenticate and authorize itself: it reads SO_PEERCRED from its own copy
+of the client's socket, runs the GSSAPI accept on the tokens passed to it, asks the principal
+file or LDAP, picks the jail, its user, image and limits, and hands the client's socket and the
+security context to the jail's init. The service never holds a jail's channel, nor a job
+connection's GSSAPI context.
 
 Channels (Unix stream sockets, core/wire.py messages):
-- main, one: "open" (a new connection, its socket passed along; answered with a channel of
-  its own), "catalog", "evict", "idle".
-- per connection: the handshake ("local_peer", "gss_step", "insecure"), then either
+- main, one: "open" (a new connection: its socket, and the end of a socket pair that becomes
+  the connection's channel, passed along; not answered, so that opening costs a connection
+  no round trip), "catalog", "evict", "idle".
+- per connection: on TCP with Kerberos the handshake ("gss_step"), then either
   "export_context" (a status request or a sealed refusal: that connection never gets a jail)
   or "serve" (the hand-over: the monitor then relays the jail's questions to the service as
-  "ask" messages until the connection ends).
+  "ask" messages until the connection ends). A peer on the Unix socket (or, with --insecure,
+  on TCP) goes straight to "serve", which first decides on it from SO_PEERCRED read here (or
+  its address); the service refuses peers early by the same rule, before reading a byte,
+  but only the monitor's decision makes a jail.
 """
 
 from __future__ import annotations
@@ -32,6 +36,7 @@ import socket
 import threading
 import time
 from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -42,11 +47,12 @@ from jailcc.sandbox.spec import JailLimits, RunLimits
 
 TYPE_CHECKING = False
 if TYPE_CHECKING:
+    from jailcc.peer import LocalAuthorizer
+
     from .authz import Authorizer
     from .catalog import Catalog
     from .jail_cache import JailCache
     from .kerberos import KerberosAcceptor
-    from .local_auth import LocalAuthorizer
 
 log = logging.getLogger("jailccd")
 
@@ -111,12 +117,14 @@ class Monitor:
         self.sandbox, self.catalog, self.jail_cache = sandbox, catalog, jail_cache
         self.local, self.kerberos, self.principals = local, kerberos, principals
         self.config = config
-        self.catalog_generation = 1  # bumped after each rescan; the service re-reads then
         self.teardowns: list[float] = []  # seconds, reported to the service with "end"
         self.connections: dict[int, _Connection] = {}
         self.lock = threading.Lock()
         self.counter = 0
         self.idle = False
+        # A thread per open connection, kept for the next one: starting a thread is a good
+        # part of a connection's set-up. The cap on connections bounds the pool.
+        self.threads = ThreadPoolExecutor(config.max_connections, thread_name_prefix="conn")
 
     # -- the main channel --------------------------------------------------------------------
 
@@ -124,7 +132,7 @@ class Monitor:
         """Answer the service's main channel until it closes."""
         while True:
             try:
-                header, _, fds = wire.recv_message_with_fds(main, 0, 1)
+                header, _, fds = wire.recv_message_with_fds(main, 0, 2)
             except wire.PeerClosed:
                 return
             except (OSError, wire.WireError) as exc:
@@ -134,57 +142,71 @@ class Monitor:
                 main.close()
                 return
             op = header.get("op")
-            entry = MAIN_REQUESTS.get(op) if isinstance(op, str) else None
             try:
-                if entry is None or (len(fds) == 1) != (op == "open"):
+                if op == "open":
+                    self._open(header, fds)  # answered on the connection's own channel
+                    continue
+                entry = MAIN_REQUESTS.get(op) if isinstance(op, str) else None
+                if entry is None or fds:
                     raise OutOfTurn(f"unknown request {str(op)[:40]!r} or wrong descriptors")
-                reply, out_fds = entry(self, header, fds)
+                reply = entry(self, header)
             except OutOfTurn as exc:
                 log.error("network service: %s", exc)
-                reply, out_fds = {"ok": False, "error": str(exc)}, []
+                reply = {"ok": False, "error": str(exc)}
             finally:
                 for fd in fds:
                     with contextlib.suppress(OSError):
                         socket.close(fd)
-            try:
-                wire.send_message(main, reply, fds=out_fds)
-            finally:
-                for fd in out_fds:
-                    socket.close(fd)
+            wire.send_message(main, reply)
 
-    def _open(self, _header: dict[str, Any], fds: list[int]) -> tuple[dict, list[int]]:
+    def _open(self, header: dict[str, Any], fds: list[int]) -> None:
+        """A new connection: fds are the client's socket and the connection's channel (our
+        copies: the caller closes the originals). Refusals go on the channel, if it is one."""
+        if len(fds) != 2:
+            log.error("network service: open without a socket and a channel")
+            return
         client = socket.socket(fileno=socket.dup(fds[0]))
-        if (
-            client.type != socket.SOCK_STREAM
-            or client.family not in (socket.AF_UNIX, socket.AF_INET, socket.AF_INET6)
-            # A listening socket's SO_PEERCRED names whoever listened (root): never a peer.
-            or client.getsockopt(socket.SOL_SOCKET, socket.SO_ACCEPTCONN)
-        ):
+        channel = socket.socket(fileno=socket.dup(fds[1]))
+        conn = None
+        try:
+            if channel.family != socket.AF_UNIX or channel.type != socket.SOCK_STREAM:
+                raise OutOfTurn("open: the channel is not a Unix stream socket")
+            if (
+                client.type != socket.SOCK_STREAM
+                or client.family not in (socket.AF_UNIX, socket.AF_INET, socket.AF_INET6)
+                # A listening socket's SO_PEERCRED names whoever listened (root): never a peer.
+                or client.getsockopt(socket.SOL_SOCKET, socket.SO_ACCEPTCONN)
+            ):
+                raise OutOfTurn("open: not a connected stream socket")
+            number = header.get("conn")
+            with self.lock:
+                if not isinstance(number, int) or number in self.connections:
+                    raise OutOfTurn(f"open: connection number {str(number)[:20]} taken or bad")
+                if len(self.connections) >= self.config.max_connections:
+                    raise OutOfTurn("too many connections")
+                conn = _Connection(number, client, channel)
+                self.connections[number] = conn
+        except OutOfTurn as exc:
+            log.error("network service: %s", exc)
+            with contextlib.suppress(OSError, wire.WireError):
+                channel.settimeout(0)
+                wire.send_message(channel, {"ok": False, "error": str(exc)})
             client.close()
-            raise OutOfTurn("open: not a connected stream socket")
-        with self.lock:
-            if len(self.connections) >= self.config.max_connections:
-                client.close()
-                return {"ok": False, "error": "too many connections"}, []
-            self.counter += 1
-            ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM)
-            conn = _Connection(self.counter, client, ours)
-            self.connections[conn.id] = conn
-        threading.Thread(target=self._connection, args=(conn,), daemon=True).start()
-        reply = {"ok": True, "conn": conn.id, "catalog": self.catalog_generation}
-        return reply, [theirs.detach()]
+            channel.close()
+            return
+        self.threads.submit(self._connection, conn)
 
-    def _catalog(self, _header: dict[str, Any], _fds: list[int]) -> tuple[dict, list[int]]:
-        return {"ok": True, "generation": self.catalog_generation, **catalog_snapshot(self)}, []
+    def _catalog(self, _header: dict[str, Any]) -> dict[str, Any]:
+        return {"ok": True, **catalog_snapshot(self)}
 
-    def _evict(self, header: dict[str, Any], _fds: list[int]) -> tuple[dict, list[int]]:
+    def _evict(self, header: dict[str, Any]) -> dict[str, Any]:
         """Kill the running job of a connection (the desktop owner needs the machine)."""
         conn = self.connections.get(header.get("conn"))  # type: ignore[arg-type]
         if conn is not None and conn.holding and conn.jail is not None:
             conn.jail.kill_job()
-        return {"ok": True}, []
+        return {"ok": True}
 
-    def _set_idle(self, header: dict[str, Any], _fds: list[int]) -> tuple[dict, list[int]]:
+    def _set_idle(self, header: dict[str, Any]) -> dict[str, Any]:
         """Every jail's jobs at SCHED_IDLE (or normal again), now and for new jails."""
         self.idle = header.get("idle") is True
         with self.lock:
@@ -192,10 +214,7 @@ class Monitor:
         for jail in jails:
             with contextlib.suppress(SandboxError, OSError):
                 jail.set_idle(self.idle)
-        return {"ok": True}, []
-
-    def rescanned(self) -> None:
-        self.catalog_generation += 1
+        return {"ok": True}
 
     # -- one connection ----------------------------------------------------------------------
 
@@ -229,36 +248,23 @@ class Monitor:
             conn.client.close()
             conn.channel.close()
 
-    def _local_peer(
-        self, conn: _Connection, _header: dict[str, Any], _blobs: list[bytes]
-    ) -> tuple[dict, list[bytes]]:
-        """The kernel's word on a Unix socket's peer, and whether it may compile."""
-        from .local_auth import unix_peer
+    def _authorize_without_kerberos(self, conn: _Connection) -> bool:
+        """A peer on the Unix socket (the kernel names it: SO_PEERCRED, read here from our own
+        copy of the socket), or with --insecure one on TCP known by its address: decide."""
+        from jailcc.peer import Peer, unix_peer
 
-        if conn.client.family != socket.AF_UNIX:
-            raise OutOfTurn(f"connection {conn.id}: local_peer on a TCP connection")
-        peer = unix_peer(conn.client)
+        if conn.client.family == socket.AF_UNIX:
+            peer = unix_peer(conn.client)
+            conn.user, conn.auth = peer.user, "local"
+        elif self.kerberos is None:
+            host, port = conn.client.getpeername()[:2]
+            peer = Peer("tcp", f"{host}:{port}")
+            conn.user, conn.auth = peer.user, "none"
+        else:
+            raise OutOfTurn(f"connection {conn.id}: serve out of turn, before Kerberos")
         allowed = self.local.allowed(peer)
         conn.state = State.AUTHORIZED if allowed else State.REFUSED
-        conn.user, conn.auth = peer.user, "local"
-        reply = {"ok": True, "user": peer.user, "uid": peer.uid, "pid": peer.pid}
-        return {**reply, "allowed": allowed}, []
-
-    def _insecure(
-        self, conn: _Connection, _header: dict[str, Any], _blobs: list[bytes]
-    ) -> tuple[dict, list[bytes]]:
-        """--insecure: a TCP peer, known only by its address."""
-        from .local_auth import Peer
-
-        if conn.client.family == socket.AF_UNIX or self.kerberos is not None:
-            raise OutOfTurn(f"connection {conn.id}: insecure without --insecure TCP")
-        host, port = conn.client.getpeername()[:2]
-        address = f"{host}:{port}"
-        if not self.local.allowed(Peer("tcp", address)):
-            conn.state = State.REFUSED
-            return {"ok": True, "allowed": False}, []
-        conn.state, conn.user, conn.auth = State.AUTHORIZED, address, "none"
-        return {"ok": True, "allowed": True, "user": address}, []
+        return allowed
 
     def _gss_step(
         self, conn: _Connection, _header: dict[str, Any], blobs: list[bytes]
@@ -317,6 +323,8 @@ class Monitor:
         hello = header.get("hello")
         if not isinstance(hello, dict):
             raise OutOfTurn(f"connection {conn.id}: serve needs a hello")
+        if conn.state is State.NEW and not self._authorize_without_kerberos(conn):
+            return {"ok": False, "code": "unauthorized", "error": f"{conn.user} may not"}, []
         conn.state = State.SERVING
         offer = self.catalog.by_identity.get(str(header.get("identity"))[:200])
         if offer is None:  # retired since the service looked
@@ -332,7 +340,6 @@ class Monitor:
             conn.jail = jail
             if self.idle:
                 jail.set_idle(True)
-            wire.send_message(conn.channel, {"ok": True, "jail": jail.id, "built": built})
             params = handover.session_params(
                 auth=conn.auth,
                 identity=offer.compiler.identity,
@@ -363,7 +370,8 @@ class Monitor:
             conn.jail = None
         with self.lock:
             teardowns, self.teardowns = self.teardowns, []
-        return {"ok": True, "end": True, "error": ended, "teardowns": teardowns[:1000]}, []
+        reply = {"ok": True, "end": True, "error": ended, "teardowns": teardowns[:1000]}
+        return {**reply, "jail": jail.id if jail else None, "built": built}, []
 
     def torn_down(self, seconds: float) -> None:
         with self.lock:
@@ -418,7 +426,7 @@ class _Relay:
         channel = self.conn.channel
         channel.settimeout(ANSWER_TIMEOUT)
         try:
-            wire.send_message(channel, {"ask": question})
+            wire.send_message(channel, {"ask": question, "jail": self.jail.id})
             reply, _ = wire.recv_message(channel, 0)
         except (OSError, wire.WireError) as exc:
             raise SandboxError(f"the network service did not answer: {exc}") from None
@@ -442,15 +450,14 @@ def catalog_snapshot(monitor: Monitor) -> dict[str, Any]:
 Handler = Callable[[Monitor, _Connection, dict[str, Any], list[bytes]], tuple[dict, list[bytes]]]
 # Per connection: request -> (the states it is allowed in, its handler).
 REQUESTS: dict[str, tuple[frozenset[State], Handler]] = {
-    "local_peer": (frozenset({State.NEW}), Monitor._local_peer),
-    "insecure": (frozenset({State.NEW}), Monitor._insecure),
     "gss_step": (frozenset({State.NEW, State.ACCEPTING}), Monitor._gss_step),
     "export_context": (frozenset({State.AUTHORIZED, State.REFUSED}), Monitor._export_context),
-    "serve": (frozenset({State.AUTHORIZED}), Monitor._serve),
+    # In NEW only without Kerberos: the monitor then decides who the peer is itself, first.
+    "serve": (frozenset({State.NEW, State.AUTHORIZED}), Monitor._serve),
 }
-MainHandler = Callable[[Monitor, dict[str, Any], list[int]], tuple[dict, list[int]]]
+# The main channel's requests but "open" (which is not answered there): request -> handler.
+MainHandler = Callable[[Monitor, dict[str, Any]], dict[str, Any]]
 MAIN_REQUESTS: dict[str, MainHandler] = {
-    "open": Monitor._open,
     "catalog": Monitor._catalog,
     "evict": Monitor._evict,
     "idle": Monitor._set_idle,

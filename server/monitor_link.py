@@ -53,6 +53,7 @@ class MonitorLink:
         self.sock = sock
         self.lock = threading.Lock()
         self.closed = False
+        self.opened = 0  # connections numbered in the order we open them
 
     def _request(self, request: dict[str, Any], fds: list[int] = ()) -> tuple[dict, list[int]]:
         with self.lock:
@@ -63,20 +64,30 @@ class MonitorLink:
                 raise
         return reply, out_fds
 
-    def open(self, client: socket.socket) -> tuple[ConnectionLink, int]:
-        """A channel for a newly accepted connection (the monitor gets a copy of its socket);
-        and the catalog generation the monitor is at."""
-        reply, fds = self._request({"op": "open"}, [client.fileno()])
+    def open(self, client: socket.socket) -> ConnectionLink:
+        """A channel for a newly accepted connection: the monitor gets a copy of its socket
+        and the other end of the channel. Not answered on the main channel; a refusal (too
+        many connections) is the first thing the channel says."""
+        ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM)
         try:
-            _checked(reply)
-            if len(fds) != 1:
-                raise MonitorGone("the monitor opened no channel")
+            with self.lock:
+                self.opened += 1
+                number = self.opened
+                try:
+                    wire.send_message(
+                        self.sock,
+                        {"op": "open", "conn": number},
+                        fds=[client.fileno(), theirs.fileno()],
+                    )
+                except (OSError, wire.WireError) as exc:
+                    self.closed = True
+                    raise MonitorGone(f"the monitor did not take the connection: {exc}") from None
         except BaseException:
-            for fd in fds:
-                socket.close(fd)
+            ours.close()
             raise
-        link = ConnectionLink(socket.socket(fileno=fds[0]), int(reply["conn"]))
-        return link, int(reply["catalog"])
+        finally:
+            theirs.close()
+        return ConnectionLink(ours, number)
 
     def catalog(self) -> dict[str, Any]:
         return _checked(self._request({"op": "catalog"})[0])
@@ -106,13 +117,6 @@ class ConnectionLink:
             socket.close(fd)
         return reply, out_blobs
 
-    def local_peer(self) -> dict[str, Any]:
-        """{"user", "uid", "pid", "allowed"}: the Unix peer as the kernel names it."""
-        return _checked(self._request("local_peer")[0])
-
-    def insecure(self) -> dict[str, Any]:
-        return _checked(self._request("insecure")[0])
-
     def gss_step(self, token: bytes) -> tuple[dict[str, Any], bytes]:
         """The monitor's accept step: ({"complete", and at the end "principal", "allowed",
         maybe "unavailable"}, our token for the client). MonitorRefused("unauthenticated")."""
@@ -131,24 +135,22 @@ class ConnectionLink:
         self,
         identity: str,
         hello: dict[str, Any],
-        on_jail: Callable[[int, float | None], None],
-        answer: Callable[[dict[str, Any]], dict[str, Any]],
+        handed_over: Callable[[], None],
+        answer: Callable[[int, dict[str, Any]], dict[str, Any]],
     ) -> dict[str, Any]:
-        """Have the monitor hand the connection to a jail; answer the jail's questions it
-        relays until the connection ends. on_jail(jail id, seconds its build took or None)
-        is called once the jail is there. Returns the end: {"error", "teardowns"}."""
+        """Have the monitor hand the connection to a jail (it holds its own copy of the
+        socket: handed_over() is called once the request is out, to close ours); answer the
+        jail's questions it relays, answer(jail id, question), until the connection ends.
+        Returns the end: {"error", "jail", "built", "teardowns"}."""
         try:
             wire.send_message(self.sock, {"op": "serve", "identity": identity, "hello": hello})
-            first, _ = wire.recv_message(self.sock, 0)
-            _checked(first)
-            built = first.get("built")
-            on_jail(int(first["jail"]), float(built) if built is not None else None)
+            handed_over()
             while True:
                 message, _ = wire.recv_message(self.sock, 0)
                 question = message.get("ask")
                 if not isinstance(question, dict):
                     return _checked(message)
-                wire.send_message(self.sock, answer(question))
+                wire.send_message(self.sock, answer(int(message["jail"]), question))
         except (OSError, wire.WireError, KeyError, TypeError, ValueError) as exc:
             raise MonitorGone(f"the monitor broke off the hand-over: {exc}") from None
 

@@ -43,7 +43,7 @@ def main(argv: list[str] | None = None) -> int:
     )
     link = MonitorLink(main_channel)
     service = JobService(link, CatalogView(), ServiceConfig(**setup["config"]))
-    service.catalog.refresh(link, int(setup["catalog"]))
+    service.catalog.refresh(link)
     for fd in fds:
         service.adopt_listener(socket.socket(fileno=fd))
 
@@ -53,7 +53,8 @@ def main(argv: list[str] | None = None) -> int:
 
     signal.signal(signal.SIGTERM, on_signal)
     signal.signal(signal.SIGINT, on_signal)
-    signal.signal(signal.SIGHUP, signal.SIG_IGN)  # the monitor rescans; we follow it
+    # The monitor rescans the images (on its own SIGHUP), then sends us one to read them again.
+    signal.signal(signal.SIGHUP, lambda _signum, _frame: service.rescanned.set())
     extras = []
     try:
         if setup.get("metrics"):

@@ -24,7 +24,7 @@ from typing import Any
 
 from jailcc import __version__
 from jailcc import protocol as proto
-from jailcc.peer import Peer, peer_credentials
+from jailcc.peer import LocalAuthorizer, Peer, peer_credentials, unix_peer
 
 from .admission import Busy, Slots, measure_speed
 from .metrics import Metrics
@@ -51,6 +51,10 @@ class ServiceConfig:
     # TCP peers: "gssapi" (Kerberos, the monitor accepts), "insecure", or None (no TCP).
     tcp_auth: str | None = None
     principal: str = ""  # the server's own Kerberos principal, for the mDNS TXT record
+    # Who may compile on the Unix socket (--allow-user, --allow-group): the service refuses
+    # others before reading a byte; the monitor decides again before it makes a jail.
+    allow_users: list[str] = field(default_factory=list)
+    allow_groups: list[str] = field(default_factory=list)
     max_queue: int = 0  # jobs that may wait for a slot before "busy"; 0: 4 x slots, 8 at least
     speed: float | None = None  # this server's relative speed; None: measure it
     # Before authentication: real deadlines (protocol.DeadlineSocket), caps on connections
@@ -80,16 +84,13 @@ class Refused(Exception):
 
 @dataclass
 class CatalogView:
-    """The images as the monitor last described them: a copy, refreshed when the monitor's
-    catalog generation moves on (after a rescan)."""
+    """The images as the monitor last described them: a copy, read at start and again when
+    the monitor has rescanned them (it sends us SIGHUP then)."""
 
     images: list[dict[str, Any]] = field(default_factory=list)  # the hello's "images"
     offers: dict[str, str] = field(default_factory=dict)  # compiler identity -> image mount
-    generation: int = 0
 
-    def refresh(self, monitor: MonitorLink, generation: int) -> None:
-        if generation == self.generation:
-            return
+    def refresh(self, monitor: MonitorLink) -> None:
         answer = monitor.catalog()
         offers = answer.get("offers")
         images = answer.get("images")
@@ -97,7 +98,6 @@ class CatalogView:
             raise MonitorGone("the monitor sent a malformed catalog")
         self.images = images
         self.offers = {str(k): str(v.get("image")) for k, v in offers.items()}
-        self.generation = int(answer["generation"])
 
     def identities(self) -> list[str]:
         return sorted(self.offers)
@@ -114,6 +114,9 @@ class JobService:
         self.monitor = monitor
         self.catalog = catalog
         self.config = config
+        self.local = LocalAuthorizer(
+            config.allow_users, config.allow_groups, allow_tcp=config.tcp_auth == "insecure"
+        )
         self.slots = Slots(config.slots, config.max_queue or max(8, 4 * config.slots))
         self.speed = config.speed if config.speed is not None else measure_speed()
         self.active: dict[int, _Questions] = {}  # by connection: connections in a jail now
@@ -129,6 +132,8 @@ class JobService:
         self.metrics = Metrics(self.load, config.slots)
         self.started = time.monotonic()
         self._stopping = threading.Event()
+        # Set on SIGHUP, which the monitor sends once it has rescanned the images.
+        self.rescanned = threading.Event()
         self.failed = False  # stopped because something it cannot do without died
 
     # -- listening -------------------------------------------------------------------------
@@ -143,6 +148,9 @@ class JobService:
             selector.register(sock, selectors.EVENT_READ)
         try:
             while not self._stopping.is_set():
+                if self.rescanned.is_set():
+                    self.rescanned.clear()
+                    self._reread_catalog()
                 if self.monitor.closed:
                     # Without it no peer can be authenticated nor a jail built: stop, so the
                     # monitor (or a supervisor) restarts us, rather than refuse every job.
@@ -164,6 +172,14 @@ class JobService:
                     self._start_connection(conn, addr)
         finally:
             selector.close()
+
+    def _reread_catalog(self) -> None:
+        try:
+            self.catalog.refresh(self.monitor)
+        except (MonitorGone, MonitorRefused) as exc:
+            log.error("the images could not be read again from the monitor: %s", exc)
+        else:
+            log.info("images now: %s", ", ".join(i.get("name", "?") for i in self.catalog.images))
 
     def stop(self) -> None:
         self._stopping.set()
@@ -212,8 +228,7 @@ class JobService:
 
         try:
             self.metrics.connection()
-            link, generation = self.monitor.open(conn)
-            self.catalog.refresh(self.monitor, generation)
+            link = self.monitor.open(conn)
             timed = proto.DeadlineSocket(
                 conn,
                 time.monotonic() + self.config.handshake_timeout,
@@ -258,20 +273,15 @@ class JobService:
         name: str,
     ) -> None:
         """The monitor hands the connection to a jail; we answer the jail's questions."""
-
-        def on_jail(jail_id: int, built: float | None) -> None:
-            # The monitor has its own copy of the socket, the one the jail gets: from now on
-            # only the jail reads the client's bytes.
-            conn.close()
-            questions.jail_id = jail_id
-            if built is not None:
-                self.metrics.jail_build.observe(built)
-
         questions = _Questions(self, link.id, user, name, offer.image)
         try:
-            end = link.serve(offer.identity, hello, on_jail, questions.answer)
+            # The monitor's copy of the socket is the one the jail gets: once it is asked to
+            # hand over, ours goes, and from then on only the jail reads the client's bytes.
+            end = link.serve(offer.identity, hello, conn.close, questions.answer)
         finally:
             questions.forget()
+        if isinstance(end.get("built"), int | float):
+            self.metrics.jail_build.observe(end["built"])
         for seconds in end.get("teardowns") or []:
             self.metrics.jail_teardown.observe(_number(seconds))
         ended = end.get("error")
@@ -311,9 +321,8 @@ class JobService:
             # The kernel names the peer (to the monitor): refuse one who may not compile before
             # reading a byte (what it sent stays unread; closing with it unread resets the
             # connection, which the peer sees after our ERROR frame).
-            who = link.local_peer()
-            peer = Peer("unix", str(who["user"]), int(who["uid"]), int(who["pid"]))
-            if who["allowed"] is not True:
+            peer = unix_peer(conn.sock)
+            if not self.local.allowed(peer):
                 refused = refuse(
                     "unauthorized",
                     f"{peer.user} may not use this server: ask its admin to add you"
@@ -336,7 +345,7 @@ class JobService:
         if isinstance(peer, Peer):
             return peer, offer, "local", proto.Channel(conn)
         if self.config.tcp_auth != "gssapi":  # --insecure
-            if link.insecure().get("allowed") is not True:
+            if not self.local.allowed(Peer("tcp", str(peer))):
                 raise refuse("unauthorized", "this server does not take unauthenticated TCP")
             on_authenticated()
             return peer, offer, "none", proto.Channel(conn)
@@ -525,7 +534,8 @@ class _Questions:
         with service.active_lock:
             service.active[conn] = self
 
-    def answer(self, question: dict[str, Any]) -> dict[str, Any]:
+    def answer(self, jail_id: int, question: dict[str, Any]) -> dict[str, Any]:
+        self.jail_id = jail_id
         what = question.get("what")
         entry = QUESTIONS.get(what) if isinstance(what, str) else None
         if entry is None or entry[0] not in (None, self.holding):

@@ -13,6 +13,7 @@ import time
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
+from types import SimpleNamespace
 from typing import Any
 
 import psutil
@@ -20,8 +21,8 @@ import pytest
 from conftest import requires_root
 from jailcc import wire
 from jailcc.monitor.kerberos import AuthenticationFailed
-from jailcc.monitor.local_auth import LocalAuthorizer
 from jailcc.monitor.monitor import MAX_AUTH_ROUNDS, Monitor, MonitorConfig, State
+from jailcc.peer import LocalAuthorizer
 from jailcc.sandbox.api import SandboxError
 from jailcc.sandbox.spec import JailLimits, RunLimits
 from serverutil import Server
@@ -91,7 +92,8 @@ class FakeOffer:
 
 
 class FakeCatalog:
-    by_identity = {"id-1": FakeOffer("gcc-12", None)}
+    compiler = SimpleNamespace(name="gcc-12", identity="id-1", path="/usr/bin/gcc-12", kind="gcc")
+    by_identity = {"id-1": FakeOffer("gcc-12", compiler)}
 
     def describe(self) -> list[dict[str, Any]]:
         return []
@@ -146,18 +148,25 @@ def monitor() -> Iterator[tuple[Monitor, socket.socket, FakeSandbox]]:
     theirs.close()
 
 
-def _main(main: socket.socket, request: dict[str, Any], fds: list[int] = ()) -> tuple[dict, list]:
+def _main(main: socket.socket, request: dict[str, Any], fds: list[int] = ()) -> dict:
     wire.send_message(main, request, fds=fds)
     reply, _, out = wire.recv_message_with_fds(main, 0, 1)
-    return reply, out
+    assert out == []
+    return reply
 
 
-def _open(main: socket.socket, client: socket.socket) -> socket.socket:
-    reply, fds = _main(main, {"op": "open"}, [client.fileno()])
-    assert reply["ok"] is True and len(fds) == 1, reply
-    channel = socket.socket(fileno=fds[0])
-    channel.settimeout(10)
-    return channel
+_numbers = iter(range(1, 1 << 30))
+
+
+def _open(main: socket.socket, client: Any, number: int | None = None) -> socket.socket:
+    """A connection's channel, as the service opens one: not answered on the main channel."""
+    ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM)
+    fileno = client if isinstance(client, int) else client.fileno()
+    number = next(_numbers) if number is None else number
+    wire.send_message(main, {"op": "open", "conn": number}, fds=[fileno, theirs.fileno()])
+    theirs.close()
+    ours.settimeout(10)
+    return ours
 
 
 def _ask(channel: socket.socket, op: str, blobs: list[bytes] = (), **fields: Any) -> dict:
@@ -174,42 +183,60 @@ def _closed(channel: socket.socket) -> bool:
     return False
 
 
-def test_serve_before_authentication_is_refused_and_ends_the_connection(monitor) -> None:
+def _refused_and_closed(channel: socket.socket, words: str) -> None:
+    reply, _ = wire.recv_message(channel, 0)
+    assert reply["ok"] is False and words in reply["error"], reply
+    assert _closed(channel)
+
+
+def _tcp_pair() -> tuple[socket.socket, socket.socket, socket.socket]:
+    listener = socket.create_server(("127.0.0.1", 0))
+    client = socket.create_connection(listener.getsockname())
+    server_side, _ = listener.accept()
+    return listener, client, server_side
+
+
+def test_serve_before_kerberos_is_refused_and_ends_the_connection(monitor) -> None:
+    mon, main, sandbox = monitor
+    mon.kerberos = FakeKerberos()  # type: ignore[assignment]
+    listener, client, server_side = _tcp_pair()
+    channel = _open(main, server_side)
+    reply = _ask(channel, "serve", identity="id-1", hello={})
+    assert reply["ok"] is False and "out of turn" in reply["error"]
+    assert _closed(channel)
+    assert sandbox.created == []
+    for sock in (client, server_side, listener):
+        sock.close()
+
+
+def test_a_refused_local_peer_gets_no_jail(monitor) -> None:
+    """The monitor reads the peer's credentials itself: whatever the request says, a user
+    who may not compile gets no jail, and asking again is out of turn."""
     _mon, main, sandbox = monitor
     client, _peer = socket.socketpair()
     channel = _open(main, client)
+    reply = _ask(channel, "serve", identity="id-1", hello={}, user="alice", uid=1000)
+    assert reply["ok"] is False and reply["code"] == "unauthorized", reply
     reply = _ask(channel, "serve", identity="id-1", hello={})
     assert reply["ok"] is False and "out of turn" in reply["error"]
     assert _closed(channel)
     assert sandbox.created == []
 
 
-def test_a_refused_local_peer_gets_no_jail(monitor) -> None:
-    _mon, main, sandbox = monitor
-    client, _peer = socket.socketpair()
-    channel = _open(main, client)
-    who = _ask(channel, "local_peer")
-    assert who["ok"] is True and who["allowed"] is False and who["uid"] == os.getuid()
-    # Asking again (hoping for another answer) is out of turn, as is serving.
-    for op in ("local_peer", "serve"):
-        channel = _open(main, client) if op == "serve" else channel
-        if op == "serve":
-            assert _ask(channel, "local_peer")["allowed"] is False
-        reply = _ask(channel, op, identity="id-1", hello={})
-        assert reply["ok"] is False and "out of turn" in reply["error"], op
-    assert sandbox.created == []
-
-
-def test_an_allowed_local_peer_reaches_the_sandbox(monitor) -> None:
-    """The control for the refusals above: the same requests in turn do get a jail."""
+def test_allowed_peers_reach_the_sandbox(monitor) -> None:
+    """The control for the refusals: the same requests from peers who may compile (a local
+    user; with --insecure, a TCP peer) do reach the sandbox."""
     mon, main, sandbox = monitor
-    mon.local = LocalAuthorizer([_user_name()], [], allow_tcp=False)
+    mon.local = LocalAuthorizer([_user_name()], [], allow_tcp=True)
     client, _peer = socket.socketpair()
-    channel = _open(main, client)
-    assert _ask(channel, "local_peer")["allowed"] is True
-    reply = _ask(channel, "serve", identity="id-1", hello={})
-    assert reply["end"] is True and reply["error"] == "no jails here"
-    assert sandbox.created == ["gcc-12"]
+    reply = _ask(_open(main, client), "serve", identity="id-1", hello={})
+    assert reply["end"] is True and reply["error"] == "no jails here", reply
+    listener, tcp_client, server_side = _tcp_pair()
+    reply = _ask(_open(main, server_side), "serve", identity="id-1", hello={})
+    assert reply["end"] is True and reply["error"] == "no jails here", reply
+    assert sandbox.created == ["gcc-12", "gcc-12"]
+    for sock in (tcp_client, server_side, listener):
+        sock.close()
 
 
 def _user_name() -> str:
@@ -223,9 +250,10 @@ def _user_name() -> str:
     [
         ("export_context", {}),  # no context: nobody authenticated
         ("gss_step", {}),  # no Kerberos configured, and a Unix socket
-        ("insecure", {}),  # a Unix socket, and no --insecure
-        ("make_jail", {"user": "alice"}),  # no such request
-        ("serve", {"identity": "id-1", "hello": {}, "user": "root"}),
+        ("insecure", {}),  # no such request (the monitor decides on TCP peers itself)
+        ("local_peer", {"user": "root"}),  # nor this: the monitor reads SO_PEERCRED itself
+        ("make_jail", {"user": "alice"}),  # nor this
+        ("serve", {"identity": "id-1"}),  # no hello to repeat
     ],
 )
 def test_forged_requests_are_refused(monitor, op: str, fields: dict) -> None:
@@ -241,9 +269,7 @@ def test_forged_requests_are_refused(monitor, op: str, fields: dict) -> None:
 def test_kerberos_failures_and_too_many_rounds_never_authorize(monitor) -> None:
     mon, main, sandbox = monitor
     mon.kerberos = FakeKerberos()  # type: ignore[assignment]
-    listener = socket.create_server(("127.0.0.1", 0))
-    client = socket.create_connection(listener.getsockname())
-    server_side, _ = listener.accept()
+    listener, client, server_side = _tcp_pair()
     # A garbage token: unauthenticated, and nothing after it is in turn.
     channel = _open(main, server_side)
     reply = _ask(channel, "gss_step", [b"garbage"])
@@ -268,22 +294,27 @@ def test_kerberos_failures_and_too_many_rounds_never_authorize(monitor) -> None:
         sock.close()
 
 
-def test_the_main_channel_takes_only_its_table(monitor) -> None:
+def test_the_main_channel_takes_only_its_table(monitor, caplog) -> None:
     mon, main, _sandbox = monitor
-    assert _main(main, {"op": "open"})[0]["ok"] is False  # no socket passed along
-    assert _main(main, {"op": "fork_jail"})[0]["ok"] is False
+    assert _main(main, {"op": "fork_jail"})["ok"] is False
+    client, _peer = socket.socketpair()
+    assert _main(main, {"op": "catalog"}, [client.fileno()])["ok"] is False  # fd out of turn
+    # Opening: refusals go on the connection's own channel.
     udp = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
-    assert _main(main, {"op": "open"}, [udp.fileno()])[0]["ok"] is False  # not a stream
+    _refused_and_closed(_open(main, udp), "not a connected stream socket")
     udp.close()
     listening = socket.create_server(("127.0.0.1", 0))  # its peer would be whoever listened
-    assert _main(main, {"op": "open"}, [listening.fileno()])[0]["ok"] is False
+    _refused_and_closed(_open(main, listening), "not a connected stream socket")
     listening.close()
-    client, _peer = socket.socketpair()
-    assert _main(main, {"op": "catalog"}, [client.fileno()])[0]["ok"] is False  # fd out of turn
+    taken = _open(main, client, number=7)
+    _refused_and_closed(_open(main, client, number=7), "taken")
+    # An open without its two sockets is not answered, and the channel goes on.
+    wire.send_message(main, {"op": "open", "conn": 99}, fds=[client.fileno()])
+    assert _main(main, {"op": "catalog"})["ok"] is True
+    assert "open without a socket and a channel" in caplog.text
     # At most max_connections open at once, however many the service asks for.
-    channels = [_open(main, client) for _ in range(4)]
-    reply, fds = _main(main, {"op": "open"}, [client.fileno()])
-    assert reply == {"ok": False, "error": "too many connections"} and fds == []
+    channels = [taken] + [_open(main, client) for _ in range(3)]
+    _refused_and_closed(_open(main, client), "too many connections")
     assert all(c.state is State.NEW for c in mon.connections.values())
     for channel in channels:
         channel.close()
