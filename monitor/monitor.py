@@ -90,7 +90,7 @@ class MonitorConfig:
 
 @dataclass
 class _Connection:
-    id: int
+    id: int  # the service's number for the connection ("open"; "evict" names it)
     client: socket.socket  # the peer's socket, as the service accepted it
     channel: socket.socket  # to the service, this connection's requests
     state: State = State.NEW
@@ -118,9 +118,8 @@ class Monitor:
         self.local, self.kerberos, self.principals = local, kerberos, principals
         self.config = config
         self.teardowns: list[float] = []  # seconds, reported to the service with "end"
-        self.connections: dict[int, _Connection] = {}
+        self.connections: dict[int, _Connection] = {}  # by the service's number for it
         self.lock = threading.Lock()
-        self.counter = 0
         self.idle = False
         # A thread per open connection, kept for the next one: starting a thread is a good
         # part of a connection's set-up. The cap on connections bounds the pool.
