@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import contextlib
 import os
-import resource  # noqa: F401 - os.wait4 imports it lazily, and after chroot it cannot
+import resource  # noqa: F401 - os.wait4 imports it lazily; the launcher imports it for us too
 import select
 import signal
 import socket

@@ -11,10 +11,11 @@ Images can also come and go while it runs: "mount_image" mounts a file as a new 
 "retire_image" takes a name away (jails built from it keep their own mount until they end).
 Only the files given at start and *.img files directly in the --image-dir are mounted.
 
-It never runs the compiler-aware job code (jailcc.jobs) itself: it reads the source of the
---jail-module modules at start-up, and each jail's init imports them from memory after dropping
-its privileges (jail_code.py). The only code it imports for the jails is a short list of
-libraries (--jail-library: gssapi, lz4), never the project's.
+It never runs the code of a jail's init (jail_init.py) nor the compiler-aware job code
+(jailcc.jobs) itself: it reads their source at start-up (jail_init.py and the --jail-module
+modules), and each jail's init imports them from memory after dropping its privileges
+(jail_code.py). The only code it imports for the jails is a short list of libraries
+(--jail-library: gssapi, lz4) and the standard modules the init uses, never the project's.
 
 Run as: python -m jailcc.sandbox.launcher --control-fd N --parent-pid P --image NAME=PATH ...
 """
@@ -40,10 +41,15 @@ from jailcc import IMAGE_NAME_PATTERN, wire
 from . import cgroups, loopdev, privileges, rootfs
 from . import syscalls as sc
 from .jail_code import JailCode, JailCodeError, import_libraries
-from .jail_init import JailInit
 from .spec import WEAKENINGS, JailLimits
 from .uidpool import DEFAULT_BASE, DEFAULT_COUNT, UidPool
 
+# The jail's init (its PID 1), run only in the jail once unprivileged: served from memory like
+# the job code, first, since the job code imports it.
+JAIL_INIT = "jailcc.sandbox.jail_init"
+# Standard modules jail_init.py imports that nothing here does: a jail cannot load them after
+# its chroot (tests/test_jobs_loading.py checks the init loads in a jail).
+INIT_STDLIB = ("resource",)
 READY_TIMEOUT = 10.0
 REFILL_IDLE_SECONDS = 0.0005
 MAX_WARM_KEYS = 4  # distinct (image, limits) pairs kept warm; the least recent is drained
@@ -83,13 +89,13 @@ class Launcher:
         images: dict[str, str],
         pool: UidPool,
         spawn_helper: str,
+        jail_code: JailCode,  # the init's and the jobs' code (JAIL_INIT first)
         warm_per_key: int = 1,
         allow_weaken: bool = False,
         image_dir: str | None = None,
-        jail_code: JailCode | None = None,
     ) -> None:
         self.control = control
-        self.jail_code = jail_code or JailCode({})
+        self.jail_code = jail_code
         if image_dir is not None:
             _check_image_dir(image_dir)
         self.image_dir = image_dir
@@ -465,7 +471,8 @@ def _jail_main(
         # Only now, chrooted and unprivileged, does the job code run: the launcher only read
         # it. Done while the jail waits in the warm pool, so no connection waits for it.
         jail_code.load()
-        jail_init = JailInit(sock, limits, weaken, rootfs.SPAWN_HELPER, io_counters)
+        init_class = sys.modules[JAIL_INIT].JailInit
+        jail_init = init_class(sock, limits, weaken, rootfs.SPAWN_HELPER, io_counters)
         jail_init.warm_up()
         os.write(ready_w, b"ok")
         os.close(ready_w)
@@ -519,8 +526,8 @@ def main(argv: list[str] | None = None) -> None:
     control = socket.socket(fileno=args.control_fd)
     try:
         # Now, while the host's files are in reach: a jail cannot load code after chroot.
-        import_libraries(args.jail_library)
-        jail_code = JailCode.read(args.jail_module)
+        import_libraries([*INIT_STDLIB, *args.jail_library])
+        jail_code = JailCode.read([JAIL_INIT, *args.jail_module])
     except (OSError, ImportError, SyntaxError, ValueError, JailCodeError) as exc:
         wire.send_packet(control, {"ok": False, "error": f"launcher start-up failed: {exc}"})
         sys.exit(1)
@@ -535,10 +542,10 @@ def main(argv: list[str] | None = None) -> None:
             images,
             UidPool(args.uid_base, args.uid_count),
             args.spawn_helper,
+            jail_code,
             args.warm,
             args.allow_weaken,
             args.image_dir,
-            jail_code,
         )
     except (OSError, ValueError, cgroups.CgroupError) as exc:
         wire.send_packet(control, {"ok": False, "error": f"launcher start-up failed: {exc}"})

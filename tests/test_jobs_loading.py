@@ -13,6 +13,7 @@ import pytest
 from conftest import requires_root
 from jailcc import jobs
 from jailcc.sandbox.jail_code import JailCode, JailCodeError, import_libraries
+from jailcc.sandbox.launcher import JAIL_INIT
 
 PRINT_MODULES = "\nimport json, sys; print(json.dumps(sorted(sys.modules)))"
 # The launcher's start-up, as far as modules go: its own imports, then the jail libraries.
@@ -20,11 +21,12 @@ LAUNCHER_START = (
     "import sys\n"
     "from jailcc.sandbox import launcher\n"
     "from jailcc.sandbox.jail_code import import_libraries\n"
-    "import_libraries(sys.argv[1:])"
+    "import_libraries([*launcher.INIT_STDLIB, *sys.argv[1:]])"
 )
 # Served to the jails, or never the launcher's: the client <-> server protocol parses what
 # clients send, so root never runs it (the framing under it, jailcc.wire, is the launcher's own).
 NOT_IN_THE_LAUNCHER = (
+    "jailcc.sandbox.jail_init",  # the jail's init runs only in the jail, unprivileged
     "jailcc.jobs",
     "jailcc.options",
     "jailcc.protocol",
@@ -52,7 +54,7 @@ def test_jail_modules_are_exactly_what_the_jobs_need_beyond_the_launcher() -> No
     assert not [m for m in launcher if is_forbidden(m)]
     jail = modules_after("import jailcc.jobs.session")
     # Anything else the jobs import must come from the launcher: nothing is loaded after chroot.
-    assert jail - launcher == set(jobs.JAIL_MODULES)
+    assert jail - launcher == {JAIL_INIT, *jobs.JAIL_MODULES}
     assert [m for m in jobs.JAIL_MODULES if m.startswith("jailcc.jobs")][
         -1
     ] == "jailcc.jobs.session"
