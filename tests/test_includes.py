@@ -12,7 +12,6 @@
 
 from __future__ import annotations
 
-import importlib.util
 import os
 import shutil
 import subprocess
@@ -20,7 +19,6 @@ import sys
 import time
 from collections.abc import Iterator
 from pathlib import Path
-from types import ModuleType
 
 import pytest
 from jailcc.client.includes import Analysis, IncludeAnalyzer, parse_directives
@@ -515,17 +513,8 @@ def test_directive_scanner() -> None:
 # Real projects: every compile of zlib and lua5.4, gcc-12 and clang-16
 
 
-def _load_projects() -> ModuleType:
-    path = Path(__file__).resolve().parent.parent / "scripts" / "projects.py"
-    spec = importlib.util.spec_from_file_location("jailcc_projects_includes", path)
-    assert spec and spec.loader
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[spec.name] = module  # dataclasses look their module up while the class is made
-    spec.loader.exec_module(module)
-    return module
-
-
-projects = _load_projects()
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "scripts"))
+import projects  # noqa: E402 - scripts/projects.py, as the other project tests load it
 
 # Records each compile's directory and argv (NUL-separated, a file per process: make -j2
 # runs two at once), then compiles at -O0 without debug info: the build only has to produce
