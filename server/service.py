@@ -296,9 +296,10 @@ class JobService:
         on_authenticated: Callable[[], None],
         note: Callable[..., None],
     ) -> tuple[Peer | str, Offer | None, str, proto.Channel | None]:
-        """Credentials (Unix socket), hello, authentication (Kerberos), authorization, each
-        decided by the monitor: (peer, offer, auth kind, the channel to go on in, None for a
-        Kerberos job connection, whose channel is the jail's). The offer is None for a status
+        """Credentials (Unix socket), hello, authentication (Kerberos), authorization: the
+        monitor decides (a local peer again at the hand-over), we only refuse early. Returns
+        (peer, offer, auth kind, the channel to go on in, None for a Kerberos job connection,
+        whose channel is the jail's). The offer is None for a status
         request, which needs no image. Every read and write is bounded by conn's deadlines.
         Raises Refused after telling the peer."""
 
@@ -318,9 +319,10 @@ class JobService:
             return Refused(code, message)
 
         if conn.family == socket.AF_UNIX:
-            # The kernel names the peer (to the monitor): refuse one who may not compile before
-            # reading a byte (what it sent stays unread; closing with it unread resets the
-            # connection, which the peer sees after our ERROR frame).
+            # The kernel names the peer: refuse one who may not compile before reading a byte
+            # (what it sent stays unread; closing with it unread resets the connection, which
+            # the peer sees after our ERROR frame). The monitor decides again, from its own copy
+            # of the socket, before it makes a jail.
             peer = unix_peer(conn.sock)
             if not self.local.allowed(peer):
                 refused = refuse(
