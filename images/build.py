@@ -20,8 +20,14 @@ from jailcc import __version__
 from jailcc.images import squashfs
 from jailcc.images.collect import Tree, collect
 from jailcc.images.errors import ImageError
-from jailcc.images.identity import identity_from_digests, identity_parts, sha256_file
-from jailcc.images.manifest import MANIFEST_PATH, CompilerEntry, Manifest, make_manifest
+from jailcc.images.identity import identity_from_digests, identity_parts
+from jailcc.images.manifest import (
+    MANIFEST_PATH,
+    CompilerEntry,
+    Manifest,
+    make_manifest,
+    sha256_file,
+)
 from jailcc.images.probe import CompilerInfo, probe_compiler
 
 # Mountpoints the jail puts its own filesystems on: created empty, never filled from the host.

@@ -48,6 +48,7 @@ def compiler_identity(path: str) -> str:
             return hit[0]
     # Cache miss: this is the slow path (a few compiler runs, hashing ~10-200 MB).
     from jailcc.images import probe
+    from jailcc.images.manifest import sha256_file
 
     info = probe.probe_compiler(path)
     parts = identity_parts(info)
@@ -92,16 +93,6 @@ def identity_from_digests(digests: dict[str, str]) -> str:
 
     text = FORMAT + "\n" + "".join(f"{role} {digests[role]}\n" for role in sorted(digests))
     return "sha256:" + hashlib.sha256(text.encode()).hexdigest()
-
-
-def sha256_file(path: str) -> str:
-    import hashlib
-
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        while chunk := f.read(1 << 20):
-            h.update(chunk)
-    return h.hexdigest()
 
 
 def _which(name: str) -> str | None:

@@ -1,4 +1,5 @@
-"""The image manifest (/.jailcc/manifest.json) and read_manifest() for the server.
+"""The image manifest (/.jailcc/manifest.json), read_manifest() for the server, and the file
+digest (sha256_file) the manifest, the compiler identity and verification all use.
 
 Format 1:
     {"format": 1,
@@ -15,6 +16,7 @@ same compilers always give the same bytes.
 
 from __future__ import annotations
 
+import hashlib
 import json
 import re
 from collections.abc import Mapping
@@ -28,7 +30,20 @@ MANIFEST_PATH = "/.jailcc/manifest.json"
 KINDS = ("gcc", "clang")
 _HEX64 = re.compile(r"^[0-9a-f]{64}$")
 
-__all__ = ["MANIFEST_PATH", "CompilerEntry", "ImageError", "Manifest", "read_manifest"]
+__all__ = [
+    "MANIFEST_PATH",
+    "CompilerEntry",
+    "ImageError",
+    "Manifest",
+    "read_manifest",
+    "sha256_file",
+]
+
+
+def sha256_file(path: str) -> str:
+    """The hex SHA-256 of a file's content, read in chunks (images hold files of 100+ MB)."""
+    with open(path, "rb") as f:
+        return hashlib.file_digest(f, "sha256").hexdigest()
 
 
 @dataclass(frozen=True)

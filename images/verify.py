@@ -9,8 +9,7 @@ import tempfile
 
 from jailcc.images import squashfs
 from jailcc.images.errors import ImageError
-from jailcc.images.identity import sha256_file
-from jailcc.images.manifest import MANIFEST_PATH, Manifest, read_manifest
+from jailcc.images.manifest import MANIFEST_PATH, Manifest, read_manifest, sha256_file
 
 
 class VerifyError(ImageError):
