@@ -145,11 +145,14 @@ static int read_all(int fd, void *p, size_t n)
 	return 0;
 }
 
-static int write_all(int fd, const void *p, size_t n)
+/* To the proxy's socket: MSG_NOSIGNAL, since a proxy that dies mid-request must mean a
+ * fallback (EPIPE), not a SIGPIPE that kills the compile. Output to stdout and stderr keeps
+ * write(2): a closed pipe there ends jailcc as it would end the compiler. */
+static int write_all(int fd, const void *p, size_t n, int to_socket)
 {
 	const char *c = p;
 	while (n) {
-		ssize_t put = write(fd, c, n);
+		ssize_t put = to_socket ? send(fd, c, n, MSG_NOSIGNAL) : write(fd, c, n);
 		if (put < 0 && errno == EINTR)
 			continue;
 		if (put <= 0)
@@ -238,7 +241,7 @@ static int ask(int fd, int argc, char **argv, const char *exe)
 	uint32_t body = (uint32_t)(req.len - 8);
 	unsigned char be[4] = {body >> 24, body >> 16, body >> 8, body};
 	memcpy(req.data + 4, be, 4);
-	if (write_all(fd, req.data, req.len))
+	if (write_all(fd, req.data, req.len, 1))
 		return -1;
 	free(req.data);
 
@@ -254,8 +257,8 @@ static int ask(int fd, int argc, char **argv, const char *exe)
 		if (!err)
 			return -1;
 		close(fd);
-		write_all(1, out, out_len);
-		write_all(2, err, err_len);
+		write_all(1, out, out_len, 0);
+		write_all(2, err, err_len, 0);
 		exit((int)(int32_t)code);
 	}
 	if (kind != 1)
@@ -275,7 +278,7 @@ static int ask(int fd, int argc, char **argv, const char *exe)
 	if (!msg)
 		return -1;
 	close(fd);
-	write_all(2, msg, msg_len);
+	write_all(2, msg, msg_len, 0);
 	execv(path, args);
 	fprintf(stderr, "jailcc: cannot run %s: %s\n", path, strerror(errno));
 	exit(127);

@@ -199,6 +199,58 @@ def test_the_native_client_finds_the_proxy_python_names(settings, runtime_dir, t
     assert native_client_asks(env, tmp_path)
 
 
+def test_a_proxy_that_dies_before_reading_means_a_fallback_not_sigpipe(runtime_dir, tmp_path):
+    """The native client's request to a proxy that closes without reading it fails with EPIPE:
+    the compile must then go on without the proxy, not die of SIGPIPE ("Broken pipe" in make)."""
+    env = {
+        "PATH": os.environ["PATH"],
+        "XDG_RUNTIME_DIR": str(runtime_dir),
+        "JAILCC_DISCOVER": "",
+        "JAILCC_HOSTS": "",
+        # Larger than the socket's buffer, so the write is still going when the proxy closes.
+        **{f"JAILCC_TEST_PAD{i}": "x" * 100_000 for i in range(10)},
+    }
+    (tmp_path / "x.c").write_text("int x(void) { return 1; }\n")
+    path = pw.socket_path(env)
+    pw.ensure_private_dir(os.path.dirname(path))
+    accepted = 0
+    with socket.socket(socket.AF_UNIX) as listener:
+        listener.bind(path)
+        listener.listen(4)
+        listener.settimeout(0.2)
+        stop = threading.Event()
+
+        def slam() -> None:
+            nonlocal accepted
+            while not stop.is_set():
+                try:
+                    conn, _ = listener.accept()
+                except TimeoutError:
+                    continue
+                except OSError:
+                    return
+                conn.close()  # unread
+                accepted += 1
+
+        thread = threading.Thread(target=slam, daemon=True)
+        thread.start()
+        try:
+            proc = subprocess.run(
+                [JAILCC, "gcc-12", "-c", "x.c"],
+                cwd=tmp_path,
+                env=env,
+                capture_output=True,
+                timeout=60,
+            )
+        finally:
+            stop.set()
+            thread.join()
+            os.unlink(path)
+    assert accepted >= 1
+    assert proc.returncode == 0, (proc.returncode, proc.stderr)
+    assert (tmp_path / "x.o").stat().st_size > 0
+
+
 def test_the_key_follows_which_hosts_file_not_unrelated_settings():
     key = pw.settings_key
     home_a, home_b = {"HOME": "/home/a"}, {"HOME": "/home/b"}
