@@ -96,8 +96,7 @@ class CatalogView:
         images = answer.get("images")
         if not isinstance(offers, dict) or not isinstance(images, list):
             raise MonitorGone("the monitor sent a malformed catalog")
-        self.images = images
-        self.offers = {str(k): str(v.get("image")) for k, v in offers.items()}
+        self.offers, self.images = {str(k): str(v.get("image")) for k, v in offers.items()}, images
 
     def identities(self) -> list[str]:
         return sorted(self.offers)
@@ -146,11 +145,11 @@ class JobService:
         selector = selectors.DefaultSelector()
         for sock in self.listeners:
             selector.register(sock, selectors.EVENT_READ)
+        # Its own thread: a new image is offered as soon as the monitor has it, not after the
+        # accept loop's next wake-up, and one slow answer from the monitor holds up no accept.
+        threading.Thread(target=self._follow_rescans, name="rescans", daemon=True).start()
         try:
             while not self._stopping.is_set():
-                if self.rescanned.is_set():
-                    self.rescanned.clear()
-                    self._reread_catalog()
                 if self.monitor.closed:
                     # Without it no peer can be authenticated nor a jail built: stop, so the
                     # monitor (or a supervisor) restarts us, rather than refuse every job.
@@ -172,6 +171,12 @@ class JobService:
                     self._start_connection(conn, addr)
         finally:
             selector.close()
+
+    def _follow_rescans(self) -> None:
+        while not self._stopping.is_set():
+            if self.rescanned.wait(timeout=1.0):
+                self.rescanned.clear()
+                self._reread_catalog()
 
     def _reread_catalog(self) -> None:
         try:

@@ -37,10 +37,16 @@ def put(source: Path, directory: Path) -> None:
 
 
 def rescan(server: Server, expect: str) -> None:
+    """SIGHUP, then wait for the monitor to log expect and for the network service to have
+    read the images again (its "images now:"), from when on new jobs see them."""
+    served = server.log_text().count("images now:")
     server.proc.send_signal(signal.SIGHUP)
     deadline = time.monotonic() + 60
-    while expect not in server.log_text():
-        assert time.monotonic() < deadline, server.log_text()
+    while True:
+        log = server.log_text()
+        if expect in log and log.count("images now:") > served:
+            return
+        assert time.monotonic() < deadline, log
         time.sleep(0.1)
 
 
