@@ -1,4 +1,4 @@
-"""The jailcc wire protocol, version 1 (see PROTOCOL.md for the document).
+"""The jailcc wire protocol, version 2 (see PROTOCOL.md for the document).
 
 A frame is a 4-byte big-endian length N followed by N bytes: a 1-byte frame type, a 4-byte
 big-endian header length H, H bytes of a JSON object, then the frame's blobs back to back.
@@ -37,6 +37,8 @@ ERROR = 4
 AUTH = 5  # a GSSAPI context token, in blob 0 (before the connection is sealed)
 READY = 6  # the connection's jail is ready and the peer authorized (first sealed frame)
 STATUS = 7  # the server's state, the answer to a hello with "request": "status"
+NEED = 8  # a tree job's blobs the jail's store lacks, by digest (server to client)
+BLOBS = 9  # some of those blobs (client to server)
 
 FRAME_NAMES = {
     HELLO: "HELLO",
@@ -46,11 +48,17 @@ FRAME_NAMES = {
     AUTH: "AUTH",
     READY: "READY",
     STATUS: "STATUS",
+    NEED: "NEED",
+    BLOBS: "BLOBS",
 }
 
 # Caps. Before the hello exchange only a small frame is accepted.
 MAX_HELLO_FRAME = 64 * 1024
-# A frame's JSON header is capped at jailcc.wire's MAX_HEADER.
+# A frame's JSON header is capped at jailcc.wire's MAX_HEADER, but for the frames that list a
+# tree job's files (JOB, NEED, RESULT: up to 20000 paths and digests each way), which may carry
+# up to MAX_TREE_HEADER. Every frame is capped as a whole first (max_frame), so before
+# authentication (64 KiB frames) this changes nothing.
+MAX_TREE_HEADER = 8 * 1024 * 1024
 DEFAULT_MAX_FRAME = 256 * 1024 * 1024
 MAX_BLOBS = 64
 # A GSSAPI token before the context is complete (a Kerberos AP-REQ with a PAC fits easily).
@@ -62,6 +70,11 @@ MAX_STATUS_FRAME = 1024 * 1024
 SEAL_OVERHEAD = 4096
 
 _PREFIX = struct.Struct(">IBI")  # frame length, type, header length
+
+
+def header_cap(frame_type: int) -> int:
+    """The largest JSON header a frame of this type may carry."""
+    return MAX_TREE_HEADER if frame_type in (JOB, NEED, RESULT) else MAX_HEADER
 
 
 class ProtocolError(Exception):
@@ -112,8 +125,8 @@ def encode(
             raw.append(None)
     header = dict(header, blobs=[len(b) for b in wire_blobs], raw=raw)
     head = json.dumps(header, separators=(",", ":")).encode()
-    if len(head) > MAX_HEADER:
-        raise ProtocolError(f"header of {len(head)} bytes exceeds {MAX_HEADER}")
+    if len(head) > header_cap(frame_type):
+        raise ProtocolError(f"header of {len(head)} bytes exceeds {header_cap(frame_type)}")
     body_len = 1 + 4 + len(head) + sum(len(b) for b in wire_blobs)
     return b"".join([_PREFIX.pack(body_len, frame_type, len(head)), head, *wire_blobs])
 
@@ -240,7 +253,7 @@ def _parse(
         raise ProtocolError(f"frame of {body_len} bytes exceeds the cap of {max_frame}")
     if frame_type not in FRAME_NAMES:
         raise ProtocolError(f"unknown frame type {frame_type}")
-    if head_len > MAX_HEADER or 5 + head_len > body_len:
+    if head_len > header_cap(frame_type) or 5 + head_len > body_len:
         raise ProtocolError("bad header length")
     header = json_object(read(head_len), ProtocolError)
     sizes = header.pop("blobs", [])

@@ -18,7 +18,7 @@ from collections.abc import Callable
 
 from jailcc import __version__
 from jailcc.images import squashfs
-from jailcc.images.collect import Tree, collect
+from jailcc.images.collect import Tree, add_directory, collect
 from jailcc.images.errors import ImageError
 from jailcc.images.identity import identity_from_digests, identity_parts
 from jailcc.images.manifest import (
@@ -28,7 +28,7 @@ from jailcc.images.manifest import (
     make_manifest,
     sha256_file,
 )
-from jailcc.images.probe import CompilerInfo, probe_compiler
+from jailcc.images.probe import CompilerInfo, probe_compiler, system_include_dirs
 
 # Mountpoints the jail puts its own filesystems on: created empty, never filled from the host.
 MOUNTPOINTS = {"/tmp": 0o1777, "/proc": 0o755, "/dev": 0o755}
@@ -44,8 +44,10 @@ def build_image(
     output: str,
     compression: str = squashfs.DEFAULT_COMPRESSION,
     log: Callable[[str], None] = progress,
+    headers: bool = False,
 ) -> Manifest:
-    """Build the image `output` holding `compilers`; return its manifest."""
+    """Build the image `output` holding `compilers` (and, with `headers`, their system
+    headers); return its manifest."""
     started = time.monotonic()
     out = os.path.abspath(output)
     outdir = _check_output(out)
@@ -58,6 +60,11 @@ def build_image(
     # UTF-8 session exactly as a local compile does.
     for locale_file in _locale_files(LOCALE_DIR):
         tree.add(locale_file)
+    if headers:
+        # For tree jobs: the jail compiles the user's sources, and the client checks that each
+        # system header it reads there is the same file as its own (PROTOCOL.md, tree jobs).
+        for directory in dict.fromkeys(d for info in infos for d in system_include_dirs(info)):
+            log(f"headers: {add_directory(tree, directory)} files in {directory}")
     _check_reserved(tree)
     size = sum(os.stat(f).st_size for f in tree.files)
     log(f"collecting {len(tree.files)} files, {len(tree.symlinks)} symlinks ({size / 1e6:.0f} MB)")

@@ -54,6 +54,13 @@ def _parser() -> argparse.ArgumentParser:
         help="squashfs compression (default: %(default)s, level 1: fast to build, small, "
         "fast to read); lz4 builds a little faster but bigger, gzip is slowest",
     )
+    b.add_argument(
+        "--headers",
+        action="store_true",
+        help="also hold the compilers' system headers (every file of the directories that "
+        "`COMPILER -E -v` searches for <...>): tree jobs, which ship sources instead of "
+        "preprocessed output, compile against them",
+    )
     b.add_argument("-q", "--quiet", action="store_true", help="no progress lines on stderr")
 
     i = sub.add_parser(
@@ -117,7 +124,7 @@ def main(argv: list[str] | None = None) -> int:
             from jailcc.images.build import build_image, progress
 
             log = (lambda _msg: None) if args.quiet else progress
-            build_image(args.compiler, args.output, args.compression, log=log)
+            build_image(args.compiler, args.output, args.compression, log=log, headers=args.headers)
         elif args.command == "list":
             _list(args.directory or IMAGE_DIR, args.verify)
         elif args.command == "info":

@@ -169,3 +169,22 @@ def collect(programs: list[str]) -> Tree:
             for _name, lib in shared_libraries(run_as):
                 tree.add(lib)
     return tree
+
+
+def add_directory(tree: Tree, top: str) -> int:
+    """Add every regular file below `top` (symlinked directories followed, each once), with
+    the symlinks on the way; the number of files."""
+    count = 0
+    seen: set[str] = set()
+    for dirpath, dirnames, filenames in os.walk(top, followlinks=True):
+        real = os.path.realpath(dirpath)
+        if real in seen:
+            dirnames[:] = []
+            continue
+        seen.add(real)
+        for name in sorted(filenames):
+            path = os.path.join(dirpath, name)
+            if os.path.isfile(path):  # regular, or a symlink to one (dangling ones are skipped)
+                tree.add(path)
+                count += 1
+    return count

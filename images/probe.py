@@ -142,3 +142,36 @@ def probe_compiler(path: str) -> CompilerInfo:
         target=target,
         programs=tuple(programs),
     )
+
+
+def system_include_dirs(info: CompilerInfo) -> list[str]:
+    """The directories the compiler searches for <...> headers by default, as ``CC -E -v``
+    lists them, for C and (for a C++ driver or clang) C++; those that exist, each once."""
+    langs = ["c"]
+    if info.kind == "clang" or is_cxx_driver(info.path):
+        langs.append("c++")
+    found: dict[str, None] = {}
+    for lang in langs:
+        try:
+            out = subprocess.run(
+                [info.path, "-E", "-v", "-x", lang, "/dev/null"],
+                env=_env(),
+                stdin=subprocess.DEVNULL,
+                capture_output=True,
+                text=True,
+                timeout=60,
+                check=False,
+            )
+        except (OSError, subprocess.TimeoutExpired) as e:
+            raise ImageError(f"cannot ask {info.path} for its include directories: {e}") from None
+        listing = False
+        for line in out.stderr.splitlines():
+            if line.startswith("#include <...> search starts here:"):
+                listing = True
+            elif line.startswith("End of search list."):
+                listing = False
+            elif listing and line.startswith(" ") and not line.endswith("(framework directory)"):
+                path = os.path.normpath(line.strip())
+                if os.path.isdir(path):
+                    found[path] = None
+    return list(found)

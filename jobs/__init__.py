@@ -5,6 +5,10 @@
                       init (sandbox/jail_init.py), send the RESULT
   compiler_policy.py  which compiler arguments and environment a job may carry (the
                       allowlist over core/options.py), and the exact-debug-info merge
+  tree.py             tree jobs (the user's own compile on shipped sources): what a tree
+                      JOB may ask, the image's files as the jail sees them, which files the
+                      compile read
+  blobstore.py        the tree jobs' blobs, by content digest, for the jail's life
   handover.py         what the server hands the jobs handler with a connection (its name,
                       the parameters): plain data, the one module the server side imports
 
@@ -28,8 +32,11 @@ JAIL_MODULES = (
     "jailcc.jobs",
     "jailcc.jobs.compiler_policy",
     "jailcc.jobs.handover",
+    "jailcc.jobs.blobstore",
+    "jailcc.jobs.tree",
     "jailcc.jobs.session",
 )
 # Libraries (no project code) the launcher imports before any jail forks: C extensions cannot
-# be loaded after the jail's chroot. gssapi unseals the connection, lz4 decompresses frames.
-JAIL_LIBRARIES = ("gssapi", "gssapi.raw", "lz4.block")
+# be loaded after the jail's chroot. gssapi unseals the connection, lz4 decompresses frames,
+# hashlib (OpenSSL's, or its own C modules) checks the tree jobs' blobs.
+JAIL_LIBRARIES = ("gssapi", "gssapi.raw", "lz4.block", "hashlib")

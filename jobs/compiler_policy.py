@@ -12,13 +12,20 @@ else is refused with an error naming the option: unknown options, options that l
 response files, sysroots, include directories), or make the job something other than "compile
 this one preprocessed file" (-E, -x, -dumpdir...).  The server supplies the input file name,
 -c or -S, and -o itself; a separate value may not be missing (it would swallow the -c).
+
+Tree jobs (``check_tree_args``) run the user's own command line on the user's own files, laid
+out in the jail at the user's paths: there the table's ``src`` decision admits a word ("run"
+or "server"), the command names one input (a file of the tree) and -c or -S, and the values
+that name files the compile writes (``path == "write"``: -o, -MF...) lie beneath the job's
+root. ``tree_deps`` says how the jail learns which files such a compile read.
 """
 
 from __future__ import annotations
 
 import itertools
+import os
 
-from jailcc.options import SENT_REMOTE, option_at
+from jailcc.options import LOCAL, SENT_REMOTE, Word, option_at
 
 MAX_ARGS = 4096
 MAX_ARG_BYTES = 64 * 1024
@@ -35,8 +42,8 @@ class PolicyError(Exception):
     """The job asks for something the server does not do; the message names the option."""
 
 
-def check_args(args: object) -> list[str]:
-    """Validate the compiler arguments of a job; return them as a list of str."""
+def _check_words(args: object) -> list[str]:
+    """The caps every job's arguments keep: a list of strings, no response files."""
     if not isinstance(args, list) or not all(isinstance(a, str) for a in args):
         raise PolicyError("compiler arguments must be a list of strings")
     if len(args) > MAX_ARGS or sum(len(a) for a in args) > MAX_TOTAL_ARG_BYTES:
@@ -46,6 +53,19 @@ def check_args(args: object) -> list[str]:
             raise PolicyError("a compiler argument is malformed or too long")
         if arg.startswith("@"):  # gcc expands them anywhere, separate values too
             raise PolicyError(f"response files are not accepted ({arg!r})")
+    return args
+
+
+def _shown(word: Word, arg: str) -> str:
+    shown = " ".join(word.words)
+    if word.canonical != arg:  # a long option or an abbreviation: say what it means
+        shown += f" (that is {word.canonical})"
+    return shown
+
+
+def check_args(args: object) -> list[str]:
+    """Validate the compiler arguments of a job; return them as a list of str."""
+    args = _check_words(args)
     i = 0
     while i < len(args):
         arg = args[i]
@@ -56,11 +76,192 @@ def check_args(args: object) -> list[str]:
         except ValueError as exc:
             raise PolicyError(f"{exc}: a value must follow it") from None
         if word.decision not in SENT_REMOTE:
-            shown = " ".join(word.words)
-            if word.canonical != arg:  # a long option or an abbreviation: say what it means
-                shown += f" (that is {word.canonical})"
-            raise PolicyError(f"the option {shown} is not allowed on a compile server")
+            raise PolicyError(f"the option {_shown(word, arg)} is not allowed on a compile server")
     return list(args)
+
+
+# -- Tree jobs: the user's own command line ---------------------------------------------------
+
+TREE_DECISIONS = frozenset(("run", "server"))
+# Row checks that still hold when the user's own compile runs in the jail: -march=native would
+# probe the server's CPU, a charset name that is a path would load gconv modules.
+_TREE_CHECKS = frozenset(("native", "charset"))
+# What -Wp, may pass to cc1 in a tree job (it passes anything unchecked, -fplugin= too): the
+# preprocessor's macros and directories, and the dependency options.
+_WP_VALUE = frozenset(("-MD", "-MMD", "-MF", "-MT", "-MQ"))  # each takes the next sub-word
+_WP_PATH = frozenset(("-MD", "-MMD", "-MF"))  # ... which names a file cc1 writes
+_WP_DIRECT = frozenset(("-D", "-U", "-I"))  # joined, or the next sub-word
+
+
+class TreeArgs:
+    """A tree job's arguments once admitted: the words, the one input as written and as an
+    absolute path, and each parsed option (with its row) in order."""
+
+    __slots__ = ("args", "input", "input_path", "words")
+
+    def __init__(self, args: list[str], input_word: str, input_path: str, words: list) -> None:
+        self.args, self.input, self.input_path, self.words = args, input_word, input_path, words
+
+
+def beneath(path: str, root: str) -> bool:
+    return path == root or path.startswith(root + "/")
+
+
+def _check_written(value: str, what: str, cwd: str, root: str) -> None:
+    if not beneath(os.path.normpath(os.path.join(cwd, value)), root):
+        raise PolicyError(f"{what} writes {value!r}, outside the job's root {root}")
+
+
+def _wp_words(word: Word) -> list[str]:
+    """The sub-words of a -Wp, option (cc1's own options)."""
+    return word.value.split(",")
+
+
+def _check_wp(word: Word, cwd: str, root: str) -> None:
+    subs = _wp_words(word)
+    i = 0
+    while i < len(subs):
+        sub = subs[i]
+        i += 1
+        if sub in _WP_VALUE or sub in _WP_DIRECT:
+            if i >= len(subs):
+                raise PolicyError(f"{word.words[0]}: {sub} needs a value")
+            if sub in _WP_PATH:
+                _check_written(subs[i], word.words[0], cwd, root)
+            i += 1
+        elif sub != "-MP" and sub[:2] not in _WP_DIRECT:
+            raise PolicyError(
+                f"the option {word.words[0]} is not allowed in a tree job (-Wp, may pass only"
+                " -D, -U, -I and the -M dependency options)"
+            )
+
+
+def check_tree_args(args: object, cwd: str, root: str, files: set[str]) -> TreeArgs:
+    """Admit the user's arguments (after argv[0]) for a tree job run in cwd, whose files (as
+    absolute paths) lie beneath root; PolicyError names what is refused."""
+    args = _check_words(args)
+    inputs: list[str] = []
+    words: list[Word] = []
+    compiles = False
+    i = 0
+    while i < len(args):
+        arg = args[i]
+        if not arg.startswith("-") or arg == "-":
+            inputs.append(arg)
+            i += 1
+            continue
+        try:
+            word, i = option_at(args, i)
+        except ValueError as exc:
+            raise PolicyError(f"{exc}: a value must follow it") from None
+        row = word.option
+        if (
+            row is None
+            or row.src not in TREE_DECISIONS
+            or (row.check in _TREE_CHECKS and word.decision == LOCAL)
+        ):
+            raise PolicyError(f"the option {_shown(word, arg)} is not allowed in a tree job")
+        if row.handler in ("compile", "assemble"):
+            compiles = True
+        if row.handler == "wp":
+            _check_wp(word, cwd, root)
+        elif row.path == "write":
+            _check_written(word.value, _shown(word, arg), cwd, root)
+        words.append(word)
+    if len(inputs) != 1:
+        listed = ", ".join(repr(a) for a in inputs[:4])
+        raise PolicyError(
+            f"a tree job compiles exactly one input file, not {len(inputs)} ({listed})"
+        )
+    path = os.path.normpath(os.path.join(cwd, inputs[0]))
+    if path not in files:
+        raise PolicyError(f"the input {inputs[0]!r} is not a file of the job's tree")
+    if not compiles:
+        raise PolicyError("a tree job compiles with -c or -S")
+    return TreeArgs(list(args), inputs[0], path, words)
+
+
+# How the jail learns which files a tree job's compile read (the soundness data): from the
+# compiler's own dependency output, checked with gcc-12 and clang-16 (tests/test_tree_jobs.py).
+DEPS_SUNPRO = "sunpro"  # gcc, no -M option: SUNPRO_DEPENDENCIES="FILE x" in the environment
+# makes cc1 write a make rule of every file read, system headers included, the main file not
+# (clang-16 ignores the variable)
+DEPS_HEADERS = "headers"  # clang: CC_PRINT_HEADERS=1 CC_PRINT_HEADERS_FILE=FILE (its driver
+# adds -header-include-file to cc1, which -grecord-command-line does not record): one header
+# a line, system headers included, the main file not, whatever the -M options
+DEPS_FILE = "file"  # gcc -MD -MF FILE: read FILE, the compile's own make rule (main file too)
+DEPS_PASS = "pass"  # anything else (-MMD omits system headers): a preprocessing-only pass
+# first, the same words without -c/-S, -o and the -M options, plus -M -MF FILE -MT x -o
+# /dev/null (it then writes nothing but FILE)
+
+
+def tree_deps(tree_args: TreeArgs, compiler_kind: str) -> tuple[str, str | None]:
+    """(how, the -MF file as written for DEPS_FILE)."""
+    if compiler_kind == "clang":
+        return DEPS_HEADERS, None
+    deps = md = other = False  # any -M option; -MD; one that rules out reading the -MF file
+    dep_file = None
+    for word in tree_args.words:
+        handler = word.option.handler
+        if handler == "dep":
+            deps = True
+            md = md or word.canonical == "-MD"
+            other = other or word.canonical != "-MD"  # -MMD: system headers left out
+        elif handler == "depfile":
+            deps, dep_file = True, word.value
+        elif handler == "target" or word.option.spelling == "-MP":
+            deps = True
+        elif handler == "wp" and any(s.startswith("-M") for s in _wp_words(word)):
+            deps = other = True
+    if not deps:
+        return DEPS_SUNPRO, None
+    if md and not other and dep_file not in (None, "-"):
+        return DEPS_FILE, dep_file
+    return DEPS_PASS, None
+
+
+_PASS_DROPS = frozenset(("compile", "assemble", "out", "dep", "depfile", "target"))
+
+
+def deps_pass_args(tree_args: TreeArgs, dep_path: str) -> list[str]:
+    """The arguments of DEPS_PASS's preprocessing-only run, writing its rule to dep_path."""
+    args, out = tree_args.args, []
+    i = 0
+    while i < len(args):
+        arg = args[i]
+        if not arg.startswith("-") or arg == "-":
+            out.append(arg)  # the input
+            i += 1
+            continue
+        word, i = option_at(args, i)
+        handler = word.option.handler if word.option is not None else None
+        if handler in _PASS_DROPS or word.canonical == "-MP":
+            continue
+        if handler == "wp":
+            kept = _wp_without_deps(_wp_words(word))
+            if kept:
+                out.append("-Wp," + ",".join(kept))
+            continue
+        out.extend(word.words)
+    return [*out, "-M", "-MF", dep_path, "-MT", "x", "-o", "/dev/null"]
+
+
+def _wp_without_deps(subs: list[str]) -> list[str]:
+    kept: list[str] = []
+    i = 0
+    while i < len(subs):
+        sub = subs[i]
+        if sub in _WP_VALUE:
+            i += 2
+        elif sub == "-MP":
+            i += 1
+        elif sub in _WP_DIRECT:
+            kept += subs[i : i + 2]
+            i += 2
+        else:
+            kept.append(sub)
+            i += 1
+    return kept
 
 
 def job_env(requested: object) -> dict[str, str]:

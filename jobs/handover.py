@@ -14,6 +14,7 @@ from jailcc.sandbox.spec import RunLimits
 
 HANDLER = "jobs"  # the connection handler's name (jail_init.CONNECTION_HANDLERS)
 IDLE_TIMEOUT = 600.0  # the jail ends a connection idle this long between jobs
+STORE_BYTES = 128 * 1024 * 1024  # the tree jobs' blob store of a jail (jailccd --store-mb)
 
 
 def session_params(
@@ -26,6 +27,7 @@ def session_params(
     max_input_bytes: int,
     run_limits: RunLimits,
     hello: dict[str, Any],
+    store_bytes: int = STORE_BYTES,
 ) -> dict[str, Any]:
     """What the server tells the jail about the connection it hands over."""
     return {
@@ -35,6 +37,7 @@ def session_params(
         "compiler_kind": compiler_kind,
         "image": image,
         "max_input_bytes": max_input_bytes,
+        "store_bytes": store_bytes,
         "run_limits": run_limits.to_dict(),
         "hello": hello,
     }

@@ -9,6 +9,11 @@ per job: a slot to run in (with the job's working directory, and its source name
 answers), and the end of the job (it frees the slot, reads the jail's cgroup counters, writes
 the log line and counts the job's bytes).
 
+Two kinds of job: a preprocessed input compiled in the jail (the default), and a tree job
+(PROTOCOL.md, step 6; jobs/tree.py): the user's own compile of sources the client ships by
+content digest, of which the jail asks (NEED) only for those its store lacks (BLOBS), laid
+out at the user's own paths beneath the job's root, where the work dir is mounted.
+
 Root never runs this module: the launcher only reads its source, and each jail's init imports
 it from memory after dropping its privileges (jobs/__init__.py, sandbox/jail_code.py), which
 registers the handler. gssapi and lz4 come from the launcher, loaded while the host's libraries
@@ -18,18 +23,23 @@ are still in reach (JAIL_LIBRARIES).
 from __future__ import annotations
 
 import contextlib
+import os
 import re
 import socket
 import time
+from collections.abc import Callable
 from typing import Any
 
 import gssapi
 import gssapi.raw
 from jailcc import protocol as proto
+from jailcc import wire
 from jailcc.sandbox.jail_init import CONNECTION_HANDLERS, JailInit, JobRefused
 from jailcc.sandbox.spec import RunLimits
 
 from . import compiler_policy as policy
+from . import tree
+from .blobstore import DEFAULT_CAP, BlobMismatch, BlobStore, StoreFull
 from .handover import HANDLER, IDLE_TIMEOUT, session_params
 
 __all__ = ["HANDLER", "IDLE_TIMEOUT", "JobRejected", "serve", "session_params"]
@@ -48,9 +58,38 @@ class JobRejected(Exception):
         self.code = code
 
 
+class _BadBlobs(proto.ProtocolError):
+    """A tree job's BLOBS broke the protocol: the job is refused and the connection ends."""
+
+    def __init__(self, job_id: int, message: str) -> None:
+        super().__init__(message)
+        self.job_id = job_id
+
+
+# For the jail's life, shared by the connections it serves (all its user's): the tree jobs'
+# blobs, and the toolchain image's files as the jail sees them.
+_JAIL_STATE: dict[str, Any] = {}
+
+
+def _store(params: dict[str, Any]) -> BlobStore:
+    store = _JAIL_STATE.get("store")
+    if store is None:
+        store = _JAIL_STATE["store"] = BlobStore()
+    store.cap = int(params.get("store_bytes", DEFAULT_CAP))
+    return store
+
+
+def _image() -> tree.ImageFiles:
+    image = _JAIL_STATE.get("image")
+    if image is None:
+        image = _JAIL_STATE["image"] = tree.ImageFiles()
+    return image
+
+
 def serve(init: JailInit, conn: socket.socket, params: dict[str, Any], token: bytes) -> str | None:
     channel = _channel(conn, params, token)
     max_input = int(params["max_input_bytes"])
+    store = _store(params)
     try:
         conn.settimeout(SEND_TIMEOUT)
         channel.send(proto.READY, params["hello"])
@@ -63,23 +102,42 @@ def serve(init: JailInit, conn: socket.socket, params: dict[str, Any], token: by
             if frame_type != proto.JOB:
                 raise proto.ProtocolError(f"expected JOB, got {proto.FRAME_NAMES[frame_type]}")
             conn.settimeout(SEND_TIMEOUT)
+            kind = header.get("kind", "preprocessed")
             try:
-                job = _check_job(params, header, blobs)
-            except (JobRejected, policy.PolicyError) as exc:
-                code = exc.code if isinstance(exc, JobRejected) else "policy"
+                if kind == "tree":
+                    job: Any = tree.check_job(
+                        params, header, blobs, init.limits, store.cap, _image()
+                    )
+                elif kind == "preprocessed":
+                    job = _check_job(params, header, blobs)
+                else:
+                    raise JobRejected("protocol", f"unknown job kind {str(kind)[:40]!r}")
+            except (JobRejected, tree.TreeRefused, policy.PolicyError) as exc:
+                code = getattr(exc, "code", "policy")
                 init.ask({"what": "refused", "code": code, "message": str(exc)[:300]})
                 channel.send(
                     proto.ERROR, {"code": code, "message": str(exc), "id": header.get("id")}
                 )
                 continue
-            if not _run_job(init, channel, params, job):
+            if kind == "tree":
+                received = _fetch_blobs(channel, store, job)
+                conn.settimeout(SEND_TIMEOUT)
+                go_on = _run_tree_job(init, channel, params, job, store, received)
+            else:
+                go_on = _run_job(init, channel, params, job)
+            if not go_on:
                 return "the jail can no longer be used; retired"
     except proto.IntegrityError as exc:
         return f"integrity: {exc}"
     except proto.ProtocolError as exc:
         if not isinstance(exc, proto.ConnectionClosed):
+            error = {"code": "protocol", "message": str(exc)}
+            if isinstance(exc, _BadBlobs):
+                error["id"] = exc.job_id
+                with contextlib.suppress(OSError, wire.WireError):
+                    init.ask({"what": "refused", "code": "protocol", "message": str(exc)[:300]})
             with contextlib.suppress(OSError, proto.ProtocolError):
-                channel.send(proto.ERROR, {"code": "protocol", "message": str(exc)})
+                channel.send(proto.ERROR, error)
         return f"protocol error: {exc}"
     except OSError as exc:
         return f"connection: {exc}"
@@ -142,24 +200,33 @@ class _Refused(Exception):
     """The jail refused a job's request (a bad file name, say): the client compiles locally."""
 
 
-def _run_job(init: JailInit, channel: proto.Channel, params: dict, job: dict) -> bool:
-    """Run one job in a server slot and send its result. False if the jail cannot go on."""
+Execute = Callable[[RunLimits], tuple[dict[str, Any], list[bytes], dict[str, Any]]]
+
+
+def _in_slot(
+    init: JailInit,
+    channel: proto.Channel,
+    params: dict,
+    job_id: int,
+    question: dict[str, Any],
+    bytes_in: int,
+    execute: Execute,
+) -> tuple[bool, tuple | None]:
+    """Run a job in a server slot: ask for it ("start", with the work dir to mount), run
+    execute(limits) -> (result, blobs to send, extra header fields), say when done. An ERROR
+    already sent gives (go on?, None); else (go on?, (result, blobs, extra, done, times)) for
+    the caller to answer."""
     queued = time.monotonic()
-    slot = init.ask({"what": "start", "cwd": job["cwd"], "source": job["source"]})
+    slot = init.ask({"what": "start", **question})
     started = time.monotonic()
     if not slot.get("ok"):
         code = "busy" if slot.get("code") == "busy" else "jail"
-        channel.send(
-            proto.ERROR, {"code": code, "id": job["id"], "message": str(slot.get("error"))}
-        )
-        return not slot.get("end")
+        channel.send(proto.ERROR, {"code": code, "id": job_id, "message": str(slot.get("error"))})
+        return not slot.get("end"), None
     limits = RunLimits.from_dict(params["run_limits"])
     result: dict[str, Any] | None = None
     try:
-        if job["steps"] == policy.DEBUG_EXACT:
-            result, blobs = _run_debug_exact(init, job, limits)
-        else:
-            result, blobs = _run(init, job, job["argv"], job["inputs"], job["output"], limits)
+        result, blobs, extra = execute(limits)
     except _Refused as exc:
         error = str(exc)
     finally:
@@ -173,44 +240,228 @@ def _run_job(init: JailInit, channel: proto.Channel, params: dict, job: dict) ->
                 "queue": started - queued,
                 "run": finished - started,
                 # What crossed the wire, uncompressed: the job's files and the result's.
-                "bytes_in": sum(len(data) for data in job["inputs"].values()),
-                "bytes_out": sum(len(b) for b in blobs[:3]) if result is not None else 0,
+                "bytes_in": bytes_in,
+                "bytes_out": sum(len(b) for b in blobs) if result is not None else 0,
             }
         )
     if result is None:
-        channel.send(proto.ERROR, {"code": "jail", "id": job["id"], "message": error})
-        return not init.dirty
+        channel.send(proto.ERROR, {"code": "jail", "id": job_id, "message": error})
+        return not init.dirty, None
     if done.get("evicted"):
         # The desktop's owner needed the machine back: the client runs the job elsewhere.
         message = "evicted: this server's owner needs it; run the job elsewhere"
         channel.send(
             proto.ERROR,
-            {"code": "evicted", "id": job["id"], "message": message, "load": done.get("load")},
+            {"code": "evicted", "id": job_id, "message": message, "load": done.get("load")},
         )
-        return not init.dirty
-    output = blobs[2] if len(blobs) > 2 else None
+        return not init.dirty, None
+    times = {"queue": started - queued, "run": finished - started}
+    return not init.dirty, (result, blobs, extra, done, times)
+
+
+def _result_header(
+    job_id: int, result: dict[str, Any], done: dict[str, Any], times: dict[str, float]
+) -> dict[str, Any]:
     usage = result["usage"]
+    return {
+        "id": job_id,
+        "exit_code": result["exit_code"],
+        "signal": result["signal"],
+        "limit": result["limit"] or done.get("limit"),
+        "usage": {
+            "jail_cpu": done.get("jail_cpu"),
+            "user": usage["user_seconds"],
+            "sys": usage["system_seconds"],
+            "max_rss": usage["max_rss_bytes"],
+        },
+        "times": times,
+        "load": done.get("load"),
+    }
+
+
+def _run_job(init: JailInit, channel: proto.Channel, params: dict, job: dict) -> bool:
+    """Run one job in a server slot and send its result. False if the jail cannot go on."""
+
+    def execute(limits: RunLimits) -> tuple[dict[str, Any], list[bytes], dict[str, Any]]:
+        if job["steps"] == policy.DEBUG_EXACT:
+            result, blobs = _run_debug_exact(init, job, limits)
+        else:
+            result, blobs = _run(init, job, job["argv"], job["inputs"], job["output"], limits)
+        return result, blobs, {}
+
+    go_on, answer = _in_slot(
+        init,
+        channel,
+        params,
+        job["id"],
+        {"cwd": job["cwd"], "source": job["source"]},
+        sum(len(data) for data in job["inputs"].values()),
+        execute,
+    )
+    if answer is None:
+        return go_on
+    result, blobs, _, done, times = answer
+    output = blobs[2] if len(blobs) > 2 else None
     channel.send(
         proto.RESULT,
-        {
-            "id": job["id"],
-            "exit_code": result["exit_code"],
-            "signal": result["signal"],
-            "limit": result["limit"] or done.get("limit"),
-            "has_output": output is not None,
-            "usage": {
-                "jail_cpu": done.get("jail_cpu"),
-                "user": usage["user_seconds"],
-                "sys": usage["system_seconds"],
-                "max_rss": usage["max_rss_bytes"],
-            },
-            "times": {"queue": started - queued, "run": finished - started},
-            "load": done.get("load"),
-        },
+        {**_result_header(job["id"], result, done, times), "has_output": output is not None},
         [blobs[0], blobs[1], output or b""],
         compress=[False, False, True],
     )
-    return not init.dirty
+    return go_on
+
+
+# -- tree jobs (jobs/tree.py) ------------------------------------------------------------------
+
+
+def _fetch_blobs(channel: proto.Channel, store: BlobStore, job: tree.TreeJob) -> int:
+    """Ask for the blobs the store lacks (NEED) and take them in (BLOBS) until every one has
+    come, each checked against its digest and size; the bytes received."""
+    missing = store.missing(digest for _, digest in job.files)
+    if not missing:
+        return 0
+    channel.send(proto.NEED, {"id": job.id, "missing": missing})
+    outstanding = {digest: job.sizes[digest] for digest in missing}
+    received = 0
+    while outstanding:
+        budget = sum(outstanding.values())
+        channel.sock.settimeout(IDLE_TIMEOUT)
+        # Never more than what is still due (LZ4 may grow incompressible data a little).
+        frame_type, header, blobs = channel.recv(budget + budget // 128 + (1 << 20), budget)
+        if frame_type != proto.BLOBS:
+            raise _BadBlobs(job.id, f"expected BLOBS, got {proto.FRAME_NAMES[frame_type]}")
+        digests = header.get("digests")
+        if (
+            header.get("id") != job.id
+            or not isinstance(digests, list)
+            or len(digests) != len(blobs)
+            or not all(isinstance(d, str) for d in digests)
+        ):
+            raise _BadBlobs(job.id, "a BLOBS frame must name this job and a digest per blob")
+        for digest, data in zip(digests, blobs, strict=True):
+            size = outstanding.pop(digest, None)
+            if size is None:
+                raise _BadBlobs(job.id, f"a blob that was not asked for: {digest[:80]}")
+            if len(data) != size:
+                raise _BadBlobs(job.id, f"{digest}: {len(data)} bytes, the tree says {size}")
+            try:
+                store.add(digest, data, job.digests)
+            except (BlobMismatch, StoreFull) as exc:
+                raise _BadBlobs(job.id, str(exc)) from None
+            received += size
+    return received
+
+
+def _run_tree_job(
+    init: JailInit,
+    channel: proto.Channel,
+    params: dict,
+    job: tree.TreeJob,
+    store: BlobStore,
+    received: int,
+) -> bool:
+    """Run a tree job in a server slot, its work dir mounted at its root, and answer it."""
+    data = [store.get(digest) for _, digest in job.files]
+
+    def execute(limits: RunLimits) -> tuple[dict[str, Any], list[bytes], dict[str, Any]]:
+        return _compile_tree(init, params, job, data, limits)
+
+    go_on, answer = _in_slot(
+        init, channel, params, job.id, {"cwd": job.root, "source": job.source}, received, execute
+    )
+    if answer is None:
+        return go_on
+    result, blobs, extra, done, times = answer
+    if extra["reads"] is None and result["exit_code"] == 0:
+        message = "the jail could not tell which files the compile read"
+        channel.send(proto.ERROR, {"code": "tree", "id": job.id, "message": message})
+        return go_on
+    channel.send(
+        proto.RESULT,
+        {
+            **_result_header(job.id, result, done, times),
+            "has_output": bool(extra["outputs"]),
+            "outputs": extra["outputs"],
+            "reads": extra["reads"] or [],
+        },
+        blobs,
+        compress=[False, False, *(True for _ in blobs[2:])],
+    )
+    return go_on
+
+
+def _compile_tree(
+    init: JailInit, params: dict, job: tree.TreeJob, data: list[bytes], limits: RunLimits
+) -> tuple[dict[str, Any], list[bytes], dict[str, Any]]:
+    """Lay the tree out, run the user's compile once, and learn which files it read (see
+    compiler_policy.tree_deps): (the run's result, [stdout, stderr, each output that exists,
+    in request order], {"outputs": their paths, "reads": ...})."""
+    how, dep_file = job.deps
+    compiler = params["compiler_path"]
+    listing = f".jailcc-deps-{os.urandom(8).hex()}"  # in /tmp
+    max_names = tree.MAX_TREE_FILES + tree.MAX_OUTPUTS + 1
+    base = {
+        "cwd": job.cwd,
+        "workdir": job.root,
+        "executables": [],
+        "limits": limits.to_dict(),
+        "readonly_inputs": True,
+        "dirs": job.dirs,  # the outputs' directories the tree does not make
+    }
+    names, listed_text = job.names(), None
+    if how == policy.DEPS_PASS:
+        # The preprocessing-only pass first, on the tree it leaves in place for the compile.
+        argv = [compiler, *policy.deps_pass_args(job.args, f"/tmp/{listing}")]
+        request = {**base, "argv": argv, "env": job.env, "inputs": names, "keep": True}
+        first, first_blobs = _init_run(init, {**request, "tmp_outputs": [listing]}, data, max_names)
+        listed_text = first_blobs[2] if first["tmp_outputs"] else None
+        names, data = [], []
+    env = dict(job.env)
+    if how == policy.DEPS_SUNPRO:
+        env["SUNPRO_DEPENDENCIES"] = f"/tmp/{listing} x"
+    elif how == policy.DEPS_HEADERS:
+        env["CC_PRINT_HEADERS"] = "1"
+        env["CC_PRINT_HEADERS_FILE"] = f"/tmp/{listing}"
+    wanted = job.output_names()
+    dep_name = None
+    if how == policy.DEPS_FILE:
+        assert dep_file is not None
+        dep_name = os.path.normpath(os.path.join(job.cwd, dep_file))[len(job.root) + 1 :]
+    request = {
+        **base,
+        "argv": [compiler, *job.args.args],
+        "env": env,
+        "inputs": names,
+        "outputs": [*wanted, *([dep_name] if dep_name and dep_name not in wanted else [])],
+        "tmp_outputs": [listing] if how in (policy.DEPS_SUNPRO, policy.DEPS_HEADERS) else [],
+    }
+    result, blobs = _init_run(init, request, data, max_names)
+    got = dict(zip(result["outputs"], blobs[2:], strict=False))
+    if how == policy.DEPS_FILE:
+        listed_text = got.get(dep_name)
+    elif how != policy.DEPS_PASS and result["tmp_outputs"]:
+        listed_text = blobs[2 + len(result["outputs"])]
+    listed = None
+    if listed_text is not None:
+        with contextlib.suppress(UnicodeDecodeError):
+            text = listed_text.decode()
+            if how == policy.DEPS_HEADERS:
+                listed = tree.parse_header_list(text)
+            else:
+                listed = tree.parse_make_rule(text)
+    outputs = [path for path, name in zip(job.outputs, wanted, strict=True) if name in got]
+    out_blobs = [got[path[len(job.root) + 1 :]] for path in outputs]
+    extra = {"outputs": outputs, "reads": tree.reads(job, listed, _image())}
+    return result, [blobs[0], blobs[1], *out_blobs], extra
+
+
+def _init_run(
+    init: JailInit, request: dict[str, Any], data: list[bytes], max_names: int
+) -> tuple[dict[str, Any], list[bytes]]:
+    try:
+        return init.run(request, data, max_names)
+    except JobRefused as exc:
+        raise _Refused(str(exc)) from None
 
 
 def _status(result: dict[str, Any]) -> str:

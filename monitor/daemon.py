@@ -297,6 +297,15 @@ def build_parser() -> argparse.ArgumentParser:
         help="largest preprocessed input accepted, in MiB (default 128)",
     )
     p.add_argument(
+        "--store-mb",
+        type=int,
+        default=128,
+        metavar="MIB",
+        help="memory each jail keeps for the sources and headers of its user's tree jobs"
+        " (content-addressed, kept for the jail's life, least recently used first out), in"
+        " MiB; also the most one tree job may ship (default 128)",
+    )
+    p.add_argument(
         "--status-show-sources",
         choices=["own", "all"],
         default="own",
@@ -390,6 +399,7 @@ def run(args: argparse.Namespace) -> int:
             ),
             max_input_bytes=args.max_input * MiB,
             max_connections=args.max_connections,
+            store_bytes=args.store_mb * MiB,
         ),
         kerberos,
         principals,

@@ -86,6 +86,7 @@ class MonitorConfig:
     run_limits: RunLimits
     max_input_bytes: int
     max_connections: int  # connections the service may have open here at once
+    store_bytes: int = handover.STORE_BYTES  # each jail's store of tree jobs' blobs
 
 
 @dataclass
@@ -348,6 +349,7 @@ class Monitor:
                 max_input_bytes=self.config.max_input_bytes,
                 run_limits=self.config.run_limits,
                 hello=hello,
+                store_bytes=self.config.store_bytes,
             )
             token = conn.context.export() if conn.context is not None else b""
             conn.context = None

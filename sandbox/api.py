@@ -40,6 +40,10 @@ class SandboxError(Exception):
     """The sandbox could not do what was asked (bad request, set-up failure, launcher gone)."""
 
 
+class WorkdirRefused(SandboxError):
+    """The launcher refused a work dir before touching the jail: it goes on as it was."""
+
+
 class JailBroken(SandboxError):
     """The jail stopped answering or answered nonsense; close it and use another."""
 
@@ -125,7 +129,8 @@ class Sandbox:
         if not reply.get("ok"):
             for fd in fds:
                 os.close(fd)
-            raise SandboxError(str(reply.get("error", "unknown launcher error")))
+            refused = WorkdirRefused if reply.get("untouched") is True else SandboxError
+            raise refused(str(reply.get("error", "unknown launcher error")))
         return reply, fds
 
     def create_jail(
@@ -262,12 +267,15 @@ class Jail:
         self._check_usable()
         if cwd == self._workdir:
             return
-        had_workdir, self._workdir = self._workdir is not None, None
+        previous, self._workdir = self._workdir, None
         try:
             self._sandbox._request({"op": "workdir", "jail": self.id, "path": cwd})
+        except WorkdirRefused:
+            self._workdir = previous
+            raise
         except SandboxError:
             # After a previous job, a failed switch may leave its files in reach.
-            self._broken = self._broken or had_workdir
+            self._broken = self._broken or previous is not None
             raise
         self._workdir = cwd
 

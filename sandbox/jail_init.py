@@ -30,7 +30,8 @@ from .spec import JailLimits, RunLimits
 
 MAX_NAMES = 1000
 NPROC_MARGIN = 8  # RLIMIT_NPROC above the cgroup's pids.max (see _rlimits)
-MAX_NAME_BYTES = 1024
+MAX_NAME_BYTES = 4096
+MAX_OPEN_PARENTS = 64  # directory descriptors kept open while writing a job's inputs
 MAX_ARGS_BYTES = 256 * 1024
 
 
@@ -156,9 +157,12 @@ class JailInit:
         reply, _ = wire.recv_message(self.sock, 0)
         return reply
 
-    def run(self, request: dict[str, Any], blobs: list[bytes]) -> tuple[dict, list[bytes]]:
-        """Run one job, as the server's "run" operation does; JobRefused if malformed."""
-        return self._run(request, blobs)
+    def run(
+        self, request: dict[str, Any], blobs: list[bytes], max_names: int = MAX_NAMES
+    ) -> tuple[dict, list[bytes]]:
+        """Run one job, as the server's "run" operation does; JobRefused if malformed. A
+        connection handler may allow more files than the server's operation (max_names)."""
+        return self._run(request, blobs, max_names)
 
     def _dispatch(self, header: dict[str, Any], blobs: list[bytes]) -> tuple[dict, list[bytes]]:
         op = header.get("op")
@@ -170,7 +174,16 @@ class JailInit:
 
     # -- one job ---------------------------------------------------------------------------
 
-    def _run(self, req: dict[str, Any], blobs: list[bytes]) -> tuple[dict, list[bytes]]:
+    def _run(
+        self, req: dict[str, Any], blobs: list[bytes], max_names: int = MAX_NAMES
+    ) -> tuple[dict, list[bytes]]:
+        """One command. The request names its argv, env, cwd and limits; the files to write
+        before ("inputs", with the blobs) and to read back after ("outputs"), relative to the
+        work dir, which is cwd unless "workdir" names a prepared directory holding cwd (made
+        if missing, as are the "dirs" named, relative to it); "readonly_inputs" writes the
+        inputs 0444; "tmp_outputs" are read back from /tmp; "keep" leaves the work dir and
+        /tmp as they are for the next command when this one completes (it then must follow,
+        and wipes them)."""
         argv = _check_strings(req.get("argv"), "argv")
         if not argv or not argv[0].startswith("/"):
             raise JobRefused("argv[0] must be an absolute path in the jail")
@@ -183,58 +196,93 @@ class JailInit:
         cwd = req.get("cwd")
         if not isinstance(cwd, str) or not cwd.startswith("/") or "\0" in cwd:
             raise JobRefused("the working directory must be an absolute path")
+        workdir = req.get("workdir", cwd)
+        if (
+            not isinstance(workdir, str)
+            or not workdir.startswith("/")
+            or not (cwd == workdir or cwd.startswith(workdir.rstrip("/") + "/"))
+        ):
+            raise JobRefused("the working directory must lie in the work dir")
+        below = [_check_relative(p) for p in cwd[len(workdir) :].split("/") if p]
         try:
-            st = os.stat(cwd, follow_symlinks=False)
+            st = os.stat(workdir, follow_symlinks=False)
         except OSError:
             st = None
         if st is None or not stat.S_ISDIR(st.st_mode) or st.st_uid != os.getuid():
             raise JobRefused("the job's working directory was not prepared")
         names = [_check_relative(n) for n in _check_strings(req.get("inputs", []), "inputs")]
         outputs = [_check_relative(n) for n in _check_strings(req.get("outputs", []), "outputs")]
+        tmp = [_check_relative(n) for n in _check_strings(req.get("tmp_outputs", []), "tmp")]
         executables = set(_check_strings(req.get("executables", []), "executables"))
-        if len(names) != len(blobs) or len(names) + len(outputs) > MAX_NAMES:
+        if len(names) != len(blobs) or len(names) + len(outputs) > max_names:
             raise JobRefused("inputs do not match the data sent, or too many files")
         try:
             limits = RunLimits.from_dict(req.get("limits") or {})
         except (TypeError, ValueError) as exc:
             raise JobRefused(str(exc)) from None
+        readonly = req.get("readonly_inputs") is True
+        dirs = [_check_relative(d) for d in _check_strings(req.get("dirs", []), "dirs")]
+        if len(dirs) > max_names:
+            raise JobRefused("too many directories")
 
+        completed = False
         try:
-            for name, data in zip(names, blobs, strict=True):
-                self._write_input(cwd, name, data, 0o700 if name in executables else 0o600)
+            for parts in [below, *(d.split("/") for d in dirs)]:
+                if parts:
+                    os.close(_open_beneath(workdir, parts, create=True))
+            self._write_inputs(workdir, names, blobs, executables, readonly)
             result, stdout, stderr = self._execute(argv, env, cwd, limits)
-            out_names, out_blobs = [], []
-            for name in outputs:
-                data = _read_output(cwd, name, limits.output_file_bytes)
-                if data is None:
-                    continue
-                if data is False:
-                    result["limit"] = result["limit"] or "output"
-                    continue
-                out_names.append(name)
-                out_blobs.append(data)
-            result["outputs"] = out_names
+            out_blobs: list[bytes] = []
+            for key, top, wanted in (("outputs", workdir, outputs), ("tmp_outputs", "/tmp", tmp)):
+                result[key] = []
+                for name in wanted:
+                    data = _read_output(top, name, limits.output_file_bytes)
+                    if data is None:
+                        continue
+                    if data is False:
+                        result["limit"] = result["limit"] or "output"
+                        continue
+                    result[key].append(name)
+                    out_blobs.append(data)
+            completed = True
         except OSError as exc:
             raise JobRefused(f"job set-up failed: {exc}") from None
         finally:
             self._sweep()
             # A jail the job left unwipeable is retired: the server gets a fresh one.
-            if "no_wipe" not in self.weaken:
-                self.dirty = not (_wipe(cwd) and _wipe("/tmp")) or self.dirty
+            if "no_wipe" not in self.weaken and not (completed and req.get("keep") is True):
+                self.dirty = not (_wipe(workdir) and _wipe("/tmp")) or self.dirty
         result["dirty"] = self.dirty
         return result, [stdout, stderr, *out_blobs]
 
-    def _write_input(self, cwd: str, name: str, data: bytes, mode: int) -> None:
-        parent = _open_beneath(cwd, name.split("/")[:-1], create=True)
+    def _write_inputs(
+        self,
+        top: str,
+        names: list[str],
+        blobs: list[bytes],
+        executables: set[str],
+        readonly: bool,
+    ) -> None:
+        parents: dict[str, int] = {}  # directory descriptors by name, below top
         try:
-            fd = os.open(
-                name.rsplit("/", 1)[-1],
-                os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW,
-                mode,
-                dir_fd=parent,
-            )
+            for name, data in zip(names, blobs, strict=True):
+                parent, _, base = name.rpartition("/")
+                fd = parents.get(parent)
+                if fd is None:
+                    if len(parents) >= MAX_OPEN_PARENTS:
+                        _close_all(parents)
+                    fd = parents[parent] = _open_beneath(
+                        top, parent.split("/") if parent else [], create=True
+                    )
+                mode = 0o444 if readonly else 0o700 if name in executables else 0o600
+                self._write_input(fd, base, data, mode)
         finally:
-            os.close(parent)
+            _close_all(parents)
+
+    def _write_input(self, parent: int, name: str, data: bytes, mode: int) -> None:
+        fd = os.open(
+            name, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW, mode, dir_fd=parent
+        )
         try:
             wire.write_all(fd, data)
         finally:
@@ -412,6 +460,12 @@ def _bytes_written(io_counters: int) -> int:
 
 
 MAX_WIPE_DEPTH = 64
+
+
+def _close_all(fds: dict[str, int]) -> None:
+    for fd in fds.values():
+        os.close(fd)
+    fds.clear()
 
 
 def _open_beneath(top: str, parts: list[str], create: bool = False) -> int:

@@ -68,6 +68,7 @@ class LiveJail:
     pidfd: int  # the init's pidfd: setns() through it cannot hit a recycled pid
     limits: JailLimits
     weaken: frozenset[str]
+    image_top: frozenset[str] = frozenset()  # the image's top-level entries: no work dir there
     workdir: str | None = None
     exited: bool = False
     leaks: list[str] = field(default_factory=list)
@@ -284,7 +285,9 @@ class Launcher:
         jail_end.close()
         os.close(ready_w)
         pidfd = os.pidfd_open(pid)
-        self.jails[jail_id] = LiveJail(pid, jail_uid, pool_uid, group, pidfd, limits, weaken)
+        self.jails[jail_id] = LiveJail(
+            pid, jail_uid, pool_uid, group, pidfd, limits, weaken, rootfs.image_top(image_root)
+        )
         return PendingJail(jail_id, server_end, ready_r)
 
     def _jail_cgroup(
@@ -323,7 +326,10 @@ class Launcher:
     def _workdir(self, message: dict) -> dict:
         jail = self.jails[int(message["jail"])]
         path = message["path"]
-        rootfs.validate_workdir(path)
+        try:
+            rootfs.validate_workdir(path, jail.image_top)
+        except rootfs.WorkdirError as exc:  # nothing touched: the jail goes on as it was
+            return {"ok": False, "error": f"workdir: {exc}", "untouched": True}
         sc.setns(jail.pidfd, sc.CLONE_NEWNS)
         try:
             previous, jail.workdir = jail.workdir, None

@@ -230,7 +230,15 @@ def _unmount_workdir(root: str, path: str) -> None:
         os.chdir("/")
 
 
-def validate_workdir(path: str) -> None:
+def image_top(image_root: str) -> frozenset[str]:
+    """The image's top-level entries as a jail built from it holds them (see build)."""
+    return frozenset(os.listdir(image_root)) - RESERVED_TOP
+
+
+def validate_workdir(path: str, image_entries: frozenset[str] = frozenset()) -> None:
+    """Refuse, before anything is touched, a work dir the launcher cannot mount: not a
+    normalized absolute path, in the jail's own /proc or /dev, or in the image (a top-level
+    entry of image_entries, or the spawn helper)."""
     if not isinstance(path, str) or not path.startswith("/") or "\0" in path:
         raise WorkdirError("the working directory must be an absolute path")
     if len(os.fsencode(path)) > 1024:
@@ -240,6 +248,10 @@ def validate_workdir(path: str) -> None:
         raise WorkdirError(f"the working directory {path!r} is not a normalized path below /")
     if parts[0] in ("proc", "dev"):
         raise WorkdirError(f"the working directory {path!r} cannot lie in /{parts[0]}")
+    if parts[0] in image_entries or "/" + parts[0] == SPAWN_HELPER:
+        raise WorkdirError(
+            f"the working directory {path!r} lies in the toolchain image (/{parts[0]})"
+        )
 
 
 def prepare_workdir(

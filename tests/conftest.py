@@ -32,8 +32,8 @@ def pytest_configure(config: pytest.Config) -> None:
             print(f"conftest: WARNING: {exc}", file=sys.stderr)
 
 
-def build_image(out: Path, *compilers: str) -> Path:
-    cmd = [str(BIN / "jailcc-image"), "build", "-o", str(out)]
+def build_image(out: Path, *compilers: str, headers: bool = False) -> Path:
+    cmd = [str(BIN / "jailcc-image"), "build", "-o", str(out), *(["--headers"] if headers else [])]
     for compiler in compilers:
         cmd += ["--compiler", compiler]
     subprocess.run(cmd, check=True, capture_output=True)
@@ -54,6 +54,14 @@ def gcc_image(images_dir: Path) -> Path:
 @pytest.fixture(scope="session")
 def clang_image(images_dir: Path) -> Path:
     return build_image(images_dir / "clang-16.img", "/usr/bin/clang-16")
+
+
+@pytest.fixture(scope="session")
+def headers_image(images_dir: Path) -> Path:
+    """gcc-12, g++-12 and clang-16 with their system headers (jailcc-image build --headers),
+    which tree jobs compile against."""
+    compilers = ("/usr/bin/gcc-12", "/usr/bin/g++-12", "/usr/bin/clang-16")
+    return build_image(images_dir / "headers.img", *compilers, headers=True)
 
 
 @pytest.fixture(scope="session")

@@ -184,7 +184,7 @@ def raw_frame(body_len: int, frame_type: int, head: bytes, rest: bytes = b"") ->
         b"",  # connect and close
         b"\x00\x00",  # early EOF inside the prefix
         struct.pack(">IBI", 2**31, 1, 10),  # absurd length
-        raw_frame(5 + 4, 9, b"{}  "),  # unknown type
+        raw_frame(5 + 4, 99, b"{}  "),  # unknown type
         raw_frame(5 + 5, 1, b"nope!"),  # bad JSON
         raw_frame(5 + 2, 1, b"[]"),  # JSON not an object
         raw_frame(5 + 2 + 10, 1, b"{}", b"x" * 10),  # blobs that do not add up

@@ -1,0 +1,444 @@
+"""Tree jobs (PROTOCOL.md, "Tree jobs"): the client ships the sources by content, the jail runs
+the user's own compile once at the user's own paths. A real jailccd, real jails, and a raw
+client built on core/protocol, against an image that holds the compilers' system headers."""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import shutil
+import socket
+import subprocess
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+from conftest import BIN, requires_root
+from jailcc import protocol as proto
+from jailcc.images.identity import compiler_identity
+from serverutil import Server, start_server, stop_server
+
+pytestmark = requires_root
+
+GCC, CLANG = "/usr/bin/gcc-12", "/usr/bin/clang-16"
+X_C = b'#include <stdio.h>\n#include "a.h"\nint main(void) { printf("%d\\n", A); return 0; }\n'
+A_H = b"#define A 42\n"
+ARGS = ["-g", "-O2", "-c", "x.c", "-o", "x.o", "-Iinc", "-MD", "-MF", "x.d"]
+
+
+def digest(data: bytes) -> str:
+    return "sha256:" + hashlib.sha256(data).hexdigest()
+
+
+@pytest.fixture(scope="module")
+def server(headers_image: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Server]:
+    srv = start_server(
+        tmp_path_factory.mktemp("tree-server"), headers_image, "--allow-user", "root"
+    )
+    yield srv
+    stop_server(srv)
+
+
+class Project:
+    """A project in a temporary directory: root/src/x.c and root/src/inc/a.h; the compile
+    runs in root/src."""
+
+    def __init__(self, top: Path, files: dict[str, bytes] | None = None) -> None:
+        self.root = top / "proj"
+        self.cwd = self.root / "src"
+        self.files = files or {"src/x.c": X_C, "src/inc/a.h": A_H}
+        for rel, data in self.files.items():
+            (self.root / rel).parent.mkdir(parents=True, exist_ok=True)
+            (self.root / rel).write_bytes(data)
+
+    def write(self, rel: str, data: bytes) -> None:
+        self.files[rel] = data
+        (self.root / rel).write_bytes(data)
+
+    def job(self, ident: str, args: list[str] = ARGS, **changes: object) -> dict:
+        header = {
+            "id": 7,
+            "identity": ident,
+            "kind": "tree",
+            "args": args,
+            "cwd": str(self.cwd),
+            "root": str(self.root),
+            "tree": [[rel, digest(data), len(data)] for rel, data in self.files.items()],
+            "image": [["/usr/include/stdio.h", digest(Path("/usr/include/stdio.h").read_bytes())]],
+            "outputs": [str(self.cwd / "x.o"), str(self.cwd / "x.d")],
+            "env": {"LC_ALL": "C"},
+            "source": "x.c",
+        }
+        header.update(changes)
+        return header
+
+    def blobs(self) -> dict[str, bytes]:
+        return {digest(data): data for data in self.files.values()}
+
+
+def connect(server: Server, compiler: str = GCC) -> socket.socket:
+    sock = server.connect()
+    proto.send(
+        sock, proto.HELLO, proto.hello_header("client", identity=compiler_identity(compiler))
+    )
+    proto.expect(sock, proto.HELLO)
+    proto.expect(sock, proto.READY)
+    return sock
+
+
+def run(
+    sock: socket.socket, job: dict, blobs: dict[str, bytes]
+) -> tuple[list[str] | None, int, dict, list[bytes]]:
+    """Send a tree job, answer its NEED if any: (the digests asked for, and the answer)."""
+    proto.send(sock, proto.JOB, job)
+    frame_type, header, out = proto.recv(sock)
+    need = None
+    if frame_type == proto.NEED:
+        need = header["missing"]
+        assert header["id"] == job["id"] and len(set(need)) == len(need)
+        for start in range(0, len(need), proto.MAX_BLOBS):
+            part = need[start : start + proto.MAX_BLOBS]
+            data = [blobs[d] for d in part]
+            proto.send(
+                sock, proto.BLOBS, {"id": job["id"], "digests": part}, data, [True] * len(data)
+            )
+        frame_type, header, out = proto.recv(sock)
+    return need, frame_type, header, out
+
+
+def refused(sock: socket.socket, job: dict, blobs: dict[str, bytes] | None = None) -> dict:
+    _, frame_type, header, _ = run(sock, job, blobs or {})
+    assert frame_type == proto.ERROR, header
+    return header
+
+
+def local(compiler: str, project: Project, args: list[str]) -> subprocess.CompletedProcess:
+    env = {**os.environ, "LC_ALL": "C"}  # as the jobs ask for
+    return subprocess.run([compiler, *args], cwd=project.cwd, capture_output=True, env=env)
+
+
+def check_reads(project: Project, reads: list[list[str]]) -> None:
+    """Every file the jail read is this machine's file at that path."""
+    for name, got in reads:
+        path = Path(name) if name.startswith("/") else project.cwd / name
+        assert got == digest(path.read_bytes()), name
+
+
+@pytest.mark.parametrize("compiler", [GCC, CLANG])
+def test_a_tree_job_is_a_local_compile(server, tmp_path, compiler):
+    project = Project(tmp_path)
+    done = local(compiler, project, ARGS)
+    assert done.returncode == 0, done.stderr
+    obj, deps = (project.cwd / "x.o").read_bytes(), (project.cwd / "x.d").read_bytes()
+    (project.cwd / "x.o").unlink()
+    (project.cwd / "x.d").unlink()
+    with connect(server, compiler) as sock:
+        job = project.job(compiler_identity(compiler))
+        need, frame_type, header, out = run(sock, job, project.blobs())
+        # A new jail asks for both files; a reused one may hold them from an earlier test.
+        assert need is None or set(need) <= set(project.blobs())
+        assert frame_type == proto.RESULT, header
+        assert header["exit_code"] == 0 and header["has_output"], out[1]
+        assert header["outputs"] == [str(project.cwd / "x.o"), str(project.cwd / "x.d")]
+        assert out[2] == obj and out[3] == deps  # byte-identical: same paths, same compile
+        names = [name for name, _ in header["reads"]]
+        assert names[0] == "x.c" and "inc/a.h" in names and "/usr/include/stdio.h" in names
+        check_reads(project, header["reads"])
+        # The same job again: everything is in the jail's store, no NEED.
+        need, frame_type, header, out = run(sock, job, {})
+        assert need is None and frame_type == proto.RESULT and out[2] == obj
+
+
+def test_only_what_changed_is_asked_for(server, tmp_path):
+    project = Project(tmp_path)
+    ident = compiler_identity(GCC)
+    with connect(server) as sock:
+        run(sock, project.job(ident), project.blobs())
+        project.write("src/inc/a.h", b"#define A 43\n")
+        need, frame_type, header, out = run(sock, project.job(ident), project.blobs())
+        assert need == [digest(b"#define A 43\n")]
+        assert frame_type == proto.RESULT and header["exit_code"] == 0
+        assert ["inc/a.h", digest(b"#define A 43\n")] in header["reads"]
+    # Without -M options (gcc: SUNPRO_DEPENDENCIES), and with -MMD (a preprocessing pass).
+    for args in (ARGS[:8], [*ARGS[:8], "-MMD"]):
+        with connect(server) as sock:
+            _, frame_type, header, out = run(sock, project.job(ident, args), project.blobs())
+        assert frame_type == proto.RESULT and header["exit_code"] == 0, out[1]
+        assert local(GCC, project, args).returncode == 0
+        assert out[2] == (project.cwd / "x.o").read_bytes()
+        names = [name for name, _ in header["reads"]]
+        assert {"x.c", "inc/a.h", "/usr/include/stdio.h", "/usr/include/stdc-predef.h"} <= set(
+            names
+        )
+        check_reads(project, header["reads"])
+
+
+def test_outputs_go_to_directories_the_tree_does_not_have(server, tmp_path):
+    """CMake's layout: the build directory holds no source, the object goes two levels down."""
+    project = Project(tmp_path)
+    project.cwd = project.root / "build"
+    obj, dep = "CMakeFiles/t.dir/src/x.c.o", "CMakeFiles/t.dir/src/x.c.o.d"
+    args = ["-g", "-I../src/inc", "-MD", "-MT", obj, "-MF", dep, "-o", obj, "-c", "../src/x.c"]
+    (project.cwd / "CMakeFiles/t.dir/src").mkdir(parents=True)
+    done = local(GCC, project, args)
+    assert done.returncode == 0, done.stderr
+    job = project.job(
+        compiler_identity(GCC), args, outputs=[str(project.cwd / obj), str(project.cwd / dep)]
+    )
+    with connect(server) as sock:
+        _, frame_type, header, out = run(sock, job, project.blobs())
+    assert frame_type == proto.RESULT and header["exit_code"] == 0, out[1]
+    assert out[2] == (project.cwd / obj).read_bytes()
+    assert out[3] == (project.cwd / dep).read_bytes()
+    check_reads(project, header["reads"])
+
+
+def test_cxx_headers_named_as_gxx_names_them(server, tmp_path):
+    """C++: libstdc++'s headers are checked and reported as g++ names them; an image entry
+    may name a file as a compiler may open it, through "..", resolved in the jail's image."""
+    source = b"#include <vector>\nint f(int n) { return std::vector<int>(n).size(); }\n"
+    project = Project(tmp_path, {"src/v.cc": source})
+    args = ["-O2", "-g", "-c", "v.cc", "-o", "v.o"]
+    deps = local("/usr/bin/g++-12", project, ["-M", "-MT", "x", "v.cc"]).stdout.decode()
+    from jailcc.jobs.tree import parse_make_rule
+
+    system = [name for name in parse_make_rule(deps) if name.startswith("/")]
+    image = [[name, digest(Path(name).read_bytes())] for name in system]
+    stdio = "/usr/lib/gcc/x86_64-linux-gnu/12/../../../../include/stdio.h"
+    image.append([stdio, digest(Path(stdio).read_bytes())])
+    done = local("/usr/bin/g++-12", project, args)
+    assert done.returncode == 0, done.stderr
+    job = project.job(
+        compiler_identity("/usr/bin/g++-12"), args, image=image, outputs=[str(project.cwd / "v.o")]
+    )
+    with connect(server, "/usr/bin/g++-12") as sock:
+        _, frame_type, header, out = run(sock, job, project.blobs())
+    assert frame_type == proto.RESULT and header["exit_code"] == 0, out[1]
+    assert out[2] == (project.cwd / "v.o").read_bytes()
+    assert {name for name, _ in header["reads"]} == {"v.cc", *system}
+    check_reads(project, header["reads"])
+
+
+def test_a_compile_error_comes_back_as_a_local_one(server, tmp_path):
+    project = Project(tmp_path)
+    project.write("src/inc/a.h", b"#define A missing\n")
+    ident = compiler_identity(GCC)
+    done = local(GCC, project, ARGS)
+    assert done.returncode == 1
+    with connect(server) as sock:
+        _, frame_type, header, out = run(sock, project.job(ident), project.blobs())
+    assert frame_type == proto.RESULT and header["exit_code"] == 1
+    assert out[1] == done.stderr and b"inc/a.h:1:11: error" in out[1]
+    # What the local compile leaves: the dependency file, no object.
+    assert header["outputs"] == [str(project.cwd / "x.d")] and header["has_output"]
+    assert out[2] == (project.cwd / "x.d").read_bytes()
+
+
+def test_a_blob_with_other_content_is_refused(server, tmp_path):
+    project = Project(tmp_path, {"src/x.c": b"int x(void) { return 7; }\n"})
+    ident = compiler_identity(GCC)
+    job = project.job(ident, ["-c", "x.c", "-o", "x.o"], image=[])
+    with connect(server) as sock:
+        proto.send(sock, proto.JOB, job)
+        frame_type, header, _ = proto.recv(sock)
+        assert frame_type == proto.NEED
+        (wanted,) = header["missing"]
+        proto.send(
+            sock, proto.BLOBS, {"id": 7, "digests": [wanted]}, [b"int x(void) { return 8; }\n"]
+        )
+        frame_type, header, _ = proto.recv(sock)
+        assert frame_type == proto.ERROR and header["code"] == "protocol" and header["id"] == 7
+        assert "other content" in header["message"]
+        with pytest.raises(proto.ConnectionClosed):  # the connection ends
+            proto.recv(sock)
+    with connect(server) as sock:  # and the server goes on
+        _, frame_type, header, _ = run(sock, job, project.blobs())
+        assert frame_type == proto.RESULT and header["exit_code"] == 0
+
+
+def _bad(project: Project, ident: str) -> list[tuple[dict, str, str]]:
+    """(job, code, words in the message) for jobs that must be refused."""
+    job = project.job
+    fake = [["f.h", "sha256:" + "1" * 64, 1]]
+    return [
+        (job(ident, tree=[["src/../x.c", digest(X_C), len(X_C)]]), "protocol", "normalized"),
+        (job(ident, tree=[["/etc/passwd", digest(X_C), len(X_C)]]), "protocol", "absolute"),
+        (job(ident, tree=[["src/x.c", digest(X_C), len(X_C)]] * 2), "protocol", "twice"),
+        (job(ident, root="/", cwd="/"), "tree", "root /"),
+        (job(ident, root="/usr/proj", cwd="/usr/proj"), "tree", "toolchain image"),
+        (job(ident, outputs=["/tmp/elsewhere.o"]), "protocol", "not beneath the root"),
+        (job(ident, [*ARGS, "-fplugin=/tmp/evil.so"]), "policy", "-fplugin=/tmp/evil.so"),
+        (job(ident, [*ARGS, "--sysroot", "/tmp"]), "policy", "--sysroot"),
+        (job(ident, [*ARGS, "-Wp,-fplugin=/tmp/e.so"]), "policy", "-Wp,-fplugin"),
+        (job(ident, [*ARGS, "inc/a.h"]), "policy", "exactly one input"),
+        (job(ident, ["-c", "x.c", "-o", "../../x.o"]), "policy", "outside the job's root"),
+        (job(ident, ["-c", "y.c"]), "policy", "not a file of the job's tree"),
+        (
+            job(ident, image=[["/usr/include/stdio.h", "sha256:" + "0" * 64]]),
+            "tree",
+            "/usr/include/stdio.h differs from the image's copy",
+        ),
+        (job(ident, image=[["/usr/include/no-such.h", fake[0][1]]]), "tree", "not in the image"),
+        (job(ident, image=[[str(project.cwd / "x.c"), digest(X_C)]]), "tree", "not in the image"),
+        (job(ident, image=[["/proc/self/environ", fake[0][1]]]), "tree", "not in the image"),
+        (
+            job(ident, tree=[[f"big{n}", "sha256:" + f"{n}" * 64, 100 << 20] for n in (1, 2)]),
+            "tree",
+            "too large",
+        ),
+        (
+            job(ident, tree=[[f"d/f{n}.h", f"sha256:{n:064x}", 1] for n in range(30000)]),
+            "tree",
+            "30000 files: a tree job takes at most 20000",
+        ),
+        (
+            job(ident, tree=[[f"d/f{n}.h", f"sha256:{n:064x}", 1] for n in range(5000)]),
+            "tree",
+            "too many files",
+        ),
+        (job(ident, kind="forest"), "protocol", "unknown job kind"),
+    ]
+
+
+def test_refused_tree_jobs_say_why_and_the_connection_goes_on(server, tmp_path):
+    project = Project(tmp_path)
+    ident = compiler_identity(GCC)
+    with connect(server) as sock:
+        for job, code, words in _bad(project, ident):
+            error = refused(sock, job)
+            assert error["code"] == code and words in error["message"], (job["args"], error)
+            assert error["id"] == 7
+        _, frame_type, header, _ = run(sock, project.job(ident), project.blobs())
+        assert frame_type == proto.RESULT and header["exit_code"] == 0
+    with connect(server) as sock:  # the next connection is served as well
+        _, frame_type, header, _ = run(sock, project.job(ident), project.blobs())
+        assert frame_type == proto.RESULT and header["exit_code"] == 0
+    assert server.proc.poll() is None
+
+
+def test_the_store_is_kept_for_the_users_next_connection_and_evicts_old_blobs(
+    headers_image, tmp_path
+):
+    srv = start_server(tmp_path / "srv", headers_image, "--allow-user", "root", "--store-mb", "1")
+    try:
+        ident = compiler_identity(GCC)
+        args = ["-c", "x.c", "-o", "x.o"]
+        big = [Project(tmp_path / f"p{n}", {"src/x.c": X_C, "src/inc/a.h": A_H}) for n in range(2)]
+        for n, project in enumerate(big):
+            project.write("src/pad.h", bytes([65 + n]) * (700 << 10))  # two do not fit in 1 MiB
+        with connect(srv) as sock:
+            need, frame_type, _, _ = run(sock, big[0].job(ident, args), big[0].blobs())
+            assert frame_type == proto.RESULT and len(need) == 3
+        with connect(srv) as sock:  # the same jail, its store still full
+            need, frame_type, _, _ = run(sock, big[0].job(ident, args), big[0].blobs())
+            assert frame_type == proto.RESULT and need is None
+            need, _, _, _ = run(sock, big[1].job(ident, args), big[1].blobs())
+            assert need == [digest(big[1].files["src/pad.h"])]  # x.c and a.h are shared
+            need, _, _, _ = run(sock, big[0].job(ident, args), big[0].blobs())
+            assert need == [digest(big[0].files["src/pad.h"])]  # evicted for p1's
+            tree = [*big[0].job(ident)["tree"], ["x", f"sha256:{1:064x}", 2 << 20]]
+            error = refused(sock, big[0].job(ident, args, tree=tree))
+            assert error["code"] == "tree" and "too large" in error["message"]
+            assert "--store-mb" in error["message"]
+    finally:
+        stop_server(srv)
+
+
+def test_a_root_in_the_image_is_a_clean_refusal_for_preprocessed_jobs_too(server, tmp_path):
+    """The launcher refuses a work dir in the image before touching the jail, which goes on."""
+    ident = compiler_identity(GCC)
+    (tmp_path / "unit.c").write_bytes(b"int f(void) { return 1; }\n")
+    pre = subprocess.run(
+        ["gcc-12", "-E", "unit.c"], cwd=tmp_path, check=True, capture_output=True
+    ).stdout
+    job = {
+        "id": 1,
+        "identity": ident,
+        "args": ["-O2"],
+        "input": "unit.i",
+        "mode": "c",
+        "env": {},
+        "files": [],
+        "source": "unit.c",
+    }
+    with connect(server) as sock:
+        for cwd in ("/usr/lib/x", "/lib/x", str(tmp_path), "/usr", str(tmp_path)):
+            proto.send(sock, proto.JOB, {**job, "cwd": cwd}, [pre], [True])
+            frame_type, header, _ = proto.recv(sock)
+            if cwd.startswith("/tmp"):
+                assert frame_type == proto.RESULT and header["exit_code"] == 0, header
+            else:
+                assert frame_type == proto.ERROR and header["code"] == "jail", header
+                assert "toolchain image" in header["message"]
+
+
+def test_headers_image_holds_the_system_headers(headers_image):
+    info = subprocess.run(
+        [str(BIN / "jailcc-image"), "info", str(headers_image)],
+        check=True,
+        capture_output=True,
+        text=True,
+    ).stdout
+    assert '"/usr/include/stdio.h"' in info
+    assert f'"{os.path.realpath("/usr/lib/gcc/x86_64-linux-gnu/12/include/stddef.h")}"' in info
+
+
+def test_make_rules_and_header_lists_are_read_as_the_compilers_write_them():
+    from jailcc.jobs.tree import parse_header_list, parse_make_rule
+
+    rule = (
+        "x.o x.d: x.c /usr/include/stdio.h \\\n  ../sp\\ ace/b$$h\\#.h \\\n"
+        " back\\\\\\ slash.h\n\n/usr/include/stdio.h:\n../sp\\ ace/b$$h\\#.h:\n"
+    )
+    assert parse_make_rule(rule) == [
+        "x.c",
+        "/usr/include/stdio.h",
+        "../sp ace/b$h#.h",
+        "back\\ slash.h",
+    ]
+    assert parse_header_list("/usr/include/stdio.h\n.. inc/a.h\n./../b.h\n") == [
+        "/usr/include/stdio.h",
+        "inc/a.h",
+        "./../b.h",
+    ]
+
+
+def test_the_store_evicts_the_least_recently_used_but_never_the_jobs_own():
+    from jailcc.jobs.blobstore import BlobMismatch, BlobStore, StoreFull
+
+    store = BlobStore(10)
+    blobs = {name: name.encode() * 4 for name in "abc"}  # 4 bytes each
+    store.add(digest(blobs["a"]), blobs["a"])
+    store.add(digest(blobs["b"]), blobs["b"])
+    assert store.missing([digest(blobs["a"])]) == []  # a is now the most recently used
+    store.add(digest(blobs["c"]), blobs["c"], keep={digest(blobs["c"])})
+    assert digest(blobs["b"]) not in store and digest(blobs["a"]) in store
+    with pytest.raises(StoreFull):
+        store.add(digest(b"d" * 4), b"d" * 4, keep={digest(blobs["a"]), digest(blobs["c"])})
+    with pytest.raises(BlobMismatch):
+        store.add(digest(b"e"), b"f")
+
+
+def test_file_names_with_spaces_dollars_and_hashes(server, tmp_path):
+    name = "inc dir/b$h#.h"
+    source = b'#include "b$h#.h"\nint f(void) { return B; }\n'
+    project = Project(tmp_path, {"src/x.c": source, f"src/{name}": b"#define B 1\n"})
+    for compiler, args in [
+        (GCC, ["-c", "x.c", "-I", "inc dir"]),  # SUNPRO_DEPENDENCIES
+        (GCC, ["-c", "x.c", "-I", "inc dir", "-MD", "-MF", "x.d"]),  # the -MF file
+        (GCC, ["-c", "x.c", "-I", "inc dir", "-MMD"]),  # a preprocessing pass
+        (CLANG, ["-c", "x.c", "-I", "inc dir"]),  # CC_PRINT_HEADERS
+    ]:
+        with connect(server, compiler) as sock:
+            job = project.job(compiler_identity(compiler), args, image=[])
+            _, frame_type, header, out = run(sock, job, project.blobs())
+        assert frame_type == proto.RESULT and header["exit_code"] == 0, out[1]
+        assert header["reads"][0] == ["x.c", digest(source)]
+        assert [name, digest(b"#define B 1\n")] in header["reads"], header["reads"]
+        check_reads(project, header["reads"])
+
+
+@pytest.fixture(autouse=True)
+def _no_leftovers(tmp_path: Path) -> Iterator[None]:
+    yield
+    shutil.rmtree(tmp_path, ignore_errors=True)
