@@ -133,12 +133,18 @@ class Analysis:
                  when the source itself does not exist
     unsupported  None, or why the set cannot be bounded: ship preprocessed output instead
     notes        what was assumed (a computed include taken as inactive, ...)
+    search       the directories a lookup tries, in order: the quote-only chain, then the
+                 bracket chain (-I, -isystem, the compiler's own, -idirafter)
+    system       the compiler's own directories (from its probe, not -isystem): the files
+                 below them are the toolchain image's to provide
     """
 
     files: tuple[FileRead, ...] = ()
     missing: tuple[str, ...] = ()
     unsupported: str | None = None
     notes: tuple[str, ...] = ()
+    search: tuple[str, ...] = ()
+    system: tuple[str, ...] = ()
 
     @property
     def ok(self) -> bool:
@@ -933,10 +939,21 @@ class IncludeAnalyzer:
         self._roots(walk, cmd, chains, probe, cwd)
         self._scan(walk, chains)
         self._computed_fixpoint(walk, cmd, chains, probe)
-        return self._result(walk)
+        return self._result(walk, chains, probe)
 
-    def _result(self, walk: _Walk) -> Analysis:
-        return Analysis(tuple(walk.files.values()), tuple(walk.missing), None, tuple(walk.notes))
+    def _result(
+        self, walk: _Walk, chains: _Chains | None = None, probe: _Probe | None = None
+    ) -> Analysis:
+        search = () if chains is None else (*chains.quote, *chains.bracket)
+        system = () if probe is None else probe.system
+        return Analysis(
+            tuple(walk.files.values()),
+            tuple(walk.missing),
+            None,
+            tuple(walk.notes),
+            search,
+            system,
+        )
 
     def _roots(self, walk: _Walk, cmd: _Command, chains: _Chains, probe: _Probe, cwd: str) -> None:
         """The source, the compiler's own preincluded files, then -imacros/-include files."""

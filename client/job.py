@@ -95,17 +95,23 @@ def prepare(compiler: str, job: RemoteJob, inv: Invocation) -> Prepared:
 
 
 def finish(
-    compiler: str, job: RemoteJob, inv: Invocation, host: object, result: RemoteResult
+    compiler: str,
+    job: RemoteJob,
+    inv: Invocation,
+    host: object,
+    result: RemoteResult,
+    headers_shipped: bool = False,
 ) -> Outcome:
     """Write back what a local compile would have written; RemoteFailure if the result cannot
-    be trusted to equal a local compile's."""
+    be trusted to equal a local compile's. `headers_shipped`: the compile had the headers (a
+    tree job), so its diagnostics quote them as a local compile's would."""
     if result.limit:
         raise RemoteFailure(f"{host}: the job hit the server's {result.limit} limit")
     if result.exit_code is None:
         raise RemoteFailure(f"{host}: the compiler was killed by signal {result.signal}")
     if result.exit_code == 127 or result.stderr.startswith(b"jail: "):
         raise RemoteFailure(f"{host}: the compiler could not run: {result.stderr[:200]!r}")
-    if result.stderr and _names_unshipped_files(result.stderr, job.source):
+    if not headers_shipped and result.stderr and _names_unshipped_files(result.stderr, job.source):
         # A diagnostic in a header: locally it would quote the header's line, which the
         # server did not have. The local compile gives the exact text.
         raise RemoteFailure("diagnostics point into files the server did not have")
@@ -166,13 +172,8 @@ def _job_frame(
     stem = os.path.basename(job.source).rsplit(".", 1)[0]
     safe = 0 < len(stem) <= 200 and set(stem) <= _SAFE_CHARS
     input_name = f"{stem}.{suffix}" if safe else f"input.{suffix}"
-    args = list(job.remote_args)
-    if _wants_color(args, inv):
-        args.append("-fdiagnostics-color=always")
-    env = {"LC_ALL": "C.UTF-8" if _utf8_locale(inv.env) else "C"}
-    for name in ("GCC_COLORS", "SOURCE_DATE_EPOCH"):
-        if name in inv.env:
-            env[name] = inv.env[name]
+    args = with_color(list(job.remote_args), inv)
+    env = job_env(inv)
     files, blobs = [], [source]
     extra = _source_for_diagnostics(job, inv.cwd)
     if extra is not None:
@@ -221,6 +222,21 @@ def _source_for_diagnostics(job: RemoteJob, cwd: str) -> tuple[str, bytes] | Non
             return rel, f.read()
     except OSError:
         return None
+
+
+def with_color(args: list[str], inv: Invocation) -> list[str]:
+    """args, asking for coloured diagnostics where the local compile would colour them (its
+    stderr is a terminal; the jail's is not)."""
+    return [*args, "-fdiagnostics-color=always"] if _wants_color(args, inv) else args
+
+
+def job_env(inv: Invocation) -> dict[str, str]:
+    """The few variables a remote compile gets from the user's environment."""
+    env = {"LC_ALL": "C.UTF-8" if _utf8_locale(inv.env) else "C"}
+    for name in ("GCC_COLORS", "SOURCE_DATE_EPOCH"):
+        if name in inv.env:
+            env[name] = inv.env[name]
+    return env
 
 
 def _wants_color(args: list[str], inv: Invocation) -> bool:

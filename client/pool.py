@@ -19,6 +19,7 @@ import contextlib
 import os
 import threading
 import time
+from collections.abc import Callable
 from typing import Any
 
 from jailcc import protocol as proto
@@ -31,7 +32,7 @@ from .trace import Span
 MAX_RESULT = 1 << 30
 LACKS_RECHECK = 60.0  # seconds before a server without our compiler's image is asked again
 # Refusals that say something about the job, not the server: another server would say the same.
-JOB_REFUSALS = ("policy", "jail", "protocol")
+JOB_REFUSALS = ("policy", "jail", "protocol", "tree")
 # Refusals that say the server cannot take it now (full, or its owner took the desktop back):
 # the job goes to another server at once; this one is left alone for a moment.
 ELSEWHERE = {"busy": 1.0, "evicted": 5.0}
@@ -126,7 +127,13 @@ class Pool:
     # -- jobs ------------------------------------------------------------------------------
 
     def run(
-        self, header: dict[str, Any], blobs: list[bytes], identity: str, span: Span
+        self,
+        header: dict[str, Any],
+        blobs: list[bytes],
+        identity: str,
+        span: Span,
+        size: int | None = None,
+        provide: Callable[[list[str]], list[bytes]] | None = None,
     ) -> tuple[Host, Any]:
         """Run a job where the placement policy (placement.py, the code the farm simulator
         measures) expects it to finish soonest; hold it while every server it may use is full;
@@ -140,7 +147,8 @@ class Pool:
         reasons: list[str] = []
         tell_user = False
         tried: set[str] = set()
-        size = len(blobs[0]) if blobs else 0
+        if size is None:
+            size = len(blobs[0]) if blobs else 0
         wire = sum(len(b) for b in blobs)
         kind = f"{identity} {os.path.dirname(str(header.get('cwd', '')))}"
         key = object()
@@ -163,7 +171,7 @@ class Pool:
                     break
                 sending = span.phase("queue", waiting)
                 try:
-                    result = run_job(channel, link.host, header, blobs, MAX_RESULT, ready=True)
+                    result = run_job(channel, link.host, header, blobs, MAX_RESULT, True, provide)
                 except RemoteFailure as exc:
                     waiting = span.phase("remote", sending)
                     if exc.code in JOB_REFUSALS:

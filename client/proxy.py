@@ -31,6 +31,7 @@ from .hosts import Host, HostsError, config_stamp, configured, default_hosts
 from .job import Invocation, Outcome, finish, prepare
 from .pool import Pool
 from .trace import BUILD_GAP, Span, Spans
+from .tree import TREE_REFUSALS, TreeBuilder, TreeUnsupported
 
 log = logging.getLogger("jailcc-proxy")
 DEFAULT_IDLE = 900.0
@@ -252,6 +253,7 @@ class Proxy:
         self.stats = Stats()
         self.notices = Notices()
         self.spans = Spans()
+        self.trees = TreeBuilder()  # its include analysis lives as long as the proxy
         self.running: dict[int, Span] = {}  # id(span): the jobs in progress, under stats.lock
         self.last_activity = time.monotonic()
         self._stop = threading.Event()
@@ -309,7 +311,8 @@ class Proxy:
         request = pw.decode_request(body)
         inv = Invocation(request.cwd, request.env, request.stderr_tty, request.umask)
         span = Span(time.time())
-        span.source = source_of(split_invocation(request.argv)[1])  # until analysis says
+        user_args = split_invocation(request.argv)[1]
+        span.source = source_of(user_args)  # until analysis says
         with self.stats.lock:
             self.stats.running += 1
             self.running[id(span)] = span
@@ -324,6 +327,11 @@ class Proxy:
                 self.discovery.check()
                 if self.discovery.error:
                     raise HostsError(self.discovery.error)
+                why_not_tree = None
+                if inv.env.get("JAILCC_SHIP") == "sources":
+                    outcome, why_not_tree = self._tree_job(compiler, user_args, job, inv, span)
+                    if outcome is not None:
+                        return outcome
                 prepared = prepare(compiler, job, inv)
                 span.phase("analysis", span.start)
                 host, result = self.pool.run(
@@ -334,6 +342,8 @@ class Proxy:
                 writing = time.time()
                 outcome = finish(compiler, job, inv, host, result)
                 span.phase("result", writing)
+                if why_not_tree is not None:
+                    outcome = outcome._replace(note=f"{outcome.note}; preprocessed: {why_not_tree}")
                 return outcome
             except Exception as exc:  # recorded, then decide() compiles locally
                 span.reason = getattr(exc, "reason", None) or str(exc)
@@ -359,6 +369,39 @@ class Proxy:
         if isinstance(answer, RunLocally):
             return pw.encode_local(answer.compiler, answer.args, answer.message)
         return pw.encode_done(answer.exit_code, answer.stdout, answer.stderr)
+
+    def _tree_job(
+        self, compiler: str, args: list[str], job: Any, inv: Invocation, span: Span
+    ) -> tuple[Outcome | None, str | None]:
+        """The job shipped as sources (client/tree.py), or (None, why not: the caller ships
+        preprocessed output). RemoteFailure: compile locally."""
+        from jailcc.images.errors import ImageError
+        from jailcc.images.identity import compiler_identity
+
+        from .remote import RemoteFailure
+
+        try:
+            identity = compiler_identity(compiler)
+            tree_job = self.trees.prepare(compiler, args, job, inv, identity)
+        except (TreeUnsupported, ImageError) as exc:
+            self.trees.counters.add(preprocessed_instead=1)
+            return None, str(exc)
+        span.phase("analysis", span.start)
+        try:
+            host, result = self.pool.run(
+                tree_job.header, [], identity, span, tree_job.size, tree_job.blobs
+            )
+        except RemoteFailure as exc:
+            if exc.code not in TREE_REFUSALS:
+                raise
+            self.trees.refused(identity, exc.reason)
+            self.trees.counters.add(preprocessed_instead=1)
+            return None, exc.reason
+        span.server_times = result.times
+        writing = time.time()
+        outcome = self.trees.finish(compiler, tree_job, job, inv, host, result)
+        span.phase("result", writing)
+        return outcome, None
 
     def _count(self, span: Span, answer: RunLocally | Outcome, tried_remote: bool) -> None:
         """The job's outcome, in its span and in the proxy's Stats."""
@@ -480,6 +523,7 @@ class Proxy:
             "servers": self.pool.status(),
             "hosts": self.discovery.status(),
             "jobs": self.stats.as_dict(),
+            "sources": self.trees.counters.as_dict(),
         }
 
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import socket
+import weakref
 from collections import namedtuple
 
 from jailcc import __version__
@@ -13,9 +14,14 @@ from .hosts import Host
 
 TYPE_CHECKING = False  # typing costs milliseconds to import, on every compile; type checkers know
 if TYPE_CHECKING:
+    from collections.abc import Callable
     from typing import Any
 
 CONNECT_TIMEOUT = 5.0
+# Per open connection: the (path, digest) of system headers its jail has found in its image.
+_IMAGE_CHECKED: weakref.WeakKeyDictionary[proto.Channel, set[tuple[str, ...]]] = (
+    weakref.WeakKeyDictionary()
+)
 # The server enforces the job's wall clock; this only bounds a server that went silent.
 RESULT_TIMEOUT = 900.0
 
@@ -34,12 +40,16 @@ class RemoteFailure(Exception):
 
 class RemoteResult(
     namedtuple(
-        "RemoteResult", "exit_code signal limit stdout stderr output times load", defaults=(None,)
+        "RemoteResult",
+        "exit_code signal limit stdout stderr output times load output_names outputs reads sent",
+        defaults=(None, (), (), (), 0),
     )
 ):
     """What the server answered: exit_code (None if killed by signal), signal, limit (the limit
     that stopped the job, if any), stdout, stderr, output (the file, or None), times, and the
-    server's load report (slots, running, queued, owner_busy, speed)."""
+    server's load report (slots, running, queued, owner_busy, speed). A tree job's answer also
+    has output_names and outputs (the files it wrote, by absolute path) and reads ((path,
+    digest) of every file the compile read), and sent, the bytes of its JOB and BLOBS frames."""
 
     __slots__ = ()
 
@@ -146,22 +156,41 @@ def run_job(
     blobs: list[bytes],
     max_result: int,
     ready: bool = False,
+    provide: Callable[[list[str]], list[bytes]] | None = None,
 ) -> RemoteResult:
     """Send a job and read its result. Unless `ready`, the connection's READY (the server
     authorized us and built the jail) is read first; sending the job before it saves a round
-    trip, and the job is only read in the jail."""
+    trip, and the job is only read in the jail. A tree job's server may first ask for the
+    blobs it lacks (NEED): `provide` gives their bytes."""
+    checked, sent = None, job
+    if job.get("kind") == "tree":
+        # The jail's image does not change under a connection: each system header is checked
+        # once per connection (the soundness check still covers every file a compile read).
+        checked = _IMAGE_CHECKED.setdefault(channel, set())
+        sent = {**job, "image": [e for e in job["image"] if tuple(e) not in checked]}
     try:
-        channel.send(proto.JOB, job, blobs, compress=[True] * len(blobs))
+        wire = channel.send(proto.JOB, sent, blobs, compress=[True] * len(blobs))
         channel.sock.settimeout(RESULT_TIMEOUT)
         if not ready:
             channel.expect(proto.READY, proto.MAX_HELLO_FRAME)
-        header, out = channel.expect(proto.RESULT, max_result)
+        frame_type, header, out = channel.recv(max_result)
+        if frame_type == proto.NEED and provide is not None:
+            wire += _send_blobs(channel, job["id"], header, provide)
+            frame_type, header, out = channel.recv(max_result)
+        if checked is not None and frame_type == proto.RESULT:
+            checked.update(tuple(e) for e in sent["image"])
+        if frame_type == proto.ERROR:
+            raise proto.RemoteError(str(header.get("code")), str(header.get("message", "")))
+        if frame_type != proto.RESULT:
+            raise proto.ProtocolError(f"expected RESULT, got frame type {frame_type}")
     except proto.RemoteError as exc:
         # A first JOB sent before READY meets the handshake's refusal: said as that one is.
         tell = exc.code in TOLD_REFUSALS
         raise RemoteFailure(f"{host} refused the job: {exc.message}", tell, code=exc.code) from None
     except (OSError, proto.ProtocolError) as exc:
         raise RemoteFailure(f"{host}: {exc}") from None
+    if job.get("kind") == "tree":
+        return _tree_result(host, job, header, out)._replace(sent=wire)
     if len(out) != 3 or header.get("id") != job["id"]:
         raise RemoteFailure(f"{host}: malformed result")
     exit_code, sig, limit = header.get("exit_code"), header.get("signal"), header.get("limit")
@@ -179,4 +208,56 @@ def run_job(
         out[2] if header.get("has_output") else None,
         times,
         header.get("load") if isinstance(header.get("load"), dict) else None,
+    )
+
+
+def _send_blobs(
+    channel: proto.Channel, job_id: int, need: dict[str, Any], provide: Callable
+) -> int:
+    """The blobs a NEED asks for, in BLOBS frames; the bytes sent."""
+    missing = need.get("missing")
+    if need.get("id") != job_id or not isinstance(missing, list):
+        raise proto.ProtocolError("malformed NEED")
+    wire = 0
+    for start in range(0, len(missing), proto.MAX_BLOBS):
+        digests = missing[start : start + proto.MAX_BLOBS]
+        data = provide(digests)
+        wire += channel.send(
+            proto.BLOBS, {"id": job_id, "digests": digests}, data, compress=[True] * len(data)
+        )
+    return wire
+
+
+def _tree_result(
+    host: Host, job: dict[str, Any], header: dict[str, Any], out: list[bytes]
+) -> RemoteResult:
+    names, reads = header.get("outputs"), header.get("reads")
+    exit_code, sig = header.get("exit_code"), header.get("signal")
+    if (
+        header.get("id") != job["id"]
+        or not isinstance(names, list)
+        or len(out) != 2 + len(names)
+        or not set(names) <= set(job["outputs"])
+        or not isinstance(reads, list)
+        or not all(
+            isinstance(r, list) and len(r) == 2 and all(isinstance(x, str) for x in r)
+            for r in reads
+        )
+        or not (exit_code is None or isinstance(exit_code, int))
+        or not (sig is None or isinstance(sig, int))
+    ):
+        raise RemoteFailure(f"{host}: malformed result")
+    limit = header.get("limit")
+    return RemoteResult(
+        exit_code,
+        sig,
+        limit if isinstance(limit, str) else None,
+        out[0],
+        out[1],
+        None,
+        header.get("times") if isinstance(header.get("times"), dict) else {},
+        header.get("load") if isinstance(header.get("load"), dict) else None,
+        tuple(names),
+        tuple(out[2:]),
+        tuple((r[0], r[1]) for r in reads),
     )

@@ -119,6 +119,17 @@ def proxy_cpu(env: dict[str, str]) -> float:
     return t.user + t.system + t.children_user + t.children_system
 
 
+def sources_sent(env: dict[str, str]) -> int:
+    """Bytes the proxy has sent for tree jobs (JOB and BLOBS frames, as on the wire)."""
+    out = subprocess.run(
+        [JAILCC, "status", "--json"], env=env, capture_output=True, text=True
+    ).stdout
+    try:
+        return int(json.loads(out)["sources"]["bytes_sent"])
+    except (ValueError, KeyError, TypeError):
+        return 0
+
+
 def client_cpu(env: dict[str, str]) -> float:
     """CPU seconds of this process's waited-for children, plus the proxy's (it is no child)."""
     usage = resource.getrusage(resource.RUSAGE_CHILDREN)
@@ -213,21 +224,36 @@ def full_builds(
             "configure_cc": "gcc-12",
             "configure_cxx": "g++-12",
         }
-        results = {}
+        results, cpu, sent = {}, {}, {}
+        env_s = dict(env_j, JAILCC_SHIP="sources")
+        sources_cc = (f"{JAILCC} gcc-12", f"{JAILCC} g++-12")
         for label, cc, cxx, env in (
             ("local", "gcc-12", "g++-12", {}),
             ("jailcc", f"{JAILCC} gcc-12", f"{JAILCC} g++-12", env_j),
+            ("sources", *sources_cc, env_s),
             ("distcc", "distcc gcc-12", "distcc g++-12", env_d),
         ):
             tree = work / ("g" if debug else "nog") / label
+            before, sent_before = client_cpu(env_j), sources_sent(env_j)
             result = projects.build(name, tree, cc, cxx, env=env, **common)
+            cpu[label] = client_cpu(env_j) - before
+            sent[label] = sources_sent(env_j) - sent_before
             if result.returncode != 0:
                 raise SystemExit(f"bench: {name} with {label} failed:\n{result.log[-2000:]}")
             results[label] = result
             print(f"bench: {name} {label}: {result.seconds:.1f} s", file=sys.stderr)
-        diff = projects.compare(results["local"], results["jailcc"])
-        if diff:
-            raise SystemExit(f"bench: {name}: jailcc's objects differ from local: {diff[:5]}")
+        # A second clean build of the unchanged tree: the servers' stores have its files.
+        sent_before = sources_sent(env_j)
+        again = projects.build(
+            name, work / ("g" if debug else "nog") / "sources", *sources_cc, env=env_s, **common
+        )
+        sent["again"] = sources_sent(env_j) - sent_before
+        results["again"] = again
+        print(f"bench: {name} sources again: {again.seconds:.1f} s", file=sys.stderr)
+        for label in ("jailcc", "sources", "again"):
+            diff = projects.compare(results["local"], results[label])
+            if diff:
+                raise SystemExit(f"bench: {name}: {label}'s objects differ from local: {diff[:5]}")
         t = {k: v.seconds for k, v in results.items()}
         rows.append(
             [
@@ -235,16 +261,35 @@ def full_builds(
                 str(len(results["local"].objects)),
                 f"{t['local']:.1f}",
                 f"{t['jailcc']:.1f}",
+                f"{t['sources']:.1f}",
                 f"{t['distcc']:.1f}",
-                f"{t['jailcc'] / t['local']:.2f}",
                 f"{t['jailcc'] / t['distcc']:.2f}",
+                f"{t['sources'] / t['distcc']:.2f}",
+                f"{t['sources'] / t['local']:.2f}",
+                f"{cpu['sources'] / cpu['distcc']:.2f}" if cpu["distcc"] > 0 else "-",
+                f"{sent['sources'] / 1e6:.1f}",
+                f"{sent['again'] / sent['sources']:.3f}" if sent["sources"] else "-",
             ]
         )
-    flags = "Debian's flags, -g included: jailcc's exact mode" if debug else "Debian's flags, -g0"
+    flags = "Debian's flags, -g included" if debug else "Debian's flags, -g0"
     return table(
-        f"Full builds, make -j{jobs}, seconds ({flags}; objects of the jailcc build checked"
-        " identical to the local build)",
-        ["project", "objects", "local", "jailcc", "distcc", "jailcc / local", "jailcc / distcc"],
+        f"Full builds, make -j{jobs}, seconds ({flags}; jailcc: preprocessed output, sources:"
+        " JAILCC_SHIP=sources; objects of both checked identical to the local build; client"
+        " CPU: everything on the client's side of the wire, the proxy included)",
+        [
+            "project",
+            "objects",
+            "local",
+            "jailcc",
+            "sources",
+            "distcc",
+            "jailcc / distcc",
+            "sources / distcc",
+            "sources / local",
+            "client CPU sources / distcc",
+            "sources MB sent",
+            "second build's bytes / first's",
+        ],
         rows,
     )
 
@@ -274,6 +319,7 @@ def main() -> int:
                 "/usr/bin/gcc-12",
                 "--compiler",
                 "/usr/bin/g++-12",
+                "--headers",  # tree jobs (JAILCC_SHIP=sources) compile against them
                 "-o",
                 str(image),
             ],

@@ -1,0 +1,343 @@
+"""Source-shipping ("tree") jobs: the user's own compile, run once in the jail at the user's
+paths, on the files the include analysis found (issue 11; PROTOCOL.md, "Tree jobs").
+
+The per-user proxy builds the job from an ``IncludeAnalyzer`` it keeps for its whole life:
+the source and project headers go as a tree of content digests below one root directory (the
+server asks for the blobs it lacks, NEED/BLOBS), the compiler's own headers as digests the jail
+checks against its image. Soundness does not rest on the analysis. The jail reports every file
+the compile read, with the digest of what it read, and the answer is used only if
+
+* each of those files is, on this machine, at that path, the same bytes (an image header that
+  differs from ours, or a file the analysis missed and the image happened to hold);
+* none of them was found by a lookup that would have stopped earlier here: for a file the jail
+  found in a search directory, no earlier directory of the search (nor the directory of any
+  shipped file, where quote includes look first) holds a file of that name on this machine;
+* the compile succeeded: a failed one is compiled here, whose diagnostics are exact even when
+  a header the jail lacked is the cause.
+
+Anything else raises ``RemoteFailure`` (compile locally) or ``TreeUnsupported`` (ship
+preprocessed output instead), and JAILCC_VERBOSE says which and why.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import threading
+import time
+
+from .args import RemoteJob, expand_response_files
+from .includes import Analysis, IncludeAnalyzer
+from .job import Invocation, Outcome, job_env, with_color
+from .remote import RemoteFailure, RemoteResult
+
+TYPE_CHECKING = False
+if TYPE_CHECKING:
+    from typing import Any
+
+# Where a project cannot live for the jail: the image's own top-level directories.
+IMAGE_TOP = frozenset(
+    ("usr", "lib", "lib32", "lib64", "libx32", "bin", "sbin", "etc", "proc", "dev")
+)
+# A server's refusals of a tree job after which the job ships preprocessed output instead:
+# an image header that differs from ours, a tree it cannot lay out (in its jail), arguments
+# its tree-job allowlist refuses, or a server that does not know tree jobs.
+TREE_REFUSALS = frozenset(("tree", "policy", "protocol", "jail"))
+MAX_TREE_FILES = 20_000
+IMAGE_BACKOFF = 300.0  # seconds a compiler's jobs go preprocessed after an image refused one
+MAX_DIGESTS = 100_000  # files whose digest and __TIMESTAMP__ use are remembered
+
+
+class TreeUnsupported(Exception):
+    """This job cannot be shipped as a tree (the message says why): ship preprocessed output."""
+
+
+class TreeJob:
+    """A tree job ready to send: its JOB header, where each blob's bytes are, and what the
+    soundness check needs."""
+
+    def __init__(
+        self,
+        header: dict[str, Any],
+        paths: dict[str, str],
+        analysis: Analysis,
+        shipped: frozenset[str],
+        counters: Counters | None = None,
+    ) -> None:
+        self.header, self.paths, self.analysis, self.shipped = header, paths, analysis, shipped
+        self.counters = counters or Counters()
+        # What the placement policy weighs a job by: about the size of its preprocessed output.
+        self.size = sum(f.size for f in analysis.files)
+
+    def blobs(self, digests: list[str]) -> list[bytes]:
+        """The bytes of the digests the server asked for, read now and checked: a file that
+        changed since the analysis makes the job local (RemoteFailure)."""
+        out = []
+        for digest in digests:
+            path = self.paths.get(digest)
+            if path is None:
+                raise RemoteFailure(f"the server asked for a blob this job does not have: {digest}")
+            try:
+                with open(path, "rb") as f:
+                    data = f.read()
+            except OSError as exc:
+                raise RemoteFailure(f"cannot read {path}: {exc.strerror}") from None
+            if "sha256:" + hashlib.sha256(data).hexdigest() != digest:
+                raise RemoteFailure(f"{path} changed during the compile")
+            out.append(data)
+        self.counters.add(blobs_sent=len(out), blob_bytes_sent=sum(len(d) for d in out))
+        return out
+
+
+class Counters:
+    """What the proxy's tree jobs did, for `jailcc status --json` ("sources") and the
+    benchmarks (bytes a second build sends)."""
+
+    NAMES = (
+        "analysed",
+        "shipped",
+        "preprocessed_instead",
+        "local_after_check",
+        "blobs_sent",
+        "blob_bytes_sent",
+        "bytes_sent",
+    )
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._values = dict.fromkeys(self.NAMES, 0)
+        self.analysis_seconds = 0.0
+
+    def add(self, analysis_seconds: float = 0.0, **counts: int) -> None:
+        with self._lock:
+            for name, n in counts.items():
+                self._values[name] += n
+            self.analysis_seconds += analysis_seconds
+
+    def as_dict(self) -> dict[str, Any]:
+        with self._lock:
+            jobs = self._values["analysed"]
+            mean = self.analysis_seconds / jobs if jobs else None
+            return {
+                **self._values,
+                "mean_analysis_ms": None if mean is None else round(1000 * mean, 2),
+            }
+
+
+class _Contents:
+    """Per content digest: whether the file uses __TIMESTAMP__ (the source's mtime, which the
+    jail's copy does not have). Read once per content for the proxy's life."""
+
+    def __init__(self) -> None:
+        self._stamp: dict[str, bool] = {}
+        self._lock = threading.Lock()
+
+    def uses_timestamp(self, path: str, digest: str) -> bool:
+        with self._lock:
+            known = self._stamp.get(digest)
+        if known is not None:
+            return known
+        try:
+            with open(path, "rb") as f:
+                found = b"__TIMESTAMP__" in f.read()
+        except OSError:
+            found = True  # unreadable now: do not ship it
+        with self._lock:
+            if len(self._stamp) > MAX_DIGESTS:
+                self._stamp.clear()
+            self._stamp[digest] = found
+        return found
+
+
+class TreeBuilder:
+    """Builds tree jobs and checks their answers; one per proxy."""
+
+    def __init__(self, analyzer: IncludeAnalyzer | None = None) -> None:
+        self.analyzer = analyzer or IncludeAnalyzer()
+        self._contents = _Contents()
+        self.counters = Counters()
+        self._image_lacks: dict[str, tuple[float, str]] = {}  # identity -> (until, why)
+        self._lock = threading.Lock()
+
+    def refused(self, identity: str, reason: str) -> None:
+        """A server refused a tree job of this compiler. When its image lacks or differs in a
+        system header (an image built without --headers, another libc), every job of the
+        build would meet the same refusal: ship this compiler's jobs preprocessed for a while
+        rather than pay a round trip each."""
+        if "is not in the image" in reason or "differs from the image's copy" in reason:
+            with self._lock:
+                self._image_lacks[identity] = (time.monotonic() + IMAGE_BACKOFF, reason)
+
+    def prepare(
+        self, compiler: str, args: list[str], job: RemoteJob, inv: Invocation, identity: str
+    ) -> TreeJob:
+        """The tree job for ``compiler args`` (the user's words, compiler first excluded), or
+        TreeUnsupported."""
+        if job.preprocessed:
+            raise TreeUnsupported("the input is already preprocessed")
+        with self._lock:
+            until, why = self._image_lacks.get(identity, (0.0, ""))
+        if time.monotonic() < until:
+            raise TreeUnsupported(f"a server's image refused this compiler's tree jobs: {why}")
+        try:
+            words = expand_response_files(args, inv.cwd)
+        except ValueError as exc:
+            raise TreeUnsupported(str(exc)) from None
+        started = time.thread_time()
+        analysis = self.analyzer.files_read([compiler, *words], inv.cwd, inv.env)
+        self.counters.add(analysis_seconds=time.thread_time() - started, analysed=1)
+        if not analysis.ok:
+            raise TreeUnsupported(f"include analysis: {analysis.unsupported}")
+        if not analysis.files:
+            raise TreeUnsupported("include analysis found no source")
+        if len(analysis.files) > MAX_TREE_FILES:
+            raise TreeUnsupported(f"{len(analysis.files)} files: more than a tree job takes")
+        system = tuple(d.rstrip("/") + "/" for d in analysis.system)
+        tree: list[tuple[str, str, int]] = []
+        image: list[list[str]] = []
+        paths: dict[str, str] = {}
+        placed: dict[str, str] = {}
+        for f in analysis.files:
+            digest = "sha256:" + f.digest
+            if f.path.startswith(system):
+                image.append([f.path, digest])
+                continue
+            if self._contents.uses_timestamp(f.path, digest):
+                raise TreeUnsupported(f"{f.path} uses __TIMESTAMP__")
+            # Laid out where ".." names it lexically: the jail has no symlinks to make the
+            # kernel's answer differ; where this machine's does, the soundness check sees it.
+            where = os.path.normpath(f.path)
+            if placed.setdefault(where, digest) != digest:
+                raise TreeUnsupported(f"{where} is reached by paths with different contents")
+            if where in (p for p, _, _ in tree):
+                continue
+            tree.append((where, digest, f.size))
+            paths[digest] = f.path
+        cwd = os.path.normpath(inv.cwd)
+        outputs = [_absolute(cwd, job.output)]
+        if job.dep_file is not None:
+            outputs.append(_absolute(cwd, job.dep_file))
+        root = _common_root([cwd, *(p for p, _, _ in tree), *outputs])
+        words = with_color(words, inv)
+        header = {
+            "id": 1,
+            "identity": identity,
+            "kind": "tree",
+            "args": words,
+            "cwd": cwd,
+            "root": root,
+            "tree": [[os.path.relpath(p, root), d, size] for p, d, size in tree],
+            "image": image,
+            "outputs": outputs,
+            "env": job_env(inv),
+            "source": os.path.basename(job.source),
+        }
+        return TreeJob(header, paths, analysis, frozenset(p for p, _, _ in tree), self.counters)
+
+    def finish(
+        self,
+        compiler: str,
+        tree_job: TreeJob,
+        job: RemoteJob,
+        inv: Invocation,
+        host: object,
+        result: RemoteResult,
+    ) -> Outcome:
+        """Check the answer and write back what a local compile would have written;
+        RemoteFailure (compile locally) whenever it cannot be trusted to be that."""
+        from .job import finish as write_back
+
+        try:
+            if result.exit_code != 0:
+                # Exact diagnostics even when the jail lacked a header: the local compile's.
+                raise RemoteFailure(f"{host}: the compile failed remotely; compiling locally")
+            check_reads(tree_job, inv.cwd, result.reads)
+        except RemoteFailure:
+            self.counters.add(local_after_check=1)
+            raise
+        self.counters.add(shipped=1, bytes_sent=result.sent)
+        got = dict(zip(result.output_names, result.outputs, strict=True))
+        obj_path, dep_path = (tree_job.header["outputs"] + [None])[:2]
+        if obj_path not in got:
+            raise RemoteFailure(f"{host}: the compile succeeded but sent no output")
+        if dep_path is not None:
+            if dep_path not in got:
+                raise RemoteFailure(f"{host}: the compile sent no dependency file")
+            _write_dependencies(dep_path, got[dep_path], inv.umask)
+        plain = RemoteResult(
+            result.exit_code,
+            result.signal,
+            result.limit,
+            result.stdout,
+            result.stderr,
+            got[obj_path],
+            result.times,
+            result.load,
+        )
+        outcome = write_back(compiler, job, inv, host, plain, headers_shipped=True)
+        return outcome._replace(note=outcome.note.replace("remote on", "remote (sources) on", 1))
+
+
+def check_reads(tree_job: TreeJob, cwd: str, reads: list[tuple[str, str]]) -> None:
+    """The soundness check (the module's docstring): RemoteFailure on any doubt."""
+    analysis = tree_job.analysis
+    search = [d.rstrip("/") for d in analysis.search]
+    includer_dirs = {os.path.dirname(p) for p in tree_job.shipped}
+    cache: dict[str, str | None] = {}
+    read = {_absolute(cwd, name) for name, _ in reads}
+    for name, digest in reads:
+        path = _absolute(cwd, name)
+        # This machine's file at that name, resolved as the local compile would (symlinks).
+        if _digest_of(os.path.join(cwd, name), cache) != digest:
+            raise RemoteFailure(f"the jail read {name}, which differs from this machine's")
+        if path in tree_job.shipped:
+            continue
+        # Found in the image: nothing of that name may come before it in this machine's
+        # search, unless the jail read that one too (then #include_next went past it).
+        for i, d in enumerate(search):
+            if not path.startswith(d + "/"):
+                continue
+            rel = path[len(d) + 1 :]
+            for e in (*includer_dirs, *search[:i]):
+                candidate = os.path.normpath(os.path.join(e, rel))
+                if e != d and candidate not in read and os.path.exists(candidate):
+                    raise RemoteFailure(f"the jail found {path} where this machine has {candidate}")
+
+
+def _digest_of(path: str, cache: dict[str, str | None]) -> str | None:
+    if path not in cache:
+        try:
+            with open(path, "rb") as f:
+                cache[path] = "sha256:" + hashlib.sha256(f.read()).hexdigest()
+        except OSError:
+            cache[path] = None
+    return cache[path]
+
+
+def _absolute(cwd: str, name: str) -> str:
+    return os.path.normpath(os.path.join(cwd, name))
+
+
+def _common_root(paths: list[str]) -> str:
+    """The deepest directory holding every path (files by their directory); TreeUnsupported if
+    it is / or lies in the image's own directories."""
+    dirs = [paths[0], *(os.path.dirname(p) for p in paths[1:])]
+    root = os.path.commonpath(dirs)
+    top = root.strip("/").split("/", 1)[0]
+    if root == "/" or top in IMAGE_TOP:
+        raise TreeUnsupported(f"the files lie under {root}, where the jail cannot lay them out")
+    return root
+
+
+def _write_dependencies(path: str, data: bytes, umask: int) -> None:
+    """As cpp writes it: fopen("w"), through a symlink, with the user's umask."""
+    try:
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC, 0o666 & ~umask)
+    except OSError as exc:
+        raise RemoteFailure(f"cannot write {path}: {exc.strerror}") from None
+    try:
+        from jailcc.wire import write_all
+
+        write_all(fd, data)
+    finally:
+        os.close(fd)

@@ -1,0 +1,229 @@
+"""Shipping sources (JAILCC_SHIP=sources, client/tree.py) from the client's side, against a real
+jailccd: objects and dependency files identical to local ones with -g, and a local compile
+whenever the jail's compile read anything this machine would not have read, including when
+the include analysis is wrong on purpose."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+from conftest import BIN, requires_root
+from jailcc.client.args import analyse
+from jailcc.client.hosts import Host
+from jailcc.client.job import Invocation
+from jailcc.client.remote import RemoteFailure, connect, open_session, run_job
+from jailcc.client.tree import TreeBuilder
+from jailcc.images.identity import compiler_identity
+from serverutil import Server, start_server, stop_server
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "scripts"))
+import projects
+
+pytestmark = requires_root
+JAILCC = str(BIN / "jailcc")
+GCC = "/usr/bin/gcc-12"
+
+MAIN = b"""#include <stdio.h>
+#include <limits.h>
+#include "config.h"
+int main(void) { printf("%s %d %d\\n", __FILE__, __LINE__, LIMIT + INT_MAX % 7); return 0; }
+"""
+
+
+@pytest.fixture(scope="module")
+def server(headers_image: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Server]:
+    srv = start_server(
+        tmp_path_factory.mktemp("tree-server"), headers_image, "--allow-user", "root"
+    )
+    yield srv
+    stop_server(srv)
+
+
+def project(tmp: Path) -> Path:
+    """proj/src/main.c, proj/inc/config.h, built from proj/build."""
+    (tmp / "proj" / "src").mkdir(parents=True)
+    (tmp / "proj" / "inc").mkdir()
+    (tmp / "proj" / "build").mkdir()
+    (tmp / "proj" / "src" / "main.c").write_bytes(MAIN)
+    (tmp / "proj" / "inc" / "config.h").write_bytes(b"#define LIMIT 3\n")
+    return tmp / "proj" / "build"
+
+
+ARGS = ["-g", "-O2", "-I../inc", "-MD", "-MP", "-c", "../src/main.c", "-o", "main.o"]
+
+
+def compile_locally(cwd: Path, args: list[str]) -> dict[str, bytes]:
+    subprocess.run([GCC, *args], cwd=cwd, check=True)
+    return {name: (cwd / name).read_bytes() for name in ("main.o", "main.d")}
+
+
+def test_through_the_proxy_objects_and_dependencies_match_a_local_compile(server, tmp_path):
+    cwd = project(tmp_path)
+    local = compile_locally(cwd, ARGS)
+    for name in local:
+        (cwd / name).unlink()
+    env = dict(
+        os.environ,
+        JAILCC_HOSTS=f"unix:{server.socket_path}",
+        JAILCC_VERBOSE="1",
+        JAILCC_SHIP="sources",
+        LC_ALL="C",
+        XDG_RUNTIME_DIR=str(tmp_path / "run"),
+    )
+    try:
+        started = subprocess.run([JAILCC, "proxy", "start"], env=env, capture_output=True)
+        assert started.returncode == 0, started.stderr
+        done = subprocess.run(
+            [JAILCC, "gcc-12", *ARGS], cwd=cwd, env=env, capture_output=True, timeout=120
+        )
+        assert done.returncode == 0, done.stderr
+        assert b"remote (sources) on" in done.stderr, done.stderr
+        for name, data in local.items():
+            assert (cwd / name).read_bytes() == data, name
+    finally:
+        subprocess.run([JAILCC, "proxy", "stop"], env=env, capture_output=True, timeout=60)
+
+
+# In-process: the analysis and the job's tree can be changed on purpose.
+
+
+def tree_job(server: Server, cwd: Path, args: list[str], edit=None):
+    """Prepare a tree job, let edit() spoil it, run it, and check the answer: the Outcome,
+    or the RemoteFailure that sends the job to a local compile."""
+    inv = Invocation(str(cwd), dict(os.environ, LC_ALL="C"), False, 0o022)
+    job = analyse(args, str(cwd), compiler="gcc-12", debug_info_may_differ=True)
+    builder = TreeBuilder()
+    identity = compiler_identity(GCC)
+    prepared = builder.prepare(GCC, args, job, inv, identity)
+    if edit is not None:
+        edit(prepared)
+    host = Host("unix", str(server.socket_path))
+    sock = connect(host)
+    try:
+        channel, _ = open_session(sock, host, identity)
+        result = run_job(channel, host, prepared.header, [], 1 << 30, False, prepared.blobs)
+    finally:
+        sock.close()
+    return builder.finish(GCC, prepared, job, inv, host, result)
+
+
+def drop(path: Path):
+    """An edit that leaves path out of the tree, as a wrong analysis would."""
+
+    def edit(prepared) -> None:
+        header = prepared.header
+        rel = os.path.relpath(path, header["root"])
+        header["tree"] = [e for e in header["tree"] if e[0] != rel]
+        prepared.shipped = prepared.shipped - {str(path)}
+
+    return edit
+
+
+def test_a_project_header_the_analysis_missed_is_not_replaced_by_the_images(server, tmp_path):
+    # The project's own limits.h comes first (-I../inc); the image has a limits.h too.
+    cwd = project(tmp_path)
+    own = tmp_path / "proj" / "inc" / "limits.h"
+    own.write_bytes(b"#include_next <limits.h>\n#define PROJECT_LIMITS 1\n")
+    args = ["-O2", "-I../inc", "-c", "../src/main.c", "-o", "main.o"]
+    outcome = tree_job(server, cwd, args)  # a correct analysis: remote, and right
+    assert outcome.exit_code == 0
+    with pytest.raises(RemoteFailure, match="where this machine has"):
+        tree_job(server, cwd, args, drop(own))
+
+
+def test_a_header_the_jail_lacks_means_a_local_compile(server, tmp_path):
+    cwd = project(tmp_path)
+    args = ["-O2", "-I../inc", "-c", "../src/main.c", "-o", "main.o"]
+    with pytest.raises(RemoteFailure, match="failed remotely"):
+        tree_job(server, cwd, args, drop(tmp_path / "proj" / "inc" / "config.h"))
+
+
+def test_a_header_changed_after_the_analysis_means_a_local_compile(server, tmp_path):
+    cwd = project(tmp_path)
+    header = tmp_path / "proj" / "inc" / "config.h"
+    # Content no earlier job had: the server asks for it, and it is read after the change.
+    header.write_bytes(f"#define LIMIT 3 /* {tmp_path} */\n".encode())
+
+    def change(prepared) -> None:
+        header.write_bytes(b"#define LIMIT 4\n")
+
+    with pytest.raises(RemoteFailure, match="changed during the compile"):
+        tree_job(server, cwd, ["-O2", "-I../inc", "-c", "../src/main.c", "-o", "m.o"], change)
+
+
+def test_an_image_header_that_differs_from_ours_is_caught(server, tmp_path):
+    """The jail's stdio.h is reported with its digest; a client whose copy differed (here:
+    the digest the job claims is spoiled, so the jail refuses the job) never uses it."""
+    cwd = project(tmp_path)
+
+    def spoil(prepared) -> None:
+        image = prepared.header["image"]
+        image[0] = [image[0][0], "sha256:" + "0" * 64]
+
+    with pytest.raises(RemoteFailure) as failure:
+        tree_job(server, cwd, ["-O2", "-I../inc", "-c", "../src/main.c", "-o", "m.o"], spoil)
+    assert failure.value.code == "tree"
+
+
+def test_zlib_with_debian_flags_and_g_matches_a_local_build(sources, server, tmp_path):
+    env = dict(
+        os.environ,
+        JAILCC_HOSTS=f"unix:{server.socket_path}",
+        JAILCC_VERBOSE="1",
+        JAILCC_SHIP="sources",
+        XDG_RUNTIME_DIR=str(tmp_path / "run"),
+    )
+    workdir = tmp_path / "build"
+    local = projects.build("zlib", workdir, "gcc-12", "g++-12", jobs=4)
+    subprocess.run([JAILCC, "proxy", "start"], env=env, check=True, capture_output=True)
+    try:
+        farm = projects.build(
+            "zlib",
+            workdir,
+            f"{JAILCC} gcc-12",
+            f"{JAILCC} g++-12",
+            jobs=4,
+            env=env,
+            configure_cc="gcc-12",
+        )
+    finally:
+        subprocess.run([JAILCC, "proxy", "stop"], env=env, capture_output=True, timeout=60)
+    assert farm.returncode == 0, farm.log[-3000:]
+    assert projects.compare(local, farm) == []
+    shipped = farm.log.count("remote (sources) on")
+    assert shipped >= len(farm.objects) - 2, farm.log[-3000:]  # configure's probes may differ
+
+
+def test_an_image_without_headers_sends_the_jobs_preprocessed(gcc_image, tmp_path):
+    """An image built without --headers refuses tree jobs: the job goes preprocessed, and the
+    proxy stops trying this compiler's tree jobs for a while instead of paying each time."""
+    srv = start_server(tmp_path / "srv", gcc_image, "--allow-user", "root")
+    cwd = project(tmp_path)
+    env = dict(
+        os.environ,
+        JAILCC_HOSTS=f"unix:{srv.socket_path}",
+        JAILCC_VERBOSE="1",
+        JAILCC_SHIP="sources",
+        LC_ALL="C",
+        XDG_RUNTIME_DIR=str(tmp_path / "run"),
+    )
+    args = ["-O2", "-I../inc", "-c", "../src/main.c", "-o", "main.o"]
+    try:
+        subprocess.run([JAILCC, "proxy", "start"], env=env, check=True, capture_output=True)
+        said = []
+        for _ in range(2):
+            done = subprocess.run(
+                [JAILCC, "gcc-12", *args], cwd=cwd, env=env, capture_output=True, timeout=120
+            )
+            assert done.returncode == 0, done.stderr
+            said.append(done.stderr.decode())
+    finally:
+        subprocess.run([JAILCC, "proxy", "stop"], env=env, capture_output=True, timeout=60)
+        stop_server(srv)
+    assert "remote on" in said[0] and "is not in the image" in said[0], said[0]
+    assert "remote on" in said[1] and "a server's image refused" in said[1], said[1]
