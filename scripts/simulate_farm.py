@@ -1,17 +1,51 @@
-"""Replay a real build's compile jobs over simulated compile farms and compare placement policies.
+"""Replay a real build's compile jobs over simulated compile farms and compare placement policies
+and job models, and give the speed-up over a local build.
 
     scripts/simulate-farm [--seed N] [--seeds K] [--farms 10,50,100,500] [--client-cores 8,32]
                           [--jobs 5000] [--policies ours,distcc,...] [--json]
+                          [--model preprocessed,sources] [--client-overhead 0.02]
+                          [--blob-store host|connection]
     scripts/simulate-farm --record PROJECT [--repeat 3]    re-measure scripts/traces/PROJECT.json
+    scripts/simulate-farm --record-sources PROJECT         add the include analysis's fields only
 
 The jobs: scripts/traces/{zlib,lua5.4,re2}.json, every compile of a real build of those Debian
-packages, timed on this machine (how: the traces' "method" field, and record() below). A farm
-builds something bigger than the three, so the traces are concatenated in make's order and the
-whole repeated until the build has --jobs jobs (the output says how many copies). A job costs:
+packages, timed on the machine each trace names (how: the traces' "method" field, and record()
+below). A farm builds something bigger than the three, so the traces are concatenated in make's
+order and the whole repeated until the build has --jobs jobs (the output says how many copies).
+Two job models (--model; both by default, every policy under each):
+  preprocessed  distcc's, and jailcc's classic jobs: the client preprocesses and sends the
+                preprocessed file.
     client: its measured preprocessing CPU time (-E) + CLIENT_OVERHEAD, on a client core
     remote: its measured CPU time compiling the preprocessed file, divided by the host's speed,
-            after sending its input (rtt/2 + bytes/bandwidth) and before its object comes back
+            after sending its input (rtt/2 + bytes x INPUT_WIRE / bandwidth) and before its
+            object comes back
     local:  the same compile on a client core, at the client's speed (1.0, the reference)
+  sources       tree jobs (client/tree.py, issue 11): the per-user proxy's include analysis
+                lists the files the compile reads, and the host gets the ones its toolchain
+                image lacks, content-addressed.
+    client: the measured CPU time of that job's analysis (analysis_cpu_seconds: one
+            IncludeAnalyzer for the whole build, as warm as at that point of the build, its
+            hashing included) + CLIENT_OVERHEAD. The analysis may have been timed on another
+            machine than the rest of the trace (--record-sources), so it is divided by the
+            trace's compile_cpu_ratio (the same compiles' CPU time on that machine over their
+            cpu_seconds).
+    remote: the user's own compile from source as make ran it (cpu_seconds: preprocessing and
+            compiling, now on the server), divided by the host's speed, after sending the JOB
+            header (tree_header_bytes: the tree's and the image's digests, uncompressed) and the
+            blobs that host has not received yet in this run, which costs a round trip more (the
+            server's NEED, the client's BLOBS): rtt/2 + header over the bandwidth, or rtt/2 +
+            rtt + (header + new blobs) over the bandwidth. A blob goes at its LZ4 size, plus
+            its digest in NEED and BLOBS. Each host keeps the set of blobs it was sent (with
+            --blob-store connection, each of the client's connections to it keeps its own, as
+            each connection's jail has its own store in jailccd). Every copy of a trace is a
+            project of its own (its blobs are new to every host) and hosts start empty: the
+            first jobs on a host pay for its headers, later ones only for what is new.
+    local:  the user's compile on a client core (cpu_seconds).
+    A job the analysis could not bound ships preprocessed output after its analysis (none in
+    the current traces). The policies weigh a tree job by the size of every file the analysis
+    lists (analysed_bytes, as the proxy does: TreeJob.size).
+The local build, the speed-ups' reference: make -j on the client's cores alone, each compile as
+make ran it (cpu_seconds), in make's order, on the first free core.
 CPU times rather than wall-clock: other work on the recording machine inflates them less.
 Compiles only: links and make's dependency order are not modelled (every job is ready as soon as
 make has a free -j slot). A job's kind, which the cost model may use, is its compiler and its
@@ -28,7 +62,8 @@ cannot overbook it); the client re-places that one too. Hosts push a load report
 REPORT_INTERVAL seconds and whenever their slots change; it reaches the client rtt/2 later.
 
 The client runs make -j N (N: twice the farm's slots): N jobs in flight at most, each first
-preprocessed on one of the client's cores (FIFO), then placed by the policy under test:
+preprocessed (or analysed: its client cost, either model) on one of the client's cores (FIFO),
+then placed by the policy under test:
   ours      client/placement.py, imported: earliest estimated finish, biggest job first, job
             costs and host speeds learned from its own jobs, starting from the advertised
             speeds; it sees the load reports, its own dispatches and their results, never the
@@ -51,9 +86,11 @@ preprocessed on one of the client's cores (FIFO), then placed by the policy unde
 Every policy re-places the jobs a host hands back by its own rule. Baselines' local compiles
 compete with preprocessing for the client's cores (FIFO, no nice).
 
-The lower bound on the makespan is the largest of:
-  client  every job is preprocessed on the client's cores: sum(client costs) / cores, plus the
-          least time any job needs after preprocessing (transfer, compile on its best host).
+The lower bound on the makespan, for each job model, is the largest of:
+  client  every job is preprocessed (or analysed) on the client's cores: sum(the model's client
+          costs) / cores, plus the least time any job needs after that (transfer, compile on
+          its best host; a tree job's transfer counts its header alone, as if the host held
+          every blob).
           With make's order: job j cannot start preprocessing before make's earlier jobs have
           (FIFO), i.e. before (their client costs - (cores - 1) x the largest) / cores; then it
           needs its own preprocessing and its best compile.
@@ -67,6 +104,13 @@ The lower bound on the makespan is the largest of:
 It treats work as divisible across slots and ignores waiting for slots, transfers (but for the
 client and job terms), make's -j limit and the work that evictions lose, so no schedule reaches
 it: a ratio to it bounds how far from optimal a policy can be, not how far it is.
+
+The output: per job model, every policy's makespan as a ratio to that model's bound; then the
+speed-up over the local build (local build / makespan) of distcc's model (the distcc policy,
+preprocessed jobs), of ours with preprocessed jobs and of ours with tree jobs, each with its
+ratio to its own bound, and the speed-up each model's bound allows. Not modelled: the client's
+own network link (all transfers run at the host's bandwidth at once), contention on a host's
+link, the server's work laying out a tree, blobs a host kept from an earlier build.
 """
 
 from __future__ import annotations
@@ -79,9 +123,13 @@ import math
 import os
 import platform
 import random
+import re
+import resource
+import socket
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 from collections import deque
 from collections.abc import Callable, Sequence
@@ -104,6 +152,9 @@ REPORT_INTERVAL = 1.0
 BUSY_SLOTS_SHARE = 0.25  # a busy owner's host keeps this share of its slots
 BUSY_SPEED = 0.5  # and runs our jobs at this share of its speed
 INPUT_WIRE = 0.3  # lz4 on preprocessed source
+NEED_BYTES = 2 * 74  # per blob a server lacks: its digest in NEED and again in BLOBS
+MODELS = ("preprocessed", "sources")
+BLOB_STORES = ("host", "connection")
 OUTPUT_WIRE = 0.5  # lz4 on objects
 ADVERTISED_ERROR = 0.2  # a host's benchmark against its true speed (log-normal sigma)
 DISTCC_BACKOFF = 60.0
@@ -117,40 +168,112 @@ class Job:
     idx: int
     name: str
     kind: str  # its compiler and directory, e.g. "g++-12 re2/re2/testing"
-    work: float  # reference seconds: the measured compile of its preprocessed input
-    input_bytes: int
+    work: float  # reference seconds of compiling, remote or local: see make_build
+    input_bytes: int  # what the policy weighs the job by (and the preprocessed model sends)
     object_bytes: int
-    client_cost: float
+    client_cost: float  # reference seconds on a client core before the job can be placed
+    # The sources model: the blobs of its tree (id in this build, bytes on the wire) and the
+    # JOB header; None: it ships its preprocessed input (input_bytes, INPUT_WIRE).
+    blobs: tuple[tuple[int, int], ...] | None = None
+    header_bytes: int = 0
+    compile_cost: float = 0.0  # the compile as make ran it, for the local build (0: unknown)
 
 
 def load_traces(names: Sequence[str] = PROJECTS) -> list[dict]:
     return [json.loads((TRACES / f"{n}.json").read_text()) for n in names]
 
 
-def make_build(traces: Sequence[dict], target_jobs: int) -> tuple[list[Job], int]:
-    """The traces concatenated in make's order, repeated up to target_jobs; (jobs, copies)."""
+def make_build(
+    traces: Sequence[dict],
+    target_jobs: int,
+    model: str = "preprocessed",
+    overhead: float = CLIENT_OVERHEAD,
+) -> tuple[list[Job], int]:
+    """The traces concatenated in make's order, repeated up to target_jobs; (jobs, copies).
+
+    model "preprocessed" (distcc's, jailcc's classic jobs): the client preprocesses (client
+    cost: cpp_cpu_seconds + CLIENT_OVERHEAD) and sends the preprocessed file; the work, remote
+    or local, is compiling it (remote_cpu_seconds). Model "sources" (tree jobs): the client
+    runs the include analysis (analysis_cpu_seconds, scaled to the machine that timed the rest
+    of the trace, + CLIENT_OVERHEAD) and sends the tree's blobs a host lacks; the work is the
+    user's own compile from source (cpu_seconds); jobs the analysis could not bound ship
+    preprocessed output after it. Each copy of a trace is a project of its own: its blobs are
+    new to every host."""
+    if model not in MODELS:
+        raise ValueError(f"unknown job model {model!r}: one of {', '.join(MODELS)}")
     # A job's kind, for the cost model: its compiler and its directory, which a proxy knows.
     one = [
-        (j, f"{j['driver']} {t['project']}/{os.path.dirname(j['name'].split(' -> ')[0])}")
-        for t in traces
+        (j, f"{j['driver']} {t['project']}/{os.path.dirname(j['name'].split(' -> ')[0])}", ti)
+        for ti, t in enumerate(traces)
         for j in t["jobs"]
     ]
+    blob_wire = [[b[2] for b in t.get("tree_blobs", ())] for t in traces]
+    offsets = [sum(len(w) for w in blob_wire[:ti]) for ti in range(len(traces))]
+    per_copy = sum(len(w) for w in blob_wire)
+    ratios = [t.get("sources_recording", {}).get("compile_cpu_ratio", 1.0) for t in traces]
     copies = max(1, math.ceil(target_jobs / len(one)))
     jobs = []
     for c in range(copies):
-        for j, kind in one:
-            jobs.append(
-                Job(
-                    idx=len(jobs),
-                    name=f"{j['name']} #{c}",
-                    kind=kind,
-                    work=j["remote_cpu_seconds"],
-                    input_bytes=j["input_bytes"],
-                    object_bytes=j["object_bytes"],
-                    client_cost=j.get("cpp_cpu_seconds", j["cpp_seconds"]) + CLIENT_OVERHEAD,
-                )
+        for j, kind, ti in one:
+            cpp = j.get("cpp_cpu_seconds", j["cpp_seconds"])
+            job = Job(
+                idx=len(jobs),
+                name=f"{j['name']} #{c}",
+                kind=kind,
+                work=j["remote_cpu_seconds"],
+                input_bytes=j["input_bytes"],
+                object_bytes=j["object_bytes"],
+                client_cost=cpp + overhead,
+                compile_cost=j["cpu_seconds"],
             )
+            if model == "sources":
+                if "analysis_cpu_seconds" not in j:
+                    raise SystemExit(
+                        f"{j['name']}: no include analysis in its trace "
+                        "(scripts/simulate-farm --record-sources PROJECT)"
+                    )
+                analysis = j["analysis_cpu_seconds"] / ratios[ti]
+                if "tree_unsupported" in j:  # preprocessed after all, once the analysis said so
+                    job.client_cost += analysis
+                else:
+                    base = c * per_copy + offsets[ti]
+                    job.client_cost = analysis + overhead
+                    job.work = j["cpu_seconds"]
+                    job.input_bytes = j["analysed_bytes"]  # TreeJob.size: what the proxy passes
+                    job.blobs = tuple(
+                        (base + d, blob_wire[ti][d]) for d in dict.fromkeys(j["tree_digests"])
+                    )
+                    job.header_bytes = j["tree_header_bytes"]
+            jobs.append(job)
     return jobs, copies
+
+
+def local_build(jobs: Sequence[Job], cores: int) -> float:
+    """The build without a farm: make -j CORES on the client, every compile as make ran it (no
+    jailcc), in make's order on the first free core."""
+    free = [0.0] * cores
+    for j in jobs:
+        t = heapq.heappop(free)
+        heapq.heappush(free, t + (j.compile_cost or j.client_cost + j.work))
+    return max(free)
+
+
+def send_seconds(job: Job, h: Host, stored: set[int] | None) -> tuple[float, int]:
+    """The time from dispatch to the job's arrival on host h and the bytes sent; a tree job's
+    blobs the host lacks (not in stored, which this adds them to) cost a round trip more: the
+    server's NEED, the client's BLOBS."""
+    if job.blobs is None:
+        nbytes = job.input_bytes * INPUT_WIRE
+        return h.rtt / 2 + nbytes / h.bandwidth, round(nbytes)
+    new = [(b, wire) for b, wire in job.blobs if stored is None or b not in stored]
+    nbytes = job.header_bytes
+    t = h.rtt / 2
+    if new:
+        if stored is not None:
+            stored.update(b for b, _ in new)
+        nbytes += sum(wire for _, wire in new) + NEED_BYTES * len(new)
+        t += h.rtt
+    return t + nbytes / h.bandwidth, nbytes
 
 
 # --- the farm ------------------------------------------------------------------------------------
@@ -567,6 +690,8 @@ class Outcome:
     evicted: int = 0
     lost_work: float = 0.0  # reference seconds of work thrown away by evictions
     refused: int = 0  # jobs a host refused: all the slots it offered were taken
+    sent_bytes: int = 0  # to the hosts: preprocessed inputs, or tree headers and blobs
+    blobs_sent: int = 0
     plan_seconds: float = 0.0  # CPU time the policy took to decide
 
 
@@ -579,6 +704,7 @@ class Sim:
         client_cores: int,
         make_jobs: int,
         seed: int,
+        blob_store: str = "host",
     ) -> None:
         self.jobs = jobs
         self.hosts = hosts
@@ -588,6 +714,15 @@ class Sim:
         self.out = Outcome(policy_cls.name, 0.0)
         self.events: list[tuple[float, int, int, object]] = []
         self.seq = 0
+        if blob_store not in BLOB_STORES:
+            raise ValueError(f"blob_store: one of {', '.join(BLOB_STORES)}")
+        # The blobs a tree job's host holds: one store per host ("host"), or one per connection
+        # ("connection": the jail's, client/pool.py's connections, the idle ones taken last in
+        # first out, a new one when none is idle, back when the job's answer or refusal comes).
+        self.per_connection = blob_store == "connection"
+        self.stored: list[set[int]] = [set() for _ in hosts]
+        self.idle_stores: list[list[set[int]]] = [[] for _ in hosts]
+        self.job_store: dict[int, set[int]] = {}
         for h in hosts:
             h.busy, h.eff_slots, h.running = False, h.slots, []
             h.rate, h.last_update = h.speed, 0.0
@@ -737,12 +872,16 @@ class Sim:
                 self.out.local += 1
             elif kind == RESULT:
                 job, hi, seconds, busy = payload  # type: ignore[misc]
+                if self.per_connection:
+                    self.idle_stores[hi].append(self.job_store.pop(job.idx))
                 policy.finished(job, hi, now, seconds, busy)
                 done += 1
                 in_flight -= 1
                 self.out.remote += 1
             elif kind == EVICTED:
                 job, hi = payload  # type: ignore[misc]
+                if self.per_connection:
+                    self.idle_stores[hi].append(self.job_store.pop(job.idx))
                 policy.evicted(job, hi, now)
                 heapq.heappush(waiting, (job.idx, job))
             # Decide once all that happens at this instant has happened.
@@ -769,7 +908,14 @@ class Sim:
                         local_queue.append(job)
                     else:
                         h = self.hosts[hi]
-                        send = h.rtt / 2 + job.input_bytes * INPUT_WIRE / h.bandwidth
+                        store = self.stored[hi]
+                        if self.per_connection:
+                            idle = self.idle_stores[hi]
+                            store = self.job_store[job.idx] = idle.pop() if idle else set()
+                        held = len(store)
+                        send, nbytes = send_seconds(job, h, store)
+                        self.out.sent_bytes += nbytes
+                        self.out.blobs_sent += len(store) - held
                         self.push(now + send, ARRIVE, (job, h))
             use_cores()
             renice()
@@ -781,10 +927,12 @@ class Sim:
 
 
 def best_after_preprocessing(job: Job, hosts: Sequence[Host]) -> float:
-    """The least time a job needs once preprocessed: here, or on its best host at full speed."""
+    """The least time a job needs once preprocessed (or analysed): here, or on its best host at
+    full speed (a tree job's host may hold every blob already: its header alone)."""
     best = job.work  # the client's speed is 1.0
+    sent = job.input_bytes * INPUT_WIRE if job.blobs is None else job.header_bytes
+    wire = sent + job.object_bytes * OUTPUT_WIRE
     for h in hosts:
-        wire = job.input_bytes * INPUT_WIRE + job.object_bytes * OUTPUT_WIRE
         best = min(best, h.rtt + wire / h.bandwidth + job.work / h.speed)
     return best
 
@@ -856,6 +1004,8 @@ def lower_bound(jobs: Sequence[Job], hosts: Sequence[Host], cores: int) -> dict[
 
 
 REAL_BASELINES = ("distcc", "icecream", "random")
+# The speed-up table's columns: (policy, job model); distcc's is the preprocessed model.
+SPEEDUP_COLUMNS = (("distcc", "preprocessed"), ("ours", "preprocessed"), ("ours", "sources"))
 
 
 def simulate(
@@ -865,6 +1015,8 @@ def simulate(
     policies: Sequence[str],
     busy_share: float,
     client_cores: int,
+    model: str = "preprocessed",
+    blob_store: str = "host",
 ) -> dict:
     """One farm (n_hosts, seed), every policy over it; a row of the JSON output."""
     hosts = make_farm(n_hosts, seed, busy_share)
@@ -872,36 +1024,43 @@ def simulate(
     make_jobs = 2 * slots
     bound = lower_bound(jobs, hosts, client_cores)
     lb = max(bound.values())
+    local = local_build(jobs, client_cores)
     row: dict = {
+        "model": model,
         "client_cores": client_cores,
         "hosts": n_hosts,
         "seed": seed,
         "slots": slots,
         "make_jobs": make_jobs,
         "owners": sum(1 for h in hosts if h.busy_changes),
+        "local_build": round(local, 3),
         "lower_bound": round(lb, 3),
         "bound_by": max(bound, key=bound.__getitem__),
         "bounds": {k: round(v, 3) for k, v in bound.items()},
+        "bound_speedup": round(local / lb, 3),
         "policies": {},
     }
     for name in policies:
-        out = Sim(jobs, hosts, POLICIES[name], client_cores, make_jobs, seed).run()
+        out = Sim(jobs, hosts, POLICIES[name], client_cores, make_jobs, seed, blob_store).run()
         row["policies"][name] = {
             "makespan": round(out.makespan, 3),
             "ratio": round(out.makespan / lb, 4),
+            "speedup": round(local / out.makespan, 3),
             "remote": out.remote,
             "local": out.local,
             "evicted": out.evicted,
             "lost_work": round(out.lost_work, 1),
             "refused": out.refused,
+            "sent_mb": round(out.sent_bytes / 1e6, 1),
+            "blobs_sent": out.blobs_sent,
             "plan_seconds": round(out.plan_seconds, 2),
         }
     return row
 
 
 def table(rows: list[dict], policies: Sequence[str]) -> tuple[str, list[str]]:
-    """The Markdown table, one line per client and farm size (means over the seeds), and the
-    verdicts on ours: within 1.15x of the bound, ahead of each real baseline."""
+    """The Markdown table of one job model, one line per client and farm size (means over the
+    seeds), and the verdicts on ours: within 1.15x of the bound, ahead of each real baseline."""
     groups: dict[tuple[int, int], list[dict]] = {}
     for r in rows:
         groups.setdefault((r["client_cores"], r["hosts"]), []).append(r)
@@ -936,19 +1095,69 @@ def table(rows: list[dict], policies: Sequence[str]) -> tuple[str, list[str]]:
             ours = sum(ratios["ours"]) / len(rs)
             behind = [p for p in REAL_BASELINES if p in ratios and sum(ratios[p]) / len(rs) <= ours]
             verdicts.append(
-                f"{cores} cores, {hosts} hosts: ours {ours:.3f}x the bound "
-                f"({'within' if ours <= 1.15 else 'NOT within'} 1.15x), "
+                f"{rs[0]['model']} model, {cores} cores, {hosts} hosts: ours {ours:.3f}x the "
+                f"bound ({'within' if ours <= 1.15 else 'NOT within'} 1.15x), "
                 + (f"NOT ahead of {', '.join(behind)}" if behind else "ahead of every baseline")
             )
     head = f"Cells: {cell}; the best real system in bold."
     return "\n".join([head, "", *lines]), verdicts
 
 
+def speedup_table(rows: list[dict]) -> str:
+    """Speed-up over the local build (make -j on the client's cores alone) for distcc's model
+    and ours, means over the seeds, with each one's mean ratio to its own lower bound, and the
+    speed-up the bound allows."""
+    groups: dict[tuple[int, int], dict[str, list[dict]]] = {}
+    for r in rows:
+        groups.setdefault((r["client_cores"], r["hosts"]), {}).setdefault(r["model"], []).append(r)
+    models = list(dict.fromkeys(r["model"] for r in rows))
+    columns = [
+        (p, m)
+        for p, m in SPEEDUP_COLUMNS
+        if m in models and all(p in r["policies"] for r in rows if r["model"] == m)
+    ]
+    if not columns:
+        return ""
+    lines = [
+        "| client | hosts | local build | "
+        + " | ".join(f"{p}, {m}" for p, m in columns)
+        + " | "
+        + " | ".join(f"bound, {m}" for m in models)
+        + " |",
+        "|---|---|---|" + "---|" * (len(columns) + len(models)),
+    ]
+    for (cores, hosts), by_model in groups.items():
+        any_rows = next(iter(by_model.values()))
+        local = sum(r["local_build"] for r in any_rows) / len(any_rows)
+        cells = []
+        for p, m in columns:
+            rs = by_model[m]
+            speed = sum(r["policies"][p]["speedup"] for r in rs) / len(rs)
+            ratio = sum(r["policies"][p]["ratio"] for r in rs) / len(rs)
+            cells.append(f"{speed:.1f}x ({ratio:.3f})")
+        for m in models:
+            rs = by_model[m]
+            speed = sum(r["bound_speedup"] for r in rs) / len(rs)
+            by = "/".join(sorted({r["bound_by"] for r in rs}))
+            cells.append(f"{speed:.1f}x ({by})")
+        lines.append(f"| {cores} cores | {hosts} | {local:.0f} s | " + " | ".join(cells) + " |")
+    return "\n".join(
+        [
+            "Speed-up over the local build (make -j on the client's cores, no farm): mean over "
+            "the seeds (in brackets, the mean ratio of the makespan to that model's lower "
+            "bound); bound: the speed-up the lower bound allows (what bounds it).",
+            "",
+            *lines,
+        ]
+    )
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     ap = argparse.ArgumentParser(
         prog="simulate-farm",
         description="Replay measured compile jobs over simulated farms; compare placement "
-        "policies against a lower bound on the makespan (see the module docstring).",
+        "policies and job models against a lower bound on the makespan, and give the speed-up "
+        "over a local build (see the module docstring).",
     )
     ap.add_argument("--seed", type=int, default=1)
     ap.add_argument("--seeds", type=int, default=3, help="run seeds SEED..SEED+K-1 (default 3)")
@@ -957,53 +1166,115 @@ def main(argv: Sequence[str] | None = None) -> int:
     ap.add_argument("--jobs", type=int, default=5000, help="repeat the traces up to this many")
     ap.add_argument("--projects", default=",".join(PROJECTS))
     ap.add_argument("--policies", default=",".join(POLICIES))
+    ap.add_argument(
+        "--model",
+        default=",".join(MODELS),
+        help="job models, comma-separated: preprocessed (the client preprocesses, as distcc), "
+        "sources (the client analyses includes and ships the sources a host lacks); default both",
+    )
+    ap.add_argument(
+        "--client-overhead",
+        type=float,
+        default=CLIENT_OVERHEAD,
+        help=f"client CPU seconds per job besides -E or the analysis (default {CLIENT_OVERHEAD})",
+    )
+    ap.add_argument(
+        "--blob-store",
+        choices=BLOB_STORES,
+        default="host",
+        help="sources model: the blobs a host has had are kept per host (default) or per "
+        "connection (each connection's jail has its own store, as jailccd's do)",
+    )
     ap.add_argument("--busy-share", type=float, default=0.3, help="hosts with a busy owner")
     ap.add_argument("--json", action="store_true", help="print JSON instead of Markdown")
     ap.add_argument("--record", metavar="PROJECT", help="re-measure scripts/traces/PROJECT.json")
     ap.add_argument("--repeat", type=int, default=3, help="--record: runs per timing (min kept)")
+    ap.add_argument(
+        "--record-sources",
+        metavar="PROJECT",
+        help="add the source-shipping fields (include analysis) to scripts/traces/PROJECT.json "
+        "without re-timing the rest",
+    )
     args = ap.parse_args(argv)
 
     if args.record:
         trace = record(args.record, args.repeat, TRACES / f"{args.record}.json")
         print(f"{TRACES / args.record}.json: {len(trace['jobs'])} jobs, {trace['machine']}")
         return 0
+    if args.record_sources:
+        trace = record_sources(args.record_sources, TRACES / f"{args.record_sources}.json")
+        print(
+            f"{TRACES / args.record_sources}.json: {len(trace['jobs'])} jobs, "
+            f"{len(trace['tree_blobs'])} blobs, {trace['sources_recording']}"
+        )
+        return 0
     policies = args.policies.split(",")
+    models = args.model.split(",")
+    for m in models:
+        if m not in MODELS:
+            ap.error(f"--model: {m!r} is not one of {', '.join(MODELS)}")
     traces = load_traces(args.projects.split(","))
-    jobs, copies = make_build(traces, args.jobs)
+    builds = {m: make_build(traces, args.jobs, m, args.client_overhead) for m in models}
     rows = [
-        simulate(int(n), seed, jobs, policies, args.busy_share, int(cores))
+        simulate(
+            int(n), seed, builds[m][0], policies, args.busy_share, int(cores), m, args.blob_store
+        )
+        for m in models
         for cores in args.client_cores.split(",")
         for n in args.farms.split(",")
         for seed in range(args.seed, args.seed + args.seeds)
     ]
+    jobs, copies = builds[models[0]]
     if args.json:
-        out = {"jobs": len(jobs), "copies": copies, "rows": rows}
+        out = {
+            "jobs": len(jobs),
+            "copies": copies,
+            "models": models,
+            "client_overhead": args.client_overhead,
+            "blob_store": args.blob_store,
+            "rows": rows,
+        }
         json.dump(out, sys.stdout, indent=1)
         print()
         return 0
     per_copy = len(jobs) // copies
-    work = sum(j.work for j in jobs)
-    client = sum(j.client_cost for j in jobs)
+    local = sum(j.compile_cost for j in jobs)
+    costs = ", ".join(
+        f"{m}: {sum(j.work for j in b):.0f} s of compile work and "
+        f"{sum(j.client_cost for j in b):.0f} s of client work"
+        for m, (b, _) in builds.items()
+    )
     seeds = f"seeds {args.seed}..{args.seed + args.seeds - 1}" if args.seeds > 1 else "seed"
     print(
         f"Build: {len(jobs)} compile jobs, {copies} copies of the {per_copy} compiles measured "
         f"in real builds of {', '.join(t['project'] for t in traces)} (scripts/traces, "
-        f"{traces[0]['compiler']}), replicated to make a big build: {work:.0f} s of compile "
-        f"work at the reference speed, {client:.0f} s of client work (preprocessing and "
-        f"overhead). make -j twice the farm's slots; {args.busy_share:.0%} of the hosts have "
-        f"owners who come and go. Farms and owners drawn from {seeds} "
+        f"{traces[0]['compiler']}), replicated to make a big build: {local:.0f} s of compiling "
+        f"as make runs it (the local build's work), at the reference speed; {costs} (client "
+        f"overhead {args.client_overhead * 1000:.0f} ms a job; tree blobs kept per "
+        f"{args.blob_store}). make -j "
+        f"twice the farm's slots; {args.busy_share:.0%} of the hosts have owners who come and "
+        f"go. Farms and owners drawn from {seeds} "
         f"{args.seed if args.seeds == 1 else ''}".rstrip()
         + "."
     )
-    print()
-    text, verdicts = table(rows, policies)
-    print(text)
+    verdicts = []
+    for m in models:
+        print()
+        print(f"Job model: {m}.")
+        print()
+        text, said = table([r for r in rows if r["model"] == m], policies)
+        print(text)
+        verdicts += said
+    speedups = speedup_table(rows)
+    if speedups:
+        print()
+        print(speedups)
     print()
     print(
-        "Lower bound: the largest of client (make's order of preprocessing on the client's "
-        "cores, then the job's quickest compile), work (all compile work over the farm's "
-        "capacity as owners come and go, plus the client's spare cores; also per suffix of "
-        "make's order from its earliest preprocessing) and job (the longest job alone); "
+        "Lower bound: the largest of client (make's order of preprocessing or analysis on the "
+        "client's cores, then the job's quickest compile), work (all compile work over the "
+        "farm's capacity as owners come and go, plus the client's spare cores; also per suffix "
+        "of make's order from its earliest preprocessing) and job (the longest job alone); "
         "no schedule reaches it (see the module docstring). Not real systems, for reference: "
         "ours+ is our rule told every job's cost and every host's speed, icecream+ icecream's "
         "rule told every host's speed."
@@ -1017,12 +1288,15 @@ def main(argv: Sequence[str] | None = None) -> int:
 # --- recording a trace ----------------------------------------------------------------------------
 
 # The timing wrapper, run as CC="timecc gcc-12" by a make -j1 build. For each compile (-c, one
-# source) it runs the real command, then twice more as a compile farm would split it: -E (the
-# client's share; its output is what travels) and the compile of that preprocessed file (the
-# server's share). Each of the three is repeated TIMECC_REPEAT times and the minimum kept, which
-# filters out interference from other work on the machine. One JSON line per compile.
+# source) it first asks the recorder's include analysis for the files the compile reads, as
+# jailcc asks its proxy before the compile (TIMECC_ANALYSIS, a Unix socket; see
+# _AnalysisServer), then runs the real command, then, with TIMECC_SPLIT=1, twice more as a
+# compile farm would split it: -E (the client's share; its output is what travels) and the
+# compile of that preprocessed file (the server's share). Each of the three is repeated
+# TIMECC_REPEAT times and the minimum kept, which filters out interference from other work on
+# the machine. One JSON line per compile.
 _TIMECC = r"""#!/usr/bin/python3 -IS
-import json, os, resource, subprocess, sys, tempfile, time
+import json, os, resource, socket, subprocess, sys, tempfile, time
 
 SOURCES = (".c", ".cc", ".cpp", ".cxx", ".c++", ".C")
 DEPFLAGS_ARG = ("-MF", "-MT", "-MQ")
@@ -1043,6 +1317,25 @@ def timed(argv, repeat):
         best_wall = wall if best_wall is None else min(best_wall, wall)
         best_cpu = cpu if best_cpu is None else min(best_cpu, cpu)
     return 0, best_wall, best_cpu
+
+
+def analyse(argv, output):
+    # The recorder's include analysis, asked before the compile runs: its answer's number.
+    path = os.environ.get("TIMECC_ANALYSIS")
+    if not path:
+        return None
+    env = {k: v for k, v in os.environ.items() if not k.startswith("TIMECC_")}
+    request = {"argv": argv, "cwd": os.getcwd(), "env": env, "output": output}
+    with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as s:
+        s.connect(path)
+        s.sendall(json.dumps(request).encode() + b"\n")
+        reply = b""
+        while not reply.endswith(b"\n"):
+            chunk = s.recv(4096)
+            if not chunk:
+                break
+            reply += chunk
+    return json.loads(reply)["seq"]
 
 
 def main():
@@ -1066,32 +1359,40 @@ def main():
             rest.append(a)
     if "-c" not in args or len(sources) != 1 or any(a in ("-E", "-S") for a in args):
         return subprocess.run(argv).returncode
+    seq = analyse(argv, output)
     repeat = int(os.environ.get("TIMECC_REPEAT", "1"))
     rc, wall, cpu = timed(argv, repeat)
     if rc:
         return rc
-    cxx = "++" in os.path.basename(argv[0]) or not sources[0].endswith(".c")
-    with tempfile.TemporaryDirectory(prefix="timecc-") as tmp:
-        pre = os.path.join(tmp, "x.ii" if cxx else "x.i")
-        obj = os.path.join(tmp, "x.o")
-        rc1, cpp_wall, cpp_cpu = timed([argv[0], *rest, "-E", "-o", pre], repeat)
-        no_source = [a for a in rest if a != sources[0]]
-        rc2, cc1_wall, cc1_cpu = timed([argv[0], *no_source, "-c", pre, "-o", obj], repeat)
-        input_bytes = os.path.getsize(pre) if rc1 == 0 else 0
     line = {
         "source": sources[0],
         "output": output,
         "cwd": os.getcwd(),
+        "argv": argv,
+        "analysis": seq,
         "driver": os.path.basename(argv[0]),
         "seconds": round(wall, 4),
         "cpu_seconds": round(cpu, 4),
-        "cpp_seconds": round(cpp_wall, 4) if rc1 == 0 else None,
-        "cpp_cpu_seconds": round(cpp_cpu, 4) if rc1 == 0 else None,
-        "remote_seconds": round(cc1_wall, 4) if rc2 == 0 else None,
-        "remote_cpu_seconds": round(cc1_cpu, 4) if rc2 == 0 else None,
-        "input_bytes": input_bytes,
-        "object_bytes": os.path.getsize(output) if output and os.path.exists(output) else 0,
     }
+    if os.environ.get("TIMECC_SPLIT", "1") == "1":
+        cxx = "++" in os.path.basename(argv[0]) or not sources[0].endswith(".c")
+        with tempfile.TemporaryDirectory(prefix="timecc-") as tmp:
+            pre = os.path.join(tmp, "x.ii" if cxx else "x.i")
+            obj = os.path.join(tmp, "x.o")
+            rc1, cpp_wall, cpp_cpu = timed([argv[0], *rest, "-E", "-o", pre], repeat)
+            no_source = [a for a in rest if a != sources[0]]
+            rc2, cc1_wall, cc1_cpu = timed([argv[0], *no_source, "-c", pre, "-o", obj], repeat)
+            input_bytes = os.path.getsize(pre) if rc1 == 0 else 0
+        line.update(
+            {
+                "cpp_seconds": round(cpp_wall, 4) if rc1 == 0 else None,
+                "cpp_cpu_seconds": round(cpp_cpu, 4) if rc1 == 0 else None,
+                "remote_seconds": round(cc1_wall, 4) if rc2 == 0 else None,
+                "remote_cpu_seconds": round(cc1_cpu, 4) if rc2 == 0 else None,
+                "input_bytes": input_bytes,
+            }
+        )
+    line["object_bytes"] = os.path.getsize(output) if output and os.path.exists(output) else 0
     with open(os.environ["TIMECC_LOG"], "a") as f:
         f.write(json.dumps(line) + "\n")
     return 0
@@ -1100,10 +1401,166 @@ def main():
 sys.exit(main())
 """
 
+# The fields of a job that come from the include analysis (see _AnalysisServer.analyse).
+SOURCE_FIELDS = (
+    "analysis_cpu_seconds",
+    "analysed_files",
+    "analysed_bytes",
+    "tree_files",
+    "tree_bytes",
+    "tree_header_bytes",
+    "tree_digests",
+    "tree_unsupported",
+)
+SOURCES_METHOD = (
+    " The source-shipping fields come from the per-user proxy's include analysis "
+    "(client/includes.py), run the way the proxy runs it: ONE IncludeAnalyzer for the whole "
+    "build, asked by the wrapper for each compile before it runs, in make's order, so each call "
+    "is as warm as it is at that point of a build (generated files, objects just written and "
+    "directories changed a moment ago included). analysis_cpu_seconds: the CPU time of that "
+    "one files_read call (time.thread_time of the analysing thread, plus the CPU of the "
+    "compiler probes it runs, once per compiler and configuration; not a minimum of repeats: "
+    "the first call is the one a build pays). analysed_files, analysed_bytes: every file it "
+    "lists (what the proxy weighs the job by); tree_files, tree_bytes: those not under the "
+    "compiler's own include directories (Analysis.system, the toolchain image's), what a tree "
+    "job ships; tree_digests: their contents, as indices into tree_blobs ([sha256, size, "
+    "bytes as an LZ4 block, as the protocol sends a blob]); tree_header_bytes: the JOB header "
+    "client/tree.py builds for it (compact JSON: the tree with digests and sizes, the image's "
+    "files with digests, the arguments). tree_unsupported: the analysis could not bound the "
+    "files (the job ships preprocessed output)."
+)
 
-def record(project: str, repeat: int, out: Path) -> dict:
+
+class _AnalysisServer:
+    """The proxy's include analysis, for the timing wrapper: one IncludeAnalyzer for the whole
+    build, asked over a Unix socket by each compile before it runs (make -j1: one at a time)."""
+
+    def __init__(self, path: Path) -> None:
+        try:
+            from jailcc.client.includes import IncludeAnalyzer
+        except ImportError:
+            from client.includes import IncludeAnalyzer  # type: ignore[no-redef]
+
+        self.analyzer = IncludeAnalyzer()
+        self.results: list[dict] = []
+        self.blobs: dict[str, list] = {}  # sha256 hex -> [index, size, lz4 bytes]
+        self.path = path
+        self.sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        self.sock.bind(str(path))
+        self.sock.listen(8)
+        self.thread = threading.Thread(target=self._serve, daemon=True)
+        self.thread.start()
+
+    def close(self) -> None:
+        self.sock.close()
+        self.thread.join(5.0)
+
+    def _serve(self) -> None:
+        while True:
+            try:
+                conn, _ = self.sock.accept()
+            except OSError:
+                return
+            with conn:
+                data = b""
+                while not data.endswith(b"\n"):
+                    chunk = conn.recv(65536)
+                    if not chunk:
+                        break
+                    data += chunk
+                try:
+                    req = json.loads(data)
+                    result = self.analyse(req["argv"], req["cwd"], req["env"], req["output"])
+                except Exception as exc:  # recorded: the job then counts as unsupported
+                    result = {"analysis_cpu_seconds": 0.0, "tree_unsupported": repr(exc)}
+                self.results.append(result)
+                conn.sendall(json.dumps({"seq": len(self.results) - 1}).encode() + b"\n")
+
+    def analyse(self, argv: list[str], cwd: str, env: dict, output: str | None) -> dict:
+        before = resource.getrusage(resource.RUSAGE_CHILDREN)
+        t0 = time.thread_time()
+        a = self.analyzer.files_read(argv, cwd, env)
+        cpu = time.thread_time() - t0
+        after = resource.getrusage(resource.RUSAGE_CHILDREN)  # the compiler probes, if any
+        cpu += (after.ru_utime - before.ru_utime) + (after.ru_stime - before.ru_stime)
+        out: dict = {"analysis_cpu_seconds": round(cpu, 5)}
+        if not a.ok or not a.files:
+            out["tree_unsupported"] = a.unsupported or "no source found"
+            return out
+        system = tuple(d.rstrip("/") + "/" for d in a.system)
+        tree = [f for f in a.files if not f.path.startswith(system)]
+        image = [f for f in a.files if f.path.startswith(system)]
+        out["analysed_files"] = len(a.files)
+        out["analysed_bytes"] = sum(f.size for f in a.files)
+        out["tree_files"] = len(tree)
+        out["tree_bytes"] = sum(f.size for f in tree)
+        out["tree_header_bytes"] = self._header_bytes(argv, cwd, env, output, tree, image)
+        out["tree_digests"] = [self._blob(f.path, f.digest, f.size) for f in tree]
+        return out
+
+    def _blob(self, path: str, digest: str, size: int) -> int:
+        """The blob's index in the trace's table (its size on the wire: an LZ4 block, as
+        core/protocol.py compresses blobs over 64 bytes)."""
+        got = self.blobs.get(digest)
+        if got is None:
+            import lz4.block
+
+            with open(path, "rb") as f:
+                data = f.read()
+            wire = len(lz4.block.compress(data, store_size=False)) if len(data) > 64 else len(data)
+            got = self.blobs[digest] = [len(self.blobs), size, wire]
+        return got[0]
+
+    @staticmethod
+    def _header_bytes(
+        argv: list[str], cwd: str, env: dict, output: str | None, tree: list, image: list
+    ) -> int:
+        """The JOB header of client/tree.py's TreeBuilder.prepare for this job, as compact JSON
+        (core/protocol.py's encoding): the identity and env are stand-ins of the same size."""
+        cwd = os.path.normpath(cwd)
+        outputs = [os.path.normpath(os.path.join(cwd, output or "a.o"))]
+        if any(a in ("-MD", "-MMD") for a in argv):
+            outputs.append(os.path.splitext(outputs[0])[0] + ".d")
+        dirs = [cwd, *(os.path.dirname(f.path) for f in tree), *map(os.path.dirname, outputs)]
+        root = os.path.commonpath(dirs)
+        job_env = {"LC_ALL": "C"}
+        if "SOURCE_DATE_EPOCH" in env:
+            job_env["SOURCE_DATE_EPOCH"] = env["SOURCE_DATE_EPOCH"]
+        header = {
+            "id": 1,
+            "identity": "sha256:" + "0" * 64,
+            "kind": "tree",
+            "args": argv[1:],
+            "cwd": cwd,
+            "root": root,
+            "tree": [[os.path.relpath(f.path, root), "sha256:" + f.digest, f.size] for f in tree],
+            "image": [[f.path, "sha256:" + f.digest] for f in image],
+            "outputs": outputs,
+            "env": job_env,
+            "source": os.path.basename(tree[0].path) if tree else "",
+            "blobs": [],
+            "raw": [],
+        }
+        return len(json.dumps(header, separators=(",", ":")).encode())
+
+    def table(self) -> list[list]:
+        """The trace's tree_blobs: [sha256, size, lz4 bytes], by index."""
+        rows = sorted(self.blobs.items(), key=lambda kv: kv[1][0])
+        return [[digest, size, wire] for digest, (_, size, wire) in rows]
+
+
+@dataclass
+class _Recorded:
+    lines: list[dict]  # the wrapper's, one per compile, with the analysis's fields merged in
+    tree: Path
+    seconds: float
+    load_before: tuple[float, float, float]
+    blobs: list[list]
+
+
+def _build_recorded(project: str, repeat: int, split: bool) -> _Recorded:
     """Build PROJECT (scripts/projects.py: Debian's flags, gcc-12/g++-12) with make -j1 through
-    the timing wrapper and write the trace to OUT."""
+    the timing wrapper and the include analysis."""
     sys.path.insert(0, str(HERE))
     import projects
 
@@ -1116,58 +1573,111 @@ def record(project: str, repeat: int, out: Path) -> dict:
         wrapper.write_text(_TIMECC)
         wrapper.chmod(0o755)
         log = Path(tmp) / "log.jsonl"
-        env = {"TIMECC_LOG": str(log), "TIMECC_REPEAT": str(repeat)}
+        server = _AnalysisServer(Path(tmp) / "analysis.sock")
+        env = {
+            "TIMECC_LOG": str(log),
+            "TIMECC_REPEAT": str(repeat),
+            "TIMECC_SPLIT": "1" if split else "0",
+            "TIMECC_ANALYSIS": str(server.path),
+        }
         load_before = os.getloadavg()
         t0 = time.monotonic()
-        result = projects.build(
-            proj,
-            Path(tmp) / "build",
-            f"{wrapper} gcc-12",
-            f"{wrapper} g++-12",
-            jobs=1,
-            env=env,
-            configure_cc="gcc-12",
-            configure_cxx="g++-12",
-        )
+        try:
+            result = projects.build(
+                proj,
+                Path(tmp) / "build",
+                f"{wrapper} gcc-12",
+                f"{wrapper} g++-12",
+                jobs=1,
+                env=env,
+                configure_cc="gcc-12",
+                configure_cxx="g++-12",
+            )
+        finally:
+            server.close()
         elapsed = time.monotonic() - t0
         if not result.ok:
             raise SystemExit(f"record: {project} build failed:\n{result.log_tail()}")
         lines = [json.loads(line) for line in log.read_text().splitlines()]
         tree = result.tree
-    jobs = []
     for rec in lines:
         src = os.path.relpath(os.path.join(rec["cwd"], rec["source"]), tree)
         obj = os.path.relpath(os.path.join(rec["cwd"], rec["output"] or "?"), tree)
-        jobs.append(
-            {
-                "name": f"{src} -> {obj}",
-                "driver": rec["driver"],
-                "seconds": rec["seconds"],
-                "cpu_seconds": rec["cpu_seconds"],
-                "cpp_seconds": rec["cpp_seconds"],
-                "cpp_cpu_seconds": rec["cpp_cpu_seconds"],
-                "remote_seconds": rec["remote_seconds"],
-                "remote_cpu_seconds": rec["remote_cpu_seconds"],
-                "input_bytes": rec["input_bytes"],
-                "object_bytes": rec["object_bytes"],
-            }
-        )
-    gcc = subprocess.run(["gcc-12", "--version"], capture_output=True, text=True).stdout
+        rec["name"] = f"{src} -> {obj}"
+        got = server.results[rec["analysis"]] if rec.get("analysis") is not None else None
+        if got is None:
+            raise SystemExit(f"record: no include analysis for {rec['name']}")
+        rec.update(got)
+    return _Recorded(lines, tree, elapsed, load_before, server.table())
+
+
+def _machine(load_before: tuple[float, float, float]) -> str:
     cpu = "?"
     with open("/proc/cpuinfo") as f:
         for line in f:
             if line.startswith("model name"):
                 cpu = line.split(":", 1)[1].strip()
                 break
+    return (
+        f"{platform.node()}: {cpu}, {os.cpu_count()} CPUs, Linux {platform.release()}; "
+        f"load average before {load_before[0]:.2f}, after {os.getloadavg()[0]:.2f}"
+    )
+
+
+def _source_fields(rec: dict) -> dict:
+    return {k: rec[k] for k in SOURCE_FIELDS if k in rec}
+
+
+def _write_trace(trace: dict, out: Path) -> None:
+    """JSON with one-space indents, as the traces have always been written, but short lists
+    (digest indices, a blob's row) on one line."""
+    text = json.dumps(trace, indent=1)
+    text = re.sub(
+        r"\[\s*([^\[\]{}]*?)\s*\]",
+        lambda m: "[" + re.sub(r",\n\s*", ", ", m.group(1)) + "]",
+        text,
+    )
+    assert json.loads(text) == trace
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(text + "\n")
+
+
+def record(project: str, repeat: int, out: Path) -> dict:
+    """Build PROJECT with make -j1 through the timing wrapper and the include analysis and
+    write the trace to OUT."""
+    rec = _build_recorded(project, repeat, split=True)
+    jobs = []
+    for line in rec.lines:
+        job = {
+            "name": line["name"],
+            "driver": line["driver"],
+            **{
+                k: line[k]
+                for k in (
+                    "seconds",
+                    "cpu_seconds",
+                    "cpp_seconds",
+                    "cpp_cpu_seconds",
+                    "remote_seconds",
+                    "remote_cpu_seconds",
+                    "input_bytes",
+                    "object_bytes",
+                )
+            },
+        }
+        jobs.append({**job, **_source_fields(line)})
+    sys.path.insert(0, str(HERE))
+    import projects
+
+    gcc = subprocess.run(["gcc-12", "--version"], capture_output=True, text=True).stdout
+    machine = _machine(rec.load_before)
+    date = time.strftime("%Y-%m-%d", time.gmtime())
     trace = {
         "project": project,
-        "version": proj.version(),
+        "version": projects.get(project).version(),
         "compiler": gcc.splitlines()[0],
-        "machine": (
-            f"{platform.node()}: {cpu}, {os.cpu_count()} CPUs, Linux {platform.release()}; "
-            f"load average before {load_before[0]:.2f}, after {os.getloadavg()[0]:.2f}"
-        ),
-        "date": time.strftime("%Y-%m-%d", time.gmtime()),
+        "machine": machine,
+        "date": date,
         "measured_by": f"scripts/simulate_farm.py --record {project} --repeat {repeat}",
         "method": (
             "scripts/projects.py builds the Debian source package with Debian's flags, make -j1, "
@@ -1179,13 +1689,63 @@ def record(project: str, repeat: int, out: Path) -> dict:
             "preprocessed file (remote_seconds, remote_cpu_seconds: a farm server's share). "
             "object_bytes: the object make's command wrote. The simulator uses the CPU times, "
             "which other work on the machine (see the load averages) inflates less than wall "
-            "times."
+            "times." + SOURCES_METHOD
         ),
-        "build_seconds": round(elapsed, 1),
+        "build_seconds": round(rec.seconds, 1),
         "jobs": jobs,
+        "tree_blobs": rec.blobs,
+        "sources_recording": {
+            "date": date,
+            "machine": machine,
+            "measured_by": f"scripts/simulate_farm.py --record {project}",
+            "compile_cpu_ratio": 1.0,
+        },
     }
-    out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(json.dumps(trace, indent=1) + "\n")
+    _write_trace(trace, out)
+    return trace
+
+
+def record_sources(project: str, out: Path) -> dict:
+    """Add the source-shipping fields to the trace in OUT without re-timing the rest: build
+    PROJECT again with make -j1 through the wrapper (the compile run once, timed for the
+    machine's ratio) and the include analysis, and merge by job, in make's order."""
+    trace = json.loads(out.read_text())
+    rec = _build_recorded(project, 1, split=False)
+    names = [j["name"] for j in trace["jobs"]]
+    got = [line["name"] for line in rec.lines]
+    if names != got:
+        raise SystemExit(
+            f"record-sources: {project}'s compiles differ from {out}'s "
+            f"({len(got)} against {len(names)}; first difference: "
+            f"{next((a, b) for a, b in zip([*got, None], [*names, None], strict=False) if a != b)})"
+        )
+    for job, line in zip(trace["jobs"], rec.lines, strict=True):
+        for k in SOURCE_FIELDS:
+            job.pop(k, None)
+        job.update(_source_fields(line))
+    # How this machine compares with the one that timed the rest: the same compiles' CPU.
+    ratio = sum(line["cpu_seconds"] for line in rec.lines) / sum(
+        j["cpu_seconds"] for j in trace["jobs"]
+    )
+    method = trace["method"].split(SOURCES_METHOD.split(".")[0])[0].rstrip()
+    trace["method"] = (
+        method
+        + SOURCES_METHOD
+        + (
+            " Added to this trace by scripts/simulate_farm.py --record-sources (sources_recording: "
+            "on that machine and date; compile_cpu_ratio is the CPU time of the same compiles "
+            "there, run once each, over cpu_seconds here)."
+        )
+    )
+    trace["tree_blobs"] = rec.blobs
+    trace["sources_recording"] = {
+        "date": time.strftime("%Y-%m-%d", time.gmtime()),
+        "machine": _machine(rec.load_before),
+        "measured_by": f"scripts/simulate_farm.py --record-sources {project}",
+        "build_seconds": round(rec.seconds, 1),
+        "compile_cpu_ratio": round(ratio, 4),
+    }
+    _write_trace(trace, out)
     return trace
 
 
