@@ -138,7 +138,9 @@ class Local(namedtuple("Local", "reason")):
 class RemoteJob(
     namedtuple(
         "RemoteJob",
-        "source language preprocessed output assembly preprocess_args remote_args dep_file",
+        "source language preprocessed output assembly preprocess_args remote_args dep_file"
+        " sources_only",
+        defaults=(False,),
     )
 ):
     """A job that may run remotely.
@@ -152,6 +154,9 @@ class RemoteJob(
     preprocess_args: list     for ``COMPILER <preprocess_args> -E -o TMP.i SOURCE``
     remote_args: list         for the remote compile, without input, -o, -c/-S and any -x
     dep_file: str | None      the dependency file the preprocessing run writes, if any
+    sources_only: bool        only a tree job gives the local compile's result (debug info
+                              that shipping preprocessed output would change): shipped as
+                              sources or compiled locally, never preprocessed
     """
 
     __slots__ = ()
@@ -393,7 +398,11 @@ def _wp_deps(a: str) -> tuple[bool, str | None, bool] | None:
 
 
 def analyse(
-    args: list[str], cwd: str, compiler: str | None = None, debug_info_may_differ: bool = False
+    args: list[str],
+    cwd: str,
+    compiler: str | None = None,
+    debug_info_may_differ: bool = False,
+    sources: bool = False,
 ) -> "RemoteJob | Local":
     """Decide whether ``COMPILER args`` (``args`` without the compiler) may run remotely.
 
@@ -405,7 +414,9 @@ def analyse(
     or a comment on their line to other columns, and the arguments of a macro call that spans
     lines onto the call's line. Debug info records both, so a -g object would differ from a
     local one (-gno-column-info is not enough). Such jobs stay local unless the caller accepts
-    the difference (``debug_info_may_differ``).
+    the difference (``debug_info_may_differ``). With ``sources`` (the caller can ship the
+    job as sources, which compiles the user's own files at their paths), such jobs are
+    remote jobs marked ``sources_only``.
     """
     try:
         args = expand_response_files(args, cwd)
@@ -499,11 +510,16 @@ def analyse(
 
     if not mode:
         return Local("linking" if inputs else "no input file")
+    sources_only = False
     if debug and not debug_info_may_differ:
-        return Local("-g: debug info lines and columns would differ from a local compile's")
+        if not sources:
+            return Local("-g: debug info lines and columns would differ from a local compile's")
+        sources_only = True
     if debug and dwarf5 and compiler is not None and "clang" in compiler.rsplit("/", 1)[-1]:
         # clang's DWARF 5 line table holds MD5 sums of the original source files.
-        return Local("clang -g with DWARF 5: source checksums would differ (use -gdwarf-4)")
+        if not sources:
+            return Local("clang -g with DWARF 5: source checksums would differ (use -gdwarf-4)")
+        sources_only = True
     if source is None:
         return Local("no input file")
     if inputs > 1:
@@ -564,4 +580,16 @@ def analyse(
             cpp += ("-MQ", default_target)
     if source_lang is not None:
         cpp += ("-x", source_lang)
-    return RemoteJob(source, language, preprocessed, output, assembly, cpp, remote, result_dep_file)
+    if sources_only and preprocessed:
+        return Local("-g on a preprocessed input: debug info would differ")
+    return RemoteJob(
+        source,
+        language,
+        preprocessed,
+        output,
+        assembly,
+        cpp,
+        remote,
+        result_dep_file,
+        sources_only,
+    )

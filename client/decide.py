@@ -57,6 +57,7 @@ def decide(
             inv.cwd,
             compiler=name,
             debug_info_may_differ=exact_debug or inv.env.get("JAILCC_DEBUG_REMOTE") == "1",
+            sources=ships_sources(inv),
         )
         if isinstance(job, Local):
             return RunLocally(compiler, args, _note(verbose, args, f"local ({job.reason})"))
@@ -86,3 +87,9 @@ def _note(say: bool, args: list[str], what: str) -> str:
 def source_of(args: list[str]) -> str:
     """The source file a compile names, for messages ("?" if none)."""
     return next((a for a in args if not a.startswith("-")), "?")
+
+
+def ships_sources(inv: Invocation) -> bool:
+    """Whether this compile may go as a tree job (client/tree.py): asked for, through the
+    proxy (which holds the include analysis; a process of its own never ships sources)."""
+    return inv.env.get("JAILCC_SHIP") == "sources" and inv.through_proxy

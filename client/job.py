@@ -28,10 +28,18 @@ class Invocation:
     """Where and how one compile was asked for: this process's own (jailcc run directly), or a
     client's that the per-user proxy serves (its cwd, environment, stderr and umask)."""
 
-    __slots__ = ("cwd", "env", "stderr_tty", "umask")
+    __slots__ = ("cwd", "env", "stderr_tty", "through_proxy", "umask")
 
-    def __init__(self, cwd: str, env: Mapping[str, str], stderr_tty: bool, umask: int) -> None:
+    def __init__(
+        self,
+        cwd: str,
+        env: Mapping[str, str],
+        stderr_tty: bool,
+        umask: int,
+        through_proxy: bool = False,
+    ) -> None:
         self.cwd, self.env, self.stderr_tty, self.umask = cwd, env, stderr_tty, umask
+        self.through_proxy = through_proxy
 
     @classmethod
     def here(cls) -> Invocation:
@@ -58,6 +66,8 @@ class Outcome(namedtuple("Outcome", "exit_code stdout stderr note")):
 
 def prepare(compiler: str, job: RemoteJob, inv: Invocation) -> Prepared:
     """Preprocess locally and build the job. RemoteFailure if it cannot go remote."""
+    if job.sources_only:
+        raise RemoteFailure("only shipping the sources gives this job's debug info exactly")
     from jailcc.images.errors import ImageError
     from jailcc.images.identity import compiler_identity
 

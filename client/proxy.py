@@ -26,10 +26,11 @@ from typing import Any
 
 from . import proxy_wire as pw
 from .compiler import split_invocation
-from .decide import RunLocally, decide, source_of
+from .decide import RunLocally, decide, ships_sources, source_of
 from .hosts import Host, HostsError, config_stamp, configured, default_hosts
 from .job import Invocation, Outcome, finish, prepare
 from .pool import Pool
+from .remote import RemoteFailure
 from .trace import BUILD_GAP, Span, Spans
 from .tree import TREE_REFUSALS, TreeBuilder, TreeUnsupported
 
@@ -309,7 +310,7 @@ class Proxy:
 
     def _job(self, body: bytes) -> bytes:
         request = pw.decode_request(body)
-        inv = Invocation(request.cwd, request.env, request.stderr_tty, request.umask)
+        inv = Invocation(request.cwd, request.env, request.stderr_tty, request.umask, True)
         span = Span(time.time())
         user_args = split_invocation(request.argv)[1]
         span.source = source_of(user_args)  # until analysis says
@@ -328,10 +329,15 @@ class Proxy:
                 if self.discovery.error:
                     raise HostsError(self.discovery.error)
                 why_not_tree = None
-                if inv.env.get("JAILCC_SHIP") == "sources":
+                if ships_sources(inv):
                     outcome, why_not_tree = self._tree_job(compiler, user_args, job, inv, span)
                     if outcome is not None:
                         return outcome
+                    if job.sources_only:
+                        raise RemoteFailure(
+                            f"not shipped as sources ({why_not_tree}), which this job's debug"
+                            " info needs"
+                        )
                 prepared = prepare(compiler, job, inv)
                 span.phase("analysis", span.start)
                 host, result = self.pool.run(
@@ -377,8 +383,6 @@ class Proxy:
         preprocessed output). RemoteFailure: compile locally."""
         from jailcc.images.errors import ImageError
         from jailcc.images.identity import compiler_identity
-
-        from .remote import RemoteFailure
 
         try:
             identity = compiler_identity(compiler)

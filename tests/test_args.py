@@ -716,6 +716,8 @@ def test_stderr_is_cpp_stderr_then_compile_stderr(
 
 
 # Known limits of the preprocessed-output model (strict: if they ever pass, the docs change).
+# Tree jobs (JAILCC_SHIP=sources) have none of them: tests/test_tree_client.py
+# test_known_limits_of_preprocessed_output_do_not_apply runs each through a real server.
 
 
 @need(GCC)

@@ -227,3 +227,82 @@ def test_an_image_without_headers_sends_the_jobs_preprocessed(gcc_image, tmp_pat
         stop_server(srv)
     assert "remote on" in said[0] and "is not in the image" in said[0], said[0]
     assert "remote on" in said[1] and "a server's image refused" in said[1], said[1]
+
+
+# The preprocessed model's known limits (tests/test_args.py, strict xfail there): one compile of
+# the user's own files at their paths has none of them.
+
+KNOWN_LIMITS = {
+    "columns after macros (gcc -g)": (
+        "gcc-12",
+        ["-c", "-g", "col.c"],
+        {"col.c": "#include <stdbool.h>\nbool ready = true;\nint get(void) { return ready; }\n"},
+    ),
+    "a #warning silenced by a pragma": (
+        "gcc-12",
+        ["-c", "-Werror", "w.c"],
+        {"w.c": '#pragma GCC diagnostic ignored "-Wcpp"\n#warning quiet\nint x;\n'},
+    ),
+    "clang's warning count": (
+        "clang-16",
+        ["-c", "-Wall", "warn.c", "-o", "sub/warn.o"],
+        {
+            "inc/h.h": "#define H_VALUE 1\n",
+            "warn.c": '#include "inc/h.h"\n#warning "check this"\nint f(int a)\n{\n'
+            "    int unused;\n    return a + H_VALUE;\n}\n",
+        },
+    ),
+    "clang -g's DWARF 5 source checksums": (
+        "clang-16",
+        ["-c", "real.c", "-Iinc", "-DLEVEL=2", "-include", "inc/force.h", "-g", "-O2"],
+        {
+            "inc/config.h": "#define SCALE 3\n",
+            "inc/force.h": "#define EXTRA 1\n",
+            "real.c": '#include "config.h"\nint scale(int v)\n{\n    return v * SCALE + EXTRA;\n}\n'
+            "int debug_level = LEVEL;\n",
+        },
+    ),
+    "an option warning printed once per cc1": (
+        "gcc-12",
+        ["-c", "-std=c++17", "foo.c"],
+        {"foo.c": "int foo(void) { return 1; }\n"},
+    ),
+}
+
+
+@pytest.fixture(scope="module")
+def proxy_env(server: Server, tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict]:
+    env = dict(
+        os.environ,
+        JAILCC_HOSTS=f"unix:{server.socket_path}",
+        JAILCC_VERBOSE="1",
+        JAILCC_SHIP="sources",
+        LC_ALL="C",
+        XDG_RUNTIME_DIR=str(tmp_path_factory.mktemp("run")),
+    )
+    subprocess.run([JAILCC, "proxy", "start"], env=env, check=True, capture_output=True)
+    yield env
+    subprocess.run([JAILCC, "proxy", "stop"], env=env, capture_output=True, timeout=60)
+
+
+@pytest.mark.parametrize("case", list(KNOWN_LIMITS))
+def test_known_limits_of_preprocessed_output_do_not_apply(case, proxy_env, tmp_path):
+    compiler, args, files = KNOWN_LIMITS[case]
+    results = []
+    root = tmp_path / "w"  # both compiles here: debug info names the directory
+    for name, text in files.items():
+        (root / name).parent.mkdir(parents=True, exist_ok=True)
+        (root / name).write_text(text)
+    (root / "sub").mkdir(exist_ok=True)
+    for argv in ([compiler, *args], [JAILCC, compiler, *args]):
+        done = subprocess.run(argv, cwd=root, env=proxy_env, capture_output=True, timeout=120)
+        said = [line for line in done.stderr.splitlines(True) if line.startswith(b"jailcc: ")]
+        stderr = b"".join(line for line in done.stderr.splitlines(True) if line not in said)
+        objects = {p.relative_to(root): p.read_bytes() for p in root.rglob("*.o")}
+        for path in root.rglob("*.o"):
+            path.unlink()
+        results.append((done.returncode, stderr, objects, b"".join(said)))
+    (code, stderr, objects, _), (code2, stderr2, objects2, said) = results
+    assert b"remote (sources) on" in said, said
+    assert (code2, stderr2) == (code, stderr)
+    assert objects2 == objects and objects
