@@ -271,7 +271,7 @@ def full_builds(
                 f"{sent['again'] / sent['sources']:.3f}" if sent["sources"] else "-",
             ]
         )
-    flags = "Debian's flags, -g included" if debug else "Debian's flags, -g0"
+    flags = "Debian's flags (git: its own), -g included" if debug else "the same, -g0"
     return table(
         f"Full builds, make -j{jobs}, seconds ({flags}; jailcc: preprocessed output, sources:"
         " JAILCC_SHIP=sources; objects of both checked identical to the local build; client"
@@ -303,7 +303,7 @@ def main() -> int:
     if os.geteuid() != 0:
         print("bench: must run as root (jailccd builds jails)", file=sys.stderr)
         return 2
-    if projects.fetch().returncode != 0:
+    if projects.fetch(extra=args.projects).returncode != 0:
         print("bench: cannot fetch the project sources", file=sys.stderr)
         return 1
     state = Path(tempfile.mkdtemp(prefix="jailcc-bench-"))

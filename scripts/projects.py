@@ -12,8 +12,15 @@ CC="jailcc gcc-12", for every object, sub-makes included; then hashes every obje
     re2      C++, plain Makefile              67 compiles: the library (static and PIC) and the
                                               test programs' objects
 
+Bench-only (BENCH_PROJECTS: get() and build() know them, PROJECTS, which the tests iterate, does
+not; scripts/fetch-sources fetches them only when asked, fetch(extra=["git"])):
+
+    git      C,   plain Makefile, `make all`  501 compiles: git's own flags
+                                              (-g -O2 -Wall), not Debian's
+
 Objects embed no path of the build tree by default: Debian's flags map it to "." with
--ffile-prefix-map, so builds made in different directories compare equal. With map_paths=False
+-ffile-prefix-map (for git, whose own flags have none, the harness adds the same map), so
+builds made in different directories compare equal. With map_paths=False
 the objects record the real directory (DW_AT_comp_dir and friends): compare such builds only
 when they were made in the same work directory, one after the other (build() wipes it first).
 SOURCE_DATE_EPOCH is set from debian/changelog, which fixes __DATE__ and __TIME__ for gcc; source
@@ -48,7 +55,9 @@ SYSTEM_PYTHON = "/usr/bin/python3"
 _SCRUB = re.compile(
     r"(MAKEFLAGS|MFLAGS|MAKELEVEL|MAKEOVERRIDES|GNUMAKEFLAGS|CC|CXX|CPP|CFLAGS|CXXFLAGS|CPPFLAGS"
     r"|LDFLAGS|LIBS|AR|SOURCE_DATE_EPOCH|GCC_EXEC_PREFIX|COMPILER_PATH|CPATH|C_INCLUDE_PATH"
-    r"|CPLUS_INCLUDE_PATH|LIBRARY_PATH|DEB_.*|DPKG_.*)"
+    r"|CPLUS_INCLUDE_PATH|LIBRARY_PATH|DEB_.*|DPKG_.*"
+    # git's Makefile records `git rev-parse HEAD` of its own tree in version.o (none: no .git)
+    r"|GIT_DIR|GIT_WORK_TREE|GIT_COMMON_DIR)"
 )
 _PREFIX_MAPS = ("-ffile-prefix-map=", "-fdebug-prefix-map=", "-fmacro-prefix-map=")
 _SOURCE_SUFFIXES = {".c", ".cc", ".cpp", ".cxx", ".c++", ".C", ".h", ".hh", ".hpp", ".hxx", ".inc"}
@@ -99,6 +108,12 @@ class Project:
     def version(self, src_root: Path | None = None) -> str:
         stamp = (src_root or SRC_ROOT) / f"{self.name}.version"
         return stamp.read_text().strip() if stamp.exists() else "?"
+
+    def flags(
+        self, tree: Path, env: Mapping[str, str], extra: Sequence[str], map_paths: bool
+    ) -> Flags:
+        """The compile flags of a build: Debian's, plus the caller's extras (see debian_flags)."""
+        return debian_flags(self, tree, env, extra, map_paths)
 
     def configure(self, tree: Path, cc: str, cxx: str, flags: Flags, env: dict[str, str]) -> None:
         """Prepare the copied tree; raise subprocess.CalledProcessError on failure."""
@@ -240,21 +255,75 @@ class Re2(Project):
         ]
 
 
+class Git(Project):
+    """Debian's git source package built the way upstream's Makefile builds it with no
+    configuration (no config.mak, no ./configure), as a developer runs `make`: target `all`
+    with git's own CFLAGS, -g -O2 -Wall (not Debian's dpkg-buildflags; the caller's extra flags
+    come after them, so -g0 wins), curl, expat, OpenSSL and gettext all on (scripts/fetch-sources
+    --with git installs their -dev packages). `all` includes the test helpers (t/helper) and
+    the fuzz objects; its msgfmt runs (git's translations, gitk's and git-gui's) and generated
+    scripts compile nothing. No documentation (not part of `all`), nothing from the network;
+    no tclsh needed (git-gui falls back to an unoptimized tclIndex). Three settings that are
+    not flags: COMPUTE_HEADER_DEPENDENCIES=yes, what `auto` picks with gcc and clang, without
+    the probe that compiles /dev/null through CC (so every compiler command gets the same
+    command lines: -MF .depend/x.o.d -MQ x.o -MMD -MP); prefix=/usr instead of $HOME, which
+    would go into exec-cmd.o and others, so objects do not depend on who builds; and V=1, so
+    the log shows the compiles. CC with a space works: the Makefile never quotes $(CC)."""
+
+    name = "git"
+    languages = ("c",)
+    compiles = 501
+    CFLAGS = ("-g", "-O2", "-Wall")  # upstream Makefile's default
+
+    def flags(
+        self, tree: Path, env: Mapping[str, str], extra: Sequence[str], map_paths: bool
+    ) -> Flags:
+        cflags = list(self.CFLAGS)
+        if map_paths:  # as dpkg-buildflags does for the others: the tree becomes "."
+            cflags.append(f"-ffile-prefix-map={tree}=.")
+        return Flags(cflags=cflags + list(extra), cxxflags=[], cppflags=[], ldflags=[])
+
+    def configure(self, tree: Path, cc: str, cxx: str, flags: Flags, env: dict[str, str]) -> None:
+        # GIT-VERSION-GEN reads the release tarball's version file; without it, it would ask
+        # `git describe`, which answers from whatever repository holds the tree.
+        if not (tree / "version").is_file():
+            raise RuntimeError(f"{tree}/version missing: not a release tarball?")
+
+    def make_argv(self, cc: str, cxx: str, jobs: int, flags: Flags) -> list[str]:
+        return [
+            "make",
+            f"-j{jobs}",
+            f"CC={cc}",
+            "CFLAGS=" + shlex.join(flags.cflags),
+            "COMPUTE_HEADER_DEPENDENCIES=yes",
+            "prefix=/usr",
+            "V=1",
+            "all",
+        ]
+
+
 PROJECTS: dict[str, Project] = {p.name: p for p in (Zlib(), Lua(), Re2())}
+# Too slow for the test suite (which iterates PROJECTS and fetches only the default set): built
+# by name only, e.g. scripts/bench --projects git, after scripts/fetch-sources --with git.
+BENCH_PROJECTS: dict[str, Project] = {p.name: p for p in (Git(),)}
 
 
 def get(project: str | Project) -> Project:
     if isinstance(project, Project):
         return project
+    known = PROJECTS | BENCH_PROJECTS
     try:
-        return PROJECTS[project]
+        return known[project]
     except KeyError:
-        raise KeyError(f"unknown project {project!r}; known: {', '.join(PROJECTS)}") from None
+        raise KeyError(f"unknown project {project!r}; known: {', '.join(known)}") from None
 
 
-def fetch(dest: Path | None = None) -> subprocess.CompletedProcess[str]:
-    """Run scripts/fetch-sources (fast when already fetched). Exit status 75: no network."""
-    argv = [str(FETCH), str(dest or SRC_ROOT)]
+def fetch(dest: Path | None = None, extra: Iterable[str] = ()) -> subprocess.CompletedProcess[str]:
+    """Run scripts/fetch-sources (fast when already fetched) for the default set (PROJECTS) and
+    the bench-only projects named in extra (e.g. ["git"]; names in PROJECTS are ignored).
+    Exit status 75: no network."""
+    withs = [a for name in extra if name not in PROJECTS for a in ("--with", name)]
+    argv = [str(FETCH), *withs, str(dest or SRC_ROOT)]
     return subprocess.run(argv, capture_output=True, text=True)
 
 
@@ -396,7 +465,7 @@ def build(
     log: list[str] = []
     t0 = time.monotonic()
     try:
-        flags = debian_flags(proj, tree, benv, extra_flags, map_paths)
+        flags = proj.flags(tree, benv, extra_flags, map_paths)
         proj.configure(tree, configure_cc or cc, configure_cxx or cxx, flags, benv)
     except subprocess.CalledProcessError as e:
         output = (e.output or "") + (e.stderr or "")
@@ -548,14 +617,14 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = ap.parse_args(argv)
 
     if args.cmd == "info":
-        for p in PROJECTS.values():
+        for p in (PROJECTS | BENCH_PROJECTS).values():
             print(
                 f"{p.name:8} {p.version():22} {'+'.join(p.languages):6} {p.compiles:4} compiles  "
                 f"{p.source_dir()}"
             )
         return 0
 
-    fetched = fetch()
+    fetched = fetch(extra=args.projects)
     if fetched.returncode:
         sys.stderr.write(fetched.stdout + fetched.stderr)
         return 1

@@ -2,7 +2,8 @@
 lua5.4 sources, each built twice in two work directories, give byte-identical, non-empty object
 files; the second build runs through a recording wrapper, which proves that every object was
 compiled with -c by exactly the compiler command given (sub-makes and libtool included); and
-compare() catches a real difference (-O1 instead of Debian's flags)."""
+compare() catches a real difference (-O1 instead of Debian's flags). git, a bench-only project,
+is neither fetched nor built here: only its registration and command line are checked."""
 
 from __future__ import annotations
 
@@ -126,3 +127,39 @@ def test_recorder_sees_a_compile_without_dash_c(tmp_path: Path) -> None:
         "not compiled through the wrapper: y.o",
         "compiled without -c: gcc-12 -o x x.c",
     ]
+
+
+def test_git_is_bench_only(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """git (scripts/bench --projects git) builds by name, but the tests never fetch or build it:
+    it is not in PROJECTS, and fetch() asks scripts/fetch-sources for it only when named."""
+    assert "git" not in projects.PROJECTS
+    assert projects.get("git") is projects.BENCH_PROJECTS["git"]
+    with pytest.raises(KeyError, match=r"known: zlib, lua5\.4, re2, git"):
+        projects.get("nosuch")
+
+    # An unknown --with fails before anything is fetched or created.
+    p = projects.fetch(tmp_path / "dest", extra=["nosuch"])
+    assert p.returncode == 1 and "--with nosuch: unknown package" in p.stderr
+    assert not (tmp_path / "dest").exists()
+
+    calls: list[list[str]] = []
+    monkeypatch.setattr(projects.subprocess, "run", lambda argv, **kw: calls.append(argv))
+    projects.fetch(tmp_path)
+    projects.fetch(tmp_path, extra=["zlib", "git"])
+    assert calls == [
+        [str(projects.FETCH), str(tmp_path)],
+        [str(projects.FETCH), "--with", "git", str(tmp_path)],
+    ]
+
+
+def test_git_flags_and_command_line(tmp_path: Path) -> None:
+    """git's own flags (no dpkg-buildflags), the tree mapped to "." unless map_paths=False, the
+    caller's extras last, and CC one make argument even with a space in it."""
+    git = projects.get("git")
+    flags = git.flags(tmp_path, {}, ["-g0"], True)
+    assert flags.cflags == ["-g", "-O2", "-Wall", f"-ffile-prefix-map={tmp_path}=.", "-g0"]
+    assert git.flags(tmp_path, {}, [], False).cflags == ["-g", "-O2", "-Wall"]
+    argv = git.make_argv("jailcc gcc-12", "jailcc g++-12", 3, flags)
+    assert argv[:3] == ["make", "-j3", "CC=jailcc gcc-12"]
+    assert f"CFLAGS=-g -O2 -Wall -ffile-prefix-map={tmp_path}=. -g0" in argv
+    assert argv[-1] == "all"
