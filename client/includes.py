@@ -898,6 +898,36 @@ class IncludeAnalyzer:
             except Unsupported as e:
                 return Analysis(unsupported=str(e))
 
+    def digest(self, path: str) -> str | None:
+        """SHA-256 (hex) of the regular file at path now, None if there is none: from what the
+        analyses keep when its stat signature is unchanged (one stat), else read again."""
+        with self._lock:
+            entry = self._fs.entry(path)
+        return None if entry is None else entry.digest
+
+    def quote_includes(self, path: str) -> frozenset[str] | None:
+        """The names the file at path includes with quotes (which look in its own directory
+        first); None when it has a computed include (any name) or cannot be read."""
+        with self._lock:
+            entry = self._fs.entry(path)
+            directives = None if entry is None else self._fs.parsed.get(entry.digest)
+        if directives is None:
+            return None
+        names = set()
+        for include in directives.includes:
+            if include.kind == COMPUTED:
+                return None
+            if include.kind == QUOTE:
+                names.add(os.path.normpath(include.text))
+        return frozenset(names)
+
+    def names_in(self, directory: str) -> frozenset[str]:
+        """The names of the entries in directory that are not directories (one stat when the
+        listing kept is still that directory's)."""
+        with self._lock:
+            listing = self._fs.listing(directory)
+        return frozenset() if listing is None else listing.files
+
     @property
     def counters(self) -> dict[str, int]:
         """Files read (hashed) and directories listed so far; contents parsed and nodes kept

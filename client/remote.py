@@ -193,21 +193,25 @@ def run_job(
         return _tree_result(host, job, header, out)._replace(sent=wire)
     if len(out) != 3 or header.get("id") != job["id"]:
         raise RemoteFailure(f"{host}: malformed result")
+    return _result(host, header, out, output=out[2] if header.get("has_output") else None)
+
+
+def _result(host: Host, header: dict[str, Any], out: list[bytes], **more: Any) -> RemoteResult:
+    """A RESULT's common fields, checked; `more`: the fields of its kind of job."""
     exit_code, sig, limit = header.get("exit_code"), header.get("signal"), header.get("limit")
     if not (exit_code is None or isinstance(exit_code, int)) or not (
         sig is None or isinstance(sig, int)
     ):
         raise RemoteFailure(f"{host}: malformed result")
-    times = header.get("times") if isinstance(header.get("times"), dict) else {}
     return RemoteResult(
-        exit_code,
-        sig,
-        limit if isinstance(limit, str) else None,
-        out[0],
-        out[1],
-        out[2] if header.get("has_output") else None,
-        times,
-        header.get("load") if isinstance(header.get("load"), dict) else None,
+        exit_code=exit_code,
+        signal=sig,
+        limit=limit if isinstance(limit, str) else None,
+        stdout=out[0],
+        stderr=out[1],
+        times=header.get("times") if isinstance(header.get("times"), dict) else {},
+        load=header.get("load") if isinstance(header.get("load"), dict) else None,
+        **{"output": None, **more},
     )
 
 
@@ -232,7 +236,6 @@ def _tree_result(
     host: Host, job: dict[str, Any], header: dict[str, Any], out: list[bytes]
 ) -> RemoteResult:
     names, reads = header.get("outputs"), header.get("reads")
-    exit_code, sig = header.get("exit_code"), header.get("signal")
     if (
         header.get("id") != job["id"]
         or not isinstance(names, list)
@@ -243,21 +246,13 @@ def _tree_result(
             isinstance(r, list) and len(r) == 2 and all(isinstance(x, str) for x in r)
             for r in reads
         )
-        or not (exit_code is None or isinstance(exit_code, int))
-        or not (sig is None or isinstance(sig, int))
     ):
         raise RemoteFailure(f"{host}: malformed result")
-    limit = header.get("limit")
-    return RemoteResult(
-        exit_code,
-        sig,
-        limit if isinstance(limit, str) else None,
-        out[0],
-        out[1],
-        None,
-        header.get("times") if isinstance(header.get("times"), dict) else {},
-        header.get("load") if isinstance(header.get("load"), dict) else None,
-        tuple(names),
-        tuple(out[2:]),
-        tuple((r[0], r[1]) for r in reads),
+    return _result(
+        host,
+        header,
+        out,
+        output_names=tuple(names),
+        outputs=tuple(out[2:]),
+        reads=tuple((r[0], r[1]) for r in reads),
     )

@@ -251,7 +251,7 @@ class TreeBuilder:
             if result.exit_code != 0:
                 # Exact diagnostics even when the jail lacked a header: the local compile's.
                 raise RemoteFailure(f"{host}: the compile failed remotely; compiling locally")
-            check_reads(tree_job, inv.cwd, result.reads)
+            check_reads(tree_job, inv.cwd, result.reads, self.analyzer)
         except RemoteFailure:
             self.counters.add(local_after_check=1)
             raise
@@ -278,40 +278,44 @@ class TreeBuilder:
         return outcome._replace(note=outcome.note.replace("remote on", "remote (sources) on", 1))
 
 
-def check_reads(tree_job: TreeJob, cwd: str, reads: list[tuple[str, str]]) -> None:
+def check_reads(
+    tree_job: TreeJob, cwd: str, reads: list[tuple[str, str]], analyzer: IncludeAnalyzer
+) -> None:
     """The soundness check (the module's docstring): RemoteFailure on any doubt."""
-    analysis = tree_job.analysis
-    search = [d.rstrip("/") for d in analysis.search]
-    includer_dirs = {os.path.dirname(p) for p in tree_job.shipped}
-    cache: dict[str, str | None] = {}
+    search = [d.rstrip("/") for d in tree_job.analysis.search]
     read = {_absolute(cwd, name) for name, _ in reads}
+    # Where a quote include looks first: the directory of the file that includes it, one of
+    # the files read. Those of the project's files (the image's own headers include each
+    # other from the image, which has no file the analysis could have missed), by the names
+    # they include with quotes (all names, for a computed include).
+    quoting: list[tuple[str, frozenset[str] | None]] = [
+        (os.path.dirname(p), analyzer.quote_includes(p)) for p in read if p in tree_job.shipped
+    ]
+    listings: dict[str, frozenset[str]] = {}
+
+    def exists(path: str) -> bool:
+        d, name = os.path.split(path)
+        if d not in listings:
+            listings[d] = analyzer.names_in(d)
+        return name in listings[d]
+
     for name, digest in reads:
         path = _absolute(cwd, name)
         # This machine's file at that name, resolved as the local compile would (symlinks).
-        if _digest_of(os.path.join(cwd, name), cache) != digest:
+        if digest[:7] != "sha256:" or analyzer.digest(os.path.join(cwd, name)) != digest[7:]:
             raise RemoteFailure(f"the jail read {name}, which differs from this machine's")
-        if path in tree_job.shipped:
-            continue
-        # Found in the image: nothing of that name may come before it in this machine's
-        # search, unless the jail read that one too (then #include_next went past it).
+        # Nothing of that name may come before it in this machine's search, unless the jail
+        # read that one too (then #include_next went past it): else the analysis missed a
+        # file here and the jail found another one later.
         for i, d in enumerate(search):
             if not path.startswith(d + "/"):
                 continue
             rel = path[len(d) + 1 :]
+            includer_dirs = {e for e, names in quoting if names is None or rel in names}
             for e in (*includer_dirs, *search[:i]):
                 candidate = os.path.normpath(os.path.join(e, rel))
-                if e != d and candidate not in read and os.path.exists(candidate):
+                if e != d and candidate not in read and exists(candidate):
                     raise RemoteFailure(f"the jail found {path} where this machine has {candidate}")
-
-
-def _digest_of(path: str, cache: dict[str, str | None]) -> str | None:
-    if path not in cache:
-        try:
-            with open(path, "rb") as f:
-                cache[path] = "sha256:" + hashlib.sha256(f.read()).hexdigest()
-        except OSError:
-            cache[path] = None
-    return cache[path]
 
 
 def _absolute(cwd: str, name: str) -> str:

@@ -57,9 +57,10 @@ def _env() -> dict[str, str]:
     return env
 
 
-def _ask(path: str, *args: str) -> str:
+def _run(path: str, *args: str) -> subprocess.CompletedProcess[str]:
+    """The compiler run with args in a scrubbed environment, in the C locale."""
     try:
-        out = subprocess.run(
+        return subprocess.run(
             [path, *args],
             env=_env(),
             stdin=subprocess.DEVNULL,
@@ -72,6 +73,10 @@ def _ask(path: str, *args: str) -> str:
         raise ImageError(f"cannot run {path}: {e.strerror}") from None
     except subprocess.TimeoutExpired:
         raise ImageError(f"{path} {' '.join(args)} did not finish in 60 s") from None
+
+
+def _ask(path: str, *args: str) -> str:
+    out = _run(path, *args)
     if out.returncode != 0:
         raise ImageError(
             f"{path} does not look like gcc or clang ({' '.join(args)} failed); "
@@ -152,18 +157,7 @@ def system_include_dirs(info: CompilerInfo) -> list[str]:
         langs.append("c++")
     found: dict[str, None] = {}
     for lang in langs:
-        try:
-            out = subprocess.run(
-                [info.path, "-E", "-v", "-x", lang, "/dev/null"],
-                env=_env(),
-                stdin=subprocess.DEVNULL,
-                capture_output=True,
-                text=True,
-                timeout=60,
-                check=False,
-            )
-        except (OSError, subprocess.TimeoutExpired) as e:
-            raise ImageError(f"cannot ask {info.path} for its include directories: {e}") from None
+        out = _run(info.path, "-E", "-v", "-x", lang, "/dev/null")
         listing = False
         for line in out.stderr.splitlines():
             if line.startswith("#include <...> search starts here:"):

@@ -90,6 +90,35 @@ def root_server(gcc_image: Path, tmp_path: Path) -> Iterator[object]:
         stop_server(srv)
 
 
+@pytest.fixture(scope="module")
+def headers_server(
+    headers_image: Path, tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[object]:
+    """A jailccd for root serving the image with system headers, which tree jobs need: one
+    per test module."""
+    from serverutil import start_server, stop_server
+
+    srv = start_server(
+        tmp_path_factory.mktemp("tree-server"), headers_image, "--allow-user", "root"
+    )
+    yield srv
+    stop_server(srv)
+
+
+@pytest.fixture(scope="module")
+def sim() -> object:
+    """scripts/simulate_farm.py, loaded as a module."""
+    import importlib.util
+
+    path = Path(__file__).resolve().parent.parent / "scripts" / "simulate_farm.py"
+    spec = importlib.util.spec_from_file_location("simulate_farm", path)
+    assert spec and spec.loader
+    mod = importlib.util.module_from_spec(spec)
+    sys.modules["simulate_farm"] = mod
+    spec.loader.exec_module(mod)
+    return mod
+
+
 @pytest.fixture(scope="session", autouse=True)
 def proxies_do_not_outlive_the_tests() -> Iterator[None]:
     """jailcc starts per-user proxies on demand (one per JAILCC_HOSTS); make those the tests

@@ -3,10 +3,7 @@ measured builds through it (scripts/simulate_farm.py). Pure logic: no root, no c
 
 from __future__ import annotations
 
-import importlib.util
 import random
-import sys
-from pathlib import Path
 
 import pytest
 from jailcc.client.placement import (
@@ -18,7 +15,6 @@ from jailcc.client.placement import (
     choose,
 )
 
-SIM_PATH = Path(__file__).resolve().parent.parent / "scripts" / "simulate_farm.py"
 KB = 1000
 SPB = 2e-6  # the Estimator's default: 100 KB ~ 0.2 reference seconds
 
@@ -188,16 +184,6 @@ def test_eviction_marks_the_server_busy_until_it_reports() -> None:
 
 
 # --- the simulator ----------------------------------------------------------------------------
-
-
-@pytest.fixture(scope="module")
-def sim():  # type: ignore[no-untyped-def]
-    spec = importlib.util.spec_from_file_location("simulate_farm", SIM_PATH)
-    assert spec and spec.loader
-    mod = importlib.util.module_from_spec(spec)
-    sys.modules["simulate_farm"] = mod
-    spec.loader.exec_module(mod)
-    return mod
 
 
 def synthetic_build(sim, n: int = 400):  # type: ignore[no-untyped-def]

@@ -3,23 +3,7 @@ blobs a host already holds not sent again, lower bounds under both models. Pure 
 
 from __future__ import annotations
 
-import importlib.util
-import sys
-from pathlib import Path
-
 import pytest
-
-SIM_PATH = Path(__file__).resolve().parent.parent / "scripts" / "simulate_farm.py"
-
-
-@pytest.fixture(scope="module")
-def sim():  # type: ignore[no-untyped-def]
-    spec = importlib.util.spec_from_file_location("simulate_farm", SIM_PATH)
-    assert spec and spec.loader
-    mod = importlib.util.module_from_spec(spec)
-    sys.modules["simulate_farm"] = mod
-    spec.loader.exec_module(mod)
-    return mod
 
 
 def test_sources_model_from_the_traces(sim) -> None:  # type: ignore[no-untyped-def]

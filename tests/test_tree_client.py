@@ -36,12 +36,8 @@ int main(void) { printf("%s %d %d\\n", __FILE__, __LINE__, LIMIT + INT_MAX % 7);
 
 
 @pytest.fixture(scope="module")
-def server(headers_image: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Server]:
-    srv = start_server(
-        tmp_path_factory.mktemp("tree-server"), headers_image, "--allow-user", "root"
-    )
-    yield srv
-    stop_server(srv)
+def server(headers_server: Server) -> Server:
+    return headers_server
 
 
 def project(tmp: Path) -> Path:
@@ -52,6 +48,19 @@ def project(tmp: Path) -> Path:
     (tmp / "proj" / "src" / "main.c").write_bytes(MAIN)
     (tmp / "proj" / "inc" / "config.h").write_bytes(b"#define LIMIT 3\n")
     return tmp / "proj" / "build"
+
+
+def ship_env(server: Server, run_dir: Path, **extra: str) -> dict[str, str]:
+    """The environment of a user who ships sources to server, with a proxy of their own."""
+    return {
+        **os.environ,
+        "JAILCC_HOSTS": f"unix:{server.socket_path}",
+        "JAILCC_VERBOSE": "1",
+        "JAILCC_SHIP": "sources",
+        "LC_ALL": "C",
+        "XDG_RUNTIME_DIR": str(run_dir),
+        **extra,
+    }
 
 
 ARGS = ["-g", "-O2", "-I../inc", "-MD", "-MP", "-c", "../src/main.c", "-o", "main.o"]
@@ -67,14 +76,7 @@ def test_through_the_proxy_objects_and_dependencies_match_a_local_compile(server
     local = compile_locally(cwd, ARGS)
     for name in local:
         (cwd / name).unlink()
-    env = dict(
-        os.environ,
-        JAILCC_HOSTS=f"unix:{server.socket_path}",
-        JAILCC_VERBOSE="1",
-        JAILCC_SHIP="sources",
-        LC_ALL="C",
-        XDG_RUNTIME_DIR=str(tmp_path / "run"),
-    )
+    env = ship_env(server, tmp_path / "run")
     try:
         started = subprocess.run([JAILCC, "proxy", "start"], env=env, capture_output=True)
         assert started.returncode == 0, started.stderr
@@ -171,13 +173,7 @@ def test_an_image_header_that_differs_from_ours_is_caught(server, tmp_path):
 
 
 def test_zlib_with_debian_flags_and_g_matches_a_local_build(sources, server, tmp_path):
-    env = dict(
-        os.environ,
-        JAILCC_HOSTS=f"unix:{server.socket_path}",
-        JAILCC_VERBOSE="1",
-        JAILCC_SHIP="sources",
-        XDG_RUNTIME_DIR=str(tmp_path / "run"),
-    )
+    env = ship_env(server, tmp_path / "run", LC_ALL=os.environ.get("LC_ALL", ""))
     workdir = tmp_path / "build"
     local = projects.build("zlib", workdir, "gcc-12", "g++-12", jobs=4)
     subprocess.run([JAILCC, "proxy", "start"], env=env, check=True, capture_output=True)
@@ -204,14 +200,7 @@ def test_an_image_without_headers_sends_the_jobs_preprocessed(gcc_image, tmp_pat
     proxy stops trying this compiler's tree jobs for a while instead of paying each time."""
     srv = start_server(tmp_path / "srv", gcc_image, "--allow-user", "root")
     cwd = project(tmp_path)
-    env = dict(
-        os.environ,
-        JAILCC_HOSTS=f"unix:{srv.socket_path}",
-        JAILCC_VERBOSE="1",
-        JAILCC_SHIP="sources",
-        LC_ALL="C",
-        XDG_RUNTIME_DIR=str(tmp_path / "run"),
-    )
+    env = ship_env(srv, tmp_path / "run")
     args = ["-O2", "-I../inc", "-c", "../src/main.c", "-o", "main.o"]
     try:
         subprocess.run([JAILCC, "proxy", "start"], env=env, check=True, capture_output=True)
@@ -272,14 +261,7 @@ KNOWN_LIMITS = {
 
 @pytest.fixture(scope="module")
 def proxy_env(server: Server, tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict]:
-    env = dict(
-        os.environ,
-        JAILCC_HOSTS=f"unix:{server.socket_path}",
-        JAILCC_VERBOSE="1",
-        JAILCC_SHIP="sources",
-        LC_ALL="C",
-        XDG_RUNTIME_DIR=str(tmp_path_factory.mktemp("run")),
-    )
+    env = ship_env(server, tmp_path_factory.mktemp("run"))
     subprocess.run([JAILCC, "proxy", "start"], env=env, check=True, capture_output=True)
     yield env
     subprocess.run([JAILCC, "proxy", "stop"], env=env, capture_output=True, timeout=60)
@@ -306,3 +288,22 @@ def test_known_limits_of_preprocessed_output_do_not_apply(case, proxy_env, tmp_p
     assert b"remote (sources) on" in said, said
     assert (code2, stderr2) == (code, stderr)
     assert objects2 == objects and objects
+
+
+def test_a_same_named_header_nobody_includes_does_not_stop_the_job(server, tmp_path):
+    """src/util/limits.h exists, but no file read includes "limits.h" with quotes: the image's
+    limits.h found through the search is the one a local compile reads too."""
+    cwd = project(tmp_path)
+    util = tmp_path / "proj" / "src" / "util"
+    util.mkdir()
+    (util / "u.h").write_text("#define U 1\n")
+    (util / "limits.h").write_text("#error not this one\n")
+    main = tmp_path / "proj" / "src" / "main.c"
+    main.write_bytes(b'#include "util/u.h"\n' + MAIN)
+    args = ["-O2", "-I../inc", "-c", "../src/main.c", "-o", "main.o"]
+    assert tree_job(server, cwd, args).exit_code == 0
+    # And when u.h does include "limits.h", the local compile reads util/limits.h: the jail,
+    # had it not been shipped, would have read the image's.
+    (util / "u.h").write_text('#include "limits.h"\n#define U 1\n')
+    with pytest.raises(RemoteFailure, match="where this machine has"):
+        tree_job(server, cwd, args, drop(util / "limits.h"))

@@ -31,12 +31,8 @@ def digest(data: bytes) -> str:
 
 
 @pytest.fixture(scope="module")
-def server(headers_image: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Server]:
-    srv = start_server(
-        tmp_path_factory.mktemp("tree-server"), headers_image, "--allow-user", "root"
-    )
-    yield srv
-    stop_server(srv)
+def server(headers_server: Server) -> Server:
+    return headers_server
 
 
 class Project:
