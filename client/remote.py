@@ -22,6 +22,11 @@ CONNECT_TIMEOUT = 5.0
 _IMAGE_CHECKED: weakref.WeakKeyDictionary[proto.Channel, set[tuple[str, ...]]] = (
     weakref.WeakKeyDictionary()
 )
+# Per open connection: the root and tree of its last tree job answered with a RESULT, which
+# the next one's tree may be sent as a difference from.
+_TREE_BASE: weakref.WeakKeyDictionary[proto.Channel, tuple[str, dict[str, list[Any]]]] = (
+    weakref.WeakKeyDictionary()
+)
 # The server enforces the job's wall clock; this only bounds a server that went silent.
 RESULT_TIMEOUT = 900.0
 
@@ -167,7 +172,10 @@ def run_job(
         # The jail's image does not change under a connection: each system header is checked
         # once per connection (the soundness check still covers every file a compile read).
         checked = _IMAGE_CHECKED.setdefault(channel, set())
-        sent = {**job, "image": [e for e in job["image"] if tuple(e) not in checked]}
+        sent = _with_tree_delta(
+            {**job, "image": [e for e in job["image"] if tuple(e) not in checked]},
+            _TREE_BASE.get(channel),
+        )
     try:
         wire = channel.send(proto.JOB, sent, blobs, compress=[True] * len(blobs))
         channel.sock.settimeout(RESULT_TIMEOUT)
@@ -179,6 +187,7 @@ def run_job(
             frame_type, header, out = channel.recv(max_result)
         if checked is not None and frame_type == proto.RESULT:
             checked.update(tuple(e) for e in sent["image"])
+            _TREE_BASE[channel] = (job["root"], {e[0]: e for e in job["tree"]})
         if frame_type == proto.ERROR:
             raise proto.RemoteError(str(header.get("code")), str(header.get("message", "")))
         if frame_type != proto.RESULT:
@@ -213,6 +222,24 @@ def _result(host: Host, header: dict[str, Any], out: list[bytes], **more: Any) -
         load=header.get("load") if isinstance(header.get("load"), dict) else None,
         **{"output": None, **more},
     )
+
+
+def _with_tree_delta(
+    job: dict[str, Any], base: tuple[str, dict[str, list[Any]]] | None
+) -> dict[str, Any]:
+    """The job with its tree as a difference from the connection's last answered tree job
+    (PROTOCOL.md, tree_delta), when it shares the root and the difference is smaller."""
+    if base is None or base[0] != job["root"]:
+        return job
+    files = base[1]
+    tree = job["tree"]
+    add = [e for e in tree if files.get(e[0]) != e]
+    present = {e[0] for e in tree}
+    remove = [rel for rel in files if rel not in present]
+    if len(add) + len(remove) >= len(tree):
+        return job
+    rest = {k: v for k, v in job.items() if k != "tree"}
+    return {**rest, "tree_delta": {"remove": remove, "add": add}}
 
 
 def _send_blobs(

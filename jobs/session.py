@@ -90,6 +90,7 @@ def serve(init: JailInit, conn: socket.socket, params: dict[str, Any], token: by
     channel = _channel(conn, params, token)
     max_input = int(params["max_input_bytes"])
     store = _store(params)
+    base: tuple[str, list[Any]] | None = None  # (root, tree) of the last tree job answered
     try:
         conn.settimeout(SEND_TIMEOUT)
         channel.send(proto.READY, params["hello"])
@@ -105,6 +106,7 @@ def serve(init: JailInit, conn: socket.socket, params: dict[str, Any], token: by
             kind = header.get("kind", "preprocessed")
             try:
                 if kind == "tree":
+                    header = tree.with_base(header, base)
                     job: Any = tree.check_job(
                         params, header, blobs, init.limits, store.cap, _image()
                     )
@@ -122,7 +124,9 @@ def serve(init: JailInit, conn: socket.socket, params: dict[str, Any], token: by
             if kind == "tree":
                 received = _fetch_blobs(channel, store, job)
                 conn.settimeout(SEND_TIMEOUT)
-                go_on = _run_tree_job(init, channel, params, job, store, received)
+                go_on, answered = _run_tree_job(init, channel, params, job, store, received)
+                if answered:
+                    base = (job.root, header["tree"])
             else:
                 go_on = _run_job(init, channel, params, job)
             if not go_on:
@@ -359,8 +363,9 @@ def _run_tree_job(
     job: tree.TreeJob,
     store: BlobStore,
     received: int,
-) -> bool:
-    """Run a tree job in a server slot, its work dir mounted at its root, and answer it."""
+) -> tuple[bool, bool]:
+    """Run a tree job in a server slot, its work dir mounted at its root, and answer it:
+    (whether the connection goes on, whether the answer was a RESULT)."""
     data = [store.get(digest) for _, digest in job.files]
 
     def execute(limits: RunLimits) -> tuple[dict[str, Any], list[bytes], dict[str, Any]]:
@@ -370,12 +375,12 @@ def _run_tree_job(
         init, channel, params, job.id, {"cwd": job.root, "source": job.source}, received, execute
     )
     if answer is None:
-        return go_on
+        return go_on, False
     result, blobs, extra, done, times = answer
     if extra["reads"] is None and result["exit_code"] == 0:
         message = "the jail could not tell which files the compile read"
         channel.send(proto.ERROR, {"code": "tree", "id": job.id, "message": message})
-        return go_on
+        return go_on, False
     channel.send(
         proto.RESULT,
         {
@@ -387,7 +392,7 @@ def _run_tree_job(
         blobs,
         compress=[False, False, *(True for _ in blobs[2:])],
     )
-    return go_on
+    return go_on, True
 
 
 def _compile_tree(

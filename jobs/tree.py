@@ -46,6 +46,36 @@ class TreeRefused(Exception):
         self.code = code
 
 
+def with_base(header: dict[str, Any], base: tuple[str, list[Any]] | None) -> dict[str, Any]:
+    """The header with its "tree" whole: a job may send, instead, "tree_delta" {"remove":
+    [paths], "add": [entries]} against the tree of the connection's last tree job answered
+    with a RESULT (base: its root and tree), under the same root. Checked as a whole after."""
+    delta = header.get("tree_delta")
+    if delta is None:
+        return header
+    if "tree" in header or not isinstance(delta, dict):
+        raise TreeRefused("protocol", "a tree job sends either tree or tree_delta")
+    if base is None or base[0] != header.get("root"):
+        raise TreeRefused("protocol", "tree_delta without a previous tree under that root")
+    remove, add = delta.get("remove", []), delta.get("add", [])
+    if (
+        not isinstance(remove, list)
+        or not isinstance(add, list)
+        or len(remove) > MAX_TREE_FILES
+        or len(add) > MAX_TREE_FILES
+        or not all(isinstance(r, str) for r in remove)
+        or not all(isinstance(e, list) and e and isinstance(e[0], str) for e in add)
+    ):
+        raise TreeRefused("protocol", "tree_delta holds remove: [paths], add: [entries]")
+    files = {entry[0]: entry for entry in base[1]}
+    for rel in remove:
+        files.pop(rel, None)
+    for entry in add:
+        files[entry[0]] = entry
+    rest = {k: v for k, v in header.items() if k != "tree_delta"}
+    return {**rest, "tree": list(files.values())}
+
+
 class TreeJob:
     """A checked tree job."""
 

@@ -438,3 +438,33 @@ def test_file_names_with_spaces_dollars_and_hashes(server, tmp_path):
 def _no_leftovers(tmp_path: Path) -> Iterator[None]:
     yield
     shutil.rmtree(tmp_path, ignore_errors=True)
+
+
+def test_a_tree_sent_as_a_difference_from_the_last_one(server, tmp_path):
+    """tree_delta: against the connection's last tree job answered with a RESULT, under the
+    same root; without such a tree, a clear refusal and the connection goes on."""
+    project = Project(tmp_path)
+    ident = compiler_identity(GCC)
+    with connect(server) as sock:
+        whole = project.job(ident)
+        orphan = {k: v for k, v in whole.items() if k != "tree"}
+        orphan["tree_delta"] = {"remove": [], "add": whole["tree"]}
+        assert "without a previous tree" in refused(sock, orphan)["message"]
+        _, frame_type, header, _ = run(sock, whole, project.blobs())
+        assert frame_type == proto.RESULT and header["exit_code"] == 0
+        # A header changes: only it goes, as a difference; the object is the new one's.
+        project.write("src/inc/a.h", A_H + b"int extra;\n")
+        changed = project.job(ident)
+        delta = {k: v for k, v in changed.items() if k != "tree"}
+        delta["tree_delta"] = {
+            "remove": [],
+            "add": [e for e in changed["tree"] if e not in whole["tree"]],
+        }
+        assert len(delta["tree_delta"]["add"]) == 1
+        need, frame_type, header, out = run(sock, delta, project.blobs())
+        assert frame_type == proto.RESULT and header["exit_code"] == 0, out[1]
+        assert need == [digest(A_H + b"int extra;\n")]
+        check_reads(project, header["reads"])
+        # Both ways at once is malformed.
+        both = {**delta, "tree": changed["tree"]}
+        assert "either tree or tree_delta" in refused(sock, both)["message"]
