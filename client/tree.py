@@ -10,8 +10,9 @@ the compile read, with the digest of what it read, and the answer is used only i
 * each of those files is, on this machine, at that path, the same bytes (an image header that
   differs from ours, or a file the analysis missed and the image happened to hold);
 * none of them was found by a lookup that would have stopped earlier here: for a file the jail
-  found in a search directory, no earlier directory of the search (nor the directory of any
-  shipped file, where quote includes look first) holds a file of that name on this machine;
+  found in a search directory, no earlier directory of the search (nor the directory of a read
+  project file that quote-includes that name, where such a lookup looks first) holds a file of
+  that name on this machine that the compile did not also read;
 * the compile succeeded: a failed one is compiled here, whose diagnostics are exact even when
   a header the jail lacked is the cause.
 
@@ -207,10 +208,11 @@ class TreeBuilder:
             # Laid out where ".." names it lexically: the jail has no symlinks to make the
             # kernel's answer differ; where this machine's does, the soundness check sees it.
             where = os.path.normpath(f.path)
-            if placed.setdefault(where, digest) != digest:
-                raise TreeUnsupported(f"{where} is reached by paths with different contents")
-            if where in (p for p, _, _ in tree):
+            if where in placed:
+                if placed[where] != digest:
+                    raise TreeUnsupported(f"{where} is reached by paths with different contents")
                 continue
+            placed[where] = digest
             tree.append((where, digest, f.size))
             paths[digest] = f.path
         cwd = os.path.normpath(inv.cwd)
