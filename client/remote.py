@@ -188,10 +188,7 @@ def run_job(
         if checked is not None and frame_type == proto.RESULT:
             checked.update(tuple(e) for e in sent["image"])
             _TREE_BASE[channel] = (job["root"], {e[0]: e for e in job["tree"]})
-        if frame_type == proto.ERROR:
-            raise proto.RemoteError(str(header.get("code")), str(header.get("message", "")))
-        if frame_type != proto.RESULT:
-            raise proto.ProtocolError(f"expected RESULT, got frame type {frame_type}")
+        header, out = proto.expected(proto.RESULT, frame_type, header, out)
     except proto.RemoteError as exc:
         # A first JOB sent before READY meets the handshake's refusal: said as that one is.
         tell = exc.code in TOLD_REFUSALS

@@ -284,7 +284,7 @@ def expect(
 ) -> tuple[dict[str, Any], list[bytes]]:
     """Read a frame of the wanted type; an ERROR frame raises RemoteError."""
     frame_type, header, blobs = recv(sock, max_frame)
-    return _expected(wanted, frame_type, header, blobs)
+    return expected(wanted, frame_type, header, blobs)
 
 
 class RemoteError(Exception):
@@ -328,7 +328,7 @@ class Channel:
     ) -> tuple[dict[str, Any], list[bytes]]:
         """Read a frame of the wanted type; an ERROR frame raises RemoteError."""
         frame_type, header, blobs = self.recv(max_frame)
-        return _expected(wanted, frame_type, header, blobs)
+        return expected(wanted, frame_type, header, blobs)
 
 
 class SealedChannel(Channel):
@@ -389,9 +389,11 @@ class IntegrityError(ProtocolError):
     """A sealed frame was tampered with, replayed, reordered or not encrypted as required."""
 
 
-def _expected(
+def expected(
     wanted: int, frame_type: int, header: dict[str, Any], blobs: list[bytes]
 ) -> tuple[dict[str, Any], list[bytes]]:
+    """A received frame, if of the wanted type; an ERROR frame raises RemoteError, any other
+    ProtocolError."""
     if frame_type == ERROR:
         raise RemoteError(str(header.get("code", "error")), str(header.get("message", "")))
     if frame_type != wanted:
