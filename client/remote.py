@@ -18,17 +18,23 @@ if TYPE_CHECKING:
     from typing import Any
 
 CONNECT_TIMEOUT = 5.0
-# Per open connection: the (path, digest) of system headers its jail has found in its image.
-_IMAGE_CHECKED: weakref.WeakKeyDictionary[proto.Channel, set[tuple[str, ...]]] = (
-    weakref.WeakKeyDictionary()
-)
-# Per open connection: the root and tree of its last tree job answered with a RESULT, which
-# the next one's tree may be sent as a difference from.
-_TREE_BASE: weakref.WeakKeyDictionary[proto.Channel, tuple[str, dict[str, list[Any]]]] = (
-    weakref.WeakKeyDictionary()
-)
 # The server enforces the job's wall clock; this only bounds a server that went silent.
 RESULT_TIMEOUT = 900.0
+
+
+class _TreeState:
+    """What an open connection's jail knows of our tree jobs: the (path, digest) of system
+    headers it has found in its image, and the root and tree of its last tree job answered
+    with a RESULT, which the next one's tree may be sent as a difference from."""
+
+    __slots__ = ("base", "image_checked")
+
+    def __init__(self) -> None:
+        self.image_checked: set[tuple[str, ...]] = set()
+        self.base: tuple[str, dict[str, list[Any]]] | None = None
+
+
+_TREE_STATE: weakref.WeakKeyDictionary[proto.Channel, _TreeState] = weakref.WeakKeyDictionary()
 
 
 class RemoteFailure(Exception):
@@ -167,14 +173,14 @@ def run_job(
     authorized us and built the jail) is read first; sending the job before it saves a round
     trip, and the job is only read in the jail. A tree job's server may first ask for the
     blobs it lacks (NEED): `provide` gives their bytes."""
-    checked, sent = None, job
+    state, sent = None, job
     if job.get("kind") == "tree":
         # The jail's image does not change under a connection: each system header is checked
         # once per connection (the soundness check still covers every file a compile read).
-        checked = _IMAGE_CHECKED.setdefault(channel, set())
+        state = _TREE_STATE.setdefault(channel, _TreeState())
         sent = _with_tree_delta(
-            {**job, "image": [e for e in job["image"] if tuple(e) not in checked]},
-            _TREE_BASE.get(channel),
+            {**job, "image": [e for e in job["image"] if tuple(e) not in state.image_checked]},
+            state.base,
         )
     try:
         wire = channel.send(proto.JOB, sent, blobs, compress=[True] * len(blobs))
@@ -185,9 +191,9 @@ def run_job(
         if frame_type == proto.NEED and provide is not None:
             wire += _send_blobs(channel, job["id"], header, provide)
             frame_type, header, out = channel.recv(max_result)
-        if checked is not None and frame_type == proto.RESULT:
-            checked.update(tuple(e) for e in sent["image"])
-            _TREE_BASE[channel] = (job["root"], {e[0]: e for e in job["tree"]})
+        if state is not None and frame_type == proto.RESULT:
+            state.image_checked.update(tuple(e) for e in sent["image"])
+            state.base = (job["root"], {e[0]: e for e in job["tree"]})
         header, out = proto.expected(proto.RESULT, frame_type, header, out)
     except proto.RemoteError as exc:
         # A first JOB sent before READY meets the handshake's refusal: said as that one is.
