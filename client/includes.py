@@ -196,6 +196,7 @@ class Macro(NamedTuple):
 class Directives:
     includes: tuple[Include, ...]
     defines: Mapping[str, tuple[Macro, ...]]
+    timestamp: bool = False  # uses __TIMESTAMP__ (the file's mtime, which a copy lacks)
 
 
 _NO_DIRECTIVES = Directives((), {})
@@ -268,8 +269,9 @@ def _add_define(defines: dict[str, list[Macro]], rest: str) -> None:
 
 def parse_directives(data: bytes) -> Directives:
     """The inclusions and macro definitions of one file's contents (all branches)."""
+    timestamp = b"__TIMESTAMP__" in data
     if b"#" not in data and b"%:" not in data:
-        return _NO_DIRECTIVES
+        return Directives((), {}, True) if timestamp else _NO_DIRECTIVES
     includes: list[Include] = []
     defines: dict[str, list[Macro]] = {}
     for m in _DIRECTIVE.finditer(_strip_comments(data)):
@@ -290,7 +292,7 @@ def parse_directives(data: bytes) -> Directives:
                     includes.append(found)
         else:  # if, elif
             includes.extend(_has_includes(rest))
-    return Directives(tuple(includes), {k: tuple(v) for k, v in defines.items()})
+    return Directives(tuple(includes), {k: tuple(v) for k, v in defines.items()}, timestamp)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -905,12 +907,21 @@ class IncludeAnalyzer:
             entry = self._fs.entry(path)
         return None if entry is None else entry.digest
 
+    def uses_timestamp(self, path: str) -> bool:
+        """Whether the file at path uses __TIMESTAMP__ (True when it cannot be told: a copy
+        of it would then not compile the same)."""
+        directives = self._directives(path)
+        return directives is None or directives.timestamp
+
+    def _directives(self, path: str) -> Directives | None:
+        with self._lock:
+            entry = self._fs.entry(path)
+            return None if entry is None else self._fs.parsed.get(entry.digest)
+
     def quote_includes(self, path: str) -> frozenset[str] | None:
         """The names the file at path includes with quotes (which look in its own directory
         first); None when it has a computed include (any name) or cannot be read."""
-        with self._lock:
-            entry = self._fs.entry(path)
-            directives = None if entry is None else self._fs.parsed.get(entry.digest)
+        directives = self._directives(path)
         if directives is None:
             return None
         names = set()

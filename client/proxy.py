@@ -544,7 +544,6 @@ def _fetch_statuses(hosts: list[Host]) -> dict[str, dict[str, Any] | str]:
     STATUS_TIMEOUT are left out (their threads finish on their own)."""
     from concurrent.futures import ThreadPoolExecutor, wait
 
-    from .remote import RemoteFailure
     from .status import fetch_status
 
     def one(host: Host) -> dict[str, Any] | str:

@@ -46,7 +46,6 @@ IMAGE_TOP = frozenset(
 TREE_REFUSALS = frozenset(("tree", "policy", "protocol", "jail"))
 MAX_TREE_FILES = 20_000
 IMAGE_BACKOFF = 300.0  # seconds a compiler's jobs go preprocessed after an image refused one
-MAX_DIGESTS = 100_000  # files whose digest and __TIMESTAMP__ use are remembered
 
 
 class TreeUnsupported(Exception):
@@ -125,37 +124,11 @@ class Counters:
             }
 
 
-class _Contents:
-    """Per content digest: whether the file uses __TIMESTAMP__ (the source's mtime, which the
-    jail's copy does not have). Read once per content for the proxy's life."""
-
-    def __init__(self) -> None:
-        self._stamp: dict[str, bool] = {}
-        self._lock = threading.Lock()
-
-    def uses_timestamp(self, path: str, digest: str) -> bool:
-        with self._lock:
-            known = self._stamp.get(digest)
-        if known is not None:
-            return known
-        try:
-            with open(path, "rb") as f:
-                found = b"__TIMESTAMP__" in f.read()
-        except OSError:
-            found = True  # unreadable now: do not ship it
-        with self._lock:
-            if len(self._stamp) > MAX_DIGESTS:
-                self._stamp.clear()
-            self._stamp[digest] = found
-        return found
-
-
 class TreeBuilder:
     """Builds tree jobs and checks their answers; one per proxy."""
 
     def __init__(self, analyzer: IncludeAnalyzer | None = None) -> None:
         self.analyzer = analyzer or IncludeAnalyzer()
-        self._contents = _Contents()
         self.counters = Counters()
         self._image_lacks: dict[str, tuple[float, str]] = {}  # identity -> (until, why)
         self._lock = threading.Lock()
@@ -203,7 +176,7 @@ class TreeBuilder:
             if f.path.startswith(system):
                 image.append([f.path, digest])
                 continue
-            if self._contents.uses_timestamp(f.path, digest):
+            if self.analyzer.uses_timestamp(f.path):
                 raise TreeUnsupported(f"{f.path} uses __TIMESTAMP__")
             # Laid out where ".." names it lexically: the jail has no symlinks to make the
             # kernel's answer differ; where this machine's does, the soundness check sees it.

@@ -17,7 +17,7 @@ from jailcc.client.args import analyse
 from jailcc.client.hosts import Host
 from jailcc.client.job import Invocation
 from jailcc.client.remote import RemoteFailure, connect, open_session, run_job
-from jailcc.client.tree import TreeBuilder
+from jailcc.client.tree import TreeBuilder, TreeUnsupported
 from jailcc.images.identity import compiler_identity
 from serverutil import Server, start_server, stop_server
 
@@ -307,3 +307,19 @@ def test_a_same_named_header_nobody_includes_does_not_stop_the_job(server, tmp_p
     (util / "u.h").write_text('#include "limits.h"\n#define U 1\n')
     with pytest.raises(RemoteFailure, match="where this machine has"):
         tree_job(server, cwd, args, drop(util / "limits.h"))
+
+
+@pytest.mark.parametrize("where", ["source", "header"])
+def test_timestamp_users_go_preprocessed(where, tmp_path):
+    """__TIMESTAMP__ is the file's mtime, which the jail's copy does not have."""
+    cwd = project(tmp_path)
+    used = b"const char *when = __TIMESTAMP__;\n"
+    if where == "source":
+        (tmp_path / "proj" / "src" / "main.c").write_bytes(MAIN + used)
+    else:
+        (tmp_path / "proj" / "inc" / "config.h").write_bytes(b"#define LIMIT 3\n" + used)
+    args = ["-O2", "-I../inc", "-c", "../src/main.c", "-o", "main.o"]
+    inv = Invocation(str(cwd), dict(os.environ, LC_ALL="C"), False, 0o022)
+    job = analyse(args, str(cwd), compiler="gcc-12")
+    with pytest.raises(TreeUnsupported, match="__TIMESTAMP__"):
+        TreeBuilder().prepare(GCC, args, job, inv, compiler_identity(GCC))
