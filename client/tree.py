@@ -30,6 +30,7 @@ import time
 from .args import RemoteJob, expand_response_files
 from .includes import Analysis, IncludeAnalyzer
 from .job import Invocation, Outcome, job_env, with_color
+from .job import finish as write_back
 from .remote import RemoteFailure, RemoteResult
 
 TYPE_CHECKING = False
@@ -220,8 +221,6 @@ class TreeBuilder:
     ) -> Outcome:
         """Check the answer and write back what a local compile would have written;
         RemoteFailure (compile locally) whenever it cannot be trusted to be that."""
-        from .job import finish as write_back
-
         try:
             if result.exit_code != 0:
                 # Exact diagnostics even when the jail lacked a header: the local compile's.
