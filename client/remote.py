@@ -52,15 +52,17 @@ class RemoteFailure(Exception):
 class RemoteResult(
     namedtuple(
         "RemoteResult",
-        "exit_code signal limit stdout stderr output times load output_names outputs reads sent",
-        defaults=(None, (), (), (), 0),
+        "exit_code signal limit stdout stderr output times load output_names outputs reads"
+        " misses sent",
+        defaults=(None, (), (), (), None, 0),
     )
 ):
     """What the server answered: exit_code (None if killed by signal), signal, limit (the limit
     that stopped the job, if any), stdout, stderr, output (the file, or None), times, and the
     server's load report (slots, running, queued, owner_busy, speed). A tree job's answer also
     has output_names and outputs (the files it wrote, by absolute path) and reads ((path,
-    digest) of every file the compile read), and sent, the bytes of its JOB and BLOBS frames."""
+    digest) of every file the compile read), misses (the names it looked for in vain, when the
+    jail recorded them; else None), and sent, the bytes of its JOB and BLOBS frames."""
 
     __slots__ = ()
 
@@ -265,7 +267,7 @@ def _send_blobs(
 def _tree_result(
     host: Host, job: dict[str, Any], header: dict[str, Any], out: list[bytes]
 ) -> RemoteResult:
-    names, reads = header.get("outputs"), header.get("reads")
+    names, reads, misses = header.get("outputs"), header.get("reads"), header.get("misses", [])
     if (
         header.get("id") != job["id"]
         or not isinstance(names, list)
@@ -276,6 +278,8 @@ def _tree_result(
             isinstance(r, list) and len(r) == 2 and all(isinstance(x, str) for x in r)
             for r in reads
         )
+        or not isinstance(misses, list)
+        or not all(isinstance(m, str) for m in misses)
     ):
         raise RemoteFailure(f"{host}: malformed result")
     return _result(
@@ -285,4 +289,5 @@ def _tree_result(
         output_names=tuple(names),
         outputs=tuple(out[2:]),
         reads=tuple((r[0], r[1]) for r in reads),
+        misses=tuple(misses) if "misses" in header else None,
     )

@@ -226,6 +226,7 @@ class TreeBuilder:
                 # Exact diagnostics even when the jail lacked a header: the local compile's.
                 raise RemoteFailure(f"{host}: the compile failed remotely; compiling locally")
             check_reads(tree_job, inv.cwd, result.reads, self.analyzer)
+            check_misses(inv.cwd, result.misses or (), self.analyzer)
         except RemoteFailure:
             self.counters.add(local_after_check=1)
             raise
@@ -290,6 +291,19 @@ def check_reads(
                 candidate = os.path.normpath(os.path.join(e, rel))
                 if e != d and candidate not in read and exists(candidate):
                     raise RemoteFailure(f"the jail found {path} where this machine has {candidate}")
+
+
+def check_misses(cwd: str, misses: tuple[str, ...], analyzer: IncludeAnalyzer) -> None:
+    """Every name the jail's compile looked for in vain (a header search going on to the next
+    directory, a __has_include that said no) must find nothing here either: RemoteFailure if
+    this machine has a file there, which the local compile would have read."""
+    listings: dict[str, frozenset[str]] = {}
+    for name in misses:
+        directory, base = os.path.split(_absolute(cwd, name))
+        if directory not in listings:
+            listings[directory] = analyzer.names_in(directory)
+        if base in listings[directory]:
+            raise RemoteFailure(f"the jail found no {name}, which this machine has")
 
 
 def _absolute(cwd: str, name: str) -> str:

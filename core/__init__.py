@@ -10,3 +10,7 @@ __version__ = "0.1.0"
 # A toolchain image's name (its file name without .img): the server's catalog, the image
 # directory and the privileged launcher all check it (a plain string: no `re` at import).
 IMAGE_NAME_PATTERN = r"[A-Za-z0-9][A-Za-z0-9._+-]{0,63}"
+
+# The read log (images/readlog.c): built into images made with --headers, preloaded by the jail
+# into a gcc tree job's compile so that it reports every file it read and every name it missed.
+READ_LOG_LIBRARY = "/usr/libexec/jailcc/readlog.so"

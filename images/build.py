@@ -29,6 +29,7 @@ from jailcc.images.manifest import (
     sha256_file,
 )
 from jailcc.images.probe import CompilerInfo, probe_compiler, system_include_dirs
+from jailcc.images.readlog import add_read_log
 
 # Mountpoints the jail puts its own filesystems on: created empty, never filled from the host.
 MOUNTPOINTS = {"/tmp": 0o1777, "/proc": 0o755, "/dev": 0o755}
@@ -45,9 +46,10 @@ def build_image(
     compression: str = squashfs.DEFAULT_COMPRESSION,
     log: Callable[[str], None] = progress,
     headers: bool = False,
+    read_log: bool = True,
 ) -> Manifest:
     """Build the image `output` holding `compilers` (and, with `headers`, their system
-    headers); return its manifest."""
+    headers and, unless not `read_log`, the read log for tree jobs); return its manifest."""
     started = time.monotonic()
     out = os.path.abspath(output)
     outdir = _check_output(out)
@@ -78,6 +80,9 @@ def build_image(
         root = os.path.join(staging, "root")
         os.mkdir(root, 0o755)
         digests = _stage(tree, root)
+        gcc = next((info.path for info in infos if info.kind == "gcc"), None)
+        if headers and read_log and gcc is not None:
+            digests.update(add_read_log(root, gcc, log))
         manifest = make_manifest(
             [_entry(info, digests) for info in infos],
             files=digests,

@@ -61,6 +61,15 @@ def _parser() -> argparse.ArgumentParser:
         "`COMPILER -E -v` searches for <...>): tree jobs, which ship sources instead of "
         "preprocessed output, compile against them",
     )
+    b.add_argument(
+        "--no-read-log",
+        dest="read_log",
+        action="store_false",
+        help="with --headers, leave out the read log (a small library built with the image's "
+        "gcc that tells the jail every file a compile read): the jail then runs a second, "
+        "preprocessing-only pass for gcc tree jobs with -MMD; for a C library too old to "
+        "build it (before glibc 2.34), or to compare",
+    )
     b.add_argument("-q", "--quiet", action="store_true", help="no progress lines on stderr")
 
     i = sub.add_parser(
@@ -124,7 +133,14 @@ def main(argv: list[str] | None = None) -> int:
             from jailcc.images.build import build_image, progress
 
             log = (lambda _msg: None) if args.quiet else progress
-            build_image(args.compiler, args.output, args.compression, log=log, headers=args.headers)
+            build_image(
+                args.compiler,
+                args.output,
+                args.compression,
+                log=log,
+                headers=args.headers,
+                read_log=args.read_log,
+            )
         elif args.command == "list":
             _list(args.directory or IMAGE_DIR, args.verify)
         elif args.command == "info":

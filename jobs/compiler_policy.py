@@ -190,6 +190,9 @@ DEPS_HEADERS = "headers"  # clang: CC_PRINT_HEADERS=1 CC_PRINT_HEADERS_FILE=FILE
 # adds -header-include-file to cc1, which -grecord-command-line does not record): one header
 # a line, system headers included, the main file not, whatever the -M options
 DEPS_FILE = "file"  # gcc -MD -MF FILE: read FILE, the compile's own make rule (main file too)
+DEPS_LOG = "log"  # gcc, the image has the read log (images/readlog.c): LD_PRELOADed into the
+# user's compile, it records every file cc1 opens and every name it looks for in vain, whatever
+# the -M options; the jail chooses it over the three below when the image holds the log
 DEPS_PASS = "pass"  # anything else (-MMD omits system headers): a preprocessing-only pass
 # first, the same words without -c/-S, -o and the -M options, plus -M -MF FILE -MT x -o
 # /dev/null (it then writes nothing but FILE)

@@ -32,8 +32,8 @@ from typing import Any
 
 import gssapi
 import gssapi.raw
+from jailcc import READ_LOG_LIBRARY, wire
 from jailcc import protocol as proto
-from jailcc import wire
 from jailcc.sandbox.jail_init import CONNECTION_HANDLERS, JailInit, JobRefused
 from jailcc.sandbox.spec import RunLimits
 
@@ -388,11 +388,15 @@ def _run_tree_job(
             "has_output": bool(extra["outputs"]),
             "outputs": extra["outputs"],
             "reads": extra["reads"] or [],
+            **({"misses": extra["misses"] or []} if "misses" in extra else {}),
         },
         blobs,
         compress=[False, False, *(True for _ in blobs[2:])],
     )
     return go_on, True
+
+
+_LISTING_IN_TMP = (policy.DEPS_SUNPRO, policy.DEPS_HEADERS, policy.DEPS_LOG)
 
 
 def _compile_tree(
@@ -402,6 +406,8 @@ def _compile_tree(
     compiler_policy.tree_deps): (the run's result, [stdout, stderr, each output that exists,
     in request order], {"outputs": their paths, "reads": ...})."""
     how, dep_file = job.deps
+    if how != policy.DEPS_HEADERS and _image().read_log:
+        how = policy.DEPS_LOG
     compiler = params["compiler_path"]
     listing = f".jailcc-deps-{os.urandom(8).hex()}"  # in /tmp
     max_names = tree.MAX_TREE_FILES + tree.MAX_OUTPUTS + 1
@@ -427,6 +433,9 @@ def _compile_tree(
     elif how == policy.DEPS_HEADERS:
         env["CC_PRINT_HEADERS"] = "1"
         env["CC_PRINT_HEADERS_FILE"] = f"/tmp/{listing}"
+    elif how == policy.DEPS_LOG:
+        env["LD_PRELOAD"] = READ_LOG_LIBRARY
+        env["JAILCC_READ_LOG"] = f"/tmp/{listing}"
     wanted = job.output_names()
     dep_name = None
     if how == policy.DEPS_FILE:
@@ -438,7 +447,7 @@ def _compile_tree(
         "env": env,
         "inputs": names,
         "outputs": [*wanted, *([dep_name] if dep_name and dep_name not in wanted else [])],
-        "tmp_outputs": [listing] if how in (policy.DEPS_SUNPRO, policy.DEPS_HEADERS) else [],
+        "tmp_outputs": [listing] if how in _LISTING_IN_TMP else [],
     }
     result, blobs = _init_run(init, request, data, max_names)
     got = dict(zip(result["outputs"], blobs[2:], strict=False))
@@ -446,6 +455,12 @@ def _compile_tree(
         listed_text = got.get(dep_name)
     elif how != policy.DEPS_PASS and result["tmp_outputs"]:
         listed_text = blobs[2 + len(result["outputs"])]
+    outputs = [path for path, name in zip(job.outputs, wanted, strict=True) if name in got]
+    out_blobs = [got[path[len(job.root) + 1 :]] for path in outputs]
+    if how == policy.DEPS_LOG:
+        found, missed = tree.log_reads(job, listed_text, _image())
+        extra = {"outputs": outputs, "reads": found, "misses": missed}
+        return result, [blobs[0], blobs[1], *out_blobs], extra
     listed = None
     if listed_text is not None:
         with contextlib.suppress(UnicodeDecodeError):
@@ -454,8 +469,6 @@ def _compile_tree(
                 listed = tree.parse_header_list(text)
             else:
                 listed = tree.parse_make_rule(text)
-    outputs = [path for path, name in zip(job.outputs, wanted, strict=True) if name in got]
-    out_blobs = [got[path[len(job.root) + 1 :]] for path in outputs]
     extra = {"outputs": outputs, "reads": tree.reads(job, listed, _image())}
     return result, [blobs[0], blobs[1], *out_blobs], extra
 

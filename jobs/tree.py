@@ -1,9 +1,10 @@
 """Tree jobs: the user's own compile, run once in the jail at the user's own paths, on files the
 client ships by content (PROTOCOL.md, "Tree jobs"). Here: what a tree JOB may ask for
 (``check_job``), the toolchain image as the jail sees it (``ImageFiles``: which paths are the
-image's files, and their digests), and which files the compile read (``parse_make_rule``,
-``parse_header_list``, ``reads``). The conversation itself (NEED, BLOBS, RESULT) is in
-session.py, the arguments' allowlist in compiler_policy.py.
+image's files, and their digests), and which files the compile read and which names it looked
+for in vain (``parse_make_rule``, ``parse_header_list``, ``log_reads``, ``reads``). The
+conversation itself (NEED, BLOBS, RESULT) is in session.py, the arguments' allowlist in
+compiler_policy.py.
 
 Every check here runs in the jail, unprivileged: the jail is the boundary, these checks keep
 jobs to what the client's soundness check can vouch for and turn what would be a surprise in
@@ -18,6 +19,7 @@ import re
 import stat
 from typing import Any
 
+from jailcc import READ_LOG_LIBRARY
 from jailcc.sandbox.spec import JailLimits
 
 from . import compiler_policy as policy
@@ -31,6 +33,8 @@ MAX_NAME_BYTES = 255  # one component (NAME_MAX)
 MAX_ROOT_BYTES = 1024  # as any work dir (sandbox/rootfs.py validate_workdir)
 MAX_READS = 50000
 MAX_READS_BYTES = 6 * 1024 * 1024  # of the RESULT's header (protocol.MAX_TREE_HEADER)
+MAX_MISSES = 100000
+MAX_MISSES_BYTES = 8 * 1024 * 1024  # the rest of it
 INODE_MARGIN = 64  # beyond the tree's files and directories: outputs, the compile's own files
 PAGE = 4096  # a tmpfs file takes whole pages of the work dir's size
 DIGEST = re.compile(r"sha256:[0-9a-f]{64}")
@@ -92,6 +96,7 @@ class TreeJob:
         "root",
         "sizes",
         "source",
+        "work_dirs",
     )
 
     def __init__(self, **fields: Any) -> None:
@@ -319,6 +324,7 @@ def check_job(
         args=tree_args,
         deps=policy.tree_deps(tree_args, params["compiler_kind"]),
         source=str(header.get("source", os.path.basename(tree_args.input)))[:200],
+        work_dirs=frozenset(f"{root}/{d}" for d in dirs) | {root},
     )
 
 
@@ -350,6 +356,8 @@ class ImageFiles:
                     self.devices.add(st.st_dev)
         self._by_path: dict[str, str | None] = {}
         self._by_inode: dict[tuple[int, int], str] = {}
+        # The image's read log (images/readlog.c), which makes one compile tell all it read.
+        self.read_log = self.digest(READ_LOG_LIBRARY) is not None
 
     def holds_top(self, name: str) -> bool:
         return name in self.tops
@@ -499,3 +507,51 @@ def reads(job: TreeJob, listed: list[str] | None, image: ImageFiles) -> list[lis
         if len(out) > MAX_READS or size > MAX_READS_BYTES:
             return None
     return out
+
+
+def parse_read_log(data: bytes) -> tuple[list[str], list[str]] | None:
+    """(names opened for reading, names looked for in vain), each once, in order, from a read
+    log (images/readlog.c: "R" or "M" and a name, NUL-terminated); None when a record cannot be
+    trusted (a relative name we cannot place, a cut-off record, a name that is not UTF-8)."""
+    if data and not data.endswith(b"\0"):
+        return None
+    opened: dict[str, None] = {}
+    missed: dict[str, None] = {}
+    for record in data.split(b"\0")[:-1]:
+        kind, name = record[:1], record[1:]
+        if kind not in (b"R", b"M") or not name:
+            return None
+        try:
+            text = name.decode()
+        except UnicodeDecodeError:
+            return None
+        (opened if kind == b"R" else missed)[text] = None
+    return list(opened), list(missed)
+
+
+def log_reads(
+    job: TreeJob, data: bytes | None, image: ImageFiles
+) -> tuple[list[list[str]] | None, list[str] | None]:
+    """(reads as ``reads`` gives them, names looked for in vain) from the compile's read log;
+    (None, None) when it is missing, cannot be trusted, or is too large to report: the client
+    then compiles locally. A directory the log saw opened counts as looked for in vain: gcc
+    opens a name found on the include path, and goes on searching when it is a directory
+    (libcpp open_file)."""
+    parsed = parse_read_log(data) if data is not None else None
+    # cc1 opens the main file by its name as given: no such record, no working log.
+    if parsed is None or job.args.input not in parsed[0]:
+        return None, None
+    opened, missed = parsed
+    files = []
+    for name in opened:
+        path = os.path.normpath(os.path.join(job.cwd, name))
+        if policy.beneath(path, job.root):
+            is_dir = path in job.work_dirs
+        else:
+            is_dir = image.holds_top(path.split("/")[1]) and os.path.isdir(path)
+        (missed if is_dir else files).append(name)
+    size = sum(len(name) + 4 for name in missed)
+    if len(missed) > MAX_MISSES or size > MAX_MISSES_BYTES:
+        return None, None
+    found = reads(job, files, image)
+    return (found, missed) if found is not None else (None, None)

@@ -32,8 +32,9 @@ def pytest_configure(config: pytest.Config) -> None:
             print(f"conftest: WARNING: {exc}", file=sys.stderr)
 
 
-def build_image(out: Path, *compilers: str, headers: bool = False) -> Path:
+def build_image(out: Path, *compilers: str, headers: bool = False, read_log: bool = True) -> Path:
     cmd = [str(BIN / "jailcc-image"), "build", "-o", str(out), *(["--headers"] if headers else [])]
+    cmd += [] if read_log else ["--no-read-log"]
     for compiler in compilers:
         cmd += ["--compiler", compiler]
     subprocess.run(cmd, check=True, capture_output=True)

@@ -309,6 +309,24 @@ def test_a_same_named_header_nobody_includes_does_not_stop_the_job(server, tmp_p
         tree_job(server, cwd, args, drop(util / "limits.h"))
 
 
+def test_a_header_only_a_computed_has_include_asks_for_is_checked(server, tmp_path):
+    """A __has_include the analysis cannot see through, and it left the header out: the jail's
+    answer was no, this machine's is yes, so the objects would differ. No file was read that
+    could show it; the name the jail looked for in vain does."""
+    cwd = project(tmp_path)
+    extra = tmp_path / "proj" / "inc" / "extra.h"
+    extra.write_bytes(b"#define EXTRA 7\n")
+    asks = (
+        b"#define NAME <extra.h>\n#if __has_include(NAME)\n#include NAME\n"
+        b"#else\n#define EXTRA 0\n#endif\n"
+    )
+    (tmp_path / "proj" / "src" / "main.c").write_bytes(asks + MAIN + b"int extra = EXTRA;\n")
+    args = ["-O2", "-I../inc", "-c", "../src/main.c", "-o", "main.o"]
+    assert tree_job(server, cwd, args).exit_code == 0
+    with pytest.raises(RemoteFailure, match=r"the jail found no \.\./inc/extra\.h, which this"):
+        tree_job(server, cwd, args, drop(extra))
+
+
 @pytest.mark.parametrize("where", ["source", "header"])
 def test_timestamp_users_go_preprocessed(where, tmp_path):
     """__TIMESTAMP__ is the file's mtime, which the jail's copy does not have."""

@@ -13,7 +13,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from conftest import BIN, requires_root
+from conftest import BIN, build_image, requires_root
 from jailcc import protocol as proto
 from jailcc.images.identity import compiler_identity
 from serverutil import Server, start_server, stop_server
@@ -155,7 +155,7 @@ def test_only_what_changed_is_asked_for(server, tmp_path):
         assert need == [digest(b"#define A 43\n")]
         assert frame_type == proto.RESULT and header["exit_code"] == 0
         assert ["inc/a.h", digest(b"#define A 43\n")] in header["reads"]
-    # Without -M options (gcc: SUNPRO_DEPENDENCIES), and with -MMD (a preprocessing pass).
+    # Without -M options, and with -MMD (whose rule leaves the system headers out).
     for args in (ARGS[:8], [*ARGS[:8], "-MMD"]):
         with connect(server) as sock:
             _, frame_type, header, out = run(sock, project.job(ident, args), project.blobs())
@@ -420,9 +420,8 @@ def test_file_names_with_spaces_dollars_and_hashes(server, tmp_path):
     source = b'#include "b$h#.h"\nint f(void) { return B; }\n'
     project = Project(tmp_path, {"src/x.c": source, f"src/{name}": b"#define B 1\n"})
     for compiler, args in [
-        (GCC, ["-c", "x.c", "-I", "inc dir"]),  # SUNPRO_DEPENDENCIES
-        (GCC, ["-c", "x.c", "-I", "inc dir", "-MD", "-MF", "x.d"]),  # the -MF file
-        (GCC, ["-c", "x.c", "-I", "inc dir", "-MMD"]),  # a preprocessing pass
+        (GCC, ["-c", "x.c", "-I", "inc dir"]),  # the read log
+        (GCC, ["-c", "x.c", "-I", "inc dir", "-MMD"]),
         (CLANG, ["-c", "x.c", "-I", "inc dir"]),  # CC_PRINT_HEADERS
     ]:
         with connect(server, compiler) as sock:
@@ -468,3 +467,75 @@ def test_a_tree_sent_as_a_difference_from_the_last_one(server, tmp_path):
         # Both ways at once is malformed.
         both = {**delta, "tree": changed["tree"]}
         assert "either tree or tree_delta" in refused(sock, both)["message"]
+
+
+def test_the_read_log_tells_every_file_read_and_every_name_looked_for(server, tmp_path):
+    """gcc with -MMD (whose rule omits system headers) in one compile: the image's read log
+    reports the system headers read, and the names the header search and __has_include
+    looked for in vain, a directory on the include path among them."""
+    source = X_C + b'#if __has_include("nothere.h")\n#error no\n#endif\n'
+    files = {"src/x.c": source, "src/inc/a.h": A_H, "src/inc/stdio.h/keep": b""}
+    project = Project(tmp_path, files)
+    args = ["-g", "-O2", "-c", "x.c", "-o", "x.o", "-Iinc", "-MMD", "-MP"]
+    done = local(GCC, project, args)
+    assert done.returncode == 0, done.stderr
+    obj, deps = (project.cwd / "x.o").read_bytes(), (project.cwd / "x.d").read_bytes()
+    with connect(server) as sock:
+        _, frame_type, header, out = run(
+            sock, project.job(compiler_identity(GCC), args), project.blobs()
+        )
+    assert frame_type == proto.RESULT and header["exit_code"] == 0, out[1]
+    assert out[2:] == [obj, deps]
+    names = [name for name, _ in header["reads"]]
+    assert {"x.c", "inc/a.h", "/usr/include/stdio.h", "/usr/include/stdc-predef.h"} <= set(names)
+    check_reads(project, header["reads"])
+    assert {"nothere.h", "inc/nothere.h", "inc/stdio.h"} <= set(header["misses"])
+    assert "inc/stdio.h" not in names
+    for name in header["misses"]:
+        assert not (project.cwd / name).is_file(), name
+
+
+def test_read_logs_are_trusted_only_whole():
+    from jailcc.jobs.tree import parse_read_log
+
+    assert parse_read_log(b"Rx.c\0M/usr/include/a.h\0Rx.c\0") == (["x.c"], ["/usr/include/a.h"])
+    assert parse_read_log(b"") == ([], [])
+    for bad in (b"Rx.c", b"?\0", b"R\0", b"Xx.c\0", b"R\xff.h\0"):
+        assert parse_read_log(bad) is None, bad
+
+
+@pytest.fixture(scope="module")
+def server_without_read_log(images_dir: Path, tmp_path_factory: pytest.TempPathFactory):
+    """gcc-12 with its headers, built with --no-read-log: the jail learns what a compile read
+    from gcc's own dependency output."""
+    image = build_image(images_dir / "no-read-log.img", GCC, headers=True, read_log=False)
+    srv = start_server(tmp_path_factory.mktemp("no-read-log"), image, "--allow-user", "root")
+    yield srv
+    stop_server(srv)
+
+
+@pytest.mark.parametrize(
+    "deps",
+    [
+        [],  # SUNPRO_DEPENDENCIES
+        ["-MD", "-MF", "x.d"],  # the user's own -MF file
+        ["-MMD", "-MP"],  # a preprocessing-only pass first
+    ],
+)
+def test_without_the_read_log_the_compilers_dependency_output_tells(
+    server_without_read_log, tmp_path, deps
+):
+    project = Project(tmp_path)
+    args = [*ARGS[:8], *deps]
+    done = local(GCC, project, args)
+    assert done.returncode == 0, done.stderr
+    wanted = [project.cwd / "x.o", *([project.cwd / "x.d"] if deps else [])]
+    expected = [path.read_bytes() for path in wanted]
+    job = project.job(compiler_identity(GCC), args, outputs=[str(p) for p in wanted])
+    with connect(server_without_read_log) as sock:
+        _, frame_type, header, out = run(sock, job, project.blobs())
+    assert frame_type == proto.RESULT and header["exit_code"] == 0, out[1]
+    assert out[2:] == expected and "misses" not in header
+    names = [name for name, _ in header["reads"]]
+    assert {"x.c", "inc/a.h", "/usr/include/stdio.h", "/usr/include/stdc-predef.h"} <= set(names)
+    check_reads(project, header["reads"])
