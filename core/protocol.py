@@ -257,7 +257,7 @@ def _parse(
         raise ProtocolError("bad header length")
     header = json_object(read(head_len), ProtocolError)
     sizes = header.pop("blobs", [])
-    raws = header.pop("raw", [None] * len(sizes))
+    raws = header.pop("raw", [None] * len(sizes) if isinstance(sizes, list) else None)
     if (
         not isinstance(sizes, list)
         or not isinstance(raws, list)

@@ -213,6 +213,17 @@ def test_decode_refuses_deep_nesting_without_recursing():
     assert proto.decode(frame, 1 << 20)[1] == {"a": "[" * 1000 + '"[[[', "b": [[1]]}
 
 
+@pytest.mark.parametrize(
+    "table", [b'"blobs":null', b'"blobs":7', b'"blobs":[1],"raw":null', b'"blobs":"ab"']
+)
+def test_a_blob_table_of_the_wrong_type_is_a_protocol_error(table):
+    # Found by tests/fuzz (target "job"): "blobs": null raised TypeError, not ProtocolError.
+    head = b"{" + table + b"}"
+    frame = struct.pack(">IBI", 5 + len(head), proto.JOB, len(head)) + head
+    with pytest.raises(proto.ProtocolError, match="malformed blob table"):
+        proto.decode(frame, 1 << 20)
+
+
 def test_connection_caps_keep_a_share_for_authenticated_peers():
     from jailcc.server.service import ConnectionCaps
 
