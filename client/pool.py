@@ -156,7 +156,7 @@ class Pool:
         while True:
             link = self._place(key, size, kind, identity, tried, held_until)
             if link is None:
-                raise self._nowhere(reasons, tell_user)
+                raise self._nowhere(reasons, tell_user, identity)
             span.server = str(link.host)
             for attempt in range(2):
                 channel, fresh, why = self._checkout(link, identity)
@@ -350,10 +350,17 @@ class Pool:
                     self._back_off(link, failure)
             return failure
 
-    def _nowhere(self, reasons: list[str], tell_user: bool) -> RemoteFailure:
+    def _nowhere(self, reasons: list[str], tell_user: bool, identity: str) -> RemoteFailure:
         """Why a job found no server: the servers' own words when they have something to tell
         the user (no ticket, no image), else, when none could be reached, what to check."""
+        now = time.monotonic()
         with self._lock:
+            lacking = [str(k.host) for k in self.links if k.lacks_image(identity, now)]
+            if self.links and len(lacking) == len(self.links) and not reasons:
+                # Said once, loudly, by the job that learned it; quietly from then on.
+                return RemoteFailure(
+                    f"no toolchain image for this compiler on {', '.join(lacking)}", code="image"
+                )
             # Servers left alone after a failure the user can act on (warmer connections
             # refused before this job came): their words, not "unreachable".
             told = [k.last_told for k in self.links if not k.usable and k.last_told]

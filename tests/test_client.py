@@ -253,7 +253,25 @@ def test_a_compiler_without_a_matching_image_stays_local(server, tmp_path):
     # Said without JAILCC_VERBOSE too: which compiler, and how to add it on the server.
     said = where(rres.stderr)
     assert "has no toolchain image for /usr/lib/llvm-16/bin/clang" in said, said
-    assert "jailcc-image build --compiler /usr/lib/llvm-16/bin/clang" in said
+    assert "jailcc-image build --headers --compiler /usr/lib/llvm-16/bin/clang" in said
+
+
+def test_later_jobs_of_a_compiler_no_server_has_say_so_too(server, tmp_path):
+    """The proxy remembers the server lacks the image; its later jobs say that, not that
+    every server stayed full."""
+    work = tree(tmp_path)
+    (tmp_path / "run").mkdir(mode=0o700)
+    env = env_for(server, XDG_RUNTIME_DIR=str(tmp_path / "run"))
+    subprocess.run([JAILCC, "proxy", "start"], env=env, check=True, capture_output=True)
+    try:
+        argv = [JAILCC, "clang-16", "-O2", "-c", "src/main.c", "-o", "obj/main.o"]
+        first, second = run(argv, work, env), run(argv, work, env)
+    finally:
+        subprocess.run([JAILCC, "proxy", "stop"], env=env, capture_output=True, timeout=60)
+    assert first.returncode == second.returncode == 0
+    assert "has no toolchain image for /usr/lib/llvm-16/bin/clang" in where(first.stderr)
+    said = where(second.stderr)
+    assert f"no toolchain image for this compiler on unix:{server.socket_path}" in said, said
 
 
 def test_masquerade_symlinks_find_the_real_compiler_and_never_recurse(server, tmp_path):
@@ -303,10 +321,10 @@ def test_make_j_with_cc_jailcc(server, tmp_path):
 
 def test_clang_debug_info_stays_local(server, tmp_path):
     # clang has no directives-only mode; its -g objects would differ after separate
-    # preprocessing, so they compile locally (unless JAILCC_DEBUG_REMOTE=1).
+    # preprocessing, so they compile locally (unless JAILCC_DEBUG_REMOTE=1). Shipped as
+    # sources they go remote: tests/test_tree_client.py.
     work = tree(tmp_path)
-    rres = run(
-        [JAILCC, "clang-16", "-g", "-c", "src/main.c", "-o", "obj/x.o"], work, env_for(server)
-    )
+    env = env_for(server, JAILCC_SHIP="preprocessed")
+    rres = run([JAILCC, "clang-16", "-g", "-c", "src/main.c", "-o", "obj/x.o"], work, env)
     assert rres.returncode == 0
     assert "local (" in where(rres.stderr) and "debug info" in where(rres.stderr)
