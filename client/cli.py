@@ -49,11 +49,14 @@ environment:
                   1: send clang's -g compiles too, accepting debug info whose line and
                   column numbers differ from a local compile's (gcc's -g compiles go remote
                   in an exact mode; clang's compile locally by default)
-  JAILCC_SHIP     "sources": the proxy ships the source and the headers it reads (only
-                  those a server lacks) and the server runs your own command once at your
-                  paths, instead of shipping preprocessed output; jobs it cannot ship that
-                  way go preprocessed, and JAILCC_VERBOSE=1 says which mode ran and why
-                  (default: preprocessed; experimental, see docs/include-analysis.md)
+  JAILCC_SHIP     "sources" (the default): the proxy ships the source and the files it
+                  reads (only those a server lacks) and the server runs your own command
+                  once at your paths; jobs it cannot ship that way (a server image built
+                  without --headers, system headers that differ from the image's...) go as
+                  preprocessed output, and JAILCC_VERBOSE=1 says which mode ran and why.
+                  "preprocessed": always ship preprocessed output, as distcc does.
+                  Without the proxy (JAILCC_PROXY=0) jobs always go preprocessed
+                  (docs/include-analysis.md)
   JAILCC_DISCOVER how the proxy finds servers beyond JAILCC_HOSTS: "mdns" (DNS-SD on the
                   local network) and/or "srv:DOMAIN" (DNS SRV _jailcc._tcp.DOMAIN);
                   default "mdns" when no hosts are configured (JAILCC_HOSTS or a

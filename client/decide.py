@@ -90,6 +90,7 @@ def source_of(args: list[str]) -> str:
 
 
 def ships_sources(inv: Invocation) -> bool:
-    """Whether this compile may go as a tree job (client/tree.py): asked for, through the
-    proxy (which holds the include analysis; a process of its own never ships sources)."""
-    return inv.env.get("JAILCC_SHIP") == "sources" and inv.through_proxy
+    """Whether this compile may go as a tree job (client/tree.py): unless JAILCC_SHIP says
+    "preprocessed", through the proxy (which holds the include analysis; a process of its own
+    never ships sources)."""
+    return inv.env.get("JAILCC_SHIP", "sources") != "preprocessed" and inv.through_proxy

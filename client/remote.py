@@ -110,7 +110,7 @@ def missing_image(host: Host, identity: str) -> RemoteFailure:
     compiler = compiler_of(identity) or "/usr/bin/COMPILER"
     return RemoteFailure(
         f"{host} has no toolchain image for {compiler} (identity {identity[:19]}); on the"
-        f" server: `jailcc-image build --compiler {compiler} -o"
+        f" server: `jailcc-image build --headers --compiler {compiler} -o"
         f" {os.path.basename(compiler)}.img`, put it in the image directory, then"
         " `systemctl reload jailccd` (or SIGHUP it)",
         tell_user=True,

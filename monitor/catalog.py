@@ -57,7 +57,7 @@ def name_images(paths: list[str], usable: Callable[[str], bool] = os.path.isfile
         if not usable(path):
             raise ImageError(
                 f"toolchain image {path} does not exist: build one with"
-                " `jailcc-image build --compiler /usr/bin/gcc-12 -o gcc-12.img`"
+                " `jailcc-image build --headers --compiler /usr/bin/gcc-12 -o gcc-12.img`"
             )
         images[name] = path
     return images

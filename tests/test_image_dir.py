@@ -84,7 +84,7 @@ def test_images_come_and_go_on_sighup(image_dir, clang_image, tmp_path):
         assert "compiling locally" in said
         identity = compiler_identity("/usr/bin/clang-16")
         assert f"identity {identity[:19]}" in said
-        assert f"jailcc-image build --compiler {clang} -o clang.img" in said
+        assert f"jailcc-image build --headers --compiler {clang} -o clang.img" in said
 
         put(clang_image, image_dir)
         rescan(server, "image added: clang-16")
@@ -93,7 +93,7 @@ def test_images_come_and_go_on_sighup(image_dir, clang_image, tmp_path):
         os.unlink(image_dir / "clang-16.img")
         rescan(server, "image retired: clang-16")
         said = compile_with("clang-16", server, tmp_path)
-        assert "compiling locally" in said and "jailcc-image build --compiler" in said
+        assert "compiling locally" in said and "jailcc-image build --headers --compiler" in said
         assert "remote on" in compile_with("gcc-12", server, tmp_path)
     finally:
         stop_server(server)

@@ -39,9 +39,12 @@ def server(
     stop_server(srv)
 
 
-def env_for(server: Server | None) -> dict[str, str]:
+def env_for(server: Server | None, ship: str = "preprocessed") -> dict[str, str]:
+    # Preprocessed jobs by default, whose failed compiles come back as the answer too (a tree
+    # job's failed compile is compiled locally); tree jobs write their outputs through the
+    # same client/outputs.py (test_tree_jobs_leave_outputs_as_the_local_compiler_does).
     hosts = f"unix:{server.socket_path}" if server else "unix:/nonexistent.sock"
-    return dict(os.environ, JAILCC_VERBOSE="1", LC_ALL="C", JAILCC_HOSTS=hosts)
+    return dict(os.environ, JAILCC_VERBOSE="1", LC_ALL="C", JAILCC_HOSTS=hosts, JAILCC_SHIP=ship)
 
 
 def snapshot(top: Path) -> dict[str, tuple]:
@@ -90,13 +93,19 @@ def mkchr(name: str) -> Callable[[Path], None]:
 
 
 def compile_both(
-    tmp: Path, server: Server, compiler: str, args: list[str], source: bytes, prepare
+    tmp: Path,
+    server: Server,
+    compiler: str,
+    args: list[str],
+    source: bytes,
+    prepare,
+    ship: str = "preprocessed",
 ) -> tuple[subprocess.CompletedProcess, subprocess.CompletedProcess, dict, dict]:
     """Run the local compile and jailcc's in twin trees at the same path (for identical
     objects); return both processes and both snapshots."""
     same = tmp / "build"
     results = []
-    for env in (None, env_for(server)):
+    for env in (None, env_for(server, ship)):
         same.mkdir()
         (same / "x.c").write_bytes(source)
         if prepare is not None:
@@ -147,6 +156,28 @@ def test_outputs_are_left_as_the_local_compiler_leaves_them(
         assert "leaves part of its output" in where(ours.stderr), ours.stderr
     else:
         assert "remote on unix:" in where(ours.stderr), ours.stderr
+    assert our_tree == local_tree
+
+
+@pytest.fixture(scope="module")
+def tree_server(headers_server: Server) -> Server:
+    """The server with system headers, its proxy started (tree jobs go through a proxy)."""
+    env = env_for(headers_server, "sources")
+    subprocess.run([JAILCC, "proxy", "start"], env=env, check=True, capture_output=True)
+    return headers_server
+
+
+@pytest.mark.parametrize("compiler", ["gcc-12", "clang-16"])
+@pytest.mark.parametrize(("output", "prepare", "source"), CASES[:7], ids=IDS[:7])
+def test_tree_jobs_leave_outputs_as_the_local_compiler_does(
+    tree_server, tmp_path, compiler, output, prepare, source
+):
+    args = ["-O2", "-c", "x.c", "-o", output]
+    local, ours, local_tree, our_tree = compile_both(
+        tmp_path, tree_server, compiler, args, source, prepare, ship="sources"
+    )
+    assert ours.returncode == local.returncode == 0, ours.stderr
+    assert "remote (sources) on unix:" in where(ours.stderr), ours.stderr
     assert our_tree == local_tree
 
 
