@@ -31,6 +31,11 @@ from .trace import Span
 
 MAX_RESULT = 1 << 30
 LACKS_RECHECK = 60.0  # seconds before a server without our compiler's image is asked again
+# A server whose image lacks or differs in a system header (built without --headers, another
+# libc: jobs/tree.py's words) would refuse every tree job of that compiler: it gets none for
+# this long, and the others take them.
+TREES_RECHECK = 300.0
+IMAGE_REFUSALS = ("is not in the image", "differs from the image's copy")
 # Refusals that say something about the job, not the server: another server would say the same.
 JOB_REFUSALS = ("policy", "jail", "protocol", "tree")
 # Refusals that say the server cannot take it now (full, or its owner took the desktop back):
@@ -64,6 +69,8 @@ class Link:
         # Identities this server had no image for, and when it said so: asked again after
         # LACKS_RECHECK seconds, since an admin may add the image (SIGHUP) at any time.
         self.lacks: dict[str, float] = {}
+        # Identities whose tree jobs this server's image refused: when, and its words.
+        self.refused_trees: dict[str, tuple[float, str]] = {}
         self.load: dict[str, Any] = {}  # the server's last load report
         self.load_at = 0.0
         self.jobs = 0
@@ -73,6 +80,11 @@ class Link:
     def lacks_image(self, identity: str, now: float) -> bool:
         said = self.lacks.get(identity)
         return said is not None and now - said < LACKS_RECHECK
+
+    def refuses_trees(self, identity: str, now: float) -> str | None:
+        """Why this server's image refused this compiler's tree jobs lately, else None."""
+        when, why = self.refused_trees.get(identity, (0.0, ""))
+        return why if now - when < TREES_RECHECK else None
 
     @property
     def usable(self) -> bool:
@@ -138,7 +150,9 @@ class Pool:
         """Run a job where the placement policy (placement.py, the code the farm simulator
         measures) expects it to finish soonest; hold it while every server it may use is full;
         retry elsewhere after a failure; RemoteFailure when no server would do it. `span`
-        gets the job's queue and remote phases, per attempt, and its server (trace.py)."""
+        gets the job's queue and remote phases, per attempt, and its server (trace.py). A tree
+        job (``provide`` given) that a server's image refuses goes to another server; when none
+        is left, RemoteFailure "tree" (the caller ships it preprocessed)."""
         waiting = time.time()
         with self._lock:
             if identity not in self.identities:
@@ -147,6 +161,8 @@ class Pool:
         reasons: list[str] = []
         tell_user = False
         tried: set[str] = set()
+        trees = provide is not None
+        refused_trees: list[str] = []
         if size is None:
             size = len(blobs[0]) if blobs else 0
         wire = sum(len(b) for b in blobs)
@@ -154,8 +170,10 @@ class Pool:
         key = object()
         held_until = time.monotonic() + WAIT_FOR_ROOM
         while True:
-            link = self._place(key, size, kind, identity, tried, held_until)
+            link = self._place(key, size, kind, identity, tried, held_until, trees)
             if link is None:
+                if refused_trees:
+                    raise RemoteFailure(refused_trees[-1], code="tree")
                 raise self._nowhere(reasons, tell_user, identity)
             span.server = str(link.host)
             for attempt in range(2):
@@ -176,7 +194,13 @@ class Pool:
                     waiting = span.phase("remote", sending)
                     if exc.code in JOB_REFUSALS:
                         self._checkin(link, identity, channel, wire, key)  # the link is fine
-                        raise
+                        if not (trees and exc.code == "tree" and _image_refusal(exc.reason)):
+                            raise
+                        with self._lock:
+                            link.refused_trees[identity] = (time.monotonic(), exc.reason)
+                        tried.add(str(link.host))
+                        refused_trees.append(exc.reason)
+                        break
                     if exc.code in ELSEWHERE:
                         self._checkin(link, identity, channel, wire, key, evicted=True)
                         with self._lock:
@@ -202,7 +226,14 @@ class Pool:
                 return link.host, result
 
     def _place(
-        self, key: object, size: int, kind: str, identity: str, tried: set[str], until: float
+        self,
+        key: object,
+        size: int,
+        kind: str,
+        identity: str,
+        tried: set[str],
+        until: float,
+        trees: bool = False,
     ) -> Link | None:
         """The server for this job (dispatched to it in the policy's books), waiting while all
         it may use are full; None when there is none to use at all."""
@@ -214,6 +245,7 @@ class Pool:
                     for k in self.links
                     if k.usable
                     and not k.lacks_image(identity, now)
+                    and not (trees and k.refuses_trees(identity, now))
                     and str(k.host) not in tried
                     and not self._placement_backs_off(str(k.host), now)
                 }
@@ -350,6 +382,17 @@ class Pool:
                     self._back_off(link, failure)
             return failure
 
+    def refuses_trees(self, identity: str) -> str | None:
+        """Why no server would take this compiler's tree jobs now (every one that has its
+        image refused them lately), else None: the caller then need not analyse a job."""
+        now = time.monotonic()
+        with self._lock:
+            serving = [k for k in self.links if not k.lacks_image(identity, now)]
+            said = [k.refuses_trees(identity, now) for k in serving]
+        if not serving or not all(said):
+            return None
+        return said[-1]
+
     def _nowhere(self, reasons: list[str], tell_user: bool, identity: str) -> RemoteFailure:
         """Why a job found no server: the servers' own words when they have something to tell
         the user (no ticket, no image), else, when none could be reached, what to check."""
@@ -437,3 +480,7 @@ class Pool:
     def status(self) -> list[dict[str, Any]]:
         with self._lock:
             return [link.status() for link in self.links]
+
+
+def _image_refusal(reason: str) -> bool:
+    return any(words in reason for words in IMAGE_REFUSALS)

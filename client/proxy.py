@@ -386,6 +386,10 @@ class Proxy:
 
         try:
             identity = compiler_identity(compiler)
+            refused = self.pool.refuses_trees(identity)
+            if refused is not None:
+                # Not worth the analysis: no server's image would take it (pool.py).
+                raise TreeUnsupported(f"every server's image refused this compiler's: {refused}")
             tree_job = self.trees.prepare(compiler, args, job, inv, identity)
         except (TreeUnsupported, ImageError) as exc:
             self.trees.counters.add(preprocessed_instead=1)
@@ -398,7 +402,6 @@ class Proxy:
         except RemoteFailure as exc:
             if exc.code not in TREE_REFUSALS:
                 raise
-            self.trees.refused(identity, exc.reason)
             self.trees.counters.add(preprocessed_instead=1)
             return None, exc.reason
         span.server_times = result.times

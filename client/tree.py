@@ -46,7 +46,6 @@ IMAGE_TOP = frozenset(
 # its tree-job allowlist refuses, or a server that does not know tree jobs.
 TREE_REFUSALS = frozenset(("tree", "policy", "protocol", "jail"))
 MAX_TREE_FILES = 20_000
-IMAGE_BACKOFF = 300.0  # seconds a compiler's jobs go preprocessed after an image refused one
 
 
 class TreeUnsupported(Exception):
@@ -131,17 +130,6 @@ class TreeBuilder:
     def __init__(self, analyzer: IncludeAnalyzer | None = None) -> None:
         self.analyzer = analyzer or IncludeAnalyzer()
         self.counters = Counters()
-        self._image_lacks: dict[str, tuple[float, str]] = {}  # identity -> (until, why)
-        self._lock = threading.Lock()
-
-    def refused(self, identity: str, reason: str) -> None:
-        """A server refused a tree job of this compiler. When its image lacks or differs in a
-        system header (an image built without --headers, another libc), every job of the
-        build would meet the same refusal: ship this compiler's jobs preprocessed for a while
-        rather than pay a round trip each."""
-        if "is not in the image" in reason or "differs from the image's copy" in reason:
-            with self._lock:
-                self._image_lacks[identity] = (time.monotonic() + IMAGE_BACKOFF, reason)
 
     def prepare(
         self, compiler: str, args: list[str], job: RemoteJob, inv: Invocation, identity: str
@@ -150,10 +138,6 @@ class TreeBuilder:
         TreeUnsupported."""
         if job.preprocessed:
             raise TreeUnsupported("the input is already preprocessed")
-        with self._lock:
-            until, why = self._image_lacks.get(identity, (0.0, ""))
-        if time.monotonic() < until:
-            raise TreeUnsupported(f"a server's image refused this compiler's tree jobs: {why}")
         try:
             words = expand_response_files(args, inv.cwd)
         except ValueError as exc:

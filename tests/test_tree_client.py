@@ -197,7 +197,8 @@ def test_zlib_with_debian_flags_and_g_matches_a_local_build(sources, server, tmp
 
 def test_an_image_without_headers_sends_the_jobs_preprocessed(gcc_image, tmp_path):
     """An image built without --headers refuses tree jobs: the job goes preprocessed, and the
-    proxy stops trying this compiler's tree jobs for a while instead of paying each time."""
+    proxy stops trying this compiler's tree jobs there for a while instead of paying each
+    time (and, with no other server, stops analysing them)."""
     srv = start_server(tmp_path / "srv", gcc_image, "--allow-user", "root")
     cwd = project(tmp_path)
     env = ship_env(srv, tmp_path / "run")
@@ -215,7 +216,31 @@ def test_an_image_without_headers_sends_the_jobs_preprocessed(gcc_image, tmp_pat
         subprocess.run([JAILCC, "proxy", "stop"], env=env, capture_output=True, timeout=60)
         stop_server(srv)
     assert "remote on" in said[0] and "is not in the image" in said[0], said[0]
-    assert "remote on" in said[1] and "a server's image refused" in said[1], said[1]
+    assert "remote on" in said[1] and "every server's image refused" in said[1], said[1]
+
+
+def test_a_server_whose_image_refuses_tree_jobs_leaves_them_to_the_others(
+    gcc_image, headers_server, tmp_path
+):
+    """A farm in the middle of a move to --headers images: tree jobs go to the server that
+    takes them, whichever the proxy tried first, and keep going there."""
+    plain = start_server(tmp_path / "plain", gcc_image, "--allow-user", "root")
+    cwd = project(tmp_path)
+    env = ship_env(headers_server, tmp_path / "run")
+    env["JAILCC_HOSTS"] = f"unix:{plain.socket_path} unix:{headers_server.socket_path}"
+    args = ["-O2", "-I../inc", "-c", "../src/main.c", "-o", "main.o"]
+    try:
+        subprocess.run([JAILCC, "proxy", "start"], env=env, check=True, capture_output=True)
+        for _ in range(4):
+            done = subprocess.run(
+                [JAILCC, "gcc-12", *args], cwd=cwd, env=env, capture_output=True, timeout=120
+            )
+            assert done.returncode == 0, done.stderr
+            said = done.stderr.decode()
+            assert f"remote (sources) on unix:{headers_server.socket_path}" in said, said
+    finally:
+        subprocess.run([JAILCC, "proxy", "stop"], env=env, capture_output=True, timeout=60)
+        stop_server(plain)
 
 
 # The preprocessed model's known limits (tests/test_args.py, strict xfail there): one compile of
