@@ -15,7 +15,7 @@ HARNESS = Path(__file__).resolve().parent / "fuzz" / "fuzz_frames.py"
 SECONDS = int(os.environ.get("JAILCC_FUZZ_SECONDS", "10"))
 
 
-@pytest.mark.parametrize("target", ["preauth", "decode", "sealed", "job", "wire"])
+@pytest.mark.parametrize("target", ["preauth", "decode", "sealed", "job", "wire", "readlog"])
 def test_fuzz_target_finds_no_crash(target: str, tmp_path: Path) -> None:
     pytest.importorskip("atheris")
     corpus = HARNESS.parent / "corpus" / target

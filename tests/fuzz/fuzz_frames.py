@@ -14,6 +14,8 @@ Targets:
            checks, then the frame inside
   job      a JOB frame into session._check_job, the jail's check of a job header
   wire     core/wire.py: recv_message (a jail's stream channel) and recv_packet (SEQPACKET)
+  readlog  jobs/tree.py log_reads: the read log a tree job's compile wrote (images/readlog.c),
+           bytes the user's own compile controls
 """
 
 from __future__ import annotations
@@ -31,7 +33,7 @@ with atheris.instrument_imports(include=["jailcc"]):
     from jailcc import protocol as proto
     from jailcc import wire
     from jailcc.jobs import compiler_policy as policy
-    from jailcc.jobs import session
+    from jailcc.jobs import session, tree
     from jailcc.sandbox.spec import RunLimits
     from jailcc.server import service
 
@@ -125,12 +127,37 @@ def wire_channels(data: bytes) -> None:
         wire.recv_packet(receiver)
 
 
+class _NoImage:
+    """The image as a jail with none of the logged names sees it."""
+
+    def holds_top(self, name: str) -> bool:
+        return False
+
+    def digest(self, path: str) -> str | None:
+        return None
+
+
+_TREE_JOB = tree.TreeJob(
+    args=policy.TreeArgs(["-c", "x.c"], "x.c", "/home/alice/proj/src/x.c", []),
+    cwd="/home/alice/proj/src",
+    root="/home/alice/proj",
+    files=[("src/x.c", "sha256:" + "cd" * 32), ("src/inc/a.h", "sha256:" + "ef" * 32)],
+    work_dirs=frozenset({"/home/alice/proj", "/home/alice/proj/src", "/home/alice/proj/src/inc"}),
+)
+
+
+def read_log(data: bytes) -> None:
+    found, missed = tree.log_reads(_TREE_JOB, data, _NoImage())  # type: ignore[arg-type]
+    assert (found is None) == (missed is None)
+
+
 TARGETS = {
     "preauth": preauth,
     "decode": decode,
     "sealed": sealed,
     "job": job,
     "wire": wire_channels,
+    "readlog": read_log,
 }
 
 
@@ -173,6 +200,10 @@ def seeds() -> dict[str, dict[str, bytes]]:
         "wire": {
             "message": len(message[:-5]).to_bytes(4, "big") + message,
             "packet": b'{"op":"create","image":"gcc-12","limits":{}}',
+        },
+        "readlog": {
+            "log": b"Rx.c\0M/usr/include/nothere.h\0Rinc/a.h\0Minc\0R/usr/include/stdio.h\0",
+            "dir": b"Rx.c\0Rinc\0R../src/inc/a.h\0",
         },
     }
 
