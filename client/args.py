@@ -69,7 +69,8 @@ option                                         where   why
 -fmodules* -fmodule-* -fcxx-modules -gmodules  local   module caches, mappers, .gcm files
 -fimplicit-module* -fprebuilt-module*
 -fdirectives-only -fpreprocessed               local   change what the .i means
--g3 -ggdb3 -gdwarf3 ... (level 3)              local   separate cpp loses macro info
+-g3 -ggdb3 -gdwarf3 ... (level 3)              local   separate cpp loses macro info (with
+                                                       sources: shipped as sources only)
 -fdebug-macro
 -Wa,* -Xassembler X -Xpreprocessor X           local   may write files / pass -H, -P to cpp
 -emit-llvm --analyze                           local   other outputs
@@ -438,6 +439,7 @@ def analyse(
     wp_dep_file = None
     debug = False  # a -g option that turns debug info on is in force
     dwarf5 = True  # the DWARF version in force is 5 (both compilers' default here)
+    macro_debug = False
     n = len(args)
     i = 0
     while i < n:
@@ -455,10 +457,14 @@ def analyse(
             w, i = option_at(args, i - 1)
         except ValueError as e:
             return Local(str(e))
+        handler = w.option.handler if w.option is not None else None
         if w.decision == LOCAL:
-            return Local(w.reason)
+            # Macro debug info (-g3): a separate preprocessor loses the definitions, the
+            # user's own compile in the jail records them as a local one does.
+            if not (sources and handler == "debug"):
+                return Local(w.reason)
+            macro_debug = True
         words = w.words
-        handler = w.option.handler  # (unknown options are LOCAL: returned above)
         if handler is None:
             if w.decision == BOTH:
                 cpp += words
@@ -510,7 +516,7 @@ def analyse(
 
     if not mode:
         return Local("linking" if inputs else "no input file")
-    sources_only = False
+    sources_only = macro_debug
     if debug and not debug_info_may_differ:
         if not sources:
             return Local("-g: debug info lines and columns would differ from a local compile's")

@@ -864,3 +864,24 @@ def test_why_debug_info_stays_local(compiler, flags, identical, tmp_path) -> Non
     subprocess.run([compiler, *flags, "-c", name, "-o", "remote.o"], cwd=tmp_path, check=True)
     same = (tmp_path / "remote.o").read_bytes() == (tmp_path / "local.o").read_bytes()
     assert same is identical
+
+
+@pytest.mark.parametrize(
+    ("compiler", "words"),
+    [
+        ("gcc-12", ["-g"]),  # line and column numbers after a separate preprocessor
+        ("gcc-12", ["-g3"]),  # macro definitions: a separate preprocessor loses them
+        ("gcc-12", ["-ggdb3"]),
+        ("clang-16", ["-g"]),  # DWARF 5 source checksums
+        ("clang-16", ["-gdwarf-4", "-g3"]),
+    ],
+)
+def test_debug_info_only_sources_can_give_goes_as_sources_only(compiler, words):
+    args = [*words, "-c", "x.c", "-o", "x.o"]
+    assert isinstance(argsmod.analyse(args, "/tmp", compiler=compiler), argsmod.Local)
+    job = argsmod.analyse(args, "/tmp", compiler=compiler, sources=True)
+    assert not isinstance(job, argsmod.Local) and job.sources_only, job
+    plain = argsmod.analyse(
+        ["-O2", "-c", "x.c", "-o", "x.o"], "/tmp", compiler=compiler, sources=True
+    )
+    assert not isinstance(plain, argsmod.Local) and not plain.sources_only

@@ -281,6 +281,24 @@ KNOWN_LIMITS = {
         ["-c", "-std=c++17", "foo.c"],
         {"foo.c": "int foo(void) { return 1; }\n"},
     ),
+    # Not an xfail there but a rule: macro debug info compiles locally when preprocessed.
+    "macro debug info (gcc -g3)": (
+        "gcc-12",
+        ["-c", "-g3", "-O1", "mac.c", "-Iinc"],
+        {
+            "inc/m.h": "#define TWICE(x) ((x) * 2)\n",
+            "mac.c": '#include <stdio.h>\n#include "m.h"\n#define LOCAL_ONLY 7\n'
+            "int f(int a) { return TWICE(a) + LOCAL_ONLY; }\n",
+        },
+    ),
+    "macro debug info (clang -ggdb3)": (
+        "clang-16",
+        ["-c", "-ggdb3", "mac.c", "-Iinc"],
+        {
+            "inc/m.h": "#define TWICE(x) ((x) * 2)\n",
+            "mac.c": '#include "m.h"\nint f(int a) { return TWICE(a); }\n',
+        },
+    ),
 }
 
 
