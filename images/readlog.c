@@ -5,8 +5,8 @@
  * read, system headers included, whatever -M options the user gave (jobs/session.py). Without
  * it a -MMD job needs a second, preprocessing-only pass to learn the system headers.
  *
- * Only cc1 and cc1plus log (the driver's and the assembler's opens are the image's own files
- * and temporaries). Each open for reading appends one record to the file named by
+ * Only gcc's compilers proper log, cc1, cc1plus, cc1obj and cc1objplus (the driver's and the
+ * assembler's opens are the image's own files and temporaries). Each open for reading appends one record to the file named by
  * JAILCC_READ_LOG: "R" and the name for a success, "M" for a failure with ENOENT or ENOTDIR
  * (a header search that went on to the next directory), the name as the compiler passed it,
  * NUL-terminated. A name relative to a directory fd other than the cwd is not logged as such:
@@ -28,11 +28,19 @@
 
 static int log_fd = -1;
 
+static int is_compiler_proper(const char *name)
+{
+    static const char *const names[] = {"cc1", "cc1plus", "cc1obj", "cc1objplus"};
+    for (size_t i = 0; i < sizeof names / sizeof names[0]; i++)
+        if (strcmp(name, names[i]) == 0)
+            return 1;
+    return 0;
+}
+
 __attribute__((constructor)) static void readlog_start(void)
 {
-    const char *name = program_invocation_short_name;
     const char *path = getenv("JAILCC_READ_LOG");
-    if (path == NULL || (strcmp(name, "cc1") != 0 && strcmp(name, "cc1plus") != 0))
+    if (path == NULL || !is_compiler_proper(program_invocation_short_name))
         return;
     /* The raw syscall: open() here would be our own. O_APPEND: one write, one whole record. */
     log_fd = (int)syscall(SYS_openat, AT_FDCWD, path,
