@@ -172,8 +172,9 @@ class Pool:
         while True:
             link = self._place(key, size, kind, identity, tried, held_until, trees)
             if link is None:
-                if refused_trees:
-                    raise RemoteFailure(refused_trees[-1], code="tree")
+                refused = refused_trees[-1] if refused_trees else self._tree_refusal(identity)
+                if trees and refused:
+                    raise RemoteFailure(refused, code="tree")
                 raise self._nowhere(reasons, tell_user, identity)
             span.server = str(link.host)
             for attempt in range(2):
@@ -236,7 +237,8 @@ class Pool:
         trees: bool = False,
     ) -> Link | None:
         """The server for this job (dispatched to it in the policy's books), waiting while all
-        it may use are full; None when there is none to use at all."""
+        it may use are full; None when there is none to use at all, or, for a tree job, when
+        the ones it may use are full and a server that refuses tree jobs is there."""
         with self._room:
             while not self._closed:
                 now = time.monotonic()
@@ -260,6 +262,10 @@ class Pool:
                     link.busy += 1
                     return link
                 if now > until:
+                    return None
+                if trees and any(k.usable and k.refuses_trees(identity, now) for k in self.links):
+                    # Not worth waiting for: a server whose image refuses tree jobs can take
+                    # it preprocessed (the caller's fallback), rather than stand idle.
                     return None
                 self._room.wait(timeout=1.0)  # a job ends, a server comes back or reports
             return None
@@ -381,6 +387,11 @@ class Pool:
                 else:
                     self._back_off(link, failure)
             return failure
+
+    def _tree_refusal(self, identity: str) -> str | None:
+        now = time.monotonic()
+        with self._lock:
+            return next(filter(None, (k.refuses_trees(identity, now) for k in self.links)), None)
 
     def refuses_trees(self, identity: str) -> str | None:
         """Why no server would take this compiler's tree jobs now (every one that has its

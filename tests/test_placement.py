@@ -210,3 +210,35 @@ def test_simulated_farm_ours_beats_distcc_and_loses_nothing(sim) -> None:  # typ
     assert got["ours"].makespan < got["distcc"].makespan
     bound = max(sim.lower_bound(jobs, hosts, 64).values())
     assert bound <= got["ours"].makespan
+
+
+def test_a_tree_job_does_not_wait_where_a_server_refusing_tree_jobs_could_take_it():
+    """A farm moving to --headers images: the server that takes tree jobs is full, the one
+    whose image refused them is free. The tree job does not wait: it goes back to the proxy,
+    which ships it preprocessed, and that finds the free server."""
+    import time
+
+    from jailcc.client.hosts import Host
+    from jailcc.client.pool import Pool
+
+    pool = Pool([Host("unix", "/nonexistent/plain.sock"), Host("unix", "/nonexistent/tree.sock")])
+    try:
+        plain, tree = pool.links
+        now = time.monotonic()
+        plain.refused_trees["id"] = (now, "/usr/include/stdio.h is not in the image")
+        tree.load, tree.load_at = {"slots": 0}, now  # full
+        started = time.monotonic()
+        assert pool._place(object(), 100, "k", "id", set(), started + 30, trees=True) is None
+        assert time.monotonic() - started < 1.0
+        assert pool._tree_refusal("id") == "/usr/include/stdio.h is not in the image"
+        assert pool.refuses_trees("id") is None  # the other server still takes them
+        assert pool._place(object(), 100, "k", "id", set(), started + 30) is plain
+        # With no refusing server there, a tree job waits for room as any job does.
+        plain.refused_trees.clear()
+        plain.load, plain.load_at = {"slots": 0}, now
+        tree.load_at = plain.load_at = time.monotonic()
+        started = time.monotonic()
+        assert pool._place(object(), 100, "k", "id", set(), started + 1.5, trees=True) is None
+        assert time.monotonic() - started >= 1.0
+    finally:
+        pool.close()
