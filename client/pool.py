@@ -172,9 +172,10 @@ class Pool:
         while True:
             link = self._place(key, size, kind, identity, tried, held_until, trees)
             if link is None:
-                refused = refused_trees[-1] if refused_trees else self._tree_refusal(identity)
-                if trees and refused:
-                    raise RemoteFailure(refused, code="tree")
+                if trees:
+                    refused = refused_trees[-1] if refused_trees else self._tree_refusal(identity)
+                    if refused:
+                        raise RemoteFailure(refused, code="tree")
                 raise self._nowhere(reasons, tell_user, identity)
             span.server = str(link.host)
             for attempt in range(2):

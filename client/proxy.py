@@ -389,7 +389,7 @@ class Proxy:
             refused = self.pool.refuses_trees(identity)
             if refused is not None:
                 # Not worth the analysis: no server's image would take it (pool.py).
-                raise TreeUnsupported(f"every server's image refused this compiler's: {refused}")
+                raise TreeUnsupported(f"every server's image refuses its tree jobs: {refused}")
             tree_job = self.trees.prepare(compiler, args, job, inv, identity)
         except (TreeUnsupported, ImageError) as exc:
             self.trees.counters.add(preprocessed_instead=1)

@@ -156,9 +156,10 @@ def test_diagnostics_and_status_are_those_of_a_local_compile(
     ],
 )
 def test_jobs_that_must_stay_local_do(server, tmp_path, args, reason):
+    # Preprocessed jobs' rules: shipped as sources, -g3 may go (tests/test_tree_client.py).
     work = tree(tmp_path)
     lres = run(["gcc-12", *args], work)
-    rres = run([JAILCC, "gcc-12", *args], work, env_for(server))
+    rres = run([JAILCC, "gcc-12", *args], work, env_for(server, JAILCC_SHIP="preprocessed"))
     assert rres.returncode == lres.returncode
     assert "local (" in where(rres.stderr) and reason in where(rres.stderr)
 

@@ -216,7 +216,7 @@ def test_an_image_without_headers_sends_the_jobs_preprocessed(gcc_image, tmp_pat
         subprocess.run([JAILCC, "proxy", "stop"], env=env, capture_output=True, timeout=60)
         stop_server(srv)
     assert "remote on" in said[0] and "is not in the image" in said[0], said[0]
-    assert "remote on" in said[1] and "every server's image refused" in said[1], said[1]
+    assert "remote on" in said[1] and "every server's image refuses" in said[1], said[1]
 
 
 def test_a_server_whose_image_refuses_tree_jobs_leaves_them_to_the_others(
