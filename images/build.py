@@ -67,6 +67,11 @@ def build_image(
         # system header it reads there is the same file as its own (PROTOCOL.md, tree jobs).
         for directory in dict.fromkeys(d for info in infos for d in system_include_dirs(info)):
             log(f"headers: {add_directory(tree, directory)} files in {directory}")
+    else:
+        log(
+            "no system headers (--headers): clients ship sources by default, and their jobs"
+            " will come to this image as preprocessed output instead"
+        )
     _check_reserved(tree)
     size = sum(os.stat(f).st_size for f in tree.files)
     log(f"collecting {len(tree.files)} files, {len(tree.symlinks)} symlinks ({size / 1e6:.0f} MB)")
