@@ -250,14 +250,7 @@ def check_reads(
     quoting: list[tuple[str, frozenset[str] | None]] = [
         (os.path.dirname(p), analyzer.quote_includes(p)) for p in read if p in tree_job.shipped
     ]
-    listings: dict[str, frozenset[str]] = {}
-
-    def exists(path: str) -> bool:
-        d, name = os.path.split(path)
-        if d not in listings:
-            listings[d] = analyzer.names_in(d)
-        return name in listings[d]
-
+    here = _Listings(analyzer)
     for name, digest in reads:
         path = _absolute(cwd, name)
         # This machine's file at that name, resolved as the local compile would (symlinks).
@@ -273,7 +266,7 @@ def check_reads(
             includer_dirs = {e for e, names in quoting if names is None or rel in names}
             for e in (*includer_dirs, *search[:i]):
                 candidate = os.path.normpath(os.path.join(e, rel))
-                if e != d and candidate not in read and exists(candidate):
+                if e != d and candidate not in read and here.has(candidate):
                     raise RemoteFailure(f"the jail found {path} where this machine has {candidate}")
 
 
@@ -281,13 +274,25 @@ def check_misses(cwd: str, misses: tuple[str, ...], analyzer: IncludeAnalyzer) -
     """Every name the jail's compile looked for in vain (a header search going on to the next
     directory, a __has_include that said no) must find nothing here either: RemoteFailure if
     this machine has a file there, which the local compile would have read."""
-    listings: dict[str, frozenset[str]] = {}
+    here = _Listings(analyzer)
     for name in misses:
-        directory, base = os.path.split(_absolute(cwd, name))
-        if directory not in listings:
-            listings[directory] = analyzer.names_in(directory)
-        if base in listings[directory]:
+        if here.has(_absolute(cwd, name)):
             raise RemoteFailure(f"the jail found no {name}, which this machine has")
+
+
+class _Listings:
+    """This machine's directories for one check: each listed once (the analyzer's kept
+    listing, one stat), then asked whether it holds a name that is not a directory."""
+
+    def __init__(self, analyzer: IncludeAnalyzer) -> None:
+        self._analyzer = analyzer
+        self._names: dict[str, frozenset[str]] = {}
+
+    def has(self, path: str) -> bool:
+        directory, name = os.path.split(path)
+        if directory not in self._names:
+            self._names[directory] = self._analyzer.names_in(directory)
+        return name in self._names[directory]
 
 
 def _absolute(cwd: str, name: str) -> str:
