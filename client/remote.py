@@ -37,6 +37,33 @@ class _TreeState:
 _TREE_STATE: weakref.WeakKeyDictionary[proto.Channel, _TreeState] = weakref.WeakKeyDictionary()
 
 
+class _Listings:
+    """The tree listings (PROTOCOL.md, "listing") each server's store holds for us, as far as
+    we know: those of our tree jobs it answered. A job whose listing is known names it instead
+    of sending its tree; a server that has lost it asks for it (NEED), at a round trip's cost."""
+
+    MAX_PER_SERVER = 100_000
+
+    def __init__(self) -> None:
+        self._by_server: dict[str, dict[str, None]] = {}
+
+    def known(self, server: str, ref: str) -> bool:
+        return ref in self._by_server.get(server, {})
+
+    def add(self, server: str, ref: str) -> None:
+        refs = self._by_server.setdefault(server, {})
+        refs.pop(ref, None)
+        refs[ref] = None  # the most recent last
+        if len(refs) > self.MAX_PER_SERVER:
+            del refs[next(iter(refs))]
+
+    def forget(self, server: str, ref: str) -> None:
+        self._by_server.get(server, {}).pop(ref, None)
+
+
+_LISTINGS = _Listings()
+
+
 class RemoteFailure(Exception):
     """The job could not be done remotely (no server, refused, died, timed out): compile
     locally instead. `reason` is short and human; `tell_user` when the user has something to
@@ -175,27 +202,37 @@ def run_job(
     authorized us and built the jail) is read first; sending the job before it saves a round
     trip, and the job is only read in the jail. A tree job's server may first ask for the
     blobs it lacks (NEED): `provide` gives their bytes."""
-    state, sent = None, job
+    state, sent, server, listing = None, job, str(host), None
     if job.get("kind") == "tree":
         # The jail's image does not change under a connection: each system header is checked
         # once per connection (the soundness check still covers every file a compile read).
         state = _TREE_STATE.setdefault(channel, _TreeState())
-        sent = _with_tree_delta(
-            {**job, "image": [e for e in job["image"] if tuple(e) not in state.image_checked]},
-            state.base,
-        )
+        sent = {**job, "image": [e for e in job["image"] if tuple(e) not in state.image_checked]}
+        listing = proto.tree_listing(job["tree"])
+        if _LISTINGS.known(server, listing[0]):
+            sent = {**{k: v for k, v in sent.items() if k != "tree"}, "listing": listing[0]}
+        else:
+            sent = _with_tree_delta(sent, state.base)
     try:
         wire = channel.send(proto.JOB, sent, blobs, compress=[True] * len(blobs))
         channel.sock.settimeout(RESULT_TIMEOUT)
         if not ready:
             channel.expect(proto.READY, proto.MAX_HELLO_FRAME)
         frame_type, header, out = channel.recv(max_result)
-        if frame_type == proto.NEED and provide is not None:
-            wire += _send_blobs(channel, job["id"], header, provide)
+        # Up to two: the listing, if the server lost it; then the files its store lacks.
+        for _ in range(2):
+            if frame_type != proto.NEED or provide is None:
+                break
+            if listing is not None and header.get("missing") == [listing[0]]:
+                _LISTINGS.forget(server, listing[0])
+                wire += _send_blobs(channel, job["id"], header, lambda _: [listing[1]])
+            else:
+                wire += _send_blobs(channel, job["id"], header, provide)
             frame_type, header, out = channel.recv(max_result)
-        if state is not None and frame_type == proto.RESULT:
+        if state is not None and listing is not None and frame_type == proto.RESULT:
             state.image_checked.update(tuple(e) for e in sent["image"])
             state.base = (job["root"], {e[0]: e for e in job["tree"]})
+            _LISTINGS.add(server, listing[0])
         header, out = proto.expected(proto.RESULT, frame_type, header, out)
     except proto.RemoteError as exc:
         # A first JOB sent before READY meets the handshake's refusal: said as that one is.

@@ -107,6 +107,15 @@ def _decompress(data: bytes, size: int) -> bytes:
     return out
 
 
+def tree_listing(tree: list[list[Any]]) -> tuple[str, bytes]:
+    """A tree job's file list as the blob both ends name it by (PROTOCOL.md, "listing"): its
+    digest, and the bytes, {"tree": [[path, digest, size], ...]} sorted by path, compact."""
+    import hashlib  # only the proxy and the jails need it, not every compile
+
+    data = json.dumps({"tree": sorted(tree)}, separators=(",", ":")).encode()
+    return "sha256:" + hashlib.sha256(data).hexdigest(), data
+
+
 def encode(
     frame_type: int,
     header: dict[str, Any],

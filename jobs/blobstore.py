@@ -1,15 +1,19 @@
-"""The blobs of tree jobs, kept in the jail's init for the jail's life: content-addressed by
-"sha256:<hex>", the digest recomputed on the way in, at most `cap` bytes, least recently used
-first out.
+"""The blobs of tree jobs: content-addressed by "sha256:<hex>", the digest recomputed on the
+way in, at most `cap` bytes, least recently used first out.
 
-A jail is kept for its user's next connection (monitor/jail_cache.py) and never given to
-anyone else, so a user's second build finds the sources and headers of the first one here,
-and the blobs one user sent are only ever seen by that user's jobs.
+SharedBlobStore is the user's store on this server, a tmpfs the launcher attaches to every jail
+of that user's (and to no other): a blob one connection sent serves the user's jobs on all their
+connections, for the next build too. Every jail writes it (each as its own throwaway uid), so
+a jail trusts no file there: it checks a blob's digest the first time it reads that file.
+BlobStore keeps the blobs in the init's memory instead, for a jail that was given no store.
 """
 
 from __future__ import annotations
 
+import errno
 import hashlib
+import os
+import stat
 from collections import OrderedDict
 from collections.abc import Collection, Iterable
 
@@ -55,6 +59,13 @@ class BlobStore:
                 wanted.append(digest)
         return wanted
 
+    def lookup(self, digest: str) -> bytes | None:
+        """A blob held, now the most recently used, or None."""
+        data = self._blobs.get(digest)
+        if data is not None:
+            self._blobs.move_to_end(digest)
+        return data
+
     def get(self, digest: str) -> bytes:
         """A blob held (KeyError otherwise), now the most recently used."""
         self._blobs.move_to_end(digest)
@@ -79,3 +90,152 @@ class BlobStore:
                 raise StoreFull("the current job's blobs fill the store")
         self._blobs[digest] = data
         self.total += len(data)
+
+
+class SharedBlobStore:
+    """The user's blob store (a directory of files named by digest), with the blobs of the
+    current job held in memory from the moment the job asks for them: another jail evicting a
+    file cannot take a blob from a job that has started."""
+
+    MAX_CHECKED = 200_000  # files whose digest this jail checked, remembered
+
+    def __init__(self, directory: str, cap: int = DEFAULT_CAP) -> None:
+        self.cap = cap
+        self._dir = os.open(directory, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
+        # digest -> (inode, ctime, size) of the file checked: any change to it moves its ctime.
+        self._checked: dict[str, tuple[int, int, int]] = {}
+        self._current: dict[str, bytes] = {}
+
+    @classmethod
+    def attached(cls, directory: str, cap: int = DEFAULT_CAP) -> SharedBlobStore | None:
+        """The store at directory if the launcher attached one there (a mount of its own)."""
+        try:
+            if os.stat(directory).st_dev == os.stat("/").st_dev:
+                return None
+            return cls(directory, cap)
+        except OSError:
+            return None
+
+    def missing(self, digests: Iterable[str]) -> list[str]:
+        """The digests the store lacks, each once, in the order given; the rest are read now
+        and held for the job (get)."""
+        self._current = {}
+        wanted: list[str] = []
+        for digest in dict.fromkeys(digests):
+            data = self._read(digest)
+            if data is None:
+                wanted.append(digest)
+            else:
+                self._current[digest] = data
+        return wanted
+
+    def lookup(self, digest: str) -> bytes | None:
+        """A blob of the store, its digest checked, or None."""
+        return self._read(digest)
+
+    def get(self, digest: str) -> bytes:
+        """A blob of the current job (KeyError otherwise)."""
+        return self._current[digest]
+
+    def add(self, digest: str, data: bytes, keep: Collection[str] = ()) -> None:
+        """Hold data for the current job once it is checked to be its digest, and share it in
+        the store, evicting the least recently read files that are not in keep to make room
+        (a store that stays full only means the blob is not kept)."""
+        if digest_of(data) != digest:
+            raise BlobMismatch(f"a blob sent as {digest[:80]} has other content")
+        if len(data) > self.cap:
+            raise StoreFull(f"a blob of {len(data)} bytes is larger than the store")
+        self._current[digest] = data
+        for attempt in range(2):
+            try:
+                self._write(digest, data)
+                return
+            except OSError as exc:
+                if exc.errno not in (errno.ENOSPC, errno.EDQUOT) or attempt:
+                    return
+                self._evict(len(data) + self.cap // 8, keep)
+
+    def _name(self, digest: str) -> str:
+        name = digest.removeprefix(PREFIX)
+        if len(name) != 64 or not name.isalnum() or not name.isascii():
+            raise BlobMismatch(f"not a sha256 digest: {digest[:80]}")
+        return name
+
+    def _read(self, digest: str) -> bytes | None:
+        name = self._name(digest)
+        flags = os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC
+        try:
+            fd = os.open(name, flags, dir_fd=self._dir)
+        except OSError:
+            return None
+        try:
+            info = os.fstat(fd)
+            if not stat.S_ISREG(info.st_mode) or info.st_size > self.cap:
+                return None
+            data = _read_all(fd, info.st_size)
+        except OSError:
+            return None
+        finally:
+            os.close(fd)
+        identity = (info.st_ino, info.st_ctime_ns, info.st_size)
+        if self._checked.get(digest) != identity:
+            if len(data) != info.st_size or digest_of(data) != digest:
+                return None  # spoilt, or being replaced: ask the client for it
+            if len(self._checked) >= self.MAX_CHECKED:
+                self._checked.clear()
+            self._checked[digest] = identity
+        return data
+
+    def _write(self, digest: str, data: bytes) -> None:
+        name = self._name(digest)
+        temporary = f".{name}.{os.urandom(6).hex()}"
+        fd = os.open(
+            temporary, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o444, dir_fd=self._dir
+        )
+        try:
+            view = memoryview(data)
+            while view:
+                view = view[os.write(fd, view) :]
+        except OSError:
+            os.close(fd)
+            os.unlink(temporary, dir_fd=self._dir)
+            raise
+        os.close(fd)
+        os.rename(temporary, name, src_dir_fd=self._dir, dst_dir_fd=self._dir)
+
+    def _evict(self, wanted: int, keep: Collection[str]) -> None:
+        """Remove the least recently read files (the launcher mounts the store with
+        strictatime) until wanted bytes are free, never the current job's."""
+        kept = {digest.removeprefix(PREFIX) for digest in keep}
+        files: list[tuple[int, str]] = []
+        for name in os.listdir(self._dir):
+            if (name[1:65] if name.startswith(".") else name) in kept:  # ".": being written
+                continue
+            try:
+                files.append(
+                    (os.stat(name, dir_fd=self._dir, follow_symlinks=False).st_atime_ns, name)
+                )
+            except OSError:
+                continue
+        freed = 0
+        for _, name in sorted(files):
+            if freed >= wanted:
+                break
+            try:
+                size = os.stat(name, dir_fd=self._dir, follow_symlinks=False).st_size
+                os.unlink(name, dir_fd=self._dir)
+            except OSError:
+                continue  # gone already: another jail evicted it
+            freed += size
+
+
+def _read_all(fd: int, size: int) -> bytes:
+    chunks: list[bytes] = []
+    remaining = size
+    while remaining > 0:
+        chunk = os.read(fd, remaining)
+        if not chunk:
+            break
+        chunks.append(chunk)
+        remaining -= len(chunk)
+    return b"".join(chunks)

@@ -32,14 +32,14 @@ from typing import Any
 
 import gssapi
 import gssapi.raw
-from jailcc import READ_LOG_LIBRARY, wire
+from jailcc import JAIL_STORE_DIR, READ_LOG_LIBRARY, wire
 from jailcc import protocol as proto
 from jailcc.sandbox.jail_init import CONNECTION_HANDLERS, JailInit, JobRefused
 from jailcc.sandbox.spec import RunLimits
 
 from . import compiler_policy as policy
 from . import tree
-from .blobstore import DEFAULT_CAP, BlobMismatch, BlobStore, StoreFull
+from .blobstore import DEFAULT_CAP, BlobMismatch, BlobStore, SharedBlobStore, StoreFull
 from .handover import HANDLER, IDLE_TIMEOUT, session_params
 
 __all__ = ["HANDLER", "IDLE_TIMEOUT", "JobRejected", "serve", "session_params"]
@@ -71,10 +71,12 @@ class _BadBlobs(proto.ProtocolError):
 _JAIL_STATE: dict[str, Any] = {}
 
 
-def _store(params: dict[str, Any]) -> BlobStore:
+def _store(params: dict[str, Any]) -> BlobStore | SharedBlobStore:
+    """The user's store on this server if the launcher attached it, else the jail's own."""
     store = _JAIL_STATE.get("store")
     if store is None:
-        store = _JAIL_STATE["store"] = BlobStore()
+        store = SharedBlobStore.attached(JAIL_STORE_DIR) or BlobStore()
+        _JAIL_STATE["store"] = store
     store.cap = int(params.get("store_bytes", DEFAULT_CAP))
     return store
 
@@ -106,7 +108,8 @@ def serve(init: JailInit, conn: socket.socket, params: dict[str, Any], token: by
             kind = header.get("kind", "preprocessed")
             try:
                 if kind == "tree":
-                    header = tree.with_base(header, base)
+                    listed = "listing" in header
+                    header = tree.with_base(_with_listing(channel, store, header), base)
                     job: Any = tree.check_job(
                         params, header, blobs, init.limits, store.cap, _image()
                     )
@@ -127,6 +130,10 @@ def serve(init: JailInit, conn: socket.socket, params: dict[str, Any], token: by
                 go_on, answered = _run_tree_job(init, channel, params, job, store, received)
                 if answered:
                     base = (job.root, header["tree"])
+                    if not listed:  # kept, for the next job (of any connection) to name
+                        ref, listing = proto.tree_listing(header["tree"])
+                        with contextlib.suppress(StoreFull):
+                            store.add(ref, listing)
             else:
                 go_on = _run_job(init, channel, params, job)
             if not go_on:
@@ -318,7 +325,48 @@ def _run_job(init: JailInit, channel: proto.Channel, params: dict, job: dict) ->
 # -- tree jobs (jobs/tree.py) ------------------------------------------------------------------
 
 
-def _fetch_blobs(channel: proto.Channel, store: BlobStore, job: tree.TreeJob) -> int:
+def _with_listing(
+    channel: proto.Channel, store: BlobStore | SharedBlobStore, header: dict[str, Any]
+) -> dict[str, Any]:
+    """The header with its "tree" from the listing it names (PROTOCOL.md, "listing"): a blob
+    of the store, or, when the store lacks it, asked for (NEED) like any other."""
+    ref = header.get("listing")
+    if ref is None:
+        return header
+    if "tree" in header or "tree_delta" in header:
+        raise tree.TreeRefused("protocol", "a tree job sends one of tree, tree_delta, listing")
+    job_id = header.get("id")
+    if not isinstance(ref, str) or not tree.DIGEST.fullmatch(ref) or not isinstance(job_id, int):
+        raise tree.TreeRefused("protocol", "a listing is named by its sha256 digest")
+    data = store.lookup(ref)
+    if data is None:
+        channel.send(proto.NEED, {"id": job_id, "missing": [ref]})
+        channel.sock.settimeout(IDLE_TIMEOUT)
+        cap = proto.MAX_TREE_HEADER
+        frame_type, answer, blobs = channel.recv(cap + cap // 128 + 1024, cap)
+        if (
+            frame_type != proto.BLOBS
+            or answer.get("id") != job_id
+            or answer.get("digests") != [ref]
+            or len(blobs) != 1
+        ):
+            raise _BadBlobs(job_id, "a BLOBS frame must bring the listing asked for")
+        data = blobs[0]
+        try:
+            store.add(ref, data)
+        except (BlobMismatch, StoreFull) as exc:
+            raise _BadBlobs(job_id, str(exc)) from None
+    try:
+        files = wire.json_object(data)["tree"]
+    except (wire.WireError, KeyError):
+        raise _BadBlobs(job_id, 'a listing is {"tree": [[path, digest, size], ...]}') from None
+    rest = {k: v for k, v in header.items() if k != "listing"}
+    return {**rest, "tree": files}
+
+
+def _fetch_blobs(
+    channel: proto.Channel, store: BlobStore | SharedBlobStore, job: tree.TreeJob
+) -> int:
     """Ask for the blobs the store lacks (NEED) and take them in (BLOBS) until every one has
     come, each checked against its digest and size; the bytes received."""
     missing = store.missing(digest for _, digest in job.files)
@@ -361,7 +409,7 @@ def _run_tree_job(
     channel: proto.Channel,
     params: dict,
     job: tree.TreeJob,
-    store: BlobStore,
+    store: BlobStore | SharedBlobStore,
     received: int,
 ) -> tuple[bool, bool]:
     """Run a tree job in a server slot, its work dir mounted at its root, and answer it:

@@ -301,8 +301,9 @@ def build_parser() -> argparse.ArgumentParser:
         type=int,
         default=128,
         metavar="MIB",
-        help="memory each jail keeps for the sources and headers of its user's tree jobs"
-        " (content-addressed, kept for the jail's life, least recently used first out), in"
+        help="size of the store each user gets for the sources and headers of their tree jobs:"
+        " a tmpfs shared by that user's jails only, content-addressed, least recently read"
+        " first out, kept an hour after the user's last jail (at most 16 users' at once), in"
         " MiB; also the most one tree job may ship (default 128)",
     )
     p.add_argument(

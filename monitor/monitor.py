@@ -335,8 +335,14 @@ class Monitor:
         ended: str | None = "not started"
         try:
             if jail is None:
-                jail = self.sandbox.create_jail(offer.image, self.config.jail_limits)
+                jail = self.sandbox.create_jail(
+                    offer.image,
+                    self.config.jail_limits,
+                    store_for=(conn.user, self.config.store_bytes),
+                )
                 built = time.monotonic() - started
+                if jail.store_error:
+                    log.warning("jail without the user's blob store: %s", jail.store_error)
             conn.jail = jail
             if self.idle:
                 jail.set_idle(True)

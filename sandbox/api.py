@@ -134,8 +134,15 @@ class Sandbox:
         return reply, fds
 
     def create_jail(
-        self, image: str, limits: JailLimits | None = None, weaken: frozenset[str] = frozenset()
+        self,
+        image: str,
+        limits: JailLimits | None = None,
+        weaken: frozenset[str] = frozenset(),
+        store_for: tuple[str, int] | None = None,
     ) -> Jail:
+        """A jail from image. With store_for (user, bytes), the jail also holds that user's
+        blob store, shared with the user's other jails (made at that size on first use); if
+        the launcher cannot give it one, the jail's store_error says why."""
         limits = limits or JailLimits()
         limits.validate()
         if not weaken <= WEAKENINGS:
@@ -144,10 +151,11 @@ class Sandbox:
             raise SandboxError(
                 f"no toolchain image named {image!r} (have: {', '.join(self.images)})"
             )
-        reply, fds = self._request(
-            {"op": "create", "image": image, "limits": limits.to_dict(), "weaken": sorted(weaken)},
-            max_fds=1,
-        )
+        request = {"op": "create", "image": image, "limits": limits.to_dict()}
+        request["weaken"] = sorted(weaken)
+        if store_for is not None:
+            request["store"] = {"user": store_for[0], "bytes": store_for[1]}
+        reply, fds = self._request(request, max_fds=1)
         if len(fds) != 1:
             raise SandboxError("the launcher sent no channel to the jail")
         return Jail(self, reply, socket.socket(fileno=fds[0]), limits)
@@ -200,6 +208,7 @@ class Jail:
         self._cgroups: dict[str, str] = dict(info["cgroups"])
         self._channel = channel
         self._workdir: str | None = None
+        self.store_error: str | None = info.get("store_error")
         self._closed = False
         self._broken = False
 

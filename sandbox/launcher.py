@@ -55,6 +55,13 @@ REFILL_IDLE_SECONDS = 0.0005
 MAX_WARM_KEYS = 4  # distinct (image, limits) pairs kept warm; the least recent is drained
 MAX_IMAGES = 64
 MAX_IMAGE_BYTES = 16 << 30
+# Users' blob stores (tmpfs, one per user, shared by that user's jails): how many are kept, and
+# for how long one no jail holds outlives its last jail.
+MAX_STORES = 16
+STORE_IDLE_SECONDS = 3600.0
+MIN_STORE_BYTES, MAX_STORE_BYTES = 1 << 20, 64 << 30
+MAX_USER_NAME = 1024
+MS_STRICTATIME = 1 << 24  # atime on every read: the jails evict the least recently read
 # An image's name, and after "@" the version the server counts (monitor/catalog.py).
 IMAGE_NAME = re.compile(IMAGE_NAME_PATTERN + r"(@[0-9]{1,9})?")
 
@@ -70,8 +77,16 @@ class LiveJail:
     weaken: frozenset[str]
     image_top: frozenset[str] = frozenset()  # the image's top-level entries: no work dir there
     workdir: str | None = None
+    store_owner: str | None = None  # whose blob store it holds (see Launcher._attach_store)
     exited: bool = False
     leaks: list[str] = field(default_factory=list)
+
+
+@dataclass
+class UserStore:
+    path: str  # its tmpfs, in our mount namespace
+    jails: int = 0  # the live jails it is attached to
+    used: float = 0.0  # when a jail last got it or let it go
 
 
 @dataclass
@@ -110,6 +125,8 @@ class Launcher:
         self.allow_weaken = allow_weaken
         self.quarantined: list[int] = []
         self.warm: dict[tuple[str, JailLimits], list[PendingJail]] = {}
+        self.stores: dict[str, UserStore] = {}
+        self.store_mounts = 0
         self.own_pidns = os.open("/proc/self/ns/pid", os.O_RDONLY | os.O_CLOEXEC)
         sc.unshare(sc.CLONE_NEWNS)
         sc.mount(None, "/", None, sc.MS_REC | sc.MS_PRIVATE)
@@ -179,6 +196,7 @@ class Launcher:
             wire.send_packet(self.control, reply, out_fds)
             for fd in out_fds:
                 os.close(fd)
+            self._expire_stores()
             self._refill_while_idle()
         self.shutdown()
 
@@ -206,6 +224,16 @@ class Launcher:
     # -- operations -----------------------------------------------------------------------
 
     def _create(self, message: dict) -> tuple[dict, list[int]]:
+        store = _store_request(message.get("store"))
+        reply, fds = self._take_jail(message)
+        if store is not None:
+            try:
+                self._attach_store(self.jails[reply["jail"]], *store)
+            except OSError as exc:  # the jail works without: its own store, in memory
+                reply["store_error"] = str(exc)[:300]
+        return reply, fds
+
+    def _take_jail(self, message: dict) -> tuple[dict, list[int]]:
         limits = JailLimits.from_dict(message.get("limits") or {})
         weaken = frozenset(message.get("weaken") or ())
         if weaken and not self.allow_weaken:
@@ -340,6 +368,61 @@ class Launcher:
         jail.workdir = path
         return {"ok": True}
 
+    def _attach_store(self, jail: LiveJail, user: str, size: int) -> None:
+        """Give a new jail its user's blob store, made on the user's first jail: every jail of
+        the user's sees the same files, no other jail sees them. The jails check each blob's
+        digest when they read it (jobs/blobstore.py)."""
+        store = self.stores.get(user) or self._new_store(user, size)
+        clone = sc.clone_mount(store.path)
+        try:
+            sc.setns(jail.pidfd, sc.CLONE_NEWNS)
+            try:
+                rootfs.attach_store(clone, jail.weaken)
+            finally:
+                sc.setns(self.own_mntns, sc.CLONE_NEWNS)
+                os.chdir("/")
+        finally:
+            os.close(clone)
+        store.jails += 1
+        store.used = time.monotonic()
+        jail.store_owner = user
+
+    def _new_store(self, user: str, size: int) -> UserStore:
+        if len(self.stores) >= MAX_STORES:
+            idle = [(store.used, owner) for owner, store in self.stores.items() if not store.jails]
+            if not idle:
+                raise OSError(f"all {MAX_STORES} users' blob stores are held by live jails")
+            self._drop_store(min(idle)[1])
+        self.store_mounts += 1
+        path = os.path.join(rootfs.MOUNT_BASE, f"store{self.store_mounts}")
+        os.mkdir(path, 0o700)
+        try:
+            # 0777: the user's jails run as different throwaway uids, and each may evict.
+            sc.mount(
+                "jailcc-store",
+                path,
+                "tmpfs",
+                rootfs.SECURE | sc.MS_NOEXEC | MS_STRICTATIME,
+                f"size={size},nr_inodes={max(4096, size // 4096)},mode=0777",
+            )
+        except BaseException:
+            os.rmdir(path)
+            raise
+        store = self.stores[user] = UserStore(path)
+        return store
+
+    def _drop_store(self, user: str) -> None:
+        store = self.stores.pop(user)
+        # Jails that still hold a clone keep it until they end.
+        sc.umount2(store.path, sc.MNT_DETACH)
+        os.rmdir(store.path)
+
+    def _expire_stores(self) -> None:
+        now = time.monotonic()
+        for user, store in list(self.stores.items()):
+            if not store.jails and now - store.used > STORE_IDLE_SECONDS:
+                self._drop_store(user)
+
     def _mount_image(self, message: dict) -> dict:
         """Mount an image file as a new name: a file given at start, or a *.img file right in
         the image directory, nothing else."""
@@ -403,6 +486,10 @@ class Launcher:
             with contextlib.suppress(ChildProcessError):
                 os.waitpid(jail.pid, 0)
         os.close(jail.pidfd)
+        store = self.stores.get(jail.store_owner or "")
+        if store is not None and jail.store_owner is not None:
+            store.jails -= 1
+            store.used = time.monotonic()
         survivors = jail.cgroup.pids()
         if survivors:
             leaks.append(f"{len(survivors)} process(es) outlived the jail's init: {survivors}")
@@ -414,6 +501,20 @@ class Launcher:
         else:
             self.pool.release(jail.pool_uid)
         return {"ok": True, "seconds": time.monotonic() - started, "leaks": leaks}
+
+
+def _store_request(request: object) -> tuple[str, int] | None:
+    """(user, size in bytes) from a create request's "store", checked before any jail is made."""
+    if request is None:
+        return None
+    if not isinstance(request, dict) or set(request) != {"user", "bytes"}:
+        raise ValueError('"store" is {"user": NAME, "bytes": SIZE}')
+    user, size = request["user"], request["bytes"]
+    if not isinstance(user, str) or not 0 < len(user) <= MAX_USER_NAME or "\0" in user:
+        raise ValueError("a store's user is a name of 1 to 1024 characters")
+    if type(size) is not int or not MIN_STORE_BYTES <= size <= MAX_STORE_BYTES:
+        raise ValueError(f"a store's size is {MIN_STORE_BYTES} to {MAX_STORE_BYTES} bytes")
+    return user, size
 
 
 def _check_image_dir(path: str) -> None:

@@ -456,3 +456,68 @@ def test_cgroup_kill_without_cgroup2_goes_by_verified_pidfds(monkeypatch) -> Non
             p.wait()
         monkeypatch.undo()
         group.remove()
+
+
+def _store_holds(jail: Jail, name: str) -> bool:
+    """Whether the jail sees a file name in its blob store (/.jailcc-store)."""
+    probe = [
+        "/usr/bin/gcc-12",
+        "-E",
+        "-ffreestanding",
+        "-x",
+        "c",
+        f"/.jailcc-store/{name}",
+        "-o",
+        "/dev/null",
+    ]
+    return jail.run(probe, cwd="/w").exit_code == 0
+
+
+def test_a_users_jails_share_a_blob_store_no_other_users_jail_sees(sandbox) -> None:
+    from jailcc.sandbox.launcher import MAX_STORES
+
+    size = 4 * MiB
+    with (
+        sandbox.create_jail("gcc-12", store_for=("alice", size)) as alice,
+        sandbox.create_jail("gcc-12", store_for=("alice", size)) as alice_too,
+        sandbox.create_jail("gcc-12", store_for=("bob", size)) as bob,
+        sandbox.create_jail("gcc-12") as nobody,
+    ):
+        assert alice.store_error is None and bob.store_error is None
+        write = [
+            "/usr/bin/gcc-12",
+            "-E",
+            "-ffreestanding",
+            "-x",
+            "c",
+            "/dev/null",
+            "-o",
+            "/.jailcc-store/mark",
+        ]
+        assert alice.run(write, cwd="/w").exit_code == 0
+        assert _store_holds(alice_too, "mark")
+        assert not _store_holds(bob, "mark") and not _store_holds(nobody, "mark")
+        # Without a store the directory is the jail's read-only root's: nothing to write.
+        assert nobody.run(write, cwd="/w").exit_code != 0
+        # Stores held by live jails are never taken away: past the limit a jail goes without.
+        more = [sandbox.create_jail("gcc-12", store_for=(f"u{n}", size)) for n in range(MAX_STORES)]
+        try:
+            errors = [jail.store_error for jail in more]
+            assert errors[: MAX_STORES - 2] == [None] * (MAX_STORES - 2)
+            assert all("held by live jails" in str(e) for e in errors[MAX_STORES - 2 :])
+        finally:
+            for jail in more:
+                jail.close()
+    # Once no jail holds them, a new user's store replaces the least recently used.
+    with sandbox.create_jail("gcc-12", store_for=("carol", size)) as carol:
+        assert carol.store_error is None
+
+
+@pytest.mark.parametrize(
+    "store", [{"user": "", "bytes": MiB}, {"user": "a", "bytes": 1}, {"user": "a"}, "a"]
+)
+def test_bad_store_requests_are_refused_before_any_jail_is_made(sandbox, store) -> None:
+    with pytest.raises(SandboxError, match="store"):
+        sandbox._request({"op": "create", "image": "gcc-12", "store": store}, max_fds=1)
+    with sandbox.create_jail("gcc-12", store_for=("alice", MiB)) as jail:
+        assert jail.store_error is None

@@ -384,3 +384,34 @@ def test_timestamp_users_go_preprocessed(where, tmp_path):
     job = analyse(args, str(cwd), compiler="gcc-12")
     with pytest.raises(TreeUnsupported, match="__TIMESTAMP__"):
         TreeBuilder().prepare(GCC, args, job, inv, compiler_identity(GCC))
+
+
+def test_a_tree_the_server_holds_is_named_by_its_listing_not_sent(server, tmp_path):
+    from jailcc import protocol as proto
+    from jailcc.client import remote
+
+    cwd = project(tmp_path)
+    inv = Invocation(str(cwd), dict(os.environ, LC_ALL="C"), False, 0o022)
+    job = analyse(ARGS, str(cwd), compiler="gcc-12", debug_info_may_differ=True)
+    identity = compiler_identity(GCC)
+    host = Host("unix", str(server.socket_path))
+
+    def send(pretend_known: bool = False) -> tuple[int, str]:
+        prepared = TreeBuilder().prepare(GCC, ARGS, job, inv, identity)
+        ref, _ = proto.tree_listing(prepared.header["tree"])
+        if pretend_known:
+            remote._LISTINGS.add(str(host), ref)
+        with connect(host) as sock:  # a new connection each time: a new jail
+            channel, _ = open_session(sock, host, identity)
+            result = run_job(channel, host, prepared.header, [], 1 << 30, False, prepared.blobs)
+        assert result.exit_code == 0, result.stderr
+        assert remote._LISTINGS.known(str(host), ref)
+        return result.sent, ref
+
+    first, ref = send()
+    again, _ = send()
+    assert again < first - 2 * len(ref)  # not the tree: only its listing's name
+    # A listing we believe the server holds but it does not is asked for, and all goes on.
+    (cwd.parent / "inc" / "config.h").write_bytes(b"#define LIMIT 40\n")
+    spoilt, other = send(pretend_known=True)
+    assert other != ref and spoilt > again

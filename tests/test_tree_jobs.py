@@ -5,6 +5,7 @@ client built on core/protocol, against an image that holds the compilers' system
 from __future__ import annotations
 
 import hashlib
+import json
 import os
 import shutil
 import socket
@@ -17,7 +18,7 @@ import pytest
 from conftest import BIN, build_image, requires_root
 from jailcc import protocol as proto
 from jailcc.images.identity import compiler_identity
-from serverutil import Server, start_server, stop_server
+from serverutil import Server, as_nobody, start_server, stop_server
 
 pytestmark = requires_root
 
@@ -346,6 +347,94 @@ def test_the_store_is_kept_for_the_users_next_connection_and_evicts_old_blobs(
             error = refused(sock, big[0].job(ident, args, tree=tree))
             assert error["code"] == "tree" and "too large" in error["message"]
             assert "--store-mb" in error["message"]
+    finally:
+        stop_server(srv)
+
+
+def test_a_tree_named_by_its_listing(server, tmp_path):
+    """A job may name its tree by the digest of its listing (PROTOCOL.md, "listing"): the
+    store keeps the listing of every tree job answered; one it lacks it asks for."""
+    ident = compiler_identity(GCC)
+    project = Project(tmp_path)
+    ref, listing = proto.tree_listing(project.job(ident)["tree"])
+    by_listing = {k: v for k, v in project.job(ident).items() if k != "tree"}
+    with connect(server) as sock:
+        _, frame_type, header, _ = run(sock, project.job(ident), project.blobs())
+        assert frame_type == proto.RESULT and header["exit_code"] == 0
+    with connect(server) as sock:  # any connection of the user's: the store is the user's
+        need, frame_type, header, _ = run(sock, {**by_listing, "listing": ref}, {})
+        assert need is None and frame_type == proto.RESULT and header["exit_code"] == 0
+        # A listing the store lacks is asked for, then the files as ever.
+        project.write("src/inc/a.h", b"#define A 43\n")
+        ref, listing = proto.tree_listing(project.job(ident)["tree"])
+        need, frame_type, header, _ = run(
+            sock, {**by_listing, "listing": ref}, {ref: listing, **project.blobs()}
+        )
+        assert need == [ref] and frame_type == proto.NEED
+        assert header["missing"] == [digest(b"#define A 43\n")]
+        proto.send(sock, proto.BLOBS, {"id": 7, "digests": header["missing"]}, [b"#define A 43\n"])
+        frame_type, header, _ = proto.recv(sock)
+        assert frame_type == proto.RESULT and header["exit_code"] == 0
+        error = refused(sock, {**project.job(ident), "listing": ref})
+        assert error["code"] == "protocol" and "one of tree" in error["message"]
+        # A listing with other bytes than its digest ends the connection.
+        ref = digest(b'{"tree":[]}x')
+        need, frame_type, header, _ = run(
+            sock, {**by_listing, "listing": ref}, {ref: b'{"tree":[]}'}
+        )
+        assert frame_type == proto.ERROR and header["code"] == "protocol", header
+        with pytest.raises((proto.ConnectionClosed, OSError)):
+            proto.send(sock, proto.JOB, project.job(ident))
+            proto.recv(sock)
+
+
+def _launcher_pid(srv: Server) -> int:
+    import psutil
+
+    for child in psutil.Process(srv.proc.pid).children(recursive=True):
+        if "jailcc.sandbox.launcher" in " ".join(child.cmdline()):
+            return child.pid
+    raise AssertionError("no launcher under the server")
+
+
+def test_a_users_jails_share_one_store_that_no_other_user_sees(headers_image, tmp_path):
+    srv = start_server(
+        tmp_path / "srv", headers_image, "--allow-user", "root", "--allow-user", "nobody"
+    )
+    try:
+        ident = compiler_identity(GCC)
+        project = Project(tmp_path)
+        assert local(GCC, project, ARGS).returncode == 0
+        obj = (project.cwd / "x.o").read_bytes()
+        (tmp_path / "proj").chmod(0o755)  # nobody's job names the same files
+        tmp_path.chmod(0o755)
+        with connect(srv) as first:
+            need, frame_type, _, _ = run(first, project.job(ident), project.blobs())
+            assert frame_type == proto.RESULT and sorted(need) == sorted(project.blobs())
+            # While the first connection holds its jail, a second one gets another jail,
+            # which finds the blobs the first was sent.
+            with connect(srv) as second:
+                need, frame_type, _, _ = run(second, project.job(ident), project.blobs())
+                assert frame_type == proto.RESULT and need is None
+
+            def as_other_user() -> bytes:
+                with connect(srv) as sock:
+                    need, frame_type, _, _ = run(sock, project.job(ident), project.blobs())
+                return json.dumps([frame_type, need]).encode()
+
+            frame_type, need = json.loads(as_nobody(as_other_user))
+            assert frame_type == proto.RESULT and sorted(need) == sorted(project.blobs())
+
+            # A file of the store spoilt behind the jails' backs (as another jail of the
+            # user's could) is asked for again, never compiled from.
+            x_c = digest(project.files["src/x.c"]).removeprefix("sha256:")
+            spoil = f"for f in /run/jailcc/mnt/store*/{x_c}; do echo junk >$f; done"
+            mount_ns = f"--mount=/proc/{_launcher_pid(srv)}/ns/mnt"
+            subprocess.run(["nsenter", mount_ns, "sh", "-c", spoil], check=True)
+            need, frame_type, header, out = run(first, project.job(ident), project.blobs())
+            assert frame_type == proto.RESULT and header["exit_code"] == 0
+            assert need == [digest(project.files["src/x.c"])]
+            assert out[2] == obj
     finally:
         stop_server(srv)
 
