@@ -12,7 +12,7 @@ import socket
 import subprocess
 import sys
 import threading
-from typing import NamedTuple
+from typing import Any, NamedTuple
 
 from jailcc import __version__, jobs, wire
 from jailcc.images.errors import ImageError
@@ -522,6 +522,29 @@ def service_user(name: str) -> tuple[int, int]:
     return entry.pw_uid, entry.pw_gid
 
 
+def start_unprivileged(
+    module: str, args: list[str], uid: int, gid: int, **popen: Any
+) -> subprocess.Popen[bytes]:
+    """Run `python -m module args` as uid:gid with no supplementary groups, no capabilities (a
+    uid change from root clears them all), no_new_privs, and death with us."""
+
+    def unprivileged() -> None:  # runs in the child after the uid change, before exec
+        import prctl
+
+        prctl.set_no_new_privs(True)
+        prctl.set_pdeathsig(signal.SIGKILL)
+
+    return subprocess.Popen(
+        [sys.executable, "-m", module, *args],
+        user=uid,
+        group=gid,
+        extra_groups=[],
+        cwd="/",
+        preexec_fn=unprivileged,
+        **popen,
+    )
+
+
 def start_network_service(
     setup: dict[str, object],
     listeners: list[socket.socket],
@@ -534,26 +557,17 @@ def start_network_service(
     listening sockets. It logs to our log file (opened here: it may not open it itself) or
     our stderr. Returns the process and the monitor's end of the main channel."""
     ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM)
-
-    def unprivileged() -> None:  # runs in the child after the uid change, before exec
-        import prctl
-
-        prctl.set_no_new_privs(True)
-        prctl.set_pdeathsig(signal.SIGKILL)
-
     fds = [theirs.fileno(), *(sock.fileno() for sock in listeners)]
     log_stream = open(log_file, "ab") if log_file else None  # noqa: SIM115 - the child's
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "jailcc.server.netservice", "--monitor-fd", str(theirs.fileno())],
+    proc = start_unprivileged(
+        "jailcc.server.netservice",
+        ["--monitor-fd", str(theirs.fileno())],
+        uid,
+        gid,
         pass_fds=fds,
         stdin=subprocess.DEVNULL,
         stdout=subprocess.DEVNULL,
         stderr=log_stream,
-        user=uid,
-        group=gid,
-        extra_groups=[],
-        cwd="/",
-        preexec_fn=unprivileged,
     )
     theirs.close()
     if log_stream is not None:

@@ -3,27 +3,31 @@
 The escape probes (sandbox/selftest.py) run their programs through the jail's generic init.
 This one takes the way a client's job takes: the jail's init imports the job code from memory
 (sandbox/jail_code.py), the connection is handed to the jobs handler (jobs/session.py) exactly
-as the server hands a client's, local authentication, and we play the client over the wire
+as the server hands a client's, local authentication, and a client plays its part over the wire
 protocol: READY, one JOB compiling a tiny C file with the image's own compiler, its RESULT. The
 server's two questions per job (a slot, the job's end) get the answers the server would give.
 
 Root runs this side only: it builds the parameters with jobs/handover.py (plain data) and never
-imports the compiler-aware code.
+imports the compiler-aware code, and the client is server/selftest_client.py, run as the network
+service's uid: root parses no frame a jail writes, only the client's one-line JSON report.
 """
 
 from __future__ import annotations
 
+import json
 import socket
+import subprocess
 import threading
 import time
 from typing import Any
 
-from jailcc import protocol as proto
 from jailcc.images.errors import ImageError
 from jailcc.images.manifest import read_manifest
 from jailcc.jobs import handover
 from jailcc.sandbox.api import Jail, SandboxError
 from jailcc.sandbox.spec import RunLimits
+
+from .daemon import DEFAULT_SERVICE_USER, service_user, start_unprivileged
 
 NAME = "jobs_compile"
 WORKDIR = "/selftest/jobs"
@@ -31,7 +35,14 @@ WORKDIR = "/selftest/jobs"
 SOURCE = b"int jailcc_selftest_answer(void) { return 6 * 7; }\n"
 RUN_LIMITS = RunLimits(cpu_seconds=10, wall_seconds=30.0)
 TIMEOUT = 60.0
-ELF_MAGIC = b"\x7fELF"
+MAX_REPORT = 64 * 1024
+CLIENT = "jailcc.server.selftest_client"
+# server/selftest_client.py's: the job's and the connection's identity, and the hello.
+IDENTITY, HELLO = "selftest", {"selftest": True}
+
+
+class ProbeFailed(Exception):
+    pass
 
 
 def compile_through_jobs(
@@ -41,21 +52,20 @@ def compile_through_jobs(
     cwd: str,
     source: bytes,
     args: tuple[str, ...] = ("-O2",),
-) -> tuple[dict[str, Any], list[bytes]]:
+) -> dict[str, Any]:
     """Hand one end of a socketpair to the jail's jobs handler as the server hands a client's
-    connection (auth "local"), and compile `source` (a preprocessed C file) with one JOB: the
-    RESULT's header and its blobs (stdout, stderr, the object). Raises on a broken protocol."""
-    identity = "selftest"  # the job's and the connection's: they need only agree
-    hello = {"selftest": True}
+    connection (auth "local"), and have the unprivileged client compile `source` (a
+    preprocessed C file) with one JOB over the other end: its report, {"exit_code", "elf",
+    "object_sha256", "stderr"}. Raises ProbeFailed on a broken protocol or client."""
     params = handover.session_params(
         auth="local",
-        identity=identity,
+        identity=IDENTITY,
         compiler_path=compiler_path,
         compiler_kind=compiler_kind,
         image="selftest",
         max_input_bytes=1 << 20,
         run_limits=RUN_LIMITS,
-        hello=hello,
+        hello=HELLO,
     )
 
     def answer(question: dict[str, Any]) -> dict[str, Any]:
@@ -76,33 +86,49 @@ def compile_through_jobs(
         except (SandboxError, OSError) as exc:
             ended.append(exc)
 
+    uid, gid = service_user(DEFAULT_SERVICE_USER)
+    options = ["--fd", str(ours.fileno()), "--cwd", cwd, *(f"--arg={a}" for a in args)]
+    client = start_unprivileged(
+        CLIENT,
+        options,
+        uid,
+        gid,
+        pass_fds=[ours.fileno()],
+        stdin=subprocess.PIPE,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.DEVNULL,
+    )
+    ours.close()  # the client's now: its end closing ends the connection cleanly
     server = threading.Thread(target=serve, name="selftest-jobs", daemon=True)
     server.start()
     try:
-        ours.settimeout(TIMEOUT)
-        channel = proto.Channel(ours)
-        ready, _ = channel.expect(proto.READY, proto.MAX_HELLO_FRAME)
-        if ready != hello:
-            raise proto.ProtocolError(f"READY carried {ready!r}, not the hello handed over")
-        job = {
-            "id": 1,
-            "identity": identity,
-            "cwd": cwd,
-            "input": "selftest.i",
-            "mode": "c",
-            "args": list(args),
-            "env": {},
-            "files": [],
-            "source": "selftest.c",
-        }
-        channel.send(proto.JOB, job, [source], compress=[True])
-        header, blobs = channel.expect(proto.RESULT, 64 << 20)
+        assert client.stdin is not None and client.stdout is not None
+        client.stdin.write(source)
+        client.stdin.close()
+        raw = client.stdout.read(MAX_REPORT)
     finally:
-        ours.close()  # between jobs: the handler ends the connection cleanly
+        try:
+            client.wait(TIMEOUT)
+        except subprocess.TimeoutExpired:
+            client.kill()
+            client.wait()
         server.join(TIMEOUT)
+    report = _report(raw)
     if ended != [None]:
-        raise proto.ProtocolError(f"the jobs handler ended the connection: {ended[:1]}")
-    return header, blobs
+        raise ProbeFailed(f"the jobs handler ended the connection: {str(ended[:1])[:300]}")
+    return report
+
+
+def _report(raw: bytes) -> dict[str, Any]:
+    try:
+        report = json.loads(raw)
+    except ValueError:
+        raise ProbeFailed(f"the selftest client said {raw[:300]!r}") from None
+    if not isinstance(report, dict):
+        raise ProbeFailed("the selftest client's report is not an object")
+    if "error" in report:
+        raise ProbeFailed(str(report["error"])[:500])
+    return report
 
 
 def probe(jail: Jail, image_path: str) -> tuple[bool, str]:
@@ -116,12 +142,11 @@ def probe(jail: Jail, image_path: str) -> tuple[bool, str]:
     compiler = compilers[0]
     started = time.monotonic()
     try:
-        header, blobs = compile_through_jobs(jail, compiler.path, compiler.kind, WORKDIR, SOURCE)
-    except (proto.ProtocolError, proto.RemoteError, OSError) as exc:
-        return False, f"{compiler.name}: {type(exc).__name__}: {exc}"
+        report = compile_through_jobs(jail, compiler.path, compiler.kind, WORKDIR, SOURCE)
+    except (ProbeFailed, OSError) as exc:
+        return False, f"{compiler.name}: {exc}"
     ms = (time.monotonic() - started) * 1000
-    obj = blobs[2] if header.get("has_output") and len(blobs) == 3 else b""
-    if header.get("exit_code") != 0 or not obj.startswith(ELF_MAGIC):
-        stderr = blobs[1].decode(errors="replace").strip()[-300:] if len(blobs) > 1 else ""
-        return False, f"{compiler.name}: exit {header.get('exit_code')}, no object: {stderr}"
+    if report.get("exit_code") != 0 or report.get("elf") is not True:
+        stderr = str(report.get("stderr", "")).strip()[-300:]
+        return False, f"{compiler.name}: exit {report.get('exit_code')}, no object: {stderr}"
     return True, f"{compiler.name} compiled a C file through the jobs handler ({ms:.0f} ms)"

@@ -57,8 +57,10 @@ ROOT_PROCESSES: tuple[RootProcess, ...] = (
         "jailccd selftest",
         ("jailcc.monitor.cli",),
         "jailccd selftest (monitor/cli.py -> sandbox/selftest.py, monitor/jobs_probe.py) builds"
-        " jails and plays a client through the jobs handler; cli.py imports daemon.py in"
-        " functions (the configured images), so its closure is jailccd's",
+        " jails, probes them from the host and hands a connection to a jail's jobs handler"
+        " (the client that talks to it, server/selftest_client.py, runs as the network"
+        " service's uid); cli.py imports daemon.py in functions (the configured images), so"
+        " its closure is jailccd's",
     ),
 )
 

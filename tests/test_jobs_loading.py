@@ -4,6 +4,7 @@ launcher reads its source, each jail's init imports it from memory once unprivil
 
 from __future__ import annotations
 
+import hashlib
 import json
 import subprocess
 import sys
@@ -132,11 +133,10 @@ def test_launcher_never_imports_jobs_and_a_jail_compiles_through_them(
         ) as sandbox,
         sandbox.create_jail("gcc-12") as jail,
     ):
-        header, blobs = compile_through_jobs(
-            jail, "/usr/bin/gcc-12", "gcc", str(tmp_path), preprocessed
-        )
-    assert header["exit_code"] == 0, blobs[1].decode(errors="replace")
-    assert blobs[2] == (tmp_path / "host.o").read_bytes()
+        report = compile_through_jobs(jail, "/usr/bin/gcc-12", "gcc", str(tmp_path), preprocessed)
+    assert report["exit_code"] == 0, report["stderr"]
+    host_object = (tmp_path / "host.o").read_bytes()
+    assert report["object_sha256"] == hashlib.sha256(host_object).hexdigest()
     imported = [
         line.rsplit("|", 1)[-1].strip()
         for line in log.read_text().splitlines()

@@ -15,9 +15,9 @@ TOP = Path(__file__).resolve().parent.parent
 SCRIPT = TOP / "scripts" / "root-loc"
 
 # The root figure (the union over every root process) must only go down: lower this ceiling when
-# code leaves root, never raise it. 6924 before the privilege split (issue 12); set to the
-# figure of the day plus about 2%.
-ROOT_LOC_CEILING = 5170
+# code leaves root, never raise it. 6924 before the privilege split (issue 12); 4994 once the
+# selftest's client left root (the per-user blob stores had added 129 lines to the launcher).
+ROOT_LOC_CEILING = 5000
 
 
 def _load_root_loc():
