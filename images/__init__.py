@@ -7,8 +7,9 @@ ELF loader) plus a manifest at /.jailcc/manifest.json. Modules:
 - identity:  compiler_identity(), cheap and cached; imported by the client on every compile
 - probe:     asks a compiler driver what it is and which programs it runs
 - collect:   the file closure (programs, libraries, loader, every symlink on the way)
-- squashfs:  mksquashfs/unsquashfs calls
-- manifest:  the manifest format and read_manifest() for the server
+- squashfs:  mksquashfs/unsquashfs calls, and read_manifest()
+- manifest:  the manifest format
+- inspect:   reads (and verifies) an image for jailccd, as the network service's uid
 - build:     staging + manifest + image, atomically
 - verify:    checks an image's contents against its manifest
 - directory: which files of an image directory (jailccd's, `jailcc-image list`) are images

@@ -101,7 +101,7 @@ def _parser() -> argparse.ArgumentParser:
 
 def _list(directory: str, verify: bool) -> None:
     """One block per image; a bad one says why instead of its compilers."""
-    from jailcc.images.manifest import read_manifest
+    from jailcc.images.squashfs import read_manifest
     from jailcc.images.verify import verify_image
 
     found, skipped = dir_images(directory)  # what jailccd would serve from it, and why not
@@ -144,7 +144,7 @@ def main(argv: list[str] | None = None) -> int:
         elif args.command == "list":
             _list(args.directory or IMAGE_DIR, args.verify)
         elif args.command == "info":
-            from jailcc.images.manifest import read_manifest
+            from jailcc.images.squashfs import read_manifest
 
             sys.stdout.write(read_manifest(args.image).to_json())
         else:

@@ -35,7 +35,6 @@ __all__ = [
     "CompilerEntry",
     "ImageError",
     "Manifest",
-    "read_manifest",
     "sha256_file",
 ]
 
@@ -139,19 +138,3 @@ def _compiler(c: object) -> CompilerEntry:
     if not fields["identity"].startswith("sha256:"):
         raise ValueError
     return CompilerEntry(**fields)
-
-
-def read_manifest(image_path: str) -> Manifest:
-    """Read the manifest of a toolchain image without mounting it (no root needed).
-
-    Raises ImageError for a missing, unreadable, non-squashfs, corrupt or manifest-less image.
-    """
-    from jailcc.images import squashfs
-
-    data = squashfs.cat(image_path, MANIFEST_PATH)
-    if data is None:
-        raise ImageError(
-            f"{image_path} has no {MANIFEST_PATH}: not a jailcc toolchain image; "
-            "build one with jailcc-image build"
-        )
-    return parse_manifest(data, image_path)

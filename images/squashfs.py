@@ -1,4 +1,5 @@
-"""mksquashfs/unsquashfs calls, with their failures turned into one-line ImageErrors."""
+"""mksquashfs/unsquashfs calls, with their failures turned into one-line ImageErrors, and an
+image's manifest read with them (never by root: jailccd has monitor/unprivileged.py do it)."""
 
 from __future__ import annotations
 
@@ -6,6 +7,7 @@ import os
 import subprocess
 
 from jailcc.images.errors import ImageError
+from jailcc.images.manifest import MANIFEST_PATH, Manifest, parse_manifest
 
 # Measured on this project's 2-core machine, whole build / image size / cold read of every file:
 # clang-16 (252 MB of files): zstd-1 0.9 s / 89 MB / 0.5 s, lz4 0.8 s / 119 MB / 0.4 s,
@@ -90,3 +92,17 @@ def extract(image: str, dest: str) -> None:
     result = _run(argv, "unsquashfs")
     if result.returncode != 0:
         raise ImageError(_unreadable(image, _why(result)))
+
+
+def read_manifest(image_path: str) -> Manifest:
+    """Read the manifest of a toolchain image without mounting it (no root needed).
+
+    Raises ImageError for a missing, unreadable, non-squashfs, corrupt or manifest-less image.
+    """
+    data = cat(image_path, MANIFEST_PATH)
+    if data is None:
+        raise ImageError(
+            f"{image_path} has no {MANIFEST_PATH}: not a jailcc toolchain image; "
+            "build one with jailcc-image build"
+        )
+    return parse_manifest(data, image_path)

@@ -9,7 +9,8 @@ import tempfile
 
 from jailcc.images import squashfs
 from jailcc.images.errors import ImageError
-from jailcc.images.manifest import MANIFEST_PATH, Manifest, read_manifest, sha256_file
+from jailcc.images.manifest import MANIFEST_PATH, Manifest, sha256_file
+from jailcc.images.squashfs import read_manifest
 
 
 class VerifyError(ImageError):

@@ -20,7 +20,7 @@ from typing import Protocol
 
 from jailcc.images.directory import IMAGE_DIR, dir_images
 from jailcc.images.errors import ImageError
-from jailcc.images.manifest import CompilerEntry, Manifest, read_manifest
+from jailcc.images.manifest import CompilerEntry, Manifest
 
 log = logging.getLogger("jailccd")
 
@@ -78,8 +78,12 @@ def _stamp(path: str) -> tuple[int, ...]:
     return (st.st_dev, st.st_ino, st.st_size, st.st_mtime_ns)
 
 
+# An image's manifest, checked against the whole image when asked (monitor/unprivileged.py).
+Inspect = Callable[[str, bool], Manifest]
+
+
 class Catalog:
-    def __init__(self, paths: list[str], directory: str | None = None) -> None:
+    def __init__(self, paths: list[str], directory: str | None, inspect: Inspect) -> None:
         self.explicit = {n: os.path.abspath(p) for n, p in name_images(paths).items()}
         self.directory = directory
         self.images: dict[str, str] = {}  # mount name -> path: what the sandbox mounts at start
@@ -88,8 +92,9 @@ class Catalog:
         self._loaded: dict[str, Loaded] = {}
         self._mounts = 0
         self._lock = threading.Lock()
+        self._inspect = inspect
         for name, path in self.explicit.items():
-            self._loaded[name] = Loaded(path, name, _stamp(path), read_manifest(path))
+            self._loaded[name] = Loaded(path, name, _stamp(path), inspect(path, False))
         self.images = {v.mount: v.path for v in self._loaded.values()}
         self._publish()
 
@@ -127,13 +132,11 @@ class Catalog:
                     log.error("image skipped: %s: %s", path, exc)
 
     def _load(self, mounter: Mounter, name: str, path: str) -> None:
-        from jailcc.images.verify import verify_image
-
         old = self._loaded.get(name)
         stamp = _stamp(path)
         if old is not None and (old.path, old.stamp) == (path, stamp):
             return
-        manifest = verify_image(path)  # a file still being copied in fails here
+        manifest = self._inspect(path, True)  # a file still being copied in fails here
         self._mounts += 1
         mount = f"{name}@{self._mounts}"
         mounter.mount_image(mount, path)

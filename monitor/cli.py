@@ -12,11 +12,11 @@ import sys
 from jailcc import jobs
 from jailcc.images.directory import dir_images
 from jailcc.images.errors import ImageError
-from jailcc.images.manifest import read_manifest
 from jailcc.sandbox.selftest import PROBE_NAMES, SelftestError, reports_to_json, run_selftest
 
 from . import config, jobs_probe
 from .catalog import image_dir, name_images
+from .unprivileged import image_manifest, service_user
 
 
 def _selftest(args: argparse.Namespace) -> int:
@@ -85,7 +85,8 @@ def _check_config(
         return 1
     for name, path in wanted.items():
         try:
-            compilers = ", ".join(c.name for c in read_manifest(path).compilers)
+            manifest = image_manifest(path, service_user(args.service_user))
+            compilers = ", ".join(c.name for c in manifest.compilers)
             print(f"# image {name}: {path} ({compilers})")
         except ImageError as exc:
             skipped.append(f"{path}: {exc}")

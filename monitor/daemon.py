@@ -6,25 +6,30 @@ import argparse
 import contextlib
 import logging
 import os
-import pwd
 import signal
 import socket
 import subprocess
 import sys
 import threading
-from typing import Any, NamedTuple
+from typing import NamedTuple
 
 from jailcc import __version__, jobs, wire
 from jailcc.images.errors import ImageError
 from jailcc.peer import LocalAuthorizer
 from jailcc.sandbox.api import Sandbox, SandboxError
 from jailcc.sandbox.spec import JailLimits, MiB, RunLimits
-from jailcc.sandbox.uidpool import DEFAULT_BASE
 
 from .catalog import IMAGE_DIR, Catalog, image_dir
 from .config import DEFAULT_CONFIG
 from .jail_cache import JailCache
 from .monitor import Monitor, MonitorConfig
+from .unprivileged import (
+    DEFAULT_SERVICE_USER,
+    SERVICE_UID_FALLBACK,
+    image_manifest,
+    service_user,
+    start_unprivileged,
+)
 
 TYPE_CHECKING = False
 if TYPE_CHECKING:
@@ -32,9 +37,6 @@ if TYPE_CHECKING:
     from .kerberos import KerberosAcceptor
 
 DEFAULT_SOCKET = "/run/jailccd/jailccd.sock"
-DEFAULT_SERVICE_USER = "jailccd"
-# The network service's uid where no jailccd user exists: its own, next to the jails' range.
-SERVICE_UID_FALLBACK = DEFAULT_BASE - 1
 log = logging.getLogger("jailccd")
 
 
@@ -508,43 +510,6 @@ def run(args: argparse.Namespace) -> int:
     return 1 if failed else 0
 
 
-def service_user(name: str) -> tuple[int, int]:
-    """The uid and gid the network service runs as: the named user's, or, for the default
-    name when no such user exists, a uid of its own just below the jails' range."""
-    try:
-        entry = pwd.getpwnam(name)
-    except KeyError:
-        if name != DEFAULT_SERVICE_USER:
-            raise ValueError(f"--service-user {name}: no such user") from None
-        return SERVICE_UID_FALLBACK, SERVICE_UID_FALLBACK
-    if entry.pw_uid == 0:
-        raise ValueError(f"--service-user {name}: must not be root")
-    return entry.pw_uid, entry.pw_gid
-
-
-def start_unprivileged(
-    module: str, args: list[str], uid: int, gid: int, **popen: Any
-) -> subprocess.Popen[bytes]:
-    """Run `python -m module args` as uid:gid with no supplementary groups, no capabilities (a
-    uid change from root clears them all), no_new_privs, and death with us."""
-
-    def unprivileged() -> None:  # runs in the child after the uid change, before exec
-        import prctl
-
-        prctl.set_no_new_privs(True)
-        prctl.set_pdeathsig(signal.SIGKILL)
-
-    return subprocess.Popen(
-        [sys.executable, "-m", module, *args],
-        user=uid,
-        group=gid,
-        extra_groups=[],
-        cwd="/",
-        preexec_fn=unprivileged,
-        **popen,
-    )
-
-
 def start_network_service(
     setup: dict[str, object],
     listeners: list[socket.socket],
@@ -679,7 +644,12 @@ def check(args: argparse.Namespace) -> Checked:
             "--jobs, --max-connections, --max-unauthenticated-per-peer, --log-peer-lines and"
             " the timeouts must be positive"
         )
-    catalog = Catalog(args.toolchain_image, image_dir(args.image_dir))
+    ids = service_user(args.service_user)  # reads the images for us (monitor/unprivileged.py)
+    catalog = Catalog(
+        args.toolchain_image,
+        image_dir(args.image_dir),
+        lambda path, verify: image_manifest(path, ids, verify),
+    )
     if not catalog.wanted()[0]:
         raise ImageError(
             "no toolchain image: name one with --toolchain-image IMAGE, or put IMAGE.img files"

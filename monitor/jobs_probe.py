@@ -22,12 +22,11 @@ import time
 from typing import Any
 
 from jailcc.images.errors import ImageError
-from jailcc.images.manifest import read_manifest
 from jailcc.jobs import handover
 from jailcc.sandbox.api import Jail, SandboxError
 from jailcc.sandbox.spec import RunLimits
 
-from .daemon import DEFAULT_SERVICE_USER, service_user, start_unprivileged
+from .unprivileged import image_manifest, service_user, start_unprivileged
 
 NAME = "jobs_compile"
 WORKDIR = "/selftest/jobs"
@@ -86,7 +85,7 @@ def compile_through_jobs(
         except (SandboxError, OSError) as exc:
             ended.append(exc)
 
-    uid, gid = service_user(DEFAULT_SERVICE_USER)
+    uid, gid = service_user()
     options = ["--fd", str(ours.fileno()), "--cwd", cwd, *(f"--arg={a}" for a in args)]
     client = start_unprivileged(
         CLIENT,
@@ -134,7 +133,7 @@ def _report(raw: bytes) -> dict[str, Any]:
 def probe(jail: Jail, image_path: str) -> tuple[bool, str]:
     """PASS when the image's first compiler builds an object through the jobs handler."""
     try:
-        compilers = read_manifest(image_path).compilers
+        compilers = image_manifest(image_path, service_user()).compilers
     except ImageError as exc:
         return False, f"cannot read the image's manifest: {exc}"
     if not compilers:

@@ -20,7 +20,8 @@ import pytest
 from jailcc.images import squashfs
 from jailcc.images.errors import ImageError
 from jailcc.images.identity import compiler_identity
-from jailcc.images.manifest import MANIFEST_PATH, CompilerEntry, make_manifest, read_manifest
+from jailcc.images.manifest import MANIFEST_PATH, CompilerEntry, make_manifest
+from jailcc.images.squashfs import read_manifest
 
 JAILCC_IMAGE = str(Path(sys.executable).parent / "jailcc-image")
 needs_root = pytest.mark.skipif(os.geteuid() != 0, reason="mounting images needs root")

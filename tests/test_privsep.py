@@ -80,8 +80,13 @@ class FakeSandbox:
 
     created: list[str] = field(default_factory=list)
 
-    def create_jail(self, image: str, limits: JailLimits) -> Any:
+    stores: list[tuple[str, int] | None] = field(default_factory=list)
+
+    def create_jail(
+        self, image: str, limits: JailLimits, store_for: tuple[str, int] | None = None
+    ) -> Any:
         self.created.append(image)
+        self.stores.append(store_for)
         raise SandboxError("no jails here")
 
 
@@ -235,6 +240,9 @@ def test_allowed_peers_reach_the_sandbox(monitor) -> None:
     reply = _ask(_open(main, server_side), "serve", identity="id-1", hello={})
     assert reply["end"] is True and reply["error"] == "no jails here", reply
     assert sandbox.created == ["gcc-12", "gcc-12"]
+    # The jail's blob store is its user's, as the monitor itself decided who that is.
+    (local_user, _), (tcp_peer, _) = sandbox.stores
+    assert local_user == _user_name() and tcp_peer.startswith("127.0.0.1:"), sandbox.stores
     for sock in (tcp_client, server_side, listener):
         sock.close()
 
