@@ -208,9 +208,9 @@ def run_job(
         # once per connection (the soundness check still covers every file a compile read).
         state = _TREE_STATE.setdefault(channel, _TreeState())
         sent = {**job, "image": [e for e in job["image"] if tuple(e) not in state.image_checked]}
-        listing = proto.tree_listing(job["tree"])
+        listing = proto.job_listing(job)
         if _LISTINGS.known(server, listing[0]):
-            sent = {**{k: v for k, v in sent.items() if k != "tree"}, "listing": listing[0]}
+            sent = {"id": job["id"], "kind": "tree", "image": sent["image"], "listing": listing[0]}
         else:
             sent = _with_tree_delta(sent, state.base)
     try:

@@ -107,12 +107,19 @@ def _decompress(data: bytes, size: int) -> bytes:
     return out
 
 
-def tree_listing(tree: list[list[Any]]) -> tuple[str, bytes]:
-    """A tree job's file list as the blob both ends name it by (PROTOCOL.md, "listing"): its
-    digest, and the bytes, {"tree": [[path, digest, size], ...]} sorted by path, compact."""
+# What a tree job's listing leaves out: what differs between connections for the same job.
+LISTING_OMITS = frozenset({"id", "image", "listing", "tree_delta"})
+
+
+def job_listing(header: dict[str, Any]) -> tuple[str, bytes]:
+    """A tree job as the blob both ends name it by (PROTOCOL.md, "listing"): its digest, and
+    the bytes, the JOB header but LISTING_OMITS with its tree sorted by path, as compact JSON
+    with sorted keys. The same job in the next build has the same listing."""
     import hashlib  # only the proxy and the jails need it, not every compile
 
-    data = json.dumps({"tree": sorted(tree)}, separators=(",", ":")).encode()
+    job = {k: v for k, v in header.items() if k not in LISTING_OMITS}
+    job["tree"] = sorted(job.get("tree", []))
+    data = json.dumps(job, sort_keys=True, separators=(",", ":")).encode()
     return "sha256:" + hashlib.sha256(data).hexdigest(), data
 
 

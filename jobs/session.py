@@ -131,7 +131,7 @@ def serve(init: JailInit, conn: socket.socket, params: dict[str, Any], token: by
                 if answered:
                     base = (job.root, header["tree"])
                     if not listed:  # kept, for the next job (of any connection) to name
-                        ref, listing = proto.tree_listing(header["tree"])
+                        ref, listing = proto.job_listing(header)
                         with contextlib.suppress(StoreFull):
                             store.add(ref, listing)
             else:
@@ -325,16 +325,19 @@ def _run_job(init: JailInit, channel: proto.Channel, params: dict, job: dict) ->
 # -- tree jobs (jobs/tree.py) ------------------------------------------------------------------
 
 
+_BY_LISTING = frozenset({"id", "kind", "image", "listing"})
+
+
 def _with_listing(
     channel: proto.Channel, store: BlobStore | SharedBlobStore, header: dict[str, Any]
 ) -> dict[str, Any]:
-    """The header with its "tree" from the listing it names (PROTOCOL.md, "listing"): a blob
-    of the store, or, when the store lacks it, asked for (NEED) like any other."""
+    """The whole header from the listing it names (PROTOCOL.md, "listing"): a blob of the
+    store, or, when the store lacks it, asked for (NEED) like any other."""
     ref = header.get("listing")
     if ref is None:
         return header
-    if "tree" in header or "tree_delta" in header:
-        raise tree.TreeRefused("protocol", "a tree job sends one of tree, tree_delta, listing")
+    if not set(header) <= _BY_LISTING:
+        raise tree.TreeRefused("protocol", "a job by listing holds only id, kind, image, listing")
     job_id = header.get("id")
     if not isinstance(ref, str) or not tree.DIGEST.fullmatch(ref) or not isinstance(job_id, int):
         raise tree.TreeRefused("protocol", "a listing is named by its sha256 digest")
@@ -357,11 +360,12 @@ def _with_listing(
         except (BlobMismatch, StoreFull) as exc:
             raise _BadBlobs(job_id, str(exc)) from None
     try:
-        files = wire.json_object(data)["tree"]
-    except (wire.WireError, KeyError):
-        raise _BadBlobs(job_id, 'a listing is {"tree": [[path, digest, size], ...]}') from None
-    rest = {k: v for k, v in header.items() if k != "listing"}
-    return {**rest, "tree": files}
+        job = wire.json_object(data)
+    except wire.WireError as exc:
+        raise _BadBlobs(job_id, f"a listing is a JOB header: {exc}") from None
+    if not proto.LISTING_OMITS.isdisjoint(job):
+        raise _BadBlobs(job_id, "a listing holds no id, image, listing or tree_delta")
+    return {**job, "id": job_id, "image": header.get("image", [])}
 
 
 def _fetch_blobs(

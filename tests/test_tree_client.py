@@ -396,22 +396,30 @@ def test_a_tree_the_server_holds_is_named_by_its_listing_not_sent(server, tmp_pa
     identity = compiler_identity(GCC)
     host = Host("unix", str(server.socket_path))
 
-    def send(pretend_known: bool = False) -> tuple[int, str]:
+    def send(pretend_known: bool = False) -> tuple[dict, str]:
+        """Run the job on a new connection: the JOB header sent, and the job's listing."""
         prepared = TreeBuilder().prepare(GCC, ARGS, job, inv, identity)
-        ref, _ = proto.tree_listing(prepared.header["tree"])
+        ref, _ = proto.job_listing(prepared.header)
         if pretend_known:
             remote._LISTINGS.add(str(host), ref)
+        sent: list[dict] = []
         with connect(host) as sock:  # a new connection each time: a new jail
             channel, _ = open_session(sock, host, identity)
+            send_frame = channel.send
+            channel.send = lambda kind, header, *rest, **kw: (  # type: ignore[method-assign]
+                sent.append(header) if kind == proto.JOB else None,
+                send_frame(kind, header, *rest, **kw),
+            )[1]
             result = run_job(channel, host, prepared.header, [], 1 << 30, False, prepared.blobs)
         assert result.exit_code == 0, result.stderr
         assert remote._LISTINGS.known(str(host), ref)
-        return result.sent, ref
+        return sent[0], ref
 
     first, ref = send()
-    again, _ = send()
-    assert again < first - 2 * len(ref)  # not the tree: only its listing's name
+    assert "tree" in first and "listing" not in first
+    again, same = send()
+    assert same == ref and set(again) == {"id", "kind", "image", "listing"}
     # A listing we believe the server holds but it does not is asked for, and all goes on.
     (cwd.parent / "inc" / "config.h").write_bytes(b"#define LIMIT 40\n")
     spoilt, other = send(pretend_known=True)
-    assert other != ref and spoilt > again
+    assert other != ref and spoilt["listing"] == other

@@ -143,7 +143,7 @@ def test_a_tree_job_is_a_local_compile(server, tmp_path, compiler):
         assert names[0] == "x.c" and "inc/a.h" in names and "/usr/include/stdio.h" in names
         check_reads(project, header["reads"])
         # The same job again: everything is in the jail's store, no NEED.
-        need, frame_type, header, out = run(sock, job, {})
+        need, frame_type, header, _ = run(sock, job, {})
         assert need is None and frame_type == proto.RESULT and out[2] == obj
 
 
@@ -351,41 +351,47 @@ def test_the_store_is_kept_for_the_users_next_connection_and_evicts_old_blobs(
         stop_server(srv)
 
 
-def test_a_tree_named_by_its_listing(server, tmp_path):
-    """A job may name its tree by the digest of its listing (PROTOCOL.md, "listing"): the
+def test_a_job_named_by_its_listing(server, tmp_path):
+    """A tree job may be named by the digest of its listing (PROTOCOL.md, "listing"): the
     store keeps the listing of every tree job answered; one it lacks it asks for."""
     ident = compiler_identity(GCC)
     project = Project(tmp_path)
-    ref, listing = proto.tree_listing(project.job(ident)["tree"])
-    by_listing = {k: v for k, v in project.job(ident).items() if k != "tree"}
+
+    def by_listing() -> tuple[dict, str, bytes]:
+        ref, listing = proto.job_listing(project.job(ident))
+        return {"id": 7, "kind": "tree", "image": [], "listing": ref}, ref, listing
+
     with connect(server) as sock:
         _, frame_type, header, _ = run(sock, project.job(ident), project.blobs())
         assert frame_type == proto.RESULT and header["exit_code"] == 0
     with connect(server) as sock:  # any connection of the user's: the store is the user's
-        need, frame_type, header, _ = run(sock, {**by_listing, "listing": ref}, {})
+        job, ref, listing = by_listing()
+        need, frame_type, header, _ = run(sock, job, {})
         assert need is None and frame_type == proto.RESULT and header["exit_code"] == 0
+        assert header["outputs"] == [str(project.cwd / "x.o"), str(project.cwd / "x.d")]
         # A listing the store lacks is asked for, then the files as ever.
-        project.write("src/inc/a.h", b"#define A 43\n")
-        ref, listing = proto.tree_listing(project.job(ident)["tree"])
-        need, frame_type, header, _ = run(
-            sock, {**by_listing, "listing": ref}, {ref: listing, **project.blobs()}
-        )
+        new_a_h = f"#define A 43 /* {os.urandom(8).hex()} */\n".encode()  # in no store yet
+        project.write("src/inc/a.h", new_a_h)
+        job, ref, listing = by_listing()
+        need, frame_type, header, _ = run(sock, job, {ref: listing})
         assert need == [ref] and frame_type == proto.NEED
-        assert header["missing"] == [digest(b"#define A 43\n")]
-        proto.send(sock, proto.BLOBS, {"id": 7, "digests": header["missing"]}, [b"#define A 43\n"])
+        assert header["missing"] == [digest(new_a_h)]
+        proto.send(sock, proto.BLOBS, {"id": 7, "digests": header["missing"]}, [new_a_h])
         frame_type, header, _ = proto.recv(sock)
         assert frame_type == proto.RESULT and header["exit_code"] == 0
         error = refused(sock, {**project.job(ident), "listing": ref})
-        assert error["code"] == "protocol" and "one of tree" in error["message"]
+        assert error["code"] == "protocol" and "only id, kind" in error["message"]
         # A listing with other bytes than its digest ends the connection.
-        ref = digest(b'{"tree":[]}x')
-        need, frame_type, header, _ = run(
-            sock, {**by_listing, "listing": ref}, {ref: b'{"tree":[]}'}
-        )
+        ref = digest(b'{"kind":"tree"}x')
+        need, frame_type, header, _ = run(sock, {**job, "listing": ref}, {ref: b'{"kind":"tree"}'})
         assert frame_type == proto.ERROR and header["code"] == "protocol", header
         with pytest.raises((proto.ConnectionClosed, OSError)):
             proto.send(sock, proto.JOB, project.job(ident))
             proto.recv(sock)
+    with connect(server) as sock:  # a listing that names an id is refused as a bad blob
+        bad = b'{"id":1,"kind":"tree"}'
+        need, frame_type, header, _ = run(sock, {**job, "listing": digest(bad)}, {digest(bad): bad})
+        assert frame_type == proto.ERROR and "no id" in header["message"], header
 
 
 def _launcher_pid(srv: Server) -> int:
