@@ -232,7 +232,8 @@ def run_job(
         if state is not None and listing is not None and frame_type == proto.RESULT:
             state.image_checked.update(tuple(e) for e in sent["image"])
             state.base = (job["root"], {e[0]: e for e in job["tree"]})
-            _LISTINGS.add(server, listing[0])
+            if header.get("listing") == listing[0]:  # the server keeps it: name it next time
+                _LISTINGS.add(server, listing[0])
         header, out = proto.expected(proto.RESULT, frame_type, header, out)
     except proto.RemoteError as exc:
         # A first JOB sent before READY meets the handshake's refusal: said as that one is.

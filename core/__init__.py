@@ -14,7 +14,3 @@ IMAGE_NAME_PATTERN = r"[A-Za-z0-9][A-Za-z0-9._+-]{0,63}"
 # The read log (images/readlog.c): built into images made with --headers, preloaded by the jail
 # into a gcc tree job's compile so that it reports every file it read and every name it missed.
 READ_LOG_LIBRARY = "/usr/libexec/jailcc/readlog.so"
-
-# Where a jail finds its user's blob store for tree jobs: a tmpfs the launcher keeps per user and
-# attaches to each of that user's jails (sandbox/launcher.py), shared by them, seen by no other.
-JAIL_STORE_DIR = "/.jailcc-store"

@@ -2,8 +2,8 @@
 
 jailccd runs as root. It opens an image and starts this program with the open file
 (monitor/unprivileged.py), so that unsquashfs and the manifest's parser work on an image's
-bytes as an unprivileged user, never as root. Prints the manifest's JSON; on failure, the reason
-on stderr and exit status 1.
+bytes as an unprivileged user, never as root. Prints the compilers the manifest names (all root
+keeps of it: images/compilers.py) as JSON; on failure, the reason on stderr and exit status 1.
 
 Run as: python -m jailcc.images.inspect --fd N --name PATH [--verify]
 """
@@ -36,7 +36,7 @@ def main(argv: list[str] | None = None) -> int:
     except ImageError as exc:
         print(str(exc).replace(path, args.name), file=sys.stderr)
         return 1
-    sys.stdout.write(manifest.to_json())
+    sys.stdout.write(manifest.summary.to_json())
     return 0
 
 

@@ -23,11 +23,11 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from types import MappingProxyType
 
+from jailcc.images.compilers import CompilerEntry, ImageCompilers, compiler_entry
 from jailcc.images.errors import ImageError
 
 FORMAT = 1
 MANIFEST_PATH = "/.jailcc/manifest.json"
-KINDS = ("gcc", "clang")
 _HEX64 = re.compile(r"^[0-9a-f]{64}$")
 
 __all__ = [
@@ -46,21 +46,16 @@ def sha256_file(path: str) -> str:
 
 
 @dataclass(frozen=True)
-class CompilerEntry:
-    name: str  # e.g. "gcc-12"
-    kind: str  # "gcc" or "clang"
-    path: str  # the driver's path inside the image, e.g. "/usr/bin/gcc-12"
-    version: str  # e.g. "12.2.0"
-    target: str  # e.g. "x86_64-linux-gnu"
-    identity: str  # "sha256:...", as compiler_identity() computes it on the host
-
-
-@dataclass(frozen=True)
 class Manifest:
     compilers: tuple[CompilerEntry, ...]
     files: Mapping[str, str]  # image path -> sha256 hex (read-only mapping)
     symlinks: Mapping[str, str]  # image path -> target (read-only mapping)
     created_by: str
+
+    @property
+    def summary(self) -> ImageCompilers:
+        """What jailccd's root keeps of it (images/compilers.py)."""
+        return ImageCompilers(self.compilers)
 
     def compiler(self, name: str) -> CompilerEntry | None:
         return next((c for c in self.compilers if c.name == name), None)
@@ -95,7 +90,7 @@ def parse_manifest(text: str | bytes, origin: str) -> Manifest:
     bad = f"{origin}: damaged manifest"
     try:
         doc = json.loads(text)
-    except (ValueError, UnicodeDecodeError):
+    except (ValueError, UnicodeDecodeError, RecursionError):
         raise ImageError(f"{bad} (not JSON); rebuild the image with jailcc-image build") from None
     if not isinstance(doc, dict):
         raise ImageError(f"{bad} (not a JSON object); rebuild the image")
@@ -105,7 +100,7 @@ def parse_manifest(text: str | bytes, origin: str) -> Manifest:
             "rebuild the image with this version of jailcc-image"
         )
     try:
-        compilers = tuple(_compiler(c) for c in doc["compilers"])
+        compilers = tuple(compiler_entry(c) for c in doc["compilers"])
         files = doc["files"]
         symlinks = doc.get("symlinks", {})
         created_by = doc["created_by"]
@@ -125,16 +120,3 @@ def parse_manifest(text: str | bytes, origin: str) -> Manifest:
 
 def _abs(p: object) -> bool:
     return isinstance(p, str) and p.startswith("/") and "\0" not in p
-
-
-def _compiler(c: object) -> CompilerEntry:
-    if not isinstance(c, dict):
-        raise ValueError
-    fields = {k: c[k] for k in CompilerEntry.__dataclass_fields__}
-    if not all(isinstance(v, str) and v for v in fields.values()):
-        raise ValueError
-    if fields["kind"] not in KINDS or not _abs(fields["path"]):
-        raise ValueError
-    if not fields["identity"].startswith("sha256:"):
-        raise ValueError
-    return CompilerEntry(**fields)

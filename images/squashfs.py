@@ -94,6 +94,20 @@ def extract(image: str, dest: str) -> None:
         raise ImageError(_unreadable(image, _why(result)))
 
 
+def first_not_root_owned(image: str) -> str | None:
+    """The first entry of image not owned by root (uid and gid 0), from unsquashfs's numeric
+    listing, which needs no root, or None."""
+    result = _run(["unsquashfs", "-lln", image], "unsquashfs")
+    if result.returncode != 0:
+        raise ImageError(_unreadable(image, _why(result)))
+    for line in result.stdout.decode(errors="replace").splitlines():
+        fields = line.split(None, 5)
+        if len(fields) == 6 and fields[1] != "0/0":
+            path = fields[5].split(" -> ")[0].removeprefix("squashfs-root")
+            return f"{path or '/'} is not owned by root"
+    return None
+
+
 def read_manifest(image_path: str) -> Manifest:
     """Read the manifest of a toolchain image without mounting it (no root needed).
 

@@ -29,6 +29,8 @@ def verify_image(image: str) -> Manifest:
         dest = os.path.join(tmp, "root")
         squashfs.extract(image, dest)
         problem = first_problem(dest, manifest)
+        if problem is None and os.geteuid() != 0:
+            problem = squashfs.first_not_root_owned(image)  # unsquashfs kept no owners
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
     if problem is not None:

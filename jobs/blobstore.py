@@ -1,15 +1,19 @@
 """The blobs of tree jobs: content-addressed by "sha256:<hex>", the digest recomputed on the
 way in, at most `cap` bytes, least recently used first out.
 
-SharedBlobStore is the user's store on this server, a tmpfs the launcher attaches to every jail
-of that user's (and to no other): a blob one connection sent serves the user's jobs on all their
-connections, for the next build too. Every jail writes it (each as its own throwaway uid), so
-a jail trusts no file there: it checks a blob's digest the first time it reads that file.
+SharedBlobStore is the user's store on this server, a tmpfs the launcher hands to the init of
+every jail of that user's (and of no other) as a descriptor on no path, which no job inherits:
+a blob one connection sent serves the user's jobs on all their connections, for the next build
+too. Every jail's init writes it (each as its own throwaway uid), so an init trusts no file
+there: it checks a blob's digest when it first reads that file, and again whenever the file
+changed since (its inode, ctime or size; only another of the user's inits, taken over, could
+change one without all three moving).
 BlobStore keeps the blobs in the init's memory instead, for a jail that was given no store.
 """
 
 from __future__ import annotations
 
+import contextlib
 import errno
 import hashlib
 import os
@@ -66,6 +70,9 @@ class BlobStore:
             self._blobs.move_to_end(digest)
         return data
 
+    def end_job(self) -> None:
+        """Nothing to let go of: the blobs are the store."""
+
     def get(self, digest: str) -> bytes:
         """A blob held (KeyError otherwise), now the most recently used."""
         self._blobs.move_to_end(digest)
@@ -99,22 +106,14 @@ class SharedBlobStore:
 
     MAX_CHECKED = 200_000  # files whose digest this jail checked, remembered
 
-    def __init__(self, directory: str, cap: int = DEFAULT_CAP) -> None:
+    def __init__(self, store: int, cap: int = DEFAULT_CAP) -> None:
         self.cap = cap
-        self._dir = os.open(directory, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
+        # The store's root, from the launcher's descriptor of it (a detached mount: ".." from
+        # its root stays there), opened for listing.
+        self._dir = os.open(".", os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC, dir_fd=store)
         # digest -> (inode, ctime, size) of the file checked: any change to it moves its ctime.
         self._checked: dict[str, tuple[int, int, int]] = {}
         self._current: dict[str, bytes] = {}
-
-    @classmethod
-    def attached(cls, directory: str, cap: int = DEFAULT_CAP) -> SharedBlobStore | None:
-        """The store at directory if the launcher attached one there (a mount of its own)."""
-        try:
-            if os.stat(directory).st_dev == os.stat("/").st_dev:
-                return None
-            return cls(directory, cap)
-        except OSError:
-            return None
 
     def missing(self, digests: Iterable[str]) -> list[str]:
         """The digests the store lacks, each once, in the order given; the rest are read now
@@ -136,6 +135,10 @@ class SharedBlobStore:
     def get(self, digest: str) -> bytes:
         """A blob of the current job (KeyError otherwise)."""
         return self._current[digest]
+
+    def end_job(self) -> None:
+        """Let go of the current job's blobs: a jail kept for later holds no job's files."""
+        self._current = {}
 
     def add(self, digest: str, data: bytes, keep: Collection[str] = ()) -> None:
         """Hold data for the current job once it is checked to be its digest, and share it in
@@ -193,15 +196,13 @@ class SharedBlobStore:
             temporary, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o444, dir_fd=self._dir
         )
         try:
-            view = memoryview(data)
-            while view:
-                view = view[os.write(fd, view) :]
+            with open(fd, "wb", closefd=True) as out:
+                out.write(data)
+            os.rename(temporary, name, src_dir_fd=self._dir, dst_dir_fd=self._dir)
         except OSError:
-            os.close(fd)
-            os.unlink(temporary, dir_fd=self._dir)
+            with contextlib.suppress(OSError):  # another init may have evicted it already
+                os.unlink(temporary, dir_fd=self._dir)
             raise
-        os.close(fd)
-        os.rename(temporary, name, src_dir_fd=self._dir, dst_dir_fd=self._dir)
 
     def _evict(self, wanted: int, keep: Collection[str]) -> None:
         """Remove the least recently read files (the launcher mounts the store with

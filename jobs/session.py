@@ -32,7 +32,7 @@ from typing import Any
 
 import gssapi
 import gssapi.raw
-from jailcc import JAIL_STORE_DIR, READ_LOG_LIBRARY, wire
+from jailcc import READ_LOG_LIBRARY, wire
 from jailcc import protocol as proto
 from jailcc.sandbox.jail_init import CONNECTION_HANDLERS, JailInit, JobRefused
 from jailcc.sandbox.spec import RunLimits
@@ -71,11 +71,11 @@ class _BadBlobs(proto.ProtocolError):
 _JAIL_STATE: dict[str, Any] = {}
 
 
-def _store(params: dict[str, Any]) -> BlobStore | SharedBlobStore:
-    """The user's store on this server if the launcher attached it, else the jail's own."""
+def _store(init: JailInit, params: dict[str, Any]) -> BlobStore | SharedBlobStore:
+    """The user's store on this server if the launcher gave the jail one, else its own."""
     store = _JAIL_STATE.get("store")
     if store is None:
-        store = SharedBlobStore.attached(JAIL_STORE_DIR) or BlobStore()
+        store = BlobStore() if init.store is None else SharedBlobStore(init.store)
         _JAIL_STATE["store"] = store
     store.cap = int(params.get("store_bytes", DEFAULT_CAP))
     return store
@@ -91,7 +91,7 @@ def _image() -> tree.ImageFiles:
 def serve(init: JailInit, conn: socket.socket, params: dict[str, Any], token: bytes) -> str | None:
     channel = _channel(conn, params, token)
     max_input = int(params["max_input_bytes"])
-    store = _store(params)
+    store = _store(init, params)
     base: tuple[str, list[Any]] | None = None  # (root, tree) of the last tree job answered
     try:
         conn.settimeout(SEND_TIMEOUT)
@@ -108,7 +108,7 @@ def serve(init: JailInit, conn: socket.socket, params: dict[str, Any], token: by
             kind = header.get("kind", "preprocessed")
             try:
                 if kind == "tree":
-                    listed = "listing" in header
+                    original, listed = header, "listing" in header
                     header = tree.with_base(_with_listing(channel, store, header), base)
                     job: Any = tree.check_job(
                         params, header, blobs, init.limits, store.cap, _image()
@@ -127,13 +127,14 @@ def serve(init: JailInit, conn: socket.socket, params: dict[str, Any], token: by
             if kind == "tree":
                 received = _fetch_blobs(channel, store, job)
                 conn.settimeout(SEND_TIMEOUT)
-                go_on, answered = _run_tree_job(init, channel, params, job, store, received)
+                # Kept with the answer, for the next job (of any connection) to name it by.
+                listing = (original["listing"], None) if listed else proto.job_listing(header)
+                go_on, answered = _run_tree_job(
+                    init, channel, params, job, store, received, listing
+                )
+                store.end_job()
                 if answered:
                     base = (job.root, header["tree"])
-                    if not listed:  # kept, for the next job (of any connection) to name
-                        ref, listing = proto.job_listing(header)
-                        with contextlib.suppress(StoreFull):
-                            store.add(ref, listing)
             else:
                 go_on = _run_job(init, channel, params, job)
             if not go_on:
@@ -339,9 +340,13 @@ def _with_listing(
     if not set(header) <= _BY_LISTING:
         raise tree.TreeRefused("protocol", "a job by listing holds only id, kind, image, listing")
     job_id = header.get("id")
-    if not isinstance(ref, str) or not tree.DIGEST.fullmatch(ref) or not isinstance(job_id, int):
+    if not isinstance(job_id, int):
+        raise tree.TreeRefused("protocol", "a job needs an id")
+    if not isinstance(ref, str) or not tree.DIGEST.fullmatch(ref):
         raise tree.TreeRefused("protocol", "a listing is named by its sha256 digest")
     data = store.lookup(ref)
+    if data is not None and len(data) > proto.MAX_TREE_HEADER:
+        data = None  # a file of some tree named as a listing: the client must send it
     if data is None:
         channel.send(proto.NEED, {"id": job_id, "missing": [ref]})
         channel.sock.settimeout(IDLE_TIMEOUT)
@@ -415,9 +420,12 @@ def _run_tree_job(
     job: tree.TreeJob,
     store: BlobStore | SharedBlobStore,
     received: int,
+    listing: tuple[str, bytes | None],
 ) -> tuple[bool, bool]:
     """Run a tree job in a server slot, its work dir mounted at its root, and answer it:
-    (whether the connection goes on, whether the answer was a RESULT)."""
+    (whether the connection goes on, whether the answer was a RESULT). A RESULT names the
+    job's listing (its digest) once the store keeps it (listing: its bytes to keep, or None
+    when the job came by it)."""
     data = [store.get(digest) for _, digest in job.files]
 
     def execute(limits: RunLimits) -> tuple[dict[str, Any], list[bytes], dict[str, Any]]:
@@ -433,10 +441,17 @@ def _run_tree_job(
         message = "the jail could not tell which files the compile read"
         channel.send(proto.ERROR, {"code": "tree", "id": job.id, "message": message})
         return go_on, False
+    ref, data = listing
+    if data is not None:
+        try:
+            store.add(ref, data)
+        except StoreFull:
+            ref = ""
     channel.send(
         proto.RESULT,
         {
             **_result_header(job.id, result, done, times),
+            **({"listing": ref} if ref else {}),
             "has_output": bool(extra["outputs"]),
             "outputs": extra["outputs"],
             "reads": extra["reads"] or [],

@@ -18,9 +18,9 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Protocol
 
+from jailcc.images.compilers import CompilerEntry, ImageCompilers
 from jailcc.images.directory import IMAGE_DIR, dir_images
 from jailcc.images.errors import ImageError
-from jailcc.images.manifest import CompilerEntry, Manifest
 
 log = logging.getLogger("jailccd")
 
@@ -36,7 +36,7 @@ class Loaded:
     path: str
     mount: str
     stamp: tuple[int, ...]  # device, inode, size, mtime: a file replaced or rewritten differs
-    manifest: Manifest
+    manifest: ImageCompilers  # what we keep of its manifest
 
 
 class Mounter(Protocol):
@@ -78,8 +78,9 @@ def _stamp(path: str) -> tuple[int, ...]:
     return (st.st_dev, st.st_ino, st.st_size, st.st_mtime_ns)
 
 
-# An image's manifest, checked against the whole image when asked (monitor/unprivileged.py).
-Inspect = Callable[[str, bool], Manifest]
+# An image's compilers, the whole image checked against its manifest when asked
+# (monitor/unprivileged.py).
+Inspect = Callable[[str, bool], ImageCompilers]
 
 
 class Catalog:
@@ -87,7 +88,7 @@ class Catalog:
         self.explicit = {n: os.path.abspath(p) for n, p in name_images(paths).items()}
         self.directory = directory
         self.images: dict[str, str] = {}  # mount name -> path: what the sandbox mounts at start
-        self.manifests: dict[str, Manifest] = {}  # by image name
+        self.manifests: dict[str, ImageCompilers] = {}  # by image name
         self.by_identity: dict[str, Offer] = {}
         self._loaded: dict[str, Loaded] = {}
         self._mounts = 0

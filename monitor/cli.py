@@ -16,7 +16,7 @@ from jailcc.sandbox.selftest import PROBE_NAMES, SelftestError, reports_to_json,
 
 from . import config, jobs_probe
 from .catalog import image_dir, name_images
-from .unprivileged import image_manifest, service_user
+from .unprivileged import image_compilers, service_user
 
 
 def _selftest(args: argparse.Namespace) -> int:
@@ -85,7 +85,7 @@ def _check_config(
         return 1
     for name, path in wanted.items():
         try:
-            manifest = image_manifest(path, service_user(args.service_user))
+            manifest = image_compilers(path, service_user(args.service_user))
             compilers = ", ".join(c.name for c in manifest.compilers)
             print(f"# image {name}: {path} ({compilers})")
         except ImageError as exc:

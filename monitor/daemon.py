@@ -26,7 +26,7 @@ from .monitor import Monitor, MonitorConfig
 from .unprivileged import (
     DEFAULT_SERVICE_USER,
     SERVICE_UID_FALLBACK,
-    image_manifest,
+    image_compilers,
     service_user,
     start_unprivileged,
 )
@@ -305,8 +305,9 @@ def build_parser() -> argparse.ArgumentParser:
         metavar="MIB",
         help="size of the store each user gets for the sources and headers of their tree jobs:"
         " a tmpfs shared by that user's jails only, content-addressed, least recently read"
-        " first out, kept an hour after the user's last jail (at most 16 users' at once), in"
-        " MiB; also the most one tree job may ship (default 128)",
+        " first out, kept an hour after the user's last jail (at most 16 users' at once; its"
+        " pages count against the memory of the jail that wrote them), in MiB; also the most"
+        " one tree job may ship (default 128)",
     )
     p.add_argument(
         "--status-show-sources",
@@ -644,11 +645,13 @@ def check(args: argparse.Namespace) -> Checked:
             "--jobs, --max-connections, --max-unauthenticated-per-peer, --log-peer-lines and"
             " the timeouts must be positive"
         )
+    if not 1 <= args.store_mb <= 65536:
+        raise ValueError("--store-mb must be 1 to 65536 (MiB)")
     ids = service_user(args.service_user)  # reads the images for us (monitor/unprivileged.py)
     catalog = Catalog(
         args.toolchain_image,
         image_dir(args.image_dir),
-        lambda path, verify: image_manifest(path, ids, verify),
+        lambda path, verify: image_compilers(path, ids, verify),
     )
     if not catalog.wanted()[0]:
         raise ImageError(

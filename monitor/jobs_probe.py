@@ -26,7 +26,13 @@ from jailcc.jobs import handover
 from jailcc.sandbox.api import Jail, SandboxError
 from jailcc.sandbox.spec import RunLimits
 
-from .unprivileged import image_manifest, service_user, start_unprivileged
+from .unprivileged import (
+    DEFAULT_SERVICE_USER,
+    communicate,
+    image_compilers,
+    service_user,
+    start_unprivileged,
+)
 
 NAME = "jobs_compile"
 WORKDIR = "/selftest/jobs"
@@ -51,6 +57,7 @@ def compile_through_jobs(
     cwd: str,
     source: bytes,
     args: tuple[str, ...] = ("-O2",),
+    service_user_name: str = DEFAULT_SERVICE_USER,
 ) -> dict[str, Any]:
     """Hand one end of a socketpair to the jail's jobs handler as the server hands a client's
     connection (auth "local"), and have the unprivileged client compile `source` (a
@@ -85,44 +92,44 @@ def compile_through_jobs(
         except (SandboxError, OSError) as exc:
             ended.append(exc)
 
-    uid, gid = service_user()
     options = ["--fd", str(ours.fileno()), "--cwd", cwd, *(f"--arg={a}" for a in args)]
-    client = start_unprivileged(
-        CLIENT,
-        options,
-        uid,
-        gid,
-        pass_fds=[ours.fileno()],
-        stdin=subprocess.PIPE,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.DEVNULL,
-    )
-    ours.close()  # the client's now: its end closing ends the connection cleanly
+    try:
+        client = start_unprivileged(
+            CLIENT,
+            options,
+            *service_user(service_user_name),
+            pass_fds=[ours.fileno()],
+            stdin=subprocess.PIPE,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            start_new_session=True,
+        )
+    except BaseException:
+        theirs.close()
+        raise
+    finally:
+        ours.close()  # the client's now: its end closing ends the connection cleanly
     server = threading.Thread(target=serve, name="selftest-jobs", daemon=True)
     server.start()
     try:
-        assert client.stdin is not None and client.stdout is not None
-        client.stdin.write(source)
-        client.stdin.close()
-        raw = client.stdout.read(MAX_REPORT)
+        raw, err = communicate(client, source, MAX_REPORT, TIMEOUT)
+    except (TimeoutError, ValueError) as exc:
+        raise ProbeFailed(f"the selftest client: {exc}") from None
     finally:
-        try:
-            client.wait(TIMEOUT)
-        except subprocess.TimeoutExpired:
-            client.kill()
-            client.wait()
         server.join(TIMEOUT)
-    report = _report(raw)
+    report = _report(raw, err)
     if ended != [None]:
-        raise ProbeFailed(f"the jobs handler ended the connection: {str(ended[:1])[:300]}")
+        why = "it is still serving" if not ended else str(ended[0])[:300]
+        raise ProbeFailed(f"the jobs handler ended the connection: {why}")
     return report
 
 
-def _report(raw: bytes) -> dict[str, Any]:
+def _report(raw: bytes, err: bytes) -> dict[str, Any]:
     try:
         report = json.loads(raw)
-    except ValueError:
-        raise ProbeFailed(f"the selftest client said {raw[:300]!r}") from None
+    except (ValueError, RecursionError):
+        said = err.decode(errors="replace").strip()[-300:] or repr(raw[:300])
+        raise ProbeFailed(f"the selftest client failed: {said}") from None
     if not isinstance(report, dict):
         raise ProbeFailed("the selftest client's report is not an object")
     if "error" in report:
@@ -133,7 +140,7 @@ def _report(raw: bytes) -> dict[str, Any]:
 def probe(jail: Jail, image_path: str) -> tuple[bool, str]:
     """PASS when the image's first compiler builds an object through the jobs handler."""
     try:
-        compilers = image_manifest(image_path, service_user()).compilers
+        compilers = image_compilers(image_path, service_user()).compilers
     except ImageError as exc:
         return False, f"cannot read the image's manifest: {exc}"
     if not compilers:

@@ -335,14 +335,19 @@ class Monitor:
         ended: str | None = "not started"
         try:
             if jail is None:
+                # The user's blob store, by how they were identified too (a local name is
+                # no principal); none for --insecure peers, whose names are their addresses.
+                store_for = None
+                if conn.auth != "none":
+                    store_for = (f"{conn.auth}:{conn.user}", self.config.store_bytes)
                 jail = self.sandbox.create_jail(
-                    offer.image,
-                    self.config.jail_limits,
-                    store_for=(conn.user, self.config.store_bytes),
+                    offer.image, self.config.jail_limits, store_for=store_for
                 )
                 built = time.monotonic() - started
                 if jail.store_error:
-                    log.warning("jail without the user's blob store: %s", jail.store_error)
+                    log.warning(
+                        "jail of %s without their blob store: %s", conn.user[:300], jail.store_error
+                    )
             conn.jail = jail
             if self.idle:
                 jail.set_idle(True)

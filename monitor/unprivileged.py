@@ -1,25 +1,28 @@
 """What root hands to processes of the network service's uid: the uid itself, starting such a
-process, and the toolchain images' manifests, which that uid reads and checks so that neither
-unsquashfs nor the image parser ever runs as root."""
+process, and the toolchain images, which that uid reads and checks against their manifests so
+that neither unsquashfs nor the manifest's parser ever runs as root."""
 
 from __future__ import annotations
 
+import contextlib
 import os
 import pwd
+import selectors
 import signal
 import subprocess
 import sys
+import time
 from typing import Any
 
+from jailcc.images.compilers import ImageCompilers, parse_image_compilers
 from jailcc.images.errors import ImageError
-from jailcc.images.manifest import Manifest, parse_manifest
 from jailcc.sandbox.uidpool import DEFAULT_BASE
 
 DEFAULT_SERVICE_USER = "jailccd"
 # The network service's uid where no jailccd user exists: its own, next to the jails' range.
 SERVICE_UID_FALLBACK = DEFAULT_BASE - 1
-MAX_MANIFEST = 64 << 20
-INSPECT_TIMEOUT = 600.0  # a verify extracts the whole image
+MAX_SUMMARY = 1 << 20
+INSPECT_TIMEOUT = 1800.0  # a verify extracts and hashes the whole image
 
 
 def service_user(name: str = DEFAULT_SERVICE_USER) -> tuple[int, int]:
@@ -59,10 +62,51 @@ def start_unprivileged(
     )
 
 
-def image_manifest(path: str, ids: tuple[int, int], verify: bool = False) -> Manifest:
-    """An image's manifest as images/inspect.py, run as ids, reads it (and with verify,
-    checks the whole image against it). The image is opened here and handed over open, so it
-    need only be readable by others, wherever it lies."""
+def communicate(
+    child: subprocess.Popen[bytes], given: bytes, cap: int, timeout: float
+) -> tuple[bytes, bytes]:
+    """Give a child started with start_unprivileged(..., start_new_session=True) its stdin,
+    and take its stdout (at most cap bytes) and the tail of its stderr until it exits. Past the
+    deadline or the cap its whole process group is killed and TimeoutError or ValueError
+    raised: an unprivileged process never makes root wait or hold more than that."""
+    assert child.stdin is not None and child.stdout is not None and child.stderr is not None
+    deadline = time.monotonic() + timeout
+    try:
+        with contextlib.suppress(BrokenPipeError):  # it may have died: its stderr says why
+            child.stdin.write(given)
+        child.stdin.close()
+        out, err = bytearray(), bytearray()
+        with selectors.DefaultSelector() as streams:
+            streams.register(child.stdout, selectors.EVENT_READ, out)
+            streams.register(child.stderr, selectors.EVENT_READ, err)
+            while streams.get_map():
+                left = deadline - time.monotonic()
+                if left <= 0:
+                    raise TimeoutError(f"no answer within {timeout:.0f} s")
+                for key, _ in streams.select(left):
+                    data = os.read(key.fd, 65536)
+                    if not data:
+                        streams.unregister(key.fileobj)
+                    key.data.extend(data)
+                del err[:-4096]
+                if len(out) > cap:
+                    raise ValueError(f"more than {cap} bytes of output")
+        child.wait(max(deadline - time.monotonic(), 0.1))
+        return bytes(out), bytes(err)
+    except BaseException:
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(child.pid, signal.SIGKILL)
+        child.wait()
+        raise
+    finally:
+        child.stdout.close()
+        child.stderr.close()
+
+
+def image_compilers(path: str, ids: tuple[int, int], verify: bool = False) -> ImageCompilers:
+    """The compilers of an image's manifest as images/inspect.py, run as ids, reads them (and
+    with verify, checks the whole image against the manifest). The image is opened here and
+    handed over open, so it need only be readable by others, wherever it lies."""
     try:
         fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
     except OSError as exc:
@@ -74,21 +118,20 @@ def image_manifest(path: str, ids: tuple[int, int], verify: bool = False) -> Man
             args,
             *ids,
             pass_fds=[fd],
-            stdin=subprocess.DEVNULL,
+            stdin=subprocess.PIPE,
             stdout=subprocess.PIPE,
             stderr=subprocess.PIPE,
+            start_new_session=True,  # unsquashfs too goes when we kill it
         )
     finally:
         os.close(fd)
     try:
-        out, err = child.communicate(timeout=INSPECT_TIMEOUT)
-    except subprocess.TimeoutExpired:
-        child.kill()
-        child.wait()
-        raise ImageError(f"{path}: reading the image took over {INSPECT_TIMEOUT:.0f} s") from None
+        out, err = communicate(child, b"", MAX_SUMMARY, INSPECT_TIMEOUT)
+    except (TimeoutError, ValueError) as exc:
+        raise ImageError(f"{path}: reading the image: {exc}") from None
     if child.returncode != 0:
-        reason = err.decode(errors="replace").strip()[-500:] or f"status {child.returncode}"
+        reason = err.decode(errors="replace").strip() or f"status {child.returncode}"
+        if "ermission denied" in reason:
+            reason += f" (jailccd reads images as uid {ids[0]}: make the file readable by others)"
         raise ImageError(reason)
-    if len(out) > MAX_MANIFEST:
-        raise ImageError(f"{path}: a manifest of more than {MAX_MANIFEST} bytes")
-    return parse_manifest(out, path)
+    return parse_image_compilers(out, path)

@@ -82,6 +82,9 @@ class JailInit:
         self.spawn_helper = spawn_helper
         self.devnull = os.open("/dev/null", os.O_RDONLY | os.O_CLOEXEC)
         self.dirty = False  # set when a job left something the wipe could not remove
+        # Its user's blob store, a directory on no path (launcher.py _give_store), for the
+        # connection handlers: given once, kept for the jail's life, never passed to a job.
+        self.store: int | None = None
         if os.geteuid() == 0 and "root_uid" not in weaken:
             # Its sweep and wipes assume a jail: never let it loose on the host.
             raise RuntimeError("the jail init must run inside a jail, unprivileged")
@@ -122,6 +125,8 @@ class JailInit:
             try:
                 if header.get("op") == "connection" and len(fds) == 1:
                     reply, out_blobs = self._connection(header, blobs, fds.pop()), []
+                elif header.get("op") == "store" and len(fds) == 1 and self.store is None:
+                    self.store, reply, out_blobs = fds.pop(), {"ok": True}, []
                 elif fds:
                     raise JobRefused("unexpected descriptors")
                 else:

@@ -77,7 +77,7 @@ class LiveJail:
     weaken: frozenset[str]
     image_top: frozenset[str] = frozenset()  # the image's top-level entries: no work dir there
     workdir: str | None = None
-    store_owner: str | None = None  # whose blob store it holds (see Launcher._attach_store)
+    store_owner: str | None = None  # whose blob store it holds (see Launcher._give_store)
     exited: bool = False
     leaks: list[str] = field(default_factory=list)
 
@@ -196,7 +196,10 @@ class Launcher:
             wire.send_packet(self.control, reply, out_fds)
             for fd in out_fds:
                 os.close(fd)
-            self._expire_stores()
+            try:
+                self._expire_stores()
+            except OSError as exc:  # it stays mounted, unused, until we stop
+                print(f"jailcc-launcher: warning: dropping a store: {exc}", file=sys.stderr)
             self._refill_while_idle()
         self.shutdown()
 
@@ -226,11 +229,16 @@ class Launcher:
     def _create(self, message: dict) -> tuple[dict, list[int]]:
         store = _store_request(message.get("store"))
         reply, fds = self._take_jail(message)
-        if store is not None:
-            try:
-                self._attach_store(self.jails[reply["jail"]], *store)
-            except OSError as exc:  # the jail works without: its own store, in memory
-                reply["store_error"] = str(exc)[:300]
+        if store is None:
+            return reply, fds
+        try:
+            self._give_store(self.jails[reply["jail"]], fds[0], *store)
+        except OSError as exc:  # the jail works without: its own store, in memory
+            reply["store_error"] = str(exc)[:300]
+        except BaseException:
+            os.close(fds[0])
+            self._destroy(reply["jail"])
+            raise
         return reply, fds
 
     def _take_jail(self, message: dict) -> tuple[dict, list[int]]:
@@ -368,21 +376,26 @@ class Launcher:
         jail.workdir = path
         return {"ok": True}
 
-    def _attach_store(self, jail: LiveJail, user: str, size: int) -> None:
-        """Give a new jail its user's blob store, made on the user's first jail: every jail of
-        the user's sees the same files, no other jail sees them. The jails check each blob's
-        digest when they read it (jobs/blobstore.py)."""
+    def _give_store(self, jail: LiveJail, channel_fd: int, user: str, size: int) -> None:
+        """Hand a new jail's init its user's blob store, made on the user's first jail: a
+        descriptor of a detached copy of the store's mount, on no path, so that only the
+        inits of the user's jails reach the files (never a job, which starts with no inherited
+        descriptor, nor another user's jail). The inits check each blob's digest when they
+        read it (jobs/blobstore.py)."""
         store = self.stores.get(user) or self._new_store(user, size)
         clone = sc.clone_mount(store.path)
+        channel = socket.socket(fileno=os.dup(channel_fd))
         try:
-            sc.setns(jail.pidfd, sc.CLONE_NEWNS)
-            try:
-                rootfs.attach_store(clone, jail.weaken)
-            finally:
-                sc.setns(self.own_mntns, sc.CLONE_NEWNS)
-                os.chdir("/")
+            channel.settimeout(READY_TIMEOUT)
+            wire.send_message(channel, {"op": "store"}, fds=[clone])
+            reply, _ = wire.recv_message(channel, 0)
+        except (OSError, wire.WireError) as exc:
+            raise OSError(f"the jail's init did not take its store: {exc}") from None
         finally:
+            channel.close()
             os.close(clone)
+        if reply.get("ok") is not True:
+            raise OSError(f"the jail's init refused its store: {str(reply.get('error'))[:200]}")
         store.jails += 1
         store.used = time.monotonic()
         jail.store_owner = user
@@ -477,6 +490,10 @@ class Launcher:
     def _destroy(self, jail_id: int) -> dict:
         started = time.monotonic()
         jail = self.jails.pop(jail_id)
+        store = self.stores.get(jail.store_owner or "")
+        if store is not None:
+            store.jails -= 1
+            store.used = started
         leaks: list[str] = []
         if not jail.exited:
             # Through the pidfd: it names this init, whatever the kernel does with its pid.
@@ -486,10 +503,6 @@ class Launcher:
             with contextlib.suppress(ChildProcessError):
                 os.waitpid(jail.pid, 0)
         os.close(jail.pidfd)
-        store = self.stores.get(jail.store_owner or "")
-        if store is not None and jail.store_owner is not None:
-            store.jails -= 1
-            store.used = time.monotonic()
         survivors = jail.cgroup.pids()
         if survivors:
             leaks.append(f"{len(survivors)} process(es) outlived the jail's init: {survivors}")

@@ -23,8 +23,6 @@ import contextlib
 import os
 import stat
 
-from jailcc import JAIL_STORE_DIR
-
 from . import syscalls as sc
 from .spec import JailLimits
 
@@ -35,8 +33,6 @@ ROOT_IN_OUTER = "/r"
 # The C helper that starts each job (spawn.c), bound read-only into every jail from the
 # launcher's copy of it, in a tmpfs of its own (install_spawn_helper).
 SPAWN_HELPER = "/.jailcc-spawn"
-# Where a jail finds its user's blob store (the launcher attaches it; see Launcher._store_for).
-STORE_DIR = JAIL_STORE_DIR
 HELPER_DIR = os.path.join(MOUNT_BASE, "helpers")
 SPAWN_HELPER_COPY = os.path.join(HELPER_DIR, "spawn")
 
@@ -150,8 +146,6 @@ def build(
         f"{tmp_size}nr_inodes={limits.tmp_inodes},mode=0700,uid={uid},gid={uid}",
     )
 
-    os.mkdir(root + STORE_DIR, 0o755)  # empty unless the launcher attaches a store
-
     if "writable_root" not in weaken:
         sc.mount(None, root, None, sc.MS_REMOUNT | sc.MS_RDONLY | secure)
 
@@ -236,18 +230,6 @@ def _unmount_workdir(root: str, path: str) -> None:
         os.chdir("/")
 
 
-def attach_store(store_mount: int, weaken: frozenset[str]) -> None:
-    """Attach a clone of a user's store tmpfs at STORE_DIR. Runs in the launcher after setns()
-    into the jail's mount namespace; the jail cannot change its read-only root, but the last
-    step is taken without following a symlink all the same."""
-    root = "/" if "no_chroot_nesting" in weaken else ROOT_IN_OUTER
-    target = os.open(root + STORE_DIR, os.O_PATH | os.O_DIRECTORY | os.O_NOFOLLOW)
-    try:
-        sc.attach_mount(store_mount, target)
-    finally:
-        os.close(target)
-
-
 def image_top(image_root: str) -> frozenset[str]:
     """The image's top-level entries as a jail built from it holds them (see build)."""
     return frozenset(os.listdir(image_root)) - RESERVED_TOP
@@ -266,7 +248,7 @@ def validate_workdir(path: str, image_entries: frozenset[str] = frozenset()) -> 
         raise WorkdirError(f"the working directory {path!r} is not a normalized path below /")
     if parts[0] in ("proc", "dev"):
         raise WorkdirError(f"the working directory {path!r} cannot lie in /{parts[0]}")
-    if parts[0] in image_entries or "/" + parts[0] in (SPAWN_HELPER, STORE_DIR):
+    if parts[0] in image_entries or "/" + parts[0] == SPAWN_HELPER:
         raise WorkdirError(
             f"the working directory {path!r} lies in the toolchain image (/{parts[0]})"
         )

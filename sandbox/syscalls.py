@@ -49,7 +49,6 @@ _SYSCALL_NUMBERS = {
     "add_key": (248, 217),
     "close_range": (436, 436),
     "open_tree": (428, 428),
-    "move_mount": (429, 429),
 }
 _ARCH_INDEX = {"x86_64": 0, "aarch64": 1}
 
@@ -86,10 +85,8 @@ def mount(
     _check(result, f"mount {source or fstype} on {target}")
 
 
-# open_tree(2) and move_mount(2): a copy of a mount, carried into another mount namespace.
+# open_tree(2): a copy of a mount, detached from every mount namespace, as a descriptor.
 OPEN_TREE_CLONE = 1
-MOVE_MOUNT_F_EMPTY_PATH = 0x04
-MOVE_MOUNT_T_EMPTY_PATH = 0x40
 
 
 def clone_mount(path: str) -> int:
@@ -99,20 +96,6 @@ def clone_mount(path: str) -> int:
         ctypes.c_long(_nr("open_tree")), ctypes.c_int(-100), os.fsencode(path), ctypes.c_uint(flags)
     )
     return _check(result, f"open_tree {path}")
-
-
-def attach_mount(mount_fd: int, target_fd: int) -> None:
-    """Attach a detached mount (clone_mount) on the directory target_fd names, in the caller's
-    current mount namespace."""
-    result = _libc.syscall(
-        ctypes.c_long(_nr("move_mount")),
-        ctypes.c_int(mount_fd),
-        b"",
-        ctypes.c_int(target_fd),
-        b"",
-        ctypes.c_uint(MOVE_MOUNT_F_EMPTY_PATH | MOVE_MOUNT_T_EMPTY_PATH),
-    )
-    _check(result, "move_mount")
 
 
 def umount2(target: str, flags: int = 0) -> None:

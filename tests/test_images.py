@@ -392,6 +392,23 @@ def test_verify_names_the_first_problem(change: str, message: str, tmp_path: Pat
     assert_one_line_error(run_cli("verify", str(_tiny_image(tmp_path, change))), message)
 
 
+def test_verify_names_a_file_not_owned_by_root_also_when_not_root(tmp_path: Path) -> None:
+    """jailccd verifies images as the network service's uid (monitor/unprivileged.py), where
+    unsquashfs keeps no owners: the owners come from its numeric listing instead."""
+    from jailcc.monitor.unprivileged import image_compilers
+
+    image = _tiny_image(tmp_path, "none")
+    root = tmp_path / "root"
+    os.chown(root / "bin/x", 1000, 1000)
+    image.unlink()
+    subprocess.run(["mksquashfs", str(root), str(image), "-quiet", "-no-progress"], check=True)
+    assert_one_line_error(run_cli("verify", str(image)), "/bin/x is not owned by root")
+    with pytest.raises(ImageError, match="/bin/x is not owned by root"):
+        image_compilers(str(image), (65534, 65534), verify=True)
+    # The same image's manifest reads as any image's: only verify looks at owners.
+    assert image_compilers(str(image), (65534, 65534)).compilers[0].name == "cc"
+
+
 # --- bad input -----------------------------------------------------------------------------
 
 

@@ -20,6 +20,7 @@ import psutil
 import pytest
 from conftest import requires_root
 from jailcc import wire
+from jailcc.jobs import handover
 from jailcc.monitor.kerberos import AuthenticationFailed
 from jailcc.monitor.monitor import MAX_AUTH_ROUNDS, Monitor, MonitorConfig, State
 from jailcc.peer import LocalAuthorizer
@@ -241,8 +242,8 @@ def test_allowed_peers_reach_the_sandbox(monitor) -> None:
     assert reply["end"] is True and reply["error"] == "no jails here", reply
     assert sandbox.created == ["gcc-12", "gcc-12"]
     # The jail's blob store is its user's, as the monitor itself decided who that is.
-    (local_user, _), (tcp_peer, _) = sandbox.stores
-    assert local_user == _user_name() and tcp_peer.startswith("127.0.0.1:"), sandbox.stores
+    # A --insecure peer (named by its address) gets none.
+    assert sandbox.stores == [(f"local:{_user_name()}", handover.STORE_BYTES), None]
     for sock in (tcp_client, server_side, listener):
         sock.close()
 

@@ -434,7 +434,11 @@ def test_a_users_jails_share_one_store_that_no_other_user_sees(headers_image, tm
             # A file of the store spoilt behind the jails' backs (as another jail of the
             # user's could) is asked for again, never compiled from.
             x_c = digest(project.files["src/x.c"]).removeprefix("sha256:")
-            spoil = f"for f in /run/jailcc/mnt/store*/{x_c}; do echo junk >$f; done"
+            # In place, the same size: only the file's ctime tells the jails it changed.
+            spoil = (
+                f"for f in /run/jailcc/mnt/store*/{x_c}; do"
+                " printf X | dd of=$f bs=1 conv=notrunc status=none; done"
+            )
             mount_ns = f"--mount=/proc/{_launcher_pid(srv)}/ns/mnt"
             subprocess.run(["nsenter", mount_ns, "sh", "-c", spoil], check=True)
             need, frame_type, header, out = run(first, project.job(ident), project.blobs())
