@@ -35,6 +35,7 @@ import argparse
 import hashlib
 import os
 import re
+import resource
 import shlex
 import shutil
 import subprocess
@@ -70,6 +71,7 @@ class BuildResult:
     tree: Path  # where it was built
     seconds: float  # the make step (what a compile farm speeds up)
     configure_seconds: float
+    make_cpu: float  # CPU seconds of the make step, its children included (not a proxy's)
     returncode: int
     log: str
     objects: dict[str, str] = field(default_factory=dict)  # relpath -> sha256 hex
@@ -470,17 +472,21 @@ def build(
     except subprocess.CalledProcessError as e:
         output = (e.output or "") + (e.stderr or "")
         log.append(f"$ {shlex.join(e.cmd)}\n{output}")
-        return BuildResult(proj.name, tree, 0.0, time.monotonic() - t0, e.returncode or 1, log[0])
+        return BuildResult(
+            proj.name, tree, 0.0, time.monotonic() - t0, 0.0, e.returncode or 1, log[0]
+        )
     configure_seconds = time.monotonic() - t0
     argv = proj.make_argv(cc, cxx, jobs, flags)
     log.append(f"$ {shlex.join(argv)}")
-    t1 = time.monotonic()
+    t1, cpu1 = time.monotonic(), _children_cpu()
     p = subprocess.run(
         argv, cwd=tree, env=benv, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True
     )
-    seconds = time.monotonic() - t1
+    seconds, make_cpu = time.monotonic() - t1, _children_cpu() - cpu1
     log.append(p.stdout)
-    result = BuildResult(proj.name, tree, seconds, configure_seconds, p.returncode, "\n".join(log))
+    result = BuildResult(
+        proj.name, tree, seconds, configure_seconds, make_cpu, p.returncode, "\n".join(log)
+    )
     for rel, path in object_files(tree).items():
         data = path.read_bytes()
         result.objects[rel] = hashlib.sha256(data).hexdigest()
@@ -490,6 +496,11 @@ def build(
         line for line in p.stdout.splitlines() if "might prevent reproducible builds" in line
     ]
     return result
+
+
+def _children_cpu() -> float:
+    usage = resource.getrusage(resource.RUSAGE_CHILDREN)
+    return usage.ru_utime + usage.ru_stime
 
 
 def compare(a: BuildResult, b: BuildResult) -> list[str]:

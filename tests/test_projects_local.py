@@ -120,7 +120,7 @@ def test_recorder_sees_a_compile_without_dash_c(tmp_path: Path) -> None:
     env = {"RECORD_COMPILES_LOG": str(log), "PATH": "/usr/bin:/bin"}
     subprocess.run([wrapper, "gcc-12", "-o", "x", "x.c"], cwd=tmp_path, env=env, check=True)
     subprocess.run(["gcc-12", "-c", "-o", "y.o", "x.c"], cwd=tmp_path, check=True)
-    result = projects.BuildResult("x", tmp_path, 0.0, 0.0, 0, "")
+    result = projects.BuildResult("x", tmp_path, 0.0, 0.0, 0.0, 0, "")
     result.objects = {rel: "h" for rel in projects.object_files(tmp_path)}
     problems = projects.check_recorded(result, projects.read_record(log))
     assert problems == [
