@@ -365,3 +365,48 @@ def test_the_server_stops_loudly_when_its_launcher_dies(gcc_image, tmp_path):
             srv.proc.kill()
             srv.proc.wait()
         srv.socket_path.parent.rmdir()
+
+
+def test_connection_workers_are_kept_for_the_next_connection_and_grow_with_load() -> None:
+    import threading
+
+    from jailcc.server.service import _Workers
+
+    workers = _Workers()
+    seen: list[str] = []
+    done = threading.Event()
+
+    def task(last: bool) -> None:
+        seen.append(threading.current_thread().name + str(threading.get_ident()))
+        if last:
+            done.set()
+
+    def task_then(finished: threading.Event) -> None:
+        task(False)
+        finished.set()
+
+    for _ in range(5):  # one after the other: one thread takes them all
+        finished = threading.Event()
+        workers.run(task_then, finished)
+        assert finished.wait(5)
+        time.sleep(0.01)  # let it count itself idle
+    assert len(set(seen)) == 1
+    release = threading.Event()
+    started = threading.Semaphore(0)
+
+    def blocking() -> None:
+        started.release()
+        release.wait(5)
+
+    for _ in range(3):  # at the same time: each gets a thread of its own
+        workers.run(blocking)
+    for _ in range(3):
+        assert started.acquire(timeout=5)
+    release.set()
+
+    def broken() -> None:
+        raise RuntimeError("a bug in a handler")
+
+    workers.run(broken)  # logged; the workers go on
+    workers.run(task, True)
+    assert done.wait(5)
