@@ -38,9 +38,9 @@ _TREE_STATE: weakref.WeakKeyDictionary[proto.Channel, _TreeState] = weakref.Weak
 
 
 class _Listings:
-    """The tree listings (PROTOCOL.md, "listing") each server's store holds for us, as far as
-    we know: those of our tree jobs it answered. A job whose listing is known names it instead
-    of sending its tree; a server that has lost it asks for it (NEED), at a round trip's cost."""
+    """The listings of our tree jobs (PROTOCOL.md, "listing") each server's store holds, as far
+    as we know: those its RESULTs said it keeps. A job whose listing is known is sent as that
+    alone; a server that has lost it asks for it (NEED), at a round trip's cost."""
 
     MAX_PER_SERVER = 100_000
 

@@ -362,8 +362,10 @@ def _with_listing(
         data = blobs[0]
         try:
             store.add(ref, data)
-        except (BlobMismatch, StoreFull) as exc:
+        except BlobMismatch as exc:
             raise _BadBlobs(job_id, str(exc)) from None
+        except StoreFull:
+            pass  # larger than this server's whole store: used for this job, not kept
     try:
         job = wire.json_object(data)
     except wire.WireError as exc:
@@ -441,17 +443,17 @@ def _run_tree_job(
         message = "the jail could not tell which files the compile read"
         channel.send(proto.ERROR, {"code": "tree", "id": job.id, "message": message})
         return go_on, False
-    ref, data = listing
-    if data is not None:
+    listing_ref, listing_bytes = listing
+    if listing_bytes is not None:
         try:
-            store.add(ref, data)
+            store.add(listing_ref, listing_bytes)
         except StoreFull:
-            ref = ""
+            listing_ref = ""
     channel.send(
         proto.RESULT,
         {
             **_result_header(job.id, result, done, times),
-            **({"listing": ref} if ref else {}),
+            **({"listing": listing_ref} if listing_ref else {}),
             "has_output": bool(extra["outputs"]),
             "outputs": extra["outputs"],
             "reads": extra["reads"] or [],
