@@ -14,3 +14,8 @@ IMAGE_NAME_PATTERN = r"[A-Za-z0-9][A-Za-z0-9._+-]{0,63}"
 # The read log (images/readlog.c): built into images made with --headers, preloaded by the jail
 # into a gcc tree job's compile so that it reports every file it read and every name it missed.
 READ_LOG_LIBRARY = "/usr/libexec/jailcc/readlog.so"
+
+# `jailccd selftest`'s jobs_compile probe (monitor/jobs_probe.py hands the connection over,
+# server/selftest_client.py plays the client): the compiler identity its connection and job
+# name, and the hello its READY repeats. They need only agree.
+SELFTEST_IDENTITY, SELFTEST_HELLO = "selftest", {"selftest": True}

@@ -21,6 +21,7 @@ import threading
 import time
 from typing import Any
 
+from jailcc import SELFTEST_HELLO, SELFTEST_IDENTITY
 from jailcc.images.errors import ImageError
 from jailcc.jobs import handover
 from jailcc.sandbox.api import Jail, SandboxError
@@ -42,8 +43,6 @@ RUN_LIMITS = RunLimits(cpu_seconds=10, wall_seconds=30.0)
 TIMEOUT = 60.0
 MAX_REPORT = 64 * 1024
 CLIENT = "jailcc.server.selftest_client"
-# server/selftest_client.py's: the job's and the connection's identity, and the hello.
-IDENTITY, HELLO = "selftest", {"selftest": True}
 
 
 class ProbeFailed(Exception):
@@ -65,13 +64,13 @@ def compile_through_jobs(
     "object_sha256", "stderr"}. Raises ProbeFailed on a broken protocol or client."""
     params = handover.session_params(
         auth="local",
-        identity=IDENTITY,
+        identity=SELFTEST_IDENTITY,
         compiler_path=compiler_path,
         compiler_kind=compiler_kind,
         image="selftest",
         max_input_bytes=1 << 20,
         run_limits=RUN_LIMITS,
-        hello=HELLO,
+        hello=SELFTEST_HELLO,
     )
 
     def answer(question: dict[str, Any]) -> dict[str, Any]:

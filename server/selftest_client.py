@@ -18,11 +18,9 @@ import socket
 import sys
 from typing import Any
 
+from jailcc import SELFTEST_HELLO, SELFTEST_IDENTITY
 from jailcc import protocol as proto
 
-# What the probe's connection is handed over with: the job and the hello need only agree.
-IDENTITY = "selftest"
-HELLO = {"selftest": True}
 TIMEOUT = 60.0
 MAX_SOURCE = 1 << 20
 ELF_MAGIC = b"\x7fELF"
@@ -33,11 +31,11 @@ def compile_once(sock: socket.socket, cwd: str, args: list[str], source: bytes) 
     sock.settimeout(TIMEOUT)
     channel = proto.Channel(sock)
     ready, _ = channel.expect(proto.READY, proto.MAX_HELLO_FRAME)
-    if ready != HELLO:
+    if ready != SELFTEST_HELLO:
         raise proto.ProtocolError(f"READY carried {str(ready)[:200]}, not the hello handed over")
     job = {
         "id": 1,
-        "identity": IDENTITY,
+        "identity": SELFTEST_IDENTITY,
         "cwd": cwd,
         "input": "selftest.i",
         "mode": "c",
