@@ -29,6 +29,7 @@ from pathlib import Path
 
 import jailcc
 import pytest
+from conftest import build_image
 
 TOP = Path(__file__).resolve().parent.parent
 UNITS = TOP / "packaging" / "systemd"
@@ -637,3 +638,50 @@ def test_dpkg_installs_and_purges_it_in_a_throwaway_root(deb, tmp_path):
     assert "Status: deinstall ok config-files" in said
     purged = said.split("== purged")[1]
     assert "No such file" in purged  # /etc/jailcc went with the conffile
+
+
+# -- a real systemd on cgroup v2 --------------------------------------------------------------
+
+
+def test_the_package_installs_and_serves_under_systemd_on_cgroup_v2(deb, tmp_path):
+    """scripts/vm-systemd: a VM booted by Debian 12's kernel and this machine's own Debian 12
+    under a throwaway overlay, with systemd as PID 1 and only cgroup v2 mounted. dpkg -i, an
+    image, `systemctl start jailccd`, compiles by a member of the group jailcc identical to
+    local ones, the jails' groups in the unit's delegated subtree with their limits, `systemctl
+    reload` serving an added image from the same process, `systemctl stop` leaving nothing."""
+    image = build_image(tmp_path / "gcc-12.img", "/usr/bin/gcc-12", headers=True)
+    proc = subprocess.run(
+        [str(TOP / "scripts/vm-systemd"), str(deb), str(image)],
+        capture_output=True, text=True, timeout=1200,
+    )  # fmt: skip
+    said = proc.stdout + proc.stderr
+    if proc.returncode == 2:  # no kernel (no mirror), no systemd, cc or python3.11 here
+        pytest.skip(said.strip().splitlines()[-1])
+    assert proc.returncode == 0, said
+    passed = [line for line in proc.stdout.splitlines() if line.startswith("PASS")]
+    assert "FAIL" not in proc.stdout, said
+    for check in (
+        "PID 1 is systemd",
+        "only cgroup v2 is mounted",
+        "dpkg -i jailcc.deb",
+        "not started without an image",
+        "jailccd serves its socket",
+        "jailccd moved itself into the leaf of its delegated subtree",
+        "the jails' parent gives them memory and pids",
+        "first: the object equals a local gcc-12's",
+        "second: jailcc gcc-12 -g went remote",
+        "second: the object equals a local gcc-12's",
+        "the jail's memory.max is set",
+        "the jail may not swap",
+        "the jail's pids.max is set",
+        "the added image is served after the reload",
+        "the reload kept the same jailccd",
+        "after-reload: the object equals a local gcc-12's",
+        "its cgroup subtree is gone",
+        "no loop device is left attached",
+        "jailccd exited cleanly",
+        "nothing the developer started is left running",
+    ):
+        assert any(check in line for line in passed), (check, said)
+    # The second compile went through the proxy the first one started, shipping sources.
+    assert any("second: jailcc gcc-12 -g went remote" in p and "(sources)" in p for p in passed)
