@@ -12,6 +12,7 @@ VM off when this exits. Only the standard library: this runs before the package 
 from __future__ import annotations
 
 import os
+import pwd
 import shutil
 import socket
 import subprocess
@@ -214,6 +215,44 @@ def reload(env: dict[str, str]) -> None:
     compiles(env, "after-reload")
 
 
+def user_proxy(env: dict[str, str]) -> None:
+    """The packaged user unit, as README tells a developer: `systemctl --user enable --now
+    jailcc-proxy`; the next compile uses that proxy instead of starting one."""
+    uid = pwd.getpwnam(USER).pw_uid
+    proc = run("systemctl", "start", f"user@{uid}.service")
+    if not say(proc.returncode == 0, f"{USER}'s systemd user manager starts", tail(proc)):
+        return
+    env = {**env, "XDG_RUNTIME_DIR": f"/run/user/{uid}"}
+    as_user = ["runuser", "-u", USER, "--", "env", "-i", *[f"{k}={v}" for k, v in env.items()]]
+    proc = run(*as_user, "systemctl", "--user", "enable", "--now", "jailcc-proxy")
+    say(proc.returncode == 0, "systemctl --user enable --now jailcc-proxy", tail(proc))
+    deadline = time.monotonic() + 60
+    main_pid = ""
+    while time.monotonic() < deadline:
+        shown = run(*as_user, "systemctl", "--user", "show", "-p", "MainPID", "--value",
+                    "jailcc-proxy").stdout.strip()  # fmt: skip
+        sockets = (
+            os.listdir(f"/run/user/{uid}/jailcc")
+            if os.path.isdir(f"/run/user/{uid}/jailcc")
+            else []
+        )
+        if shown not in ("", "0") and any(n.endswith(".sock") for n in sockets):
+            main_pid = shown
+            break
+        time.sleep(0.5)
+    if not say(bool(main_pid), "the user unit's proxy listens"):
+        return
+    proc = run(*as_user, "/usr/bin/jailcc", "gcc-12", "-g", "-O2", "-c", "hello.c", "-o",
+               "user-unit.o", cwd=BUILD)  # fmt: skip
+    said = proc.stdout + proc.stderr
+    say(proc.returncode == 0 and "remote (sources)" in said, "a compile through it", said[-400:])
+    proxies = run("pgrep", "-u", USER, "-f", "jailcc.client.proxy").stdout.split()
+    say(main_pid in proxies, "the proxy that served it is the unit's", f"{main_pid} in {proxies}")
+    proc = run(*as_user, "systemctl", "--user", "disable", "--now", "jailcc-proxy")
+    say(proc.returncode == 0, "systemctl --user disable --now jailcc-proxy", tail(proc))
+    run("systemctl", "stop", f"user@{uid}.service")
+
+
 def stop(group: str) -> None:
     proc = run("systemctl", "stop", "jailccd")
     say(proc.returncode == 0, "systemctl stop jailccd", tail(proc))
@@ -245,6 +284,7 @@ def main() -> None:
             compiles(env, "second")  # through the proxy the first one started
             jail_limits(group)
             reload(env)
+            user_proxy(env)
             proxy_stop = run("runuser", "-u", USER, "--", "env", "-i",
                              *[f"{k}={v}" for k, v in env.items()], "/usr/bin/jailcc", "proxy",
                              "stop")  # fmt: skip

@@ -648,7 +648,8 @@ def test_the_package_installs_and_serves_under_systemd_on_cgroup_v2(deb, tmp_pat
     under a throwaway overlay, with systemd as PID 1 and only cgroup v2 mounted. dpkg -i, an
     image, `systemctl start jailccd`, compiles by a member of the group jailcc identical to
     local ones, the jails' groups in the unit's delegated subtree with their limits, `systemctl
-    reload` serving an added image from the same process, `systemctl stop` leaving nothing."""
+    reload` serving an added image from the same process, the user unit of the proxy serving a
+    compile from a user's systemd, `systemctl stop` leaving nothing."""
     image = build_image(tmp_path / "gcc-12.img", "/usr/bin/gcc-12", headers=True)
     proc = subprocess.run(
         [str(TOP / "scripts/vm-systemd"), str(deb), str(image)],
@@ -677,6 +678,9 @@ def test_the_package_installs_and_serves_under_systemd_on_cgroup_v2(deb, tmp_pat
         "the added image is served after the reload",
         "the reload kept the same jailccd",
         "after-reload: the object equals a local gcc-12's",
+        "systemctl --user enable --now jailcc-proxy",
+        "a compile through it",
+        "the proxy that served it is the unit's",
         "its cgroup subtree is gone",
         "no loop device is left attached",
         "jailccd exited cleanly",
