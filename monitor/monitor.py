@@ -15,7 +15,8 @@ security context to the jail's init. The service never holds a jail's channel, n
 connection's GSSAPI context.
 
 Channels (Unix stream sockets, core/wire.py messages):
-- main, one: "open" (a new connection: its socket, and the end of a socket pair that becomes
+- main, one: "open" (a connection whose hello the service has read, so that root holds
+  nothing of peers that never send one: its socket, and the end of a socket pair that becomes
   the connection's channel, passed along; not answered, so that opening costs a connection
   no round trip), "catalog", "evict", "idle".
 - per connection: on TCP with Kerberos the handshake ("gss_step"), then either

@@ -232,15 +232,24 @@ class JobService:
             else:
                 self.peer_log.log(key, level, message, *args)
 
+        def open_link() -> ConnectionLink:
+            # Only once the client's hello is read: a peer that never sends one costs the
+            # monitor (root) nothing, not even a table entry.
+            nonlocal link
+            link = self.monitor.open(conn)
+            return link
+
         try:
             self.metrics.connection()
-            link = self.monitor.open(conn)
             timed = proto.DeadlineSocket(
                 conn,
                 time.monotonic() + self.config.handshake_timeout,
                 self.config.frame_timeout,
             )
-            peer, offer, auth, channel = self._handshake(timed, link, peer, on_authenticated, note)
+            peer, offer, auth, channel = self._handshake(
+                timed, open_link, peer, on_authenticated, note
+            )
+            assert link is not None
             if offer is None:
                 # A status request: answered here, in the channel the handshake left (sealed
                 # on Kerberos), with no jail.
@@ -297,13 +306,14 @@ class JobService:
     def _handshake(
         self,
         conn: proto.DeadlineSocket,
-        link: ConnectionLink,
+        open_link: Callable[[], ConnectionLink],
         peer: Peer | str,
         on_authenticated: Callable[[], None],
         note: Callable[..., None],
     ) -> tuple[Peer | str, Offer | None, str, proto.Channel | None]:
         """Credentials (Unix socket), hello, authentication (Kerberos), authorization: the
-        monitor decides (a local peer again at the hand-over), we only refuse early. Returns
+        monitor decides (a local peer again at the hand-over), we only refuse early. Opens the
+        connection's link to the monitor (open_link) once the client's hello is read. Returns
         (peer, offer, auth kind, the channel to go on in, None for a Kerberos job connection,
         whose channel is the jail's). The offer is None for a status
         request, which needs no image. Every read and write is bounded by conn's deadlines.
@@ -343,6 +353,7 @@ class JobService:
             hello = _client_hello(recv(proto.MAX_HELLO_FRAME))
         except Refused as exc:
             raise refuse(exc.code, str(exc)) from None
+        link = open_link()
         offer = None
         if hello.get("request") != "status":
             identity = str(hello.get("identity"))[:200]

@@ -172,6 +172,36 @@ def test_idle_connections_of_a_user_who_may_not_compile_leave_others_served(serv
     assert "more log lines about uid 65534 suppressed" in new
 
 
+def test_root_holds_nothing_of_a_connection_before_its_hello(server):
+    """The privileged monitor first hears of a connection once the network service has read a
+    valid hello: connections that send nothing, or half a hello, cost root no descriptor (it
+    would hold a copy of each socket and of its channel to the service)."""
+
+    def root_fds() -> int:
+        return len(os.listdir(f"/proc/{server.proc.pid}/fd"))
+
+    hello = proto.encode(proto.HELLO, proto.hello_header("client", identity="sha256:0"))
+    before = root_fds()
+    held = [server.connect() for _ in range(40)]
+    try:
+        for sock in held[::2]:
+            sock.sendall(hello[:7])
+        time.sleep(1.0)  # the service has accepted them all (it answers a new one below)
+        with server.connect() as probe:
+            probe.sendall(hello)
+            with pytest.raises(proto.RemoteError, match="image"):
+                proto.expect(probe, proto.HELLO)
+        assert root_fds() - before < 10, (before, root_fds())
+    finally:
+        for sock in held:
+            sock.close()
+        # Let the service log their ends here, not in the next test's window.
+        deadline, logged = time.monotonic() + 10, -1
+        while logged != len(server.log_text()) and time.monotonic() < deadline:
+            logged = len(server.log_text())
+            time.sleep(0.5)
+
+
 def test_peer_strings_in_log_lines_are_bounded_and_escaped(server):
     before = len(server.log_text())
     bait = "A" * 60000 + "\nFORGED jailccd line\x1b[2J"
