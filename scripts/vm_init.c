@@ -3,9 +3,10 @@
  *
  * Loads the kernel modules listed in /modules/order (names of /modules/NAME.ko, dependencies
  * first), mounts the host's "/" (9p, tag "hostroot", read-only) under an overlay whose upper
- * layer is a tmpfs and whose top lower layer is /extra from this initramfs (the check's units,
- * an empty fstab), moves it to "/" and execs /lib/systemd/systemd with its arguments. Nothing the
- * VM writes reaches the host. Any failure is printed and the VM powers off (no panic loop).
+ * layer is a tmpfs and whose top lower layer is /extra from this initramfs (the check and its
+ * units, an empty fstab), with an empty tmpfs on /tmp, moves it to "/" and execs
+ * /lib/systemd/systemd with its arguments. Nothing the VM writes reaches the host. Any failure
+ * is printed and the VM powers off (no panic loop).
  */
 #define _GNU_SOURCE
 #include <errno.h>
@@ -66,6 +67,10 @@ int main(int argc, char **argv) {
     if (mount("overlay", "/newroot", "overlay", 0,
               "lowerdir=/extra:/lower,upperdir=/rw/upper,workdir=/rw/work") != 0)
         fail("mount the overlay root");
+    /* An empty /tmp, as after a reboot: the host's would be wiped file by file through the
+     * overlay by systemd-tmpfiles at boot (tmp.conf), which takes long with a busy /tmp. */
+    if (mount("tmpfs", "/newroot/tmp", "tmpfs", MS_NOSUID | MS_NODEV, "mode=1777") != 0)
+        fail("mount /tmp");
     if (mount("/dev", "/newroot/dev", NULL, MS_MOVE, NULL) != 0) fail("move /dev");
     if (chdir("/newroot") != 0) fail("chdir /newroot");
     if (mount(".", "/", NULL, MS_MOVE, NULL) != 0) fail("move the new root to /");
