@@ -649,7 +649,8 @@ def test_the_package_installs_and_serves_under_systemd_on_cgroup_v2(deb, tmp_pat
     image, `systemctl start jailccd`, compiles by a member of the group jailcc identical to
     local ones, the jails' groups in the unit's delegated subtree with their limits, `systemctl
     reload` serving an added image from the same process, the user unit of the proxy serving a
-    compile from a user's systemd, `systemctl stop` leaving nothing."""
+    compile from a user's systemd, `jailccd selftest` by hand in a delegated scope (README's way
+    outside the unit), `systemctl stop` leaving nothing."""
     image = build_image(tmp_path / "gcc-12.img", "/usr/bin/gcc-12", headers=True)
     proc = subprocess.run(
         [str(TOP / "scripts/vm-systemd"), str(deb), str(image)],
@@ -681,6 +682,7 @@ def test_the_package_installs_and_serves_under_systemd_on_cgroup_v2(deb, tmp_pat
         "systemctl --user enable --now jailcc-proxy",
         "a compile through it",
         "the proxy that served it is the unit's",
+        "jailccd selftest in a delegated scope: every probe passes",
         "its cgroup subtree is gone",
         "no loop device is left attached",
         "jailccd exited cleanly",
