@@ -170,10 +170,15 @@ def developer() -> dict[str, str]:
     return env
 
 
+def as_user(env: dict[str, str], *args: str, **kwargs) -> subprocess.CompletedProcess:
+    """args run as the developer with exactly env."""
+    return run("runuser", "-u", USER, "--", "env", "-i", *[f"{k}={v}" for k, v in env.items()],
+               *args, **kwargs)  # fmt: skip
+
+
 def compile_as_user(env: dict[str, str], output: str) -> tuple[int, str]:
     args = ["gcc-12", "-g", "-O2", "-c", "hello.c", "-o", output]
-    proc = run("runuser", "-u", USER, "--", "env", "-i", *[f"{k}={v}" for k, v in env.items()],
-               "/usr/bin/jailcc", *args, cwd=BUILD)  # fmt: skip
+    proc = as_user(env, "/usr/bin/jailcc", *args, cwd=BUILD)
     return proc.returncode, proc.stdout + proc.stderr
 
 
@@ -223,14 +228,13 @@ def user_proxy(env: dict[str, str]) -> None:
     if not say(proc.returncode == 0, f"{USER}'s systemd user manager starts", tail(proc)):
         return
     env = {**env, "XDG_RUNTIME_DIR": f"/run/user/{uid}"}
-    as_user = ["runuser", "-u", USER, "--", "env", "-i", *[f"{k}={v}" for k, v in env.items()]]
-    proc = run(*as_user, "systemctl", "--user", "enable", "--now", "jailcc-proxy")
+    proc = as_user(env, "systemctl", "--user", "enable", "--now", "jailcc-proxy")
     say(proc.returncode == 0, "systemctl --user enable --now jailcc-proxy", tail(proc))
     deadline = time.monotonic() + 60
     main_pid = ""
     while time.monotonic() < deadline:
-        shown = run(*as_user, "systemctl", "--user", "show", "-p", "MainPID", "--value",
-                    "jailcc-proxy").stdout.strip()  # fmt: skip
+        shown = as_user(env, "systemctl", "--user", "show", "-p", "MainPID", "--value",
+                        "jailcc-proxy").stdout.strip()  # fmt: skip
         sockets = (
             os.listdir(f"/run/user/{uid}/jailcc")
             if os.path.isdir(f"/run/user/{uid}/jailcc")
@@ -242,13 +246,11 @@ def user_proxy(env: dict[str, str]) -> None:
         time.sleep(0.5)
     if not say(bool(main_pid), "the user unit's proxy listens"):
         return
-    proc = run(*as_user, "/usr/bin/jailcc", "gcc-12", "-g", "-O2", "-c", "hello.c", "-o",
-               "user-unit.o", cwd=BUILD)  # fmt: skip
-    said = proc.stdout + proc.stderr
-    say(proc.returncode == 0 and "remote (sources)" in said, "a compile through it", said[-400:])
+    code, said = compile_as_user(env, "user-unit.o")
+    say(code == 0 and "remote (sources)" in said, "a compile through it", said[-400:])
     proxies = run("pgrep", "-u", USER, "-f", "jailcc.client.proxy").stdout.split()
     say(main_pid in proxies, "the proxy that served it is the unit's", f"{main_pid} in {proxies}")
-    proc = run(*as_user, "systemctl", "--user", "disable", "--now", "jailcc-proxy")
+    proc = as_user(env, "systemctl", "--user", "disable", "--now", "jailcc-proxy")
     say(proc.returncode == 0, "systemctl --user disable --now jailcc-proxy", tail(proc))
     run("systemctl", "stop", f"user@{uid}.service")
 
@@ -303,9 +305,7 @@ def main() -> None:
             jail_limits(group)
             reload(env)
             user_proxy(env)
-            proxy_stop = run("runuser", "-u", USER, "--", "env", "-i",
-                             *[f"{k}={v}" for k, v in env.items()], "/usr/bin/jailcc", "proxy",
-                             "stop")  # fmt: skip
+            proxy_stop = as_user(env, "/usr/bin/jailcc", "proxy", "stop")
             say(proxy_stop.returncode == 0, "jailcc proxy stop", tail(proxy_stop))
             selftest()
             stop(group)

@@ -1,8 +1,19 @@
-# Sourced by scripts/vm-cgroup2 and scripts/vm-systemd: Debian 12's current kernel for a test VM.
+# Sourced by scripts/vm-cgroup2 and scripts/vm-systemd: what both test VMs need.
 #
+# vm_tools installs qemu and cpio where missing and makes $cache.
 # vm_kernel sets $kernel (the package name, e.g. linux-image-6.1.0-57-amd64), $vmlinuz and
 # $modules (its /lib/modules/VERSION tree), downloading the package once (apt-get download,
 # from the configured mirror) into $cache; returns 2 with a message when it cannot.
+# vm_report NAME LOG STATUS LINES prints the guest's lines of LOG matching the extended regex
+# LINES and returns 0 only if qemu exited with STATUS 0, the guest said DONE and no FAIL.
+
+vm_tools() {
+    if ! command -v qemu-system-x86_64 >/dev/null || ! command -v cpio >/dev/null; then
+        DEBIAN_FRONTEND=noninteractive apt-get install -y --no-install-recommends \
+            qemu-system-x86 cpio
+    fi
+    mkdir -p "$cache"
+}
 
 vm_kernel() {
     kernel=$(apt-cache depends linux-image-amd64 | awk '/Depends: linux-image-/ {print $2; exit}')
@@ -31,4 +42,18 @@ vm_kernel() {
     cp "$work"/x/boot/vmlinuz-* "$vmlinuz.tmp"
     mv "$vmlinuz.tmp" "$vmlinuz"
     rm -rf "$work"
+}
+
+vm_report() {
+    local name=$1 log=$2 status=$3 lines=$4
+    tr -d '\r' <"$log" | grep -E "$lines" || true
+    if [ "$status" != 0 ]; then
+        echo "FAIL qemu exited with status $status (log: $log)"
+        return 1
+    fi
+    if grep -q '^FAIL' <(tr -d '\r' <"$log") || ! grep -q '^DONE' <(tr -d '\r' <"$log"); then
+        echo "$name: FAILED (log: $log)"
+        return 1
+    fi
+    echo "$name: all checks passed on $kernel"
 }
