@@ -900,12 +900,13 @@ class IncludeAnalyzer:
             except Unsupported as e:
                 return Analysis(unsupported=str(e))
 
-    def digest(self, path: str) -> str | None:
-        """SHA-256 (hex) of the regular file at path now, None if there is none: from what the
-        analyses keep when its stat signature is unchanged (one stat), else read again."""
+    def digests(self, paths: Iterable[str]) -> list[str | None]:
+        """SHA-256 (hex) of the regular file at each path now, None where there is none: from
+        what the analyses keep when its stat signature is unchanged (one stat), else read
+        again. One taking of the lock for them all: an analysis holds it for milliseconds."""
         with self._lock:
-            entry = self._fs.entry(path)
-        return None if entry is None else entry.digest
+            entries = [self._fs.entry(path) for path in paths]
+        return [None if entry is None else entry.digest for entry in entries]
 
     def uses_timestamp(self, path: str) -> bool:
         """Whether the file at path uses __TIMESTAMP__ (True when it cannot be told: a copy

@@ -35,6 +35,7 @@ from .remote import RemoteFailure, RemoteResult
 
 TYPE_CHECKING = False
 if TYPE_CHECKING:
+    from collections.abc import Iterable
     from typing import Any
 
 # Where a project cannot live for the jail: the image's own top-level directories.
@@ -241,58 +242,96 @@ def check_reads(
     tree_job: TreeJob, cwd: str, reads: list[tuple[str, str]], analyzer: IncludeAnalyzer
 ) -> None:
     """The soundness check (the module's docstring): RemoteFailure on any doubt."""
+    # This machine's file at each name, resolved as the local compile would (symlinks).
+    here_now = analyzer.digests([os.path.join(cwd, name) for name, _ in reads])
+    for (name, digest), ours in zip(reads, here_now, strict=True):
+        if digest[:7] != "sha256:" or ours != digest[7:]:
+            raise RemoteFailure(f"the jail read {name}, which differs from this machine's")
+    read = frozenset(_absolute(cwd, name) for name, _ in reads)
     search = [d.rstrip("/") for d in tree_job.analysis.search]
-    read = {_absolute(cwd, name) for name, _ in reads}
-    # Where a quote include looks first: the directory of the file that includes it, one of
-    # the files read. Those of the project's files (the image's own headers include each
+    # Each read file under a search directory: by its place in the search, the directory
+    # below that one and its name (a file under nested search directories is under each).
+    found: dict[tuple[int, str], set[str]] = {}
+    places_of: dict[str, list[tuple[int, str, str]]] = {}  # its name below it -> the same
+    prefixes = [d + "/" for d in search]
+    for path in read:
+        for i, prefix in enumerate(prefixes):
+            if path.startswith(prefix):
+                rel = path[len(prefix) :]
+                sub, _, base = rel.rpartition("/")
+                found.setdefault((i, sub), set()).add(base)
+                places_of.setdefault(rel, []).append((i, sub, base))
+    here = _Listings(analyzer)
+
+    def shadowed(i: int, earlier: str, sub: str, names: Iterable[str]) -> None:
+        """RemoteFailure if `earlier`/sub holds one of names (found in search[i]/sub) that
+        the jail did not read too (then #include_next went past it)."""
+        if earlier == search[i]:
+            return
+        where = os.path.normpath(os.path.join(earlier or "/", sub))
+        for name in here.names(where).intersection(names):
+            candidate = os.path.join(where, name)
+            if candidate not in read:
+                path = os.path.join(search[i] or "/", sub, name)
+                raise RemoteFailure(f"the jail found {path} where this machine has {candidate}")
+
+    # Nothing of that name may come before it in this machine's search: else the analysis
+    # missed a file here and the jail found another one later. Asked per directory, not per
+    # file: the file system's listings are sets.
+    for (i, sub), names in found.items():
+        for earlier in search[:i]:
+            shadowed(i, earlier, sub, names)
+    # Nor where a quote include looks first: the directory of the file that includes it, one
+    # of the files read. Those of the project's files (the image's own headers include each
     # other from the image, which has no file the analysis could have missed), by the names
     # they include with quotes (all names, for a computed include).
-    quoting: list[tuple[str, frozenset[str] | None]] = [
-        (os.path.dirname(p), analyzer.quote_includes(p)) for p in read if p in tree_job.shipped
-    ]
-    here = _Listings(analyzer)
-    for name, digest in reads:
-        path = _absolute(cwd, name)
-        # This machine's file at that name, resolved as the local compile would (symlinks).
-        if digest[:7] != "sha256:" or analyzer.digest(os.path.join(cwd, name)) != digest[7:]:
-            raise RemoteFailure(f"the jail read {name}, which differs from this machine's")
-        # Nothing of that name may come before it in this machine's search, unless the jail
-        # read that one too (then #include_next went past it): else the analysis missed a
-        # file here and the jail found another one later.
-        for i, d in enumerate(search):
-            if not path.startswith(d + "/"):
-                continue
-            rel = path[len(d) + 1 :]
-            includer_dirs = {e for e, names in quoting if names is None or rel in names}
-            for e in (*includer_dirs, *search[:i]):
-                candidate = os.path.normpath(os.path.join(e, rel))
-                if e != d and candidate not in read and here.has(candidate):
-                    raise RemoteFailure(f"the jail found {path} where this machine has {candidate}")
+    quoting: dict[str, set[str]] = {}  # an includer's directory -> names quoted there
+    for path in read & tree_job.shipped:
+        quoted = analyzer.quote_includes(path)
+        names = quoting.setdefault(os.path.dirname(path), set())
+        names.update(places_of if quoted is None else places_of.keys() & quoted)
+    for includer, names in quoting.items():
+        places: dict[tuple[int, str], set[str]] = {}
+        for rel in names:
+            for i, sub, base in places_of[rel]:
+                places.setdefault((i, sub), set()).add(base)
+        for (i, sub), bases in places.items():
+            shadowed(i, includer, sub, bases)
 
 
 def check_misses(cwd: str, misses: tuple[str, ...], analyzer: IncludeAnalyzer) -> None:
     """Every name the jail's compile looked for in vain (a header search going on to the next
     directory, a __has_include that said no) must find nothing here either: RemoteFailure if
     this machine has a file there, which the local compile would have read."""
-    here = _Listings(analyzer)
+    wanted: dict[str, dict[str, str]] = {}  # directory -> {name in it: name as the jail said}
     for name in misses:
-        if here.has(_absolute(cwd, name)):
-            raise RemoteFailure(f"the jail found no {name}, which this machine has")
+        head, slash, base = name.rpartition("/")
+        if base in ("", ".", ".."):
+            head, base = os.path.split(_absolute(cwd, name))
+        wanted.setdefault(head or slash or ".", {})[base] = name
+    # Many names in few directories: each directory's spelling resolved once.
+    by_directory: dict[str, dict[str, str]] = {}
+    for head, names in wanted.items():
+        by_directory.setdefault(_absolute(cwd, head), {}).update(names)
+    here = _Listings(analyzer)
+    for directory, names in by_directory.items():
+        there = sorted(here.names(directory).intersection(names))
+        if there:
+            raise RemoteFailure(f"the jail found no {names[there[0]]}, which this machine has")
 
 
 class _Listings:
     """This machine's directories for one check: each listed once (the analyzer's kept
-    listing, one stat), then asked whether it holds a name that is not a directory."""
+    listing, one stat): the names in it that are not directories."""
 
     def __init__(self, analyzer: IncludeAnalyzer) -> None:
         self._analyzer = analyzer
         self._names: dict[str, frozenset[str]] = {}
 
-    def has(self, path: str) -> bool:
-        directory, name = os.path.split(path)
+    def names(self, directory: str) -> frozenset[str]:
         if directory not in self._names:
             self._names[directory] = self._analyzer.names_in(directory)
-        return name in self._names[directory]
+        return self._names[directory]
 
 
 def _absolute(cwd: str, name: str) -> str:

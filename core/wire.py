@@ -92,17 +92,24 @@ def json_object(raw: bytes, error: type[Exception] = WireError) -> dict[str, Any
 
 def _nesting(raw: bytes) -> int:
     """How deep the brackets in raw nest, skipping those inside JSON strings."""
-    import re  # only for odd headers: the client imports this module on every compile
+    from itertools import accumulate
 
-    deepest = depth = 0
-    for token in re.finditer(rb'"[^"\\]*(?:\\.[^"\\]*)*"?|[\[\]{}]', raw, re.DOTALL):
-        first = token.group()[:1]
-        if first in (b"[", b"{"):
-            depth += 1
-            deepest = max(deepest, depth)
-        elif first in (b"]", b"}"):
-            depth -= 1
-    return deepest
+    # The strings go first and every byte but the brackets next, and the depth is a running
+    # sum: all at C speed (a result lists hundreds of files read). Without a backslash no
+    # string holds a quote, so every other piece between quotes is outside the strings.
+    if b"\\" in raw:
+        import re  # only for odd headers: the client imports this module on every compile
+
+        string = re.compile(rb'"[^"\\]*(?:\\.[^"\\]*)*"?', re.DOTALL)
+        outside = string.sub(b"", raw)
+    else:
+        outside = b"".join(raw.split(b'"')[0::2])
+    brackets = outside.translate(None, _NOT_BRACKETS)
+    return max(accumulate(map(_STEP.__getitem__, brackets), initial=0))
+
+
+_NOT_BRACKETS = bytes(sorted(set(range(256)) - set(b"[]{}")))
+_STEP = {ord("["): 1, ord("{"): 1, ord("]"): -1, ord("}"): -1}
 
 
 def is_size(value: Any) -> bool:
