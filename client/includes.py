@@ -919,6 +919,12 @@ class IncludeAnalyzer:
             entry = self._fs.entry(path)
             return None if entry is None else self._fs.parsed.get(entry.digest)
 
+    def includes_of(self, path: str) -> tuple[Include, ...] | None:
+        """Every inclusion the file at path may perform (all branches), None when it cannot
+        be read."""
+        directives = self._directives(path)
+        return None if directives is None else directives.includes
+
     def quote_includes(self, path: str) -> frozenset[str] | None:
         """The names the file at path includes with quotes (which look in its own directory
         first); None when it has a computed include (any name) or cannot be read."""

@@ -28,7 +28,7 @@ import threading
 import time
 
 from .args import RemoteJob, expand_response_files
-from .includes import Analysis, IncludeAnalyzer
+from .includes import COMPUTED, Analysis, IncludeAnalyzer
 from .job import Invocation, Outcome, job_env, with_color
 from .job import finish as write_back
 from .remote import RemoteFailure, RemoteResult
@@ -139,6 +139,7 @@ class TreeBuilder:
         TreeUnsupported."""
         if job.preprocessed:
             raise TreeUnsupported("the input is already preprocessed")
+        _same_language_in_the_jail(compiler, args, job, inv.cwd)
         try:
             words = expand_response_files(args, inv.cwd)
         except ValueError as exc:
@@ -238,6 +239,24 @@ class TreeBuilder:
         return outcome._replace(note=outcome.note.replace("remote on", "remote (sources) on", 1))
 
 
+def _same_language_in_the_jail(compiler: str, args: list[str], job: RemoteJob, cwd: str) -> None:
+    """TreeUnsupported unless the jail's driver takes the source for the same language. The
+    jail runs the image's driver under the binary's own name, and clang is one binary whose
+    name sets its mode: as clang++ it compiles a .c file as C++, as clang (the image's) as C,
+    which can give an object that reads the same files and differs."""
+    invoked = os.path.basename(compiler)
+    own = os.path.basename(os.path.realpath(compiler))
+    if "++" not in invoked or "++" in own:
+        return
+    from .args import analyse
+
+    as_own = analyse(args, cwd, compiler=own, sources=True)
+    if getattr(as_own, "language", None) != job.language:
+        raise TreeUnsupported(
+            f"{invoked} compiles {job.source} as {job.language}, the image's {own} would not"
+        )
+
+
 def check_reads(
     tree_job: TreeJob, cwd: str, reads: list[tuple[str, str]], analyzer: IncludeAnalyzer
 ) -> None:
@@ -277,10 +296,18 @@ def check_reads(
 
     # Nothing of that name may come before it in this machine's search: else the analysis
     # missed a file here and the jail found another one later. Asked per directory, not per
-    # file: the file system's listings are sets.
+    # file: the file system's listings are sets. A name only an #include_next looks up is
+    # looked for after the directory of the file that asks (libstdc++'s <cstdlib> goes on
+    # to the C library's <stdlib.h>, past its own stdlib.h).
+    forced = any(w.startswith(_FORCED_INCLUDES) for w in tree_job.header["args"])
+    starts = {} if forced else _first_places_looked(read, prefixes, analyzer)
     for (i, sub), names in found.items():
-        for earlier in search[:i]:
-            shadowed(i, earlier, sub, names)
+        by_start: dict[int, set[str]] = {}
+        for name in names:
+            by_start.setdefault(starts.get(f"{sub}/{name}" if sub else name, 0), set()).add(name)
+        for start, some in by_start.items():
+            for earlier in search[start:i]:
+                shadowed(i, earlier, sub, some)
     # Nor where a quote include looks first: the directory of the file that includes it, one
     # of the files read. Those of the project's files (the image's own headers include each
     # other from the image, which has no file the analysis could have missed), by the names
@@ -297,6 +324,36 @@ def check_reads(
                 places.setdefault((i, sub), set()).add(base)
         for (i, sub), bases in places.items():
             shadowed(i, includer, sub, bases)
+
+
+# Files the command line includes by name, looked for from the start of the search.
+_FORCED_INCLUDES = ("-include", "--include", "-imacros", "--imacros")
+
+
+def _first_places_looked(
+    read: frozenset[str], prefixes: list[str], analyzer: IncludeAnalyzer
+) -> dict[str, int]:
+    """The names (below a search directory) that the files read name only in an
+    #include_next from a file in the search, each with the first place in the search such a
+    lookup tries: after the directory of the file that asks (the first holding it, where
+    directories nest). Any other name, or every name when a file read cannot be read or has
+    a computed inclusion, may have been looked for from the start, and is not in it."""
+    nexts: dict[str, int] = {}
+    plain: set[str] = set()
+    for path in read:
+        includes = analyzer.includes_of(path)
+        if includes is None:
+            return {}
+        after = next((i + 1 for i, prefix in enumerate(prefixes) if path.startswith(prefix)), 0)
+        for include in includes:
+            if include.kind == COMPUTED:
+                return {}
+            name = os.path.normpath(include.text)
+            if include.next and after:
+                nexts[name] = min(nexts.get(name, after), after)
+            else:
+                plain.add(name)
+    return {name: start for name, start in nexts.items() if name not in plain}
 
 
 def check_misses(cwd: str, misses: tuple[str, ...], analyzer: IncludeAnalyzer) -> None:

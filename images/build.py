@@ -28,7 +28,12 @@ from jailcc.images.manifest import (
     make_manifest,
     sha256_file,
 )
-from jailcc.images.probe import CompilerInfo, probe_compiler, system_include_dirs
+from jailcc.images.probe import (
+    CompilerInfo,
+    gcc_installation_markers,
+    probe_compiler,
+    system_include_dirs,
+)
 from jailcc.images.readlog import add_read_log
 
 # Mountpoints the jail puts its own filesystems on: created empty, never filled from the host.
@@ -67,6 +72,9 @@ def build_image(
         # system header it reads there is the same file as its own (PROTOCOL.md, tree jobs).
         for directory in dict.fromkeys(d for info in infos for d in system_include_dirs(info)):
             log(f"headers: {add_directory(tree, directory)} files in {directory}")
+        for marker in dict.fromkeys(m for info in infos for m in gcc_installation_markers(info)):
+            tree.add(marker)
+            log(f"clang's GCC installation: {os.path.dirname(marker)}")
     else:
         log(
             "no system headers (--headers): clients ship sources by default, and their jobs"

@@ -169,3 +169,25 @@ def system_include_dirs(info: CompilerInfo) -> list[str]:
                 if os.path.isdir(path):
                     found[path] = None
     return list(found)
+
+
+# The multilib directories below a GCC installation where clang looks for crtbegin.o.
+_MULTILIB_DIRS = ("", "32", "x32", "64")
+
+
+def gcc_installation_markers(info: CompilerInfo) -> list[str]:
+    """For clang: the files by which its driver recognises the GCC installation it takes the
+    C++ library's headers from (``clang -v``: "Selected GCC installation"), crtbegin.o in
+    each of its multilib directories. Without them in the image, clang++ in the jail finds
+    no <limits> at all, and every C++ tree job fails there."""
+    if info.kind != "clang":
+        return []
+    selected = "Selected GCC installation: "
+    for line in _run(info.path, "-v").stderr.splitlines():
+        if line.startswith(selected):
+            base = os.path.normpath(line[len(selected) :].strip())
+            break
+    else:
+        return []
+    found = (os.path.join(base, sub, "crtbegin.o") for sub in _MULTILIB_DIRS)
+    return [path for path in found if os.path.isfile(path)]

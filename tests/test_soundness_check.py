@@ -11,7 +11,7 @@ from pathlib import Path
 from types import SimpleNamespace
 
 import pytest
-from jailcc.client.includes import IncludeAnalyzer
+from jailcc.client.includes import COMPUTED, IncludeAnalyzer
 from jailcc.client.remote import RemoteFailure
 from jailcc.client.tree import check_misses, check_reads
 
@@ -37,10 +37,30 @@ def defined_reads(tree_job, cwd: str, reads, analyzer: IncludeAnalyzer) -> None:
                 continue
             rel = path[len(d) + 1 :]
             includers = {e for e, names in quoting if names is None or rel in names}
-            for e in (*includers, *search[:i]):
+            forced = "-include" in tree_job.header["args"]
+            first = 0 if forced else first_place_looked(rel, read, search, analyzer)
+            for e in (*includers, *search[first:i]):
                 candidate = os.path.normpath(os.path.join(e, rel))
                 if e != d and candidate not in read and os.path.isfile(candidate):
                     raise RemoteFailure("shadowed")
+
+
+def first_place_looked(rel: str, read, search, analyzer: IncludeAnalyzer) -> int:
+    """Where in the search the lookups of rel began: after the first search directory that
+    holds the file asking, when every file read names rel only in an #include_next from a
+    file in the search; else at the start."""
+    first = None
+    for path in read:
+        for include in analyzer.includes_of(path):
+            if include.kind == COMPUTED:
+                return 0
+            if os.path.normpath(include.text) != rel:
+                continue
+            holding = [j for j, d in enumerate(search) if path.startswith(d + "/")]
+            if not include.next or not holding:
+                return 0
+            first = holding[0] + 1 if first is None else min(first, holding[0] + 1)
+    return first or 0
 
 
 def defined_misses(cwd: str, misses, analyzer: IncludeAnalyzer) -> None:
@@ -69,7 +89,10 @@ def random_case(rnd: random.Random, root: Path):
             if rnd.random() < 0.3:
                 path = d / name
                 path.parent.mkdir(exist_ok=True)
-                text = "".join(f'#include "{q}"\n' for q in rnd.sample(NAMES, rnd.randint(0, 3)))
+                text = "".join(
+                    f'#include{rnd.choice(("", "", "_next"))} "{q}"\n'
+                    for q in rnd.sample(NAMES, rnd.randint(0, 3))
+                )
                 if rnd.random() < 0.05:
                     text += "#include COMPUTED\n"
                 path.write_text(text)
@@ -99,7 +122,10 @@ def random_case(rnd: random.Random, root: Path):
 
     places = [*dirs, project, project / "sub"]
     misses = [spelt(f"{rnd.choice(places)}/{rnd.choice(NAMES)}") for _ in range(rnd.randint(0, 4))]
-    tree_job = SimpleNamespace(analysis=SimpleNamespace(search=tuple(search)), shipped=shipped)
+    args = ["-include", "b.h"] if rnd.random() < 0.1 else []
+    tree_job = SimpleNamespace(
+        analysis=SimpleNamespace(search=tuple(search)), shipped=shipped, header={"args": args}
+    )
     return tree_job, str(project), reads, tuple(misses)
 
 
