@@ -919,9 +919,15 @@ class IncludeAnalyzer:
             entry = self._fs.entry(path)
             return None if entry is None else self._fs.parsed.get(entry.digest)
 
-    def includes_of(self, path: str) -> tuple[Include, ...] | None:
+    def includes_of(self, path: str, digest: str | None = None) -> tuple[Include, ...] | None:
         """Every inclusion the file at path may perform (all branches), None when it cannot
-        be read."""
+        be read. With the digest (hex) of its contents as already checked, from the parse
+        kept for those contents when there is one (no stat)."""
+        if digest is not None:
+            with self._lock:
+                kept = self._fs.parsed.get(digest)
+            if kept is not None:
+                return kept.includes
         directives = self._directives(path)
         return None if directives is None else directives.includes
 

@@ -266,7 +266,8 @@ def check_reads(
     for (name, digest), ours in zip(reads, here_now, strict=True):
         if digest[:7] != "sha256:" or ours != digest[7:]:
             raise RemoteFailure(f"the jail read {name}, which differs from this machine's")
-    read = frozenset(_absolute(cwd, name) for name, _ in reads)
+    checked = {_absolute(cwd, name): digest[7:] for name, digest in reads}
+    read = frozenset(checked)
     search = [d.rstrip("/") for d in tree_job.analysis.search]
     # Each read file under a search directory: by its place in the search, the directory
     # below that one and its name (a file under nested search directories is under each).
@@ -300,7 +301,7 @@ def check_reads(
     # looked for after the directory of the file that asks (libstdc++'s <cstdlib> goes on
     # to the C library's <stdlib.h>, past its own stdlib.h).
     forced = any(w.startswith(_FORCED_INCLUDES) for w in tree_job.header["args"])
-    starts = {} if forced else _first_places_looked(read, prefixes, analyzer)
+    starts = {} if forced else _first_places_looked(checked, prefixes, analyzer)
     for (i, sub), names in found.items():
         by_start: dict[int, set[str]] = {}
         for name in names:
@@ -331,17 +332,18 @@ _FORCED_INCLUDES = ("-include", "--include", "-imacros", "--imacros")
 
 
 def _first_places_looked(
-    read: frozenset[str], prefixes: list[str], analyzer: IncludeAnalyzer
+    read: dict[str, str], prefixes: list[str], analyzer: IncludeAnalyzer
 ) -> dict[str, int]:
     """The names (below a search directory) that the files read name only in an
     #include_next from a file in the search, each with the first place in the search such a
     lookup tries: after the directory of the file that asks (the first holding it, where
     directories nest). Any other name, or every name when a file read cannot be read or has
-    a computed inclusion, may have been looked for from the start, and is not in it."""
+    a computed inclusion, may have been looked for from the start, and is not in it. read:
+    each file's path and the digest (hex) of its contents, as checked."""
     nexts: dict[str, int] = {}
     plain: set[str] = set()
-    for path in read:
-        includes = analyzer.includes_of(path)
+    for path, digest in read.items():
+        includes = analyzer.includes_of(path, digest)
         if includes is None:
             return {}
         after = next((i + 1 for i, prefix in enumerate(prefixes) if path.startswith(prefix)), 0)
