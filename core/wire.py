@@ -100,8 +100,7 @@ def _nesting(raw: bytes) -> int:
     if b"\\" in raw:
         import re  # only for odd headers: the client imports this module on every compile
 
-        string = re.compile(rb'"[^"\\]*(?:\\.[^"\\]*)*"?', re.DOTALL)
-        outside = string.sub(b"", raw)
+        outside = re.sub(rb'"[^"\\]*(?:\\.[^"\\]*)*"?', b"", raw, flags=re.DOTALL)
     else:
         outside = b"".join(raw.split(b'"')[0::2])
     brackets = outside.translate(None, _NOT_BRACKETS)
