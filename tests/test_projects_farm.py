@@ -4,6 +4,7 @@ compared with a local build."""
 from __future__ import annotations
 
 import os
+import subprocess
 import sys
 from collections.abc import Iterator
 from pathlib import Path
@@ -77,3 +78,40 @@ def test_real_project_through_the_farm_matches_a_local_build(
     assert jobs_served(server) - served_before == len(farm.objects), farm.log[-3000:]
     assert "compiling locally" not in farm.log
     assert os.path.exists(server.socket_path)
+
+
+@pytest.mark.parametrize(
+    ("project", "cc", "cxx"),
+    [
+        ("re2", "gcc-12", "g++-12"),
+        ("zlib", "clang-16", "clang++-16"),
+        ("re2", "clang-16", "clang++-16"),
+    ],
+)
+def test_real_project_as_sources_matches_a_local_build(
+    sources, headers_server, tmp_path, project, cc, cxx
+):
+    """Shipped as sources (an image with its system headers), every compile: C++ against
+    libstdc++ (re2), with gcc and with clang, -g included; none compiled locally after the
+    soundness check (re2 reads <cstdlib>, whose #include_next goes past libstdc++'s own
+    stdlib.h)."""
+    common = {"jobs": 4, "configure_cc": cc, "configure_cxx": cxx}
+    local = projects.build(project, tmp_path / "local", cc, cxx, **common)
+    assert local.returncode == 0, local.log[-3000:]
+    # The proxy first, as a developer has it: a compile that finds none starts one and goes
+    # on its own, preprocessed.
+    env = farm_env(headers_server)
+    proxy_env = {**os.environ, **env}
+    subprocess.run([JAILCC, "proxy", "start"], env=proxy_env, check=True, capture_output=True)
+    try:
+        farm = projects.build(
+            project, tmp_path / "farm", f"{JAILCC} {cc}", f"{JAILCC} {cxx}", env=env, **common
+        )
+    finally:
+        subprocess.run([JAILCC, "proxy", "stop"], env=proxy_env, capture_output=True, timeout=60)
+    assert farm.returncode == 0, farm.log[-3000:]
+    assert projects.compare(local, farm) == []
+    said = [line for line in farm.log.splitlines() if line.startswith("jailcc: ")]
+    compiled = [line for line in said if "(linking)" not in line]
+    assert len(compiled) == len(farm.objects) >= 30, said
+    assert all("remote (sources) on" in line for line in compiled), said
