@@ -931,19 +931,14 @@ class IncludeAnalyzer:
         directives = self._directives(path)
         return None if directives is None else directives.includes
 
-    def quote_includes(self, path: str) -> frozenset[str] | None:
+    def quote_includes(self, path: str, digest: str | None = None) -> frozenset[str] | None:
         """The names the file at path includes with quotes (which look in its own directory
-        first); None when it has a computed include (any name) or cannot be read."""
-        directives = self._directives(path)
-        if directives is None:
+        first); None when it has a computed include (any name) or cannot be read. The
+        digest: as for includes_of."""
+        includes = self.includes_of(path, digest)
+        if includes is None or any(include.kind == COMPUTED for include in includes):
             return None
-        names = set()
-        for include in directives.includes:
-            if include.kind == COMPUTED:
-                return None
-            if include.kind == QUOTE:
-                names.add(os.path.normpath(include.text))
-        return frozenset(names)
+        return frozenset(os.path.normpath(i.text) for i in includes if i.kind == QUOTE)
 
     def names_in(self, directory: str) -> frozenset[str]:
         """The names of the entries in directory that are not directories (one stat when the

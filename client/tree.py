@@ -315,7 +315,7 @@ def check_reads(
     # they include with quotes (all names, for a computed include).
     quoting: dict[str, set[str]] = {}  # an includer's directory -> names quoted there
     for path in read & tree_job.shipped:
-        quoted = analyzer.quote_includes(path)
+        quoted = analyzer.quote_includes(path, checked[path])
         names = quoting.setdefault(os.path.dirname(path), set())
         names.update(places_of if quoted is None else places_of.keys() & quoted)
     for includer, names in quoting.items():
