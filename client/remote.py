@@ -320,6 +320,8 @@ def _tree_result(
         or not all(isinstance(m, str) for m in misses)
     ):
         raise RemoteFailure(f"{host}: malformed result")
+    if header.get("driver") != job.get("driver"):  # a server from before "driver": wrong mode
+        raise RemoteFailure(f"{host}: the server did not run clang as {job.get('driver')}")
     return _result(
         host,
         header,

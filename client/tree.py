@@ -139,7 +139,6 @@ class TreeBuilder:
         TreeUnsupported."""
         if job.preprocessed:
             raise TreeUnsupported("the input is already preprocessed")
-        _same_language_in_the_jail(compiler, args, job, inv.cwd)
         try:
             words = expand_response_files(args, inv.cwd)
         except ValueError as exc:
@@ -194,6 +193,9 @@ class TreeBuilder:
             "env": job_env(inv),
             "source": os.path.basename(job.source),
         }
+        driver = clang_driver(compiler)
+        if driver is not None:
+            header["driver"] = driver
         return TreeJob(header, paths, analysis, frozenset(p for p, _, _ in tree), self.counters)
 
     def finish(
@@ -239,22 +241,14 @@ class TreeBuilder:
         return outcome._replace(note=outcome.note.replace("remote on", "remote (sources) on", 1))
 
 
-def _same_language_in_the_jail(compiler: str, args: list[str], job: RemoteJob, cwd: str) -> None:
-    """TreeUnsupported unless the jail's driver takes the source for the same language. The
-    jail runs the image's driver under the binary's own name, and clang is one binary whose
-    name sets its mode: as clang++ it compiles a .c file as C++, as clang (the image's) as C,
-    which can give an object that reads the same files and differs."""
-    invoked = os.path.basename(compiler)
-    own = os.path.basename(os.path.realpath(compiler))
-    if "++" not in invoked or "++" in own:
-        return
-    from .args import analyse
-
-    as_own = analyse(args, cwd, compiler=own, sources=True)
-    if getattr(as_own, "language", None) != job.language:
-        raise TreeUnsupported(
-            f"{invoked} compiles {job.source} as {job.language}, the image's {own} would not"
-        )
+def clang_driver(compiler: str) -> str | None:
+    """The name a jail runs clang under for this user's driver ("clang++" or "clang"), or
+    None for gcc. clang is one binary whose name sets its mode (as clang++ it compiles a .c
+    file as C++), and the image names it once for all its names: the jail runs it under the
+    mode's name (jobs/session.py), as the client's own analysis reads the name ("++")."""
+    if "clang" not in os.path.basename(os.path.realpath(compiler)):
+        return None
+    return "clang++" if "++" in os.path.basename(compiler) else "clang"
 
 
 def check_reads(

@@ -454,6 +454,7 @@ def _run_tree_job(
         {
             **_result_header(job.id, result, done, times),
             **({"listing": listing_ref} if listing_ref else {}),
+            **({"driver": job.driver} if job.driver else {}),
             "has_output": bool(extra["outputs"]),
             "outputs": extra["outputs"],
             "reads": extra["reads"] or [],
@@ -481,6 +482,9 @@ def _compile_tree(
     listing = f".jailcc-deps-{os.urandom(8).hex()}"  # in /tmp
     max_names = tree.MAX_TREE_FILES + tree.MAX_OUTPUTS + 1
     base = {
+        # clang under the name that gives the user's driver's language (tree.CLANG_DRIVERS),
+        # beside the binary: clang finds itself by /proc/self/exe, its mode by its name.
+        **({"arg0": f"{os.path.dirname(compiler)}/{job.driver}"} if job.driver else {}),
         "cwd": job.cwd,
         "workdir": job.root,
         "executables": [],

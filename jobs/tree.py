@@ -35,6 +35,11 @@ MAX_READS = 50000
 MAX_READS_BYTES = 6 * 1024 * 1024  # of the RESULT's header (protocol.MAX_TREE_HEADER)
 MAX_MISSES = 100000
 MAX_MISSES_BYTES = 8 * 1024 * 1024  # the rest of it
+# The names a clang job runs clang under (its "driver", required: the image names the binary
+# once for all its names): each sets one of the two modes of a gcc-style compile, C (clang)
+# or C++ (clang++). No other: a name also sets a target or another language of options
+# (clang-cl), which the compiler policy does not know.
+CLANG_DRIVERS = frozenset({"clang", "clang++"})
 INODE_MARGIN = 64  # beyond the tree's files and directories: outputs, the compile's own files
 PAGE = 4096  # a tmpfs file takes whole pages of the work dir's size
 DIGEST = re.compile(r"sha256:[0-9a-f]{64}")
@@ -89,6 +94,7 @@ class TreeJob:
         "deps",
         "digests",
         "dirs",
+        "driver",
         "env",
         "files",
         "id",
@@ -299,6 +305,12 @@ def check_job(
         )
 
     env = policy.job_env(header.get("env"))
+    driver = header.get("driver")
+    if params["compiler_kind"] != "clang":
+        if driver is not None:
+            raise TreeRefused("protocol", "driver names clang's mode: for clang only")
+    elif driver not in CLANG_DRIVERS:
+        raise TreeRefused("protocol", f"a clang job's driver is one of {sorted(CLANG_DRIVERS)}")
     tree_args = policy.check_tree_args(
         header.get("args"), cwd, root, {f"{root}/{rel}" for rel in seen}
     )
@@ -321,6 +333,7 @@ def check_job(
         dirs=sorted(out_dirs),
         outputs=list(outputs),
         env=env,
+        driver=driver,
         args=tree_args,
         deps=policy.tree_deps(tree_args, params["compiler_kind"]),
         source=str(header.get("source", os.path.basename(tree_args.input)))[:200],

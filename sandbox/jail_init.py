@@ -188,10 +188,15 @@ class JailInit:
         if missing, as are the "dirs" named, relative to it); "readonly_inputs" writes the
         inputs 0444; "tmp_outputs" are read back from /tmp; "keep" leaves the work dir and
         /tmp as they are for the next command when this one completes (it then must follow,
-        and wipes them)."""
+        and wipes them); "arg0" is the name argv[0]'s program is told it runs under."""
         argv = _check_strings(req.get("argv"), "argv")
         if not argv or not argv[0].startswith("/"):
             raise JobRefused("argv[0] must be an absolute path in the jail")
+        program = argv[0]  # what runs; "arg0", if given, is the name the program is told
+        arg0 = req.get("arg0", program)
+        if not isinstance(arg0, str) or "\0" in arg0:
+            raise JobRefused("arg0 must be a string")
+        argv = [arg0, *argv[1:]]
         env = req.get("env") or {}
         if not isinstance(env, dict) or not all(
             isinstance(k, str) and isinstance(v, str) and "=" not in k and "\0" not in k + v
@@ -236,7 +241,7 @@ class JailInit:
                 if parts:
                     os.close(_open_beneath(workdir, parts, create=True))
             self._write_inputs(workdir, names, blobs, executables, readonly)
-            result, stdout, stderr = self._execute(argv, env, cwd, limits)
+            result, stdout, stderr = self._execute(program, argv, env, cwd, limits)
             out_blobs: list[bytes] = []
             for key, top, wanted in (("outputs", workdir, outputs), ("tmp_outputs", "/tmp", tmp)):
                 result[key] = []
@@ -294,13 +299,13 @@ class JailInit:
             os.close(fd)
 
     def _execute(
-        self, argv: list[str], env: dict[str, str], cwd: str, limits: RunLimits
+        self, program: str, argv: list[str], env: dict[str, str], cwd: str, limits: RunLimits
     ) -> tuple[dict[str, Any], bytes, bytes]:
         out_r, out_w = os.pipe2(os.O_CLOEXEC)
         err_r, err_w = os.pipe2(os.O_CLOEXEC)
         started = time.monotonic()
         written_before = _bytes_written(self.io_counters)
-        pid = self._spawn(argv, env, cwd, limits, out_w, err_w)
+        pid = self._spawn(program, argv, env, cwd, limits, out_w, err_w)
         os.close(out_w)
         os.close(err_w)
         pidfd = os.pidfd_open(pid)
@@ -396,6 +401,7 @@ class JailInit:
 
     def _spawn(
         self,
+        program: str,
         argv: list[str],
         env: dict[str, str],
         cwd: str,
@@ -410,7 +416,7 @@ class JailInit:
             seccomp = "0"
         elif "any_socket_family" in self.weaken:
             seccomp = "2"  # the filter without its socket family check
-        args = [helper, cwd, *(str(v) for v in self._rlimits(limits)), seccomp, argv[0], *argv]
+        args = [helper, cwd, *(str(v) for v in self._rlimits(limits)), seccomp, program, *argv]
         return os.posix_spawn(
             helper,
             args,

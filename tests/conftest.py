@@ -60,8 +60,10 @@ def clang_image(images_dir: Path) -> Path:
 @pytest.fixture(scope="session")
 def headers_image(images_dir: Path) -> Path:
     """gcc-12, g++-12 and clang-16 with their system headers (jailcc-image build --headers),
-    which tree jobs compile against."""
-    compilers = ("/usr/bin/gcc-12", "/usr/bin/g++-12", "/usr/bin/clang-16")
+    which tree jobs compile against. clang++-16 comes first, so that the image's entry for
+    clang's binary (one identity for both names) is the C++ driver's: a jail that ran it
+    under its own name would compile a clang-16 user's C as C++."""
+    compilers = ("/usr/bin/gcc-12", "/usr/bin/g++-12", "/usr/bin/clang++-16", "/usr/bin/clang-16")
     return build_image(images_dir / "headers.img", *compilers, headers=True)
 
 

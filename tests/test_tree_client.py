@@ -356,15 +356,22 @@ def test_cxx_goes_remote_as_sources_and_matches(compiler, proxy_env, tmp_path):
     assert remote == local and local[2]
 
 
-def test_clang_cxx_driver_on_a_c_file_is_compiled_as_cxx(proxy_env, tmp_path):
-    """clang++ compiles x.c as C++; the image's clang (the same binary under its own name)
-    would compile it as C, reading the same files: the object would differ unseen by the
-    soundness check. Not shipped as sources."""
+@pytest.mark.parametrize(
+    ("compiler", "symbol"), [("clang++-16", b"_Z5twicei"), ("clang-16", b"T twice")]
+)
+def test_clang_compiles_a_c_file_in_its_drivers_language(compiler, symbol, proxy_env, tmp_path):
+    """clang is one binary whose name sets its language: clang++ compiles m.c as C++, clang as
+    C. The image names that binary once, for both (its clang entry is clang++-16: see
+    conftest's headers_image), so the jail runs it under the user's driver's name; otherwise
+    the object would differ with the same files read, which the soundness check cannot see."""
     files = {"m.c": "int twice(int a) { return 2 * a; }\n"}
-    args = ["-c", "-O2", "m.c"]
-    local, remote, said = local_and_through_jailcc("clang++-16", args, files, proxy_env, tmp_path)
-    assert b"remote (sources) on" not in said, said
-    assert remote == local and b"_Z5twicei" in local[2][Path("m.o")]
+    args = ["-c", "-O2", "-g", "m.c"]
+    local, remote, said = local_and_through_jailcc(compiler, args, files, proxy_env, tmp_path)
+    assert b"remote (sources) on" in said, said
+    assert remote == local
+    (tmp_path / "local.obj").write_bytes(local[2][Path("m.o")])
+    symbols = subprocess.run(["nm", tmp_path / "local.obj"], capture_output=True, check=True)
+    assert symbol in symbols.stdout, symbols.stdout
 
 
 def test_a_same_named_header_nobody_includes_does_not_stop_the_job(server, tmp_path):
@@ -457,3 +464,19 @@ def test_a_tree_the_server_holds_is_named_by_its_listing_not_sent(server, tmp_pa
     (cwd.parent / "inc" / "config.h").write_bytes(b"#define LIMIT 40\n")
     spoilt, other = send(pretend_known=True)
     assert other != ref and spoilt["listing"] == other
+
+
+@pytest.mark.parametrize("answered", [None, "clang"])
+def test_a_result_that_ran_clang_under_another_name_is_not_trusted(answered):
+    """A server from before "driver" ignores it and runs the image's name: its RESULT, which
+    does not say "clang++", is a failure (compile locally), not an object."""
+    from jailcc.client import remote
+
+    job = {"id": 1, "kind": "tree", "outputs": ["/p/m.o"], "driver": "clang++"}
+    header = {"id": 1, "exit_code": 0, "outputs": ["/p/m.o"], "reads": [["m.c", "sha256:"]]}
+    if answered is not None:
+        header["driver"] = answered
+    with pytest.raises(RemoteFailure, match="did not run clang as clang\\+\\+"):
+        remote._tree_result("srv", job, header, [b"", b"", b"obj"])
+    header["driver"] = "clang++"
+    assert remote._tree_result("srv", job, header, [b"", b"", b"obj"]).outputs == (b"obj",)

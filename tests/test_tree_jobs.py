@@ -115,6 +115,11 @@ def local(compiler: str, project: Project, args: list[str]) -> subprocess.Comple
     return subprocess.run([compiler, *args], cwd=project.cwd, capture_output=True, env=env)
 
 
+def driver(compiler: str) -> dict[str, str]:
+    """What a clang job says of its driver's mode (PROTOCOL.md, "driver")."""
+    return {"driver": "clang"} if compiler == CLANG else {}
+
+
 def check_reads(project: Project, reads: list[list[str]]) -> None:
     """Every file the jail read is this machine's file at that path."""
     for name, got in reads:
@@ -131,7 +136,7 @@ def test_a_tree_job_is_a_local_compile(server, tmp_path, compiler):
     (project.cwd / "x.o").unlink()
     (project.cwd / "x.d").unlink()
     with connect(server, compiler) as sock:
-        job = project.job(compiler_identity(compiler))
+        job = project.job(compiler_identity(compiler), **driver(compiler))
         need, frame_type, header, out = run(sock, job, project.blobs())
         # A new jail asks for both files; a reused one may hold them from an earlier test.
         assert need is None or set(need) <= set(project.blobs())
@@ -295,6 +300,7 @@ def _bad(project: Project, ident: str) -> list[tuple[dict, str, str]]:
             "too many files",
         ),
         (job(ident, kind="forest"), "protocol", "unknown job kind"),
+        (job(ident, driver="clang"), "protocol", "for clang only"),  # this is gcc
     ]
 
 
@@ -534,12 +540,28 @@ def test_file_names_with_spaces_dollars_and_hashes(server, tmp_path):
         (CLANG, ["-c", "x.c", "-I", "inc dir"]),  # CC_PRINT_HEADERS
     ]:
         with connect(server, compiler) as sock:
-            job = project.job(compiler_identity(compiler), args, image=[])
+            job = project.job(compiler_identity(compiler), args, image=[], **driver(compiler))
             _, frame_type, header, out = run(sock, job, project.blobs())
         assert frame_type == proto.RESULT and header["exit_code"] == 0, out[1]
         assert header["reads"][0] == ["x.c", digest(source)]
         assert [name, digest(b"#define B 1\n")] in header["reads"], header["reads"]
         check_reads(project, header["reads"])
+
+
+def test_a_clang_job_names_its_drivers_mode(server, tmp_path):
+    """The image names clang once for all its names, and the name sets the language of a .c
+    file: a clang job without "driver", or with a name other than clang's two gcc-style
+    modes, is refused before anything runs."""
+    project = Project(tmp_path)
+    ident = compiler_identity(CLANG)
+    with connect(server, CLANG) as sock:
+        for named in ({}, {"driver": "clang-cl"}, {"driver": "x86_64-linux-gnu-clang"}):
+            error = refused(sock, project.job(ident, **named))
+            assert error["code"] == "protocol" and "driver is one of" in error["message"]
+        job = project.job(ident, **driver(CLANG))
+        _, frame_type, header, _ = run(sock, job, project.blobs())
+        assert frame_type == proto.RESULT and header["exit_code"] == 0
+        assert header["driver"] == "clang"
 
 
 @pytest.fixture(autouse=True)
