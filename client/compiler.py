@@ -38,3 +38,69 @@ def split_invocation(argv: list[str]) -> tuple[str | None, list[str], bool]:
             return None, [], False
         return argv[1], argv[2:], False
     return invoked, argv[1:], True
+
+
+# What clang makes of the name it runs under (clang/lib/Driver/ToolChain.cpp, DriverSuffixes):
+# the first suffix the name ends with sets the mode; whatever stands before the last "-" ahead
+# of that suffix names the target ("aarch64-linux-gnu-clang" compiles for aarch64).
+_CLANG_SUFFIXES = (
+    ("clang", "gcc"),
+    ("clang++", "g++"),
+    ("clang-c++", "g++"),
+    ("clang-cc", "gcc"),
+    ("clang-cpp", "cpp"),
+    ("clang-g++", "g++"),
+    ("clang-gcc", "gcc"),
+    ("clang-cl", "cl"),
+    ("cc", "gcc"),
+    ("cpp", "cpp"),
+    ("cl", "cl"),
+    ("++", "g++"),
+    ("flang", "flang"),
+    ("clang-dxc", "dxc"),
+)
+
+
+def _clang_suffix(name: str) -> tuple[int, str] | None:
+    for suffix, mode in _CLANG_SUFFIXES:
+        if name.endswith(suffix):
+            return len(name) - len(suffix), mode
+    return None
+
+
+def clang_mode(name: str) -> tuple[str, str]:
+    """(target prefix, mode) that clang takes from the name it is run under, as its driver
+    does: the mode "gcc", "g++", "cpp", "cl", "flang" or "dxc"; the prefix "" when the name
+    names no target. A version after the name is ignored, as clang does ("clang++-16")."""
+    name = os.path.basename(name).lower()
+    found = _clang_suffix(name)
+    if found is None:  # "clang++3.5"
+        name = name.rstrip("0123456789.")
+        found = _clang_suffix(name)
+    if found is None and "-" in name:  # "clang++-tot", "clang-16"
+        name = name[: name.rfind("-")]
+        found = _clang_suffix(name)
+    if found is None:
+        return "", "gcc"
+    position, mode = found
+    dash = name.rfind("-", 0, position + 1)
+    return ("" if dash < 0 else name[:dash]), mode
+
+
+def is_clang(compiler: str) -> bool:
+    """Whether the compiler at this path (symlinks followed) is a clang binary."""
+    return os.path.basename(os.path.realpath(compiler)).startswith("clang")
+
+
+def clang_name_problem(name: str, compiler: str) -> str | None:
+    """Why a clang run under this name cannot go remote (None: it can, or it is not clang).
+    The jail runs the image's clang as "clang" or "clang++" (jobs/tree.py, CLANG_DRIVERS):
+    a name that also sets a target, or a mode other than those two, would compile otherwise."""
+    if not is_clang(compiler):
+        return None
+    target, mode = clang_mode(name)
+    if target:
+        return f"{os.path.basename(name)} compiles for {target}, by its name"
+    if mode not in ("gcc", "g++"):
+        return f"{os.path.basename(name)} runs clang in its {mode} mode"
+    return None

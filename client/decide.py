@@ -8,7 +8,7 @@ import os
 import time
 from collections import namedtuple
 
-from .compiler import find_compiler, split_invocation
+from .compiler import clang_name_problem, find_compiler, split_invocation
 from .hosts import HostsError
 from .job import Invocation, Outcome
 from .remote import RemoteFailure
@@ -46,6 +46,9 @@ def decide(
         message = f"jailcc: cannot find the compiler {name!r} on PATH (jailcc itself skipped)\n"
         return Outcome(127, b"", message.encode(), "")
     verbose = inv.env.get("JAILCC_VERBOSE", "") not in ("", "0")
+    why = clang_name_problem(name, compiler)  # a clang whose name sets its target or mode
+    if why is not None:
+        return RunLocally(compiler, args, _note(verbose, args, f"local ({why})"))
     started = time.monotonic()
     from .args import Local, analyse
 

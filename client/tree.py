@@ -28,6 +28,7 @@ import threading
 import time
 
 from .args import RemoteJob, expand_response_files
+from .compiler import clang_mode, is_clang
 from .includes import COMPUTED, Analysis, IncludeAnalyzer
 from .job import Invocation, Outcome, job_env, with_color
 from .job import finish as write_back
@@ -245,10 +246,11 @@ def clang_driver(compiler: str) -> str | None:
     """The name a jail runs clang under for this user's driver ("clang++" or "clang"), or
     None for gcc. clang is one binary whose name sets its mode (as clang++ it compiles a .c
     file as C++), and the image names it once for all its names: the jail runs it under the
-    mode's name (jobs/session.py), as the client's own analysis reads the name ("++")."""
-    if "clang" not in os.path.basename(os.path.realpath(compiler)):
+    mode's name (jobs/session.py). Names with other modes or a target never get here
+    (decide.py, clang_name_problem)."""
+    if not is_clang(compiler):
         return None
-    return "clang++" if "++" in os.path.basename(compiler) else "clang"
+    return "clang++" if clang_mode(compiler)[1] == "g++" else "clang"
 
 
 def check_reads(

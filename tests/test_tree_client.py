@@ -480,3 +480,39 @@ def test_a_result_that_ran_clang_under_another_name_is_not_trusted(answered):
         remote._tree_result("srv", job, header, [b"", b"", b"obj"])
     header["driver"] = "clang++"
     assert remote._tree_result("srv", job, header, [b"", b"", b"obj"]).outputs == (b"obj",)
+
+
+@pytest.mark.parametrize(
+    ("name", "target", "mode"),
+    [
+        ("clang-16", "", "gcc"),
+        ("/usr/bin/clang++-16", "", "g++"),
+        ("c++", "", "g++"),
+        ("clang++3.5", "", "g++"),
+        ("clang++-tot", "", "g++"),
+        ("aarch64-linux-gnu-clang", "aarch64-linux-gnu", "gcc"),
+        ("x86_64-linux-gnu-clang++-16", "x86_64-linux-gnu", "g++"),
+        ("clang-cl", "", "cl"),
+        ("clang-cpp-16", "", "cpp"),
+    ],
+)
+def test_what_clang_makes_of_its_name(name, target, mode):
+    from jailcc.client.compiler import clang_mode
+
+    assert clang_mode(name) == (target, mode)
+
+
+def test_clang_named_for_another_target_compiles_locally(proxy_env, tmp_path):
+    """clang takes its target from its name: aarch64-linux-gnu-clang (the same binary, so the
+    same identity) compiles for aarch64, which the jail's clang would not."""
+    bin_dir = tmp_path / "bin"
+    bin_dir.mkdir()
+    cross = bin_dir / "aarch64-linux-gnu-clang"
+    cross.symlink_to(os.path.realpath("/usr/bin/clang-16"))
+    files = {"m.c": "int twice(int a) { return 2 * a; }\n"}
+    local, remote, said = local_and_through_jailcc(
+        str(cross), ["-c", "-O2", "m.c"], files, {**proxy_env, "JAILCC_VERBOSE": "1"}, tmp_path
+    )
+    assert b"local (aarch64-linux-gnu-clang compiles for aarch64-linux-gnu" in said, said
+    assert remote == local
+    assert local[2][Path("m.o")][18:20] == (183).to_bytes(2, "little")  # e_machine: AArch64
