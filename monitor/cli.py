@@ -5,21 +5,26 @@
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import os
+import secrets
 import sys
 
-from jailcc import jobs
+from jailcc import SELFTEST_PROBES, jobs
 from jailcc.images.directory import dir_images
 from jailcc.images.errors import ImageError
-from jailcc.sandbox.selftest import PROBE_NAMES, SelftestError, reports_to_json, run_selftest
+from jailcc.sandbox import syscalls
+from jailcc.sandbox.api import Sandbox, SandboxError
 
-from . import config, jobs_probe
+from . import config
 from .catalog import image_dir, name_images
-from .unprivileged import image_compilers, service_user
+from .unprivileged import SELFTEST_UID, image_compilers, service_user, start_unprivileged
 
 
 def _selftest(args: argparse.Namespace) -> int:
+    """Root's part: what only root can do, then the probes as a uid of their own
+    (selftest/driver.py), driving the launcher started here; its exit status is ours."""
     if os.geteuid() != 0:
         print("jailccd selftest: error: must run as root (it builds jails)", file=sys.stderr)
         return 2
@@ -27,37 +32,50 @@ def _selftest(args: argparse.Namespace) -> int:
     images = name_images(args.toolchain_image or _configured_images(args), usable=os.path.exists)
     if not images:
         raise ImageError("no toolchain image: name one with --toolchain-image IMAGE")
-
-    def show(image: str, result) -> None:
-        if not args.json:
-            verdict = "PASS" if result.passed else "FAIL"
-            print(f"{verdict}  {image:<12} {result.name:<22} {result.detail}", flush=True)
-
-    reports = run_selftest(
-        images,
-        only=args.probe or None,
-        timing_rounds=args.timing_rounds,
-        progress=show,
-        # The production job path too: jails that load the job code as jailccd's do, and one
-        # compile through the jobs handler.
-        jobs_check=(jobs_probe.NAME, jobs_probe.probe),
-        jail_modules=jobs.JAIL_MODULES,
-        jail_libraries=jobs.JAIL_LIBRARIES,
-    )
-    summary = reports_to_json(reports)
-    if args.json:
-        print(json.dumps(summary, indent=2))
-    else:
-        for report in reports:
-            for leftover in report.leftovers:
-                print(f"FAIL  {report.image:<12} {'teardown':<22} left behind: {leftover}")
-            if report.jails_timed:
-                print(
-                    f"selftest: {report.image}: median jail build {report.build_ms_median:.1f} ms,"
-                    f" teardown {report.teardown_ms_median:.1f} ms ({report.jails_timed} jails)"
-                )
-        print(f"selftest: {summary['passed']} passed, {summary['failed']} failed")
-    return 1 if summary["failed"] else 0
+    wanted = args.probe or SELFTEST_PROBES
+    ids = service_user()
+    compilers: dict[str, list[str] | str] = {}
+    for name, path in images.items() if SELFTEST_PROBES[0] in wanted else ():
+        try:  # read as the service's uid, as jailccd reads them (unprivileged.py)
+            first = image_compilers(path, ids).compilers[0]
+            compilers[name] = [first.name, first.kind, first.path]
+        except ImageError as exc:
+            compilers[name] = str(exc)
+    # A key in a keyring of our own, which the launcher (started next) inherits: a jail that
+    # kept the keyring would find it (the keyctl probe).
+    canary = f"jailcc-canary-{secrets.token_hex(6)}"
+    with contextlib.suppress(OSError):
+        syscalls.join_new_session_keyring()
+    with contextlib.suppress(OSError):  # no canary: the keyctl probe then proves less
+        syscalls.add_key("user", canary, b"canary")
+    try:
+        with Sandbox(
+            images, warm=0, jail_modules=jobs.JAIL_MODULES, jail_libraries=jobs.JAIL_LIBRARIES
+        ) as sandbox:
+            init: dict[str, list[str]] = {}
+            for name in images if "init_isolation" in wanted else ():
+                with sandbox.create_jail(name) as jail:
+                    init[name] = jail.init_isolation_problems()
+            plan = {
+                "images": images,
+                "compilers": compilers,
+                "init": init,
+                "canary": canary,
+                "launcher_pid": sandbox.launcher_pid,
+                "only": args.probe,
+                "timing_rounds": args.timing_rounds,
+                "json": args.json,
+            }
+            fd = sandbox.control_fd
+            options = ["--control-fd", str(fd), "--plan", json.dumps(plan)]
+            probes = start_unprivileged(
+                "jailcc.selftest.driver", options, SELFTEST_UID, SELFTEST_UID, pass_fds=[fd]
+            )
+            status = probes.wait()
+            return status if status >= 0 else 128 - status  # killed: as a shell says it
+    except SandboxError as exc:
+        print(f"jailccd selftest: error: {exc}", file=sys.stderr)
+        return 2
 
 
 def _configured_images(args: argparse.Namespace) -> list[str]:
@@ -105,7 +123,8 @@ def build_selftest_parser() -> argparse.ArgumentParser:
         " jail, see another jail. Prints PASS (blocked) or FAIL (escaped) per probe and exits"
         " non-zero on any FAIL; first, jobs_compile compiles a C file through a jail's jobs"
         " handler as a client's job would. Needs root, and gcc with libc6-dev to build the"
-        " probes.",
+        " probes; root only starts the jail launcher (and plants what the probes aim at): the"
+        f" probes run as uid {SELFTEST_UID}, which no other process has.",
     )
     st.add_argument(
         "--toolchain-image",
@@ -124,10 +143,9 @@ def build_selftest_parser() -> argparse.ArgumentParser:
     st.add_argument(
         "--probe",
         action="append",
-        choices=(jobs_probe.NAME, *PROBE_NAMES),
+        choices=SELFTEST_PROBES,
         metavar="NAME",
-        help="run only this probe (repeatable); one of: "
-        + ", ".join((jobs_probe.NAME, *PROBE_NAMES)),
+        help="run only this probe (repeatable); one of: " + ", ".join(SELFTEST_PROBES),
     )
     st.add_argument(
         "--timing-rounds",
@@ -153,7 +171,7 @@ def main(argv: list[str] | None = None) -> int:
             if args.check_config:
                 return _check_config(args, sources, parser)
         return args.func(args)
-    except (SelftestError, ImageError, config.ConfigError) as exc:
+    except (ImageError, config.ConfigError) as exc:
         print(f"jailccd: error: {exc}", file=sys.stderr)
         return 1 if "--check-config" in argv else 2
     except KeyboardInterrupt:

@@ -21,6 +21,9 @@ from jailcc.sandbox.uidpool import DEFAULT_BASE
 DEFAULT_SERVICE_USER = "jailccd"
 # The network service's uid where no jailccd user exists: its own, next to the jails' range.
 SERVICE_UID_FALLBACK = DEFAULT_BASE - 1
+# `jailccd selftest`'s probes (selftest/driver.py), which hold the launcher's channel: a uid no
+# other process has, not even the network service, whose peers may have taken it over.
+SELFTEST_UID = DEFAULT_BASE - 2
 MAX_SUMMARY = 1 << 20
 INSPECT_TIMEOUT = 1800.0  # a verify extracts and hashes the whole image
 

@@ -12,6 +12,7 @@ import contextlib
 import os
 import signal
 import socket
+import stat
 import subprocess
 import sys
 import threading
@@ -21,6 +22,7 @@ from typing import Any
 from jailcc import wire
 
 from .cgroups import JailCgroup
+from .rootfs import DEVICES
 from .spec import (
     WEAKENINGS,
     JailLimits,
@@ -97,7 +99,8 @@ class Sandbox:
         if image_dir is not None:  # where mount_image may take images from later
             cmd.append(f"--image-dir={os.path.realpath(image_dir)}")
         cmd += [f"--image={name}={os.path.abspath(path)}" for name, path in images.items()]
-        self._proc = subprocess.Popen(cmd, pass_fds=[theirs.fileno()], stdin=subprocess.DEVNULL)
+        proc = subprocess.Popen(cmd, pass_fds=[theirs.fileno()], stdin=subprocess.DEVNULL)
+        self._proc: subprocess.Popen[bytes] | None = proc
         theirs.close()
         self._control = ours
         self._lock = threading.Lock()
@@ -113,7 +116,26 @@ class Sandbox:
             raise SandboxError(str(hello.get("error", "the jail launcher failed to start")))
         ours.settimeout(LAUNCHER_REQUEST_TIMEOUT)
         self.images: list[str] = list(hello.get("images", []))
-        self.launcher_pid = self._proc.pid
+        self.launcher_pid = proc.pid
+
+    @classmethod
+    def attach(cls, control: socket.socket, images: Sequence[str], launcher_pid: int) -> Sandbox:
+        """Drive a launcher that another process started and handed over, by its control
+        channel (`jailccd selftest` starts it as root and runs its probes as another uid)."""
+        sandbox = cls.__new__(cls)
+        sandbox._proc = None
+        sandbox._control = control
+        sandbox._lock = threading.Lock()
+        sandbox._closed = False
+        control.settimeout(LAUNCHER_REQUEST_TIMEOUT)
+        sandbox.images = list(images)
+        sandbox.launcher_pid = launcher_pid
+        return sandbox
+
+    @property
+    def control_fd(self) -> int:
+        """The launcher's control channel, to hand over (attach); use nothing here meanwhile."""
+        return self._control.fileno()
 
     def _request(
         self, message: dict[str, Any], max_fds: int = 0
@@ -173,8 +195,8 @@ class Sandbox:
 
     @property
     def launcher_exit(self) -> int | None:
-        """The launcher's exit status once it has died (None while it runs)."""
-        return self._proc.poll()
+        """The launcher's exit status once it has died (None while it runs, or not ours)."""
+        return None if self._proc is None else self._proc.poll()
 
     def close(self) -> None:
         with self._lock:
@@ -183,6 +205,8 @@ class Sandbox:
             self._closed = True
             with contextlib.suppress(OSError):
                 self._control.close()
+        if self._proc is None:  # attached: the process that started the launcher reaps it
+            return
         try:
             self._proc.wait(timeout=30)
         except subprocess.TimeoutExpired:
@@ -357,6 +381,22 @@ class Jail:
         """The jail's cgroup counters (CPU, OOM kills, pids-limit hits), peak memory reset."""
         return self._counters()
 
+    def init_isolation_problems(self) -> list[str]:
+        """Seen from the host (root: another uid's /proc/PID/fd): what of ours the jail's init
+        holds, a terminal or log for stdio or our session (code in it could then type into a
+        shell with TIOCSTI). `jailccd selftest` runs its other probes unprivileged."""
+        problems = []
+        null = os.makedev(*DEVICES["null"])
+        for fd in (0, 1, 2):
+            # The jail's own /dev/null: by its device number, its path is the jail's.
+            st = os.stat(f"/proc/{self.pid}/fd/{fd}")
+            if not stat.S_ISCHR(st.st_mode) or st.st_rdev != null:
+                problems.append(f"fd {fd} is {os.readlink(f'/proc/{self.pid}/fd/{fd}')}")
+        with open(f"/proc/{self.pid}/stat") as f:
+            if int(f.read().rsplit(")", 1)[1].split()[3]) == os.getsid(0):
+                problems.append("it shares the server's session")
+        return problems
+
     @staticmethod
     def limit_hit(before: dict[str, int], after: dict[str, int]) -> str | None:
         """Which cgroup limit a job that failed between the two readings ran into, if any."""
@@ -399,7 +439,8 @@ class Jail:
     def _counters(self) -> dict[str, int]:
         group = JailCgroup(self._cgroups)
         counters = group.counters()
-        group.reset_peak()
+        with contextlib.suppress(PermissionError):  # not root (the selftest's probes): the
+            group.reset_peak()  # peak then counts from the jail's start
         return counters
 
     def _check_usable(self) -> None:

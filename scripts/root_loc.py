@@ -56,11 +56,10 @@ ROOT_PROCESSES: tuple[RootProcess, ...] = (
     RootProcess(
         "jailccd selftest",
         ("jailcc.monitor.cli",),
-        "jailccd selftest (monitor/cli.py -> sandbox/selftest.py, monitor/jobs_probe.py) builds"
-        " jails, probes them from the host and hands a connection to a jail's jobs handler"
-        " (the client that talks to it, server/selftest_client.py, runs as the network"
-        " service's uid); cli.py imports daemon.py in functions (the configured images), so"
-        " its closure is jailccd's",
+        "jailccd selftest (monitor/cli.py) reads the images' manifests, plants a canary key,"
+        " starts the launcher and looks at one jail's init from the host; the probes"
+        " (selftest/) run as a uid of their own, driving that launcher; cli.py imports"
+        " daemon.py in functions (the configured images), so its closure is jailccd's",
     ),
 )
 
@@ -68,7 +67,6 @@ ROOT_PROCESSES: tuple[RootProcess, ...] = (
 C_NOT_ROOT: dict[str, str] = {
     "sandbox/spawn.c": "built as root (sandbox/helpers.py build_static, called by sandbox/api.py"
     " Sandbox) but exec'd only by a jail's init, after the privilege drop",
-    "sandbox/probes.c": "built as root by sandbox/selftest.py but run only as jobs inside jails",
 }
 
 RULE = (

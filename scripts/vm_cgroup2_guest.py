@@ -11,7 +11,7 @@ Roles (argv[1]): none (PID 1: mounts, lays out groups as systemd would, runs the
 "launcher" (makes the jails' parent with cgroups.parent_dirs() and runs jails' worth of
 processes in groups made by JailCgroup), "jails" (joins a group and, like jailccd, makes a
 Sandbox whose launcher builds jails from the directory image IMAGE, as tests/test_sandbox.py
-does, then runs sandbox/selftest.py's probes).
+does, then runs selftest/probes.py's escape probes).
 """
 
 from __future__ import annotations
@@ -34,7 +34,7 @@ ROOT = "/sys/fs/cgroup"
 MiB = 1 << 20
 PYTHON = sys.executable
 # The toolchain image: a directory (the launcher bind-mounts it read-only) holding usr/bin/probe
-# (sandbox/probes.c) and usr/bin/forkbomb, static; the files come in /image and are copied to a
+# (selftest/probes.c) and usr/bin/forkbomb, static; the files come in /image and are copied to a
 # tmpfs of its own, so that the jails' mount table names no host path (as with a squashfs
 # image: the selftest's mount_table probe checks it).
 IMAGE_FILES = "/image"
@@ -228,9 +228,10 @@ def jails() -> None:
     """As jailccd: join the unit's group, start the real launcher through Sandbox and build
     jails with limits as tests/test_sandbox.py does, then run `jailccd selftest`'s probes."""
     write(os.path.join(sys.argv[2], "cgroup.procs"), "0")
-    from jailcc.sandbox import leaks, selftest
+    from jailcc.sandbox import leaks
     from jailcc.sandbox.api import Sandbox
     from jailcc.sandbox.spec import JailLimits, RunLimits
+    from jailcc.selftest import probes as selftest
 
     unit = sys.argv[2]
     small = JailLimits(memory_bytes=128 * MiB, pids_max=32, work_bytes=16 * MiB, tmp_bytes=8 * MiB)

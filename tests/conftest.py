@@ -69,7 +69,7 @@ def headers_image(images_dir: Path) -> Path:
 
 @pytest.fixture(scope="session")
 def probe_binary(tmp_path_factory: pytest.TempPathFactory) -> bytes:
-    from jailcc.sandbox.selftest import build_probe_binary
+    from jailcc.selftest.probes import build_probe_binary
 
     return build_probe_binary(str(tmp_path_factory.mktemp("probe")))
 

@@ -108,8 +108,8 @@ SOURCE = b"int answer(void) { return 6 * 7; }\n"
 def test_launcher_never_imports_jobs_and_a_jail_compiles_through_them(
     gcc_image: Path, tmp_path: Path
 ) -> None:
-    from jailcc.monitor.jobs_probe import compile_through_jobs
     from jailcc.sandbox.api import Sandbox
+    from jailcc.selftest.jobs_probe import compile_through_jobs
 
     # The launcher's interpreter reports every module it imports (-X importtime), to a file:
     # the jails' inits have /dev/null for stderr by the time they import anything.

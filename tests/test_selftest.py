@@ -9,7 +9,8 @@ from pathlib import Path
 
 import pytest
 from conftest import BIN, requires_root
-from jailcc.sandbox.selftest import PROBE_NAMES, run_selftest
+from jailcc.monitor.unprivileged import SELFTEST_UID
+from jailcc.selftest.probes import PROBE_NAMES, run_selftest
 
 pytestmark = requires_root
 
@@ -112,11 +113,16 @@ def test_cli_selftest_json_on_the_clang_image(clang_image: Path) -> None:
     )
     assert proc.returncode == 0, proc.stdout + proc.stderr
     report = json.loads(proc.stdout)
-    # Every escape probe, and first the compile through the jobs handler (monitor/jobs_probe.py).
+    # Every escape probe, and first the compile through the jobs handler (selftest/jobs_probe.py).
     assert report["failed"] == 0 and report["passed"] == len(PROBE_NAMES) + 1
     assert report["images"][0]["image"] == "clang-16"
     first = report["images"][0]["probes"][0]
     assert first["name"] == "jobs_compile" and "clang-16" in first["detail"]
+    # The probes ran as a uid of their own, not root (root only started the launcher,
+    # planted the canary and looked at one jail's init: init_isolation came from it).
+    assert report["probes_uid"] == SELFTEST_UID != 0
+    (init,) = [p for p in report["images"][0]["probes"] if p["name"] == "init_isolation"]
+    assert init["passed"] and "/dev/null" in init["detail"]
 
 
 def test_cli_selftest_lines_and_summary(gcc_image: Path) -> None:

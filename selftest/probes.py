@@ -6,8 +6,13 @@ The host side prepares what the probes aim at: a planted file outside the jail, 
 listener and an abstract socket in the host's network namespace, a canary key in the keyring
 the launcher inherits, a neighbouring live jail.
 
+`jailccd selftest` runs all this as a uid of its own (selftest/driver.py), driving a
+launcher that root started (monitor/cli.py), which also plants the canary key and looks at one
+jail's init from the host for init_isolation (another uid's /proc/PID/fd is root's to read).
+Run in-process by root (the tests), run_selftest does those two itself.
+
 The caller may add a check of the production job path (`jailccd selftest` does, with
-monitor/jobs_probe.py): its jails load the job code as jailccd's do (jail_modules), and the
+selftest/jobs_probe.py): its jails load the job code as jailccd's do (jail_modules), and the
 check gets a fresh jail of each image to hand a connection to. It is not an escape probe:
 PASS means the jobs ran.
 """
@@ -19,7 +24,6 @@ import os
 import secrets
 import shutil
 import socket
-import stat
 import statistics
 import subprocess
 import tempfile
@@ -29,10 +33,11 @@ from collections.abc import Callable, Iterable, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
-from . import helpers, leaks, rootfs
-from . import syscalls as sc
-from .api import Jail, Sandbox
-from .spec import JailLimits, MiB, RunLimits, RunResult
+from jailcc import SELFTEST_PROBES
+from jailcc.sandbox import helpers, leaks, rootfs
+from jailcc.sandbox import syscalls as sc
+from jailcc.sandbox.api import Jail, Sandbox
+from jailcc.sandbox.spec import JailLimits, MiB, RunLimits, RunResult
 
 JAIL_LIMITS = JailLimits(
     memory_bytes=128 * MiB,
@@ -54,7 +59,7 @@ PROBE_SOURCE = Path(__file__).with_name("probes.c")
 
 
 # A check of the production job path: its name, and a function of a fresh jail and the image's
-# path that says whether it passed and why.
+# name that says whether it passed and why.
 JobsCheck = tuple[str, Callable[[Jail, str], tuple[bool, str]]]
 
 
@@ -106,7 +111,7 @@ def build_probe_binary(directory: str) -> bytes:
 class _HostBait:
     """What the probes try to reach on the host, set up for one selftest run."""
 
-    def __init__(self, directory: str) -> None:
+    def __init__(self, canary: str | None = None) -> None:
         token = secrets.token_hex(6)
         self.planted = os.path.join(tempfile.gettempdir(), f"jailcc-selftest-{token}")
         with open(self.planted, "w") as f:
@@ -120,8 +125,10 @@ class _HostBait:
         self.abstract = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
         self.abstract.bind("\0" + self.abstract_name)
         self.abstract.listen(8)
-        self.canary = f"jailcc-canary-{token}"
-        _plant_canary_key(self.canary)
+        if canary is None:  # run by root in-process: plant it before the launcher starts
+            canary = f"jailcc-canary-{token}"
+            plant_canary_key(canary)
+        self.canary = canary
 
     def close(self) -> None:
         self.tcp.close()
@@ -130,7 +137,7 @@ class _HostBait:
             os.unlink(self.planted)
 
 
-def _plant_canary_key(description: str) -> None:
+def plant_canary_key(description: str) -> None:
     """Join a fresh session keyring and put a key in it; the launcher (started after this)
     inherits the keyring, so a jail that kept it would find the key."""
     with contextlib.suppress(OSError):
@@ -159,10 +166,12 @@ class _Runner:
         probe: bytes,
         bait: _HostBait,
         weaken: frozenset[str],
+        init_problems: list[str] | None,
     ) -> None:
         self.sandbox, self.image, self.probe, self.bait = sandbox, image, probe, bait
         self.image_path = image_path
         self.weaken = weaken
+        self.init_problems = init_problems  # root's look at an init, when not ours to take
         # Host paths a jail's mount table must not name: the image file, where the helpers
         # are built, where the launcher mounts things.
         self.host_paths = (os.path.abspath(image_path), helpers.CACHE_DIR, rootfs.MOUNT_BASE)
@@ -185,11 +194,11 @@ class _Runner:
     def with_jail(
         self, check: Callable[[Jail, str], tuple[bool, str]]
     ) -> Callable[[], tuple[bool, str]]:
-        """A check of a fresh jail of this image, given the jail and the image's path."""
+        """A check of a fresh jail of this image, given the jail and the image's name."""
 
         def run() -> tuple[bool, str]:
             with self.jail() as jail:
-                return check(jail, self.image_path)
+                return check(jail, self.image)
 
         return run
 
@@ -213,8 +222,8 @@ class _Runner:
         survivors = leaks.processes_of_uids(jail.uid, jail.uid + 1) if jail.uid else []
         if report.leaks or survivors:
             for pid, _ in survivors:  # the probe's daemon: do not leave it for the next test
-                with contextlib.suppress(ProcessLookupError):
-                    os.kill(pid, 9)
+                with contextlib.suppress(ProcessLookupError, PermissionError):  # (root's: its
+                    os.kill(pid, 9)  # launcher's end kills it, in `jailccd selftest`)
             return False, "; ".join(report.leaks) or f"{len(survivors)} process(es) survived"
         if not passed:
             return False, detail
@@ -222,19 +231,11 @@ class _Runner:
 
     def init_isolation(self) -> tuple[bool, str]:
         """From the host: the jail's init holds no terminal or log of ours, in no session of
-        ours (else code running in it could type into a shell with TIOCSTI)."""
-        with self.jail() as jail:
-            problems = []
-            null = os.makedev(*rootfs.DEVICES["null"])
-            for fd in (0, 1, 2):
-                # The jail's own /dev/null: by its device number, its path is the jail's.
-                st = os.stat(f"/proc/{jail.pid}/fd/{fd}")
-                if not stat.S_ISCHR(st.st_mode) or st.st_rdev != null:
-                    problems.append(f"fd {fd} is {os.readlink(f'/proc/{jail.pid}/fd/{fd}')}")
-            with open(f"/proc/{jail.pid}/stat") as f:
-                session = int(f.read().rsplit(")", 1)[1].split()[3])
-            if session == os.getsid(0):
-                problems.append("it shares the server's session")
+        ours (api.Jail.init_isolation_problems)."""
+        problems = self.init_problems
+        if problems is None:
+            with self.jail() as jail:
+                problems = jail.init_isolation_problems()
         if problems:
             return False, "the jail's init: " + "; ".join(problems)
         return True, "init has /dev/null for stdio and a session of its own"
@@ -305,35 +306,7 @@ def _probe_table(r: _Runner) -> list[tuple[str, Callable[[], tuple[bool, str]]]]
     ]
 
 
-PROBE_NAMES = (
-    "read_host_file",
-    "write_image",
-    "write_outside_workdir",
-    "network",
-    "host_processes",
-    "uid0_caps",
-    "setuid_binaries",
-    "new_userns",
-    "mount",
-    "chroot_escape",
-    "ptrace",
-    "devices",
-    "device_nodes",
-    "socket_families",
-    "mount_table",
-    "keyctl",
-    "proc_sys_write",
-    "memory",
-    "fork_bomb",
-    "fill_disk",
-    "wall_clock",
-    "cpu_time",
-    "output_flood",
-    "outlive_jail",
-    "neighbour_jail",
-    "init_isolation",
-    "leftovers",
-)
+PROBE_NAMES = SELFTEST_PROBES[1:]  # after jobs_compile (selftest/jobs_probe.py)
 
 
 def _time_jails(sandbox: Sandbox, image: str, rounds: int) -> tuple[float, float]:
@@ -349,6 +322,17 @@ def _time_jails(sandbox: Sandbox, image: str, rounds: int) -> tuple[float, float
     return statistics.median(build) * 1000, statistics.median(teardown) * 1000
 
 
+@dataclass(frozen=True)
+class FromRoot:
+    """What root did for an unprivileged run (`jailccd selftest`, monitor/cli.py): the
+    launcher it started and handed over, the canary key it planted in the keyring that
+    launcher inherited, and, by image, what it saw of one jail's init from the host."""
+
+    sandbox: Sandbox
+    canary: str
+    init_problems: dict[str, list[str]]
+
+
 def run_selftest(
     images: dict[str, str],
     *,
@@ -359,10 +343,12 @@ def run_selftest(
     jobs_check: JobsCheck | None = None,
     jail_modules: Sequence[str] = (),
     jail_libraries: Sequence[str] = (),
+    from_root: FromRoot | None = None,
 ) -> list[ImageReport]:
     """Run the probes against a jail of each image; images maps a name to an image path.
     jobs_check, if given, runs first, in a jail whose init holds jail_modules (and jail
-    libraries) as the server's do (see api.Sandbox)."""
+    libraries) as the server's do (see api.Sandbox). Without from_root, this process (root)
+    starts the launcher itself, with those modules."""
     names = [*([jobs_check[0]] if jobs_check else []), *PROBE_NAMES]
     wanted = list(only) if only is not None else names
     unknown = set(wanted) - set(names)
@@ -370,49 +356,63 @@ def run_selftest(
         raise SelftestError(f"unknown probes: {', '.join(sorted(unknown))}")
     with tempfile.TemporaryDirectory(prefix="jailcc-selftest-") as tmp:
         probe = build_probe_binary(tmp)
-        bait = _HostBait(tmp)
-        reports = []
+        bait = _HostBait(None if from_root is None else from_root.canary)
         try:
+            init_problems = {} if from_root is None else from_root.init_problems
             # No warm jails: every jail here is built on demand (what the timing reports),
             # and after the probes no jail of this launcher may exist at all.
-            with Sandbox(
-                images,
-                warm=0,
-                allow_weaken=bool(weaken),
-                jail_modules=jail_modules,
-                jail_libraries=jail_libraries,
-            ) as sandbox:
-                for name in images:
-                    runner = _Runner(sandbox, name, images[name], probe, bait, weaken)
-                    report = ImageReport(image=name)
-                    table = _probe_table(runner)
-                    if jobs_check:
-                        table.insert(0, (jobs_check[0], runner.with_jail(jobs_check[1])))
-                    for probe_name, check in table:
-                        if probe_name not in wanted:
-                            continue
-                        try:
-                            passed, detail = check()
-                        except Exception as exc:
-                            passed, detail = False, f"{type(exc).__name__}: {exc}"
-                        result = ProbeResult(probe_name, passed, detail.strip())
-                        report.probes.append(result)
-                        if progress:
-                            progress(name, result)
-                    if timing_rounds:
-                        report.build_ms_median, report.teardown_ms_median = _time_jails(
-                            sandbox, name, timing_rounds
-                        )
-                        report.jails_timed = timing_rounds
-                    # Every probe's jail is closed by now: none of their uids may have a process.
-                    # (uid 0 is the root_uid weakening's: not ours to check.)
-                    report.leftovers = leaks.leftovers(
-                        uids=runner.uids - {0}, owner_pid=sandbox.launcher_pid
-                    )
-                    reports.append(report)
+            if from_root is not None:
+                sandbox = from_root.sandbox
+            else:
+                sandbox = Sandbox(
+                    images,
+                    warm=0,
+                    allow_weaken=bool(weaken),
+                    jail_modules=jail_modules,
+                    jail_libraries=jail_libraries,
+                )
+            with sandbox:
+                runners = [
+                    _Runner(sandbox, name, path, probe, bait, weaken, init_problems.get(name))
+                    for name, path in images.items()
+                ]
+                return [_run_image(r, wanted, timing_rounds, progress, jobs_check) for r in runners]
         finally:
             bait.close()
-    return reports
+
+
+def _run_image(
+    runner: _Runner,
+    wanted: list[str],
+    timing_rounds: int,
+    progress: Callable[[str, ProbeResult], None] | None,
+    jobs_check: JobsCheck | None,
+) -> ImageReport:
+    name, sandbox = runner.image, runner.sandbox
+    report = ImageReport(image=name)
+    table = _probe_table(runner)
+    if jobs_check:
+        table.insert(0, (jobs_check[0], runner.with_jail(jobs_check[1])))
+    for probe_name, check in table:
+        if probe_name not in wanted:
+            continue
+        try:
+            passed, detail = check()
+        except Exception as exc:
+            passed, detail = False, f"{type(exc).__name__}: {exc}"
+        result = ProbeResult(probe_name, passed, detail.strip())
+        report.probes.append(result)
+        if progress:
+            progress(name, result)
+    if timing_rounds:
+        report.build_ms_median, report.teardown_ms_median = _time_jails(
+            sandbox, name, timing_rounds
+        )
+        report.jails_timed = timing_rounds
+    # Every probe's jail is closed by now: none of their uids may have a process.
+    # (uid 0 is the root_uid weakening's: not ours to check.)
+    report.leftovers = leaks.leftovers(uids=runner.uids - {0}, owner_pid=sandbox.launcher_pid)
+    return report
 
 
 def reports_to_json(reports: Sequence[ImageReport]) -> dict:
