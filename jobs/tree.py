@@ -309,7 +309,7 @@ def check_job(
     if params["compiler_kind"] != "clang":
         if driver is not None:
             raise TreeRefused("protocol", "driver names clang's mode: for clang only")
-    elif driver not in CLANG_DRIVERS:
+    elif not isinstance(driver, str) or driver not in CLANG_DRIVERS:
         raise TreeRefused("protocol", f"a clang job's driver is one of {sorted(CLANG_DRIVERS)}")
     tree_args = policy.check_tree_args(
         header.get("args"), cwd, root, {f"{root}/{rel}" for rel in seen}

@@ -555,7 +555,8 @@ def test_a_clang_job_names_its_drivers_mode(server, tmp_path):
     project = Project(tmp_path)
     ident = compiler_identity(CLANG)
     with connect(server, CLANG) as sock:
-        for named in ({}, {"driver": "clang-cl"}, {"driver": "x86_64-linux-gnu-clang"}):
+        odd = ({"driver": "clang-cl"}, {"driver": "x86_64-linux-gnu-clang"}, {"driver": ["clang"]})
+        for named in ({}, *odd):
             error = refused(sock, project.job(ident, **named))
             assert error["code"] == "protocol" and "driver is one of" in error["message"]
         job = project.job(ident, **driver(CLANG))
