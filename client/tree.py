@@ -194,7 +194,7 @@ class TreeBuilder:
             "env": job_env(inv),
             "source": os.path.basename(job.source),
         }
-        driver = clang_driver(compiler)
+        driver = clang_driver(compiler, inv.cwd)
         if driver is not None:
             header["driver"] = driver
         return TreeJob(header, paths, analysis, frozenset(p for p, _, _ in tree), self.counters)
@@ -242,15 +242,17 @@ class TreeBuilder:
         return outcome._replace(note=outcome.note.replace("remote on", "remote (sources) on", 1))
 
 
-def clang_driver(compiler: str) -> str | None:
-    """The name a jail runs clang under for this user's driver ("clang++" or "clang"), or
-    None for gcc. clang is one binary whose name sets its mode (as clang++ it compiles a .c
-    file as C++), and the image names it once for all its names: the jail runs it under the
-    mode's name (jobs/session.py). Names with other modes or a target never get here
-    (decide.py, clang_name_problem)."""
+def clang_driver(compiler: str, cwd: str) -> str | None:
+    """The path a jail runs clang as for this user's driver, or None for gcc: the directory
+    the driver was found in, as clang makes it absolute (it looks for its GCC installation
+    from there, and debug info names what it finds), and "clang++" or "clang", the driver's
+    mode. clang is one binary whose name sets its mode (as clang++ it compiles a .c file as
+    C++), and the image names it once for all its names. Names with other modes or a target
+    never get here (decide.py, clang_name_problem)."""
     if not is_clang(compiler):
         return None
-    return "clang++" if clang_mode(compiler)[1] == "g++" else "clang"
+    directory = os.path.dirname(os.path.join(cwd, compiler))
+    return f"{directory}/{'clang++' if clang_mode(compiler)[1] == 'g++' else 'clang'}"
 
 
 def check_reads(

@@ -482,9 +482,9 @@ def _compile_tree(
     listing = f".jailcc-deps-{os.urandom(8).hex()}"  # in /tmp
     max_names = tree.MAX_TREE_FILES + tree.MAX_OUTPUTS + 1
     base = {
-        # clang under the name that gives the user's driver's language (tree.CLANG_DRIVERS),
-        # beside the binary: clang finds itself by /proc/self/exe, its mode by its name.
-        **({"arg0": f"{os.path.dirname(compiler)}/{job.driver}"} if job.driver else {}),
+        # clang as the user's driver's path (tree.CLANG_DRIVERS): its directory and mode; clang
+        # finds its own binary and resources by /proc/self/exe.
+        **({"arg0": job.driver} if job.driver else {}),
         "cwd": job.cwd,
         "workdir": job.root,
         "executables": [],

@@ -35,10 +35,12 @@ MAX_READS = 50000
 MAX_READS_BYTES = 6 * 1024 * 1024  # of the RESULT's header (protocol.MAX_TREE_HEADER)
 MAX_MISSES = 100000
 MAX_MISSES_BYTES = 8 * 1024 * 1024  # the rest of it
-# The names a clang job runs clang under (its "driver", required: the image names the binary
-# once for all its names): each sets one of the two modes of a gcc-style compile, C (clang)
-# or C++ (clang++). No other: a name also sets a target or another language of options
-# (clang-cl), which the compiler policy does not know.
+# A clang job's "driver" (required: the image names the binary once for all its names) is the
+# path the jail runs clang as: the directory the user's driver was found in (clang looks for
+# its GCC installation from there, and debug info names what it finds) and one of these
+# names, each one of the two modes of a gcc-style compile, C (clang) or C++ (clang++). No
+# other: a name also sets a target or another language of options (clang-cl), which the
+# compiler policy does not know.
 CLANG_DRIVERS = frozenset({"clang", "clang++"})
 INODE_MARGIN = 64  # beyond the tree's files and directories: outputs, the compile's own files
 PAGE = 4096  # a tmpfs file takes whole pages of the work dir's size
@@ -175,6 +177,25 @@ def _check_root(root: str, image: ImageFiles) -> None:
         )
 
 
+def _driver(driver: object, compiler_kind: str, root: str) -> str | None:
+    """A job's "driver" (CLANG_DRIVERS), checked; the jail's view of the file system is the
+    image's, where its directory must be: outside it clang would find another installation."""
+    if compiler_kind != "clang":
+        if driver is not None:
+            raise TreeRefused("protocol", "driver is clang's path and mode: for clang only")
+        return None
+    # As the user's clang made it absolute (not normalized: debug info may name it so).
+    driver = _absolute(driver, "a clang job's driver", normalized=False)
+    directory, name = driver.rsplit("/", 1)
+    if name not in CLANG_DRIVERS:
+        names = " or ".join(sorted(CLANG_DRIVERS))
+        raise TreeRefused("protocol", f"a clang job's driver is named {names}")
+    plain = os.path.normpath(directory or "/")
+    if plain == root or policy.beneath(plain, root) or not os.path.isdir(plain):
+        raise TreeRefused("tree", f"clang's directory {directory[:200]} is not in the image")
+    return driver
+
+
 def check_job(
     params: dict[str, Any],
     header: dict[str, Any],
@@ -305,12 +326,7 @@ def check_job(
         )
 
     env = policy.job_env(header.get("env"))
-    driver = header.get("driver")
-    if params["compiler_kind"] != "clang":
-        if driver is not None:
-            raise TreeRefused("protocol", "driver names clang's mode: for clang only")
-    elif not isinstance(driver, str) or driver not in CLANG_DRIVERS:
-        raise TreeRefused("protocol", f"a clang job's driver is one of {sorted(CLANG_DRIVERS)}")
+    driver = _driver(header.get("driver"), params["compiler_kind"], root)
     tree_args = policy.check_tree_args(
         header.get("args"), cwd, root, {f"{root}/{rel}" for rel in seen}
     )

@@ -60,10 +60,11 @@ def clang_image(images_dir: Path) -> Path:
 @pytest.fixture(scope="session")
 def headers_image(images_dir: Path) -> Path:
     """gcc-12, g++-12 and clang-16 with their system headers (jailcc-image build --headers),
-    which tree jobs compile against. clang++-16 comes first, so that the image's entry for
-    clang's binary (one identity for both names) is the C++ driver's: a jail that ran it
-    under its own name would compile a clang-16 user's C as C++."""
-    compilers = ("/usr/bin/gcc-12", "/usr/bin/g++-12", "/usr/bin/clang++-16", "/usr/bin/clang-16")
+    which tree jobs compile against. The image's entry for clang's binary (one identity for
+    all its names) is its C++ driver in LLVM's own directory: a jail that ran it as it is
+    named would compile a clang-16 user's C as C++, and look for the GCC installation from
+    another directory than the user's /usr/bin (C++ debug info would name other paths)."""
+    compilers = ("/usr/bin/gcc-12", "/usr/bin/g++-12", "/usr/lib/llvm-16/bin/clang++")
     return build_image(images_dir / "headers.img", *compilers, headers=True)
 
 

@@ -117,7 +117,7 @@ def local(compiler: str, project: Project, args: list[str]) -> subprocess.Comple
 
 def driver(compiler: str) -> dict[str, str]:
     """What a clang job says of its driver's mode (PROTOCOL.md, "driver")."""
-    return {"driver": "clang"} if compiler == CLANG else {}
+    return {"driver": "/usr/bin/clang"} if compiler == CLANG else {}
 
 
 def check_reads(project: Project, reads: list[list[str]]) -> None:
@@ -550,19 +550,28 @@ def test_file_names_with_spaces_dollars_and_hashes(server, tmp_path):
 
 def test_a_clang_job_names_its_drivers_mode(server, tmp_path):
     """The image names clang once for all its names, and the name sets the language of a .c
-    file: a clang job without "driver", or with a name other than clang's two gcc-style
-    modes, is refused before anything runs."""
+    file; the directory it was found in sets where it looks for its GCC installation: a clang
+    job without "driver", or with a name other than clang's two gcc-style modes, or a
+    directory the image lacks, is refused before anything runs."""
     project = Project(tmp_path)
     ident = compiler_identity(CLANG)
+    refusals = [
+        ({}, "protocol", "must be an absolute path"),
+        ({"driver": "clang"}, "protocol", "must be an absolute path"),
+        ({"driver": ["/usr/bin/clang"]}, "protocol", "must be an absolute path"),
+        ({"driver": "/usr/bin/clang-cl"}, "protocol", "is named clang or clang++"),
+        ({"driver": "/usr/bin/x86_64-linux-gnu-clang"}, "protocol", "is named clang or"),
+        ({"driver": "/no/such/bin/clang"}, "tree", "/no/such/bin is not in the image"),
+        ({"driver": f"{project.root}/bin/clang"}, "tree", "is not in the image"),
+    ]
     with connect(server, CLANG) as sock:
-        odd = ({"driver": "clang-cl"}, {"driver": "x86_64-linux-gnu-clang"}, {"driver": ["clang"]})
-        for named in ({}, *odd):
+        for named, code, words in refusals:
             error = refused(sock, project.job(ident, **named))
-            assert error["code"] == "protocol" and "driver is one of" in error["message"]
+            assert error["code"] == code and words in error["message"], (named, error)
         job = project.job(ident, **driver(CLANG))
         _, frame_type, header, _ = run(sock, job, project.blobs())
         assert frame_type == proto.RESULT and header["exit_code"] == 0
-        assert header["driver"] == "clang"
+        assert header["driver"] == "/usr/bin/clang"
 
 
 @pytest.fixture(autouse=True)
