@@ -280,18 +280,26 @@ def check_reads(
                 found.setdefault((i, sub), set()).add(base)
                 places_of.setdefault(rel, []).append((i, sub, base))
     here = _Listings(analyzer)
+    # Files the jail had at these very paths: the tree's, and the image's that the server
+    # checked against the job's list (by the path the compiler opens, ".." and all). A lookup
+    # that got to one of them in the jail would have read it.
+    in_image = {path for path, _ in tree_job.header["image"]}
 
     def shadowed(i: int, earlier: str, sub: str, names: Iterable[str]) -> None:
         """RemoteFailure if `earlier`/sub holds one of names (found in search[i]/sub) that
-        the jail did not read too (then #include_next went past it)."""
+        the jail neither read nor had there (#include_next went past it, or a lookup that
+        did not look there; else the analysis missed it, and the jail found another)."""
         if earlier == search[i]:
             return
         where = os.path.normpath(os.path.join(earlier or "/", sub))
         for name in here.names(where).intersection(names):
             candidate = os.path.join(where, name)
-            if candidate not in read:
-                path = os.path.join(search[i] or "/", sub, name)
-                raise RemoteFailure(f"the jail found {path} where this machine has {candidate}")
+            if candidate in read or candidate in tree_job.shipped:
+                continue
+            if os.path.join(earlier or "/", sub, name) in in_image:
+                continue
+            path = os.path.join(search[i] or "/", sub, name)
+            raise RemoteFailure(f"the jail found {path} where this machine has {candidate}")
 
     # Nothing of that name may come before it in this machine's search: else the analysis
     # missed a file here and the jail found another one later. Asked per directory, not per

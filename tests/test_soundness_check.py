@@ -21,12 +21,14 @@ NAMES = ["a.h", "b.h", "limits.h", "sys/t.h", "sys/u.h", "x/y.h", "c.h"]
 def defined_reads(tree_job, cwd: str, reads, analyzer: IncludeAnalyzer) -> None:
     """Each file read is this machine's, and for each, no earlier place of this machine's
     search (an earlier search directory, or the directory of a project file read that
-    quote-includes its name) holds a file of that name the jail did not read too."""
+    quote-includes its name) holds a file of that name the jail did not read too, nor had
+    there (shipped in the tree, or in the job's image list by the path looked up)."""
     for name, digest in reads:
         ours = analyzer.digests([os.path.join(cwd, name)])[0]
         if not digest.startswith("sha256:") or ours != digest[7:]:
             raise RemoteFailure("differs")
     read = {os.path.normpath(os.path.join(cwd, name)) for name, _ in reads}
+    images = {path for path, _ in tree_job.header["image"]}
     search = [d.rstrip("/") for d in tree_job.analysis.search]
     quoting = [
         (os.path.dirname(p), analyzer.quote_includes(p)) for p in read if p in tree_job.shipped
@@ -41,7 +43,8 @@ def defined_reads(tree_job, cwd: str, reads, analyzer: IncludeAnalyzer) -> None:
             first = 0 if forced else first_place_looked(rel, read, search, analyzer)
             for e in (*includers, *search[first:i]):
                 candidate = os.path.normpath(os.path.join(e, rel))
-                if e != d and candidate not in read and os.path.isfile(candidate):
+                had = candidate in tree_job.shipped or os.path.join(e, rel) in images
+                if e != d and candidate not in read and not had and os.path.isfile(candidate):
                     raise RemoteFailure("shadowed")
 
 
@@ -106,7 +109,14 @@ def random_case(rnd: random.Random, root: Path):
         ]
         for p in read
     ]
-    shipped = frozenset(str(p) for p in read if rnd.random() < 0.6)
+    # Shipped: most project files read, some not read; the image list: some of the search
+    # directories' files the jail did not read, by the path a lookup there opens.
+    shipped = frozenset(str(p) for p in contents if rnd.random() < (0.6 if p in read else 0.2))
+    image = [
+        [str(p), "sha256:" + hashlib.sha256(contents[p].encode()).hexdigest()]
+        for p in contents
+        if str(p) not in shipped and p.parent.name != "proj" and rnd.random() < 0.2
+    ]
 
     def spelt(path: str) -> str:
         way = rnd.randrange(5)
@@ -124,7 +134,9 @@ def random_case(rnd: random.Random, root: Path):
     misses = [spelt(f"{rnd.choice(places)}/{rnd.choice(NAMES)}") for _ in range(rnd.randint(0, 4))]
     args = ["-include", "b.h"] if rnd.random() < 0.1 else []
     tree_job = SimpleNamespace(
-        analysis=SimpleNamespace(search=tuple(search)), shipped=shipped, header={"args": args}
+        analysis=SimpleNamespace(search=tuple(search)),
+        shipped=shipped,
+        header={"args": args, "image": image},
     )
     return tree_job, str(project), reads, tuple(misses)
 

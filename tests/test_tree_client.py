@@ -516,3 +516,21 @@ def test_clang_named_for_another_target_compiles_locally(proxy_env, tmp_path):
     assert b"local (aarch64-linux-gnu-clang compiles for aarch64-linux-gnu" in said, said
     assert remote == local
     assert local[2][Path("m.o")][18:20] == (183).to_bytes(2, "little")  # e_machine: AArch64
+
+
+def test_a_name_also_included_in_a_branch_not_taken_does_not_stop_the_job(proxy_env, tmp_path):
+    """<cstdlib> goes on to the C library's stdlib.h with #include_next, past libstdc++'s own,
+    which the jail did not read; a plain #include <stdlib.h> in a branch not taken (as lua's
+    sources have) could have looked from the start. But the jail had libstdc++'s stdlib.h (the
+    server checked it against the job's image list), so a lookup that got there would have
+    read it: no header was missed, and the job is not compiled again locally."""
+    files = {
+        "t.cc": "#include <cstdlib>\n#ifdef NEVER_DEFINED\n#include <stdlib.h>\n#endif\n"
+        "int f(int a) { return std::abs(a); }\n",
+    }
+    args = ["-c", "-g", "-O2", "t.cc"]
+    local, remote, said = local_and_through_jailcc(
+        "clang++-16", args, files, {**proxy_env, "JAILCC_VERBOSE": "1"}, tmp_path
+    )
+    assert b"remote (sources) on" in said, said
+    assert remote == local and local[2]
