@@ -30,6 +30,7 @@ from jailcc.images.manifest import (
 )
 from jailcc.images.probe import (
     CompilerInfo,
+    clang_names_on_path,
     gcc_installation_markers,
     probe_compiler,
     system_include_dirs,
@@ -75,6 +76,11 @@ def build_image(
         for marker in dict.fromkeys(m for info in infos for m in gcc_installation_markers(info)):
             tree.add(marker)
             log(f"clang's GCC installation: {os.path.dirname(marker)}")
+        names = [n for info in infos for n in clang_names_on_path(info) if _reserved(n) is None]
+        for name in dict.fromkeys(names):
+            tree.add(name)
+        if names:
+            log(f"clang's names on PATH (a tree job runs it from there): {', '.join(names)}")
     else:
         log(
             "no system headers (--headers): clients ship sources by default, and their jobs"
@@ -168,14 +174,19 @@ def _probe_all(compilers: list[str]) -> list[CompilerInfo]:
     return infos
 
 
+def _reserved(path: str) -> str | None:
+    """The top directory the image reserves for the jail that path lies under, if any."""
+    return next((top for top in _RESERVED if path == top or path.startswith(top + "/")), None)
+
+
 def _check_reserved(tree: Tree) -> None:
     for path in [*tree.files, *tree.symlinks, *tree.dirs]:
-        for top in _RESERVED:
-            if path == top or path.startswith(top + "/"):
-                raise ImageError(
-                    f"{path} is under {top}, which the image reserves for the jail; "
-                    "use a compiler installed elsewhere"
-                )
+        top = _reserved(path)
+        if top is not None:
+            raise ImageError(
+                f"{path} is under {top}, which the image reserves for the jail; "
+                "use a compiler installed elsewhere"
+            )
 
 
 def _stage(tree: Tree, root: str) -> dict[str, str]:

@@ -58,9 +58,10 @@ def _parser() -> argparse.ArgumentParser:
         "--headers",
         action="store_true",
         help="also hold the compilers' system headers (every file of the directories that "
-        "`COMPILER -E -v` searches for <...>, and for clang the crtbegin.o by which it finds "
-        "libstdc++'s): tree jobs, which ship sources instead of preprocessed output, compile "
-        "against them",
+        "`COMPILER -E -v` searches for <...>; for clang, the crtbegin.o by which it finds "
+        "libstdc++'s, and the names PATH gives its binary, such as /usr/bin/clang-16, since a "
+        "tree job runs clang from the directory the user's was found in): tree jobs, which "
+        "ship sources instead of preprocessed output, compile against them",
     )
     b.add_argument(
         "--no-read-log",

@@ -191,3 +191,35 @@ def gcc_installation_markers(info: CompilerInfo) -> list[str]:
         return []
     found = (os.path.join(base, sub, "crtbegin.o") for sub in _MULTILIB_DIRS)
     return [path for path in found if os.path.isfile(path)]
+
+
+# Where users' shells find compilers, besides the builder's own PATH.
+_USUAL_PATH = ("/usr/local/bin", "/usr/bin", "/bin")
+
+
+def clang_names_on_path(info: CompilerInfo, path_env: str | None = None) -> list[str]:
+    """For clang: every name on PATH (and the usual bin directories) that runs this very
+    binary (clang-16, clang++-16, cc where an alternative points there...). A tree job runs
+    clang from the directory the user's was found in (clang looks for its GCC installation
+    from there), which the image must hold: built from /usr/lib/llvm-16/bin/clang alone, it
+    would have no /usr/bin."""
+    if info.kind != "clang":
+        return []
+    binary = os.stat(info.path)
+    path_env = os.environ.get("PATH", "") if path_env is None else path_env
+    found = []
+    for directory in dict.fromkeys([*path_env.split(os.pathsep), *_USUAL_PATH]):
+        if not os.path.isabs(directory):
+            continue
+        try:
+            entries = list(os.scandir(directory))
+        except OSError:
+            continue
+        for entry in entries:
+            try:
+                st = entry.stat()  # the file it names, symlinks followed
+            except OSError:
+                continue
+            if (st.st_dev, st.st_ino) == (binary.st_dev, binary.st_ino):
+                found.append(entry.path)
+    return sorted(found)

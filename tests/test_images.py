@@ -528,3 +528,14 @@ def test_info_and_verify_reject_bad_images(kind: str, tmp_path: Path) -> None:
         read_manifest(str(image))
     for command in ("info", "verify"):
         assert_one_line_error(run_cli(command, str(image)), expected)
+
+
+def test_a_headers_image_holds_clangs_names_on_path(headers_image: Path) -> None:
+    """A tree job runs clang from the directory the user's was found in (its GCC installation
+    is looked for from there): the image holds the names PATH gives clang's binary, though
+    it was built from /usr/lib/llvm-16/bin/clang++ (conftest), and gcc's are not looked for."""
+    info = json.loads(run_cli("info", str(headers_image)).stdout)
+    links = info["symlinks"]
+    assert {"/usr/bin/clang-16", "/usr/bin/clang++-16"} <= set(links), sorted(links)[:20]
+    assert os.path.realpath("/usr/bin/clang-16") == "/usr/lib/llvm-16/bin/clang"
+    assert "/usr/bin/gcc" not in links
