@@ -404,12 +404,14 @@ def analyse(
     compiler: str | None = None,
     debug_info_may_differ: bool = False,
     sources: bool = False,
+    clang: bool | None = None,
 ) -> "RemoteJob | Local":
     """Decide whether ``COMPILER args`` (``args`` without the compiler) may run remotely.
 
     ``cwd`` is where the compile runs (for @files).  ``compiler``, if given, is the compiler
     as invoked: a name with "++" (g++, clang++) makes .c and .i inputs C++, as those drivers
-    do; a name with "clang" selects clang's handling of -Wp,-MD.
+    do; a name with "clang" selects clang's handling of -Wp,-MD and its -g rules, unless
+    ``clang`` says whether the compiler is clang (`cc` may be).
 
     Debug info: compiling the preprocessed output elsewhere moves tokens: those after a macro
     or a comment on their line to other columns, and the arguments of a macro call that spans
@@ -521,7 +523,9 @@ def analyse(
         if not sources:
             return Local("-g: debug info lines and columns would differ from a local compile's")
         sources_only = True
-    if debug and dwarf5 and compiler is not None and "clang" in compiler.rsplit("/", 1)[-1]:
+    if clang is None:
+        clang = compiler is not None and "clang" in compiler.rsplit("/", 1)[-1]
+    if debug and dwarf5 and clang:
         # clang's DWARF 5 line table holds MD5 sums of the original source files.
         if not sources:
             return Local("clang -g with DWARF 5: source checksums would differ (use -gdwarf-4)")
@@ -535,12 +539,7 @@ def analyse(
     if output == "-":
         return Local("output to stdout")
 
-    cxx_driver = False
-    clang = False
-    if compiler is not None:
-        name = compiler[compiler.rfind("/") + 1 :]
-        cxx_driver = "++" in name
-        clang = "clang" in name
+    cxx_driver = compiler is not None and "++" in compiler[compiler.rfind("/") + 1 :]
     if source_lang is not None:
         language, preprocessed = _LANGUAGES[source_lang]
         if cxx_driver and language == "c":

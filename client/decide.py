@@ -4,11 +4,10 @@ decides for many clients at once (their cwd, environment and terminal in an Invo
 
 from __future__ import annotations
 
-import os
 import time
 from collections import namedtuple
 
-from .compiler import clang_name_problem, find_compiler, split_invocation
+from .compiler import clang_name_problem, find_compiler, is_clang, split_invocation
 from .hosts import HostsError
 from .job import Invocation, Outcome
 from .remote import RemoteFailure
@@ -53,13 +52,14 @@ def decide(
     from .args import Local, analyse
 
     # gcc's -g jobs go remote in the exact mode (see job.py); other compilers' only on request.
-    exact_debug = "clang" not in os.path.basename(name)
+    clang = is_clang(compiler)  # by the binary: `cc` may be clang
     try:
         job = analyse(
             args,
             inv.cwd,
             compiler=name,
-            debug_info_may_differ=exact_debug or inv.env.get("JAILCC_DEBUG_REMOTE") == "1",
+            clang=clang,
+            debug_info_may_differ=not clang or inv.env.get("JAILCC_DEBUG_REMOTE") == "1",
             sources=ships_sources(inv),
         )
         if isinstance(job, Local):

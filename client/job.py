@@ -10,6 +10,7 @@ from collections import namedtuple
 
 from . import outputs
 from .args import RemoteJob, debug_info_on
+from .compiler import is_clang
 from .hosts import candidates
 from .remote import RemoteFailure, RemoteResult, connect, open_session, run_job
 from .spawn import run_capture
@@ -76,7 +77,7 @@ def prepare(compiler: str, job: RemoteJob, inv: Invocation) -> Prepared:
     except ImageError as exc:
         raise RemoteFailure(f"cannot identify the compiler: {exc}") from None
     try:  # a directory, or a FIFO gcc -c cannot write: the local compile gives the error
-        outputs.plan(inv.path(job.output), _is_clang(compiler), job.assembly)
+        outputs.plan(inv.path(job.output), is_clang(compiler), job.assembly)
     except outputs.OutputError as exc:
         raise RemoteFailure(str(exc)) from None
     exact_debug = False
@@ -89,7 +90,7 @@ def prepare(compiler: str, job: RemoteJob, inv: Invocation) -> Prepared:
     else:
         # With debug info, gcc's exact mode: preprocess directives only (every token keeps
         # its line and column); the server expands macros itself (see compiler_policy).
-        exact_debug = debug_info_on(job.remote_args) and not _is_clang(compiler)
+        exact_debug = debug_info_on(job.remote_args) and not is_clang(compiler)
         extra = ["-fdirectives-only"] if exact_debug else []
         code, source, cpp_stderr = run_capture(
             [compiler, *job.preprocess_args, *extra, "-E", job.source], inv
@@ -125,7 +126,7 @@ def finish(
         # A diagnostic in a header: locally it would quote the header's line, which the
         # server did not have. The local compile gives the exact text.
         raise RemoteFailure("diagnostics point into files the server did not have")
-    clang = _is_clang(compiler)
+    clang = is_clang(compiler)
     path = inv.path(job.output)
     if result.exit_code == 0:
         if result.output is None:
@@ -201,10 +202,6 @@ def _job_frame(
         "source": os.path.basename(job.source),
     }
     return header, blobs
-
-
-def _is_clang(compiler: str) -> bool:
-    return "clang" in os.path.basename(compiler)
 
 
 def _names_unshipped_files(stderr: bytes, source: str) -> bool:

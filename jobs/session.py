@@ -193,7 +193,11 @@ def _check_job(params: dict[str, Any], header: dict[str, Any], blobs: list[bytes
     stem = input_name.rsplit(".", 1)[0]
     output = f"{stem}.{'o' if mode == 'c' else 's'}"
     base = [params["compiler_path"], *args]
+    # clang in its C mode, whatever the image's entry is named (clang++ would compile a .i as
+    # C++): the input's extension, .i or .ii, says the language.
+    clang = params["compiler_kind"] == "clang"
     return {
+        **({"arg0": f"{os.path.dirname(params['compiler_path'])}/clang"} if clang else {}),
         "id": job_id,
         "cwd": cwd,
         "inputs": {input_name: blobs[0], **dict(zip(files, blobs[1:], strict=True))},
@@ -573,6 +577,7 @@ def _run(
 ) -> tuple[dict[str, Any], list[bytes]]:
     request = {
         "argv": argv,
+        **({"arg0": job["arg0"]} if "arg0" in job else {}),
         "env": job["env"],
         "cwd": job["cwd"],
         "inputs": list(inputs),

@@ -550,3 +550,44 @@ def test_clang_told_to_find_its_files_from_a_directory_the_image_lacks(proxy_env
     )
     assert remote == local and local[2], said
     assert b"remote" not in said, said
+
+
+@pytest.mark.parametrize(
+    "args",
+    [
+        ["-c", "-g", "-O2", "-MD", "m.c"],
+        ["-c", "-O2", "-Wp,-MD,m.d", "m.c", "-o", "m.o"],
+        ["-c", "-g", "-MMD", "-MF", "sub/m.d", "-MT", "x", "m.c"],
+    ],
+)
+def test_clang_under_the_name_cc_is_clang(args, proxy_env, tmp_path):
+    """An alternatives link may make `cc` clang: what it compiles through jailcc, object and
+    dependency file, is what it compiles here, though the name says nothing of clang."""
+    bin_dir = tmp_path / "bin"
+    bin_dir.mkdir()
+    (bin_dir / "cc").symlink_to(os.path.realpath("/usr/bin/clang-16"))
+    files = {"m.c": '#include <stdio.h>\nint main(void) { return puts("hi"); }\n'}
+    env = {**proxy_env, "JAILCC_VERBOSE": "1"}
+    for name in ("m.d", "sub/m.d"):
+        (tmp_path / name).unlink(missing_ok=True)
+    local, remote, said = local_and_through_jailcc(str(bin_dir / "cc"), args, files, env, tmp_path)
+    assert remote == local and local[2], said
+
+
+def test_clang_under_the_name_cc_keeps_its_g_rules(proxy_env, tmp_path):
+    """clang -g (DWARF 5: the line table holds the sources' MD5 sums) never goes preprocessed,
+    also as `cc`: here the jail refuses the tree job (the link's directory is not in the
+    image), and the compile is this machine's, not a preprocessed job in gcc's exact mode."""
+    bin_dir = tmp_path / "bin"
+    bin_dir.mkdir()
+    (bin_dir / "cc").symlink_to(os.path.realpath("/usr/bin/clang-16"))
+    files = {
+        "m.c": '#include "h.h"\nint f(int a) { return TWICE(a); }\n',
+        "inc/h.h": "#define TWICE(x) \\\n  ((x) * 2)\n",
+    }
+    args = ["-c", "-g", "-O2", "-Iinc", "m.c"]
+    env = {**proxy_env, "JAILCC_VERBOSE": "1"}
+    local, remote, said = local_and_through_jailcc(str(bin_dir / "cc"), args, files, env, tmp_path)
+    assert remote == local and local[2], said
+    # clang's -g rule, not gcc's exact mode (a preprocessed job the server refuses for clang)
+    assert b"which this job's debug info needs" in said, said
