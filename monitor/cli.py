@@ -19,7 +19,13 @@ from jailcc.sandbox.api import Sandbox, SandboxError
 
 from . import config
 from .catalog import image_dir, name_images
-from .unprivileged import SELFTEST_UID, image_compilers, service_user, start_unprivileged
+from .unprivileged import (
+    SELFTEST_UID,
+    StartError,
+    image_compilers,
+    service_user,
+    start_unprivileged,
+)
 
 
 def _selftest(args: argparse.Namespace) -> int:
@@ -171,7 +177,7 @@ def main(argv: list[str] | None = None) -> int:
             if args.check_config:
                 return _check_config(args, sources, parser)
         return args.func(args)
-    except (ImageError, config.ConfigError) as exc:
+    except (ImageError, config.ConfigError, StartError) as exc:
         print(f"jailccd: error: {exc}", file=sys.stderr)
         return 1 if "--check-config" in argv else 2
     except KeyboardInterrupt:

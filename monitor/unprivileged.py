@@ -42,6 +42,11 @@ def service_user(name: str = DEFAULT_SERVICE_USER) -> tuple[int, int]:
     return entry.pw_uid, entry.pw_gid
 
 
+class StartError(OSError):
+    """A process could not be started as the unprivileged uid (most often: that uid cannot
+    read jailcc's installation)."""
+
+
 def start_unprivileged(
     module: str, args: list[str], uid: int, gid: int, **popen: Any
 ) -> subprocess.Popen[bytes]:
@@ -56,13 +61,19 @@ def start_unprivileged(
         prctl.set_pdeathsig(signal.SIGKILL)
 
     switch = {"user": uid, "group": gid, "extra_groups": []} if os.geteuid() == 0 else {}
-    return subprocess.Popen(
-        [sys.executable, "-m", module, *args],
-        **switch,
-        cwd="/",
-        preexec_fn=unprivileged,
-        **popen,
-    )
+    try:
+        return subprocess.Popen(
+            [sys.executable, "-m", module, *args],
+            **switch,
+            cwd="/",
+            preexec_fn=unprivileged,
+            **popen,
+        )
+    except (OSError, subprocess.SubprocessError) as exc:  # prctl or python not loadable
+        raise StartError(
+            f"cannot start {module} as uid {uid} ({exc}): that uid must be able to read"
+            f" jailcc's installation, {sys.prefix}"
+        ) from None
 
 
 def communicate(

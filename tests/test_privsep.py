@@ -8,6 +8,7 @@ import contextlib
 import os
 import re
 import socket
+import sys
 import threading
 import time
 from collections.abc import Iterator
@@ -333,3 +334,15 @@ def test_nonsense_on_the_main_channel_closes_it(monitor) -> None:
     _mon, main, _sandbox = monitor
     main.sendall(b"\xff" * 64)
     assert _closed(main)
+
+
+def test_a_uid_that_cannot_load_jailcc_is_one_clear_error(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Started as the unprivileged uid, a child that cannot load what it needs (an installation
+    that uid cannot read; here prctl made unimportable) is a clear error, not a traceback of
+    subprocess's."""
+    from jailcc.monitor import unprivileged
+
+    monkeypatch.setitem(sys.modules, "prctl", None)  # the child's `import prctl` fails
+    uid = unprivileged.SERVICE_UID_FALLBACK
+    with pytest.raises(unprivileged.StartError, match=f"as uid {uid} .*must be able to read"):
+        unprivileged.start_unprivileged("jailcc.server.netservice", [], uid, uid)
