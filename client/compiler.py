@@ -92,12 +92,10 @@ def is_clang(compiler: str) -> bool:
     return os.path.basename(os.path.realpath(compiler)).startswith("clang")
 
 
-def clang_name_problem(name: str, compiler: str) -> str | None:
-    """Why a clang run under this name cannot go remote (None: it can, or it is not clang).
-    The jail runs the image's clang as "clang" or "clang++" (jobs/tree.py, CLANG_DRIVERS):
-    a name that also sets a target, or a mode other than those two, would compile otherwise."""
-    if not is_clang(compiler):
-        return None
+def clang_name_problem(name: str) -> str | None:
+    """Why clang (is_clang), run under this name, cannot go remote (None: it can). The jail
+    runs the image's clang as "clang" or "clang++" (jobs/tree.py, CLANG_DRIVERS): a name
+    that also sets a target, or a mode other than those two, would compile otherwise."""
     target, mode = clang_mode(name)
     if target:
         return f"{os.path.basename(name)} compiles for {target}, by its name"

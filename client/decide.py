@@ -45,14 +45,14 @@ def decide(
         message = f"jailcc: cannot find the compiler {name!r} on PATH (jailcc itself skipped)\n"
         return Outcome(127, b"", message.encode(), "")
     verbose = inv.env.get("JAILCC_VERBOSE", "") not in ("", "0")
-    why = clang_name_problem(name, compiler)  # a clang whose name sets its target or mode
+    clang = is_clang(compiler)  # by the binary: `cc` may be clang
+    why = clang_name_problem(name) if clang else None  # a name that sets its target or mode
     if why is not None:
         return RunLocally(compiler, args, _note(verbose, args, f"local ({why})"))
     started = time.monotonic()
     from .args import Local, analyse
 
     # gcc's -g jobs go remote in the exact mode (see job.py); other compilers' only on request.
-    clang = is_clang(compiler)  # by the binary: `cc` may be clang
     try:
         job = analyse(
             args,

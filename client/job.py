@@ -76,8 +76,9 @@ def prepare(compiler: str, job: RemoteJob, inv: Invocation) -> Prepared:
         identity = compiler_identity(compiler)
     except ImageError as exc:
         raise RemoteFailure(f"cannot identify the compiler: {exc}") from None
+    clang = is_clang(compiler)
     try:  # a directory, or a FIFO gcc -c cannot write: the local compile gives the error
-        outputs.plan(inv.path(job.output), is_clang(compiler), job.assembly)
+        outputs.plan(inv.path(job.output), clang, job.assembly)
     except outputs.OutputError as exc:
         raise RemoteFailure(str(exc)) from None
     exact_debug = False
@@ -90,7 +91,7 @@ def prepare(compiler: str, job: RemoteJob, inv: Invocation) -> Prepared:
     else:
         # With debug info, gcc's exact mode: preprocess directives only (every token keeps
         # its line and column); the server expands macros itself (see compiler_policy).
-        exact_debug = debug_info_on(job.remote_args) and not is_clang(compiler)
+        exact_debug = debug_info_on(job.remote_args) and not clang
         extra = ["-fdirectives-only"] if exact_debug else []
         code, source, cpp_stderr = run_capture(
             [compiler, *job.preprocess_args, *extra, "-E", job.source], inv
