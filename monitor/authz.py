@@ -6,48 +6,42 @@ when the KDCs trust each other. Anything odd (a malformed name, an ambiguous dir
 a refusal; a source that cannot answer now (LDAP down or hung, a list file broken by an edit)
 raises AuthorizationUnavailable, and the server refuses the new connection with that reason.
 
-LDAP bind with GSSAPI: libldap's SASL mechanism takes the process's default Kerberos initiator
-credentials; nothing can be handed to it. So the daemon must set, once at start-up before any
-thread starts, `os.environ.update(gssapi_client_environment(keytab))`:
-
-    KRB5_CLIENT_KTNAME=FILE:<the service keytab>   MIT krb5 gets (and renews) a TGT for the
-                                                   keytab's first principal by itself
-    KRB5CCNAME=MEMORY:jailccd-ldap                 that TGT stays in the process, and never
-                                                   lands in (or comes from) root's ccache
-
-plus KRB5_CONFIG where /etc/krb5.conf is not the right one. The LDAP server's principal is
-ldap/<host in the URL>: the name is never canonicalized through (reverse) DNS.
+The directory is asked by a helper of a uid of its own (ldaphelper/), never by root: libldap,
+SASL and TLS parse bytes from the network. Root keeps the decision: it asks only about the
+principal it authenticated itself, refuses other realms without asking, and takes nothing but
+a yes or a no back, within the timeout.
 """
 
 from __future__ import annotations
 
+import atexit
 import contextlib
-import ipaddress
+import json
 import logging
 import os
-import re
+import selectors
+import shutil
+import signal
+import subprocess
+import tempfile
 import threading
 import time
 from pathlib import Path
-from typing import Any, Literal, Protocol
+from typing import Any, Protocol
+
+from jailcc.principals import AuthorizationConfigError, AuthorizationUnavailable, split_principal
+
+from .unprivileged import start_unprivileged
+
+TYPE_CHECKING = False
+if TYPE_CHECKING:
+    from .kerberos import KerberosAcceptor
 
 log = logging.getLogger("jailccd")
-
-# "name@REALM": no whitespace, no second "@", no backslash escapes (MIT's way of putting odd
-# characters into names): such principals are never allowed, rather than parsed cleverly.
-_PRINCIPAL = re.compile(r"([^\s@\\\x00-\x1f\x7f]+)@([^\s@\\\x00-\x1f\x7f]+)")
-_GROUP_CLASSES = (
-    "(|(objectClass=posixGroup)(objectClass=groupOfNames)(objectClass=groupOfUniqueNames))"
-)
-_CACHE_MAX = 10_000  # principals; expired answers are purged beyond this
-
-
-class AuthorizationUnavailable(Exception):
-    """The source cannot answer now (down, hung, broken): refuse the new connection."""
-
-
-class AuthorizationConfigError(ValueError):
-    """The configuration cannot work (bad file, URL, credentials, group): refuse to start."""
+MAX_ANSWER = 4096
+RUN_DIRS = ("/run/jailccd", "/run")
+TGT_RETRY = 60.0  # seconds before another try when the KDC would not renew the helper's TGT
+__all__ = ["AuthorizationConfigError", "AuthorizationUnavailable", "split_principal"]
 
 
 class Authorizer(Protocol):
@@ -55,19 +49,7 @@ class Authorizer(Protocol):
 
     def describe(self) -> str: ...
 
-
-def split_principal(principal: str) -> tuple[str, str] | None:
-    """(name, realm) of "name@REALM", or None for anything else."""
-    m = _PRINCIPAL.fullmatch(principal)
-    return (m.group(1), m.group(2)) if m else None
-
-
-def gssapi_client_environment(keytab: str | os.PathLike[str]) -> dict[str, str]:
-    """The variables for an LDAP GSSAPI bind with the service's own key (see the docstring)."""
-    return {
-        "KRB5_CLIENT_KTNAME": f"FILE:{os.path.abspath(keytab)}",
-        "KRB5CCNAME": "MEMORY:jailccd-ldap",
-    }
+    def close(self) -> None: ...
 
 
 class PrincipalListAuthorizer:
@@ -90,6 +72,9 @@ class PrincipalListAuthorizer:
     def describe(self) -> str:
         with self._lock:
             return f"the {len(self._principals)} principals listed in {self.path}"
+
+    def close(self) -> None:
+        pass
 
     def allowed(self, principal: str) -> bool:
         return principal in self._refresh()
@@ -136,331 +121,213 @@ class PrincipalListAuthorizer:
         return frozenset(principals)
 
 
-def _ldap_error(exc: Exception) -> str:
-    """python-ldap puts a dict in args[0]: its description, and the server's or SASL's info."""
-    detail = exc.args[0] if exc.args else None
-    if isinstance(detail, dict):
-        desc, info = detail.get("desc", type(exc).__name__), detail.get("info")
-        return f"{desc}: {info}" if info else str(desc)
-    return f"{type(exc).__name__}: {exc}"
+class LdapHelperAuthorizer:
+    """Members of an LDAP group (ldaphelper/groups.py has the rules), asked of the LDAP helper
+    (ldaphelper/serve.py) running as `ids`, one question at a time; a helper that dies, or
+    does not answer within the timeout, is killed and started again at the next question.
+    For a GSSAPI bind the helper gets a ccache with a TGT for our service principal, made here
+    from the keytab and made anew at half its life: the key itself never leaves root."""
 
-
-def _is_loopback(host: str) -> bool:
-    if host == "localhost":
-        return True
-    try:
-        return ipaddress.ip_address(host.strip("[]")).is_loopback
-    except ValueError:
-        return False
-
-
-class LdapGroupAuthorizer:
-    """Principals of `realm` (the server's own; any other is refused) whose name is the uid of
-    exactly one entry under `base` (compared case-sensitively, as Kerberos does) that is a
-    member of the group `group`: a cn under `base` (or a full DN) that is a posixGroup with
-    memberUid=<uid>, or a groupOfNames/groupOfUniqueNames with member/uniqueMember=<the user's
-    DN>. Nested groups are not followed.
-
-    Answers, yes and no, are cached per principal for `cache_ttl` seconds. Past that, an LDAP
-    server that does not answer within `timeout` seconds (down, hung, or busy with another
-    thread's question) makes allowed() raise AuthorizationUnavailable. One connection, shared
-    under a lock (python-ldap objects are not for concurrent use), made again after any error.
-
-    Bind: "gssapi" (SASL GSSAPI with the service's keytab, see the module's docstring; the
-    SASL layer must protect the session's integrity at least) or "simple" (`bind_dn`, with the
-    password in `password_file`, read at each connection). A simple bind needs ldaps://,
-    `starttls` or a loopback server: anything else would send the password in clear and
-    trust answers anyone on the path could forge.
-    """
+    module = "jailcc.ldaphelper.serve"
 
     def __init__(
         self,
-        url: str,
-        base: str,
-        group: str,
+        settings: dict[str, Any],
+        ids: tuple[int, int],
         *,
-        realm: str,
-        bind: Literal["gssapi", "simple"] = "gssapi",
-        bind_dn: str | None = None,
-        password_file: str | os.PathLike[str] | None = None,
-        cache_ttl: float = 60.0,
-        timeout: float = 5.0,
-        starttls: bool = False,
+        password_file: str | None = None,
+        kerberos: KerberosAcceptor | None = None,
     ) -> None:
-        import ldap.dn
-        import ldapurl
-
-        if not ldapurl.isLDAPUrl(url):
-            raise AuthorizationConfigError(f"not an LDAP URL: {url!r}")
-        parsed = ldapurl.LDAPUrl(url)
-        if parsed.dn or parsed.attrs or parsed.filterstr or parsed.extensions:
-            raise AuthorizationConfigError(
-                f"{url}: give the server only (ldap[s]://host[:port]); the base and group apart"
-            )
-        if not ldap.dn.is_dn(base) or not base:
-            raise AuthorizationConfigError(f"not a DN: LDAP base {base!r}")
-        if not group:
-            raise AuthorizationConfigError("no LDAP group named")
-        if not realm or "@" in realm:
-            raise AuthorizationConfigError(f"not a Kerberos realm: {realm!r}")
-        if cache_ttl < 0 or timeout <= 0:
-            raise AuthorizationConfigError("the LDAP cache TTL and timeout must be positive")
-        host = parsed.hostport or "localhost"
-        host = host[1 : host.find("]")] if host.startswith("[") else host.rsplit(":", 1)[0]
-        if bind == "simple":
-            if not bind_dn or password_file is None:
-                raise AuthorizationConfigError(
-                    "a simple LDAP bind needs a bind DN and a password file"
-                )
-            if parsed.urlscheme == "ldap" and not starttls and not _is_loopback(host):
-                raise AuthorizationConfigError(
-                    f"a simple bind to {url} would send the password in clear and trust "
-                    "answers anyone on the way could forge: use ldaps://, StartTLS or GSSAPI"
-                )
-        elif bind == "gssapi":
-            if bind_dn or password_file is not None:
-                raise AuthorizationConfigError("a GSSAPI LDAP bind takes no bind DN or password")
-        else:
-            raise AuthorizationConfigError(f"unknown LDAP bind {bind!r}: gssapi or simple")
-        self.url = url
-        self.base = base
-        self.group = group
-        self.realm = realm
-        self.bind = bind
-        self.bind_dn = bind_dn
-        self.password_file = Path(password_file) if password_file is not None else None
-        self.cache_ttl = cache_ttl
-        self.timeout = timeout
-        self.starttls = starttls
-        if self.password_file is not None:
-            self._password()  # unreadable: fail now, not at the first connection
-        self._conn: Any = None  # ldap.ldapobject.LDAPObject, with _group_dn, under _conn_lock
-        self._group_dn: str | None = None
-        self._conn_lock = threading.Lock()
-        self._cache: dict[str, tuple[float, bool]] = {}
-        self._cache_lock = threading.Lock()
+        self.settings = settings  # LdapGroupAuthorizer's arguments, but the password's fd
+        self.realm = str(settings["realm"])
+        self.timeout = float(settings["timeout"])
+        self.ids = ids
+        self.password_file = password_file
+        self.kerberos = kerberos
+        self._lock = threading.Lock()
+        self._child: subprocess.Popen[bytes] | None = None
+        self._pending = b""
+        self._ccache_dir: str | None = None
+        self._renew_at = 0.0
 
     def describe(self) -> str:
+        s = self.settings
         return (
-            f"principals of {self.realm} in LDAP group {self.group} under {self.base} at "
-            f"{self.url} ({self.bind} bind)"
+            f"principals of {self.realm} in LDAP group {s['group']} under {s['base']} at"
+            f" {s['url']} ({s['bind']} bind, asked as uid {self.ids[0]})"
         )
 
-    def _password(self) -> str:
-        assert self.password_file is not None
-        try:
-            # Only line ends are stripped: spaces may belong to the password.
-            return self.password_file.read_text(encoding="utf-8").rstrip("\r\n")
-        except (OSError, UnicodeDecodeError) as exc:
-            raise AuthorizationConfigError(
-                f"cannot read the LDAP password file {self.password_file}: {exc}"
-            ) from None
-
-    # -- start-up -----------------------------------------------------------------------------
-
     def check_config(self) -> None:
-        """Connect, bind and find the group now, so that a wrong URL, credential, base or group
-        stops the daemon at start-up with a clear message (AuthorizationConfigError)."""
-        import ldap
-
-        if self.bind == "gssapi" and not os.environ.get("KRB5CCNAME", "").startswith("MEMORY:"):
-            log.warning(
-                "LDAP GSSAPI bind with KRB5CCNAME=%s: the server's TGT goes to a shared "
-                "ccache; set KRB5CCNAME=MEMORY:jailccd-ldap (and KRB5_CLIENT_KTNAME)",
-                os.environ.get("KRB5CCNAME", "(the default)"),
-            )
-        deadline = time.monotonic() + self.timeout
-        if not self._conn_lock.acquire(timeout=self.timeout):
-            raise AuthorizationConfigError(f"LDAP {self.url}: busy for {self.timeout:g} s")
-        try:
-            self._drop()
-            self._connect(deadline)
-        except AuthorizationUnavailable as exc:
-            raise AuthorizationConfigError(str(exc)) from None
-        except ldap.LDAPError as exc:
-            self._drop()
-            raise AuthorizationConfigError(self._explain(exc)) from None
-        finally:
-            self._conn_lock.release()
-
-    def _explain(self, exc: Exception) -> str:
-        import ldap
-
-        what = f"LDAP {self.url}"
-        if isinstance(exc, ldap.SERVER_DOWN | ldap.CONNECT_ERROR):
-            return f"{what}: cannot reach the server: {_ldap_error(exc)}"
-        if isinstance(exc, ldap.TIMEOUT):
-            return f"{what}: no answer within {self.timeout:g} s"
-        if self.bind == "simple" and isinstance(exc, ldap.INVALID_CREDENTIALS):
-            return (
-                f"{what}: simple bind as {self.bind_dn} refused: wrong DN or password "
-                f"(in {self.password_file})"
-            )
-        if self.bind == "gssapi" and isinstance(
-            exc, ldap.LOCAL_ERROR | ldap.AUTH_UNKNOWN | ldap.INVALID_CREDENTIALS
-        ):
-            return (
-                f"{what}: SASL GSSAPI bind failed: {_ldap_error(exc)} (the server needs "
-                "KRB5_CLIENT_KTNAME=<its keytab>, KRB5CCNAME=MEMORY:..., a KDC, and the "
-                "principal ldap/<URL's host> on the LDAP server)"
-            )
-        return f"{what}: {_ldap_error(exc)}"
-
-    # -- questions ----------------------------------------------------------------------------
+        """Start the helper, which connects, binds and finds the group before it says it is
+        ready: a wrong URL, credential, base or group stops jailccd at start-up."""
+        with self._lock:
+            try:
+                self._start(check=True)
+            except AuthorizationUnavailable as exc:
+                raise AuthorizationConfigError(str(exc)) from None
 
     def allowed(self, principal: str) -> bool:
         parts = split_principal(principal)
         if parts is None or parts[1] != self.realm:
-            return False  # not a name we could map to a user of this directory
-        now = time.monotonic()
-        with self._cache_lock:
-            hit = self._cache.get(principal)
-        if hit is not None and hit[0] > now:
-            return hit[1]
-        answer = self._ask(parts[0])
-        with self._cache_lock:
-            if len(self._cache) >= _CACHE_MAX:
-                now = time.monotonic()
-                self._cache = {k: v for k, v in self._cache.items() if v[0] > now}
-            self._cache[principal] = (time.monotonic() + self.cache_ttl, answer)
-        return answer
-
-    def _ask(self, user: str) -> bool:
-        import ldap
-
-        deadline = time.monotonic() + self.timeout
-        # Waiting for another thread's question counts against this one's timeout: with a
-        # hung server, each new connection is refused after `timeout`, not after a queue.
-        if not self._conn_lock.acquire(timeout=self.timeout):
+            return False  # not a name of this directory's users: no need to ask
+        # Waiting for another thread's question counts against this one's timeout.
+        if not self._lock.acquire(timeout=self.timeout):
             raise AuthorizationUnavailable(
-                f"LDAP {self.url}: no answer within {self.timeout:g} s (server busy or hung)"
+                f"LDAP {self.settings['url']}: no answer within {self.timeout:g} s (server busy"
+                " or hung)"
             )
         try:
             for _ in range(2):
-                reused = self._conn is not None
+                reused = self._child is not None and self._child.poll() is None
+                if not reused:
+                    self._start(check=False)
+                elif self.kerberos is not None:
+                    self._ccache()
                 try:
-                    return self._member(self._connect(deadline), user, deadline)
-                except ldap.SERVER_DOWN as exc:
-                    self._drop()
+                    answer = self._exchange(principal, self.timeout + 2)
+                    break
+                except ConnectionError as exc:  # it had died: once more, with a new one
                     if not reused:
-                        raise AuthorizationUnavailable(self._explain(exc)) from None
-                    # The server closed an idle connection: once more, on a new one.
-                except ldap.LDAPError as exc:
-                    self._drop()
-                    raise AuthorizationUnavailable(self._explain(exc)) from None
-            raise AssertionError("unreachable: a fresh connection raises or answers")
+                        raise AuthorizationUnavailable(f"LDAP helper: {exc}") from None
+                except (OSError, ValueError) as exc:
+                    raise AuthorizationUnavailable(f"LDAP helper: {exc}") from None
+            if isinstance(answer.get("allowed"), bool):
+                return answer["allowed"]
+            if isinstance(answer.get("unavailable"), str):
+                raise AuthorizationUnavailable(answer["unavailable"][:300])
+            self._stop()
+            raise AuthorizationUnavailable("the LDAP helper answered neither yes nor no")
         finally:
-            self._conn_lock.release()
+            self._lock.release()
 
-    def _remaining(self, deadline: float) -> float:
-        left = deadline - time.monotonic()
-        if left <= 0.01:
-            raise AuthorizationUnavailable(f"LDAP {self.url}: no answer within {self.timeout:g} s")
-        return left
-
-    def _drop(self) -> None:
-        conn, self._conn, self._group_dn = self._conn, None, None
-        if conn is not None:
-            with contextlib.suppress(Exception):  # already broken: only the socket matters
-                conn.unbind_ext_s()
-
-    def _connect(self, deadline: float) -> Any:
-        """The shared connection (caller holds _conn_lock), made, bound and with the group's
-        DN found if there is none."""
-        if self._conn is not None:
-            return self._conn
-        import ldap
-        import ldap.sasl
-
-        conn = ldap.initialize(self.url)
+    def close(self) -> None:
+        """Stop the helper and remove its ccache (also at exit: never a TGT left behind)."""
+        locked = self._lock.acquire(timeout=self.timeout)
         try:
-            left = self._remaining(deadline)
-            conn.set_option(ldap.OPT_PROTOCOL_VERSION, 3)
-            conn.set_option(ldap.OPT_REFERRALS, 0)  # never chase a referral to another server
-            conn.set_option(ldap.OPT_NETWORK_TIMEOUT, left)
-            conn.set_option(ldap.OPT_TIMEOUT, left)
-            conn.timeout = left
-            if self.starttls:
-                conn.start_tls_s()
-            if self.bind == "gssapi":
-                conn.set_option(ldap.OPT_X_SASL_NOCANON, 1)  # ldap/<URL's host>, no DNS games
-                conn.set_option(ldap.OPT_X_SASL_SSF_MIN, 1)  # integrity, at least
-                conn.sasl_interactive_bind_s("", ldap.sasl.gssapi())
-            else:
-                try:
-                    password = self._password()
-                except AuthorizationConfigError as exc:
-                    raise AuthorizationUnavailable(str(exc)) from None
-                conn.simple_bind_s(self.bind_dn, password)
-            self._group_dn = self._find_group(conn, deadline)
-        except BaseException:
-            with contextlib.suppress(Exception):
-                conn.unbind_ext_s()
+            self._stop()
+            if self._ccache_dir is not None:
+                shutil.rmtree(self._ccache_dir, ignore_errors=True)
+                self._ccache_dir = None
+        finally:
+            if locked:
+                self._lock.release()
+
+    def _start(self, check: bool) -> None:
+        """A new helper (caller holds _lock), given its settings; with check, it first makes
+        sure the directory answers as configured."""
+        self._stop()
+        # Not our keytab's name, nor our ccache's: the helper gets a ccache of its own.
+        env = {
+            k: v for k, v in os.environ.items() if not k.startswith("KRB5") or k == "KRB5_CONFIG"
+        }
+        if self.kerberos is not None:
+            env["KRB5CCNAME"] = f"FILE:{self._ccache()}"
+        settings, fds = dict(self.settings), []
+        if self.password_file is not None:
+            try:
+                fds.append(os.open(self.password_file, os.O_RDONLY | os.O_CLOEXEC))
+            except OSError as exc:
+                raise AuthorizationUnavailable(
+                    f"cannot read the LDAP password file {self.password_file}: {exc.strerror}"
+                ) from None
+            settings |= {"password_file": self.password_file, "password_fd": fds[0]}
+        try:
+            self._child = start_unprivileged(
+                self.module,
+                ["--check"] if check else [],
+                *self.ids,
+                pdeathsig=False,  # it may be started in a connection's thread: it goes at EOF
+                pass_fds=fds,
+                env=env,
+                stdin=subprocess.PIPE,
+                stdout=subprocess.PIPE,
+                start_new_session=True,
+            )
+        except OSError as exc:
+            raise AuthorizationUnavailable(str(exc)) from None
+        finally:
+            for fd in fds:
+                os.close(fd)
+        self._pending = b""
+        try:  # Python's start-up, then (with check) connecting, binding, finding the group
+            answer = self._exchange(settings, 2 * self.timeout + 10)
+        except (OSError, ValueError) as exc:
+            raise AuthorizationUnavailable(f"LDAP helper: {exc}") from None
+        if answer.get("ready") is not True:
+            self._stop()
+            raise AuthorizationUnavailable(str(answer.get("error", "the LDAP helper failed"))[:500])
+
+    def _exchange(self, message: object, wait: float) -> dict[str, Any]:
+        """One line to the helper and one back within `wait` seconds; on anything else the
+        helper goes (its own lines in our stderr say why) and the error is raised."""
+        child = self._child
+        assert child is not None and child.stdin is not None and child.stdout is not None
+        try:
+            child.stdin.write(json.dumps(message).encode() + b"\n")
+            child.stdin.flush()
+            answer = json.loads(self._read_line(child.stdout.fileno(), wait))
+            if not isinstance(answer, dict):
+                raise ValueError("an answer that is not an object")
+            return answer
+        except (OSError, ValueError):
+            self._stop()
             raise
-        self._conn = conn
-        return conn
 
-    def _search(
-        self, conn: Any, base: str, scope: int, filterstr: str, attrs: list[str], deadline: float
-    ) -> list[tuple[str, dict[str, list[bytes]]]]:
-        import ldap
+    def _read_line(self, fd: int, wait: float) -> bytes:
+        deadline = time.monotonic() + wait
+        with selectors.DefaultSelector() as ready:
+            ready.register(fd, selectors.EVENT_READ)
+            while b"\n" not in self._pending:
+                left = deadline - time.monotonic()
+                if left <= 0 or not ready.select(left):
+                    raise TimeoutError(f"no answer within {wait:g} s")
+                data = os.read(fd, MAX_ANSWER)
+                if not data:
+                    raise ConnectionError("it exited")
+                self._pending += data
+                if len(self._pending) > MAX_ANSWER:
+                    raise ValueError(f"an answer of more than {MAX_ANSWER} bytes")
+        line, _, self._pending = self._pending.partition(b"\n")
+        return line
 
-        left = self._remaining(deadline)
-        conn.set_option(ldap.OPT_TIMEOUT, left)
-        # Referrals come back as entries without a DN: not ours to follow.
-        results = conn.search_ext_s(base, scope, filterstr, attrs, timeout=left)
-        return [(dn, entry) for dn, entry in results if dn]
+    def _stop(self) -> None:
+        child, self._child = self._child, None
+        if child is None:
+            return
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(child.pid, signal.SIGKILL)
+        child.wait()
+        for stream in (child.stdin, child.stdout):
+            with contextlib.suppress(OSError):
+                stream.close()  # type: ignore[union-attr]
 
-    def _find_group(self, conn: Any, deadline: float) -> str:
-        import ldap
-        import ldap.dn
-        from ldap.filter import escape_filter_chars
-
-        if ldap.dn.is_dn(self.group) and "=" in self.group:
-            base, scope, filterstr = self.group, ldap.SCOPE_BASE, _GROUP_CLASSES
-        else:
-            base, scope = self.base, ldap.SCOPE_SUBTREE
-            filterstr = f"(&(cn={escape_filter_chars(self.group)}){_GROUP_CLASSES})"
+    def _ccache(self) -> str:
+        """The helper's ccache: a TGT from our keytab, made anew at half its life. Root writes
+        it in a directory of root's, where the helper may open its file but add none (no
+        symlink for root to follow). A KDC that does not answer leaves the old TGT while one
+        exists (and is tried again a minute later)."""
+        assert self.kerberos is not None
+        if self._ccache_dir is None:
+            # jailccd's runtime directory (systemd's RuntimeDirectory=), else a tmpfs anyway.
+            run = next((d for d in RUN_DIRS if os.access(d, os.W_OK)), None)
+            self._ccache_dir = tempfile.mkdtemp(prefix="jailccd-ldap-", dir=run)
+            os.chmod(self._ccache_dir, 0o711)
+            atexit.register(self.close)
+        path = os.path.join(self._ccache_dir, "ccache")
+        if os.path.exists(path) and time.monotonic() < self._renew_at:
+            return path
+        new = path + ".new"
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(new)
         try:
-            found = self._search(conn, base, scope, filterstr, ["1.1"], deadline)
-        except ldap.NO_SUCH_OBJECT:
-            found = []
-        if len(found) != 1:
-            problem = "no group" if not found else f"{len(found)} groups"
-            raise AuthorizationUnavailable(
-                f"LDAP {self.url}: {problem} {self.group!r} (posixGroup, groupOfNames or "
-                f"groupOfUniqueNames) under {self.base}"
-            )
-        return found[0][0]
-
-    def _member(self, conn: Any, user: str, deadline: float) -> bool:
-        import ldap
-        from ldap.filter import escape_filter_chars
-
-        esc = escape_filter_chars(user)
-        people = self._search(
-            conn, self.base, ldap.SCOPE_SUBTREE, f"(uid={esc})", ["uid"], deadline
-        )
-        # uid matches without regard to case; Kerberos names do not: ALICE is not alice.
-        exact = [dn for dn, entry in people if user.encode() in entry.get("uid", [])]
-        if len(exact) != 1:
-            if len(exact) > 1:
-                log.warning("LDAP: %d entries with uid=%s under %s", len(exact), user, self.base)
-            return False
-        dn = escape_filter_chars(exact[0])
-        assert self._group_dn is not None
-        try:
-            found = self._search(
-                conn,
-                self._group_dn,
-                ldap.SCOPE_BASE,
-                f"(|(memberUid={esc})(member={dn})(uniqueMember={dn}))",
-                ["1.1"],
-                deadline,
-            )
-        except ldap.NO_SUCH_OBJECT:
-            self._drop()  # find it again next time (renamed?); until then nobody is let in
-            raise AuthorizationUnavailable(
-                f"LDAP {self.url}: the group {self.group!r} has gone"
-            ) from None
-        return bool(found)
+            lifetime = self.kerberos.tgt_into(new)
+            if os.geteuid() == 0:
+                os.chown(new, *self.ids)
+            os.replace(new, path)
+            self._renew_at = time.monotonic() + lifetime / 2
+        except (OSError, ValueError) as exc:
+            if not os.path.exists(path):
+                raise AuthorizationUnavailable(f"no TGT for the LDAP bind: {exc}") from None
+            log.warning("the LDAP helper's TGT was not renewed: %s (again in a minute)", exc)
+            self._renew_at = time.monotonic() + TGT_RETRY
+        return path

@@ -504,6 +504,8 @@ def run(args: argparse.Namespace) -> int:
         main_channel.close()
         jail_cache.close()
         sandbox.close()
+        if principals is not None:
+            principals.close()
         if serve_unix:
             with contextlib.suppress(OSError):
                 os.unlink(args.socket)
@@ -686,35 +688,36 @@ def _kerberos(
             "say who may compile: --allow-principals FILE, or --ldap-url with --ldap-base and"
             " --ldap-group (one of the two)"
         )
-    from .authz import (
-        LdapGroupAuthorizer,
-        PrincipalListAuthorizer,
-        gssapi_client_environment,
-    )
+    from .authz import LdapHelperAuthorizer, PrincipalListAuthorizer
     from .kerberos import KerberosAcceptor
+    from .unprivileged import LDAP_UID
 
     kerberos = KerberosAcceptor(args.keytab, args.principal)
     if args.allow_principals:
         return kerberos, PrincipalListAuthorizer(args.allow_principals)
     if not args.ldap_base or not args.ldap_group:
         raise ValueError("--ldap-url needs --ldap-base and --ldap-group")
-    if args.ldap_bind == "gssapi":
-        # libldap's SASL GSSAPI takes the process's default initiator credentials: a TGT for
-        # the keytab's principal, kept in a ccache of this process's own.
-        os.environ.update(gssapi_client_environment(args.keytab))
-    elif not args.ldap_bind_dn or not args.ldap_password_file:
+    if args.ldap_bind == "simple" and (not args.ldap_bind_dn or not args.ldap_password_file):
         raise ValueError("--ldap-bind simple needs --ldap-bind-dn and --ldap-password-file")
-    authorizer = LdapGroupAuthorizer(
-        args.ldap_url,
-        args.ldap_base,
-        args.ldap_group,
-        realm=kerberos.realm,
-        bind=args.ldap_bind,
-        bind_dn=args.ldap_bind_dn,
+    if not args.ldap_timeout > 0:
+        raise ValueError("--ldap-timeout must be positive")
+    settings = {
+        "url": args.ldap_url,
+        "base": args.ldap_base,
+        "group": args.ldap_group,
+        "realm": kerberos.realm,
+        "bind": args.ldap_bind,
+        "bind_dn": args.ldap_bind_dn,
+        "cache_ttl": args.ldap_cache_ttl,
+        "timeout": args.ldap_timeout,
+        "starttls": args.ldap_starttls,
+    }
+    gssapi = args.ldap_bind == "gssapi"
+    authorizer = LdapHelperAuthorizer(
+        settings,
+        (LDAP_UID, LDAP_UID),
         password_file=args.ldap_password_file,
-        cache_ttl=args.ldap_cache_ttl,
-        timeout=args.ldap_timeout,
-        starttls=args.ldap_starttls,
+        kerberos=kerberos if gssapi else None,  # the helper binds with a TGT of ours
     )
     authorizer.check_config()  # AuthorizationConfigError, a ValueError, says what is wrong
     return kerberos, authorizer

@@ -34,6 +34,7 @@ class KerberosAcceptor:
             raise ValueError(f"--keytab {keytab}: cannot read it")
         self.principal = principal
         self.realm = principal.rpartition("@")[2]
+        self.keytab = os.path.abspath(keytab)
         _profile_for_jails()
         name = gssapi.Name(principal, gssapi.NameType.kerberos_principal)
         try:
@@ -43,6 +44,18 @@ class KerberosAcceptor:
             self.creds.inquire_by_mech(gssapi.MechType.kerberos)
         except gssapi.exceptions.GSSError as exc:
             raise ValueError(f"no key for {principal} in {keytab}: {_short(exc)}") from None
+
+    def tgt_into(self, path: str) -> int:
+        """A TGT for our principal from the keytab, into a new ccache at path: what the LDAP
+        helper binds with (monitor/authz.py). Its lifetime in seconds."""
+        name = gssapi.Name(self.principal, gssapi.NameType.kerberos_principal)
+        store = {"client_keytab": self.keytab, "ccache": f"FILE:{path}"}
+        try:
+            return int(gssapi.Credentials(name=name, usage="initiate", store=store).lifetime)
+        except gssapi.exceptions.GSSError as exc:
+            raise ValueError(
+                f"no TGT for {self.principal} from {self.keytab}: {_short(exc)}"
+            ) from None
 
     def new_context(self) -> gssapi.SecurityContext:
         return gssapi.SecurityContext(creds=self.creds, usage="accept")

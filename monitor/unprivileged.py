@@ -24,6 +24,8 @@ SERVICE_UID_FALLBACK = DEFAULT_BASE - 1
 # `jailccd selftest`'s probes (selftest/driver.py), which hold the launcher's channel: a uid no
 # other process has, not even the network service, whose peers may have taken it over.
 SELFTEST_UID = DEFAULT_BASE - 2
+# The LDAP helper (ldaphelper/), which parses the directory's answers and holds a TGT of ours.
+LDAP_UID = DEFAULT_BASE - 3
 MAX_SUMMARY = 1 << 20
 INSPECT_TIMEOUT = 1800.0  # a verify extracts and hashes the whole image
 
@@ -48,17 +50,19 @@ class StartError(OSError):
 
 
 def start_unprivileged(
-    module: str, args: list[str], uid: int, gid: int, **popen: Any
+    module: str, args: list[str], uid: int, gid: int, pdeathsig: bool = True, **popen: Any
 ) -> subprocess.Popen[bytes]:
     """Run `python -m module args` as uid:gid with no supplementary groups, no capabilities (a
-    uid change from root clears them all), no_new_privs, and death with us. Not run as root
-    (`jailccd --check-config` by a user), it stays our uid: as unprivileged as we are."""
+    uid change from root clears them all), no_new_privs, and death with the calling thread
+    (without pdeathsig, the child must end by itself). Not run as root (`jailccd
+    --check-config` by a user), it stays our uid: as unprivileged as we are."""
 
     def unprivileged() -> None:  # runs in the child after the uid change, before exec
         import prctl
 
         prctl.set_no_new_privs(True)
-        prctl.set_pdeathsig(signal.SIGKILL)
+        if pdeathsig:
+            prctl.set_pdeathsig(signal.SIGKILL)
 
     switch = {"user": uid, "group": gid, "extra_groups": []} if os.geteuid() == 0 else {}
     try:

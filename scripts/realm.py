@@ -167,6 +167,9 @@ class Realm:
         self._owns_dir = dir is None
         self.dir = Path(tempfile.mkdtemp(prefix="jailcc-realm-") if dir is None else dir)
         self.dir.mkdir(parents=True, exist_ok=True)
+        # As /etc/krb5.conf is, krb5.conf is everyone's to read (jailccd's LDAP helper has its
+        # own uid); the keytabs are kadmin's 0600.
+        self.dir.chmod(0o711)
         self.krb5_conf = self.dir / "krb5.conf"
         self.keytab = self.dir / "jailcc.keytab"
         self.ldap_keytab = self.dir / "ldap.keytab"
@@ -639,10 +642,6 @@ def _usage(realm: Realm, directory: Directory, port: int, images: list[str]) -> 
         "--ldap-url", directory.url, "--ldap-base", directory.base,
         "--ldap-group", directory.group,
     ]  # fmt: skip
-    # The same variables as jailcc.monitor.authz.gssapi_client_environment().
-    ldap_env = (
-        f"KRB5_CLIENT_KTNAME=FILE:{shlex.quote(str(realm.keytab))} KRB5CCNAME=MEMORY:jailccd-ldap"
-    )
     hosts = f"tcp:127.0.0.1:{port};principal={realm.service_principal}"
     return (
         f"KDCs: {REALM} on 127.0.0.1:{realm.kdc_port(REALM)}, "
@@ -654,8 +653,8 @@ def _usage(realm: Realm, directory: Directory, port: int, images: list[str]) -> 
         f"  alice is in {directory.group} (posixGroup), carol in {directory.devs_group} "
         "(groupOfNames), bob in neither; alice@OTHER.TEST is someone else\n"
         f"\n# The environment, for jailccd and clients alike:\n{_exports(realm.env)}"
-        f"\n# The server (its LDAP bind takes a TGT from its keytab into memory):\n"
-        f"{ldap_env} \\\n    {shlex.join(jailccd)}\n"
+        f"\n# The server (its LDAP helper binds with a TGT it makes from its keytab):\n"
+        f"{shlex.join(jailccd)}\n"
         f"\n# A client:\nkinit alice    # password {realm.passwords[realm.full_name('alice')]}\n"
         f"export JAILCC_HOSTS={shlex.quote(hosts)}\n"
     )

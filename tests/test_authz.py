@@ -1,12 +1,15 @@
-"""Authorization of Kerberos principals (monitor/authz.py) against a real slapd and real KDCs
-(scripts/realm.py): LDAP group membership through simple and GSSAPI binds, names that must not
-map (another realm, another case, filter syntax), failing closed when LDAP is down or hung,
-the principal list file; and the realm helpers themselves."""
+"""Authorization of Kerberos principals (monitor/authz.py, ldaphelper/) against a real slapd and
+real KDCs (scripts/realm.py): LDAP group membership through simple and GSSAPI binds, names that
+must not map (another realm, another case, filter syntax), failing closed when LDAP is down or
+hung; the LDAP helper as root runs it (its own uid, a TGT but no key, started again when it dies
+or hangs); the principal list file; and the realm helpers themselves."""
 
 from __future__ import annotations
 
 import os
+import shutil
 import subprocess
+import tempfile
 import threading
 import time
 from collections.abc import Iterator
@@ -17,14 +20,11 @@ import gssapi
 import ldap
 import psutil
 import pytest
-from jailcc.monitor.authz import (
-    AuthorizationConfigError,
-    AuthorizationUnavailable,
-    LdapGroupAuthorizer,
-    PrincipalListAuthorizer,
-    gssapi_client_environment,
-    split_principal,
-)
+from jailcc.ldaphelper.groups import LdapGroupAuthorizer
+from jailcc.monitor.authz import LdapHelperAuthorizer, PrincipalListAuthorizer
+from jailcc.monitor.kerberos import KerberosAcceptor
+from jailcc.monitor.unprivileged import LDAP_UID
+from jailcc.principals import AuthorizationConfigError, AuthorizationUnavailable, split_principal
 from realm_fixtures import realm_module
 
 REALM = realm_module.REALM
@@ -47,12 +47,11 @@ def directory(realm: Any) -> Iterator[Any]:
 
 @pytest.fixture
 def gssapi_env(realm: Any, monkeypatch: pytest.MonkeyPatch) -> None:
-    """What jailccd sets for a GSSAPI bind, in this process, with a ccache of this realm's own
-    (a TGT from an earlier realm would not do)."""
+    """A TGT for the service principal, in this process, with a ccache of this realm's own
+    (a TGT from an earlier realm would not do): MIT gets it from the client keytab."""
     for key, value in realm.env.items():
         monkeypatch.setenv(key, value)
-    for key, value in gssapi_client_environment(realm.keytab).items():
-        monkeypatch.setenv(key, value)
+    monkeypatch.setenv("KRB5_CLIENT_KTNAME", f"FILE:{realm.keytab}")
     monkeypatch.setenv("KRB5CCNAME", f"MEMORY:jailcc-test-{realm.dir.name}")
 
 
@@ -194,7 +193,7 @@ def test_gssapi_bind_without_the_keytab_fails_with_a_hint(
 ) -> None:
     monkeypatch.setenv("KRB5_CLIENT_KTNAME", f"FILE:{tmp_path}/missing.keytab")
     monkeypatch.setenv("KRB5CCNAME", f"MEMORY:jailcc-test-empty-{time.monotonic_ns()}")
-    with pytest.raises(AuthorizationConfigError, match="KRB5_CLIENT_KTNAME"):
+    with pytest.raises(AuthorizationConfigError, match="a TGT from --keytab"):
         make(directory, "gssapi").check_config()
 
 
@@ -330,6 +329,173 @@ def test_many_threads_one_authorizer(directory: Any) -> None:
     for t in threads:
         t.join(60)
     assert not errors
+
+
+# -- LDAP: the helper, as root runs it ------------------------------------------------------
+
+
+def helper(directory: Any, realm: Any, bind: str, **kw: Any) -> LdapHelperAuthorizer:
+    """What jailccd makes of its --ldap-* options (monitor/daemon.py)."""
+    settings = {
+        "url": directory.url,
+        "base": directory.base,
+        "group": directory.group,
+        "realm": REALM,
+        "bind": bind,
+        "bind_dn": directory.bind_dn if bind == "simple" else None,
+        "cache_ttl": 60.0,
+        "timeout": 2.0,
+        "starttls": False,
+    } | kw
+    return LdapHelperAuthorizer(
+        settings,
+        (LDAP_UID, LDAP_UID),
+        password_file=str(directory.password_file) if bind == "simple" else None,
+        kerberos=KerberosAcceptor(str(realm.keytab), realm.service_principal)
+        if bind == "gssapi"
+        else None,
+    )
+
+
+@pytest.fixture
+def realm_env(realm: Any, monkeypatch: pytest.MonkeyPatch) -> None:
+    for key, value in realm.env.items():
+        monkeypatch.setenv(key, value)
+
+
+@pytest.mark.parametrize("how", ["simple", "gssapi"])
+def test_the_directory_is_asked_by_a_helper_of_its_own_uid_with_no_key(
+    directory: Any, realm: Any, realm_env: None, how: str
+) -> None:
+    authz = helper(directory, realm, how)
+    try:
+        authz.check_config()
+        assert authz.allowed(f"alice@{REALM}")
+        assert not authz.allowed(f"bob@{REALM}")
+        assert not authz.allowed(f"alice@{OTHER}")  # refused by root without asking
+        child = psutil.Process(authz._child.pid)
+        assert set(child.uids()) == {LDAP_UID} and set(child.gids()) == {LDAP_UID}
+        environ = child.environ()
+        assert not {"KRB5_KTNAME", "KRB5_CLIENT_KTNAME"} & set(environ)
+        if how == "gssapi":
+            ccache = environ["KRB5CCNAME"].removeprefix("FILE:")
+            st, parent = os.stat(ccache), os.stat(os.path.dirname(ccache))
+            assert (st.st_uid, st.st_mode & 0o777) == (LDAP_UID, 0o600)
+            assert (parent.st_uid, parent.st_mode & 0o777) == (0, 0o711)  # it can add nothing
+            tickets = _klist({**realm.env, "KRB5CCNAME": f"FILE:{ccache}"})
+            assert f"krbtgt/{REALM}@{REALM}" in tickets
+            assert os.stat(realm.keytab).st_mode & 0o077 == 0  # the key: root's only
+        else:
+            assert "KRB5CCNAME" not in environ
+    finally:
+        authz.close()
+    assert not child.is_running() or child.status() == psutil.STATUS_ZOMBIE
+    if how == "gssapi":
+        assert not os.path.exists(os.path.dirname(ccache))  # no TGT left behind
+
+
+def test_a_helper_that_dies_or_hangs_is_replaced(
+    directory: Any, realm: Any, realm_env: None
+) -> None:
+    authz = helper(directory, realm, "gssapi", timeout=1.0)
+    try:
+        authz.check_config()
+        first = authz._child.pid
+        os.kill(first, 9)
+        assert authz.allowed(f"alice@{REALM}")  # a new one, started for the question
+        second = authz._child.pid
+        assert second != first
+        os.kill(second, 19)  # SIGSTOP: it hangs
+        began = time.monotonic()
+        with pytest.raises(AuthorizationUnavailable, match="no answer within"):
+            authz.allowed(f"carol@{REALM}")
+        assert time.monotonic() - began < 10
+        assert not psutil.pid_exists(second) or psutil.Process(second).status() == "zombie"
+        assert authz.allowed(f"alice@{REALM}")
+    finally:
+        authz.close()
+
+
+HOSTILE_HELPER = """
+import json, sys
+print(json.dumps({"ready": True}), flush=True)
+sys.stdin.readline()
+for line in sys.stdin:
+    name = json.loads(line).partition("@")[0]
+    replies = {
+        "garbage": "not json",
+        "long": "{" + " " * 100_000 + "}",
+        "string": json.dumps({"allowed": "yes"}),
+        "list": json.dumps([True]),
+        "neither": json.dumps({"ready": True}),
+        "exit": None,
+    }
+    if name not in replies:
+        print(json.dumps({"allowed": name == "alice"}), flush=True)
+    elif replies[name] is None:
+        sys.exit(0)
+    else:
+        print(replies[name], flush=True)
+"""
+
+
+def test_a_helper_that_answers_nonsense_lets_nobody_in(
+    directory: Any, realm: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A helper taken over through the directory's bytes can say yes or no, nothing else: any
+    other answer is a refusal (unavailable) and a new helper; it is never asked about a
+    principal of another realm."""
+    place = Path(tempfile.mkdtemp(prefix="jailcc-hostile-"))  # the helper's uid must read it
+    place.chmod(0o755)
+    (place / "hostile_helper.py").write_text(HOSTILE_HELPER)
+    monkeypatch.setenv("PYTHONPATH", str(place))
+    authz = helper(directory, realm, "simple")
+    authz.module = "hostile_helper"
+    try:
+        authz.check_config()
+        assert authz.allowed(f"alice@{REALM}") and not authz.allowed(f"bob@{REALM}")
+        assert not authz.allowed("alice@OTHER.TEST")  # not asked: it would have said yes
+        for name in ("garbage", "long", "string", "list", "neither", "exit"):
+            before = authz._child.pid
+            with pytest.raises(AuthorizationUnavailable):
+                authz.allowed(f"{name}@{REALM}")
+            assert authz._child is None or authz._child.pid != before, name
+            assert authz.allowed(f"alice@{REALM}")  # a new one
+    finally:
+        authz.close()
+        shutil.rmtree(place)
+
+
+def test_the_helpers_tgt_is_renewed_at_half_its_life(
+    directory: Any, realm: Any, realm_env: None
+) -> None:
+    authz = helper(directory, realm, "gssapi")
+    try:
+        authz.check_config()
+        ccache = psutil.Process(authz._child.pid).environ()["KRB5CCNAME"].removeprefix("FILE:")
+        before = os.stat(ccache).st_ino
+        assert authz._renew_at - time.monotonic() > 3600  # the realm's TGTs last a day
+        authz._renew_at = 0.0  # as half a day later
+        assert authz.allowed(f"alice@{REALM}")
+        assert os.stat(ccache).st_ino != before
+        assert authz._renew_at - time.monotonic() > 3600
+    finally:
+        authz.close()
+
+
+def test_the_helpers_wrong_password_stops_the_start(
+    directory: Any, realm: Any, tmp_path: Path
+) -> None:
+    wrong = tmp_path / "wrong"
+    wrong.write_text("not the password\n")
+    wrong.chmod(0o600)  # root's to read: root opens it for the helper
+    authz = helper(directory, realm, "simple")
+    authz.password_file = str(wrong)
+    try:
+        with pytest.raises(AuthorizationConfigError, match="refused: wrong DN or password"):
+            authz.check_config()
+    finally:
+        authz.close()
 
 
 # -- the principal list file -----------------------------------------------------------------

@@ -39,6 +39,8 @@ MAY_USE: dict[str, set[str]] = {
     "monitor": {"sandbox", "images"},
     # jailccd selftest's probes drive a launcher root started (sandbox/'s client side)
     "selftest": {"sandbox"},
+    # the LDAP helper: the directory's questions, asked for root by a uid of their own
+    "ldaphelper": set(),
 }
 
 # Single modules of another layer a folder may import, and why: the rest of that layer stays

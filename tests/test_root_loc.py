@@ -17,8 +17,9 @@ SCRIPT = TOP / "scripts" / "root-loc"
 # The root figure (the union over every root process) must only go down: lower this ceiling when
 # code leaves root, never raise it. 6924 before the privilege split (issue 12); 4994 once the
 # selftest's client left root (the per-user blob stores had added 129 lines to the launcher),
-# 4869 once the images were read as the service's uid (root keeps only their compilers).
-ROOT_LOC_CEILING = 4437
+# 4869 once the images were read as the service's uid (root keeps only their compilers), 4437
+# once the selftest's probes left, 4373 once the LDAP lookups went to a helper of their own.
+ROOT_LOC_CEILING = 4373
 
 
 def _load_root_loc():
@@ -78,6 +79,7 @@ def test_known_modules_in_the_closures(report: dict) -> None:
         "jailcc.jobs.compiler_policy",
     }
     never |= {"jailcc.server", "jailcc.selftest"}  # the selftest's probes: a uid of their own
+    never |= {"jailcc.ldaphelper"}  # the directory's answers are parsed by a uid of their own
     for process in report["processes"]:
         found = [
             m for m in process["modules"] if any(m == n or m.startswith(n + ".") for n in never)
@@ -86,6 +88,7 @@ def test_known_modules_in_the_closures(report: dict) -> None:
     assert "sandbox/spawn.c" in report["union"]["c_not_counted"]
     assert {"gssapi", "prctl"} <= set(report["union"]["third_party"])
     assert not {"os", "ast", "jailcc"} & set(report["union"]["third_party"])
+    assert not {"ldap", "ldapurl"} & set(report["union"]["third_party"])  # libldap, SASL, TLS
 
 
 def _write(path: Path, text: str) -> None:
