@@ -95,6 +95,11 @@ give a separate value where a family (-f,
 -ftime-report* -fmem-report*                   remote  else cc1 -E prints a report of its own
 =============================================  ======  ======================================
 
+Precompiled headers found beside a header are a local compile's only: clang's driver takes
+NAME.pch or NAME.gch beside a -include NAME (checked here); gcc reads NAME.gch where it looks
+for NAME (the proxy's include analysis sends such a job preprocessed, and gcc -E
+-fpch-preprocess, client/job.py, says when the compile would use one: then it is local).
+
 Dependency files.  With -MD/-MMD gcc's driver passes cc1 ``-MD <dep>`` and, when -o is given
 and neither -MT nor -MQ, ``-MQ <the -o argument>``; with no -o cc1's own default target is
 basename(source) with its suffix replaced by ``.o`` (even for -S).  The preprocessing run
@@ -398,6 +403,16 @@ def _wp_deps(a: str) -> tuple[bool, str | None, bool] | None:
     return dep, dep_file, target
 
 
+def _clang_precompiled(forced: list[str], cwd: str) -> str | None:
+    """The precompiled header clang's driver takes for one of the -include files: NAME.pch or
+    NAME.gch beside NAME as given (from cwd), a file or a directory of them."""
+    for name in forced:
+        for suffix in (".pch", ".gch"):
+            if os.path.exists(os.path.join(cwd, name + suffix)):
+                return name + suffix
+    return None
+
+
 def analyse(
     args: list[str],
     cwd: str,
@@ -442,6 +457,7 @@ def analyse(
     debug = False  # a -g option that turns debug info on is in force
     dwarf5 = True  # the DWARF version in force is 5 (both compilers' default here)
     macro_debug = False
+    forced: list[str] = []  # -include files
     n = len(args)
     i = 0
     while i < n:
@@ -467,6 +483,8 @@ def analyse(
                 return Local(w.reason)
             macro_debug = True
         words = w.words
+        if w.canonical == "-include":
+            forced.append(w.value)
         if handler is None:
             if w.decision == BOTH:
                 cpp += words
@@ -532,6 +550,8 @@ def analyse(
         sources_only = True
     if source is None:
         return Local("no input file")
+    if clang and (pch := _clang_precompiled(forced, cwd)):
+        return Local(f"clang would use the precompiled header {pch}, which only this machine has")
     if inputs > 1:
         return Local("more than one input file")
     if outputs > 1:

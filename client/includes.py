@@ -505,6 +505,7 @@ class _Listing(NamedTuple):
     files: frozenset[str]  # entries that are not directories (symlinks followed)
     real: str
     trusted: bool  # old enough that a later change must change the mtime
+    gch: frozenset[str] = frozenset()  # gcc's precompiled headers: NAME.gch, file or directory
 
 
 class _Entry(NamedTuple):
@@ -542,15 +543,17 @@ class _FileSystem:
             return old
         try:
             with os.scandir(d) as it:
-                files = frozenset(e.name for e in it if not _entry_is_dir(e))
+                names = [(e.name, _entry_is_dir(e)) for e in it]
         except OSError:
             return None
+        files = frozenset(name for name, is_dir in names if not is_dir)
+        gch = frozenset(name for name, _ in names if name.endswith(".gch"))
         self.scans += 1
         same_dir = old is not None and old.signature[:2] == sig[:2]
         if same_dir and old is not None and old.files == files:
             files = old.files  # the same object: nodes that consulted it stay valid cheaply
         real = old.real if same_dir and old is not None else os.path.realpath(d)
-        new = _Listing(sig, files, real, not _is_racy(st.st_mtime_ns))
+        new = _Listing(sig, files, real, not _is_racy(st.st_mtime_ns), gch)
         self.listings[d] = new
         return new
 
@@ -873,6 +876,10 @@ class _Walk:
         self.notes: dict[str, None] = {}
         self.dirs: dict[str, _Listing | None] = {}
         self.entries: dict[str, _Entry | None] = {}
+        self.main = ""  # the source
+        # the lookups of -include files and of the source's computed includes (the source's
+        # own are its node's), where gcc may find a precompiled header instead
+        self.top: dict[str, tuple[frozenset[str] | None, list[str]]] = {}
 
 
 class IncludeAnalyzer:
@@ -978,6 +985,7 @@ class IncludeAnalyzer:
             raise Unsupported(str(e)) from None
         cmd = _CommandParser(argv[0], cwd).parse(args)
         walk = _Walk()
+        walk.main = cmd.source
         if self._add_file(walk, cmd.source) is None:
             walk.missing[cmd.source] = None
             return self._result(walk)
@@ -988,6 +996,9 @@ class IncludeAnalyzer:
         self._roots(walk, cmd, chains, probe, cwd)
         self._scan(walk, chains)
         self._computed_fixpoint(walk, cmd, chains, probe)
+        precompiled = self._precompiled(walk, chains)
+        if precompiled is not None:
+            raise Unsupported(f"gcc may use the precompiled header {precompiled} instead")
         return self._result(walk, chains, probe)
 
     def _result(
@@ -1011,7 +1022,7 @@ class IncludeAnalyzer:
             walk.scanned += self._preincluded(walk, chains, probe, path)
         for name in cmd.forced:
             dirs = [cwd, *chains.quote, *chains.bracket]
-            hits = self._resolve(walk, dirs, name, first=True)
+            hits = self._resolve(walk, dirs, name, first=True, consulted=walk.top)
             if not hits:
                 walk.missing[f'"{name}"'] = None
             walk.scanned += hits
@@ -1024,6 +1035,21 @@ class IncludeAnalyzer:
                 name = path[len(d.rstrip("/")) + 1 :]
                 return self._resolve(walk, chains.bracket, name, first=True)
         return self._resolve(walk, ("/",), path, first=True)
+
+    def _precompiled(self, walk: _Walk, chains: _Chains) -> str | None:
+        """A NAME.gch where gcc looked for a NAME the source or a -include file includes (only
+        those may use one, and only before the first token, which the walk does not tell): gcc
+        would read it instead of NAME, and the jail has none."""
+        node = self._nodes.get((chains.config, walk.main))
+        lookups = [(d, names) for d, (_, names) in walk.top.items()]
+        lookups += [(d, names) for d, _, names in (node.listings if node is not None else ())]
+        for d, names in lookups:
+            listing = self._listing(walk, d)
+            if listing is not None and listing.gch:
+                for name in names:
+                    if name + ".gch" in listing.gch:
+                        return _join(d, name + ".gch")
+        return None
 
     # -- search chains -----------------------------------------------------------------------
 
@@ -1235,7 +1261,9 @@ class IncludeAnalyzer:
 
     def _follow(self, walk: _Walk, chains: _Chains, inc: Include, includer: str) -> None:
         """Resolve one value of a computed include."""
-        hits = self._resolve(walk, self._chain_for(chains, inc, includer), inc.text, not inc.next)
+        chain = self._chain_for(chains, inc, includer)
+        top = walk.top if includer == walk.main else None
+        hits = self._resolve(walk, chain, inc.text, not inc.next, top)
         if inc.probe:
             for hit in hits:
                 self._add_file(walk, hit)

@@ -22,6 +22,7 @@ if TYPE_CHECKING:
 
 MAX_RESULT = 1 << 30
 MAX_EXTRA_SOURCE = 1 << 20
+PCH_PRAGMA = b"#pragma GCC pch_preprocess"  # what gcc -E -fpch-preprocess writes for a .gch
 _SAFE_CHARS = frozenset("ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789_+.,=@%-")
 
 
@@ -93,6 +94,9 @@ def prepare(compiler: str, job: RemoteJob, inv: Invocation) -> Prepared:
         # its line and column); the server expands macros itself (see compiler_policy).
         exact_debug = debug_info_on(job.remote_args) and not clang
         extra = ["-fdirectives-only"] if exact_debug else []
+        # gcc -E ignores a precompiled header that the compile would use (and the object
+        # differs); -fpch-preprocess makes it say so with a pragma, and changes nothing else.
+        extra += [] if clang else ["-fpch-preprocess"]
         code, source, cpp_stderr = run_capture(
             [compiler, *job.preprocess_args, *extra, "-E", job.source], inv
         )
@@ -100,6 +104,8 @@ def prepare(compiler: str, job: RemoteJob, inv: Invocation) -> Prepared:
             # Errors or warnings of the preprocessor: a local compile reports them exactly (a
             # separate -E run sees some differently, e.g. a #warning silenced by a pragma).
             raise RemoteFailure("the preprocessor had something to say")
+        if not clang and PCH_PRAGMA in source:
+            raise RemoteFailure("a precompiled header (.gch) is used, which only this machine has")
     header, blobs = _job_frame(job, identity, inv, source)
     if exact_debug:
         header["steps"] = "debug-exact"

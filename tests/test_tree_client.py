@@ -591,3 +591,53 @@ def test_clang_under_the_name_cc_keeps_its_g_rules(proxy_env, tmp_path):
     assert remote == local and local[2], said
     # clang's -g rule, not gcc's exact mode (a preprocessed job the server refuses for clang)
     assert b"which this job's debug info needs" in said, said
+
+
+# Precompiled headers: gcc reads NAME.gch instead of NAME where it looks for NAME (the source's
+# and -include's lookups), clang's driver NAME.pch or NAME.gch beside a -include NAME. gcc's
+# dependency file then leaves out the headers the PCH holds, clang's object differs; the jail
+# has no PCH, nor does gcc -E use one. (compiler, its args, the include, the PCH, environment)
+PCH_HEADER = "#include <stdio.h>\n#include <stdlib.h>\nstruct thing { int a; char name[8]; };\n"
+PCH_SOURCE = 'int f(struct thing *t) { printf("%d %s\\n", t->a, t->name); return abs(t->a); }\n'
+PCH_CASES = {
+    "gcc, beside the header": ("gcc-12", [], '"big.h"', "big.h.gch", {}),
+    "gcc, -include": ("gcc-12", ["-include", "big.h"], None, "big.h.gch", {}),
+    "gcc, an earlier -I directory": ("gcc-12", ["-Ipch", "-I."], "<big.h>", "pch/big.h.gch", {}),
+    "gcc, a directory of them": ("gcc-12", [], '"big.h"', "big.h.gch/one.gch", {}),
+    "gcc, preprocessed": (
+        "gcc-12", [], '"big.h"', "big.h.gch", {"JAILCC_SHIP": "preprocessed"},
+    ),
+    "clang, -include": ("clang-16", ["-include", "big.h"], None, "big.h.pch", {}),
+}  # fmt: skip
+
+
+def _compile_twice(argv: list[str], env: dict, root: Path) -> list[tuple[int, bytes, dict]]:
+    """argv run locally, then through jailcc: (exit code, stderr, the outputs t.o and t.d)."""
+    runs = []
+    for command in (argv, [JAILCC, *argv]):
+        done = subprocess.run(command, cwd=root, env=env, capture_output=True, timeout=120)
+        outputs = {name: (root / name).read_bytes() for name in ("t.o", "t.d")}
+        for name in outputs:
+            (root / name).unlink()
+        runs.append((done.returncode, done.stderr, outputs))
+    return runs
+
+
+@pytest.mark.parametrize("case", list(PCH_CASES))
+def test_a_precompiled_header_compiles_locally(case, proxy_env, tmp_path):
+    compiler, extra, include, pch, env = PCH_CASES[case]
+    flags = ["-g", "-O2", "-Winvalid-pch"]
+    (tmp_path / "t.c").write_text((f"#include {include}\n" if include else "") + PCH_SOURCE)
+    (tmp_path / "big.h").write_text(PCH_HEADER)
+    (tmp_path / pch).parent.mkdir(parents=True, exist_ok=True)
+    made = [compiler, *flags, "-x", "c-header", "big.h", "-o", pch]
+    subprocess.run(made, cwd=tmp_path, check=True)
+    argv = [compiler, "-c", *flags, "-MD", *extra, "t.c"]
+    local, remote = _compile_twice(argv, {**proxy_env, **env}, tmp_path)
+    said = remote[1]
+    assert local[0] == remote[0] == 0 and remote[2] == local[2], said
+    assert b"compiling locally" in said or b"local (clang would use" in said, said
+    # From the header's text the outputs differ: had jailcc compiled it elsewhere, it would show.
+    os.unlink(tmp_path / pch)
+    without, _ = _compile_twice(argv, {**proxy_env, **env}, tmp_path)
+    assert without[2] != local[2]
