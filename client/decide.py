@@ -14,11 +14,15 @@ from .remote import RemoteFailure
 
 TYPE_CHECKING = False
 if TYPE_CHECKING:
-    from collections.abc import Callable
+    from collections.abc import Callable, Mapping
 
     from .args import RemoteJob
 
     Remote = Callable[[str, RemoteJob, Invocation], Outcome]
+
+
+# Variables that make the compiler run other programs (cc1, as) than the image's: -B's kind.
+PROGRAM_ENV = ("GCC_EXEC_PREFIX", "COMPILER_PATH")
 
 
 class RunLocally(namedtuple("RunLocally", "compiler args message")):
@@ -47,6 +51,7 @@ def decide(
     verbose = inv.env.get("JAILCC_VERBOSE", "") not in ("", "0")
     clang = is_clang(compiler)  # by the binary: `cc` may be clang
     why = clang_name_problem(name) if clang else None  # a name that sets its target or mode
+    why = why or _program_env(inv.env)
     if why is not None:
         return RunLocally(compiler, args, _note(verbose, args, f"local ({why})"))
     started = time.monotonic()
@@ -79,6 +84,14 @@ def decide(
         note = _note(True, args, f"{outcome.note}, {total}").encode()
         outcome = outcome._replace(stderr=outcome.stderr + note)
     return outcome
+
+
+def _program_env(env: Mapping[str, str]) -> str | None:
+    """Why env makes the compiler run other programs (cc1, as) than the image's, if it does."""
+    for name in PROGRAM_ENV:
+        if name in env:
+            return f"{name} is set: it picks the compiler's programs"
+    return None
 
 
 def _note(say: bool, args: list[str], what: str) -> str:

@@ -80,6 +80,9 @@ MAX_EXPANSIONS = 20_000  # macro expansion steps per computed include
 PROBE_TIMEOUT = 60.0
 # The environment changes the compiler's search path: such jobs are not analysed.
 SEARCH_ENV = ("CPATH", "C_INCLUDE_PATH", "CPLUS_INCLUDE_PATH", "OBJC_INCLUDE_PATH", "SDKROOT")
+# The compile writes a dependency file these name (the jail's would not): such jobs are not
+# analysed (preprocessed, the local -E writes it); nor does the compiler probe write one.
+DEPS_ENV = ("DEPENDENCIES_OUTPUT", "SUNPRO_DEPENDENCIES")
 # Options that change neither the search path nor the predefined macros: left out of the
 # compiler probe's key (fewer probes).  Everything else the command line holds goes to it.
 _NOT_PROBED_PREFIXES = ("-W", "-g", "-ffile-prefix-map=", "-fdebug-prefix-map=", "-fmacro-pre")
@@ -979,6 +982,9 @@ class IncludeAnalyzer:
         for name in SEARCH_ENV:
             if env.get(name):
                 raise Unsupported(f"{name} is set: the search path differs from the jail's")
+        for name in DEPS_ENV:
+            if name in env:
+                raise Unsupported(f"{name} is set: the compile writes the dependency file it names")
         try:
             args = expand_response_files(argv[1:], cwd)
         except ValueError as e:
@@ -1067,7 +1073,7 @@ class IncludeAnalyzer:
         key = (cmd.compiler, exe, identity, cmd.language, tuple(cmd.probe_flags), path_env)
         probe = self._probes.get(key)
         if probe is None:
-            probe_env = {k: v for k, v in env.items() if k not in SEARCH_ENV}
+            probe_env = {k: v for k, v in env.items() if k not in SEARCH_ENV + DEPS_ENV}
             probe_env["LC_ALL"] = "C"
             probe = _run_probe(cmd.compiler, cmd.language, cmd.probe_flags, cwd, probe_env)
             self._probes[key] = probe

@@ -641,3 +641,53 @@ def test_a_precompiled_header_compiles_locally(case, proxy_env, tmp_path):
     os.unlink(tmp_path / pch)
     without, _ = _compile_twice(argv, {**proxy_env, **env}, tmp_path)
     assert without[2] != local[2]
+
+
+@pytest.mark.parametrize("variable", ["DEPENDENCIES_OUTPUT", "SUNPRO_DEPENDENCIES"])
+@pytest.mark.parametrize("value", ["dep.d", "dep.d custom-target"])
+def test_a_dependency_file_named_by_the_environment_is_written(
+    variable, value, proxy_env, tmp_path
+):
+    """gcc writes the make rule these name (without system headers, or with them) as well as
+    the object: the jail's compile would not, so the job goes preprocessed, where the local
+    gcc -E writes it; and the include analysis's compiler probe must not write one either."""
+    (tmp_path / "m.c").write_text(
+        '#include <stdio.h>\n#include "m.h"\nint main(void) { return M; }\n'
+    )
+    (tmp_path / "m.h").write_text("#define M 0\n")
+    runs = []
+    for command in (["gcc-12"], [JAILCC, "gcc-12"]):
+        env = {**proxy_env, variable: value}
+        argv = [*command, "-c", "-g", "-O2", "m.c", "-o", "sub/m.o"]
+        (tmp_path / "sub").mkdir(exist_ok=True)
+        done = subprocess.run(argv, cwd=tmp_path, env=env, capture_output=True, timeout=120)
+        assert done.returncode == 0, done.stderr
+        runs.append(((tmp_path / "dep.d").read_text(), (tmp_path / "sub/m.o").read_bytes()))
+        (tmp_path / "dep.d").unlink()
+        said = done.stderr
+    assert runs[0] == runs[1], said
+    assert "m.h" in runs[0][0]
+    assert b"remote on" in said, said  # preprocessed
+
+
+@pytest.mark.parametrize("variable", ["COMPILER_PATH", "GCC_EXEC_PREFIX"])
+def test_a_compiler_told_to_run_other_programs_compiles_locally(variable, proxy_env, tmp_path):
+    """COMPILER_PATH with a cc1 of its own (here one that drops the .comment section) and
+    GCC_EXEC_PREFIX (here one that makes the local compile fail) change what gcc runs, which
+    the image's gcc would not do."""
+    programs = tmp_path / "programs"
+    programs.mkdir()
+    cc1 = programs / "cc1"
+    real = subprocess.run(
+        ["gcc-12", "-print-prog-name=cc1"], capture_output=True, text=True, check=True
+    ).stdout.strip()
+    cc1.write_text(f'#!/bin/sh\nexec {real} "$@" -fno-ident\n')
+    cc1.chmod(0o755)
+    value = str(programs) if variable == "COMPILER_PATH" else "/nonexistent/"
+    env = {**proxy_env, variable: value}
+    local, remote, said = local_and_through_jailcc(
+        "gcc-12", ["-c", "-O2", "m.c"], {"m.c": "int f(void) { return 1; }\n"}, env, tmp_path
+    )
+    assert remote == local, said
+    assert f"local ({variable} is set".encode() in said, said
+    assert (local[0] == 0) == (variable == "COMPILER_PATH")
