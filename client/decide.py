@@ -101,8 +101,19 @@ def _note(say: bool, args: list[str], what: str) -> str:
 
 
 def source_of(args: list[str]) -> str:
-    """The source file a compile names, for messages ("?" if none)."""
-    return next((a for a in args if not a.startswith("-")), "?")
+    """The source file a compile names, for messages ("?" if none): the first word that is
+    neither an option nor an option's value (-x c, -include h, -MT t)."""
+    from jailcc.options import option_at
+
+    i = 0
+    while i < len(args):
+        if args[i][:1] != "-" or args[i] == "-":
+            return args[i]
+        try:
+            i = option_at(args, i)[1]
+        except ValueError:
+            break
+    return "?"
 
 
 def ships_sources(inv: Invocation) -> bool:
