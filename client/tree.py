@@ -140,12 +140,13 @@ class TreeBuilder:
         TreeUnsupported."""
         if job.preprocessed:
             raise TreeUnsupported("the input is already preprocessed")
+        cwd = working_directory(inv)
         try:
-            words = expand_response_files(args, inv.cwd)
+            words = expand_response_files(args, cwd)
         except ValueError as exc:
             raise TreeUnsupported(str(exc)) from None
         started = time.thread_time()
-        analysis = self.analyzer.files_read([compiler, *words], inv.cwd, inv.env)
+        analysis = self.analyzer.files_read([compiler, *words], cwd, inv.env)
         self.counters.add(analysis_seconds=time.thread_time() - started, analysed=1)
         if not analysis.ok:
             raise TreeUnsupported(f"include analysis: {analysis.unsupported}")
@@ -175,7 +176,6 @@ class TreeBuilder:
             placed[where] = digest
             tree.append((where, digest, f.size))
             paths[digest] = f.path
-        cwd = os.path.normpath(inv.cwd)
         outputs = [_absolute(cwd, job.output)]
         if job.dep_file is not None:
             outputs.append(_absolute(cwd, job.dep_file))
@@ -194,7 +194,7 @@ class TreeBuilder:
             "env": job_env(inv),
             "source": os.path.basename(job.source),
         }
-        driver = clang_driver(compiler, inv.cwd)
+        driver = clang_driver(compiler, cwd)
         if driver is not None:
             header["driver"] = driver
         return TreeJob(header, paths, analysis, frozenset(p for p, _, _ in tree), self.counters)
@@ -214,8 +214,9 @@ class TreeBuilder:
             if result.exit_code != 0:
                 # Exact diagnostics even when the jail lacked a header: the local compile's.
                 raise RemoteFailure(f"{host}: the compile failed remotely; compiling locally")
-            check_reads(tree_job, inv.cwd, result.reads, self.analyzer)
-            check_misses(inv.cwd, result.misses or (), self.analyzer)
+            cwd = tree_job.header["cwd"]  # where the jail compiled: the user's name for it
+            check_reads(tree_job, cwd, result.reads, self.analyzer)
+            check_misses(cwd, result.misses or (), self.analyzer)
         except RemoteFailure:
             self.counters.add(local_after_check=1)
             raise
@@ -240,6 +241,26 @@ class TreeBuilder:
         )
         outcome = write_back(compiler, job, inv, host, plain, headers_shipped=True)
         return outcome._replace(note=outcome.note.replace("remote on", "remote (sources) on", 1))
+
+
+def working_directory(inv: Invocation) -> str:
+    """The working directory as the compiler names it (DW_AT_comp_dir, and where it makes a
+    relative path absolute): $PWD as written when it is absolute and the same directory
+    (libiberty's getpwd, LLVM's current_path), else the real one. The jail compiles in a
+    directory of that name; TreeUnsupported when no directory's name is written so (a
+    trailing slash, "//", ".", ".."): the jail's getcwd would say it otherwise."""
+    pwd = inv.env.get("PWD", "")
+    if not pwd.startswith("/") or pwd == inv.cwd:
+        return os.path.normpath(inv.cwd)
+    try:
+        real, named = os.stat(inv.cwd), os.stat(pwd)
+    except OSError:
+        return os.path.normpath(inv.cwd)
+    if (real.st_dev, real.st_ino) != (named.st_dev, named.st_ino):
+        return os.path.normpath(inv.cwd)  # a $PWD left from another directory (make -C)
+    if os.path.normpath(pwd) != pwd or pwd.startswith("//"):
+        raise TreeUnsupported(f"$PWD names the working directory as {pwd!r}")
+    return pwd
 
 
 def clang_driver(compiler: str, cwd: str) -> str | None:

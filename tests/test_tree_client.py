@@ -691,3 +691,30 @@ def test_a_compiler_told_to_run_other_programs_compiles_locally(variable, proxy_
     assert remote == local, said
     assert f"local ({variable} is set".encode() in said, said
     assert (local[0] == 0) == (variable == "COMPILER_PATH")
+
+
+@pytest.mark.parametrize("compiler", ["gcc-12", "clang-16"])
+@pytest.mark.parametrize("spelling", ["{link}", "{link}/", "{real}/", "{link}/../link"])
+def test_the_working_directory_as_pwd_names_it(compiler, spelling, proxy_env, tmp_path):
+    """gcc and clang name the working directory in debug info as $PWD has it, written as it
+    is, when it is the same directory (a path through a symlink, a trailing slash): the jail
+    compiles in a directory of that name, or, when no directory's name is written so, the
+    job goes preprocessed (gcc) or stays here (clang -g)."""
+    real, link = tmp_path / "real", tmp_path / "link"
+    real.mkdir()
+    link.symlink_to(real)
+    (real / "m.c").write_text('#include "m.h"\nint f(void) { return M; }\n')
+    (real / "m.h").write_text("#define M 2\n")
+    pwd = spelling.format(link=link, real=real)
+    env = {**proxy_env, "PWD": pwd}
+    objects = []
+    for command in ([compiler], [JAILCC, compiler]):
+        argv = [*command, "-c", "-g", "-O2", "m.c", "-o", "m.o"]
+        done = subprocess.run(argv, cwd=link, env=env, capture_output=True, timeout=120)
+        assert done.returncode == 0, done.stderr
+        objects.append((real / "m.o").read_bytes())
+        (real / "m.o").unlink()
+    assert objects[0] == objects[1], done.stderr
+    assert pwd.encode() in objects[0]  # DW_AT_comp_dir, as written
+    if spelling == "{link}":
+        assert b"remote (sources) on" in done.stderr, done.stderr
