@@ -69,7 +69,7 @@ class Link:
         # Identities this server had no image for, and when it said so: asked again after
         # LACKS_RECHECK seconds, since an admin may add the image (SIGHUP) at any time.
         self.lacks: dict[str, float] = {}
-        # Identities whose tree jobs this server's image refused: when, and its words.
+        # Tree jobs (tree_key) this server's image refused: when, and its words.
         self.refused_trees: dict[str, tuple[float, str]] = {}
         self.load: dict[str, Any] = {}  # the server's last load report
         self.load_at = 0.0
@@ -81,9 +81,9 @@ class Link:
         said = self.lacks.get(identity)
         return said is not None and now - said < LACKS_RECHECK
 
-    def refuses_trees(self, identity: str, now: float) -> str | None:
-        """Why this server's image refused this compiler's tree jobs lately, else None."""
-        when, why = self.refused_trees.get(identity, (0.0, ""))
+    def refuses_trees(self, trees: str, now: float) -> str | None:
+        """Why this server's image refused these tree jobs (tree_key) lately, else None."""
+        when, why = self.refused_trees.get(trees, (0.0, ""))
         return why if now - when < TREES_RECHECK else None
 
     @property
@@ -161,7 +161,7 @@ class Pool:
         reasons: list[str] = []
         tell_user = False
         tried: set[str] = set()
-        trees = provide is not None
+        trees = tree_key(identity, header.get("driver")) if provide is not None else None
         refused_trees: list[str] = []
         if size is None:
             size = len(blobs[0]) if blobs else 0
@@ -173,7 +173,7 @@ class Pool:
             link = self._place(key, size, kind, identity, tried, held_until, trees)
             if link is None:
                 if trees:
-                    refused = refused_trees[-1] if refused_trees else self._tree_refusal(identity)
+                    refused = refused_trees[-1] if refused_trees else self._tree_refusal(trees)
                     if refused:
                         raise RemoteFailure(refused, code="tree")
                 raise self._nowhere(reasons, tell_user, identity)
@@ -199,7 +199,7 @@ class Pool:
                         if not (trees and exc.code == "tree" and _image_refusal(exc.reason)):
                             raise
                         with self._lock:
-                            link.refused_trees[identity] = (time.monotonic(), exc.reason)
+                            link.refused_trees[trees] = (time.monotonic(), exc.reason)
                         tried.add(str(link.host))
                         refused_trees.append(exc.reason)
                         break
@@ -235,7 +235,7 @@ class Pool:
         identity: str,
         tried: set[str],
         until: float,
-        trees: bool = False,
+        trees: str | None = None,
     ) -> Link | None:
         """The server for this job (dispatched to it in the policy's books), waiting while all
         it may use are full; None when there is none to use at all, or, for a tree job, when
@@ -248,7 +248,7 @@ class Pool:
                     for k in self.links
                     if k.usable
                     and not k.lacks_image(identity, now)
-                    and not (trees and k.refuses_trees(identity, now))
+                    and not (trees and k.refuses_trees(trees, now))
                     and str(k.host) not in tried
                     and not self._placement_backs_off(str(k.host), now)
                 }
@@ -264,7 +264,7 @@ class Pool:
                     return link
                 if now > until:
                     return None
-                if trees and any(k.usable and k.refuses_trees(identity, now) for k in self.links):
+                if trees and any(k.usable and k.refuses_trees(trees, now) for k in self.links):
                     # Not worth waiting for: a server whose image refuses tree jobs can take
                     # it preprocessed (the caller's fallback), rather than stand idle.
                     return None
@@ -389,18 +389,19 @@ class Pool:
                     self._back_off(link, failure)
             return failure
 
-    def _tree_refusal(self, identity: str) -> str | None:
+    def _tree_refusal(self, trees: str) -> str | None:
         now = time.monotonic()
         with self._lock:
-            return next(filter(None, (k.refuses_trees(identity, now) for k in self.links)), None)
+            return next(filter(None, (k.refuses_trees(trees, now) for k in self.links)), None)
 
-    def refuses_trees(self, identity: str) -> str | None:
+    def refuses_trees(self, identity: str, driver: str | None = None) -> str | None:
         """Why no server would take this compiler's tree jobs now (every one that has its
         image refused them lately), else None: the caller then need not analyse a job."""
         now = time.monotonic()
+        trees = tree_key(identity, driver)
         with self._lock:
             serving = [k for k in self.links if not k.lacks_image(identity, now)]
-            said = [k.refuses_trees(identity, now) for k in serving]
+            said = [k.refuses_trees(trees, now) for k in serving]
         if not serving or not all(said):
             return None
         return said[-1]
@@ -492,6 +493,12 @@ class Pool:
     def status(self) -> list[dict[str, Any]]:
         with self._lock:
             return [link.status() for link in self.links]
+
+
+def tree_key(identity: str, driver: str | None) -> str:
+    """What a server's refusal of tree jobs is remembered by: the compiler, and for clang the
+    directory it runs from (jobs/tree.py: an image may lack one user's and hold another's)."""
+    return identity if driver is None else f"{identity} {os.path.dirname(driver)}"
 
 
 def _image_refusal(reason: str) -> bool:

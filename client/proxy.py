@@ -32,7 +32,7 @@ from .job import Invocation, Outcome, finish, prepare
 from .pool import Pool
 from .remote import RemoteFailure
 from .trace import BUILD_GAP, Span, Spans
-from .tree import TREE_REFUSALS, TreeBuilder, TreeUnsupported
+from .tree import TREE_REFUSALS, TreeBuilder, TreeUnsupported, clang_driver, working_directory
 
 log = logging.getLogger("jailcc-proxy")
 DEFAULT_IDLE = 900.0
@@ -386,7 +386,8 @@ class Proxy:
 
         try:
             identity = compiler_identity(compiler)
-            refused = self.pool.refuses_trees(identity)
+            driver = clang_driver(compiler, working_directory(inv))
+            refused = self.pool.refuses_trees(identity, driver)
             if refused is not None:
                 # Not worth the analysis: no server's image would take it (pool.py).
                 raise TreeUnsupported(f"every server's image refuses its tree jobs: {refused}")

@@ -228,7 +228,7 @@ def test_a_tree_job_does_not_wait_where_a_server_refusing_tree_jobs_could_take_i
         plain.refused_trees["id"] = (now, "/usr/include/stdio.h is not in the image")
         tree.load, tree.load_at = {"slots": 0}, now  # full
         started = time.monotonic()
-        assert pool._place(object(), 100, "k", "id", set(), started + 30, trees=True) is None
+        assert pool._place(object(), 100, "k", "id", set(), started + 30, trees="id") is None
         assert time.monotonic() - started < 1.0
         assert pool._tree_refusal("id") == "/usr/include/stdio.h is not in the image"
         assert pool.refuses_trees("id") is None  # the other server still takes them
@@ -238,7 +238,7 @@ def test_a_tree_job_does_not_wait_where_a_server_refusing_tree_jobs_could_take_i
         plain.load, plain.load_at = {"slots": 0}, now
         tree.load_at = plain.load_at = time.monotonic()
         started = time.monotonic()
-        assert pool._place(object(), 100, "k", "id", set(), started + 1.5, trees=True) is None
+        assert pool._place(object(), 100, "k", "id", set(), started + 1.5, trees="id") is None
         assert time.monotonic() - started >= 1.0
     finally:
         pool.close()

@@ -539,7 +539,8 @@ def test_a_name_also_included_in_a_branch_not_taken_does_not_stop_the_job(proxy_
 def test_clang_told_to_find_its_files_from_a_directory_the_image_lacks(proxy_env, tmp_path):
     """-no-canonical-prefixes: clang runs itself (cc1) from the path it was run as, not its
     binary's. Run from a directory of links the image does not have, the jail refuses the
-    job (the driver's directory is not in the image): an identical object, made here."""
+    job (the driver's directory is not in the image): an identical object, made here. The
+    proxy remembers that refusal for that directory only."""
     bin_dir = tmp_path / "bin"
     bin_dir.mkdir()
     (bin_dir / "clang-16").symlink_to(os.path.realpath("/usr/bin/clang-16"))
@@ -550,6 +551,12 @@ def test_clang_told_to_find_its_files_from_a_directory_the_image_lacks(proxy_env
     )
     assert remote == local and local[2], said
     assert b"remote" not in said, said
+    # That refusal was the directory's, not the image's: clang from /usr/bin still goes.
+    args = ["-c", "-g", "-O2", "m.c"]
+    local, remote, said = local_and_through_jailcc(
+        "clang-16", args, files, {**proxy_env, "JAILCC_VERBOSE": "1"}, tmp_path
+    )
+    assert remote == local and b"remote (sources) on" in said, said
 
 
 @pytest.mark.parametrize(
