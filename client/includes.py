@@ -200,6 +200,9 @@ class Directives:
     includes: tuple[Include, ...]
     defines: Mapping[str, tuple[Macro, ...]]
     timestamp: bool = False  # uses __TIMESTAMP__ (the file's mtime, which a copy lacks)
+    # #pragma once: gcc takes two such files for one when their size, contents and mtime agree
+    # (libcpp's should_stack_file), and the jail's copies have mtimes of their own
+    once: bool = False
 
 
 _NO_DIRECTIVES = Directives((), {})
@@ -224,6 +227,7 @@ _DIRECTIVE = re.compile(
 _DEFINE = re.compile(r"[ \t\f\v]*([A-Za-z_$][\w$]*)(\([^)]*\))?(.*)", re.S)
 _HAS_INCLUDE = re.compile(r"__has_include(_next)?\s*\(\s*(\"[^\"]*\"|<[^>]*>|[^)]*?)\s*\)")
 _PRAGMA_DEPENDENCY = re.compile(r"\s*GCC\s+dependency\s+(\"[^\"]*\"|<[^>]*>)")
+_PRAGMA_ONCE = re.compile(r"\s*once\b")
 
 
 def _strip_comments(data: bytes) -> bytes:
@@ -273,8 +277,9 @@ def _add_define(defines: dict[str, list[Macro]], rest: str) -> None:
 def parse_directives(data: bytes) -> Directives:
     """The inclusions and macro definitions of one file's contents (all branches)."""
     timestamp = b"__TIMESTAMP__" in data
+    once = b"_Pragma" in data and b"once" in data  # the operator's spellings: not parsed
     if b"#" not in data and b"%:" not in data:
-        return Directives((), {}, True) if timestamp else _NO_DIRECTIVES
+        return Directives((), {}, timestamp, once) if timestamp or once else _NO_DIRECTIVES
     includes: list[Include] = []
     defines: dict[str, list[Macro]] = {}
     for m in _DIRECTIVE.finditer(_strip_comments(data)):
@@ -288,6 +293,7 @@ def parse_directives(data: bytes) -> Directives:
             _add_define(defines, rest)
             includes.extend(_has_includes(rest))
         elif keyword == b"pragma":
+            once = once or _PRAGMA_ONCE.match(rest) is not None
             dep = _PRAGMA_DEPENDENCY.match(rest)
             if dep is not None:
                 found = _operand(dep.group(1), False, True)
@@ -295,7 +301,8 @@ def parse_directives(data: bytes) -> Directives:
                     includes.append(found)
         else:  # if, elif
             includes.extend(_has_includes(rest))
-    return Directives(tuple(includes), {k: tuple(v) for k, v in defines.items()}, timestamp)
+    defined = {k: tuple(v) for k, v in defines.items()}
+    return Directives(tuple(includes), defined, timestamp, once)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -923,6 +930,11 @@ class IncludeAnalyzer:
         of it would then not compile the same)."""
         directives = self._directives(path)
         return directives is None or directives.timestamp
+
+    def included_once(self, path: str) -> bool:
+        """Whether the file at path says #pragma once (True when it cannot be told)."""
+        directives = self._directives(path)
+        return directives is None or directives.once
 
     def _directives(self, path: str) -> Directives | None:
         with self._lock:

@@ -29,7 +29,7 @@ import time
 
 from .args import RemoteJob, expand_response_files
 from .compiler import clang_mode, is_clang
-from .includes import COMPUTED, Analysis, IncludeAnalyzer
+from .includes import COMPUTED, Analysis, FileRead, IncludeAnalyzer
 from .job import Invocation, Outcome, job_env, with_color
 from .job import finish as write_back
 from .remote import RemoteFailure, RemoteResult
@@ -154,6 +154,12 @@ class TreeBuilder:
             raise TreeUnsupported("include analysis found no source")
         if len(analysis.files) > MAX_TREE_FILES:
             raise TreeUnsupported(f"{len(analysis.files)} files: more than a tree job takes")
+        copies = _copies_included_once(analysis.files, self.analyzer)
+        if copies is not None:
+            raise TreeUnsupported(
+                f"{copies[0]} and {copies[1]} are copies that say #pragma once: gcc tells them"
+                " apart by their mtimes, which the jail's copies do not keep"
+            )
         system = tuple(d.rstrip("/") + "/" for d in analysis.system)
         tree: list[tuple[str, str, int]] = []
         image: list[list[str]] = []
@@ -241,6 +247,20 @@ class TreeBuilder:
         )
         outcome = write_back(compiler, job, inv, host, plain, headers_shipped=True)
         return outcome._replace(note=outcome.note.replace("remote on", "remote (sources) on", 1))
+
+
+def _copies_included_once(
+    files: tuple[FileRead, ...], analyzer: IncludeAnalyzer
+) -> tuple[str, str] | None:
+    """Two files of one content in two places (not one file under two names) that say
+    #pragma once, if the compile may read such: gcc reads the second unless their mtimes
+    agree too."""
+    first: dict[str, FileRead] = {}
+    for f in files:
+        seen = first.setdefault(f.digest, f)
+        if seen.real != f.real and analyzer.included_once(f.path):
+            return seen.path, f.path
+    return None
 
 
 def working_directory(inv: Invocation) -> str:

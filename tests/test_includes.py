@@ -598,3 +598,19 @@ def test_every_project_compile_is_covered(
         f" warm {1000 * warm_s / n:.2f} ms per compile"
     )
     assert not lacking, lacking[:3]
+
+
+@pytest.mark.parametrize(
+    ("text", "once"),
+    [
+        (b"#pragma once\n", True),
+        (b"  #  pragma   once  // guard\n", True),
+        (b"%:pragma once\n", True),
+        (b'_Pragma("once")\n', True),
+        (b"#pragma onceler\n", False),
+        (b"#pragma GCC system_header\n#include <x.h>\n", False),
+        (b"/* #pragma once */\n", False),
+    ],
+)
+def test_pragma_once_is_seen(text: bytes, once: bool) -> None:
+    assert parse_directives(text).once is once

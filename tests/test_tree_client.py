@@ -725,3 +725,23 @@ def test_the_working_directory_as_pwd_names_it(compiler, spelling, proxy_env, tm
     assert pwd.encode() in objects[0]  # DW_AT_comp_dir, as written
     if spelling == "{link}":
         assert b"remote (sources) on" in done.stderr, done.stderr
+
+
+@pytest.mark.parametrize("same_mtime", [False, True])
+def test_copies_that_say_pragma_once_compile_as_locally(same_mtime, proxy_env, tmp_path):
+    """Two copies of one header saying #pragma once: gcc reads the second unless both have
+    the same mtime as well (then it takes them for one file). The jail's copies would agree
+    on theirs; locally they differ here, and the second's struct is defined again: an error,
+    which jailcc must give too, not an object."""
+    for d in ("a", "b"):
+        (tmp_path / d).mkdir()
+        (tmp_path / d / "x.h").write_text("#pragma once\nstruct s { int x; };\n")
+    stamp = os.stat(tmp_path / "a" / "x.h").st_mtime_ns
+    later = stamp if same_mtime else stamp + 5 * 10**9
+    os.utime(tmp_path / "b" / "x.h", ns=(later, later))
+    files = {"m.c": '#include "a/x.h"\n#include "b/x.h"\nint f(struct s *p) { return p->x; }\n'}
+    local, remote, said = local_and_through_jailcc(
+        "gcc-12", ["-c", "-O2", "m.c"], files, proxy_env, tmp_path
+    )
+    assert remote == local, said
+    assert (local[0] == 0) == same_mtime, local
