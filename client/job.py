@@ -23,6 +23,8 @@ if TYPE_CHECKING:
 MAX_RESULT = 1 << 30
 MAX_EXTRA_SOURCE = 1 << 20
 PCH_PRAGMA = b"#pragma GCC pch_preprocess"  # what gcc -E -fpch-preprocess writes for a .gch
+# Options that decide gcc's links themselves (the plain output turns them off).
+_URL_OPTIONS = ("-fdiagnostics-urls", "-fno-diagnostics-urls", "-fdiagnostics-plain-output")
 _SAFE_CHARS = frozenset("ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789_+.,=@%-")
 
 
@@ -106,7 +108,7 @@ def prepare(compiler: str, job: RemoteJob, inv: Invocation) -> Prepared:
             raise RemoteFailure("the preprocessor had something to say")
         if not clang and PCH_PRAGMA in source:
             raise RemoteFailure("a precompiled header (.gch) is used, which only this machine has")
-    header, blobs = _job_frame(job, identity, inv, source)
+    header, blobs = _job_frame(job, identity, inv, source, clang)
     if exact_debug:
         header["steps"] = "debug-exact"
     return Prepared(header, blobs, identity)
@@ -184,13 +186,13 @@ def compile_remote(compiler: str, job: RemoteJob, inv: Invocation) -> Outcome:
 
 
 def _job_frame(
-    job: RemoteJob, identity: str, inv: Invocation, source: bytes
+    job: RemoteJob, identity: str, inv: Invocation, source: bytes, clang: bool
 ) -> tuple[dict[str, Any], list[bytes]]:
     suffix = "ii" if job.language == "c++" else "i"
     stem = os.path.basename(job.source).rsplit(".", 1)[0]
     safe = 0 < len(stem) <= 200 and set(stem) <= _SAFE_CHARS
     input_name = f"{stem}.{suffix}" if safe else f"input.{suffix}"
-    args = with_color(list(job.remote_args), inv)
+    args = with_color(list(job.remote_args), inv, clang)
     env = job_env(inv)
     files, blobs = [], [source]
     extra = _source_for_diagnostics(job, inv.cwd)
@@ -238,16 +240,20 @@ def _source_for_diagnostics(job: RemoteJob, cwd: str) -> tuple[str, bytes] | Non
         return None
 
 
-def with_color(args: list[str], inv: Invocation) -> list[str]:
-    """args, asking for coloured diagnostics where the local compile would colour them (its
-    stderr is a terminal; the jail's is not)."""
-    return [*args, "-fdiagnostics-color=always"] if _wants_color(args, inv) else args
+def with_color(args: list[str], inv: Invocation, clang: bool) -> list[str]:
+    """args, asking for what the local compile would print on its terminal (the jail's stderr
+    is none): colours, and gcc's links from a warning to its option's documentation (in the
+    form GCC_URLS or TERM_URLS ask for, which the jail gets)."""
+    extra = ["-fdiagnostics-color=always"] if _wants_color(args, inv) else []
+    if not clang and _on_terminal(inv) and not any(a.startswith(_URL_OPTIONS) for a in args):
+        extra.append("-fdiagnostics-urls=always")
+    return [*args, *extra] if extra else args
 
 
 def job_env(inv: Invocation) -> dict[str, str]:
     """The few variables a remote compile gets from the user's environment."""
     env = {"LC_ALL": "C.UTF-8" if _utf8_locale(inv.env) else "C"}
-    for name in ("GCC_COLORS", "SOURCE_DATE_EPOCH"):
+    for name in ("GCC_COLORS", "GCC_URLS", "TERM_URLS", "SOURCE_DATE_EPOCH"):
         if name in inv.env:
             env[name] = inv.env[name]
     return env
@@ -256,9 +262,12 @@ def job_env(inv: Invocation) -> dict[str, str]:
 def _wants_color(args: list[str], inv: Invocation) -> bool:
     if any(a.startswith(("-fdiagnostics-color", "-fno-diagnostics-color")) for a in args):
         return False
-    if inv.env.get("GCC_COLORS") == "" or inv.env.get("TERM", "dumb") == "dumb":
-        return False
-    return inv.stderr_tty
+    return inv.env.get("GCC_COLORS") != "" and _on_terminal(inv)
+
+
+def _on_terminal(inv: Invocation) -> bool:
+    """What the compilers' "auto" asks: stderr a terminal, TERM set and not "dumb"."""
+    return inv.stderr_tty and inv.env.get("TERM", "dumb") != "dumb"
 
 
 def _utf8_locale(env: Mapping[str, str]) -> bool:

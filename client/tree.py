@@ -186,7 +186,8 @@ class TreeBuilder:
         if job.dep_file is not None:
             outputs.append(_absolute(cwd, job.dep_file))
         root = _common_root([cwd, *(p for p, _, _ in tree), *outputs])
-        words = with_color(words, inv)
+        driver = clang_driver(compiler, cwd)
+        words = with_color(words, inv, clang=driver is not None)
         header = {
             "id": 1,
             "identity": identity,
@@ -200,7 +201,6 @@ class TreeBuilder:
             "env": job_env(inv),
             "source": os.path.basename(job.source),
         }
-        driver = clang_driver(compiler, cwd)
         if driver is not None:
             header["driver"] = driver
         return TreeJob(header, paths, analysis, frozenset(p for p, _, _ in tree), self.counters)

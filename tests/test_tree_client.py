@@ -6,6 +6,7 @@ the include analysis is wrong on purpose."""
 from __future__ import annotations
 
 import os
+import shlex
 import subprocess
 import sys
 from collections.abc import Iterator
@@ -745,3 +746,36 @@ def test_copies_that_say_pragma_once_compile_as_locally(same_mtime, proxy_env, t
     )
     assert remote == local, said
     assert (local[0] == 0) == same_mtime, local
+
+
+@pytest.mark.parametrize(
+    ("compiler", "ship", "urls"),
+    [
+        ("gcc-12", "sources", None),
+        ("gcc-12", "sources", "st"),
+        ("gcc-12", "preprocessed", "no"),
+        ("gcc-12", "preprocessed", None),
+        ("clang-16", "sources", None),
+    ],
+)
+def test_diagnostics_on_a_terminal_as_the_local_compiler_prints_them(
+    compiler, ship, urls, proxy_env, tmp_path
+):
+    """On a terminal gcc colours its warnings and links each to its option's documentation
+    (OSC 8, ended as GCC_URLS or TERM_URLS say); clang colours them. The jail's stderr is no
+    terminal: jailcc asks for both, and hands the variables on."""
+    (tmp_path / "w.c").write_text("int f(void) { int unused; return 0; }\n")
+    env = {**proxy_env, "TERM": "xterm-256color", "JAILCC_VERBOSE": "0", "JAILCC_SHIP": ship}
+    if urls is not None:
+        env["GCC_URLS"] = urls
+    printed = []
+    for command in ([compiler], [JAILCC, compiler]):
+        line = shlex.join([*command, "-Wall", "-c", "w.c", "-o", "w.o"])
+        done = subprocess.run(
+            ["script", "-qec", line, "/dev/null"], cwd=tmp_path, env=env, capture_output=True
+        )
+        assert done.returncode == 0, done.stdout
+        printed.append(done.stdout)
+    assert printed[0] == printed[1]
+    assert b"\x1b[" in printed[0] and b"unused" in printed[0]
+    assert (b"\x1b]8;;https://" in printed[0]) == (compiler == "gcc-12" and urls != "no")
