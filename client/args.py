@@ -413,6 +413,15 @@ def _clang_precompiled(forced: list[str], cwd: str) -> str | None:
     return None
 
 
+def _same_file(cwd: str, a: str, b: str) -> bool:
+    """Whether a and b name one file (through a symlink or a link, or spelled otherwise)."""
+    try:
+        one, two = os.stat(os.path.join(cwd, b)), os.stat(os.path.join(cwd, a))
+    except OSError:
+        return False  # (b first: an output that does not exist yet is the common case)
+    return (one.st_dev, one.st_ino) == (two.st_dev, two.st_ino)
+
+
 def analyse(
     args: list[str],
     cwd: str,
@@ -577,6 +586,9 @@ def analyse(
     given_output = output
     if output is None:
         output = _stem(source) + (".s" if assembly else ".o")
+    if _same_file(cwd, source, output):
+        # gcc refuses it (clang overwrites its input): either way, what the compiler does.
+        return Local("the output is the input file")
 
     result_dep_file = None
     if dep or wp_dep:

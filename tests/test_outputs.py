@@ -262,3 +262,26 @@ def test_a_fifo_nobody_reads_is_left_to_a_local_compile(tmp_path, monkeypatch):
     outputs.write(str(fifo), b"object" * 20000, 0o022, outputs.plan(str(fifo), True, False))
     late_reader.join(timeout=10)
     assert received == [b"object" * 20000]
+
+
+@pytest.mark.parametrize("compiler", ["gcc-12", "clang-16"])
+@pytest.mark.parametrize("ship", ["preprocessed", "sources"])
+@pytest.mark.parametrize(
+    ("output", "prepare"),
+    [("x.c", None), ("./x.c", None), ("link.o", mksymlink("link.o", "x.c"))],
+    ids=["same", "spelled-otherwise", "symlink"],
+)
+def test_an_output_that_is_the_input_is_the_compilers_to_handle(
+    tree_server, tmp_path, compiler, ship, output, prepare
+):
+    """`gcc -c x.c -o x.c` (or through a link to x.c): gcc refuses it and the source stays;
+    clang writes its object there. jailcc had written the object over the source for both."""
+    args = ["-O2", "-c", "x.c", "-o", output]
+    local, ours, local_tree, our_tree = compile_both(
+        tmp_path, tree_server, compiler, args, GOOD, prepare, ship=ship
+    )
+    assert ours.returncode == local.returncode, ours.stderr
+    assert our_tree == local_tree
+    assert "local (the output is the input file)" in where(ours.stderr), ours.stderr
+    if compiler == "gcc-12":
+        assert local.returncode == 1 and local_tree["x.c"] == ("file", GOOD, 1)
