@@ -23,6 +23,15 @@ if TYPE_CHECKING:
 MAX_RESULT = 1 << 30
 MAX_EXTRA_SOURCE = 1 << 20
 PCH_PRAGMA = b"#pragma GCC pch_preprocess"  # what gcc -E -fpch-preprocess writes for a .gch
+# Options that put the command line into the object (gcc's and clang's spellings).
+_RECORDING = frozenset(
+    (
+        "-frecord-gcc-switches",
+        "-grecord-gcc-switches",
+        "-frecord-command-line",
+        "-grecord-command-line",
+    )
+)
 # Options that decide gcc's links themselves (the plain output turns them off).
 _URL_OPTIONS = ("-fdiagnostics-urls", "-fno-diagnostics-urls", "-fdiagnostics-plain-output")
 _SAFE_CHARS = frozenset("ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789_+.,=@%-")
@@ -244,10 +253,24 @@ def with_color(args: list[str], inv: Invocation, clang: bool) -> list[str]:
     """args, asking for what the local compile would print on its terminal (the jail's stderr
     is none): colours, and gcc's links from a warning to its option's documentation (in the
     form GCC_URLS or TERM_URLS ask for, which the jail gets)."""
-    extra = ["-fdiagnostics-color=always"] if _wants_color(args, inv) else []
-    if not clang and _on_terminal(inv) and not any(a.startswith(_URL_OPTIONS) for a in args):
+    # Neither may change the object: gcc leaves its colour option out of the command line it
+    # records (debug info's producer, -frecord-gcc-switches), clang does not, and gcc keeps
+    # -fdiagnostics-urls in it.
+    extra = []
+    if _wants_color(args, inv) and not (clang and _records_command_line(args, clang)):
+        extra.append("-fdiagnostics-color=always")
+    links = not clang and _on_terminal(inv) and not any(a.startswith(_URL_OPTIONS) for a in args)
+    if links and not _records_command_line(args, clang):
         extra.append("-fdiagnostics-urls=always")
     return [*args, *extra] if extra else args
+
+
+def _records_command_line(args: list[str], clang: bool) -> bool:
+    """Whether the object may hold the compile's options: gcc's debug info does unless told
+    not to (taken as it does), and either compiler does when asked."""
+    if any(a in _RECORDING for a in args):
+        return True
+    return not clang and debug_info_on(args)
 
 
 def job_env(inv: Invocation) -> dict[str, str]:

@@ -779,3 +779,34 @@ def test_diagnostics_on_a_terminal_as_the_local_compiler_prints_them(
     assert printed[0] == printed[1]
     assert b"\x1b[" in printed[0] and b"unused" in printed[0]
     assert (b"\x1b]8;;https://" in printed[0]) == (compiler == "gcc-12" and urls != "no")
+
+
+@pytest.mark.parametrize(
+    ("compiler", "flags"),
+    [
+        ("gcc-12", ["-g"]),
+        ("gcc-12", ["-frecord-gcc-switches"]),
+        ("clang-16", ["-g", "-grecord-command-line"]),
+        ("clang-16", ["-frecord-command-line"]),
+    ],
+)
+def test_the_terminal_leaves_the_object_as_a_local_compile_makes_it(
+    compiler, flags, proxy_env, tmp_path
+):
+    """Objects that record the compile's options (gcc's debug info always, either compiler
+    when asked) get none of the terminal's: gcc records -fdiagnostics-urls, clang records
+    -fdiagnostics-color. (gcc's links are then missing from jailcc's warnings: a known
+    difference, on a terminal only.)"""
+    (tmp_path / "w.c").write_text("int f(void) { int unused; return 0; }\n")
+    env = {**proxy_env, "TERM": "xterm-256color", "JAILCC_VERBOSE": "1"}
+    objects, said = [], b""
+    for command in ([compiler], [JAILCC, compiler]):
+        line = shlex.join([*command, "-Wall", "-O2", *flags, "-c", "w.c", "-o", "w.o"])
+        done = subprocess.run(
+            ["script", "-qec", line, "/dev/null"], cwd=tmp_path, env=env, capture_output=True
+        )
+        assert done.returncode == 0, done.stdout
+        objects.append((tmp_path / "w.o").read_bytes())
+        said = done.stdout
+    assert objects[0] == objects[1], said
+    assert b"remote" in said, said
