@@ -124,7 +124,10 @@ def _act(answer: object) -> int:
 
     if isinstance(answer, RunLocally):
         if answer.message:
-            sys.stderr.write(answer.message)
+            from .proxy_wire import text_bytes
+
+            sys.stderr.buffer.write(text_bytes(answer.message))
+            sys.stderr.flush()
         return _exec_local(answer.compiler, answer.args)
     exit_code, stdout, stderr = answer[0], answer[1], answer[2]  # an Outcome
     sys.stdout.buffer.write(stdout)

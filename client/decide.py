@@ -10,6 +10,7 @@ from collections import namedtuple
 from .compiler import clang_name_problem, find_compiler, is_clang, split_invocation
 from .hosts import HostsError
 from .job import Invocation, Outcome
+from .proxy_wire import text_bytes
 from .remote import RemoteFailure
 
 TYPE_CHECKING = False
@@ -47,7 +48,7 @@ def decide(
     compiler = find_compiler(name, exe, inv.env.get("PATH", ""))
     if compiler is None:
         message = f"jailcc: cannot find the compiler {name!r} on PATH (jailcc itself skipped)\n"
-        return Outcome(127, b"", message.encode(), "")
+        return Outcome(127, b"", text_bytes(message), "")
     verbose = inv.env.get("JAILCC_VERBOSE", "") not in ("", "0")
     clang = is_clang(compiler)  # by the binary: `cc` may be clang
     why = clang_name_problem(name) if clang else None  # a name that sets its target or mode
@@ -81,7 +82,7 @@ def decide(
         return RunLocally(compiler, args, _note(True, args, message))
     if verbose:
         total = f"total {1000 * (time.monotonic() - started):.0f} ms"
-        note = _note(True, args, f"{outcome.note}, {total}").encode()
+        note = text_bytes(_note(True, args, f"{outcome.note}, {total}"))
         outcome = outcome._replace(stderr=outcome.stderr + note)
     return outcome
 

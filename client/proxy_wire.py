@@ -248,8 +248,17 @@ def encode_done(exit_code: int, stdout: bytes, stderr: bytes) -> bytes:
     )
 
 
+def text_bytes(text: str) -> bytes:
+    """A message for stderr as bytes: the file names in it as they are on disk (argv and
+    paths come in with surrogateescape), anything else unencodable replaced."""
+    try:
+        return text.encode("utf-8", "surrogateescape")
+    except UnicodeEncodeError:
+        return text.encode("utf-8", "replace")
+
+
 def encode_local(compiler: str, args: list[str], message: str) -> bytes:
-    msg = message.encode("utf-8", "replace")
+    msg = text_bytes(message)
     parts = [bytes([LOCAL]), U32.pack(len(os.fsencode(compiler))), os.fsencode(compiler)]
     parts.append(U32.pack(len(args)))
     parts += [os.fsencode(a) + b"\0" for a in args]

@@ -810,3 +810,24 @@ def test_the_terminal_leaves_the_object_as_a_local_compile_makes_it(
         said = done.stdout
     assert objects[0] == objects[1], said
     assert b"remote" in said, said
+
+
+@pytest.mark.parametrize("proxy", ["1", "0"])
+def test_file_names_that_are_not_utf8(proxy, proxy_env, tmp_path):
+    """A source and a header named with bytes that are no UTF-8: the object and dependency
+    file as a local compile's, and jailcc's own line names the file as its bytes are (it
+    ended in a UnicodeEncodeError traceback, exit 1, with JAILCC_VERBOSE)."""
+    root = os.fsencode(tmp_path)
+    with open(root + b"/h\xff.h", "wb") as f:
+        f.write(b"#define V 3\n")
+    with open(root + b"/s\xfe.c", "wb") as f:
+        f.write(b'#include "h\xff.h"\nint f(void) { return V; }\n')
+    env = {**proxy_env, "JAILCC_PROXY": proxy}
+    outputs = []
+    for command in ([b"gcc-12"], [os.fsencode(JAILCC), b"gcc-12"]):
+        argv = [*command, b"-g", b"-c", b"s\xfe.c", b"-o", b"s.o", b"-MD", b"-MF", b"s.d"]
+        done = subprocess.run(argv, cwd=tmp_path, env=env, capture_output=True, timeout=120)
+        assert done.returncode == 0, done.stderr
+        outputs.append(((tmp_path / "s.o").read_bytes(), (tmp_path / "s.d").read_bytes()))
+    assert outputs[0] == outputs[1]
+    assert b"jailcc: s\xfe.c: remote" in done.stderr, done.stderr
