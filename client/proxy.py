@@ -13,6 +13,7 @@ from __future__ import annotations
 import argparse
 import contextlib
 import fcntl
+import functools
 import json
 import logging
 import os
@@ -32,7 +33,7 @@ from .job import Invocation, Outcome, finish, prepare
 from .pool import Pool
 from .remote import RemoteFailure
 from .trace import BUILD_GAP, Span, Spans
-from .tree import TREE_REFUSALS, TreeBuilder, TreeUnsupported, clang_driver, working_directory
+from .tree import TREE_REFUSALS, TreeBuilder, TreeUnsupported
 
 log = logging.getLogger("jailcc-proxy")
 DEFAULT_IDLE = 900.0
@@ -386,12 +387,9 @@ class Proxy:
 
         try:
             identity = compiler_identity(compiler)
-            driver = clang_driver(compiler, working_directory(inv))
-            refused = self.pool.refuses_trees(identity, driver)
-            if refused is not None:
-                # Not worth the analysis: no server's image would take it (pool.py).
-                raise TreeUnsupported(f"every server's image refuses its tree jobs: {refused}")
-            tree_job = self.trees.prepare(compiler, args, job, inv, identity)
+            # Not worth the analysis where no server's image would take it (pool.py).
+            refused = functools.partial(self.pool.refuses_trees, identity)
+            tree_job = self.trees.prepare(compiler, args, job, inv, identity, refused)
         except (TreeUnsupported, ImageError) as exc:
             self.trees.counters.add(preprocessed_instead=1)
             return None, str(exc)

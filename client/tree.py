@@ -36,7 +36,7 @@ from .remote import RemoteFailure, RemoteResult
 
 TYPE_CHECKING = False
 if TYPE_CHECKING:
-    from collections.abc import Iterable
+    from collections.abc import Callable, Iterable
     from typing import Any
 
 # Where a project cannot live for the jail: the image's own top-level directories.
@@ -134,13 +134,24 @@ class TreeBuilder:
         self.counters = Counters()
 
     def prepare(
-        self, compiler: str, args: list[str], job: RemoteJob, inv: Invocation, identity: str
+        self,
+        compiler: str,
+        args: list[str],
+        job: RemoteJob,
+        inv: Invocation,
+        identity: str,
+        refused: Callable[[str | None], str | None] | None = None,
     ) -> TreeJob:
         """The tree job for ``compiler args`` (the user's words, compiler first excluded), or
-        TreeUnsupported."""
+        TreeUnsupported. ``refused``: why no server would take it, given clang's driver (or
+        None for gcc), asked before the analysis so that such a job costs none."""
         if job.preprocessed:
             raise TreeUnsupported("the input is already preprocessed")
         cwd = working_directory(inv)
+        driver = clang_driver(compiler, cwd)
+        why = refused(driver) if refused is not None else None
+        if why is not None:
+            raise TreeUnsupported(f"every server's image refuses its tree jobs: {why}")
         try:
             words = expand_response_files(args, cwd)
         except ValueError as exc:
@@ -186,7 +197,6 @@ class TreeBuilder:
         if job.dep_file is not None:
             outputs.append(_absolute(cwd, job.dep_file))
         root = _common_root([cwd, *(p for p, _, _ in tree), *outputs])
-        driver = clang_driver(compiler, cwd)
         words = with_color(words, inv, clang=driver is not None)
         header = {
             "id": 1,
