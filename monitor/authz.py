@@ -137,6 +137,7 @@ class LdapHelperAuthorizer:
         *,
         password_file: str | None = None,
         kerberos: KerberosAcceptor | None = None,
+        log_file: str | None = None,
     ) -> None:
         self.settings = settings  # LdapGroupAuthorizer's arguments, but the password's fd
         self.realm = str(settings["realm"])
@@ -144,6 +145,8 @@ class LdapHelperAuthorizer:
         self.ids = ids
         self.password_file = password_file
         self.kerberos = kerberos
+        # The helper's stderr: jailccd's log file (open for our life), else jailccd's stderr.
+        self.log = open(log_file, "ab") if log_file else None  # noqa: SIM115
         self._lock = threading.Lock()
         self._child: subprocess.Popen[bytes] | None = None
         self._pending = b""
@@ -208,6 +211,8 @@ class LdapHelperAuthorizer:
             if self._ccache_dir is not None:
                 shutil.rmtree(self._ccache_dir, ignore_errors=True)
                 self._ccache_dir = None
+            if self.log is not None:
+                self.log.close()
         finally:
             if locked:
                 self._lock.release()
@@ -241,6 +246,7 @@ class LdapHelperAuthorizer:
                 env=env,
                 stdin=subprocess.PIPE,
                 stdout=subprocess.PIPE,
+                stderr=self.log,
                 start_new_session=True,
             )
         except OSError as exc:

@@ -718,6 +718,7 @@ def _kerberos(
         (LDAP_UID, LDAP_UID),
         password_file=args.ldap_password_file,
         kerberos=kerberos if gssapi else None,  # the helper binds with a TGT of ours
+        log_file=args.log_file,
     )
     authorizer.check_config()  # AuthorizationConfigError, a ValueError, says what is wrong
     return kerberos, authorizer

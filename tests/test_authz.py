@@ -334,7 +334,9 @@ def test_many_threads_one_authorizer(directory: Any) -> None:
 # -- LDAP: the helper, as root runs it ------------------------------------------------------
 
 
-def helper(directory: Any, realm: Any, bind: str, **kw: Any) -> LdapHelperAuthorizer:
+def helper(
+    directory: Any, realm: Any, bind: str, log_file: str | None = None, **kw: Any
+) -> LdapHelperAuthorizer:
     """What jailccd makes of its --ldap-* options (monitor/daemon.py)."""
     settings = {
         "url": directory.url,
@@ -354,6 +356,7 @@ def helper(directory: Any, realm: Any, bind: str, **kw: Any) -> LdapHelperAuthor
         kerberos=KerberosAcceptor(str(realm.keytab), realm.service_principal)
         if bind == "gssapi"
         else None,
+        log_file=log_file,
     )
 
 
@@ -418,6 +421,7 @@ def test_a_helper_that_dies_or_hangs_is_replaced(
 
 HOSTILE_HELPER = """
 import json, sys
+sys.stderr.write("the hostile helper says hello\\n")
 print(json.dumps({"ready": True}), flush=True)
 sys.stdin.readline()
 for line in sys.stdin:
@@ -449,8 +453,8 @@ def test_a_helper_that_answers_nonsense_lets_nobody_in(
     place.chmod(0o755)
     (place / "hostile_helper.py").write_text(HOSTILE_HELPER)
     monkeypatch.setenv("PYTHONPATH", str(place))
-    authz = helper(directory, realm, "simple")
-    authz.module = "hostile_helper"
+    authz = helper(directory, realm, "simple", log_file=str(place / "jailccd.log"))
+    authz.module = "hostile_helper"  # with jailccd's --log-file: its lines go there
     try:
         authz.check_config()
         assert authz.allowed(f"alice@{REALM}") and not authz.allowed(f"bob@{REALM}")
@@ -461,6 +465,7 @@ def test_a_helper_that_answers_nonsense_lets_nobody_in(
                 authz.allowed(f"{name}@{REALM}")
             assert authz._child is None or authz._child.pid != before, name
             assert authz.allowed(f"alice@{REALM}")  # a new one
+        assert "the hostile helper says hello" in (place / "jailccd.log").read_text()
     finally:
         authz.close()
         shutil.rmtree(place)
