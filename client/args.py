@@ -413,7 +413,7 @@ def _clang_precompiled(forced: list[str], cwd: str) -> str | None:
     return None
 
 
-def _same_file(cwd: str, a: str, b: str) -> bool:
+def same_file(cwd: str, a: str, b: str) -> bool:
     """Whether a and b name one file (through a symlink or a link, or spelled otherwise)."""
     try:
         one, two = os.stat(os.path.join(cwd, b)), os.stat(os.path.join(cwd, a))
@@ -586,7 +586,7 @@ def analyse(
     given_output = output
     if output is None:
         output = _stem(source) + (".s" if assembly else ".o")
-    if _same_file(cwd, source, output):
+    if same_file(cwd, source, output):
         # gcc refuses it (clang overwrites its input): either way, what the compiler does.
         return Local("the output is the input file")
 

@@ -27,7 +27,7 @@ import os
 import threading
 import time
 
-from .args import RemoteJob, expand_response_files
+from .args import RemoteJob, expand_response_files, same_file
 from .compiler import clang_mode, is_clang
 from .includes import COMPUTED, Analysis, FileRead, IncludeAnalyzer
 from .job import Invocation, Outcome, job_env, with_color
@@ -282,11 +282,7 @@ def working_directory(inv: Invocation) -> str:
     pwd = inv.env.get("PWD", "")
     if not pwd.startswith("/") or pwd == inv.cwd:
         return os.path.normpath(inv.cwd)
-    try:
-        real, named = os.stat(inv.cwd), os.stat(pwd)
-    except OSError:
-        return os.path.normpath(inv.cwd)
-    if (real.st_dev, real.st_ino) != (named.st_dev, named.st_ino):
+    if not same_file(inv.cwd, pwd, "."):
         return os.path.normpath(inv.cwd)  # a $PWD left from another directory (make -C)
     if os.path.normpath(pwd) != pwd or pwd.startswith("//"):
         raise TreeUnsupported(f"$PWD names the working directory as {pwd!r}")
