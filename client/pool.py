@@ -420,13 +420,14 @@ class Pool:
             # Servers left alone after a failure the user can act on (warmer connections
             # refused before this job came): their words, not "unreachable".
             told = [k.last_told for k in self.links if not k.usable and k.last_told]
-            backed_off = [f"{k.host}: {k.last_error}" for k in self.links if not k.usable]
+            backed_off = [_naming(k.host, k.last_error) for k in self.links if not k.usable]
         if tell_user or told:
             # "run kinit" once, not once per server
             return RemoteFailure("; ".join(dict.fromkeys(reasons + told)), tell_user=True)
         if len(backed_off) < len(self.links) and not reasons:
             return RemoteFailure("every server stayed full")  # busy, not broken: quiet
-        tried = "; ".join(reasons + backed_off) or "no servers are configured or discovered"
+        tried = "; ".join(dict.fromkeys(reasons + backed_off))
+        tried = tried or "no servers are configured or discovered"
         return RemoteFailure(
             f"no jailcc server could be reached ({tried}): check that jailccd runs there and"
             " that JAILCC_HOSTS or your hosts file names it (`jailcc hosts` shows what was found)",
@@ -503,3 +504,8 @@ def tree_key(identity: str, driver: str | None) -> str:
 
 def _image_refusal(reason: str) -> bool:
     return any(words in reason for words in IMAGE_REFUSALS)
+
+
+def _naming(host: Host, reason: str) -> str:
+    """A failure's reason with its server named once (most reasons already name it)."""
+    return reason if str(host) in reason else f"{host}: {reason}"

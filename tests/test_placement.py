@@ -242,3 +242,26 @@ def test_a_tree_job_does_not_wait_where_a_server_refusing_tree_jobs_could_take_i
         assert time.monotonic() - started >= 1.0
     finally:
         pool.close()
+
+
+def test_an_unreachable_server_is_named_once_in_the_message() -> None:
+    """The reason a job found no server names each server once: a connect failure's reason
+    names its server already, and the server backing off after it is the same failure."""
+    from jailcc.client.hosts import Host
+    from jailcc.client.pool import Pool
+    from jailcc.client.remote import RemoteFailure
+
+    host = Host("unix", "/nonexistent/s.sock")
+    pool = Pool([host])
+    try:
+        reason = f"cannot connect to {host}: Connection refused"
+        pool._back_off(pool.links[0], RemoteFailure(reason))
+        said = pool._nowhere([reason], False, "id").reason
+        assert said.count(str(host)) == 1, said
+        assert "Connection refused" in said and "check that jailccd runs there" in said
+        # A reason that does not name its server gets the name, once.
+        pool._back_off(pool.links[0], RemoteFailure("[Errno 32] Broken pipe"))
+        said = pool._nowhere([], False, "id").reason
+        assert f"{host}: [Errno 32] Broken pipe" in said and said.count(str(host)) == 1, said
+    finally:
+        pool.close()
