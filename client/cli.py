@@ -85,27 +85,26 @@ def main(argv: list[str] | None = None) -> int:
     from .compiler import split_invocation
 
     name, args, masquerading = split_invocation(argv)
-    if name is None or name in ("-h", "--help"):
-        sys.stdout.write(USAGE)
-        return 0 if name else 2
-    if name == "--version":
-        from jailcc import __version__
-
-        print(f"jailcc {__version__}")
-        return 0
-    if not masquerading and name in SUBCOMMANDS:
-        if name in ("mon", "trace"):
-            from . import mon, trace
-
-            return (mon if name == "mon" else trace).main(args)
-        from .proxy_cli import command
-
-        return command(name, args)
+    if (
+        name is None
+        or name in ("-h", "--help", "--version")
+        or (not masquerading and name in SUBCOMMANDS)
+    ):
+        try:
+            code = _own_command(name, args)
+            sys.stdout.flush()
+            return code
+        except BrokenPipeError:  # `jailcc status | head -1`: quiet, as a C tool would be
+            os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+            return 141  # 128 + SIGPIPE
 
     from .job import Invocation
 
-    inv = Invocation.here()
     exe = os.path.realpath(sys.argv[0])
+    try:
+        inv = Invocation.here()
+    except OSError:  # the working directory was removed: the compiler says what it makes of it
+        return _here_unknown(name, exe, args)
     tried = os.environ.pop("JAILCC_PROXY_TRIED", None) is not None  # by the native client
     if os.environ.get("JAILCC_PROXY", "1") != "0":
         from .proxy_client import ask_proxy
@@ -117,6 +116,24 @@ def main(argv: list[str] | None = None) -> int:
     from .job import compile_remote
 
     return _act(decide(argv, exe, inv, compile_remote))
+
+
+def _own_command(name: str | None, args: list[str]) -> int:
+    if name is None or name in ("-h", "--help"):
+        sys.stdout.write(USAGE)
+        return 0 if name else 2
+    if name == "--version":
+        from jailcc import __version__
+
+        print(f"jailcc {__version__}")
+        return 0
+    if name in ("mon", "trace"):
+        from . import mon, trace
+
+        return (mon if name == "mon" else trace).main(args)
+    from .proxy_cli import command
+
+    return command(name, args)
 
 
 def _act(answer: object) -> int:
@@ -135,6 +152,19 @@ def _act(answer: object) -> int:
     sys.stderr.buffer.write(stderr)
     sys.stderr.flush()
     return exit_code
+
+
+def _here_unknown(name: str, exe: str, args: list[str]) -> int:
+    from .compiler import find_compiler
+
+    compiler = find_compiler(name, exe)
+    if compiler is None:
+        print(
+            f"jailcc: cannot find the compiler {name!r} on PATH (jailcc itself skipped)",
+            file=sys.stderr,
+        )
+        return 127
+    return _exec_local(compiler, args)
 
 
 def _exec_local(compiler: str, args: list[str]) -> int:

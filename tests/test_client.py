@@ -175,6 +175,24 @@ def test_no_server_means_a_local_compile_with_the_same_result(tmp_path):
     assert (work / "obj" / "main.o").read_bytes() == remote_obj
 
 
+def test_a_working_directory_that_was_removed_is_the_compilers_to_handle(tmp_path):
+    """`cd build && rm -rf ../build && jailcc gcc -c /abs/x.c -o /abs/x.o`: gcc compiles it
+    (it needs no working directory); jailcc died in getcwd with a traceback."""
+    work = tree(tmp_path)
+    src, obj = work / "src" / "main.c", work / "obj" / "main.o"
+    (work / "gone").mkdir()
+    for argv in (["gcc-12"], [JAILCC, "gcc-12"]):
+        command = [*argv, "-O2", "-c", str(src), "-o", str(obj)]
+        script = 'cd gone && rmdir ../gone && exec "$@"'
+        done = run(["sh", "-c", script, "sh", *command], work, env_for(None))
+        assert (done.returncode, done.stderr) == (0, b""), done.stderr
+        made = obj.read_bytes()
+        obj.unlink()
+        (work / "gone").mkdir()
+    assert run(["gcc-12", "-O2", "-c", str(src), "-o", str(obj)], work).returncode == 0
+    assert obj.read_bytes() == made
+
+
 class FakeServer:
     """A server that answers the hello like jailccd, then misbehaves as told."""
 

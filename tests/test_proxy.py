@@ -118,6 +118,23 @@ def test_status_counts_each_job_where_it_ran(server, tmp_path):
         stop_proxy(env)
 
 
+def test_a_closed_pipe_ends_a_listing_quietly(tmp_path):
+    """`jailcc status | head -1`: the reader is gone before jailcc writes; jailcc ends as a C
+    tool would, without a traceback."""
+    env = {**os.environ, "JAILCC_HOSTS": f"unix:{tmp_path}/none.sock"}
+    for args in (["status"], ["proxy", "status"], ["hosts"], ["--help"]):
+        read_end, write_end = os.pipe()
+        os.close(read_end)
+        try:
+            done = subprocess.run(
+                [JAILCC, *args], stdout=write_end, stderr=subprocess.PIPE, env=env, timeout=60
+            )
+        finally:
+            os.close(write_end)
+        assert b"Traceback" not in done.stderr and b"Error" not in done.stderr, done.stderr
+        assert done.returncode in (0, 141), (args, done.returncode)
+
+
 def test_another_user_can_use_neither_the_proxy_nor_its_tickets(server, tmp_path):
     env = proxy_env(server)
     assert jailcc(["proxy", "start"], tmp_path, env).returncode == 0
