@@ -273,10 +273,21 @@ def _records_command_line(args: list[str], clang: bool) -> bool:
     return not clang and debug_info_on(args)
 
 
+# What the user's environment may say to a remote compiler (the server's own allowlist,
+# jobs/compiler_policy.py ALLOWED_ENV, drops what it does not know).
+PASSED_ENV = (
+    "GCC_COLORS",
+    "GCC_URLS",
+    "TERM_URLS",
+    "GCC_EXTRA_DIAGNOSTIC_OUTPUT",  # fixits-v1/v2: machine-readable fix-it lines on stderr
+    "SOURCE_DATE_EPOCH",
+)
+
+
 def job_env(inv: Invocation) -> dict[str, str]:
     """The few variables a remote compile gets from the user's environment."""
     env = {"LC_ALL": "C.UTF-8" if _utf8_locale(inv.env) else "C"}
-    for name in ("GCC_COLORS", "GCC_URLS", "TERM_URLS", "SOURCE_DATE_EPOCH"):
+    for name in PASSED_ENV:
         if name in inv.env:
             env[name] = inv.env[name]
     return env

@@ -33,7 +33,10 @@ MAX_TOTAL_ARG_BYTES = 512 * 1024
 
 # Environment variables a job may carry (everything else is dropped: GCC_EXEC_PREFIX,
 # COMPILER_PATH, LD_*, CPATH*, DEPENDENCIES_OUTPUT, TMPDIR, ... never reach the compiler).
-ALLOWED_ENV = frozenset({"LC_ALL", "GCC_COLORS", "GCC_URLS", "TERM_URLS", "SOURCE_DATE_EPOCH"})
+ALLOWED_ENV = frozenset(
+    {"LC_ALL", "GCC_COLORS", "GCC_URLS", "TERM_URLS", "GCC_EXTRA_DIAGNOSTIC_OUTPUT"}
+    | {"SOURCE_DATE_EPOCH"}
+)
 ALLOWED_LOCALES = frozenset({"C", "POSIX", "C.UTF-8", "C.utf8"})
 BASE_ENV = {"PATH": "/usr/bin:/bin", "LC_ALL": "C", "TMPDIR": "/tmp"}
 

@@ -781,6 +781,27 @@ def test_diagnostics_on_a_terminal_as_the_local_compiler_prints_them(
     assert (b"\x1b]8;;https://" in printed[0]) == (compiler == "gcc-12" and urls != "no")
 
 
+@pytest.mark.parametrize("ship", ["sources", "preprocessed"])
+def test_machine_readable_fixits_asked_for_by_the_environment(ship, proxy_env, tmp_path):
+    """GCC_EXTRA_DIAGNOSTIC_OUTPUT=fixits-v2 makes gcc print each fix-it as a line an IDE
+    reads (`fix-it:"p.c":{1:1-1:1}:"#include <stdio.h>\n"`); the jail's gcc must hear it."""
+    (tmp_path / "p.c").write_text('int main(void) { printf("hi\\n"); return 0; }\n')
+    env = {**proxy_env, "JAILCC_VERBOSE": "0", "JAILCC_SHIP": ship}
+    env["GCC_EXTRA_DIAGNOSTIC_OUTPUT"] = "fixits-v2"
+    said = []
+    for command in (["gcc-12"], [JAILCC, "gcc-12"]):
+        done = subprocess.run(
+            [*command, "-Wall", "-c", "p.c", "-o", "p.o"],
+            cwd=tmp_path,
+            env=env,
+            capture_output=True,
+        )
+        assert done.returncode == 0, done.stderr
+        said.append(done.stderr)
+    assert b'fix-it:"p.c"' in said[0]
+    assert said[1] == said[0]
+
+
 @pytest.mark.parametrize(
     ("compiler", "flags"),
     [
