@@ -242,9 +242,11 @@ class TreeBuilder:
         if obj_path not in got:
             raise RemoteFailure(f"{host}: the compile succeeded but sent no output")
         if dep_path is not None:
-            if dep_path not in got:
+            if dep_path not in got or job.dep_file is None:
                 raise RemoteFailure(f"{host}: the compile sent no dependency file")
-            _write_dependencies(dep_path, got[dep_path], inv.umask)
+            # Where the user's compiler writes it: from the real working directory, as the
+            # kernel resolves ".." (the jail's name for it is $PWD's, taken lexically).
+            _write_dependencies(inv.path(job.dep_file), got[dep_path], inv.umask)
         plain = RemoteResult(
             result.exit_code,
             result.signal,

@@ -728,6 +728,37 @@ def test_the_working_directory_as_pwd_names_it(compiler, spelling, proxy_env, tm
         assert b"remote (sources) on" in done.stderr, done.stderr
 
 
+@pytest.mark.parametrize(
+    "outputs",
+    [
+        ["-o", "../c.o", "-MD", "-MF", "../c.d"],
+        ["-o", "../c.o", "-MD"],
+        ["-o", "../c.o", "-Wp,-MD,../c.d"],
+    ],
+)
+def test_outputs_through_a_symlinked_working_directory_land_where_the_kernel_says(
+    outputs, proxy_env, tmp_path
+):
+    """In a directory reached through a symlink, `..` in an output's name is the real
+    parent's (the kernel's answer), not $PWD's lexical one: the object and the dependency
+    file land where the local compiler puts them."""
+    (tmp_path / "other" / "sub").mkdir(parents=True)
+    (tmp_path / "lnk").symlink_to(tmp_path / "other" / "sub")
+    (tmp_path / "a.c").write_text("int x;\n")
+    env = {**proxy_env, "PWD": str(tmp_path / "lnk")}
+    made = []
+    for command in (["gcc-12"], [JAILCC, "gcc-12"]):
+        argv = [*command, "-c", "../../a.c", *outputs]
+        done = subprocess.run(argv, cwd=tmp_path / "lnk", env=env, capture_output=True)
+        assert done.returncode == 0, done.stderr
+        files = {p: p.read_bytes() for p in tmp_path.rglob("*") if p.suffix in (".o", ".d")}
+        for path in files:
+            path.unlink()
+        made.append(files)
+    assert made[1] == made[0], done.stderr
+    assert set(made[0]) >= {tmp_path / "other" / "c.o", tmp_path / "other" / "c.d"}
+
+
 @pytest.mark.parametrize("same_mtime", [False, True])
 def test_copies_that_say_pragma_once_compile_as_locally(same_mtime, proxy_env, tmp_path):
     """Two copies of one header saying #pragma once: gcc reads the second unless both have
