@@ -199,7 +199,9 @@ class Macro(NamedTuple):
 class Directives:
     includes: tuple[Include, ...]
     defines: Mapping[str, tuple[Macro, ...]]
-    timestamp: bool = False  # uses __TIMESTAMP__ (the file's mtime, which a copy lacks)
+    # compares mtimes, which a copy lacks: __TIMESTAMP__ (the file's own), #pragma GCC
+    # dependency (the file's against another's)
+    timestamp: bool = False
     # #pragma once: gcc takes two such files for one when their size, contents and mtime agree
     # (libcpp's should_stack_file), and the jail's copies have mtimes of their own
     once: bool = False
@@ -277,7 +279,10 @@ def _add_define(defines: dict[str, list[Macro]], rest: str) -> None:
 def parse_directives(data: bytes) -> Directives:
     """The inclusions and macro definitions of one file's contents (all branches)."""
     timestamp = b"__TIMESTAMP__" in data
-    once = b"_Pragma" in data and b"once" in data  # the operator's spellings: not parsed
+    # The _Pragma operator's spellings are not parsed: a file that may use it is taken to.
+    operator = b"_Pragma" in data
+    once = operator and b"once" in data
+    timestamp = timestamp or (operator and b"dependency" in data)
     if b"#" not in data and b"%:" not in data:
         return Directives((), {}, timestamp, once) if timestamp or once else _NO_DIRECTIVES
     includes: list[Include] = []
@@ -295,6 +300,7 @@ def parse_directives(data: bytes) -> Directives:
         elif keyword == b"pragma":
             once = once or _PRAGMA_ONCE.match(rest) is not None
             dep = _PRAGMA_DEPENDENCY.match(rest)
+            timestamp = timestamp or dep is not None
             if dep is not None:
                 found = _operand(dep.group(1), False, True)
                 if found is not None:
@@ -926,8 +932,8 @@ class IncludeAnalyzer:
         return [None if entry is None else entry.digest for entry in entries]
 
     def uses_timestamp(self, path: str) -> bool:
-        """Whether the file at path uses __TIMESTAMP__ (True when it cannot be told: a copy
-        of it would then not compile the same)."""
+        """Whether the file at path compares mtimes (__TIMESTAMP__, #pragma GCC dependency;
+        True when it cannot be told): a copy of it would then not compile the same."""
         directives = self._directives(path)
         return directives is None or directives.timestamp
 

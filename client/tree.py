@@ -182,7 +182,10 @@ class TreeBuilder:
                 image.append([f.path, digest])
                 continue
             if self.analyzer.uses_timestamp(f.path):
-                raise TreeUnsupported(f"{f.path} uses __TIMESTAMP__")
+                raise TreeUnsupported(
+                    f"{f.path} compares mtimes (__TIMESTAMP__ or #pragma GCC dependency),"
+                    " which the jail's copies do not keep"
+                )
             # Laid out where ".." names it lexically: the jail has no symlinks to make the
             # kernel's answer differ; where this machine's does, the soundness check sees it.
             where = os.path.normpath(f.path)

@@ -428,6 +428,34 @@ def test_timestamp_users_go_preprocessed(where, tmp_path):
         TreeBuilder().prepare(GCC, args, job, inv, compiler_identity(GCC))
 
 
+@pytest.mark.parametrize(
+    ("compiler", "pragma", "newer"),
+    [
+        ("gcc-12", '#pragma GCC dependency "dep.txt" rebuild me', True),
+        ("gcc-12", '#pragma GCC dependency "dep.txt"', False),
+        ("gcc-12", '_Pragma("GCC dependency \\"dep.txt\\"")', True),
+        ("clang-16", '#pragma GCC dependency "dep.txt"', True),
+    ],
+)
+def test_a_dependency_pragma_compares_the_users_mtimes(
+    compiler, pragma, newer, proxy_env, tmp_path
+):
+    """`#pragma GCC dependency "f"` warns when f is newer than the file saying it (an error
+    with -Werror); the jail's copies have mtimes of their own, so the answer must come from
+    this machine's files."""
+    files = {"p.c": f"{pragma}\nint x;\n", "dep.txt": ""}
+    for name, text in files.items():
+        (tmp_path / name).write_text(text)
+    shift = 3600 * 10**9 * (1 if newer else -1)
+    stamp = os.stat(tmp_path / "p.c").st_mtime_ns + shift
+    os.utime(tmp_path / "dep.txt", ns=(stamp, stamp))
+    local, remote, said = local_and_through_jailcc(
+        compiler, ["-c", "-Werror", "p.c"], {}, proxy_env, tmp_path
+    )
+    assert remote == local, said
+    assert (local[0] != 0) == newer, local
+
+
 def test_a_tree_the_server_holds_is_named_by_its_listing_not_sent(server, tmp_path):
     from jailcc import protocol as proto
     from jailcc.client import remote
