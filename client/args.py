@@ -82,7 +82,8 @@ unknown options, unknown or ambiguous --long   local   the server refuses them (
 -ansi -pedantic -trigraphs -w -pipe -pthread           (__OPTIMIZE__, __PIC__, _REENTRANT,
 -p -pg -fPIC -flto -fsanitize=*                        __STRICT_ANSI__, __SANITIZE_*__ ...)
 -frecord-gcc-switches -f*-prefix-map=                  (-finput-charset=: cc1 does not
--finput-charset= -fexec-charset= (iconv names)         convert the .i a second time)
+-finput-charset= -fexec-charset= (UTF-8 only:          convert the .i a second time)
+other charsets are local, images have no iconv)
 -Qunused-arguments -no-canonical-prefixes
 --param X --param=X -target X -arch X          both    separate arguments consumed
 -mllvm X; the spellings that the drivers       local   the value would go unchecked

@@ -142,7 +142,7 @@ CASES: list[tuple[str, dict[str, object] | str]] = [
             ]
         ),
     ),
-    ("-c -finput-charset=latin1 foo.c", remote(remote=["-finput-charset=latin1"])),
+    ("-c -finput-charset=utf-8 foo.c", remote(remote=["-finput-charset=utf-8"])),
     ("-c -fopt-info-vec foo.c", remote(remote=["-fopt-info-vec"])),
     ("-c -target x86_64-linux-gnu foo.c", remote(source="foo.c")),
     ("-c -mllvm -x86-asm-syntax=intel foo.c", local("-mllvm")),
@@ -187,7 +187,7 @@ CASES: list[tuple[str, dict[str, object] | str]] = [
     ("-c -stdlib=libc++ foo.cc", remote(cpp=["-stdlib=libc++"], remote=[])),
     ("-c -frobnicate -Wnew -mnew foo.c", remote(remote=["-frobnicate", "-Wnew", "-mnew"])),
     ("-c -Qunused-arguments foo.c", remote(remote=["-Qunused-arguments"])),
-    ("-c -fexec-charset=ISO-8859-1 foo.c", remote(remote=["-fexec-charset=ISO-8859-1"])),
+    ("-c -fexec-charset=UTF8 foo.c", remote(remote=["-fexec-charset=UTF8"])),
     # what stays local, and why
     ("-c --incl=x.h foo.c", local("unknown option --incl=x.h")),
     ("-c --incl x.h foo.c", local("unknown option --incl")),
@@ -207,6 +207,9 @@ CASES: list[tuple[str, dict[str, object] | str]] = [
     ("-c -fno-plugin foo.c", local("-fno-plugin")),
     ("-c -fno-integrated-as foo.c", local("external assembler")),
     ("-c -finput-charset=../x foo.c", local("-finput-charset")),
+    ("-c -finput-charset=latin1 foo.c", local("-finput-charset=latin1 (a conversion")),
+    ("-c -fexec-charset=ISO-8859-1 foo.c", local("iconv")),
+    ("-c -fwide-exec-charset=UTF-32LE foo.c", local("iconv")),
     ("-c -fbasic-block-sections=list.txt foo.c", local("list file")),
     ("-c -Xlinker @missing.rsp foo.c", local("-Xlinker")),
     ("-c -Qfoo foo.c", local("unknown option -Qfoo")),
