@@ -140,7 +140,13 @@ def finish(
         raise RemoteFailure(f"{host}: the compiler was killed by signal {result.signal}")
     if result.exit_code == 127 or result.stderr.startswith(b"jail: "):
         raise RemoteFailure(f"{host}: the compiler could not run: {result.stderr[:200]!r}")
-    if not headers_shipped and result.stderr and _names_unshipped_files(result.stderr, job.source):
+    if (
+        not headers_shipped
+        and result.stderr
+        and _names_unshipped_files(
+            result.stderr, job.source if _shippable_source(job, inv.cwd) else None
+        )
+    ):
         # A diagnostic in a header: locally it would quote the header's line, which the
         # server did not have. The local compile gives the exact text.
         raise RemoteFailure("diagnostics point into files the server did not have")
@@ -222,18 +228,20 @@ def _job_frame(
     return header, blobs
 
 
-def _names_unshipped_files(stderr: bytes, source: str) -> bool:
+def _names_unshipped_files(stderr: bytes, shipped: str | None) -> bool:
+    """Whether a diagnostic names a place in a file other than `shipped` (the one file the
+    server had, if any): locally its line would be quoted."""
     import re  # only when there are diagnostics: re costs milliseconds to import
 
-    # "file:line:col: " at the start of a diagnostic line (after gcc's colour codes, if any).
-    location = re.compile(rb"^(?:\x1b\[[0-9;]*m(?:\x1b\[K)?)*([^:\n\x1b]+):\d+:\d+: ", re.M)
-    shipped = os.fsencode(source)
-    return any(m.group(1) != shipped for m in location.finditer(stderr))
+    # "file:line:col: " or, with -fno-show-column, "file:line: " at the start of a diagnostic
+    # line (after gcc's colour codes, if any).
+    location = re.compile(rb"^(?:\x1b\[[0-9;]*m(?:\x1b\[K)?)*([^:\n\x1b]+):\d+(?::\d+)?: ", re.M)
+    name = None if shipped is None else os.fsencode(shipped)
+    return any(m.group(1) != name for m in location.finditer(stderr))
 
 
-def _source_for_diagnostics(job: RemoteJob, cwd: str) -> tuple[str, bytes] | None:
-    """The source file itself, at its place under the working directory, so that the
-    compiler's diagnostics quote its lines as a local compile's would."""
+def _shippable_source(job: RemoteJob, cwd: str) -> tuple[str, str] | None:
+    """(path, name under cwd) of the source when the server gets it for its diagnostics."""
     if job.preprocessed:
         return None
     path = os.path.normpath(os.path.join(cwd, job.source))
@@ -241,10 +249,20 @@ def _source_for_diagnostics(job: RemoteJob, cwd: str) -> tuple[str, bytes] | Non
     if rel.startswith("..") or os.path.isabs(rel):
         return None
     try:
-        if os.path.getsize(path) > MAX_EXTRA_SOURCE:
-            return None
-        with open(path, "rb") as f:
-            return rel, f.read()
+        return (path, rel) if os.path.getsize(path) <= MAX_EXTRA_SOURCE else None
+    except OSError:
+        return None
+
+
+def _source_for_diagnostics(job: RemoteJob, cwd: str) -> tuple[str, bytes] | None:
+    """The source file itself, at its place under the working directory, so that the
+    compiler's diagnostics quote its lines as a local compile's would."""
+    found = _shippable_source(job, cwd)
+    if found is None:
+        return None
+    try:
+        with open(found[0], "rb") as f:
+            return found[1], f.read()
     except OSError:
         return None
 

@@ -146,6 +146,27 @@ def test_diagnostics_and_status_are_those_of_a_local_compile(
 
 
 @pytest.mark.parametrize(
+    ("cwd", "args"),
+    [
+        ("obj", ["-Wall", "-c", "../src/warn.c", "-o", "x.o"]),  # a source the server lacks
+        ("obj", ["-Wall", "-c", "../src/bad.c", "-o", "x.o"]),
+        (".", ["-Wall", "-fno-show-column", "-c", "src/uses_header.c", "-o", "obj/x.o"]),
+    ],
+)
+def test_diagnostics_quote_lines_the_server_did_not_have(server, tmp_path, cwd, args):
+    """A diagnostic quotes its line when the compiler can read the file: where the server
+    lacked it (a source outside the working directory, a header), the local compile's text
+    is the one to give, also when the diagnostic names no column (-fno-show-column)."""
+    work = tree(tmp_path)
+    lres = run(["gcc-12", *args], work / cwd, env_for(None))
+    rres = run([JAILCC, "gcc-12", *args], work / cwd, env_for(server))
+    assert rres.returncode == lres.returncode
+    assert b"    |" in lres.stderr  # a quoted line
+    ours = b"".join(ln + b"\n" for ln in rres.stderr.splitlines() if not ln.startswith(b"jailcc:"))
+    assert ours == lres.stderr, rres.stderr
+
+
+@pytest.mark.parametrize(
     ("args", "reason"),
     [
         (["src/main.c", "-o", "prog"], "linking"),
