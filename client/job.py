@@ -104,6 +104,10 @@ def prepare(compiler: str, job: RemoteJob, inv: Invocation) -> Prepared:
         # With debug info, gcc's exact mode: preprocess directives only (every token keeps
         # its line and column); the server expands macros itself (see compiler_policy).
         exact_debug = debug_info_on(job.remote_args) and not clang
+        if exact_debug and _records_options(job):
+            raise RemoteFailure(
+                "the output records the compile's options, and gcc's exact -g mode adds one"
+            )
         extra = ["-fdirectives-only"] if exact_debug else []
         # gcc -E ignores a precompiled header that the compile would use (and the object
         # differs); -fpch-preprocess makes it say so with a pragma, and changes nothing else.
@@ -226,6 +230,17 @@ def _job_frame(
         "source": os.path.basename(job.source),
     }
     return header, blobs
+
+
+def _records_options(job: RemoteJob) -> bool:
+    """Whether the output lists the options cc1 ran with (beyond DW_AT_producer, which the
+    server mends): .GCC.command.line, or the assembly's comments."""
+    record = False
+    for word in job.remote_args:
+        if word in ("-frecord-gcc-switches", "-fno-record-gcc-switches"):
+            record = word == "-frecord-gcc-switches"
+    annotated = any(word in ("-fverbose-asm", "-dA") for word in job.remote_args)
+    return record or (job.assembly and annotated)
 
 
 def _names_unshipped_files(stderr: bytes, shipped: str | None) -> bool:

@@ -146,6 +146,27 @@ def test_diagnostics_and_status_are_those_of_a_local_compile(
 
 
 @pytest.mark.parametrize(
+    "flags",
+    [
+        ["-c", "-frecord-gcc-switches", "-o", "obj/x.o"],
+        ["-S", "-fverbose-asm", "-o", "obj/x.s"],
+        ["-S", "-dA", "-o", "obj/x.s"],
+    ],
+)
+def test_outputs_that_record_the_options_are_as_local(server, tmp_path, flags):
+    """gcc's exact -g mode preprocesses with -fdirectives-only and the server compiles with
+    it too; DW_AT_producer is mended, but .GCC.command.line and the assembly's comments list
+    every option cc1 ran with: those jobs compile here."""
+    work = tree(tmp_path)
+    args = ["-g", "-O2", "src/main.c", *flags]
+    assert run(["gcc-12", *args], work).returncode == 0
+    local = (work / flags[-1]).read_bytes()
+    rres = run([JAILCC, "gcc-12", *args], work, env_for(server))
+    assert rres.returncode == 0, rres.stderr
+    assert (work / flags[-1]).read_bytes() == local, where(rres.stderr)
+
+
+@pytest.mark.parametrize(
     ("cwd", "args"),
     [
         ("obj", ["-Wall", "-c", "../src/warn.c", "-o", "x.o"]),  # a source the server lacks
