@@ -131,6 +131,7 @@ strict xfail tests in tests/test_args.py):
 """
 
 import os
+import stat
 from collections import namedtuple
 
 from jailcc.options import BOTH, CPP, LOCAL, option_at
@@ -414,6 +415,13 @@ def _clang_precompiled(forced: list[str], cwd: str) -> str | None:
     return None
 
 
+def _regular_or_missing(path: str) -> bool:
+    try:
+        return stat.S_ISREG(os.stat(path).st_mode)
+    except OSError:
+        return True  # the compile's own error says it
+
+
 def same_file(cwd: str, a: str, b: str) -> bool:
     """Whether a and b name one file (through a symlink or a link, or spelled otherwise)."""
     try:
@@ -590,6 +598,9 @@ def analyse(
     if same_file(cwd, source, output):
         # gcc refuses it (clang overwrites its input): either way, what the compiler does.
         return Local("the output is the input file")
+    if not _regular_or_missing(os.path.join(cwd, source)):
+        # A FIFO or a device is read once, by whoever opens it first: the compiler, here.
+        return Local("the input is not a regular file")
 
     result_dep_file = None
     if dep or wp_dep:

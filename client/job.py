@@ -5,6 +5,8 @@ be trusted to equal a local compile's, so the caller compiles locally instead.""
 from __future__ import annotations
 
 import os
+import select
+import socket
 import sys
 from collections import namedtuple
 
@@ -13,7 +15,7 @@ from .args import RemoteJob, debug_info_on
 from .compiler import is_clang
 from .hosts import candidates
 from .remote import RemoteFailure, RemoteResult, connect, open_session, run_job
-from .spawn import run_capture
+from .spawn import ClientGone, run_capture
 
 TYPE_CHECKING = False  # typing costs milliseconds to import, on every compile; type checkers know
 if TYPE_CHECKING:
@@ -41,7 +43,7 @@ class Invocation:
     """Where and how one compile was asked for: this process's own (jailcc run directly), or a
     client's that the per-user proxy serves (its cwd, environment, stderr and umask)."""
 
-    __slots__ = ("cwd", "env", "stderr_tty", "through_proxy", "umask")
+    __slots__ = ("client", "cwd", "env", "stderr_tty", "umask")
 
     def __init__(
         self,
@@ -49,10 +51,36 @@ class Invocation:
         env: Mapping[str, str],
         stderr_tty: bool,
         umask: int,
-        through_proxy: bool = False,
+        client: socket.socket | None = None,
     ) -> None:
         self.cwd, self.env, self.stderr_tty, self.umask = cwd, env, stderr_tty, umask
-        self.through_proxy = through_proxy
+        self.client = client  # the proxy's connection to the jailcc that asked
+
+    @property
+    def through_proxy(self) -> bool:
+        return self.client is not None
+
+    def client_gone(self) -> bool:
+        """Whether the jailcc that asked the proxy has gone (killed, or make interrupted):
+        it sends nothing after its request, so its connection reads only at its end."""
+        if self.client is None:
+            return False
+        poller = select.poll()
+        poller.register(self.client.fileno(), select.POLLIN)
+        if not poller.poll(0):
+            return False  # (the socket's own recv would wait for its timeout)
+        try:
+            return self.client.recv(1, socket.MSG_PEEK | socket.MSG_DONTWAIT) == b""
+        except BlockingIOError:
+            return False
+        except OSError:
+            return True
+
+    def check_client(self) -> None:
+        """RemoteFailure, before anything is written, when nobody waits for the outputs: a
+        build interrupted meanwhile (make removed the target) must not find them later."""
+        if self.client_gone():
+            raise RemoteFailure("the jailcc that asked is gone: nothing written")
 
     @classmethod
     def here(cls) -> Invocation:
@@ -112,9 +140,12 @@ def prepare(compiler: str, job: RemoteJob, inv: Invocation) -> Prepared:
         # gcc -E ignores a precompiled header that the compile would use (and the object
         # differs); -fpch-preprocess makes it say so with a pragma, and changes nothing else.
         extra += [] if clang else ["-fpch-preprocess"]
-        code, source, cpp_stderr = run_capture(
-            [compiler, *job.preprocess_args, *extra, "-E", job.source], inv
-        )
+        try:
+            code, source, cpp_stderr = run_capture(
+                [compiler, *job.preprocess_args, *extra, "-E", job.source], inv
+            )
+        except ClientGone as exc:
+            raise RemoteFailure(str(exc)) from None
         if code != 0 or cpp_stderr:
             # Errors or warnings of the preprocessor: a local compile reports them exactly (a
             # separate -E run sees some differently, e.g. a #warning silenced by a pragma).
@@ -138,6 +169,7 @@ def finish(
     """Write back what a local compile would have written; RemoteFailure if the result cannot
     be trusted to equal a local compile's. `headers_shipped`: the compile had the headers (a
     tree job), so its diagnostics quote them as a local compile's would."""
+    inv.check_client()
     if result.limit:
         raise RemoteFailure(f"{host}: the job hit the server's {result.limit} limit")
     if result.exit_code is None:

@@ -32,6 +32,7 @@ from .hosts import Host, HostsError, config_stamp, configured, default_hosts
 from .job import Invocation, Outcome, finish, prepare
 from .pool import Pool
 from .remote import RemoteFailure
+from .spawn import kill_running
 from .trace import BUILD_GAP, Span, Spans
 from .tree import TREE_REFUSALS, TreeBuilder, TreeUnsupported
 
@@ -290,6 +291,7 @@ class Proxy:
         with contextlib.suppress(OSError):
             os.unlink(self.path)
         self.sock.close()
+        kill_running()  # preprocessors still running for clients: they would outlive us
         self.discovery.close()
         self.pool.close()
 
@@ -303,15 +305,15 @@ class Proxy:
                 magic, body = pw.read_request(conn)
                 handler = self._requests.get(magic)
                 if handler is not None:
-                    conn.sendall(handler(self, body))
+                    conn.sendall(handler(self, body, conn))
             except (OSError, ValueError) as exc:
                 log.debug("client connection failed: %s", exc)
             finally:
                 self.last_activity = time.monotonic()
 
-    def _job(self, body: bytes) -> bytes:
+    def _job(self, body: bytes, client: socket.socket) -> bytes:
         request = pw.decode_request(body)
-        inv = Invocation(request.cwd, request.env, request.stderr_tty, request.umask, True)
+        inv = Invocation(request.cwd, request.env, request.stderr_tty, request.umask, client)
         span = Span(time.time())
         user_args = split_invocation(request.argv)[1]
         span.source = source_of(user_args)  # until analysis says
@@ -432,14 +434,14 @@ class Proxy:
                 self.stats.remote += 1
                 self.stats.failed += int(answer.exit_code != 0)
 
-    def _status(self, _body: bytes) -> bytes:
+    def _status(self, _body: bytes, _client: socket.socket) -> bytes:
         return _reply(self.status())
 
-    def _stop_request(self, _body: bytes) -> bytes:
+    def _stop_request(self, _body: bytes, _client: socket.socket) -> bytes:
         self._stop.set()
         return pw.encode_reply()
 
-    def _trace(self, body: bytes) -> bytes:
+    def _trace(self, body: bytes, _client: socket.socket) -> bytes:
         """The last build's jobs: those since the last `gap` seconds (the request's JSON) in
         which no job ran."""
         gap = BUILD_GAP
@@ -452,7 +454,7 @@ class Proxy:
         with self.stats.lock:
             return min((span.start for span in self.running.values()), default=None)
 
-    def _mon(self, _body: bytes) -> bytes:
+    def _mon(self, _body: bytes, _client: socket.socket) -> bytes:
         return _reply(self.mon())
 
     def mon(self) -> dict[str, Any]:

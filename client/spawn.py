@@ -16,18 +16,7 @@ def run_capture(argv: list[str], inv: Invocation | None = None) -> tuple[int, by
     reports it, stdout, stderr). With `inv`, in its directory, environment and umask (the proxy
     runs a client's preprocessor); otherwise in this process's."""
     if inv is not None and (inv.cwd != os.getcwd() or inv.env is not os.environ):
-        import subprocess
-
-        proc = subprocess.run(
-            argv,
-            cwd=inv.cwd,
-            env=inv.env,
-            umask=inv.umask,
-            stdin=subprocess.DEVNULL,
-            capture_output=True,
-            close_fds=True,
-        )
-        return proc.returncode, proc.stdout, proc.stderr
+        return _run_for_client(argv, inv)
     out_r, out_w = os.pipe2(os.O_CLOEXEC)
     err_r, err_w = os.pipe2(os.O_CLOEXEC)
     null = os.open(os.devnull, os.O_RDONLY | os.O_CLOEXEC)
@@ -64,6 +53,62 @@ def run_capture(argv: list[str], inv: Invocation | None = None) -> tuple[int, by
         os.close(err_r)
     _, status = os.waitpid(pid, 0)
     return os.waitstatus_to_exitcode(status), b"".join(chunks[out_r]), b"".join(chunks[err_r])
+
+
+# The proxy's children that run for a client (its preprocessors), by process group: each
+# is killed when its client goes away, and all of them when the proxy stops.
+_RUNNING: set[int] = set()
+CLIENT_POLL = 0.5  # seconds between looks at the client's connection
+
+
+class ClientGone(Exception):
+    """The client a program ran for went away; the program was killed."""
+
+
+def _run_for_client(argv: list[str], inv: Invocation) -> tuple[int, bytes, bytes]:
+    """run_capture in the client's directory, environment and umask, in a process group of
+    its own (the compiler driver's children too), killed as soon as the client is gone: a
+    preprocessor blocked on a FIFO must not outlive the build that asked for it."""
+    import subprocess
+
+    proc = subprocess.Popen(
+        argv,
+        cwd=inv.cwd,
+        env=inv.env,
+        umask=inv.umask,
+        stdin=subprocess.DEVNULL,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        close_fds=True,
+        start_new_session=True,
+    )
+    _RUNNING.add(proc.pid)
+    try:
+        while True:
+            try:
+                out, err = proc.communicate(timeout=CLIENT_POLL)
+                return proc.returncode, out, err
+            except subprocess.TimeoutExpired:
+                if inv.client_gone():
+                    raise ClientGone(f"{argv[0]}: its client went away") from None
+    finally:
+        _RUNNING.discard(proc.pid)
+        if proc.returncode is None:
+            _kill_group(proc.pid)
+            proc.wait()
+
+
+def _kill_group(pgid: int) -> None:
+    try:  # noqa: SIM105 - contextlib costs milliseconds of a compile's start
+        os.killpg(pgid, 9)  # SIGKILL
+    except OSError:
+        pass  # (gone already)
+
+
+def kill_running() -> None:
+    """Kill every program still running for a client (the proxy is stopping)."""
+    for pgid in list(_RUNNING):
+        _kill_group(pgid)
 
 
 def shell_status(code: int) -> int:

@@ -229,6 +229,7 @@ class TreeBuilder:
     ) -> Outcome:
         """Check the answer and write back what a local compile would have written;
         RemoteFailure (compile locally) whenever it cannot be trusted to be that."""
+        inv.check_client()
         try:
             if result.exit_code != 0:
                 # Exact diagnostics even when the jail lacked a header: the local compile's.

@@ -135,6 +135,77 @@ def test_a_closed_pipe_ends_a_listing_quietly(tmp_path):
         assert done.returncode in (0, 141), (args, done.returncode)
 
 
+def test_a_source_that_is_a_fifo_is_read_once_by_the_compiler(server, tmp_path):
+    """A FIFO is read by whoever opens it first: the compiler, here, as locally."""
+    env = proxy_env(server)
+    os.mkfifo(tmp_path / "f.c")
+
+    def feed() -> None:
+        with open(tmp_path / "f.c", "w") as fifo:
+            fifo.write("int x = 42;\n")
+
+    try:
+        made = []
+        for command in (["gcc-12"], [JAILCC, "gcc-12"]):
+            writer = threading.Thread(target=feed, daemon=True)
+            writer.start()
+            done = subprocess.run(
+                [*command, "-c", "f.c", "-o", "f.o"],
+                cwd=tmp_path,
+                env=env,
+                capture_output=True,
+                timeout=60,
+            )
+            writer.join(timeout=10)
+            assert done.returncode == 0, done.stderr
+            made.append((tmp_path / "f.o").read_bytes())
+            (tmp_path / "f.o").unlink()
+        assert made[0] == made[1]
+        assert b"local (the input is not a regular file)" in done.stderr
+    finally:
+        stop_proxy(env)
+
+
+def _proxy_children(env: dict[str, str]) -> list[psutil.Process]:
+    return [c for proxy in proxies(env) for c in proxy.children(recursive=True)]
+
+
+@pytest.mark.parametrize("ship", ["preprocessed", "sources"])
+def test_what_runs_for_a_jailcc_that_is_killed_dies_with_it(ship, server, tmp_path):
+    """A compile whose jailcc is killed (make interrupted): the proxy's preprocessor stops
+    (one blocked on a FIFO header nobody writes would have run for ever), and a remote
+    result that comes back later is not written (make removed the target; a later build
+    would take a late object for up to date)."""
+    env = proxy_env(server, JAILCC_SHIP=ship)
+    os.mkfifo(tmp_path / "ff.h")
+    (tmp_path / "g.c").write_text('#include "ff.h"\nint y;\n')
+    # About two seconds of cc1 at -O2, on the server.
+    slow = "".join(
+        f"int f{i}(int a) {{ int s = 0; for (int j = 0; j < a; j++) s += j * {i} ^ (s >> 3);"
+        " return s; }\n"
+        for i in range(1500)
+    )
+    (tmp_path / "slow.c").write_text(slow)
+    jailcc(["proxy", "start"], tmp_path, env)
+    try:
+        for source in ("g.c", "slow.c"):
+            client = subprocess.Popen(
+                [JAILCC, "gcc-12", "-O2", "-c", source, "-o", "out.o"], cwd=tmp_path, env=env
+            )
+            time.sleep(0.7)  # the preprocessor is blocked, or the compile runs remotely
+            client.kill()
+            client.wait()
+            deadline = time.monotonic() + 10
+            while _proxy_children(env):
+                assert time.monotonic() < deadline, _proxy_children(env)
+                time.sleep(0.1)
+        time.sleep(5)  # the slow compile's result came back meanwhile
+        assert not (tmp_path / "out.o").exists()
+        jailcc(["proxy", "stop"], tmp_path, env)
+    finally:
+        stop_proxy(env)
+
+
 def test_another_user_can_use_neither_the_proxy_nor_its_tickets(server, tmp_path):
     env = proxy_env(server)
     assert jailcc(["proxy", "start"], tmp_path, env).returncode == 0
