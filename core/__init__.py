@@ -31,6 +31,7 @@ SELFTEST_PROBES = (
     "host_processes",
     "uid0_caps",
     "setuid_binaries",
+    "exec_writable",
     "new_userns",
     "mount",
     "chroot_escape",

@@ -231,7 +231,7 @@ class Jail:
         self.limits = limits
         self._cgroups: dict[str, str] = dict(info["cgroups"])
         self._channel = channel
-        self._workdir: str | None = None
+        self._workdir: tuple[str, bool] | None = None  # (path, executable)
         self.store_error: str | None = info.get("store_error")
         self._closed = False
         self._broken = False
@@ -256,7 +256,7 @@ class Jail:
         limits = limits or RunLimits()
         limits.validate()
         inputs = dict(inputs or {})
-        self.enter_workdir(cwd)
+        self.enter_workdir(cwd, executable=bool(executables))
         before = self._counters()
         request = {
             "op": "run",
@@ -294,15 +294,17 @@ class Jail:
             self._broken = True
             raise JailBroken(f"the jail sent a malformed result: {exc}") from None
 
-    def enter_workdir(self, cwd: str) -> None:
+    def enter_workdir(self, cwd: str, executable: bool = False) -> None:
         """Give the jail a fresh, empty work dir at cwd (the launcher mounts it) unless the last
-        job used the same path: the init wipes it after every job."""
+        job used the same one: the init wipes it after every job. Nothing in it can be
+        executed unless `executable`."""
         self._check_usable()
-        if cwd == self._workdir:
+        if (cwd, executable) == self._workdir:
             return
         previous, self._workdir = self._workdir, None
         try:
-            self._sandbox._request({"op": "workdir", "jail": self.id, "path": cwd})
+            request = {"op": "workdir", "jail": self.id, "path": cwd, "executable": executable}
+            self._sandbox._request(request)
         except WorkdirRefused:
             self._workdir = previous
             raise
@@ -310,7 +312,7 @@ class Jail:
             # After a previous job, a failed switch may leave its files in reach.
             self._broken = self._broken or previous is not None
             raise
-        self._workdir = cwd
+        self._workdir = (cwd, executable)
 
     def serve_connection(
         self,

@@ -366,10 +366,11 @@ class Launcher:
             rootfs.validate_workdir(path, jail.image_top)
         except rootfs.WorkdirError as exc:  # nothing touched: the jail goes on as it was
             return {"ok": False, "error": f"workdir: {exc}", "untouched": True}
+        executable = message.get("executable") is True
         sc.setns(jail.pidfd, sc.CLONE_NEWNS)
         try:
             previous, jail.workdir = jail.workdir, None
-            rootfs.prepare_workdir(path, previous, jail.uid, jail.limits, jail.weaken)
+            rootfs.prepare_workdir(path, previous, jail.uid, jail.limits, jail.weaken, executable)
         finally:
             sc.setns(self.own_mntns, sc.CLONE_NEWNS)
             os.chdir("/")

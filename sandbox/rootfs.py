@@ -142,7 +142,7 @@ def build(
         "jailcc-tmp",
         root + "/tmp",
         "tmpfs",
-        secure,
+        secure | _noexec(weaken),
         f"{tmp_size}nr_inodes={limits.tmp_inodes},mode=0700,uid={uid},gid={uid}",
     )
 
@@ -246,7 +246,8 @@ def validate_workdir(path: str, image_entries: frozenset[str] = frozenset()) -> 
     parts = path.split("/")[1:]
     if not parts or parts == [""] or any(p in ("", ".", "..") for p in parts):
         raise WorkdirError(f"the working directory {path!r} is not a normalized path below /")
-    if parts[0] in ("proc", "dev"):
+    if parts[0] in ("proc", "dev", "etc"):
+        # (/etc: the programs' loader would read a job's ld.so.preload and ld.so.cache)
         raise WorkdirError(f"the working directory {path!r} cannot lie in /{parts[0]}")
     if parts[0] in image_entries or "/" + parts[0] == SPAWN_HELPER:
         raise WorkdirError(
@@ -254,11 +255,23 @@ def validate_workdir(path: str, image_entries: frozenset[str] = frozenset()) -> 
         )
 
 
+def _noexec(weaken: frozenset[str]) -> int:
+    """What the jail writes it cannot map executable: a job's own code (a library its
+    compiler's loader is led to, a binary) never runs; only the image's does."""
+    return 0 if "exec_mounts" in weaken else sc.MS_NOEXEC
+
+
 def prepare_workdir(
-    path: str, previous: str | None, uid: int, limits: JailLimits, weaken: frozenset[str]
+    path: str,
+    previous: str | None,
+    uid: int,
+    limits: JailLimits,
+    weaken: frozenset[str],
+    executable: bool = False,
 ) -> None:
     """Mount a fresh work tmpfs at path inside the jail. Runs in the launcher after setns()
-    into the jail's mount namespace, whose root is OUTER.
+    into the jail's mount namespace, whose root is OUTER. Its files cannot be executed or
+    mapped executable unless `executable` (the selftest's probes run from it).
 
     Every directory on the way is opened without following symlinks, relative to its parent,
     and the mount is made on the final descriptor, so a jailed process that controls part of
@@ -293,7 +306,7 @@ def prepare_workdir(
                 "jailcc-work",
                 ".",
                 "tmpfs",
-                secure,
+                secure | (0 if executable else _noexec(weaken)),
                 f"{size}nr_inodes={limits.work_inodes},mode=0700,uid={uid},gid={uid}",
             )
         finally:

@@ -17,6 +17,7 @@ WEAKENINGS = frozenset(
         "writable_image",  # skip the read-only remount of the image binds
         "writable_root",  # leave the jail's root tmpfs writable and owned by the jail uid
         "suid_mounts",  # leave nosuid off the jail's mounts
+        "exec_mounts",  # leave noexec off the jail's writable mounts (/tmp, work dirs)
         "rw_proc_sys",  # skip the read-only bind over /proc/sys
         "no_chroot_nesting",  # pivot_root only: the kernel then allows new user namespaces
         "dumpable_init",  # leave the jail's init ptrace-able by the jail uid

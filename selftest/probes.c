@@ -251,6 +251,33 @@ static int probe_setuid_binaries(int argc, char **argv) {
     return finish("all mounts nosuid");
 }
 
+/* exec_writable: nothing a job writes in /tmp can be executed or mapped executable (no library
+ * a compiler's loader is led to, no binary of its own); a compile's work dir is mounted the
+ * same way (the probe's own is not: it runs from there). */
+static int probe_exec_writable(int argc, char **argv) {
+    (void)argc; (void)argv;
+    int in = open("/proc/self/exe", O_RDONLY);
+    int out = open("/tmp/probe-exec", O_WRONLY | O_CREAT | O_TRUNC, 0700);
+    char buf[65536];
+    ssize_t n;
+    while (in >= 0 && out >= 0 && (n = read(in, buf, sizeof buf)) > 0)
+        if (write(out, buf, (size_t)n) != n) break;
+    if (in >= 0) close(in);
+    if (out < 0) return finish("cannot write /tmp");
+    close(out);
+    int fd = open("/tmp/probe-exec", O_RDONLY);
+    void *code = fd >= 0 ? mmap(NULL, 4096, PROT_READ | PROT_EXEC, MAP_PRIVATE, fd, 0) : MAP_FAILED;
+    if (code != MAP_FAILED) { escaped("mapped a file written to /tmp executable"); munmap(code, 4096); }
+    if (fd >= 0) close(fd);
+    pid_t pid = fork();
+    if (pid == 0) { execl("/tmp/probe-exec", "probe", NULL); _exit(126); }
+    int st = 0;
+    waitpid(pid, &st, 0);
+    if (!WIFEXITED(st) || WEXITSTATUS(st) != 126) escaped("executed a file written to /tmp");
+    unlink("/tmp/probe-exec");
+    return finish("/tmp is noexec");
+}
+
 /* new_userns: a new user namespace would hand us every capability inside it. */
 static int probe_new_userns(int argc, char **argv) {
     (void)argc; (void)argv;
@@ -666,7 +693,8 @@ static const struct probe probes[] = {
     {"read_host_file", probe_read_host_file}, {"write_image", probe_write_image},
     {"write_outside_workdir", probe_write_outside_workdir}, {"network", probe_network},
     {"host_processes", probe_host_processes}, {"uid0_caps", probe_uid0_caps},
-    {"setuid_binaries", probe_setuid_binaries}, {"new_userns", probe_new_userns},
+    {"setuid_binaries", probe_setuid_binaries}, {"exec_writable", probe_exec_writable},
+    {"new_userns", probe_new_userns},
     {"mount", probe_mount}, {"chroot_escape", probe_chroot_escape}, {"ptrace", probe_ptrace},
     {"devices", probe_devices}, {"keyctl", probe_keyctl}, {"proc_sys_write", probe_proc_sys_write},
     {"memory", probe_memory}, {"fork_bomb", probe_fork_bomb}, {"fill_disk", probe_fill_disk},

@@ -277,6 +277,7 @@ def _probe_table(r: _Runner) -> list[tuple[str, Callable[[], tuple[bool, str]]]]
         ("host_processes", lambda: r.simple("host_processes", str(os.getpid()))),
         ("uid0_caps", lambda: r.simple("uid0_caps")),
         ("setuid_binaries", lambda: r.simple("setuid_binaries")),
+        ("exec_writable", lambda: r.simple("exec_writable")),
         ("new_userns", lambda: r.simple("new_userns")),
         ("mount", lambda: r.simple("mount")),
         ("chroot_escape", lambda: r.simple("chroot_escape", b.planted)),

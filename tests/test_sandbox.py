@@ -126,6 +126,32 @@ def test_several_runs_share_a_jail_and_start_clean(sandbox, probe_binary: bytes)
         assert third.exit_code == 0 and b"12.2" in third.stdout
 
 
+LOADER = "/usr/lib/x86_64-linux-gnu/ld-linux-x86-64.so.2"
+
+
+def test_what_a_job_writes_never_runs(sandbox, probe_binary: bytes) -> None:
+    """A job's work dir and /tmp are noexec: the image's loader cannot map code from them (a
+    compile's own loader led by an ld.so.preload or ld.so.cache of the job's); only the
+    selftest, which ships its probes as executables, gets a work dir they run from. And no
+    work dir lies in /etc, where the loader looks."""
+    library = Path("/usr/lib/x86_64-linux-gnu/libm.so.6").read_bytes()  # any shared object
+    preloading = [LOADER, "--preload", "/w/lib.so", "/usr/bin/gcc-12", "--version"]
+    refused = b"cannot be preloaded (failed to map segment from shared object)"
+    with sandbox.create_jail("gcc-12") as jail:
+        loaded = jail.run(preloading, cwd="/w", inputs={"lib.so": library})
+        assert loaded.exit_code == 0 and refused in loaded.stderr, loaded
+        ran = jail.run(preloading, cwd="/w", inputs={"lib.so": library}, executables=["lib.so"])
+        assert ran.exit_code == 0 and b"preloaded" not in ran.stderr, ran  # (the test can fail)
+        # And back: the next job without executables gets a noexec work dir again.
+        again = jail.run(preloading, cwd="/w", inputs={"lib.so": library})
+        assert refused in again.stderr, again
+        assert run_probe(jail, probe_binary, "exec_writable").stdout.startswith(b"PASS")
+        for where in ("/etc", "/etc/x"):
+            with pytest.raises(SandboxError, match="cannot lie in /etc"):
+                jail.run(["/usr/bin/gcc-12", "--version"], cwd=where)
+        assert jail.run(["/usr/bin/gcc-12", "--version"], cwd="/w").exit_code == 0
+
+
 def test_outputs_that_are_not_regular_files_are_not_returned(sandbox, probe_binary) -> None:
     with sandbox.create_jail("gcc-12") as jail:
         # /w/probe makes nothing called out.o; ask for the input itself through a symlink.

@@ -23,6 +23,7 @@ WEAKENED = {
     "host_processes": {"no_pidns"},
     "uid0_caps": {"root_uid"},
     "setuid_binaries": {"suid_mounts"},
+    "exec_writable": {"exec_mounts"},
     "new_userns": {"no_chroot_nesting", "no_seccomp"},
     "mount": {"root_uid", "no_seccomp"},
     "chroot_escape": {"root_uid", "no_seccomp"},
