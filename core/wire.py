@@ -63,17 +63,29 @@ def recv_start(
     return first
 
 
+RECV_AHEAD = 1 << 20  # the most memory taken for bytes a peer has declared but not sent
+
+
 def recv_exact(sock: socket.socket, size: int, error: type[Exception] = WireError) -> bytes:
-    """Exactly size bytes from sock, or `error` if the peer closes first."""
-    buf = bytearray(size)
-    view = memoryview(buf)
+    """Exactly size bytes from sock, or `error` if the peer closes first. Memory is taken as
+    the bytes come (a part at a time, each at most RECV_AHEAD or as large as what came
+    before it), not for the size declared: a peer that declares a large frame and sends
+    nothing holds a megabyte, not the frame's limit."""
+    parts: list[bytearray] = []
     got = 0
     while got < size:
-        n = sock.recv_into(view[got:], size - got)
-        if n == 0:
-            raise error(f"channel closed after {got} of {size} bytes")
-        got += n
-    return bytes(buf)
+        want = min(size - got, max(RECV_AHEAD, got))
+        part = bytearray(want)
+        view = memoryview(part)
+        filled = 0
+        while filled < want:
+            n = sock.recv_into(view[filled:], want - filled)
+            if n == 0:
+                raise error(f"channel closed after {got + filled} of {size} bytes")
+            filled += n
+        parts.append(part)
+        got += want
+    return b"".join(parts)
 
 
 def json_object(raw: bytes, error: type[Exception] = WireError) -> dict[str, Any]:

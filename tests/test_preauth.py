@@ -10,6 +10,7 @@ import signal
 import socket
 import struct
 import subprocess
+import threading
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -289,3 +290,33 @@ def test_tcp_peers_are_counted_by_address_and_ipv6_by_64(address, key):
 
     with socket.socket(socket.AF_INET6) as sock:
         assert peer_key(sock, (address, 1234, 0, 0)) == key
+
+
+def test_a_frame_declared_but_not_sent_takes_no_memory() -> None:
+    """A peer declares a 128 MiB frame and sends ten bytes: the reader takes memory as bytes
+    come (at most a megabyte ahead), not the declared size, so a few hundred such peers do
+    not exhaust the host (each took 129 MiB before, zero-filled)."""
+    import tracemalloc
+
+    from jailcc import wire
+
+    ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM)
+    with ours, theirs:
+        theirs.sendall(b"x" * 10)
+        theirs.shutdown(socket.SHUT_WR)
+        tracemalloc.start()
+        try:
+            with pytest.raises(wire.WireError, match="after 10 of"):
+                wire.recv_exact(ours, 128 << 20)
+            peak = tracemalloc.get_traced_memory()[1]
+        finally:
+            tracemalloc.stop()
+    assert peak < 4 << 20, peak
+    # Whole frames still come back whole, across parts.
+    ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM)
+    data = os.urandom(3 << 20) + b"end"
+    with ours, theirs:
+        sender = threading.Thread(target=theirs.sendall, args=(data,))
+        sender.start()
+        assert wire.recv_exact(ours, len(data)) == data
+        sender.join()
