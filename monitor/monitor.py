@@ -404,7 +404,9 @@ class _Relay:
         what = question.get("what")
         conn = self.conn
         if what == "start" and not conn.holding:
-            reply = self._ask({"what": "start", "source": question.get("source")})
+            # The service answers when a slot is free: a job may wait in its queue as long as
+            # the jobs before it run (each bounded by the job timeout).
+            reply = self._ask({"what": "start", "source": question.get("source")}, queued=True)
             if reply.get("ok") is not True:
                 return {"ok": False, "error": str(reply.get("error"))[:300], "code": "busy"}
             conn.holding = True
@@ -435,9 +437,9 @@ class _Relay:
             return {}
         raise SandboxError(f"the jail asked out of turn: {str(what)[:20]}")
 
-    def _ask(self, question: dict[str, Any]) -> dict[str, Any]:
+    def _ask(self, question: dict[str, Any], queued: bool = False) -> dict[str, Any]:
         channel = self.conn.channel
-        channel.settimeout(ANSWER_TIMEOUT)
+        channel.settimeout(None if queued else ANSWER_TIMEOUT)
         try:
             wire.send_message(channel, {"ask": question, "jail": self.jail.id})
             reply, _ = wire.recv_message(channel, 0)

@@ -346,3 +346,35 @@ def test_a_uid_that_cannot_load_jailcc_is_one_clear_error(monkeypatch: pytest.Mo
     uid = unprivileged.SERVICE_UID_FALLBACK
     with pytest.raises(unprivileged.StartError, match=f"as uid {uid} .*must be able to read"):
         unprivileged.start_unprivileged("jailcc.server.netservice", [], uid, uid)
+
+
+def test_a_job_waits_in_the_services_queue_as_long_as_it_takes(monkeypatch) -> None:
+    """The service answers a jail's "start" when a slot is free, which may take longer than
+    any answer the monitor waits for otherwise (a job behind two long compiles): the
+    connection stays; other questions still time out."""
+    from jailcc.monitor import monitor as monitor_module
+
+    monkeypatch.setattr(monitor_module, "ANSWER_TIMEOUT", 0.3)
+    ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM)
+    conn = SimpleNamespace(channel=theirs, holding=False, before=None)
+    counters = {"cpu_ns": 0}
+    jail = SimpleNamespace(
+        id=7, usable=True, enter_workdir=lambda cwd: None, job_counters=lambda: counters
+    )
+    relay = monitor_module._Relay(conn, jail)  # type: ignore[arg-type]
+
+    def service() -> None:
+        question, _ = wire.recv_message(ours, 0)
+        assert question["ask"]["what"] == "start"
+        time.sleep(1.0)  # the slot frees later than ANSWER_TIMEOUT
+        wire.send_message(ours, {"ok": True})
+
+    answering = threading.Thread(target=service, daemon=True)
+    answering.start()
+    with ours, theirs:
+        assert relay.answer({"what": "start", "cwd": "/w"}) == {"ok": True}
+        answering.join(5)
+        started = time.monotonic()
+        with pytest.raises(SandboxError, match="did not answer"):
+            relay.answer({"what": "done", "status": "exit:0"})  # nobody answers this one
+        assert time.monotonic() - started < 5
