@@ -93,6 +93,7 @@ def serve(init: JailInit, conn: socket.socket, params: dict[str, Any], token: by
     max_input = int(params["max_input_bytes"])
     store = _store(init, params)
     base: tuple[str, list[Any]] | None = None  # (root, tree) of the last tree job answered
+    init.client_fd = conn.fileno()  # a job stops when its client hangs up
     try:
         conn.settimeout(SEND_TIMEOUT)
         channel.send(proto.READY, params["hello"])
@@ -153,6 +154,8 @@ def serve(init: JailInit, conn: socket.socket, params: dict[str, Any], token: by
         return f"protocol error: {exc}"
     except OSError as exc:
         return f"connection: {exc}"
+    finally:
+        init.client_fd = None
 
 
 def _channel(conn: socket.socket, params: dict[str, Any], token: bytes) -> proto.Channel:

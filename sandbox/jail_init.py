@@ -85,6 +85,9 @@ class JailInit:
         # Its user's blob store, a directory on no path (launcher.py _give_store), for the
         # connection handlers: given once, kept for the jail's life, never passed to a job.
         self.store: int | None = None
+        # The connection a handler serves (jobs/session.py sets it): its client hanging up
+        # mid-job ends the job, which nobody waits for any more.
+        self.client_fd: int | None = None
         if os.geteuid() == 0 and "root_uid" not in weaken:
             # Its sweep and wipes assume a jail: never let it loose on the host.
             raise RuntimeError("the jail init must run inside a jail, unprivileged")
@@ -315,6 +318,8 @@ class JailInit:
         poller = select.poll()
         for fd in (out_r, err_r, pidfd, self.sock.fileno()):
             poller.register(fd, select.POLLIN)
+        if self.client_fd is not None:
+            poller.register(self.client_fd, select.POLLRDHUP)  # (data from it waits its turn)
         deadline = None if "no_wall_clock" in self.weaken else started + limits.wall_seconds
         limit: str | None = None
         open_pipes = {out_r, err_r}
@@ -336,6 +341,9 @@ class JailInit:
                         # The server hung up (or spoke out of turn) mid-job: stop everything.
                         os.kill(pid, signal.SIGKILL)
                         os._exit(1)
+                    elif fd == self.client_fd:
+                        limit = "hung-up"  # the client went: its slot goes to others now
+                        break
                     else:
                         data = os.read(fd, 65536)
                         if not data:

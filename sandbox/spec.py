@@ -112,7 +112,7 @@ class ResourceUsage:
 
 
 # The limit names a RunResult can carry, so callers can tell a limit from a compile error.
-LIMIT_REASONS = ("memory", "pids", "cpu", "wall", "output", "file-size")
+LIMIT_REASONS = ("memory", "pids", "cpu", "wall", "output", "file-size", "hung-up")
 
 
 @dataclass

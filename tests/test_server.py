@@ -89,6 +89,27 @@ def test_jobs_over_one_connection_give_byte_identical_objects(server, identity, 
     assert "status=exit:0" in server.log_text()
 
 
+def test_a_job_whose_client_hangs_up_stops_and_frees_its_slot(server, identity, tmp_path):
+    """make interrupted mid-compile: the client's connection closes while its job runs; the
+    jail stops the compile at once (it held a slot for up to the job timeout)."""
+    slow = "".join(
+        f"int f{i}(int a) {{ int s = 0; for (int j = 0; j < a; j++) s += j * {i} ^ (s >> 3);"
+        " return s; }\n"
+        for i in range(4000)
+    )
+    pre = preprocess(tmp_path, slow.encode(), "slow.c")
+    with server.connect() as sock:
+        hello(sock)
+        proto.send(sock, proto.JOB, job(identity, tmp_path, source="slow.c"), [pre], [True])
+        time.sleep(1.0)  # cc1 runs (it takes several seconds)
+    hung_up = time.monotonic()
+    deadline = hung_up + 30
+    while "source=slow.c status=limit:hung-up" not in server.log_text():
+        assert time.monotonic() < deadline, server.log_text()[-2000:]
+        time.sleep(0.1)
+    assert time.monotonic() - hung_up < 3.0, "the compile ran on after its client left"
+
+
 def test_compile_errors_come_back_with_diagnostics(server, identity, tmp_path):
     pre = preprocess(tmp_path, b"int f(void) { return x; }\n")
     with server.connect() as sock:
