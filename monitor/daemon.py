@@ -254,6 +254,14 @@ def build_parser() -> argparse.ArgumentParser:
         " IPv4 address or an IPv6 /64 on TCP; past it the peer is refused as busy (default 16)",
     )
     p.add_argument(
+        "--max-connections-per-user",
+        type=int,
+        default=0,
+        metavar="N",
+        help="connections (each with its jail) one user may hold at once; past it the user"
+        " is refused as busy (default: a quarter of --max-connections, 8 at least)",
+    )
+    p.add_argument(
         "--handshake-timeout",
         type=float,
         default=10.0,
@@ -425,6 +433,7 @@ def run(args: argparse.Namespace) -> int:
             "frame_timeout": args.frame_timeout,
             "max_unauthenticated": args.max_unauthenticated,
             "max_unauthenticated_per_peer": args.max_unauthenticated_per_peer,
+            "max_connections_per_user": args.max_connections_per_user,
             "peer_log_lines": args.log_peer_lines,
             "status_show_sources": args.status_show_sources,
         },
@@ -640,7 +649,7 @@ def check(args: argparse.Namespace) -> Checked:
     if (
         min(args.jobs, args.max_connections, args.max_unauthenticated_per_peer) < 1
         or min(args.job_timeout, args.handshake_timeout, args.frame_timeout) <= 0
-        or args.max_unauthenticated < 0
+        or min(args.max_unauthenticated, args.max_connections_per_user) < 0
         or args.log_peer_lines < 1
     ):
         raise ValueError(

@@ -64,6 +64,7 @@ class ServiceConfig:
     frame_timeout: float = 5.0  # from a frame's first byte to its last
     max_unauthenticated: int = 0  # 0: half of max_connections
     max_unauthenticated_per_peer: int = 16
+    max_connections_per_user: int = 0  # 0: a quarter of max_connections, 8 at least
     peer_log_lines: int = 20  # a minute, about one unauthenticated peer
     # Whose running jobs a status request shows with their source names: "own" or "all".
     status_show_sources: str = "own"
@@ -126,6 +127,7 @@ class JobService:
             config.max_connections,
             config.max_unauthenticated or max(1, config.max_connections // 2),
             config.max_unauthenticated_per_peer,
+            config.max_connections_per_user or max(8, config.max_connections // 4),
         )
         self.peer_log = PeerLog(config.peer_log_lines)
         self.workers = _Workers()
@@ -256,10 +258,23 @@ class JobService:
                 assert channel is not None
                 channel.send(proto.STATUS, self.status(_user_name(peer)))
                 return
+            name = _user_name(peer)
+            refused = self.caps.take_user(name)
+            if refused is not None:
+                # One user's connections (and their jails) are a share of the server's. On
+                # Kerberos only the jail could seal an ERROR: the connection just closes.
+                self.metrics.refusal("busy", by_caps=True)
+                self.peer_log.log(name, logging.WARNING, "refused %s: busy: %s", name, refused)
+                if channel is not None:
+                    channel.send(proto.ERROR, {"code": "busy", "message": refused})
+                return
             hello = self._greeting(offer)
             if channel is not None:  # unsealed: on Kerberos the jail's READY is the hello
                 channel.send(proto.HELLO, {**hello, "auth": auth})
-            self._hand_over(conn, link, offer, hello, str(peer), _user_name(peer))
+            try:
+                self._hand_over(conn, link, offer, hello, str(peer), name)
+            finally:
+                self.caps.release_user(name)
         except Refused:
             pass  # told the peer and logged by _handshake
         except proto.ProtocolError as exc:
@@ -713,6 +728,10 @@ def _printable(value: Any, limit: int) -> str:
     return shown + "..." if len(text) > limit else shown
 
 
+def _is_local(peer: str) -> bool:
+    return peer.startswith("uid ")  # (peer_key's name for a Unix socket's peer)
+
+
 def peer_key(conn: socket.socket, addr: Any) -> str:
     """Who a connection counts against for the caps and log limits before authentication: a
     uid on the Unix socket; on TCP an IPv4 address, or an IPv6 /64 (one host or site usually
@@ -729,30 +748,51 @@ def peer_key(conn: socket.socket, addr: Any) -> str:
 
 class ConnectionCaps:
     """Who may hold one of the server's connections: at most `total` at once; of those at
-    most `unauthenticated` whose peer has not authenticated yet, and at most `per_peer` of
-    those from any one peer. So peers that never authenticate (or may not compile) cannot take
-    more than their share: the rest of `total` is kept for authenticated connections."""
+    most `unauthenticated` from network peers that have not authenticated yet, and at most
+    `per_peer` of those from any one peer (a uid on the Unix socket, whose connections the
+    network's cannot crowd out: the kernel names it); at most `per_user` handed to one user's
+    jails. So peers that never authenticate (or may not compile) cannot take more than their
+    share, nor can one user take every connection and jail from the others."""
 
-    def __init__(self, total: int, unauthenticated: int, per_peer: int) -> None:
+    def __init__(self, total: int, unauthenticated: int, per_peer: int, per_user: int) -> None:
         self.total, self.unauthenticated, self.per_peer = total, unauthenticated, per_peer
+        self.per_user = per_user
         self.lock = threading.Lock()
         self.open = 0
-        self.waiting = 0  # connections not authenticated yet
+        self.waiting = 0  # network connections not authenticated yet
         self.waiting_by_peer: dict[str, int] = {}
+        self.by_user: dict[str, int] = {}
 
     def admit(self, peer: str) -> str | None:
         """Count a new connection from peer as unauthenticated; or why it may not open."""
         with self.lock:
             if self.open >= self.total:
                 return "too many connections"
-            if self.waiting >= self.unauthenticated:
+            local = _is_local(peer)
+            if not local and self.waiting >= self.unauthenticated:
                 return "too many connections waiting to authenticate"
             if self.waiting_by_peer.get(peer, 0) >= self.per_peer:
                 return f"too many connections from {peer} waiting to authenticate"
             self.open += 1
-            self.waiting += 1
+            self.waiting += not local
             self.waiting_by_peer[peer] = self.waiting_by_peer.get(peer, 0) + 1
             return None
+
+    def take_user(self, user: str) -> str | None:
+        """Count a connection about to be handed to user's jail; or why it may not be."""
+        with self.lock:
+            if self.by_user.get(user, 0) >= self.per_user:
+                return f"{self.per_user} connections of {user} are open already"
+            self.by_user[user] = self.by_user.get(user, 0) + 1
+            return None
+
+    def release_user(self, user: str) -> None:
+        with self.lock:
+            left = self.by_user[user] - 1
+            if left:
+                self.by_user[user] = left
+            else:
+                del self.by_user[user]
 
     def authenticated(self, peer: str) -> None:
         with self.lock:
@@ -765,7 +805,7 @@ class ConnectionCaps:
                 self._stop_waiting(peer)
 
     def _stop_waiting(self, peer: str) -> None:
-        self.waiting -= 1
+        self.waiting -= not _is_local(peer)
         left = self.waiting_by_peer[peer] - 1
         if left:
             self.waiting_by_peer[peer] = left

@@ -258,7 +258,7 @@ def test_a_blob_table_of_the_wrong_type_is_a_protocol_error(table):
 def test_connection_caps_keep_a_share_for_authenticated_peers():
     from jailcc.server.service import ConnectionCaps
 
-    caps = ConnectionCaps(total=8, unauthenticated=4, per_peer=2)
+    caps = ConnectionCaps(total=8, unauthenticated=4, per_peer=2, per_user=8)
     assert caps.admit("a") is None and caps.admit("a") is None
     assert "from a" in str(caps.admit("a"))  # a third from one peer
     assert caps.admit("b") is None and caps.admit("c") is None
@@ -274,6 +274,69 @@ def test_connection_caps_keep_a_share_for_authenticated_peers():
     caps.close("b", authenticated=True)
     assert caps.admit("h") is None
     assert caps.waiting_by_peer == {"a": 1, "e": 1, "f": 1, "h": 1}
+
+
+def test_network_peers_cannot_crowd_out_local_users_nor_one_user_the_others():
+    """Peers from the network that never authenticate fill their pool, not the Unix socket's:
+    a local user, whom the kernel names, still connects (within its own per-uid cap). And one
+    user holds at most per_user connections (each a jail), so it cannot take them all."""
+    from jailcc.server.service import ConnectionCaps
+
+    caps = ConnectionCaps(total=16, unauthenticated=4, per_peer=2, per_user=3)
+    for peer in ("192.0.2.1", "192.0.2.1", "192.0.2.2", "192.0.2.2"):
+        assert caps.admit(peer) is None
+    assert "waiting to authenticate" in str(caps.admit("192.0.2.3"))
+    assert caps.admit("uid 1000") is None and caps.admit("uid 1000") is None
+    assert "from uid 1000" in str(caps.admit("uid 1000"))  # its own cap still holds
+    assert caps.admit("uid 1001") is None
+    caps.authenticated("uid 1000")
+    caps.close("uid 1001", authenticated=False)
+    assert caps.waiting == 4 and "waiting to authenticate" in str(caps.admit("192.0.2.3"))
+    for _ in range(3):
+        assert caps.take_user("alice") is None
+    assert "3 connections of alice" in str(caps.take_user("alice"))
+    assert caps.take_user("bob") is None
+    caps.release_user("alice")
+    assert caps.take_user("alice") is None
+
+
+def test_one_user_holds_at_most_its_share_of_connections(gcc_image, tmp_path):
+    """--max-connections-per-user: past it the user's next connection is told "busy" before
+    any jail is made for it, and gets one again once an earlier one closes."""
+    from jailcc.images.identity import compiler_identity
+
+    srv = start_server(
+        tmp_path, gcc_image, "--allow-user", "root", "--max-connections-per-user", "2"
+    )
+    hello = proto.hello_header("client", identity=compiler_identity("/usr/bin/gcc-12"))
+    try:
+        held = []
+        for _ in range(2):
+            sock = srv.connect()
+            proto.send(sock, proto.HELLO, hello)
+            proto.expect(sock, proto.HELLO)
+            proto.expect(sock, proto.READY)
+            held.append(sock)
+        with srv.connect() as third:
+            proto.send(third, proto.HELLO, hello)
+            with pytest.raises(proto.RemoteError, match="2 connections of root"):
+                proto.expect(third, proto.HELLO)
+        held.pop().close()
+        deadline = time.monotonic() + 10
+        while True:  # the closed one's place comes back once the jail has let it go
+            with srv.connect() as again:
+                proto.send(again, proto.HELLO, hello)
+                try:
+                    proto.expect(again, proto.HELLO)
+                    proto.expect(again, proto.READY)
+                    break
+                except proto.RemoteError:
+                    assert time.monotonic() < deadline
+                    time.sleep(0.2)
+        for sock in held:
+            sock.close()
+    finally:
+        stop_server(srv)
 
 
 @pytest.mark.parametrize(

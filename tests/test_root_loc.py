@@ -21,8 +21,9 @@ SCRIPT = TOP / "scripts" / "root-loc"
 # once the selftest's probes left, 4373 once the LDAP lookups went to a helper of their own
 # (4379 with its lines in jailccd's --log-file); 4390 with noexec work dirs and /tmp (what a
 # job writes never runs: the selftest's probes get an executable work dir by name), 4397 with
-# frames read as their bytes come (not allocated at their declared size).
-ROOT_LOC_CEILING = 4397
+# frames read as their bytes come (not allocated at their declared size), 4406 with the
+# --max-connections-per-user option.
+ROOT_LOC_CEILING = 4406
 
 
 def _load_root_loc():
