@@ -331,16 +331,18 @@ class Monitor:
         if offer is None:  # retired since the service looked
             return {"ok": False, "code": "image", "error": "no image here serves it now"}, []
         started = time.monotonic()
-        jail = self.jail_cache.take(conn.user, offer.image)
+        # Jails kept for reuse hold their user's files: by how the user was identified too (a
+        # local name is no principal), and none for --insecure peers, known by an address and
+        # port that the next peer may well have.
+        owner = None if conn.auth == "none" else f"{conn.auth}:{conn.user}"
+        jail = None if owner is None else self.jail_cache.take(owner, offer.image)
         built = None
         ended: str | None = "not started"
         try:
             if jail is None:
                 # The user's blob store, by how they were identified too (a local name is
                 # no principal); none for --insecure peers, whose names are their addresses.
-                store_for = None
-                if conn.auth != "none":
-                    store_for = (f"{conn.auth}:{conn.user}", self.config.store_bytes)
+                store_for = None if owner is None else (owner, self.config.store_bytes)
                 jail = self.sandbox.create_jail(
                     offer.image, self.config.jail_limits, store_for=store_for
                 )
@@ -376,8 +378,8 @@ class Monitor:
             ended = str(exc)
         finally:
             if jail is not None:
-                if ended is None and jail.usable:
-                    self.jail_cache.give_back(conn.user, offer.image, jail)
+                if ended is None and jail.usable and owner is not None:
+                    self.jail_cache.give_back(owner, offer.image, jail)
                 else:
                     self.jail_cache.discard(jail)
             conn.jail = None

@@ -299,6 +299,22 @@ def test_tcp_needs_insecure_and_then_warns(gcc_image, tmp_path, identity):
             proto.send(sock, proto.JOB, job(identity, tmp_path), [pre], [True])
             header, _ = proto.expect(sock, proto.RESULT)
             assert header["exit_code"] == 0
+        # Peers without authentication are known by address and port, which the next peer
+        # may take (SO_REUSEADDR): their jails, and the files in them, are never reused.
+        source_port = None
+        for n in range(2):
+            with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+                sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+                sock.bind(("127.0.0.1", source_port or 0))
+                source_port = sock.getsockname()[1]
+                sock.settimeout(10)
+                sock.connect(("127.0.0.1", port))
+                hello(sock)
+                proto.send(sock, proto.JOB, job(identity, tmp_path, source=f"tcp{n}.c"), [pre])
+                assert proto.expect(sock, proto.RESULT)[0]["exit_code"] == 0
+            time.sleep(0.3)  # the jail is back (it would be in the cache) before the next
+        text = srv.log_text()
+        assert _jail_ids(text, "tcp0.c") != _jail_ids(text, "tcp1.c"), text[-1500:]
     finally:
         stop_server(srv)
 
