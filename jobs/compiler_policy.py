@@ -15,7 +15,8 @@ this one preprocessed file" (-E, -x, -dumpdir...).  The server supplies the inpu
 
 Tree jobs (``check_tree_args``) run the user's own command line on the user's own files, laid
 out in the jail at the user's paths: there the table's ``src`` decision admits a word ("run"
-or "server"), the command names one input (a file of the tree) and -c or -S, and the values
+or "server") that a client would ship (none it compiles locally, but -g3's macro debug info),
+the command names one input (a file of the tree) and -c or -S, and the values
 that name files the compile writes (``path == "write"``: -o, -MF...) lie beneath the job's
 root. ``tree_deps`` says how the jail learns which files such a compile read.
 """
@@ -86,9 +87,6 @@ def check_args(args: object) -> list[str]:
 # -- Tree jobs: the user's own command line ---------------------------------------------------
 
 TREE_DECISIONS = frozenset(("run", "server"))
-# Row checks that still hold when the user's own compile runs in the jail: -march=native would
-# probe the server's CPU, a charset name that is a path would load gconv modules.
-_TREE_CHECKS = frozenset(("native", "charset"))
 # What -Wp, may pass to cc1 in a tree job (it passes anything unchecked, -fplugin= too): the
 # preprocessor's macros and directories, and the dependency options.
 _WP_VALUE = frozenset(("-MD", "-MMD", "-MF", "-MT", "-MQ"))  # each takes the next sub-word
@@ -161,7 +159,11 @@ def check_tree_args(args: object, cwd: str, root: str, files: set[str]) -> TreeA
         if (
             row is None
             or row.src not in TREE_DECISIONS
-            or (row.check in _TREE_CHECKS and word.decision == LOCAL)
+            # What a client compiles locally it never ships: such a word in a tree job is
+            # refused (files it would write or read at a path of its own: dumps, -dumpdir,
+            # profiles, -fopt-info-all=FILE), but for macro debug info, which only a tree job
+            # gives exactly.
+            or (word.decision == LOCAL and row.handler != "debug")
         ):
             raise PolicyError(f"the option {_shown(word, arg)} is not allowed in a tree job")
         if row.handler in ("compile", "assemble"):

@@ -174,3 +174,31 @@ def test_the_server_admits_what_real_builds_send() -> None:
 def test_refusals_name_the_option(args: list, message: str) -> None:
     with pytest.raises(PolicyError, match=message):
         check_args(args)
+
+
+@pytest.mark.parametrize(
+    "words",
+    [
+        ["-fopt-info-all=/etc/x"],
+        ["-fdump-final-insns=/etc/x"],
+        ["-dumpdir", "/etc/"],
+        ["-dumpbase", "/etc/x"],
+        ["-fprofile-dir=/etc"],
+        ["-fdump-tree-all"],
+        ["-save-temps"],
+        ["-march=native"],
+        ["-finput-charset=latin1"],
+    ],
+)
+def test_a_tree_job_carries_only_what_a_client_ships(words: list[str]) -> None:
+    """A tree job runs the user's command line in the jail; options that write or read files
+    of their own choosing (beyond -o and the dependency file) or probe the server are never
+    shipped by a client, and refused from one that tries."""
+    from jailcc.jobs.compiler_policy import check_tree_args
+
+    files = {"/p/m.c"}
+    assert check_tree_args(["-c", "m.c", "-o", "m.o"], "/p", "/p", files).input == "m.c"
+    with pytest.raises(PolicyError, match="not allowed in a tree job"):
+        check_tree_args([*words, "-c", "m.c", "-o", "m.o"], "/p", "/p", files)
+    # Macro debug info is what a tree job alone gives exactly: admitted.
+    check_tree_args(["-g3", "-c", "m.c", "-o", "m.o"], "/p", "/p", files)
