@@ -200,6 +200,7 @@ class TreeBuilder:
         if job.dep_file is not None:
             outputs.append(_absolute(cwd, job.dep_file))
         root = _common_root([cwd, *(p for p, _, _ in tree), *outputs])
+        empty = _search_dirs_to_make(analysis.search, system, root, words)
         words = with_color(words, inv, clang=driver is not None)
         header = {
             "id": 1,
@@ -216,6 +217,8 @@ class TreeBuilder:
         }
         if driver is not None:
             header["driver"] = driver
+        if empty:
+            header["dirs"] = empty
         return TreeJob(header, paths, analysis, frozenset(p for p, _, _ in tree), self.counters)
 
     def finish(
@@ -450,6 +453,29 @@ class _Listings:
         if directory not in self._names:
             self._names[directory] = self._analyzer.names_in(directory)
         return self._names[directory]
+
+
+def _search_dirs_to_make(
+    search: tuple[str, ...], system: tuple[str, ...], root: str, words: list[str]
+) -> list[str]:
+    """The user's include directories (that exist here: the probe lists no other) as the
+    jail must have them, beneath root: it makes those no file of the tree lies in, which
+    gcc's -Wmissing-include-dirs would otherwise call missing there. One outside the tree
+    cannot be made: with that warning asked for, TreeUnsupported."""
+    made: list[str] = []
+    for d in search:
+        if d.startswith(system) or d.rstrip("/") + "/" in system:
+            continue  # the image's
+        where = os.path.normpath(d)
+        if where == root or where.startswith(root + "/"):
+            if where != root:
+                made.append(os.path.relpath(where, root))
+        elif any("missing-include-dirs" in w for w in words):
+            raise TreeUnsupported(
+                f"the include directory {d} lies outside the tree, and the jail would warn"
+                " that it is missing (-Wmissing-include-dirs)"
+            )
+    return made
 
 
 def _absolute(cwd: str, name: str) -> str:

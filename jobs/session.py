@@ -497,7 +497,7 @@ def _compile_tree(
         "executables": [],
         "limits": limits.to_dict(),
         "readonly_inputs": True,
-        "dirs": job.dirs,  # the outputs' directories the tree does not make
+        "dirs": job.dirs,  # the outputs' and the empty -I directories the tree does not make
     }
     names, listed_text = job.names(), None
     if how == policy.DEPS_PASS:

@@ -27,6 +27,7 @@ from .blobstore import PREFIX
 
 MAX_TREE_FILES = 20000
 MAX_IMAGE_FILES = 20000
+MAX_TREE_DIRS = 4096  # empty directories a tree job asks for (its -I directories)
 MAX_OUTPUTS = 32  # a RESULT carries at most 64 blobs: stdout, stderr, the outputs
 MAX_PATH_BYTES = 4096  # a tree file's relative path; with the root, below PATH_MAX
 MAX_NAME_BYTES = 255  # one component (NAME_MAX)
@@ -302,6 +303,21 @@ def check_job(
             out_dirs.add(parent)
             parent = parent.rsplit("/", 1)[0] if "/" in parent else ""
     dirs |= out_dirs
+    # Empty directories the compile looks in (an -I directory that gives no file: gcc warns
+    # of it with -Wmissing-include-dirs when it is missing, so the jail has it as the user has).
+    asked = header.get("dirs", [])
+    if not isinstance(asked, list) or len(asked) > MAX_TREE_DIRS:
+        raise TreeRefused("protocol", f"dirs must be a list of at most {MAX_TREE_DIRS} paths")
+    for rel in asked:
+        rel = _relative(rel, root)
+        while rel and rel not in dirs:
+            if rel in seen:
+                raise TreeRefused("protocol", f"{rel[:200]} is both a file and a directory")
+            out_dirs.add(rel)
+            dirs.add(rel)
+            rel = rel.rsplit("/", 1)[0] if "/" in rel else ""
+    if len(out_dirs) > MAX_TREE_DIRS:
+        raise TreeRefused("tree", f"more than {MAX_TREE_DIRS} directories to make")
 
     # What the jail can hold: the store, the work dir's size and inodes.
     total = sum(sizes.values())

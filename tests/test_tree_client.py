@@ -9,6 +9,7 @@ import os
 import shlex
 import subprocess
 import sys
+import tempfile
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -785,6 +786,33 @@ def test_outputs_through_a_symlinked_working_directory_land_where_the_kernel_say
         made.append(files)
     assert made[1] == made[0], done.stderr
     assert set(made[0]) >= {tmp_path / "other" / "c.o", tmp_path / "other" / "c.d"}
+
+
+@pytest.mark.parametrize("compiler", ["gcc-12", "g++-12"])
+def test_empty_include_directories_are_there_in_the_jail(compiler, proxy_env, tmp_path):
+    """gcc's -Wmissing-include-dirs names each -I directory that does not exist: one that
+    exists here but gives no file must exist in the jail too (the jail makes a tree's
+    directories from its files); one that exists nowhere is named by both."""
+    (tmp_path / "empty" / "deeper").mkdir(parents=True)
+    outside = Path(tempfile.mkdtemp(prefix="jailcc-outside-"))
+    try:
+        flags = ["-Wmissing-include-dirs", "-Iempty/deeper", "-iquote", "empty", "-Inowhere"]
+        files = {"m.c": "int x;\n"}
+        local, remote, said = local_and_through_jailcc(
+            compiler, [*flags, "-c", "m.c"], files, proxy_env, tmp_path
+        )
+        assert remote == local, said
+        assert b"nowhere" in local[1] and b"empty" not in local[1]
+        assert b"remote (sources) on" in said, said
+        # An empty directory outside the tree: the jail cannot have it; preprocessed.
+        flags = ["-Wmissing-include-dirs", f"-I{outside}"]
+        local, remote, said = local_and_through_jailcc(
+            compiler, [*flags, "-c", "m.c"], files, proxy_env, tmp_path
+        )
+        assert remote == local, said
+        assert b"-Wmissing-include-dirs" in said and b"(sources)" not in said, said
+    finally:
+        outside.rmdir()
 
 
 @pytest.mark.parametrize("same_mtime", [False, True])

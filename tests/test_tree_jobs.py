@@ -299,6 +299,11 @@ def _bad(project: Project, ident: str) -> list[tuple[dict, str, str]]:
             "tree",
             "too many files",
         ),
+        (job(ident, dirs="inc"), "protocol", "dirs must be a list"),
+        (job(ident, dirs=["../up"]), "protocol", "not normalized"),
+        (job(ident, dirs=["/etc"]), "protocol", "absolute"),
+        (job(ident, dirs=["src/x.c/below"]), "protocol", "both a file and a directory"),
+        (job(ident, dirs=[f"e{n}" for n in range(5000)]), "protocol", "at most 4096"),
         (job(ident, kind="forest"), "protocol", "unknown job kind"),
         (job(ident, driver="clang"), "protocol", "for clang only"),  # this is gcc
     ]
