@@ -166,6 +166,21 @@ def test_outputs_that_record_the_options_are_as_local(server, tmp_path, flags):
     assert (work / flags[-1]).read_bytes() == local, where(rres.stderr)
 
 
+@pytest.mark.parametrize("strict", [["-Werror"], ["-pedantic-errors"], ["-Wall", "-Werror"]])
+def test_exact_debug_info_with_warnings_as_errors_goes_remote(server, tmp_path, strict):
+    """gcc -g's exact mode compiles twice on the server; the second compile's diagnostics are
+    its own (builtins redefined), and with -Werror or -pedantic-errors they failed it, so
+    every such job compiled on the server and then again here."""
+    work = tree(tmp_path)
+    args = ["-g", "-O2", *strict, "-c", "src/main.c", "-o", "obj/x.o"]
+    lres = run(["gcc-12", *args], work)
+    assert lres.returncode == 0, lres.stderr
+    local = (work / "obj" / "x.o").read_bytes()
+    rres = run([JAILCC, "gcc-12", *args], work, env_for(server))
+    assert rres.returncode == 0 and "remote on unix:" in where(rres.stderr), rres.stderr
+    assert (work / "obj" / "x.o").read_bytes() == local
+
+
 @pytest.mark.parametrize(
     ("cwd", "args"),
     [
