@@ -597,6 +597,26 @@ def _run(
     return result, blobs
 
 
+_FIRST_MARKER = re.compile(rb'# 0 "([^"\\\n]{1,1024})"\n')
+
+
+def _main_file(data: bytes, cwd: str) -> tuple[str, str] | None:
+    """(where to write it, relative to cwd; the name to give the compiler) for a file named
+    as the preprocessed input's first line marker names its main file, when it can lie in the
+    work dir: a relative name without "..", or an absolute one beneath cwd."""
+    m = _FIRST_MARKER.match(data)
+    if m is None:
+        return None
+    named = m.group(1).decode("utf-8", "surrogateescape")
+    written = named[len(cwd) + 1 :] if named.startswith(cwd.rstrip("/") + "/") else named
+    parts = written.split("/")
+    if written.startswith("/") or any(p in ("", ".", "..") for p in parts):
+        return None
+    if written in ("a.s", "b.s", "merged.s"):
+        return None
+    return written, named
+
+
 def _ok(result: dict[str, Any]) -> bool:
     return result["exit_code"] == 0 and not result["limit"] and result["signal"] is None
 
@@ -621,11 +641,15 @@ def _run_debug_exact(
     # #defines too: its diagnostics (builtins "redefined", a GNU line marker) are nobody's, and
     # with -Werror or -pedantic-errors they would fail it. -w silences them; the debug info
     # does not record it (only the strings of B are used: compiler_policy).
+    # And B reads a file of the main file's name (A takes it from the first line marker):
+    # g++ -fPIC names a static initializer's function after it.
+    data = job["inputs"][name]
+    written, named = _main_file(data, job["cwd"]) or (name, name)
     second, second_blobs = _run(
         init,
         job,
-        [*base, "-w", "-nostdinc", "-x", lang, "-S", name, "-o", "b.s"],
-        {name: job["inputs"][name]},
+        [*base, "-w", "-nostdinc", "-x", lang, "-S", named, "-o", "b.s"],
+        {written: data},
         "b.s",
         limits,
     )

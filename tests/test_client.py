@@ -181,6 +181,24 @@ def test_exact_debug_info_with_warnings_as_errors_goes_remote(server, tmp_path, 
     assert (work / "obj" / "x.o").read_bytes() == local
 
 
+@pytest.mark.parametrize("source", ["src/ctor.cc", "ctor.cc", "{work}/src/ctor.cc"])
+def test_exact_debug_info_of_a_static_initializer_under_fpic(server, tmp_path, source):
+    """g++ -fPIC names a translation unit's static initializer after its main file
+    (_GLOBAL__sub_I_...): the server's second compile must read a file of that name, as the
+    preprocessed input's first line marker gives it (relative, or absolute in the tree)."""
+    work = tree(tmp_path)
+    (work / "src" / "ctor.cc").write_bytes(
+        b"struct S { S(); };\nstatic S s;\nint f() { return 2; }\n"
+    )
+    (work / "ctor.cc").write_bytes((work / "src" / "ctor.cc").read_bytes())
+    args = ["-g", "-O2", "-fPIC", "-c", source.format(work=work), "-o", "obj/x.o"]
+    assert run(["g++-12", *args], work).returncode == 0
+    local = (work / "obj" / "x.o").read_bytes()
+    rres = run([JAILCC, "g++-12", *args], work, env_for(server))
+    assert rres.returncode == 0 and "remote on unix:" in where(rres.stderr), rres.stderr
+    assert (work / "obj" / "x.o").read_bytes() == local
+
+
 @pytest.mark.parametrize(
     ("cwd", "args"),
     [
