@@ -10,6 +10,7 @@ from collections import namedtuple
 from .compiler import clang_name_problem, find_compiler, is_clang, split_invocation
 from .hosts import HostsError
 from .job import Invocation, Outcome
+from .locales import translated_diagnostics
 from .proxy_wire import text_bytes
 from .remote import RemoteFailure
 
@@ -53,6 +54,7 @@ def decide(
     clang = is_clang(compiler)  # by the binary: `cc` may be clang
     why = clang_name_problem(name) if clang else None  # a name that sets its target or mode
     why = why or _program_env(inv.env)
+    why = why or (None if clang else translated_diagnostics(inv.env))
     if why is not None:
         return RunLocally(compiler, args, _note(verbose, args, f"local ({why})"))
     started = time.monotonic()

@@ -14,6 +14,7 @@ from . import outputs
 from .args import RemoteJob, debug_info_on
 from .compiler import is_clang
 from .hosts import candidates
+from .locales import quotes_in_utf8
 from .remote import RemoteFailure, RemoteResult, connect, open_session, run_job
 from .spawn import ClientGone, run_capture
 
@@ -351,7 +352,7 @@ PASSED_ENV = (
 
 def job_env(inv: Invocation) -> dict[str, str]:
     """The few variables a remote compile gets from the user's environment."""
-    env = {"LC_ALL": "C.UTF-8" if _utf8_locale(inv.env) else "C"}
+    env = {"LC_ALL": "C.UTF-8" if quotes_in_utf8(inv.env) else "C"}
     for name in PASSED_ENV:
         if name in inv.env:
             env[name] = inv.env[name]
@@ -367,11 +368,3 @@ def _wants_color(args: list[str], inv: Invocation) -> bool:
 def _on_terminal(inv: Invocation) -> bool:
     """What the compilers' "auto" asks: stderr a terminal, TERM set and not "dumb"."""
     return inv.stderr_tty and inv.env.get("TERM", "dumb") != "dumb"
-
-
-def _utf8_locale(env: Mapping[str, str]) -> bool:
-    for name in ("LC_ALL", "LC_CTYPE", "LANG"):
-        value = env.get(name)
-        if value:
-            return "utf-8" in value.lower() or "utf8" in value.lower()
-    return False

@@ -126,7 +126,8 @@ def test_remote_results_are_byte_identical_to_local(server, tmp_path, compiler, 
     assert rres.stdout == lres.stdout
 
 
-@pytest.mark.parametrize("locale", ["C", "C.UTF-8"])
+# (xx_YY.UTF-8: no such locale here, so gcc's setlocale fails and it quotes as in "C")
+@pytest.mark.parametrize("locale", ["C", "C.UTF-8", "xx_YY.UTF-8"])
 @pytest.mark.parametrize(("source", "code"), [("warn.c", 0), ("bad.c", 1), ("uses_header.c", 0)])
 def test_diagnostics_and_status_are_those_of_a_local_compile(
     server, tmp_path, source, code, locale
@@ -218,6 +219,40 @@ def test_diagnostics_quote_lines_the_server_did_not_have(server, tmp_path, cwd, 
     assert b"    |" in lres.stderr  # a quoted line
     ours = b"".join(ln + b"\n" for ln in rres.stderr.splitlines() if not ln.startswith(b"jailcc:"))
     assert ours == lres.stderr, rres.stderr
+
+
+@pytest.mark.parametrize(
+    ("env", "remote"),
+    [
+        ({"LANG": "de_DE.UTF-8"}, False),  # gcc-12-locales has German: local, translated
+        ({"LANG": "de_DE.UTF-8", "LANGUAGE": "fr:de"}, False),
+        ({"LANG": "de_DE.UTF-8", "LANGUAGE": "en"}, True),  # English asked for
+        ({"LC_ALL": "C", "LANGUAGE": "de"}, True),  # gettext ignores LANGUAGE in "C"
+        ({"LC_ALL": "C.UTF-8", "LANGUAGE": "de"}, False),  # but not in C.UTF-8
+        ({"LANG": "de_DE.UTF-8", "LC_MESSAGES": "C"}, True),  # German text, English messages
+        ({"LANG": "xx_YY.UTF-8"}, True),  # no such locale here
+    ],
+)
+def test_translated_diagnostics_are_the_local_compilers(server, tmp_path, env, remote):
+    """gcc prints its diagnostics in the user's language when it has a catalog for it; the
+    servers print English, so those jobs compile here. Quotes follow the character set of the
+    locale, when it loads."""
+    if "de_DE.utf8" not in subprocess.run(["locale", "-a"], capture_output=True, text=True).stdout:
+        pytest.skip("no de_DE.UTF-8 locale (scripts/setup makes it)")
+    if not list(Path("/usr/share/locale/de/LC_MESSAGES").glob("gcc*.mo")):
+        pytest.skip("gcc-12-locales is not installed (scripts/setup installs it)")
+    work = tree(tmp_path)
+    args = ["-Wall", "-c", "src/warn.c", "-o", "obj/x.o"]
+    clean = {k: v for k, v in os.environ.items() if not k.startswith(("LC_", "LANG"))}
+    local = subprocess.run(["gcc-12", *args], cwd=work, env={**clean, **env}, capture_output=True)
+    mine = env_for(server)
+    mine = {**{k: v for k, v in mine.items() if not k.startswith(("LC_", "LANG"))}, **env}
+    rres = run([JAILCC, "gcc-12", *args], work, mine)
+    ours = b"".join(ln + b"\n" for ln in rres.stderr.splitlines() if not ln.startswith(b"jailcc:"))
+    assert (rres.returncode, ours) == (local.returncode, local.stderr), rres.stderr
+    assert ("remote on unix:" in where(rres.stderr)) == remote, rres.stderr
+    if not remote:
+        assert "translated" in where(rres.stderr)
 
 
 @pytest.mark.parametrize(
