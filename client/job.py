@@ -147,6 +147,8 @@ def prepare(compiler: str, job: RemoteJob, inv: Invocation) -> Prepared:
             )
         except ClientGone as exc:
             raise RemoteFailure(str(exc)) from None
+        except OSError as exc:  # E2BIG (a response file's words, expanded), ENOMEM...
+            raise RemoteFailure(f"cannot run the preprocessor: {exc.strerror}") from None
         if code != 0 or cpp_stderr:
             # Errors or warnings of the preprocessor: a local compile reports them exactly (a
             # separate -E run sees some differently, e.g. a #warning silenced by a pragma).

@@ -503,5 +503,7 @@ def _write_dependencies(path: str, data: bytes, umask: int) -> None:
         from jailcc.wire import write_all
 
         write_all(fd, data)
+    except OSError as exc:  # a full disk: the local compile says it as it would
+        raise RemoteFailure(f"cannot write {path}: {exc.strerror}") from None
     finally:
         os.close(fd)

@@ -815,6 +815,35 @@ def test_empty_include_directories_are_there_in_the_jail(compiler, proxy_env, tm
         outside.rmdir()
 
 
+@pytest.mark.parametrize("ship", ["sources", "preprocessed"])
+def test_what_the_system_refuses_is_the_compilers_to_say(ship, proxy_env, tmp_path):
+    """A full disk under the dependency file, a response file too long to expand into a
+    command line: the local compile says what it says; jailcc adds nothing of its own (it
+    said "internal error")."""
+    full = tmp_path / "full"
+    full.mkdir()
+    subprocess.run(["mount", "-t", "tmpfs", "-o", "size=64k", "tmpfs", str(full)], check=True)
+    try:
+        (full / "fill").write_bytes(b"x" * (64 << 10))
+        (tmp_path / "a.c").write_text("int x;\n")
+        (tmp_path / "many.rsp").write_text(" ".join(f"-DX{n}={n}" for n in range(100_000)))
+        env = {**proxy_env, "JAILCC_VERBOSE": "0", "JAILCC_SHIP": ship}
+        for args in (["-MD", "-MF", str(full / "a.d")], ["@many.rsp"]):
+            said = []
+            for command in (["gcc-12"], [JAILCC, "gcc-12"]):
+                done = subprocess.run(
+                    [*command, "-c", "a.c", "-o", "a.o", *args],
+                    cwd=tmp_path,
+                    env=env,
+                    capture_output=True,
+                    timeout=300,
+                )
+                said.append((done.returncode, done.stderr))
+            assert said[1] == said[0], said
+    finally:
+        subprocess.run(["umount", str(full)], check=True)
+
+
 @pytest.mark.parametrize("same_mtime", [False, True])
 def test_copies_that_say_pragma_once_compile_as_locally(same_mtime, proxy_env, tmp_path):
     """Two copies of one header saying #pragma once: gcc reads the second unless both have
