@@ -45,6 +45,9 @@ environment:
                   the first hosts file found (below), else unix:/run/jailccd/jailccd.sock
                   when that socket exists
   JAILCC_VERBOSE  1: say on stderr where each job ran and why
+  JAILCC_LOG      a file (relative: to the compile's directory) to append those lines to
+                  instead of stderr, e.g. for configure scripts, whose compiler checks
+                  fail when the compiler prints anything
   JAILCC_DEBUG_REMOTE
                   1: send clang's -g compiles too, accepting debug info whose line and
                   column numbers differ from a local compile's (gcc's -g compiles go remote

@@ -4,6 +4,7 @@ decides for many clients at once (their cwd, environment and terminal in an Invo
 
 from __future__ import annotations
 
+import os
 import time
 from collections import namedtuple
 
@@ -51,12 +52,22 @@ def decide(
         message = f"jailcc: cannot find the compiler {name!r} on PATH (jailcc itself skipped)\n"
         return Outcome(127, b"", text_bytes(message), "")
     verbose = inv.env.get("JAILCC_VERBOSE", "") not in ("", "0")
+    log_file = inv.env.get("JAILCC_LOG", "")
+
+    def said(what: str) -> str:
+        """A line for JAILCC_VERBOSE: to stderr, or appended to JAILCC_LOG (where configure
+        scripts, which test that a compiler says nothing, cannot see it)."""
+        if log_file:
+            _append(os.path.join(inv.cwd, log_file), _note(True, args, what), inv.umask)
+            return ""
+        return _note(verbose, args, what)
+
     clang = is_clang(compiler)  # by the binary: `cc` may be clang
     why = clang_name_problem(name) if clang else None  # a name that sets its target or mode
     why = why or _program_env(inv.env)
     why = why or (None if clang else translated_diagnostics(inv.env))
     if why is not None:
-        return RunLocally(compiler, args, _note(verbose, args, f"local ({why})"))
+        return RunLocally(compiler, args, said(f"local ({why})"))
     started = time.monotonic()
     from .args import Local, analyse
 
@@ -71,20 +82,20 @@ def decide(
             sources=ships_sources(inv),
         )
         if isinstance(job, Local):
-            return RunLocally(compiler, args, _note(verbose, args, f"local ({job.reason})"))
+            return RunLocally(compiler, args, said(f"local ({job.reason})"))
         outcome = remote(compiler, job, inv)
     except RemoteFailure as exc:
         told = exc.tell_user and (tell is None or tell(exc))
-        note = _note(verbose or told, args, f"compiling locally: {exc.reason}")
-        return RunLocally(compiler, args, note)
+        what = f"compiling locally: {exc.reason}"
+        return RunLocally(compiler, args, _note(True, args, what) if told else said(what))
     except HostsError as exc:  # the user's mistake, in their words: say so on every compile
         return RunLocally(compiler, args, f"jailcc: {exc}; compiling {source_of(args)} locally\n")
     except Exception as exc:  # a bug of ours must never cost the user the compile
         message = f"internal error ({type(exc).__name__}: {exc}); compiling locally"
         return RunLocally(compiler, args, _note(True, args, message))
-    if verbose:
+    if verbose or log_file:
         total = f"total {1000 * (time.monotonic() - started):.0f} ms"
-        note = text_bytes(_note(True, args, f"{outcome.note}, {total}"))
+        note = text_bytes(said(f"{outcome.note}, {total}"))
         outcome = outcome._replace(stderr=outcome.stderr + note)
     return outcome
 
@@ -95,6 +106,19 @@ def _program_env(env: Mapping[str, str]) -> str | None:
         if name in env:
             return f"{name} is set: it picks the compiler's programs"
     return None
+
+
+def _append(path: str, line: str, umask: int) -> None:
+    try:
+        fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT | os.O_CLOEXEC, 0o666 & ~umask)
+    except OSError:
+        return  # (a log that cannot be written costs no compile)
+    try:
+        os.write(fd, text_bytes(line))  # one write: lines of parallel jobs do not mix
+    except OSError:
+        pass
+    finally:
+        os.close(fd)
 
 
 def _note(say: bool, args: list[str], what: str) -> str:

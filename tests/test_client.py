@@ -274,6 +274,21 @@ def test_jobs_that_must_stay_local_do(server, tmp_path, args, reason):
     assert "local (" in where(rres.stderr) and reason in where(rres.stderr)
 
 
+def test_jailcc_log_takes_the_verbose_lines_off_stderr(server, tmp_path):
+    """configure scripts check that a compile prints nothing (libtool's "-c -o" and PIC
+    tests): JAILCC_LOG takes jailcc's lines to a file, stderr stays the compiler's."""
+    work = tree(tmp_path)
+    args = ["-O2", "-c", "src/main.c", "-o", "obj/main.o"]
+    env = env_for(server, JAILCC_LOG="jailcc.log")
+    del env["JAILCC_VERBOSE"]
+    for command in ([JAILCC, "gcc-12", *args], [JAILCC, "gcc-12", "-E", "src/main.c"]):
+        done = run(command, work, env)
+        assert done.returncode == 0 and done.stderr == b"", done.stderr
+    logged = (work / "jailcc.log").read_text().splitlines()
+    assert len(logged) == 2, logged
+    assert "src/main.c: remote on unix:" in logged[0] and "local (-E" in logged[1], logged
+
+
 def test_no_server_means_a_local_compile_with_the_same_result(tmp_path):
     work = tree(tmp_path)
     args = ["-O2", "-c", "src/main.c", "-o", "obj/main.o"]
