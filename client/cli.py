@@ -104,6 +104,9 @@ def main(argv: list[str] | None = None) -> int:
     from .job import Invocation
 
     exe = os.path.realpath(sys.argv[0])
+    if sys.stderr is None or sys.stdout is None:
+        # Closed (2>&-): a compiler with something to say then fails, as it may: its business.
+        return _here_unknown(name, exe, args)
     try:
         inv = Invocation.here()
     except OSError:  # the working directory was removed: the compiler says what it makes of it
@@ -171,8 +174,9 @@ def _here_unknown(name: str, exe: str, args: list[str]) -> int:
 
 
 def _exec_local(compiler: str, args: list[str]) -> int:
-    sys.stdout.flush()
-    sys.stderr.flush()
+    for stream in (sys.stdout, sys.stderr):
+        if stream is not None:  # (None: closed when we started)
+            stream.flush()
     try:
         os.execv(compiler, [compiler, *args])
     except OSError as exc:

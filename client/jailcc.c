@@ -11,6 +11,7 @@
  * The socket's place and the request's bytes are those of client/proxy_wire.py. */
 #define _GNU_SOURCE
 #include <errno.h>
+#include <fcntl.h>
 #include <limits.h>
 #include <stdint.h>
 #include <stdio.h>
@@ -310,8 +311,11 @@ int main(int argc, char **argv)
 	int ours = strncmp(base, "jailcc", 6) == 0;
 	const char *proxy = getenv("JAILCC_PROXY");
 	/* Usage, subcommands and a proxy turned off are the Python client's business. */
+	/* A closed stderr (2>&-) too: the compiler's own failure to print is the outcome, which
+	 * the Python client leaves to the compiler. */
 	int plain = !(proxy && strcmp(proxy, "0") == 0) &&
-		    !(ours && (argc < 2 || argv[1][0] == '-' || is_subcommand(argv[1])));
+		    !(ours && (argc < 2 || argv[1][0] == '-' || is_subcommand(argv[1]))) &&
+		    fcntl(2, F_GETFD) != -1;
 	if (plain) {
 		int fd = connect_proxy();
 		if (fd >= 0) {
