@@ -318,20 +318,6 @@ def test_a_working_directory_that_was_removed_is_the_compilers_to_handle(tmp_pat
     assert obj.read_bytes() == made
 
 
-@pytest.mark.parametrize("proxy", ["1", "0"])
-def test_a_closed_stderr_is_the_compilers_to_handle(server, tmp_path, proxy):
-    """`cc -Wall -c w.c 2>&-`: gcc cannot print its warning and fails, leaving no object;
-    through jailcc the remote compile's warning went nowhere and the object was written."""
-    work = tree(tmp_path)
-    outcomes = []
-    for command in (["gcc-12"], [JAILCC, "gcc-12"]):
-        line = " ".join([*command, "-Wall", "-c", "src/warn.c", "-o", "obj/w.o"])
-        env = env_for(server, JAILCC_PROXY=proxy)
-        done = run(["sh", "-c", f"exec 2>&-; exec {line}"], work, env)
-        outcomes.append((done.returncode, (work / "obj" / "w.o").exists()))
-    assert outcomes[0] == outcomes[1] == (1, False), outcomes
-
-
 class FakeServer:
     """A server that answers the hello like jailccd, then misbehaves as told."""
 

@@ -844,6 +844,21 @@ def test_what_the_system_refuses_is_the_compilers_to_say(ship, proxy_env, tmp_pa
         subprocess.run(["umount", str(full)], check=True)
 
 
+@pytest.mark.parametrize("proxy", ["1", "0"])
+def test_a_closed_stderr_is_the_compilers_to_handle(proxy, proxy_env, tmp_path):
+    """`cc -Wall -c w.c 2>&-`: gcc cannot print its warning and fails, leaving no object;
+    through jailcc the remote compile's warning went nowhere and the object was written."""
+    (tmp_path / "w.c").write_text("int f(int a) { int unused; return a; }\n")
+    env = {**proxy_env, "JAILCC_VERBOSE": "0", "JAILCC_PROXY": proxy}
+    outcomes = []
+    for command in ("gcc-12", f"{JAILCC} gcc-12"):
+        line = f"exec 2>&-; exec {command} -Wall -c w.c -o w.o"
+        done = subprocess.run(["sh", "-c", line], cwd=tmp_path, env=env, timeout=120)
+        outcomes.append((done.returncode, (tmp_path / "w.o").exists()))
+        (tmp_path / "w.o").unlink(missing_ok=True)
+    assert outcomes[0] == outcomes[1] == (1, False), outcomes
+
+
 @pytest.mark.parametrize("same_mtime", [False, True])
 def test_copies_that_say_pragma_once_compile_as_locally(same_mtime, proxy_env, tmp_path):
     """Two copies of one header saying #pragma once: gcc reads the second unless both have
