@@ -35,6 +35,8 @@ _RECORDING = frozenset(
         "-grecord-command-line",
     )
 )
+# What a compiler that crashed says (gcc's ICE, clang's crash report).
+_CRASHES = (b"internal compiler error", b"PLEASE submit a bug report")
 # Options that decide gcc's links themselves (the plain output turns them off).
 _URL_OPTIONS = ("-fdiagnostics-urls", "-fno-diagnostics-urls", "-fdiagnostics-plain-output")
 _SAFE_CHARS = frozenset("ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789_+.,=@%-")
@@ -179,6 +181,10 @@ def finish(
         raise RemoteFailure(f"{host}: the compiler was killed by signal {result.signal}")
     if result.exit_code == 127 or result.stderr.startswith(b"jail: "):
         raise RemoteFailure(f"{host}: the compiler could not run: {result.stderr[:200]!r}")
+    if result.exit_code != 0 and any(crash in result.stderr for crash in _CRASHES):
+        # The local compile crashes the same way, or not (a server's limits): its words then,
+        # naming the driver as the user did, and what it leaves behind.
+        raise RemoteFailure(f"{host}: the compiler crashed")
     if (
         not headers_shipped
         and result.stderr

@@ -318,6 +318,29 @@ def test_a_working_directory_that_was_removed_is_the_compilers_to_handle(tmp_pat
     assert obj.read_bytes() == made
 
 
+@pytest.mark.parametrize("mode", ["-c", "-S"])
+def test_a_compiler_crash_is_the_local_compilers(server, tmp_path, mode):
+    """An internal compiler error (cc1 overflows its stack on deeply nested parentheses): the
+    local compile's report names the driver as the user called it, and -S leaves its empty
+    output behind; the server's named the image's driver and left nothing."""
+    work = tree(tmp_path)
+    depth = 100_000
+    (work / "src" / "nest.c").write_text("int x = " + "(" * depth + "1" + ")" * depth + ";\n")
+    args = [mode, "src/nest.c", "-o", "obj/nest.out"]
+    results = []
+    for command, env in ((["gcc-12"], env_for(None)), ([JAILCC, "gcc-12"], env_for(server))):
+        done = run([*command, *args], work, env)
+        text = b"".join(
+            ln + b"\n" for ln in done.stderr.splitlines() if not ln.startswith(b"jailcc:")
+        )
+        results.append((done.returncode, text, sorted(p.name for p in (work / "obj").iterdir())))
+        for made in (work / "obj").iterdir():
+            made.unlink()
+    if b"internal compiler error" not in results[0][1]:
+        pytest.skip("this cc1 did not crash on the nesting")
+    assert results[1] == results[0]
+
+
 class FakeServer:
     """A server that answers the hello like jailccd, then misbehaves as told."""
 
