@@ -218,7 +218,8 @@ class JobService:
     # -- one connection --------------------------------------------------------------------
 
     def _connection(self, conn: socket.socket, addr: Any, key: str) -> None:
-        peer: Peer | str = f"{addr[0]}:{addr[1]}" if conn.family != socket.AF_UNIX else "unix"
+        # Named in log lines before the handshake names it better: the uid on the Unix socket.
+        peer: Peer | str = f"{addr[0]}:{addr[1]}" if conn.family != socket.AF_UNIX else key
         link: ConnectionLink | None = None
         authenticated = False
 
