@@ -553,12 +553,15 @@ def _client_hello(frame: tuple[int, dict[str, Any], list[bytes]]) -> dict[str, A
     frame_type, header, _ = frame
     if frame_type != proto.HELLO:
         raise proto.ProtocolError("expected HELLO")
-    if header.get("protocol") != proto.PROTOCOL_VERSION:
+    version = header.get("protocol")
+    if type(version) is not int or version != proto.PROTOCOL_VERSION:  # (not 2.0, not True)
         raise Refused(
             "version",
             f"protocol {_printable(header.get('protocol'), 40)} not supported; this server"
             f" speaks {proto.PROTOCOL_VERSION}",
         )
+    if header.get("role") != "client":
+        raise proto.ProtocolError('a client\'s hello says role "client"')
     return header
 
 

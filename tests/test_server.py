@@ -173,11 +173,22 @@ def test_environment_is_scrubbed(server, identity, tmp_path):
     assert header["exit_code"] == 0
 
 
-def test_wrong_protocol_version_is_refused(server):
+@pytest.mark.parametrize(
+    ("hello_fields", "code"),
+    [
+        ({"protocol": 99}, "version"),
+        ({"protocol": proto.PROTOCOL_VERSION + 0.0, "role": "client"}, "version"),  # 2.0
+        ({"protocol": True, "role": "client"}, "version"),  # (True == 1)
+        ({"protocol": proto.PROTOCOL_VERSION, "role": "server"}, "protocol"),
+        ({"protocol": proto.PROTOCOL_VERSION}, "protocol"),
+    ],
+)
+def test_a_hello_is_a_clients_in_this_protocol_exactly(server, hello_fields, code):
     with server.connect() as sock:
-        proto.send(sock, proto.HELLO, {"protocol": 99})
-        with pytest.raises(proto.RemoteError, match="version"):
+        proto.send(sock, proto.HELLO, hello_fields)
+        with pytest.raises(proto.RemoteError) as refused:
             proto.expect(sock, proto.HELLO)
+        assert refused.value.code == code, refused.value
 
 
 def test_unauthorized_user_is_refused(server):
