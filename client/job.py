@@ -241,7 +241,11 @@ def compile_remote(compiler: str, job: RemoteJob, inv: Invocation) -> Outcome:
             continue
         finally:
             sock.close()
-        return finish(compiler, job, inv, host, result)
+        outcome = finish(compiler, job, inv, host, result)
+        if inv.env.get("JAILCC_SHIP", "sources") != "preprocessed":
+            # (the first compiles of a build, before the proxy is up, and JAILCC_PROXY=0)
+            outcome = outcome._replace(note=f"{outcome.note}; preprocessed: no proxy")
+        return outcome
     raise RemoteFailure("; ".join(reasons), tell_user)
 
 

@@ -289,6 +289,16 @@ def test_jailcc_log_takes_the_verbose_lines_off_stderr(server, tmp_path):
     assert "src/main.c: remote on unix:" in logged[0] and "local (-E" in logged[1], logged
 
 
+def test_without_the_proxy_the_verbose_line_says_why_preprocessed(server, tmp_path):
+    work = tree(tmp_path)
+    args = ["-O2", "-c", "src/main.c", "-o", "obj/main.o"]
+    direct = run([JAILCC, "gcc-12", *args], work, env_for(server, JAILCC_PROXY="0"))
+    assert "remote on unix:" in where(direct.stderr)
+    assert "; preprocessed: no proxy" in where(direct.stderr), direct.stderr
+    asked = env_for(server, JAILCC_PROXY="0", JAILCC_SHIP="preprocessed")
+    assert "preprocessed:" not in where(run([JAILCC, "gcc-12", *args], work, asked).stderr)
+
+
 def test_no_server_means_a_local_compile_with_the_same_result(tmp_path):
     work = tree(tmp_path)
     args = ["-O2", "-c", "src/main.c", "-o", "obj/main.o"]
