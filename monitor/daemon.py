@@ -283,7 +283,8 @@ def build_parser() -> argparse.ArgumentParser:
         default=20,
         metavar="N",
         help="log lines a minute about one peer that has not authenticated (a uid, an IPv4"
-        " address or an IPv6 /64); past it, one line says the rest are suppressed (default 20)",
+        " address or an IPv6 /64), ten times as many once it has; past it, one line says the"
+        " rest are suppressed (default 20)",
     )
     p.add_argument(
         "--job-timeout",

@@ -130,6 +130,7 @@ class JobService:
             config.max_connections_per_user or max(8, config.max_connections // 4),
         )
         self.peer_log = PeerLog(config.peer_log_lines)
+        self.user_log = PeerLog(10 * config.peer_log_lines)
         self.workers = _Workers()
         self.listeners: list[socket.socket] = []
         self.metrics = Metrics(self.load, config.slots)
@@ -229,11 +230,10 @@ class JobService:
             authenticated = True
 
         def note(level: int, message: str, *args: Any) -> None:
-            # Lines about peers not yet authenticated are rate-limited per peer.
-            if authenticated:
-                log.log(level, message, *args)
-            else:
-                self.peer_log.log(key, level, message, *args)
+            # Lines about a connection's failures are rate-limited per peer: tightly before
+            # authentication, ten times more loosely after (an allowed user can open
+            # connections as fast as anyone, and must not fill the log either).
+            (self.user_log if authenticated else self.peer_log).log(key, level, message, *args)
 
         def open_link() -> ConnectionLink:
             # Only once the client's hello is read: a peer that never sends one costs the

@@ -219,6 +219,27 @@ def test_peer_strings_in_log_lines_are_bounded_and_escaped(server):
     assert "\nFORGED" not in new and "\x1b" not in new
 
 
+def test_an_allowed_users_failures_are_logged_within_a_budget_too(gcc_image, tmp_path):
+    """A user allowed to compile can open connections as fast as anyone: the lines about their
+    failed connections are rate-limited too, ten times more loosely than before
+    authentication (--log-peer-lines 2 here: 20 a minute)."""
+    srv = start_server(tmp_path, gcc_image, "--allow-user", "root", "--log-peer-lines", "2")
+    try:
+        for _ in range(30):
+            with srv.connect() as sock:
+                proto.send(sock, proto.HELLO, {"protocol": 99, "role": "client"})
+                with pytest.raises(proto.RemoteError):
+                    proto.expect(sock, proto.HELLO)
+        deadline = time.monotonic() + 10
+        while "suppressed" not in srv.log_text() and time.monotonic() < deadline:
+            time.sleep(0.1)
+        text = srv.log_text()
+        assert text.count("not supported") == 20, text[-2000:]
+        assert "more log lines about uid 0 suppressed" in text
+    finally:
+        stop_server(srv)
+
+
 def test_a_deeply_nested_header_is_a_protocol_error(server):
     depth = (proto.MAX_HELLO_FRAME - 9) // 2
     head = b"[" * depth + b"]" * depth

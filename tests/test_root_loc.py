@@ -22,8 +22,9 @@ SCRIPT = TOP / "scripts" / "root-loc"
 # (4379 with its lines in jailccd's --log-file); 4390 with noexec work dirs and /tmp (what a
 # job writes never runs: the selftest's probes get an executable work dir by name), 4397 with
 # frames read as their bytes come (not allocated at their declared size), 4406 with the
-# --max-connections-per-user option.
-ROOT_LOC_CEILING = 4405
+# --max-connections-per-user option, 4405 once kept jails were filed by how their user was
+# identified, 4406 with --log-peer-lines' help saying what an authenticated peer gets.
+ROOT_LOC_CEILING = 4406
 
 
 def _load_root_loc():
