@@ -161,14 +161,12 @@ def _act(answer: object) -> int:
 
 
 def _here_unknown(name: str, exe: str, args: list[str]) -> int:
-    from .compiler import find_compiler
+    from .compiler import find_compiler, not_found
 
     compiler = find_compiler(name, exe)
     if compiler is None:
-        print(
-            f"jailcc: cannot find the compiler {name!r} on PATH (jailcc itself skipped)",
-            file=sys.stderr,
-        )
+        if sys.stderr is not None:
+            sys.stderr.write(not_found(name))
         return 127
     return _exec_local(compiler, args)
 

@@ -30,6 +30,11 @@ def find_compiler(name: str, self_path: str, path_env: str | None = None) -> str
     return None
 
 
+def not_found(name: str) -> str:
+    """What jailcc says when find_compiler finds no compiler called name."""
+    return f"jailcc: cannot find the compiler {name!r} on PATH (jailcc itself skipped)\n"
+
+
 def split_invocation(argv: list[str]) -> tuple[str | None, list[str], bool]:
     """(compiler name as given, its arguments, masquerading?) from jailcc's own argv."""
     invoked = os.path.basename(argv[0])

@@ -8,7 +8,7 @@ import os
 import time
 from collections import namedtuple
 
-from .compiler import clang_name_problem, find_compiler, is_clang, split_invocation
+from .compiler import clang_name_problem, find_compiler, is_clang, not_found, split_invocation
 from .hosts import HostsError
 from .job import Invocation, Outcome
 from .locales import translated_diagnostics
@@ -49,8 +49,7 @@ def decide(
     assert name is not None  # usage errors are answered before this
     compiler = find_compiler(name, exe, inv.env.get("PATH", ""))
     if compiler is None:
-        message = f"jailcc: cannot find the compiler {name!r} on PATH (jailcc itself skipped)\n"
-        return Outcome(127, b"", text_bytes(message), "")
+        return Outcome(127, b"", text_bytes(not_found(name)), "")
     verbose = inv.env.get("JAILCC_VERBOSE", "") not in ("", "0")
     log_file = inv.env.get("JAILCC_LOG", "")
 
