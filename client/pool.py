@@ -26,7 +26,14 @@ from jailcc import protocol as proto
 
 from .hosts import Host
 from .placement import Placement, ServerView
-from .remote import RemoteFailure, connect, handshake_failure, open_session, run_job
+from .remote import (
+    RemoteFailure,
+    connect,
+    handshake_failure,
+    open_session,
+    run_job,
+    sends_alive,
+)
 from .trace import Span
 
 MAX_RESULT = 1 << 30
@@ -211,7 +218,7 @@ class Pool:
                         reasons.append(exc.reason)
                         break
                     self._drop(link, identity, channel, busy=True)
-                    if not fresh and attempt == 0:
+                    if not fresh and attempt == 0 and exc.code != "silent":
                         with self._lock:
                             link.busy += 1  # the retry on a fresh connection: the same job
                         continue  # maybe only this idle connection went stale
@@ -366,6 +373,7 @@ class Pool:
             channel, hello = open_session(sock, link.host, identity)
             sock.settimeout(30)
             ready, _ = channel.expect(proto.READY, proto.MAX_HELLO_FRAME)
+            channel.alive = sends_alive(ready)
             if isinstance(ready.get("load"), dict):
                 link.load, link.load_at = ready["load"], time.monotonic()
             slots = ready.get("slots", hello.get("slots"))

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import socket
+import time
 import weakref
 from collections import namedtuple
 
@@ -20,6 +21,12 @@ if TYPE_CHECKING:
 CONNECT_TIMEOUT = 5.0
 # The server enforces the job's wall clock; this only bounds a server that went silent.
 RESULT_TIMEOUT = 900.0
+# How often a job asks a server that can for an ALIVE frame; after ALIVE_MISSED of them
+# missed, the server is given up on: stopped, cut off or wedged, not compiling.
+ALIVE_SECONDS = 10.0
+ALIVE_MISSED = 6
+# The jail's READY follows authorization and a jail's making: seconds, not minutes.
+READY_TIMEOUT = 30.0
 
 
 class _TreeState:
@@ -123,10 +130,17 @@ def open_session(
     try:
         want = send_hello(sock, host, identity=identity)
         header, _ = proto.expect(sock, proto.HELLO, proto.MAX_HELLO_FRAME)
-        return authenticate(sock, host, want, header), header
+        channel = authenticate(sock, host, want, header)
+        channel.alive = sends_alive(header)
+        return channel, header
     except HANDSHAKE_ERRORS as exc:
         failure = handshake_failure(host, exc)
         raise (missing_image(host, identity) if failure.code == "image" else failure) from None
+
+
+def sends_alive(server_hello: dict[str, Any]) -> bool:
+    """Whether the server sends ALIVE frames to a job that asks (its hello or READY says)."""
+    return server_hello.get("alive") is True
 
 
 def missing_image(host: Host, identity: str) -> RemoteFailure:
@@ -213,12 +227,15 @@ def run_job(
             sent = {"id": job["id"], "kind": "tree", "image": sent["image"], "listing": listing[0]}
         else:
             sent = _with_tree_delta(sent, state.base)
+    if channel.alive:
+        sent = {**sent, "alive": ALIVE_SECONDS}
     try:
         wire = channel.send(proto.JOB, sent, blobs, compress=[True] * len(blobs))
-        channel.sock.settimeout(RESULT_TIMEOUT)
         if not ready:
+            channel.sock.settimeout(READY_TIMEOUT)
             channel.expect(proto.READY, proto.MAX_HELLO_FRAME)
-        frame_type, header, out = channel.recv(max_result)
+        answer = _Answer(channel, host, job["id"], max_result)
+        frame_type, header, out = answer.next()
         # Up to two: the listing, if the server lost it; then the files its store lacks.
         for _ in range(2):
             if frame_type != proto.NEED or provide is None:
@@ -228,7 +245,7 @@ def run_job(
                 wire += _send_blobs(channel, job["id"], header, lambda _: [listing[1]])
             else:
                 wire += _send_blobs(channel, job["id"], header, provide)
-            frame_type, header, out = channel.recv(max_result)
+            frame_type, header, out = answer.next()
         if state is not None and listing is not None and frame_type == proto.RESULT:
             state.image_checked.update(tuple(e) for e in sent["image"])
             state.base = (job["root"], {e[0]: e for e in job["tree"]})
@@ -246,6 +263,33 @@ def run_job(
     if len(out) != 3 or header.get("id") != job["id"]:
         raise RemoteFailure(f"{host}: malformed result")
     return _result(host, header, out, output=out[2] if header.get("has_output") else None)
+
+
+class _Answer:
+    """A job's frames from the server, past its ALIVE frames: within RESULT_TIMEOUT in all,
+    and, from a server that sends ALIVE, never ALIVE_MISSED of its intervals without one."""
+
+    def __init__(self, channel: proto.Channel, host: Host, job_id: int, max_frame: int) -> None:
+        self.channel, self.host, self.job_id, self.max_frame = channel, host, job_id, max_frame
+        self.deadline = time.monotonic() + RESULT_TIMEOUT
+        self.silence = ALIVE_MISSED * ALIVE_SECONDS if channel.alive else RESULT_TIMEOUT
+
+    def next(self) -> tuple[int, dict[str, Any], list[bytes]]:
+        while True:
+            left = self.deadline - time.monotonic()
+            wait = min(left, self.silence)
+            if left <= 0:
+                raise RemoteFailure(f"{self.host}: no result in {RESULT_TIMEOUT:.0f} s")
+            self.channel.sock.settimeout(wait)
+            try:
+                frame_type, header, out = self.channel.recv(self.max_frame)
+            except TimeoutError:
+                said = f"{self.host}: no word from the server in {wait:.0f} s"
+                raise RemoteFailure(said, code="silent") from None
+            if frame_type != proto.ALIVE:
+                return frame_type, header, out
+            if header.get("id") != self.job_id:
+                raise proto.ProtocolError("ALIVE for another job")
 
 
 def _result(host: Host, header: dict[str, Any], out: list[bytes], **more: Any) -> RemoteResult:

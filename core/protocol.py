@@ -39,6 +39,7 @@ READY = 6  # the connection's jail is ready and the peer authorized (first seale
 STATUS = 7  # the server's state, the answer to a hello with "request": "status"
 NEED = 8  # a tree job's blobs the jail's store lacks, by digest (server to client)
 BLOBS = 9  # some of those blobs (client to server)
+ALIVE = 10  # a job that asked is still queued or running (server to client)
 
 FRAME_NAMES = {
     HELLO: "HELLO",
@@ -50,7 +51,13 @@ FRAME_NAMES = {
     STATUS: "STATUS",
     NEED: "NEED",
     BLOBS: "BLOBS",
+    ALIVE: "ALIVE",
 }
+
+# A job may ask ("alive": seconds, from 1 to 60) for an ALIVE frame at least that often while
+# it waits for a slot or runs, from a server whose READY says "alive": true, so that its
+# client can tell a stopped or cut-off server from a long compile.
+ALIVE_RANGE = (1, 60)
 
 # Caps. Before the hello exchange only a small frame is accepted.
 MAX_HELLO_FRAME = 64 * 1024
@@ -108,7 +115,7 @@ def _decompress(data: bytes, size: int) -> bytes:
 
 
 # What a tree job's listing leaves out: what differs between connections for the same job.
-LISTING_OMITS = frozenset({"id", "image", "listing", "tree_delta"})
+LISTING_OMITS = frozenset({"id", "image", "listing", "tree_delta", "alive"})
 
 
 def job_listing(header: dict[str, Any]) -> tuple[str, bytes]:
@@ -324,6 +331,7 @@ class Channel:
 
     def __init__(self, sock: socket.socket) -> None:
         self.sock = sock
+        self.alive = False  # the server sends ALIVE frames to a job that asks (its READY says)
 
     def send(
         self,

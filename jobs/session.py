@@ -108,6 +108,7 @@ def serve(init: JailInit, conn: socket.socket, params: dict[str, Any], token: by
             conn.settimeout(SEND_TIMEOUT)
             kind = header.get("kind", "preprocessed")
             try:
+                init.keep_alive = _keep_alive(channel, header)
                 if kind == "tree":
                     original, listed = header, "listing" in header
                     header = tree.with_base(_with_listing(channel, store, header), base)
@@ -156,6 +157,28 @@ def serve(init: JailInit, conn: socket.socket, params: dict[str, Any], token: by
         return f"connection: {exc}"
     finally:
         init.client_fd = None
+        init.keep_alive = None
+
+
+def _keep_alive(channel: proto.Channel, header: dict[str, Any]) -> tuple[float, Callable] | None:
+    """For a job that asked ("alive": seconds): (how often, what to send) while it waits for
+    a slot or runs; the sender says False once the client can no longer be told."""
+    seconds = header.get("alive")
+    if seconds is None:
+        return None
+    low, high = proto.ALIVE_RANGE
+    if type(seconds) not in (int, float) or not low <= seconds <= high:
+        raise JobRejected("protocol", f"alive: seconds from {low} to {high}")
+    job_id = header.get("id")
+
+    def send() -> bool:
+        try:
+            channel.send(proto.ALIVE, {"id": job_id})
+        except (OSError, proto.ProtocolError):
+            return False
+        return True
+
+    return float(seconds), send
 
 
 def _channel(conn: socket.socket, params: dict[str, Any], token: bytes) -> proto.Channel:
@@ -333,7 +356,7 @@ def _run_job(init: JailInit, channel: proto.Channel, params: dict, job: dict) ->
 # -- tree jobs (jobs/tree.py) ------------------------------------------------------------------
 
 
-_BY_LISTING = frozenset({"id", "kind", "image", "listing"})
+_BY_LISTING = frozenset({"id", "kind", "image", "listing", "alive"})
 
 
 def _with_listing(
@@ -345,7 +368,9 @@ def _with_listing(
     if ref is None:
         return header
     if not set(header) <= _BY_LISTING:
-        raise tree.TreeRefused("protocol", "a job by listing holds only id, kind, image, listing")
+        raise tree.TreeRefused(
+            "protocol", "a job by listing holds only id, kind, image, listing, alive"
+        )
     job_id = header.get("id")
     if not isinstance(job_id, int):
         raise tree.TreeRefused("protocol", "a job needs an id")
@@ -378,7 +403,7 @@ def _with_listing(
     except wire.WireError as exc:
         raise _BadBlobs(job_id, f"a listing is a JOB header: {exc}") from None
     if not proto.LISTING_OMITS.isdisjoint(job):
-        raise _BadBlobs(job_id, "a listing holds no id, image, listing or tree_delta")
+        raise _BadBlobs(job_id, "a listing holds no id, image, listing, tree_delta or alive")
     return {**job, "id": job_id, "image": header.get("image", [])}
 
 

@@ -88,6 +88,9 @@ class JailInit:
         # The connection a handler serves (jobs/session.py sets it): its client hanging up
         # mid-job ends the job, which nobody waits for any more.
         self.client_fd: int | None = None
+        # While a job that asked for it waits or runs: (every so many seconds, tell its client
+        # it still does; False once the client cannot be told). Set by the handler too.
+        self.keep_alive: tuple[float, Callable[[], bool]] | None = None
         if os.geteuid() == 0 and "root_uid" not in weaken:
             # Its sweep and wipes assume a jail: never let it loose on the host.
             raise RuntimeError("the jail init must run inside a jail, unprivileged")
@@ -162,6 +165,13 @@ class JailInit:
     def ask(self, message: dict[str, Any]) -> dict[str, Any]:
         """Ask the server something (a slot, a working directory) and wait for its answer."""
         wire.send_message(self.sock, {"ask": True, **message})
+        keep_alive = self.keep_alive
+        while keep_alive is not None:  # a slot may be long in coming: say the job still waits
+            seconds, tell = keep_alive
+            if select.select([self.sock], [], [], seconds)[0]:
+                break
+            if not tell():
+                keep_alive = None  # its client went: the job, given a slot, stops at once
         reply, _ = wire.recv_message(self.sock, 0)
         return reply
 
@@ -324,12 +334,23 @@ class JailInit:
         limit: str | None = None
         open_pipes = {out_r, err_r}
         exited = False
+        keep_alive = self.keep_alive
+        told = started
         try:
             while open_pipes or not exited:
-                timeout = None if deadline is None else deadline - time.monotonic()
+                now = time.monotonic()
+                timeout = None if deadline is None else deadline - now
                 if timeout is not None and timeout <= 0:
                     limit = "wall"
                     break
+                if keep_alive is not None:
+                    if now - told >= keep_alive[0]:
+                        if not keep_alive[1]():
+                            limit = "hung-up"  # its client stopped reading: nobody waits
+                            break
+                        told = now
+                    due = told + keep_alive[0] - now
+                    timeout = due if timeout is None else min(timeout, due)
                 events = poller.poll(None if timeout is None else timeout * 1000)
                 for fd, _ in events:
                     if fd == pidfd:

@@ -426,6 +426,7 @@ class JobService:
             slots=self.config.slots,
             image=offer.image,
             load=self.load(),
+            alive=True,
         )
 
     # -- status ------------------------------------------------------------------------------

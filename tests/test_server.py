@@ -110,6 +110,65 @@ def test_a_job_whose_client_hangs_up_stops_and_frees_its_slot(server, identity, 
     assert time.monotonic() - hung_up < 3.0, "the compile ran on after its client left"
 
 
+def _slow_source(functions: int) -> bytes:
+    return "".join(
+        f"int f{i}(int a) {{ int s = 0; for (int j = 0; j < a; j++) s += j * {i} ^ (s >> 3);"
+        " return s; }\n"
+        for i in range(functions)
+    ).encode()
+
+
+def _frames_until_result(sock: socket.socket) -> tuple[list[dict], dict]:
+    """The ALIVE headers a job got, in order, and its RESULT's header."""
+    alive = []
+    while True:
+        frame_type, header, _ = proto.recv(sock)
+        if frame_type != proto.ALIVE:
+            return alive, proto.expected(proto.RESULT, frame_type, header, [])[0]
+        alive.append(header)
+
+
+def test_a_job_that_asks_hears_it_is_alive_while_queued_and_while_running(
+    gcc_image, identity, tmp_path
+):
+    """A client tells a stopped or cut-off server from a long compile or a long queue: a job
+    that asks ("alive": seconds) gets ALIVE frames while it waits for a slot and runs."""
+    srv = start_server(tmp_path / "srv", gcc_image, "--allow-user", "root", "--jobs", "1")
+    try:
+        slow = preprocess(tmp_path, _slow_source(700), "slow.c")
+        quick = preprocess(tmp_path)
+        with srv.connect() as running, srv.connect() as queued:
+            assert hello(running)["alive"] is True
+            hello(queued)
+            proto.send(running, proto.JOB, job(identity, tmp_path, id=7, alive=1), [slow], [True])
+            time.sleep(0.5)  # it holds the only slot
+            proto.send(queued, proto.JOB, job(identity, tmp_path, id=8, alive=1), [quick], [True])
+            told_running, result = _frames_until_result(running)
+            assert result["id"] == 7 and result["exit_code"] == 0
+            told_queued, result = _frames_until_result(queued)
+            assert result["id"] == 8 and result["exit_code"] == 0
+            assert result["times"]["queue"] > 1.0  # it did wait behind the slow one
+        assert len(told_running) >= 1 and all(h == {"id": 7} for h in told_running)
+        assert len(told_queued) >= 1 and all(h == {"id": 8} for h in told_queued)
+        # A job that does not ask hears nothing but its answer.
+        with srv.connect() as sock:
+            hello(sock)
+            proto.send(sock, proto.JOB, job(identity, tmp_path, id=9), [slow], [True])
+            assert _frames_until_result(sock)[0] == []
+    finally:
+        stop_server(srv)
+
+
+@pytest.mark.parametrize("asked", [0, 0.5, 61, True, "10", [10]])
+def test_an_alive_interval_out_of_range_is_refused(server, identity, tmp_path, asked):
+    with server.connect() as sock:
+        hello(sock)
+        proto.send(sock, proto.JOB, job(identity, tmp_path, alive=asked), [preprocess(tmp_path)])
+        with pytest.raises(proto.RemoteError) as refused:
+            proto.expect(sock, proto.RESULT)
+        assert refused.value.code == "protocol" and "alive" in refused.value.message
+
+
 def test_compile_errors_come_back_with_diagnostics(server, identity, tmp_path):
     pre = preprocess(tmp_path, b"int f(void) { return x; }\n")
     with server.connect() as sock:

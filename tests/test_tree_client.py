@@ -489,7 +489,7 @@ def test_a_tree_the_server_holds_is_named_by_its_listing_not_sent(server, tmp_pa
     first, ref = send()
     assert "tree" in first and "listing" not in first
     again, same = send()
-    assert same == ref and set(again) == {"id", "kind", "image", "listing"}
+    assert same == ref and set(again) == {"id", "kind", "image", "listing", "alive"}
     # A listing we believe the server holds but it does not is asked for, and all goes on.
     (cwd.parent / "inc" / "config.h").write_bytes(b"#define LIMIT 40\n")
     spoilt, other = send(pretend_known=True)
