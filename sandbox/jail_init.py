@@ -399,6 +399,8 @@ class JailInit:
             written = _bytes_written(self.io_counters) - written_before - sum(sizes.values())
             if _file_size_limit_hit(written, self._rlimits(limits)[2], stderr):
                 limit = "file-size"
+            elif DISK_FULL_MESSAGE in stderr:
+                limit = "disk"  # the work dir or /tmp is full: a local compile has room
         result = {
             "ok": True,
             "exit_code": os.WEXITSTATUS(status) if os.WIFEXITED(status) else None,
@@ -476,6 +478,9 @@ class JailInit:
 # when it kills as or cc1: "... signal terminated program as"), strerror(EFBIG) (a tool that
 # gets the error instead, SIGXFSZ being ignored). In English: images carry no translations.
 FILE_SIZE_MESSAGES = (b"File size limit exceeded", b"File too large")
+# strerror(ENOSPC), as the compiler, the assembler and the linker print it. A job's own text
+# that says it too (an #error) costs only a local compile, which then says it as well.
+DISK_FULL_MESSAGE = b"No space left on device"
 
 
 def _file_size_limit_hit(written: int, file_bytes: int, stderr: bytes) -> bool:

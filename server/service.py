@@ -582,8 +582,11 @@ def _auth_token(frame: tuple[int, dict[str, Any], list[bytes]]) -> bytes:
 # The jail's words are shown and counted, never trusted: these bound what it can make us keep.
 MAX_SOURCE = 200  # characters of a job's source name, for the log and status answers
 MAX_COUNTED_BYTES = 1 << 36  # a job's input or result, as the jail reports it
-# ("hung-up": the client went away mid-job, and the jail stopped it)
-KNOWN_LIMITS = frozenset({"memory", "pids", "cpu", "wall", "output", "file-size", "hung-up"})
+# ("hung-up": the client went away mid-job, and the jail stopped it; "disk": the jail's work
+# dir or /tmp was full)
+KNOWN_LIMITS = frozenset(
+    {"memory", "pids", "cpu", "wall", "output", "file-size", "disk", "hung-up"}
+)
 JOB_REFUSALS = frozenset({"policy", "protocol", "image"})  # the "refused" question's codes
 
 

@@ -391,6 +391,24 @@ def test_a_broken_host_dev_null_does_not_reach_the_jails(gcc_image, probe_binary
     assert stat.S_ISCHR(os.stat("/dev/null").st_mode)
 
 
+def test_a_full_work_dir_is_reported_as_the_disk_limit(sandbox) -> None:
+    """An object larger than the work dir's tmpfs: as fails with ENOSPC, an ordinary failure
+    to the driver, where a local compile succeeds. The result must name the limit, or the
+    client would take the failure for the answer."""
+    source = b"char big[24 << 20] = {1};\n"
+    limits = RunLimits(cpu_seconds=20, wall_seconds=30.0, file_bytes=256 * MiB)
+    with sandbox.create_jail("gcc-12", SMALL) as jail:  # a 16 MiB work dir
+        result = jail.run(
+            ["/usr/bin/gcc-12", "-c", "big.i", "-o", "big.o"],
+            cwd="/src",
+            inputs={"big.i": source},
+            outputs=["big.o"],
+            limits=limits,
+        )
+        assert b"No space left on device" in result.stderr, result.stderr
+        assert result.exit_code != 0 and result.limit == "disk", (result, result.stderr)
+
+
 def test_a_file_size_limit_below_the_compiler_driver_is_reported(sandbox, tmp_path) -> None:
     """as, not the gcc driver, is stopped by RLIMIT_FSIZE: the driver fails with an ordinary
     status, and the result must still name the limit (the client then compiles locally)."""
