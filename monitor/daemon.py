@@ -510,6 +510,7 @@ def run(args: argparse.Namespace) -> int:
                 failed = True
                 break
     finally:
+        monitor.stopping = True
         _stop_process(service)
         main_channel.close()
         jail_cache.close()

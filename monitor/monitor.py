@@ -123,6 +123,7 @@ class Monitor:
         self.connections: dict[int, _Connection] = {}  # by the service's number for it
         self.lock = threading.Lock()
         self.idle = False
+        self.stopping = False  # jailccd stops: its jails go down under their connections
         # A thread per open connection, kept for the next one: starting a thread is a good
         # part of a connection's set-up. The cap on connections bounds the pool.
         self.threads = ThreadPoolExecutor(config.max_connections, thread_name_prefix="conn")
@@ -372,8 +373,9 @@ class Monitor:
                 conn.client, handover.HANDLER, params, token, relay.answer, QUESTION_TIMEOUT
             )
         except JailBroken as exc:
-            ended = f"the jail broke: {exc}"
-            log.error("jail broke user=%s: %s", conn.user[:300], exc)
+            ended = "jailccd stopped" if self.stopping else f"the jail broke: {exc}"
+            if not self.stopping:
+                log.error("jail broke user=%s: %s", conn.user[:300], exc)
         except SandboxError as exc:
             ended = str(exc)
         finally:

@@ -23,8 +23,9 @@ SCRIPT = TOP / "scripts" / "root-loc"
 # job writes never runs: the selftest's probes get an executable work dir by name), 4397 with
 # frames read as their bytes come (not allocated at their declared size), 4406 with the
 # --max-connections-per-user option, 4405 once kept jails were filed by how their user was
-# identified, 4406 with --log-peer-lines' help saying what an authenticated peer gets.
-ROOT_LOC_CEILING = 4406
+# identified, 4406 with --log-peer-lines' help saying what an authenticated peer gets, 4409
+# once a stop (SIGTERM) with connections open was told apart from jails that broke.
+ROOT_LOC_CEILING = 4409
 
 
 def _load_root_loc():

@@ -169,6 +169,26 @@ def test_an_alive_interval_out_of_range_is_refused(server, identity, tmp_path, a
         assert refused.value.code == "protocol" and "alive" in refused.value.message
 
 
+def test_stopping_with_connections_open_is_no_error(gcc_image, identity, tmp_path):
+    """systemctl stop (SIGTERM) while clients hold connections: their jails go down as
+    jailccd stops, which the log says as such, not as jails that broke."""
+    srv = start_server(tmp_path / "srv", gcc_image, "--allow-user", "root")
+    try:
+        with srv.connect() as idle, srv.connect() as working:
+            hello(idle)
+            hello(working)
+            slow = preprocess(tmp_path, _slow_source(700), "slow.c")
+            proto.send(working, proto.JOB, job(identity, tmp_path), [slow], [True])
+            time.sleep(0.5)
+            srv.proc.terminate()
+            assert srv.proc.wait(30) == 0
+    finally:
+        stop_server(srv)
+    log = srv.log_text()
+    assert "jailccd stopped" in log
+    assert " ERROR " not in log and "broke" not in log, log[-3000:]
+
+
 def test_compile_errors_come_back_with_diagnostics(server, identity, tmp_path):
     pre = preprocess(tmp_path, b"int f(void) { return x; }\n")
     with server.connect() as sock:
