@@ -30,6 +30,27 @@ def find_compiler(name: str, self_path: str, path_env: str | None = None) -> str
     return None
 
 
+def local_arg0(typed: str | None, compiler: str) -> str:
+    """argv[0] for running the compiler here: the name the user typed when looking it up on
+    PATH finds this very file, as the compiler itself will (gcc finds its own directory so,
+    and -v shows the name as COLLECT_GCC): then the run is the plain compile's exactly.
+    Otherwise (a masquerade link is found first, say) the path, which finds no jailcc.
+    client/jailcc.c local_arg0 does the same."""
+    if not typed or "/" in typed:
+        return compiler
+    try:
+        wanted = os.stat(compiler)
+        for directory in os.environ.get("PATH", "").split(":"):
+            candidate = os.path.join(directory or ".", typed)
+            if os.access(candidate, os.X_OK):
+                found = os.stat(candidate)
+                same = (found.st_dev, found.st_ino) == (wanted.st_dev, wanted.st_ino)
+                return typed if same else compiler
+    except OSError:
+        pass
+    return compiler
+
+
 def not_found(name: str) -> str:
     """What jailcc says when find_compiler finds no compiler called name."""
     return f"jailcc: cannot find the compiler {name!r} on PATH (jailcc itself skipped)\n"

@@ -218,7 +218,35 @@ static int connect_proxy(void)
 }
 
 /* The proxy's answer, acted on. Returns only if there was no whole answer. */
-static int ask(int fd, int argc, char **argv, const char *exe)
+/* argv[0] for running the compiler here: the name the user typed when looking it up on PATH
+ * finds this very file, as the compiler itself will (gcc finds its own directory so, and -v
+ * shows the name as COLLECT_GCC): then the run is the plain compile's exactly. Otherwise (a
+ * masquerade link is found first, say) the path, which finds no jailcc. As client/compiler.py
+ * local_arg0. */
+static char *local_arg0(const char *typed, char *path)
+{
+	struct stat wanted, found;
+	const char *dirs = getenv("PATH");
+	if (!typed || !*typed || strchr(typed, '/') || !dirs || stat(path, &wanted))
+		return path;
+	char candidate[PATH_MAX];
+	for (const char *dir = dirs;; dir++) {
+		const char *end = strchrnul(dir, ':');
+		int len = (int)(end - dir);
+		int n = snprintf(candidate, sizeof candidate, "%.*s/%s", len ? len : 1,
+				 len ? dir : ".", typed);
+		if (n > 0 && (size_t)n < sizeof candidate && access(candidate, X_OK) == 0) {
+			int same = stat(candidate, &found) == 0 && found.st_dev == wanted.st_dev &&
+				   found.st_ino == wanted.st_ino;
+			return same ? (char *)typed : path;
+		}
+		if (!*end)
+			return path;
+		dir = end;
+	}
+}
+
+static int ask(int fd, int argc, char **argv, const char *exe, const char *typed)
 {
 	struct buf req = {0};
 	char cwd[PATH_MAX];
@@ -271,7 +299,7 @@ static int ask(int fd, int argc, char **argv, const char *exe)
 	char **args = calloc(nargs + 2, sizeof *args);
 	if (!args)
 		return -1;
-	args[0] = path;
+	args[0] = local_arg0(typed, path);
 	for (uint32_t i = 0; i < nargs; i++)
 		if (!(args[i + 1] = read_cstr(fd)))
 			return -1;
@@ -319,7 +347,7 @@ int main(int argc, char **argv)
 	if (plain) {
 		int fd = connect_proxy();
 		if (fd >= 0) {
-			ask(fd, argc, argv, exe);
+			ask(fd, argc, argv, exe, ours ? argv[1] : base);
 			close(fd);
 		}
 	}

@@ -4,6 +4,7 @@ local compile whenever the remote side cannot be trusted."""
 from __future__ import annotations
 
 import os
+import re
 import shutil
 import socket
 import subprocess
@@ -449,6 +450,24 @@ def test_later_jobs_of_a_compiler_no_server_has_say_so_too(server, tmp_path):
     assert "has no toolchain image for /usr/lib/llvm-16/bin/clang" in where(first.stderr)
     said = where(second.stderr)
     assert f"no toolchain image for this compiler on unix:{server.socket_path}" in said, said
+
+
+@pytest.mark.parametrize("proxy", ["1", "0"])
+def test_a_local_compile_runs_under_the_name_the_user_typed(server, tmp_path, proxy):
+    """gcc finds itself by its argv[0] on PATH and shows it (-v: COLLECT_GCC=gcc-12): run
+    locally, it gets the name as typed, not the path jailcc found, whenever that name finds
+    the same compiler (the native client with the proxy, and the Python client)."""
+    work = tree(tmp_path)
+    args = ["-v", "-O2", "-c", "src/main.c", "-o", "obj/main.o"]
+    env = env_for(server, JAILCC_PROXY=proxy, JAILCC_VERBOSE="0")
+    ours = run([JAILCC, "gcc-12", *args], work, env)
+    if proxy == "1":  # the first may have been the Python client's, starting the proxy
+        ours = run([JAILCC, "gcc-12", *args], work, env)
+    plain = run(["gcc-12", *args], work, env)
+    assert ours.returncode == plain.returncode == 0, ours.stderr
+    temp = re.compile(rb"/tmp/cc\w+\.s")  # the compiler's temporary files' names
+    assert temp.sub(b"T", ours.stderr) == temp.sub(b"T", plain.stderr)
+    assert b"\nCOLLECT_GCC=gcc-12\n" in ours.stderr
 
 
 def test_masquerade_symlinks_find_the_real_compiler_and_never_recurse(server, tmp_path):
