@@ -17,7 +17,7 @@ from conftest import requires_root
 from jailcc.sandbox import cgroups, leaks
 from jailcc.sandbox.api import Jail, JailBroken, Sandbox, SandboxError
 from jailcc.sandbox.cgroups import JailCgroup
-from jailcc.sandbox.spec import JailLimits, MiB, RunLimits
+from jailcc.sandbox.spec import JailLimits, MiB, RunLimits, RunResult
 from jailcc.sandbox.uidpool import DEFAULT_BASE, DEFAULT_COUNT
 
 pytestmark = requires_root
@@ -391,6 +391,16 @@ def test_a_broken_host_dev_null_does_not_reach_the_jails(gcc_image, probe_binary
     assert stat.S_ISCHR(os.stat("/dev/null").st_mode)
 
 
+def _compile_big(jail: Jail, source: bytes, limits: RunLimits) -> RunResult:
+    return jail.run(
+        ["/usr/bin/gcc-12", "-c", "big.i", "-o", "big.o"],
+        cwd="/src",
+        inputs={"big.i": source},
+        outputs=["big.o"],
+        limits=limits,
+    )
+
+
 def test_a_full_work_dir_is_reported_as_the_disk_limit(sandbox) -> None:
     """An object larger than the work dir's tmpfs: as fails with ENOSPC, an ordinary failure
     to the driver, where a local compile succeeds. The result must name the limit, or the
@@ -398,13 +408,7 @@ def test_a_full_work_dir_is_reported_as_the_disk_limit(sandbox) -> None:
     source = b"char big[24 << 20] = {1};\n"
     limits = RunLimits(cpu_seconds=20, wall_seconds=30.0, file_bytes=256 * MiB)
     with sandbox.create_jail("gcc-12", SMALL) as jail:  # a 16 MiB work dir
-        result = jail.run(
-            ["/usr/bin/gcc-12", "-c", "big.i", "-o", "big.o"],
-            cwd="/src",
-            inputs={"big.i": source},
-            outputs=["big.o"],
-            limits=limits,
-        )
+        result = _compile_big(jail, source, limits)
         assert b"No space left on device" in result.stderr, result.stderr
         assert result.exit_code != 0 and result.limit == "disk", (result, result.stderr)
 
@@ -415,22 +419,10 @@ def test_a_file_size_limit_below_the_compiler_driver_is_reported(sandbox, tmp_pa
     source = b"char big[4 << 20] = {1};\n"
     limits = RunLimits(cpu_seconds=10, wall_seconds=20.0, file_bytes=1 * MiB)
     with sandbox.create_jail("gcc-12") as jail:
-        result = jail.run(
-            ["/usr/bin/gcc-12", "-c", "big.i", "-o", "big.o"],
-            cwd="/src",
-            inputs={"big.i": source},
-            outputs=["big.o"],
-            limits=limits,
-        )
+        result = _compile_big(jail, source, limits)
         assert result.exit_code != 0 and result.limit == "file-size", (result, result.stderr)
         # Within RLIMIT_FSIZE but over the cap on what is read back: the output limit.
-        over_cap = jail.run(
-            ["/usr/bin/gcc-12", "-c", "big.i", "-o", "big.o"],
-            cwd="/src",
-            inputs={"big.i": source},
-            outputs=["big.o"],
-            limits=RunLimits(file_bytes=8 * MiB, output_file_bytes=1 * MiB),
-        )
+        over_cap = _compile_big(jail, source, RunLimits(file_bytes=8 * MiB, output_file_bytes=MiB))
         assert over_cap.exit_code == 0 and over_cap.limit == "output" and not over_cap.ok
         # Below the limit the same job is an ordinary success...
         small = jail.run(
