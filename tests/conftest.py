@@ -32,6 +32,31 @@ def pytest_configure(config: pytest.Config) -> None:
             print(f"conftest: WARNING: {exc}", file=sys.stderr)
 
 
+@pytest.fixture(scope="session", autouse=True)
+def private_runtime_dir() -> Iterator[Path]:
+    """The tests' per-user proxies live in a runtime dir of the session's own (each test's
+    settings make a proxy, a socket, a lock and a log): not in the host's /tmp/jailcc-UID or
+    /run/user. At the end every proxy still up there is stopped and the dir removed."""
+    # Short: a Unix socket's path has 108 bytes.
+    path = Path(tempfile.mkdtemp(prefix="jcc-run-", dir="/tmp"))
+    before = os.environ.get("XDG_RUNTIME_DIR")
+    os.environ["XDG_RUNTIME_DIR"] = str(path)
+    try:
+        yield path
+    finally:
+        for proxy in (path / "jailcc").glob("proxy-*.sock"):
+            env = {**os.environ, "JAILCC_PROXY_SOCKET": str(proxy)}
+            with contextlib.suppress(subprocess.SubprocessError, OSError):
+                subprocess.run(
+                    [str(BIN / "jailcc"), "proxy", "stop"], env=env, capture_output=True, timeout=30
+                )
+        if before is None:
+            os.environ.pop("XDG_RUNTIME_DIR", None)
+        else:
+            os.environ["XDG_RUNTIME_DIR"] = before
+        shutil.rmtree(path, ignore_errors=True)
+
+
 def build_image(out: Path, *compilers: str, headers: bool = False, read_log: bool = True) -> Path:
     cmd = [str(BIN / "jailcc-image"), "build", "-o", str(out), *(["--headers"] if headers else [])]
     cmd += [] if read_log else ["--no-read-log"]
