@@ -117,11 +117,11 @@ def main(argv: list[str] | None = None) -> int:
 
         answer = ask_proxy(argv, exe, inv, ask=not tried)
         if answer is not None:
-            return _act(answer, name)
+            return _act(answer, name, exe)
     from .decide import decide
     from .job import compile_remote
 
-    return _act(decide(argv, exe, inv, compile_remote), name)
+    return _act(decide(argv, exe, inv, compile_remote), name, exe)
 
 
 def _own_command(name: str | None, args: list[str]) -> int:
@@ -142,7 +142,7 @@ def _own_command(name: str | None, args: list[str]) -> int:
     return command(name, args)
 
 
-def _act(answer: object, typed: str) -> int:
+def _act(answer: object, typed: str, exe: str) -> int:
     from .decide import RunLocally
 
     if isinstance(answer, RunLocally):
@@ -151,7 +151,7 @@ def _act(answer: object, typed: str) -> int:
 
             sys.stderr.buffer.write(text_bytes(answer.message))
             sys.stderr.flush()
-        return _exec_local(answer.compiler, answer.args, typed)
+        return _exec_local(answer.compiler, answer.args, typed, exe)
     exit_code, stdout, stderr = answer[0], answer[1], answer[2]  # an Outcome
     sys.stdout.buffer.write(stdout)
     sys.stdout.flush()
@@ -168,17 +168,20 @@ def _here_unknown(name: str, exe: str, args: list[str]) -> int:
         if sys.stderr is not None:
             sys.stderr.write(not_found(name))
         return 127
-    return _exec_local(compiler, args, name)
+    return _exec_local(compiler, args, name, exe)
 
 
-def _exec_local(compiler: str, args: list[str], typed: str) -> int:
+def _exec_local(compiler: str, args: list[str], typed: str, exe: str) -> int:
     from .compiler import local_arg0
 
     for stream in (sys.stdout, sys.stderr):
         if stream is not None:  # (None: closed when we started)
             stream.flush()
     try:
-        os.execv(compiler, [local_arg0(typed, compiler), *args])
+        arg0, path = local_arg0(typed, compiler, exe)
+        if path is not None:
+            os.environ["PATH"] = path
+        os.execv(compiler, [arg0, *args])
     except OSError as exc:
         print(f"jailcc: cannot run {compiler}: {exc.strerror}", file=sys.stderr)
         return 127

@@ -30,25 +30,39 @@ def find_compiler(name: str, self_path: str, path_env: str | None = None) -> str
     return None
 
 
-def local_arg0(typed: str | None, compiler: str) -> str:
-    """argv[0] for running the compiler here: the name the user typed when looking it up on
-    PATH finds this very file, as the compiler itself will (gcc finds its own directory so,
-    and -v shows the name as COLLECT_GCC): then the run is the plain compile's exactly.
-    Otherwise (a masquerade link is found first, say) the path, which finds no jailcc.
+def local_arg0(typed: str | None, compiler: str, self_path: str) -> tuple[str, str | None]:
+    """(argv[0], PATH) for running the compiler here: the name the user typed when looking it
+    up on PATH finds this very file, as the compiler itself will (gcc finds its own directory
+    so, and -v shows the name as COLLECT_GCC): then the run is the plain compile's exactly.
+    Directories on the way whose entry of that name is jailcc (masquerade links) leave PATH
+    first, as distcc does: nothing the compiler runs by name finds jailcc again (PATH: the new
+    value, None to keep it). Any other file found first: the path, PATH as it is.
     client/jailcc.c local_arg0 does the same."""
-    if not typed or "/" in typed:
-        return compiler
+    path = os.environ.get("PATH")
+    if not typed or "/" in typed or path is None:
+        return compiler, None
+    real = os.path.realpath(self_path)
+    home = os.path.dirname(real)
+    ours = {real, os.path.join(home, "jailcc"), os.path.join(home, "jailcc-py")}
+    kept: list[str] = []
     try:
         wanted = os.stat(compiler)
-        for directory in os.environ.get("PATH", "").split(":"):
+        dirs = path.split(":")
+        for at, directory in enumerate(dirs):
             candidate = os.path.join(directory or ".", typed)
-            if os.access(candidate, os.X_OK):
+            if not os.access(candidate, os.X_OK):
+                kept.append(directory)
+            elif _is_jailcc(candidate, ours):
+                continue  # a masquerade link: not on the compiler's PATH
+            else:
                 found = os.stat(candidate)
-                same = (found.st_dev, found.st_ino) == (wanted.st_dev, wanted.st_ino)
-                return typed if same else compiler
+                if (found.st_dev, found.st_ino) != (wanted.st_dev, wanted.st_ino):
+                    return compiler, None
+                trimmed = ":".join(kept + dirs[at:])
+                return typed, (None if trimmed == path else trimmed)
     except OSError:
         pass
-    return compiler
+    return compiler, None
 
 
 def not_found(name: str) -> str:

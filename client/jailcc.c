@@ -218,27 +218,48 @@ static int connect_proxy(void)
 }
 
 /* The proxy's answer, acted on. Returns only if there was no whole answer. */
+static int same_file(const struct stat *a, const struct stat *b)
+{
+	return a->st_dev == b->st_dev && a->st_ino == b->st_ino;
+}
+
 /* argv[0] for running the compiler here: the name the user typed when looking it up on PATH
  * finds this very file, as the compiler itself will (gcc finds its own directory so, and -v
- * shows the name as COLLECT_GCC): then the run is the plain compile's exactly. Otherwise (a
- * masquerade link is found first, say) the path, which finds no jailcc. As client/compiler.py
- * local_arg0. */
-static char *local_arg0(const char *typed, char *path)
+ * shows the name as COLLECT_GCC): then the run is the plain compile's exactly. Directories
+ * on the way whose entry of that name is jailcc (masquerade links) leave PATH first, as
+ * distcc does: nothing the compiler runs by name finds jailcc again. Any other file found
+ * first: the path, PATH as it is. As client/compiler.py local_arg0. */
+static char *local_arg0(const char *typed, char *path, const char *exe)
 {
-	struct stat wanted, found;
+	struct stat wanted, self, python, found;
 	const char *dirs = getenv("PATH");
-	if (!typed || !*typed || strchr(typed, '/') || !dirs || stat(path, &wanted))
+	if (!typed || !*typed || strchr(typed, '/') || !dirs || stat(path, &wanted) ||
+	    stat(exe, &self))
 		return path;
 	char candidate[PATH_MAX];
+	snprintf(candidate, sizeof candidate, "%.*s/jailcc-py", (int)(strrchr(exe, '/') - exe), exe);
+	int has_python = stat(candidate, &python) == 0;
+	struct buf kept = {0}; /* PATH less the masquerade directories */
+	int skipped = 0;
 	for (const char *dir = dirs;; dir++) {
 		const char *end = strchrnul(dir, ':');
 		int len = (int)(end - dir);
 		int n = snprintf(candidate, sizeof candidate, "%.*s/%s", len ? len : 1,
 				 len ? dir : ".", typed);
 		if (n > 0 && (size_t)n < sizeof candidate && access(candidate, X_OK) == 0) {
-			int same = stat(candidate, &found) == 0 && found.st_dev == wanted.st_dev &&
-				   found.st_ino == wanted.st_ino;
-			return same ? (char *)typed : path;
+			if (stat(candidate, &found) || !(same_file(&found, &wanted) ||
+							same_file(&found, &self) ||
+							(has_python && same_file(&found, &python))))
+				return path;
+			if (same_file(&found, &wanted)) {
+				if (skipped && (put(&kept, dir, strlen(dir) + 1) ||
+						setenv("PATH", kept.data, 1)))
+					return path;
+				return (char *)typed;
+			}
+			skipped = 1;
+		} else if (put(&kept, dir, (size_t)len + (*end ? 1 : 0))) {
+			return path;
 		}
 		if (!*end)
 			return path;
@@ -299,7 +320,7 @@ static int ask(int fd, int argc, char **argv, const char *exe, const char *typed
 	char **args = calloc(nargs + 2, sizeof *args);
 	if (!args)
 		return -1;
-	args[0] = local_arg0(typed, path);
+	args[0] = local_arg0(typed, path, exe);
 	for (uint32_t i = 0; i < nargs; i++)
 		if (!(args[i + 1] = read_cstr(fd)))
 			return -1;

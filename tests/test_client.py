@@ -452,18 +452,26 @@ def test_later_jobs_of_a_compiler_no_server_has_say_so_too(server, tmp_path):
     assert f"no toolchain image for this compiler on unix:{server.socket_path}" in said, said
 
 
+@pytest.mark.parametrize("masquerade", [False, True])
 @pytest.mark.parametrize("proxy", ["1", "0"])
-def test_a_local_compile_runs_under_the_name_the_user_typed(server, tmp_path, proxy):
+def test_a_local_compile_runs_under_the_name_the_user_typed(server, tmp_path, proxy, masquerade):
     """gcc finds itself by its argv[0] on PATH and shows it (-v: COLLECT_GCC=gcc-12): run
     locally, it gets the name as typed, not the path jailcc found, whenever that name finds
-    the same compiler (the native client with the proxy, and the Python client)."""
+    the same compiler once masquerade links are off PATH (as distcc takes them off), with
+    the native client and the proxy, and with the Python client."""
     work = tree(tmp_path)
     args = ["-v", "-O2", "-c", "src/main.c", "-o", "obj/main.o"]
     env = env_for(server, JAILCC_PROXY=proxy, JAILCC_VERBOSE="0")
-    ours = run([JAILCC, "gcc-12", *args], work, env)
+    command = [JAILCC, "gcc-12"]
+    if masquerade:
+        (tmp_path / "masq").mkdir()
+        (tmp_path / "masq" / "gcc-12").symlink_to(JAILCC)
+        env["PATH"] = f"{tmp_path / 'masq'}:{env['PATH']}"
+        command = ["gcc-12"]
+    ours = run([*command, *args], work, env)
     if proxy == "1":  # the first may have been the Python client's, starting the proxy
-        ours = run([JAILCC, "gcc-12", *args], work, env)
-    plain = run(["gcc-12", *args], work, env)
+        ours = run([*command, *args], work, env)
+    plain = run(["gcc-12", *args], work, env_for(server, JAILCC_VERBOSE="0"))
     assert ours.returncode == plain.returncode == 0, ours.stderr
     temp = re.compile(rb"/tmp/cc\w+\.s")  # the compiler's temporary files' names
     assert temp.sub(b"T", ours.stderr) == temp.sub(b"T", plain.stderr)
