@@ -41,6 +41,7 @@ DEFAULT_IDLE = 900.0
 REQUEST_TIMEOUT = 30.0
 STATUS_TIMEOUT = 2.0  # per server, for `jailcc mon`
 STATUS_THREADS = 32
+LOCK_WAIT = 15.0  # for a proxy of the same settings that holds the lock but does not answer
 
 
 class Notices:
@@ -565,6 +566,35 @@ def _fetch_statuses(hosts: list[Host]) -> dict[str, dict[str, Any] | str]:
     return {name: f.result() for name, f in futures.items() if f.done() and not f.cancelled()}
 
 
+def _take_lock(lock_fd: int, path: str) -> bool:
+    """The settings' lock, once no other proxy holds it; False when the one holding it
+    answers on the socket (it serves these settings). One that holds it without answering is
+    starting, or stopping after its idle time: wait for it, for LOCK_WAIT at most; a start
+    that gave up then would leave `jailcc proxy start` (and the next compiles) with none."""
+    deadline = time.monotonic() + LOCK_WAIT
+    while True:
+        try:
+            fcntl.flock(lock_fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            return True
+        except BlockingIOError:
+            if _answers(path) or time.monotonic() > deadline:
+                return False
+            time.sleep(0.05)
+
+
+def _answers(path: str) -> bool:
+    """Whether a proxy answers a status request on path."""
+    try:
+        with socket.socket(socket.AF_UNIX) as sock:
+            sock.settimeout(1.0)
+            sock.connect(path)
+            sock.sendall(pw.encode_message(pw.MAGIC_STATUS))
+            pw.read_reply(sock)
+            return True
+    except (OSError, ValueError):
+        return False
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="jailcc-proxy", description=__doc__)
     parser.add_argument(
@@ -583,10 +613,8 @@ def main(argv: list[str] | None = None) -> int:
         print(f"jailcc proxy: {exc}", file=sys.stderr)
         return 1
     lock_fd = os.open(path + ".lock", os.O_WRONLY | os.O_CREAT | os.O_CLOEXEC, 0o600)
-    try:
-        fcntl.flock(lock_fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-    except BlockingIOError:
-        return 0  # another proxy for these settings runs (or is starting)
+    if not _take_lock(lock_fd, path):
+        return 0  # another proxy serves these settings
     logging.basicConfig(
         filename=path.removesuffix(".sock") + ".log",
         level=logging.INFO,

@@ -235,6 +235,29 @@ def test_an_idle_proxy_exits_by_itself(server, tmp_path):
         time.sleep(0.2)
 
 
+def test_a_proxy_started_while_the_last_one_stops_takes_over(server, tmp_path):
+    """The last proxy of these settings is stopping (idle): it holds the settings' lock, no
+    longer answers, and is about to exit. A proxy started then waits for the lock and serves,
+    instead of leaving, sure another one runs: `jailcc proxy start` failed after 30 s."""
+    import fcntl
+
+    env = proxy_env(server, JAILCC_PROXY_IDLE="60")
+    from jailcc.client import proxy_wire
+
+    path = proxy_wire.socket_path(env)
+    os.makedirs(os.path.dirname(path), mode=0o700, exist_ok=True)
+    stopping = os.open(path + ".lock", os.O_WRONLY | os.O_CREAT, 0o600)
+    fcntl.flock(stopping, fcntl.LOCK_EX)
+    threading.Timer(1.5, os.close, (stopping,)).start()  # it exits
+    try:
+        started = jailcc(["proxy", "start"], tmp_path, env)
+        assert started.returncode == 0, started.stderr
+        assert "proxy started" in started.stdout
+        assert len(proxies(env)) == 1
+    finally:
+        stop_proxy(env)
+
+
 def test_make_j32_through_one_proxy_matches_a_local_build(sources, server, tmp_path):
     env = proxy_env(server)
     workdir = tmp_path / "build"
