@@ -133,6 +133,14 @@ def start() -> str | None:
         "jailccd moved itself into the leaf of its delegated subtree",
         leaf,
     )
+    total = read(os.path.join(group, "memory.max"))
+    ram = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
+    say(
+        total != "max" and 0.7 * ram <= int(total) <= 0.8 * ram,
+        "all jails together get at most 75% of the memory (MemoryMax=)",
+        f"{total} of {ram}",
+    )
+    say(unit_property("OOMPolicy") == "continue", "an OOM kill stops a job, not the service")
     controllers = read(os.path.join(group, "jailcc", "cgroup.subtree_control")).split()
     say(
         {"memory", "pids"} <= set(controllers),

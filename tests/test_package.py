@@ -670,6 +670,8 @@ def test_the_package_installs_and_serves_under_systemd_on_cgroup_v2(deb, tmp_pat
         "jailccd serves its socket",
         "jailccd moved itself into the leaf of its delegated subtree",
         "the jails' parent gives them memory and pids",
+        "all jails together get at most 75% of the memory",
+        "an OOM kill stops a job, not the service",
         "first: the object equals a local gcc-12's",
         "second: jailcc gcc-12 -g went remote",
         "second: the object equals a local gcc-12's",
