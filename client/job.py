@@ -15,7 +15,7 @@ from .args import RemoteJob, debug_info_on
 from .compiler import is_clang
 from .hosts import candidates
 from .locales import quotes_in_utf8
-from .remote import RemoteFailure, RemoteResult, connect, open_session, run_job
+from .remote import MAX_RESULT, RemoteFailure, RemoteResult, connect, open_session, run_job
 from .spawn import ClientGone, run_capture
 
 TYPE_CHECKING = False  # typing costs milliseconds to import, on every compile; type checkers know
@@ -23,7 +23,6 @@ if TYPE_CHECKING:
     from collections.abc import Mapping
     from typing import Any
 
-MAX_RESULT = 1 << 30
 MAX_EXTRA_SOURCE = 1 << 20
 PCH_PRAGMA = b"#pragma GCC pch_preprocess"  # what gcc -E -fpch-preprocess writes for a .gch
 # Options that put the command line into the object (gcc's and clang's spellings).

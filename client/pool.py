@@ -27,6 +27,7 @@ from jailcc import protocol as proto
 from .hosts import Host
 from .placement import Placement, ServerView
 from .remote import (
+    MAX_RESULT,
     RemoteFailure,
     connect,
     handshake_failure,
@@ -36,7 +37,6 @@ from .remote import (
 )
 from .trace import Span
 
-MAX_RESULT = 1 << 30
 LACKS_RECHECK = 60.0  # seconds before a server without our compiler's image is asked again
 # A server whose image lacks or differs in a system header (built without --headers, another
 # libc: jobs/tree.py's words) would refuse every tree job of that compiler: it gets none for
@@ -153,13 +153,15 @@ class Pool:
         span: Span,
         size: int | None = None,
         provide: Callable[[list[str]], list[bytes]] | None = None,
+        gone: Callable[[], bool] | None = None,
     ) -> tuple[Host, Any]:
         """Run a job where the placement policy (placement.py, the code the farm simulator
         measures) expects it to finish soonest; hold it while every server it may use is full;
         retry elsewhere after a failure; RemoteFailure when no server would do it. `span`
         gets the job's queue and remote phases, per attempt, and its server (trace.py). A tree
         job (``provide`` given) that a server's image refuses goes to another server; when none
-        is left, RemoteFailure "tree" (the caller ships it preprocessed)."""
+        is left, RemoteFailure "tree" (the caller ships it preprocessed). `gone`: whether
+        whoever asked has gone (the job is then abandoned, its connection closed)."""
         waiting = time.time()
         with self._lock:
             if identity not in self.identities:
@@ -198,9 +200,15 @@ class Pool:
                     break
                 sending = span.phase("queue", waiting)
                 try:
-                    result = run_job(channel, link.host, header, blobs, MAX_RESULT, True, provide)
+                    result = run_job(
+                        channel, link.host, header, blobs, MAX_RESULT, True, provide, gone
+                    )
                 except RemoteFailure as exc:
                     waiting = span.phase("remote", sending)
+                    if exc.code == "gone":  # closing the connection stops the job in its jail
+                        self._drop(link, identity, channel, busy=True)
+                        self._placement_released(key)
+                        raise
                     if exc.code in JOB_REFUSALS:
                         self._checkin(link, identity, channel, wire, key)  # the link is fine
                         if not (trees and exc.code == "tree" and _image_refusal(exc.reason)):

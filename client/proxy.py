@@ -345,7 +345,7 @@ class Proxy:
                 prepared = prepare(compiler, job, inv)
                 span.phase("analysis", span.start)
                 host, result = self.pool.run(
-                    prepared.header, prepared.blobs, prepared.identity, span
+                    prepared.header, prepared.blobs, prepared.identity, span, gone=inv.client_gone
                 )
                 went_remote.append(float(result.times.get("run", 0.0)))
                 span.server_times = result.times
@@ -399,7 +399,7 @@ class Proxy:
         span.phase("analysis", span.start)
         try:
             host, result = self.pool.run(
-                tree_job.header, [], identity, span, tree_job.size, tree_job.blobs
+                tree_job.header, [], identity, span, tree_job.size, tree_job.blobs, inv.client_gone
             )
         except RemoteFailure as exc:
             if exc.code not in TREE_REFUSALS:

@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import os
+import select
 import socket
+import struct
 import time
 import weakref
 from collections import namedtuple
@@ -27,6 +29,12 @@ ALIVE_SECONDS = 10.0
 ALIVE_MISSED = 6
 # The jail's READY follows authorization and a jail's making: seconds, not minutes.
 READY_TIMEOUT = 30.0
+# A RESULT, on the wire and decompressed: an object at the server's own cap (256 MiB), stdout
+# and stderr (MAX_OUTPUT each) and a dependency file. A server's larger claims are refused
+# before anything is allocated for them.
+MAX_RESULT = 512 << 20
+MAX_OUTPUT = 64 << 20  # stdout or stderr: what the native client takes (proxy_wire.MAX_OUTPUT)
+MAX_SAID = 300  # characters of a server's own words (an ERROR's message) shown to the user
 
 
 class _TreeState:
@@ -107,6 +115,12 @@ def connect(host: Host, timeout: float = CONNECT_TIMEOUT) -> socket.socket:
             sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
             sock.settimeout(timeout)
             sock.connect(host.address)
+            # The kernel names who listens there: jailccd is root. Anyone else's socket at
+            # that path (a directory others may write) gets neither our sources nor trust.
+            uid = struct.unpack("3i", sock.getsockopt(socket.SOL_SOCKET, socket.SO_PEERCRED, 12))[1]
+            if uid != 0:
+                sock.close()
+                raise RemoteFailure(f"{host} is served by uid {uid}, not root: not a jailccd")
         else:
             sock = socket.create_connection((host.address, host.port), timeout=timeout)
             # Frames are written whole; Nagle would hold a small one back for a delayed ACK.
@@ -130,6 +144,11 @@ def open_session(
     try:
         want = send_hello(sock, host, identity=identity)
         header, _ = proto.expect(sock, proto.HELLO, proto.MAX_HELLO_FRAME)
+        version = header.get("protocol")
+        if type(version) is not int or version != proto.PROTOCOL_VERSION:
+            raise proto.ProtocolError(f"the server speaks protocol {said(version)}, not 2")
+        if header.get("role", "server") != "server":
+            raise proto.ProtocolError("the other end is no server")
         channel = authenticate(sock, host, want, header)
         channel.alive = sends_alive(header)
         return channel, header
@@ -196,10 +215,17 @@ TOLD_REFUSALS = ("unauthorized", "unavailable")
 HANDSHAKE_ERRORS = (proto.RemoteError, OSError, proto.ProtocolError)
 
 
+def said(words: object) -> str:
+    """A server's own words, fit for the user's terminal: no control characters (escape
+    sequences could retitle it, or write the clipboard), at most MAX_SAID characters."""
+    text = "".join(c if c.isprintable() else "?" for c in str(words)[: MAX_SAID + 1])
+    return text if len(text) <= MAX_SAID else text[:MAX_SAID] + "..."
+
+
 def handshake_failure(host: Host, exc: Exception) -> RemoteFailure:
     if isinstance(exc, proto.RemoteError):
         tell = exc.code in TOLD_REFUSALS
-        return RemoteFailure(f"{host} refused: {exc.message}", tell, code=exc.code)
+        return RemoteFailure(f"{host} refused: {said(exc.message)}", tell, code=said(exc.code))
     return RemoteFailure(f"{host}: handshake failed: {exc}")
 
 
@@ -211,11 +237,14 @@ def run_job(
     max_result: int,
     ready: bool = False,
     provide: Callable[[list[str]], list[bytes]] | None = None,
+    gone: Callable[[], bool] | None = None,
 ) -> RemoteResult:
     """Send a job and read its result. Unless `ready`, the connection's READY (the server
     authorized us and built the jail) is read first; sending the job before it saves a round
     trip, and the job is only read in the jail. A tree job's server may first ask for the
-    blobs it lacks (NEED): `provide` gives their bytes."""
+    blobs it lacks (NEED): `provide` gives their bytes. `gone` says whether whoever waits for
+    the result has gone (RemoteFailure "gone": the connection must be closed, which stops
+    the job in its jail)."""
     state, sent, server, listing = None, job, str(host), None
     if job.get("kind") == "tree":
         # The jail's image does not change under a connection: each system header is checked
@@ -234,7 +263,7 @@ def run_job(
         if not ready:
             channel.sock.settimeout(READY_TIMEOUT)
             channel.expect(proto.READY, proto.MAX_HELLO_FRAME)
-        answer = _Answer(channel, host, job["id"], max_result)
+        answer = _Answer(channel, host, job["id"], max_result, gone)
         frame_type, header, out = answer.next()
         # Up to two: the listing, if the server lost it; then the files its store lacks.
         for _ in range(2):
@@ -255,7 +284,9 @@ def run_job(
     except proto.RemoteError as exc:
         # A first JOB sent before READY meets the handshake's refusal: said as that one is.
         tell = exc.code in TOLD_REFUSALS
-        raise RemoteFailure(f"{host} refused the job: {exc.message}", tell, code=exc.code) from None
+        raise RemoteFailure(
+            f"{host} refused the job: {said(exc.message)}", tell, code=said(exc.code)
+        ) from None
     except (OSError, proto.ProtocolError) as exc:
         raise RemoteFailure(f"{host}: {exc}") from None
     if job.get("kind") == "tree":
@@ -266,49 +297,111 @@ def run_job(
 
 
 class _Answer:
-    """A job's frames from the server, past its ALIVE frames: within RESULT_TIMEOUT in all,
-    and, from a server that sends ALIVE, never ALIVE_MISSED of its intervals without one."""
+    """A job's frames from the server, past its ALIVE frames: all within RESULT_TIMEOUT; from
+    a server that sends ALIVE, never ALIVE_MISSED of its intervals without a byte; and while
+    whoever asked is still there (`gone`, checked each second)."""
 
-    def __init__(self, channel: proto.Channel, host: Host, job_id: int, max_frame: int) -> None:
+    def __init__(
+        self,
+        channel: proto.Channel,
+        host: Host,
+        job_id: int,
+        max_frame: int,
+        gone: Callable[[], bool] | None,
+    ) -> None:
         self.channel, self.host, self.job_id, self.max_frame = channel, host, job_id, max_frame
+        self.gone = gone
         self.deadline = time.monotonic() + RESULT_TIMEOUT
         self.silence = ALIVE_MISSED * ALIVE_SECONDS if channel.alive else RESULT_TIMEOUT
 
     def next(self) -> tuple[int, dict[str, Any], list[bytes]]:
         while True:
-            left = self.deadline - time.monotonic()
-            wait = min(left, self.silence)
-            if left <= 0:
-                raise RemoteFailure(f"{self.host}: no result in {RESULT_TIMEOUT:.0f} s")
-            self.channel.sock.settimeout(wait)
+            raw = self.channel.sock
+            self._wait(raw)
+            self.channel.sock = _Bounded(raw, self.deadline, self.silence)  # type: ignore[assignment]
             try:
-                frame_type, header, out = self.channel.recv(self.max_frame)
-            except TimeoutError:
-                said = f"{self.host}: no word from the server in {wait:.0f} s"
-                raise RemoteFailure(said, code="silent") from None
+                frame_type, header, out = self.channel.recv(self.max_frame, self.max_frame)
+            except TimeoutError as exc:
+                raise RemoteFailure(f"{self.host}: {exc or 'timed out'}", code="silent") from None
+            finally:
+                self.channel.sock = raw
             if frame_type != proto.ALIVE:
                 return frame_type, header, out
             if header.get("id") != self.job_id:
                 raise proto.ProtocolError("ALIVE for another job")
 
+    def _wait(self, sock: socket.socket) -> None:
+        """Until the server's next frame begins (RemoteFailure when it is too late, or when
+        nobody waits for the answer any more)."""
+        quiet_since = time.monotonic()
+        while True:
+            if self.gone is not None and self.gone():
+                raise RemoteFailure("the jailcc that asked is gone", code="gone")
+            now = time.monotonic()
+            if now >= self.deadline:
+                raise RemoteFailure(f"{self.host}: no result in {RESULT_TIMEOUT:.0f} s")
+            if now - quiet_since >= self.silence:
+                said = f"{self.host}: no word from the server in {self.silence:.0f} s"
+                raise RemoteFailure(said, code="silent")
+            wait = min(self.deadline - now, quiet_since + self.silence - now)
+            if self.gone is not None:
+                wait = min(wait, 1.0)
+            if select.select([sock], [], [], wait)[0]:
+                return
+
+
+class _Bounded:
+    """A socket whose reads each end within `idle` seconds and all before `deadline`: a
+    server that trickles a frame a byte at a time gets no longer than one that sends none."""
+
+    def __init__(self, sock: socket.socket, deadline: float, idle: float) -> None:
+        self.sock, self.deadline, self.idle = sock, deadline, idle
+
+    def _arm(self) -> None:
+        left = self.deadline - time.monotonic()
+        if left <= 0:
+            raise TimeoutError(f"no result in {RESULT_TIMEOUT:.0f} s")
+        self.sock.settimeout(min(left, self.idle))
+
+    def recv(self, size: int, flags: int = 0) -> bytes:
+        self._arm()
+        return self.sock.recv(size, flags)
+
+    def recv_into(self, buffer: memoryview, nbytes: int = 0) -> int:
+        self._arm()
+        return self.sock.recv_into(buffer, nbytes)
+
 
 def _result(host: Host, header: dict[str, Any], out: list[bytes], **more: Any) -> RemoteResult:
     """A RESULT's common fields, checked; `more`: the fields of its kind of job."""
     exit_code, sig, limit = header.get("exit_code"), header.get("signal"), header.get("limit")
-    if not (exit_code is None or isinstance(exit_code, int)) or not (
-        sig is None or isinstance(sig, int)
-    ):
+    # An exit status as the kernel gives it (a wait status of 256 would read as 0), or a
+    # signal; stdout and stderr no larger than the client passes on.
+    status_ok = (type(exit_code) is int and 0 <= exit_code <= 255 and sig is None) or (
+        exit_code is None and type(sig) is int and 1 <= sig <= 64
+    )
+    if not status_ok or len(out[0]) > MAX_OUTPUT or len(out[1]) > MAX_OUTPUT:
         raise RemoteFailure(f"{host}: malformed result")
+    times = header.get("times")
     return RemoteResult(
         exit_code=exit_code,
         signal=sig,
-        limit=limit if isinstance(limit, str) else None,
+        limit=said(limit) if limit is not None else None,
         stdout=out[0],
         stderr=out[1],
-        times=header.get("times") if isinstance(header.get("times"), dict) else {},
+        times=_seconds(times) if isinstance(times, dict) else {},
         load=header.get("load") if isinstance(header.get("load"), dict) else None,
         **{"output": None, **more},
     )
+
+
+def _seconds(times: dict[str, Any]) -> dict[str, float]:
+    """A RESULT's times ({"queue", "run"}), keeping only numbers a clock could give."""
+    return {
+        str(k)[:20]: float(v)
+        for k, v in list(times.items())[:8]
+        if type(v) in (int, float) and 0 <= v < 1e7
+    }
 
 
 def _with_tree_delta(
@@ -336,6 +429,8 @@ def _send_blobs(
     missing = need.get("missing")
     if need.get("id") != job_id or not isinstance(missing, list):
         raise proto.ProtocolError("malformed NEED")
+    if not all(isinstance(d, str) for d in missing) or len(set(missing)) != len(missing):
+        raise proto.ProtocolError("a NEED must name each blob once")
     wire = 0
     for start in range(0, len(missing), proto.MAX_BLOBS):
         digests = missing[start : start + proto.MAX_BLOBS]
@@ -353,8 +448,10 @@ def _tree_result(
     if (
         header.get("id") != job["id"]
         or not isinstance(names, list)
+        or not all(isinstance(n, str) for n in names)
         or len(out) != 2 + len(names)
         or not set(names) <= set(job["outputs"])
+        or len(set(names)) != len(names)
         or not isinstance(reads, list)
         or not all(
             isinstance(r, list) and len(r) == 2 and all(isinstance(x, str) for x in r)

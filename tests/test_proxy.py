@@ -173,9 +173,10 @@ def _proxy_children(env: dict[str, str]) -> list[psutil.Process]:
 @pytest.mark.parametrize("ship", ["preprocessed", "sources"])
 def test_what_runs_for_a_jailcc_that_is_killed_dies_with_it(ship, server, tmp_path):
     """A compile whose jailcc is killed (make interrupted): the proxy's preprocessor stops
-    (one blocked on a FIFO header nobody writes would have run for ever), and a remote
-    result that comes back later is not written (make removed the target; a later build
-    would take a late object for up to date)."""
+    (one blocked on a FIFO header nobody writes would have run for ever), the remote job is
+    given up and stops in its jail (it held a server slot to the end), and nothing is
+    written (make removed the target; a later build would take a late object for up to
+    date)."""
     env = proxy_env(server, JAILCC_SHIP=ship)
     os.mkfifo(tmp_path / "ff.h")
     (tmp_path / "g.c").write_text('#include "ff.h"\nint y;\n')
@@ -199,7 +200,13 @@ def test_what_runs_for_a_jailcc_that_is_killed_dies_with_it(ship, server, tmp_pa
             while _proxy_children(env):
                 assert time.monotonic() < deadline, _proxy_children(env)
                 time.sleep(0.1)
-        time.sleep(5)  # the slow compile's result came back meanwhile
+        # The proxy gives the job up (within a second): its connection closes, and the
+        # jail stops the compile, whose slot is free again at once.
+        deadline = time.monotonic() + 10
+        while "source=slow.c status=limit:hung-up" not in server.log_text():
+            assert time.monotonic() < deadline, server.log_text()[-2000:]
+            time.sleep(0.1)
+        time.sleep(1)
         assert not (tmp_path / "out.o").exists()
         jailcc(["proxy", "stop"], tmp_path, env)
     finally:

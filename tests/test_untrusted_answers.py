@@ -1,0 +1,272 @@
+"""A client against a server that answers badly: one that goes silent mid-job (stopped, cut
+off, wedged: with ALIVE frames, PROTOCOL.md step 5, the client gives up after missing a few
+of them, not after 900 s), trickles, or sends results no jailccd would (out-of-range
+statuses, outsized outputs, a NEED naming a blob a thousand times, escape sequences). A fake
+server on a socket pair plays each part."""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import shutil
+import socket
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from collections.abc import Callable, Iterator
+from pathlib import Path
+
+import pytest
+from jailcc import protocol as proto
+from jailcc.client import remote
+from jailcc.client.hosts import parse_hosts
+
+HOST = parse_hosts("unix:/nonexistent/jailccd.sock")[0]
+JOB = {"id": 4, "identity": "sha256:" + "0" * 64, "args": [], "cwd": "/x", "input": "x.i"}
+INTERVAL = 0.05  # what the client asks for here: it gives up after ALIVE_MISSED of them
+
+
+@pytest.fixture
+def fake_server(monkeypatch) -> Iterator[Callable]:
+    """start(play) -> the client's channel, its server's `play(sock, job header)` running in
+    a thread; what the fake server saw of the job comes back in `seen`."""
+    monkeypatch.setattr(remote, "ALIVE_SECONDS", INTERVAL)
+    pairs, threads, done = [], [], threading.Event()
+
+    def start(play: Callable[[socket.socket, dict], None], alive: bool = True) -> proto.Channel:
+        ours, theirs = socket.socketpair()
+        pairs.append((ours, theirs))
+
+        def serve() -> None:
+            _, header, _ = proto.recv(theirs)
+            start.seen = header
+            with contextlib.suppress(OSError):  # the client may have hung up: as it should
+                play(theirs, header)
+
+        thread = threading.Thread(target=serve, daemon=True)
+        thread.start()
+        threads.append(thread)
+        channel = proto.Channel(ours)
+        channel.alive = alive
+        return channel
+
+    start.done = done
+    yield start
+    done.set()
+    for ours, theirs in pairs:
+        ours.close()
+        theirs.close()
+    for thread in threads:
+        thread.join(5)
+
+
+def _result(sock: socket.socket, job_id: int) -> None:
+    header = {"id": job_id, "exit_code": 0, "signal": None, "has_output": True}
+    proto.send(sock, proto.RESULT, header, [b"", b"", b"\x7fELF..."])
+
+
+def test_a_long_job_that_keeps_saying_it_is_alive_is_waited_for(fake_server):
+    def play(sock: socket.socket, header: dict) -> None:
+        # Ten intervals and more in all, never more than one without a word.
+        for _ in range(3 * remote.ALIVE_MISSED):
+            time.sleep(INTERVAL)
+            proto.send(sock, proto.ALIVE, {"id": header["id"]})
+        _result(sock, header["id"])
+
+    channel = fake_server(play)
+    result = remote.run_job(channel, HOST, JOB, [b"int x;"], 1 << 20, ready=True)
+    assert result.exit_code == 0 and result.output == b"\x7fELF..."
+    assert fake_server.seen["alive"] == INTERVAL
+
+
+def test_a_server_that_falls_silent_is_given_up_on_after_a_few_missed_intervals(fake_server):
+    def play(sock: socket.socket, header: dict) -> None:
+        proto.send(sock, proto.ALIVE, {"id": header["id"]})
+        fake_server.done.wait(10)  # stopped (SIGSTOP), or the network cut: nothing comes
+
+    channel = fake_server(play)
+    began = time.monotonic()
+    with pytest.raises(remote.RemoteFailure) as failed:
+        remote.run_job(channel, HOST, JOB, [b"int x;"], 1 << 20, ready=True)
+    waited = time.monotonic() - began
+    assert failed.value.code == "silent" and "no word from the server" in failed.value.reason
+    assert INTERVAL * remote.ALIVE_MISSED <= waited < 2.0
+
+
+def test_an_alive_frame_for_another_job_ends_the_job(fake_server):
+    def play(sock: socket.socket, header: dict) -> None:
+        proto.send(sock, proto.ALIVE, {"id": header["id"] + 1})
+        _result(sock, header["id"])
+
+    with pytest.raises(remote.RemoteFailure, match="ALIVE for another job"):
+        remote.run_job(fake_server(play), HOST, JOB, [b"int x;"], 1 << 20, ready=True)
+
+
+def test_a_server_that_does_not_offer_alive_frames_is_neither_asked_nor_hurried(fake_server):
+    """An older server (no "alive" in its READY) ignores the field, and its jobs may take as
+    long as they take: the client neither asks nor times it out on ALIVE's account."""
+
+    def play(sock: socket.socket, header: dict) -> None:
+        time.sleep(INTERVAL * (remote.ALIVE_MISSED + 4))
+        _result(sock, header["id"])
+
+    channel = fake_server(play, alive=False)
+    result = remote.run_job(channel, HOST, JOB, [b"int x;"], 1 << 20, ready=True)
+    assert result.exit_code == 0 and "alive" not in fake_server.seen
+
+
+def test_what_a_server_says_of_alive_frames_is_believed_only_when_it_says_true():
+    assert remote.sends_alive({"alive": True})
+    for said in ({}, {"alive": 1}, {"alive": "true"}, {"alive": None}):
+        assert not remote.sends_alive(said)
+
+
+def _answer(header: dict, blobs: list[bytes]) -> Callable[[socket.socket, dict], None]:
+    def play(sock: socket.socket, job: dict) -> None:
+        proto.send(sock, proto.RESULT, {"id": job["id"], **header}, blobs)
+
+    return play
+
+
+@pytest.mark.parametrize(
+    "status",
+    [
+        {"exit_code": 256, "signal": None},  # a wait status: exit(256) would read as success
+        {"exit_code": -1, "signal": None},
+        {"exit_code": 1 << 32, "signal": None},
+        {"exit_code": True, "signal": None},
+        {"exit_code": None, "signal": None},
+        {"exit_code": None, "signal": 0},
+        {"exit_code": 0, "signal": 9},
+    ],
+)
+def test_a_status_no_compile_could_end_with_is_malformed(fake_server, status):
+    play = _answer({**status, "has_output": True}, [b"", b"", b"obj"])
+    with pytest.raises(remote.RemoteFailure, match="malformed result"):
+        remote.run_job(fake_server(play), HOST, JOB, [b"int x;"], 1 << 20, ready=True)
+
+
+def test_outputs_larger_than_a_client_passes_on_are_refused(fake_server, monkeypatch):
+    monkeypatch.setattr(remote, "MAX_OUTPUT", 1000)
+    play = _answer({"exit_code": 0, "signal": None, "has_output": True}, [b"x" * 1001, b"", b""])
+    with pytest.raises(remote.RemoteFailure, match="malformed result"):
+        remote.run_job(fake_server(play), HOST, JOB, [b"int x;"], 1 << 20, ready=True)
+
+
+def test_a_result_that_decompresses_past_the_cap_is_refused_before_it_is_made(fake_server):
+    """16 KiB on the wire that would be 16 MiB once decompressed, against a 1 MiB cap."""
+
+    def play(sock: socket.socket, job: dict) -> None:
+        bomb = b"\0" * (16 << 20)
+        header = {"id": job["id"], "exit_code": 0, "signal": None, "has_output": True}
+        proto.send(sock, proto.RESULT, header, [b"", b"", bomb], [False, False, True])
+
+    with pytest.raises(remote.RemoteFailure):
+        remote.run_job(fake_server(play), HOST, JOB, [b"int x;"], 1 << 20, ready=True)
+
+
+def test_a_server_that_trickles_its_answer_gets_no_more_time_than_a_silent_one(
+    fake_server, monkeypatch
+):
+    monkeypatch.setattr(remote, "RESULT_TIMEOUT", 1.0)
+
+    def play(sock: socket.socket, job: dict) -> None:
+        frame = proto.encode(proto.RESULT, {"id": job["id"], "exit_code": 0}, [b"", b"", b""])
+        for byte in frame:  # each byte well within the silence allowed, all far too slow
+            sock.sendall(bytes([byte]))
+            if fake_server.done.wait(0.05):
+                return
+
+    began = time.monotonic()
+    with pytest.raises(remote.RemoteFailure):
+        remote.run_job(fake_server(play), HOST, JOB, [b"int x;"], 1 << 20, ready=True)
+    assert time.monotonic() - began < 2.0
+
+
+def test_a_job_whose_asker_went_is_abandoned_within_a_second(fake_server):
+    gone = threading.Event()
+
+    def play(sock: socket.socket, job: dict) -> None:
+        for _ in range(100):  # a server that keeps compiling, and says so
+            if fake_server.done.wait(0.2):
+                return
+            proto.send(sock, proto.ALIVE, {"id": job["id"]})
+
+    channel = fake_server(play)
+    threading.Timer(0.5, gone.set).start()
+    began = time.monotonic()
+    with pytest.raises(remote.RemoteFailure) as failed:
+        remote.run_job(channel, HOST, JOB, [b"int x;"], 1 << 20, True, None, gone.is_set)
+    assert failed.value.code == "gone" and time.monotonic() - began < 2.0
+
+
+def test_a_need_that_names_a_blob_twice_is_refused(fake_server):
+    tree_job = {**JOB, "kind": "tree", "root": "/x", "tree": [], "image": [], "outputs": []}
+
+    def play(sock: socket.socket, job: dict) -> None:
+        proto.send(sock, proto.NEED, {"id": job["id"], "missing": ["sha256:" + "a" * 64] * 2})
+
+    provided = []
+    with pytest.raises(remote.RemoteFailure, match="each blob once"):
+        remote.run_job(fake_server(play), HOST, tree_job, [], 1 << 20, True, provided.extend)
+    assert provided == []
+
+
+def test_a_tree_result_that_names_an_output_twice_is_refused(fake_server):
+    out = "/x/a.o"
+    tree_job = {**JOB, "kind": "tree", "root": "/x", "tree": [], "image": [], "outputs": [out]}
+    header = {"exit_code": 0, "signal": None, "outputs": [out, out], "reads": []}
+    play = _answer(header, [b"", b"", b"first", b"second"])
+    with pytest.raises(remote.RemoteFailure, match="malformed result"):
+        remote.run_job(fake_server(play), HOST, tree_job, [], 1 << 20, True, lambda d: [])
+
+
+def test_a_servers_own_words_reach_the_terminal_without_escapes_and_cut_short():
+    message = "\x1b]52;c;ZXZpbA==\x07not allowed\x1b[2J" + "x" * 100_000
+    failure = remote.handshake_failure(HOST, proto.RemoteError("unauthorized", message))
+    assert "\x1b" not in failure.reason and "\x07" not in failure.reason
+    assert "not allowed" in failure.reason and len(failure.reason) < remote.MAX_SAID + 100
+
+
+@pytest.mark.parametrize(
+    "hello",
+    [
+        {"protocol": 1, "role": "server", "auth": "local"},
+        {"protocol": 99, "role": "server", "auth": "local"},
+        {"protocol": 2.0, "role": "server", "auth": "local"},
+        {"protocol": 2, "role": "client", "auth": "local"},
+    ],
+)
+def test_a_server_speaking_another_protocol_or_role_is_not_used(hello):
+    ours, theirs = socket.socketpair()
+    with ours, theirs:
+        proto.send(theirs, proto.HELLO, hello)
+        with pytest.raises(remote.RemoteFailure, match="handshake failed"):
+            remote.open_session(ours, HOST, JOB["identity"])
+
+
+@pytest.mark.skipif(os.geteuid() != 0, reason="needs root, to listen as another user")
+def test_a_unix_socket_someone_else_listens_on_is_no_server():
+    """JAILCC_HOSTS names a socket in a directory others may write: whoever listens there
+    gets neither the job nor trust. jailccd listens as root; the kernel says who does."""
+    public = Path(tempfile.mkdtemp(prefix="jailcc-public-"))  # (pytest's are root's alone)
+    public.chmod(0o1777)
+    path = public / "jailccd.sock"
+    squatter = subprocess.Popen(
+        ["setpriv", "--reuid=65534", "--regid=65534", "--clear-groups", sys.executable, "-c",
+         "import socket, sys, time; s = socket.socket(socket.AF_UNIX); s.bind(sys.argv[1]);"
+         " s.listen(); time.sleep(30)", str(path)],
+    )  # fmt: skip
+    try:
+        deadline = time.monotonic() + 10
+        while not path.exists():
+            assert time.monotonic() < deadline and squatter.poll() is None
+            time.sleep(0.05)
+        with pytest.raises(remote.RemoteFailure, match="served by uid 65534, not root"):
+            remote.connect(parse_hosts(f"unix:{path}")[0])
+    finally:
+        squatter.kill()
+        squatter.wait()
+        shutil.rmtree(public)
