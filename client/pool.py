@@ -389,7 +389,7 @@ class Pool:
                 link.slots = min(slots, CONNECTIONS_CAP)
             link.last_told = ""
             return channel
-        except (RemoteFailure, proto.ProtocolError, OSError) as exc:
+        except (RemoteFailure, proto.RemoteError, proto.ProtocolError, OSError) as exc:
             if sock is not None:
                 sock.close()
             if isinstance(exc, RemoteFailure):

@@ -107,6 +107,24 @@ def test_refused_principals_compile_locally_with_a_reason(realm, server, tmp_pat
     assert (tmp_path / "unit.o").read_bytes() == local_object(tmp_path)
 
 
+def test_a_refused_principal_is_told_so_on_every_compile_and_never_waits(realm, server, tmp_path):
+    """Through the proxy, compile after compile: the sealed refusal of a connection the
+    proxy opened ahead of time escaped it as an internal error, and left the server counted
+    busy: the fourth compile waited 600 s for room."""
+    env = client_env(realm, server, realm.kinit("bob", tmp_path / "cc"))
+    try:
+        for _ in range(5):
+            started = time.monotonic()
+            result = compile_with(env, tmp_path)
+            assert result.returncode == 0, result.stderr
+            assert "internal error" not in result.stderr, result.stderr
+            assert "compiling locally" in result.stderr, result.stderr
+            assert time.monotonic() - started < 20
+            time.sleep(0.5)  # the proxy meanwhile opens connections ahead of time
+    finally:
+        subprocess.run([str(BIN / "jailcc"), "proxy", "stop"], env=env, capture_output=True)
+
+
 def test_no_ticket_says_run_kinit_without_verbose(realm, server, tmp_path):
     env = client_env(realm, server, {**realm.env, "KRB5CCNAME": f"FILE:{tmp_path}/none"})
     del env["JAILCC_VERBOSE"]
