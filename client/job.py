@@ -156,6 +156,12 @@ def prepare(compiler: str, job: RemoteJob, inv: Invocation) -> Prepared:
             raise RemoteFailure("the preprocessor had something to say")
         if not clang and PCH_PRAGMA in source:
             raise RemoteFailure("a precompiled header (.gch) is used, which only this machine has")
+        if exact_debug:
+            from .directives_only import lost_pragma
+
+            lost = lost_pragma(source, inv.cwd)
+            if lost is not None:
+                raise RemoteFailure(f"{lost}, which gcc's exact -g mode cannot keep")
     header, blobs = _job_frame(job, identity, inv, source, clang)
     if exact_debug:
         header["steps"] = "debug-exact"
@@ -195,6 +201,14 @@ def finish(
         # server did not have. The local compile gives the exact text.
         raise RemoteFailure("diagnostics point into files the server did not have")
     clang = is_clang(compiler)
+    if (
+        not (headers_shipped or clang)
+        and b"pragma" in result.stderr
+        and debug_info_on(job.remote_args)
+    ):
+        # gcc's exact -g mode spelled the pragma lines again: a diagnostic about one would
+        # name another column than the local compile's.
+        raise RemoteFailure("diagnostics about a #pragma, which gcc's exact -g mode respells")
     path = inv.path(job.output)
     if result.exit_code == 0:
         if result.output is None:

@@ -164,12 +164,14 @@ def proxies_do_not_outlive_the_tests() -> Iterator[None]:
     os.environ["XDG_CONFIG_HOME"] = config_home
     started = time.time()
     yield
-    shutil.rmtree(config_home, ignore_errors=True)
     for proc in psutil.process_iter(["cmdline", "create_time"]):
         cmdline = proc.info["cmdline"] or []
         if "jailcc.client.proxy" in cmdline and proc.info["create_time"] >= started - 1:
             with contextlib.suppress(psutil.Error):
-                proc.terminate()
+                # Ours only (they have our XDG_CONFIG_HOME): not another session's proxies.
+                if proc.environ().get("XDG_CONFIG_HOME") == config_home:
+                    proc.terminate()
+    shutil.rmtree(config_home, ignore_errors=True)
 
 
 @pytest.fixture(scope="session")

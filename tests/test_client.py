@@ -183,6 +183,49 @@ def test_exact_debug_info_with_warnings_as_errors_goes_remote(server, tmp_path, 
     assert (work / "obj" / "x.o").read_bytes() == local
 
 
+@pytest.mark.parametrize(
+    ("name", "source", "flags"),
+    [
+        # Left out by gcc -E -fdirectives-only: the loop would run serially...
+        ("omp.c", "void f(int *a, int n) {\n#pragma omp parallel for\n"
+         "  for (int i = 0; i < n; i++) a[i] = i * 2;\n}\n", ["-fopenmp"]),
+        # ...the object would call oldname...
+        ("rename.c", "#pragma redefine_extname oldname newname\nextern int oldname(void);\n"
+         "int g(void) { return oldname(); }\n", []),
+        # ...A would be #undef'd, not 1 again...
+        ("macro.c", "#define A 1\nint A2 = 2;\n#pragma push_macro(\"A\")\n#undef A\n"
+         "#define A 2\n#pragma pop_macro(\"A\")\nint a = A;\n", []),
+        ("hdr.c", '#include "src/omp.h"\nint h(int *a) { f(a, 4); return a[0]; }\n', ["-fopenmp"]),
+        # ...and a pragma respelled on the last line moves the static initializer's column.
+        ("init.cc", "#include <string>\nstd::string s(\"hello\");\n"
+         "#    pragma GCC diagnostic push\n#    pragma GCC diagnostic pop\n", []),
+    ],
+)  # fmt: skip
+def test_pragmas_the_exact_debug_mode_would_lose_compile_locally(
+    server, tmp_path, name, source, flags
+):
+    """gcc -g's exact mode ships gcc -E -fdirectives-only output, in which the preprocessor
+    has run some pragmas itself and left nothing: the compile would differ (exit 0, another
+    object). Such jobs compile locally; a -g job without them still goes remote."""
+    work = tree(tmp_path)
+    (work / "src" / "omp.h").write_text(
+        "static void f(int *a, int n) {\n#pragma omp parallel for\n"
+        "  for (int i = 0; i < n; i++) a[i] = i;\n}\n"
+    )
+    (work / name).write_text(source)
+    compiler = "g++-12" if name.endswith(".cc") else "gcc-12"
+    args = ["-g", "-O2", *flags, "-c", name, "-o", "obj/x.o"]
+    assert run([compiler, *args], work).returncode == 0
+    local = (work / "obj" / "x.o").read_bytes()
+    env = env_for(server, JAILCC_SHIP="preprocessed")
+    rres = run([JAILCC, compiler, *args], work, env)
+    assert rres.returncode == 0, rres.stderr
+    assert "which gcc's exact -g mode cannot keep" in where(rres.stderr), rres.stderr
+    assert (work / "obj" / "x.o").read_bytes() == local
+    plain = run([JAILCC, "gcc-12", "-g", "-O2", "-c", "src/main.c", "-o", "obj/m.o"], work, env)
+    assert "remote on unix:" in where(plain.stderr), plain.stderr
+
+
 @pytest.mark.parametrize("source", ["src/ctor.cc", "ctor.cc", "{work}/src/ctor.cc"])
 def test_exact_debug_info_of_a_static_initializer_under_fpic(server, tmp_path, source):
     """g++ -fPIC names a translation unit's static initializer after its main file
