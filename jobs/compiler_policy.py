@@ -206,6 +206,11 @@ DEPS_PASS = "pass"  # anything else (-MMD omits system headers): a preprocessing
 def tree_deps(tree_args: TreeArgs, compiler_kind: str) -> tuple[str, str | None]:
     """(how, the -MF file as written for DEPS_FILE)."""
     if compiler_kind == "clang":
+        # CC_PRINT_HEADERS also makes clang's driver add -sys-header-deps, which puts the
+        # system headers into an -MMD rule: those jobs learn their files from a pass of
+        # their own instead.
+        if any(_is_mmd(word) for word in tree_args.words):
+            return DEPS_PASS, None
         return DEPS_HEADERS, None
     deps = md = other = False  # any -M option; -MD; one that rules out reading the -MF file
     dep_file = None
@@ -226,6 +231,12 @@ def tree_deps(tree_args: TreeArgs, compiler_kind: str) -> tuple[str, str | None]
     if md and not other and dep_file not in (None, "-"):
         return DEPS_FILE, dep_file
     return DEPS_PASS, None
+
+
+def _is_mmd(word: Word) -> bool:
+    if word.option.handler == "wp":
+        return any(s.startswith("-MMD") for s in _wp_words(word))
+    return word.option.handler == "dep" and word.canonical == "-MMD"
 
 
 _PASS_DROPS = frozenset(("compile", "assemble", "out", "dep", "depfile", "target"))

@@ -508,8 +508,8 @@ def _compile_tree(
     compiler_policy.tree_deps): (the run's result, [stdout, stderr, each output that exists,
     in request order], {"outputs": their paths, "reads": ...})."""
     how, dep_file = job.deps
-    if how != policy.DEPS_HEADERS and _image().read_log:
-        how = policy.DEPS_LOG
+    if params["compiler_kind"] == "gcc" and _image().read_log:
+        how = policy.DEPS_LOG  # (cc1 and cc1plus write it; clang has no such program)
     compiler = params["compiler_path"]
     listing = f".jailcc-deps-{os.urandom(8).hex()}"  # in /tmp
     max_names = tree.MAX_TREE_FILES + tree.MAX_OUTPUTS + 1

@@ -314,7 +314,8 @@ def proxy_env(server: Server, tmp_path_factory: pytest.TempPathFactory) -> Itera
 
 def local_and_through_jailcc(compiler: str, args: list[str], files: dict, env: dict, root: Path):
     """The compile run locally, then through jailcc, in root (debug info names the directory):
-    (exit code, stderr, objects) of each, and what jailcc said of the second."""
+    (exit code, stderr, objects and dependency files) of each, and what jailcc said of the
+    second."""
     results = []
     for name, text in files.items():
         (root / name).parent.mkdir(parents=True, exist_ok=True)
@@ -324,8 +325,9 @@ def local_and_through_jailcc(compiler: str, args: list[str], files: dict, env: d
         done = subprocess.run(argv, cwd=root, env=env, capture_output=True, timeout=120)
         said = [line for line in done.stderr.splitlines(True) if line.startswith(b"jailcc: ")]
         stderr = b"".join(line for line in done.stderr.splitlines(True) if line not in said)
-        objects = {p.relative_to(root): p.read_bytes() for p in root.rglob("*.o")}
-        for path in root.rglob("*.o"):
+        made = [p for p in root.rglob("*") if p.suffix in (".o", ".d") and p.is_file()]
+        objects = {p.relative_to(root): p.read_bytes() for p in made}  # and dependency files
+        for path in made:
             path.unlink()
         results.append((done.returncode, stderr, objects))
     return results[0], results[1], b"".join(said)
@@ -609,6 +611,33 @@ def test_clang_under_the_name_cc_is_clang(args, proxy_env, tmp_path):
         (tmp_path / name).unlink(missing_ok=True)
     local, remote, said = local_and_through_jailcc(str(bin_dir / "cc"), args, files, env, tmp_path)
     assert remote == local and local[2], said
+
+
+@pytest.mark.parametrize(
+    "args",
+    [
+        ["-c", "-O2", "-MMD", "m.c"],
+        ["-c", "-O2", "-MMD", "-MP", "-MF", "sub/m.d", "m.c", "-o", "m.o"],
+        ["-c", "-O2", "-Wp,-MMD,m.d", "m.c", "-o", "m.o"],
+        ["-c", "-O2", "-MD", "m.c"],
+    ],
+)
+def test_clang_dependency_rules_leave_out_what_the_users_options_leave_out(
+    args, proxy_env, tmp_path
+):
+    """-MMD's rule names no system header. The jail learns what clang read from
+    CC_PRINT_HEADERS, which also makes clang's driver add -sys-header-deps: every -MMD rule
+    listed stdio.h and the rest (all 136 of lua5.4's built with clang)."""
+    files = {
+        "m.c": '#include <stdio.h>\n#include "inc/h.h"\nint main(void) { return puts(H); }\n',
+        "inc/h.h": '#define H "hi"\n',
+    }
+    env = {**proxy_env, "JAILCC_VERBOSE": "1"}
+    local, remote, said = local_and_through_jailcc("clang-16", args, files, env, tmp_path)
+    assert b"remote (sources) on" in said, said
+    assert remote == local, said
+    deps = [data for path, data in local[2].items() if path.suffix == ".d"]
+    assert deps and (b"stdio.h" in deps[0]) == ("-MD" in args)
 
 
 def test_clang_under_the_name_cc_keeps_its_g_rules(proxy_env, tmp_path):
