@@ -824,8 +824,16 @@ def _run_probe(compiler: str, language: str, flags: Iterable[str], cwd: str, env
     file: gcc's implicit stdc-predef.h; clang-16 reads none)."""
     argv = [compiler, *flags, "-x", language, "-E", "-dD", "-v", "/dev/null"]
     try:
+        # Bytes as file names are (clang -v names the working directory, in any encoding).
         p = subprocess.run(
-            argv, cwd=cwd, env=env, capture_output=True, text=True, timeout=PROBE_TIMEOUT
+            argv,
+            cwd=cwd,
+            env=env,
+            capture_output=True,
+            text=True,
+            encoding="utf-8",
+            errors="surrogateescape",
+            timeout=PROBE_TIMEOUT,
         )
     except (OSError, subprocess.SubprocessError) as e:
         raise Unsupported(f"cannot run {compiler} -E -v: {e}") from None

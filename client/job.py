@@ -350,7 +350,9 @@ def with_color(args: list[str], inv: Invocation, clang: bool) -> list[str]:
     extra = []
     if _wants_color(args, inv) and not (clang and _records_command_line(args, clang)):
         extra.append("-fdiagnostics-color=always")
-    links = not clang and _on_terminal(inv) and not any(a.startswith(_URL_OPTIONS) for a in args)
+    links = (
+        not clang and _links_on_terminal(inv) and not any(a.startswith(_URL_OPTIONS) for a in args)
+    )
     if links and not _records_command_line(args, clang):
         extra.append("-fdiagnostics-urls=always")
     return [*args, *extra] if extra else args
@@ -393,3 +395,16 @@ def _wants_color(args: list[str], inv: Invocation) -> bool:
 def _on_terminal(inv: Invocation) -> bool:
     """What the compilers' "auto" asks: stderr a terminal, TERM set and not "dumb"."""
     return inv.stderr_tty and inv.env.get("TERM", "dumb") != "dumb"
+
+
+def _links_on_terminal(inv: Invocation) -> bool:
+    """Whether gcc's "auto" prints links on this terminal (gcc/diagnostic-color.cc,
+    auto_enable_urls): GCC_URLS or TERM_URLS set says so, else any terminal but those known
+    to garble them: TERM "xterm" (old gnome-terminal), "linux", and xfce4-terminal."""
+    if not _on_terminal(inv):
+        return False
+    if "GCC_URLS" in inv.env or "TERM_URLS" in inv.env:
+        return True
+    if inv.env.get("TERM") in ("xterm", "linux"):
+        return False
+    return inv.env.get("COLORTERM") != "xfce4-terminal"

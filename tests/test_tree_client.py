@@ -640,6 +640,20 @@ def test_clang_dependency_rules_leave_out_what_the_users_options_leave_out(
     assert deps and (b"stdio.h" in deps[0]) == ("-MD" in args)
 
 
+@pytest.mark.parametrize("compiler", ["clang-16", "gcc-12"])
+def test_a_working_directory_named_in_latin_1_is_no_internal_error(compiler, proxy_env, tmp_path):
+    """clang -v names the working directory, which need not be UTF-8: jailcc said "internal
+    error (UnicodeDecodeError...)" on stderr, where the local compile says nothing."""
+    root = tmp_path / os.fsdecode(b"lat\xe9n")
+    root.mkdir()
+    files = {"m.c": '#include <stdio.h>\nint main(void) { return puts("hi"); }\n'}
+    local, remote, said = local_and_through_jailcc(
+        compiler, ["-c", "-O2", "m.c"], files, {**proxy_env, "JAILCC_VERBOSE": "0"}, root
+    )
+    assert remote == local and local[2], said
+    assert said == b""
+
+
 def test_clang_under_the_name_cc_keeps_its_g_rules(proxy_env, tmp_path):
     """clang -g (DWARF 5: the line table holds the sources' MD5 sums) never goes preprocessed,
     also as `cc`: here the jail refuses the tree job (the link's directory is not in the
@@ -909,23 +923,27 @@ def test_copies_that_say_pragma_once_compile_as_locally(same_mtime, proxy_env, t
 
 
 @pytest.mark.parametrize(
-    ("compiler", "ship", "urls"),
+    ("compiler", "ship", "urls", "term"),
     [
-        ("gcc-12", "sources", None),
-        ("gcc-12", "sources", "st"),
-        ("gcc-12", "preprocessed", "no"),
-        ("gcc-12", "preprocessed", None),
-        ("clang-16", "sources", None),
+        ("gcc-12", "sources", None, "xterm-256color"),
+        ("gcc-12", "sources", "st", "xterm-256color"),
+        ("gcc-12", "preprocessed", "no", "xterm-256color"),
+        ("gcc-12", "preprocessed", None, "xterm-256color"),
+        ("clang-16", "sources", None, "xterm-256color"),
+        # Terminals gcc prints no links on by itself (auto_enable_urls), unless told to.
+        ("gcc-12", "sources", None, "xterm"),
+        ("gcc-12", "preprocessed", None, "linux"),
+        ("gcc-12", "sources", "bel", "xterm"),
     ],
 )
 def test_diagnostics_on_a_terminal_as_the_local_compiler_prints_them(
-    compiler, ship, urls, proxy_env, tmp_path
+    compiler, ship, urls, term, proxy_env, tmp_path
 ):
     """On a terminal gcc colours its warnings and links each to its option's documentation
     (OSC 8, ended as GCC_URLS or TERM_URLS say); clang colours them. The jail's stderr is no
     terminal: jailcc asks for both, and hands the variables on."""
     (tmp_path / "w.c").write_text("int f(void) { int unused; return 0; }\n")
-    env = {**proxy_env, "TERM": "xterm-256color", "JAILCC_VERBOSE": "0", "JAILCC_SHIP": ship}
+    env = {**proxy_env, "TERM": term, "JAILCC_VERBOSE": "0", "JAILCC_SHIP": ship}
     if urls is not None:
         env["GCC_URLS"] = urls
     printed = []
@@ -938,7 +956,8 @@ def test_diagnostics_on_a_terminal_as_the_local_compiler_prints_them(
         printed.append(done.stdout)
     assert printed[0] == printed[1]
     assert b"\x1b[" in printed[0] and b"unused" in printed[0]
-    assert (b"\x1b]8;;https://" in printed[0]) == (compiler == "gcc-12" and urls != "no")
+    links = urls not in ("no", None) or (urls is None and term not in ("xterm", "linux"))
+    assert (b"\x1b]8;;https://" in printed[0]) == (compiler == "gcc-12" and links)
 
 
 @pytest.mark.parametrize("ship", ["sources", "preprocessed"])
