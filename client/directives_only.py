@@ -4,17 +4,19 @@ That mode sends the output of `gcc -E -fdirectives-only`, in which the server ex
 macros, so every token keeps its line and column. But the preprocessor runs some pragmas
 itself there and leaves nothing in their place, so the compile of its output differs:
 - `#pragma omp ...` and `#pragma acc ...` (with -fopenmp, -fopenacc: the loop then runs
-  serially), `redefine_extname` (the object calls the old name) and `message` (the note is
-  not said): the pragmas registered with macro expansion;
-- `push_macro` and `pop_macro` (a pop becomes `#undef`: the macro's old value is lost),
-  `GCC poison` (a poisoned name compiles), `GCC warning` and `GCC error`, and
-  `GCC system_header` in a file not already a system header (its warnings are no longer
-  silenced).
-And it spells the pragmas it keeps again, token by token: a pragma on the translation
-unit's last line moves the end-of-file location debug info gives static initializers.
+  serially) and `redefine_extname` (the object calls the old name), pragmas registered with
+  macro expansion: the line vanishes, and the lines after it are off by one;
+- `pop_macro` becomes `#undef` (the macro's old value is lost);
+- `GCC poison` (a poisoned name compiles) and `GCC system_header` in a file not already a
+  system header (its warnings are no longer silenced) leave an empty line.
+(`message`, `GCC warning` and `GCC error` make the preprocessor say something, and such a
+job compiles locally anyway.) It also spells the pragmas it keeps again, token by token: a
+pragma on the translation unit's last line moves the end-of-file location debug info gives
+static initializers.
 
-`lost_pragma` finds any of these in the files the output came from (named by its line
-markers), so that such a job compiles locally instead.
+`lost_pragma` checks that every line of the output is the line of its file that its line
+markers say it is (a directive: the same directive), which catches the first two, reads the
+files for the last two, and looks at the last line, so that such a job compiles locally.
 """
 
 from __future__ import annotations
@@ -22,40 +24,116 @@ from __future__ import annotations
 import os
 import re
 
-_LINE_MARKER = re.compile(rb'^# \d+ "((?:[^"\\\n]|\\.)*)"((?: \d)*)$', re.M)
+# (indented as the #include it stands for was: _markers checks what stands before; a search
+# from "# " runs ten times faster than one anchored at each line's start)
+_LINE_MARKER = re.compile(rb'# (\d+) "((?:[^"\\\n]|\\.)*)"((?: \d)*)[ \t]*$', re.M)
+_EDGE = 4096  # bytes looked at from each end of such a stretch
+_CHECKED = 3  # lines at each end of a stretch between line markers that must be in place
 _DROPPED = re.compile(
     rb"^[ \t\f\v]*(?:#|%:)[ \t\f\v]*pragma[ \t\f\v]+"
-    rb"(push_macro|pop_macro|redefine_extname|message|omp|acc"
-    rb"|GCC[ \t\f\v]+(?:poison|warning|error|system_header))\b",
+    rb"(GCC[ \t\f\v]+(?:poison|system_header))\b",
     re.M,
 )
 _SYSTEM_HEADER = re.compile(rb"GCC[ \t\f\v]+system_header")
 _MAX_CACHED = 20_000
-# (path, mtime_ns, size, inode) -> the first dropped pragma it holds ("" for none)
-_seen: dict[tuple[str, int, int, int], str] = {}
+_DIRECTIVE = re.compile(rb"[ \t\f\v]*(?:#|%:)[ \t\f\v]*([A-Za-z_]*)")
+# (path, mtime_ns, size, inode) -> (its lines, the first dropped pragma it holds or "")
+_seen: dict[tuple[str, int, int, int], tuple[list[bytes], str]] = {}
 
 
 def lost_pragma(output: bytes, cwd: str) -> str | None:
     """The first pragma that `output` (of gcc -E -fdirectives-only run in cwd) lost or may
-    have moved, as "#pragma NAME in FILE"; None when there is none. A file that cannot be
-    read counts as holding one."""
+    have moved, said for the user; None when there is none. A file that cannot be read
+    counts as holding one."""
     files: dict[str, bool] = {}  # name as gcc opened it -> a system header
-    for match in _LINE_MARKER.finditer(output):
-        name = _unescape(match.group(1))
+    read: dict[str, tuple[list[bytes], str] | None] = {}  # each file once per job
+
+    def _read_cached(cwd: str, name: str) -> tuple[list[bytes], str] | None:
+        if name not in read:
+            read[name] = _read(os.path.join(cwd, name))
+        return read[name]
+
+    markers = _markers(output)
+    for at, marker in enumerate(markers):
+        name = _unescape(marker.group(2))
         if (name.startswith("<") and name.endswith(">")) or name.endswith("//"):
-            continue  # <built-in>, <command-line>; with -g, the working directory ("DIR//")
-        files[name] = files.get(name, False) or b"3" in match.group(2).split()
+            continue  # <built-in>, <command-line>; with -g, the working directory
+        files[name] = files.get(name, False) or b"3" in marker.group(3).split()
+        start = marker.end() + 1
+        end = markers[at + 1].start() if at + 1 < len(markers) else len(output)
+        moved = _out_of_place(output, start, end, int(marker.group(1)), _read_cached(cwd, name))
+        if moved is not None:
+            return f"a pragma run by the preprocessor in {name} (line {moved})"
     for name, system in files.items():
-        found = _dropped_in(os.path.join(cwd, name))
-        if found and not (system and _SYSTEM_HEADER.fullmatch(found.encode())):
-            return f"#pragma {found} in {name}"
+        found = _read_cached(cwd, name)
+        if found is not None and found[1] and not (system and found[1].startswith("GCC system")):
+            return f"#pragma {found[1]} in {name}"
     last = _last_line(output)
     if last.startswith((b"#pragma", b"%:pragma")):
         return "a #pragma on the last line"
     return None
 
 
-def _dropped_in(path: str) -> str:
+def _out_of_place(
+    output: bytes, start: int, end: int, first: int, source: tuple[list[bytes], str] | None
+) -> int | None:
+    """The line number of a line among the first and last few that hold something of a
+    stretch of output (output[start:end], whose first line is line `first` of its file)
+    that is not that line of the file: a line the preprocessor dropped (or replaced) moves
+    the ones after it."""
+    if source is None:
+        return first
+    lines = source[0]
+    count = output.count(b"\n", start, end) + (end > start and output[end - 1 : end] != b"\n")
+    head = output[start : min(end, start + _EDGE)].split(b"\n")[:count]
+    tail_from = max(start, end - _EDGE)
+    tail = output[tail_from:end].split(b"\n")
+    if end > start and output[end - 1 : end] == b"\n":
+        tail.pop()  # (after the last newline)
+    if tail_from > start:
+        tail = tail[1:]  # (a line cut short)
+    ends = ((head, 0, 1), (tail[::-1], count - 1, -1))
+    for texts, number_of_first, step in ends:
+        checked = 0
+        for index, text in enumerate(texts):
+            text = text.rstrip(b"\r")
+            if not text.strip():
+                continue
+            number = first + number_of_first + step * index
+            original = lines[number - 1].rstrip(b"\r") if 0 < number <= len(lines) else None
+            if not _same_line(text, original):
+                return number
+            checked += 1
+            if checked == _CHECKED:
+                break
+    return None
+
+
+def _markers(output: bytes) -> list[re.Match[bytes]]:
+    """The line markers of output: those that only blanks precede on their line."""
+    found = []
+    for match in _LINE_MARKER.finditer(output):
+        line_start = output.rfind(b"\n", 0, match.start()) + 1
+        if not output[line_start : match.start()].strip(b" \t"):
+            found.append(match)
+    return found
+
+
+def _same_line(written: bytes, original: bytes | None) -> bool:
+    """Whether an output line is its source line: the very text, or for a directive, the
+    same directive (the preprocessor writes directives anew)."""
+    if original is None:
+        return False
+    if written == original:
+        return True
+    ours = _DIRECTIVE.match(written)
+    theirs = _DIRECTIVE.match(original)
+    return ours is not None and theirs is not None and ours.group(1) == theirs.group(1)
+
+
+def _read(path: str) -> tuple[list[bytes], str] | None:
+    """A file's lines and the first pragma of _DROPPED it holds (""), cached; None if it
+    cannot be read."""
     try:
         st = os.stat(path)
         key = (path, st.st_mtime_ns, st.st_size, st.st_ino)
@@ -64,13 +142,13 @@ def _dropped_in(path: str) -> str:
         with open(path, "rb") as f:
             data = f.read()
     except OSError:
-        return "(unreadable)"
+        return None
     found = _DROPPED.search(data)
     said = re.sub(rb"[ \t\f\v]+", b" ", found.group(1)).decode() if found else ""
     if len(_seen) >= _MAX_CACHED:
         _seen.clear()
-    _seen[key] = said
-    return said
+    _seen[key] = (data.split(b"\n"), said)
+    return _seen[key]
 
 
 def _last_line(output: bytes) -> bytes:
@@ -88,6 +166,8 @@ def _last_line(output: bytes) -> bytes:
 def _unescape(name: bytes) -> str:
     """A line marker's file name: gcc escapes backslash, quote and unprintable bytes
     (as octal)."""
+    if b"\\" not in name:
+        return name.decode("utf-8", "surrogateescape")
     out = bytearray()
     i = 0
     while i < len(name):
