@@ -207,9 +207,10 @@ def authenticate(
     return proto.SealedChannel(sock, initiate(sock, host))
 
 
-# Refusals the user has something to act on (not allowed; the server cannot check who is): said
+# Refusals the user has something to act on (not allowed; the server cannot check who is, or
+# could not take the user's ticket, as with a stale keytab): said
 # without JAILCC_VERBOSE, once per build through the proxy.
-TOLD_REFUSALS = ("unauthorized", "unavailable")
+TOLD_REFUSALS = ("unauthorized", "unavailable", "unauthenticated")
 
 # What a refused or broken handshake raises (handshake_failure says it as a RemoteFailure).
 HANDSHAKE_ERRORS = (proto.RemoteError, OSError, proto.ProtocolError)

@@ -42,7 +42,8 @@ def _exchange(
 
 def _checked(reply: dict[str, Any]) -> dict[str, Any]:
     if reply.get("ok") is not True:
-        raise MonitorRefused(str(reply.get("error", "refused"))[:300], str(reply.get("code", "")))
+        said = reply.get("error") or reply.get("message") or "refused"  # (gss_step: "message")
+        raise MonitorRefused(str(said)[:300], str(reply.get("code", "")))
     return reply
 
 

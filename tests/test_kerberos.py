@@ -125,6 +125,38 @@ def test_a_refused_principal_is_told_so_on_every_compile_and_never_waits(realm, 
         subprocess.run([str(BIN / "jailcc"), "proxy", "stop"], env=env, capture_output=True)
 
 
+def test_a_stale_server_keytab_is_said_with_kerberos_own_words(realm, gcc_image, tmp_path):
+    """The server's key was made again (ktadd elsewhere) after its keytab was written: the
+    client's ticket is for a key the server lacks. The user is told why, in Kerberos' words
+    (not "refused", then "check that jailccd runs there"), and the server logs it."""
+    service = "jailcc/stale.test"
+    keytab = tmp_path / "stale.keytab"
+    realm.kadmin_local(f"addprinc -randkey {service}")
+    realm.kadmin_local(f"ktadd -k {keytab} {service}")
+    realm.kadmin_local(f"ktadd -k {tmp_path / 'elsewhere.keytab'} {service}")  # a new key
+    allowed = tmp_path / "principals"
+    allowed.write_text("alice@KRBTEST.COM\n")
+    srv = start_server(
+        tmp_path / "srv", gcc_image, "--listen", "127.0.0.1:0", "--keytab", str(keytab),
+        "--principal", f"{service}@KRBTEST.COM", "--allow-principals", str(allowed),
+        env={**os.environ, **realm.env},
+    )  # fmt: skip
+    try:
+        env = client_env(
+            realm, srv, realm.kinit("alice", tmp_path / "cc"), principal=f"{service}@KRBTEST.COM"
+        )
+        del env["JAILCC_VERBOSE"]
+        result = compile_with(env, tmp_path)
+        log = srv.log_text()
+    finally:
+        stop_server(srv)
+        subprocess.run([str(BIN / "jailcc"), "proxy", "stop"], env=env, capture_output=True)
+    assert result.returncode == 0
+    assert "Kerberos authentication failed: " in result.stderr, result.stderr
+    assert "failed: refused" not in result.stderr and "key" in result.stderr.lower()
+    assert "Kerberos authentication failed: refused" not in log
+
+
 def test_no_ticket_says_run_kinit_without_verbose(realm, server, tmp_path):
     env = client_env(realm, server, {**realm.env, "KRB5CCNAME": f"FILE:{tmp_path}/none"})
     del env["JAILCC_VERBOSE"]
