@@ -24,11 +24,20 @@ MIN_WIDTH = 40
 BAR = 10  # characters for a server's slots
 
 
+def _seconds(text: str) -> float:
+    value = float(text)
+    if not 0.1 <= value <= 3600:
+        raise argparse.ArgumentTypeError("seconds from 0.1 to 3600")
+    return value
+
+
 def main(argv: list[str]) -> int:
     parser = argparse.ArgumentParser(prog="jailcc mon", description="The farm, live.")
     parser.add_argument("--once", action="store_true", help="one snapshot, then exit")
     parser.add_argument("--json", action="store_true", help="the raw data as JSON")
-    parser.add_argument("--interval", type=float, default=1.0, help="seconds between refreshes")
+    parser.add_argument(
+        "--interval", type=_seconds, default=1.0, help="seconds between refreshes (default 1)"
+    )
     args = parser.parse_args(argv)
     tty = sys.stdout.isatty() and not args.json
     try:

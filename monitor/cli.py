@@ -31,8 +31,9 @@ from .unprivileged import (
 def _selftest(args: argparse.Namespace) -> int:
     """Root's part: what only root can do, then the probes as a uid of their own
     (selftest/driver.py), driving the launcher started here; its exit status is ours."""
-    if os.geteuid() != 0:
-        print("jailccd selftest: error: must run as root (it builds jails)", file=sys.stderr)
+    if os.geteuid() != 0 or args.timing_rounds < 1:
+        why = "--timing-rounds must be at least 1" if args.timing_rounds < 1 else "must run as root"
+        print(f"jailccd selftest: error: {why}", file=sys.stderr)
         return 2
     # (Directories are accepted too: the sandbox can bind an unpacked image.)
     images = name_images(args.toolchain_image or _configured_images(args), usable=os.path.exists)

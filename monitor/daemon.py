@@ -6,6 +6,7 @@ import argparse
 import contextlib
 import logging
 import os
+import re
 import signal
 import socket
 import subprocess
@@ -351,11 +352,15 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def run(args: argparse.Namespace) -> int:
-    logging.basicConfig(
-        filename=args.log_file,
-        level=getattr(logging, args.log_level.upper()),
-        format="%(asctime)s jailccd[%(process)d] %(levelname)s %(message)s",
-    )
+    try:
+        logging.basicConfig(
+            filename=args.log_file,
+            level=getattr(logging, args.log_level.upper()),
+            format="%(asctime)s jailccd[%(process)d] %(levelname)s %(message)s",
+        )
+    except OSError as exc:
+        print(f"jailccd: error: --log-file {args.log_file}: {exc.strerror}", file=sys.stderr)
+        return 2
     if os.geteuid() != 0:
         print("jailccd: error: must run as root (it builds jails)", file=sys.stderr)
         return 2
@@ -392,8 +397,6 @@ def run(args: argparse.Namespace) -> int:
             listeners.append(sock)
             how = "insecure" if kerberos is None else f"Kerberos, as {kerberos.principal}"
             print(f"jailccd: listening on tcp:{tcp[0]}:{port} ({how})", file=sys.stderr)
-        if args.announce and not tcp:
-            raise ValueError("--announce needs --listen")
     except (OSError, ValueError) as exc:
         _close_listeners(listeners)
         sandbox.close()
@@ -652,12 +655,22 @@ def check(args: argparse.Namespace) -> Checked:
         min(args.jobs, args.max_connections, args.max_unauthenticated_per_peer) < 1
         or min(args.job_timeout, args.handshake_timeout, args.frame_timeout) <= 0
         or min(args.max_unauthenticated, args.max_connections_per_user) < 0
-        or args.log_peer_lines < 1
+        or min(args.log_peer_lines, args.job_memory, args.max_input) < 1
+        or min(args.max_queue, args.ldap_cache_ttl, args.desktop_calm, args.desktop_evict_after) < 0
+        or args.ldap_timeout <= 0
+        or (args.speed is not None and not args.speed > 0)
     ):
         raise ValueError(
-            "--jobs, --max-connections, --max-unauthenticated-per-peer, --log-peer-lines and"
-            " the timeouts must be positive"
+            "--jobs, --max-connections, --max-unauthenticated-per-peer, --log-peer-lines,"
+            " --job-memory, --max-input, --speed and the timeouts must be positive; --max-queue"
+            " and the other times not negative"
         )
+    if args.announce and tcp is None:
+        raise ValueError("--announce needs --listen")
+    if args.metrics and not re.fullmatch(r"\[?[\w.:-]+\]?:\d{1,5}", args.metrics):
+        raise ValueError("--metrics takes HOST:PORT")
+    if args.log_file and not os.path.isdir(os.path.dirname(os.path.abspath(args.log_file))):
+        raise ValueError(f"--log-file {args.log_file}: no such directory")
     if not 1 <= args.store_mb <= 65536:
         raise ValueError("--store-mb must be 1 to 65536 (MiB)")
     ids = service_user(args.service_user)  # reads the images for us (monitor/unprivileged.py)

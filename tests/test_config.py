@@ -149,6 +149,43 @@ def test_check_config_prints_every_option_and_where_it_came_from(tmp_path, gcc_i
     assert bad.returncode == 1 and f"{path}: jobs: expects an integer" in bad.stderr
 
 
+@pytest.mark.parametrize(
+    ("option", "words"),
+    [
+        (["--job-memory", "-5"], "--job-memory"),  # every connection then logged a traceback
+        (["--max-input", "0"], "--max-input"),  # every job then refused
+        (["--speed", "0"], "--speed"),
+        (["--max-queue", "-1"], "--max-queue"),
+        (["--metrics", "bogus"], "--metrics takes HOST:PORT"),
+        (["--announce"], "--announce needs --listen"),
+        (["--log-file", "/nonexistent/dir/x.log"], "--log-file"),
+    ],
+)
+def test_check_config_finds_what_would_stop_or_break_the_server(tmp_path, gcc_image, option, words):
+    """--check-config says "configuration ok" only for what jailccd then runs with: each of
+    these passed the check, then stopped the start (a traceback, for the log file) or broke
+    every connection."""
+    base = ["--no-config", "--toolchain-image", str(gcc_image), "--allow-user", "root"]
+    socket_path = str(tmp_path / "s.sock")
+    for check in (["--check-config"], []):
+        done = subprocess.run(
+            [str(BIN / "jailccd"), *base, "--socket", socket_path, *option, *check],
+            capture_output=True, text=True, timeout=60,
+        )  # fmt: skip
+        assert done.returncode in (1, 2) and words in done.stderr, done.stderr
+        assert "Traceback" not in done.stderr
+
+
+def test_selftest_and_mon_refuse_numbers_they_cannot_use():
+    rounds = subprocess.run(
+        [str(BIN / "jailccd"), "selftest", "--timing-rounds", "-1"], capture_output=True, text=True
+    )
+    assert rounds.returncode == 2 and "--timing-rounds must be at least 1" in rounds.stderr
+    assert "Traceback" not in rounds.stderr
+    interval = subprocess.run([str(BIN / "jailcc"), "mon", "--interval", "0"], capture_output=True)
+    assert interval.returncode == 2 and b"seconds from 0.1" in interval.stderr
+
+
 def test_versions():
     from jailcc import __version__
 

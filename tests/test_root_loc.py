@@ -24,8 +24,10 @@ SCRIPT = TOP / "scripts" / "root-loc"
 # frames read as their bytes come (not allocated at their declared size), 4406 with the
 # --max-connections-per-user option, 4405 once kept jails were filed by how their user was
 # identified, 4406 with --log-peer-lines' help saying what an authenticated peer gets, 4409
-# once a stop (SIGTERM) with connections open was told apart from jails that broke.
-ROOT_LOC_CEILING = 4409
+# once a stop (SIGTERM) with connections open was told apart from jails that broke, 4423
+# once --check-config caught the numbers, --metrics, --announce and --log-file that stopped
+# the start or broke every connection.
+ROOT_LOC_CEILING = 4423
 
 
 def _load_root_loc():
