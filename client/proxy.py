@@ -608,7 +608,7 @@ def main(argv: list[str] | None = None) -> int:
     path = pw.socket_path(env)
     directory = os.path.dirname(path)
     try:
-        pw.ensure_private_dir(directory)
+        pw.ensure_private_dir(directory, ours=not env.get("JAILCC_PROXY_SOCKET"))
     except OSError as exc:
         print(f"jailcc proxy: {exc}", file=sys.stderr)
         return 1

@@ -81,9 +81,11 @@ def _owned_dir(path: str, uid: int) -> bool:
     return st.st_uid == uid and (st.st_mode & 0o170000) == 0o040000
 
 
-def ensure_private_dir(path: str) -> None:
+def ensure_private_dir(path: str, ours: bool = True) -> None:
     """Create path 0700, or check that it is ours, a real directory, and private: in /tmp,
-    someone else could have made it first."""
+    someone else could have made it first. Unless `ours` (the runtime dir's jailcc/, which
+    only jailcc makes), a directory that exists is left as it is: it must then be private
+    already (JAILCC_PROXY_SOCKET may name any directory: never loosen or tighten /tmp)."""
     try:  # noqa: SIM105 - contextlib costs milliseconds of a compile's start
         os.mkdir(path, 0o700)
     except FileExistsError:
@@ -91,7 +93,9 @@ def ensure_private_dir(path: str) -> None:
     st = os.lstat(path)
     if st.st_uid != os.getuid() or (st.st_mode & 0o170000) != 0o040000:
         raise PermissionError(f"{path} is not a directory of ours: remove it")
-    if st.st_mode & 0o077:
+    if st.st_mode & 0o022 and not ours:
+        raise PermissionError(f"{path} is writable by others: name a directory of your own")
+    if st.st_mode & 0o077 and ours:
         os.chmod(path, 0o700)
 
 

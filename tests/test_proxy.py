@@ -265,6 +265,21 @@ def test_a_proxy_started_while_the_last_one_stops_takes_over(server, tmp_path):
         stop_proxy(env)
 
 
+def test_a_proxy_socket_named_in_a_shared_directory_leaves_that_directory_alone(tmp_path):
+    """JAILCC_PROXY_SOCKET=/tmp/p.sock made /tmp 0700 (a directory of ours was made private
+    whatever it was): one others may write is refused, and keeps its mode."""
+    shared = tmp_path / "shared"
+    shared.mkdir()
+    shared.chmod(0o1777)
+    env = {**os.environ, "JAILCC_PROXY_SOCKET": str(shared / "p.sock"), "JAILCC_HOSTS": ""}
+    done = subprocess.run(
+        [sys.executable, "-m", "jailcc.client.proxy"], env=env, capture_output=True, timeout=60
+    )
+    assert done.returncode == 1 and b"writable by others" in done.stderr, done.stderr
+    assert shared.stat().st_mode & 0o7777 == 0o1777
+    assert not (shared / "p.sock").exists()
+
+
 def test_make_j32_through_one_proxy_matches_a_local_build(sources, server, tmp_path):
     env = proxy_env(server)
     workdir = tmp_path / "build"
