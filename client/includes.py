@@ -75,6 +75,7 @@ from .args import _CXX_DRIVER_SUFFIXES, _LANGUAGES, _SUFFIXES, expand_response_f
 
 RACY_SECONDS = 2.0  # a file or directory changed this recently is checked again next time
 MAX_FILES = 200_000  # parsed contents kept (the oldest quarter goes when it is exceeded)
+MAX_FILE_BYTES = 256 << 20  # a file read and hashed, at most (a header, a source, a listing)
 MAX_VALUES = 64  # values a computed include may take before the analysis gives up
 MAX_EXPANSIONS = 20_000  # macro expansion steps per computed include
 PROBE_TIMEOUT = 60.0
@@ -578,8 +579,8 @@ class _FileSystem:
             st = os.stat(path)
         except OSError:
             return None
-        if not stat.S_ISREG(st.st_mode):
-            return None
+        if not stat.S_ISREG(st.st_mode) or st.st_size > MAX_FILE_BYTES:
+            return None  # (larger than a tree job may ship: a server naming one gets no digest)
         sig = (st.st_dev, st.st_ino, st.st_size, st.st_mtime_ns, st.st_ctime_ns)
         old = self.entries.get(path)
         if old is not None and old.signature == sig and old.trusted:

@@ -11,6 +11,7 @@ from pathlib import Path
 from types import SimpleNamespace
 
 import pytest
+from jailcc.client import includes
 from jailcc.client.includes import COMPUTED, IncludeAnalyzer
 from jailcc.client.remote import RemoteFailure
 from jailcc.client.tree import check_misses, check_reads
@@ -155,3 +156,19 @@ def test_the_check_says_what_its_definition_says(tmp_path: Path, seed: int) -> N
         ), n
         said[expected] += 1
     assert said["remote"] and said["local"]  # the cases reach both verdicts
+
+
+def test_a_file_larger_than_a_tree_job_ships_is_never_read_for_a_server(tmp_path, monkeypatch):
+    """A server's `reads` names the file at each path it likes, and the check hashes this
+    machine's file there: a 3 GB one took the proxy to 3.1 GB and held the analysis lock for
+    12 s. Past the cap a file has no digest here, and the job compiles locally."""
+    monkeypatch.setattr(includes, "MAX_FILE_BYTES", 1000)
+    big = tmp_path / "big.bin"
+    big.write_bytes(b"x" * 1001)
+    small = tmp_path / "small.h"
+    small.write_bytes(b"x" * 1000)
+    analyzer = IncludeAnalyzer()
+    assert analyzer.digests([str(big), str(small)]) == [
+        None,
+        hashlib.sha256(b"x" * 1000).hexdigest(),
+    ]
