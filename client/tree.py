@@ -251,6 +251,8 @@ class TreeBuilder:
         if dep_path is not None:
             if dep_path not in got or job.dep_file is None:
                 raise RemoteFailure(f"{host}: the compile sent no dependency file")
+            if not plain_rules(got[dep_path]):
+                raise RemoteFailure(f"{host}: the dependency file holds more than rules")
             # Where the user's compiler writes it: from the real working directory, as the
             # kernel resolves ".." (the jail's name for it is $PWD's, taken lexically).
             _write_dependencies(inv.path(job.dep_file), got[dep_path], inv.umask)
@@ -491,6 +493,32 @@ def _common_root(paths: list[str]) -> str:
     if root == "/" or top in IMAGE_TOP:
         raise TreeUnsupported(f"the files lie under {root}, where the jail cannot lay them out")
     return root
+
+
+# What make takes for a directive at a line's start, not a rule.
+_MAKE_DIRECTIVES = frozenset(
+    b"include -include sinclude override export unexport define endef undefine vpath ifeq"
+    b" ifneq ifdef ifndef else endif private load -load".split()
+)
+
+
+def plain_rules(data: bytes) -> bool:
+    """Whether a dependency file holds only what gcc and clang write there: rules `targets:
+    prerequisites` (lines continued by a backslash) and blank lines. make reads it: a
+    server's recipe (a line after a tab, or after ';'), variable, function call ("$(shell
+    ...)") or directive would run on this machine. (A user's own -MT '$(obj)' falls foul of
+    it too: that job compiles locally.)"""
+    for line in data.replace(b"\\\n", b" ").split(b"\n"):
+        if line.startswith(b"\t"):
+            return False
+        words = line.replace(b"$$", b"").strip()
+        if not words:
+            continue
+        if b":" not in words or b"$" in words or b";" in words or b"=" in words:
+            return False
+        if words.split(None, 1)[0] in _MAKE_DIRECTIVES:
+            return False
+    return True
 
 
 def _write_dependencies(path: str, data: bytes, umask: int) -> None:

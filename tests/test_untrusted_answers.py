@@ -270,3 +270,40 @@ def test_a_unix_socket_someone_else_listens_on_is_no_server():
         squatter.kill()
         squatter.wait()
         shutil.rmtree(public)
+
+
+@pytest.mark.parametrize(
+    "rules",
+    [
+        b"x.o: x.c\n\techo pwned\n",  # a recipe
+        b"x.o: x.c ; touch /tmp/pwned\n",  # a recipe on the rule's line
+        b"x.o: $(shell touch /tmp/pwned)\n",  # make expands prerequisites as it reads them
+        b"x.o: ${HOME}\n",
+        b"CFLAGS = -DPWNED\n",
+        b"x.o: CFLAGS = -DPWNED\n",  # a target-specific variable
+        b"include /etc/evil.mk\n",
+        b"-include x.d:\n",
+        b"vpath %.h /tmp/evil:\n",
+        b"plain words\n",
+    ],
+)
+def test_a_dependency_file_from_a_server_is_rules_and_nothing_make_would_run(rules):
+    from jailcc.client.tree import plain_rules
+
+    assert not plain_rules(rules)
+
+
+@pytest.mark.parametrize("compiler", ["gcc-12", "clang-16"])
+def test_the_dependency_files_compilers_write_are_plain_rules(compiler, tmp_path):
+    from jailcc.client.tree import plain_rules
+
+    (tmp_path / "odd dir#1").mkdir()
+    (tmp_path / "odd dir#1" / "a$b.h").write_text("int a;\n")
+    (tmp_path / "m.c").write_text('#include <stdio.h>\n#include "odd dir#1/a$b.h"\n')
+    subprocess.run(
+        [compiler, "-c", "m.c", "-MD", "-MP", "-MQ", "$(obj)/m.o", "-o", "m.o"],
+        cwd=tmp_path, check=True,
+    )  # fmt: skip
+    written = (tmp_path / "m.d").read_bytes()
+    assert b"\\ " in written and b"$$" in written  # escaped as make needs
+    assert plain_rules(written)
