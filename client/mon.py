@@ -89,7 +89,8 @@ def render(data: dict[str, Any], width: int) -> list[str]:
     if not servers:
         lines.append("(no servers: see `jailcc hosts`)")
     lines += _own_jobs(data["build"].get("running", []), width)
-    return [line[:width] for line in lines]
+    # Servers name the users and sources: no escape sequences of theirs reach the terminal.
+    return ["".join(c if c.isprintable() else "?" for c in line)[:width] for line in lines]
 
 
 def _build_line(build: dict[str, Any]) -> str:
@@ -105,7 +106,8 @@ def _server_lines(server: dict[str, Any], name_width: int, width: int) -> list[s
     name = elide_middle(server["server"], name_width)
     status = server.get("status")
     if not status:
-        return [f"{name:<{name_width}} down: {server.get('error') or 'no answer'}"]
+        why = str(server.get("error") or "no answer")
+        return [f"{name:<{name_width}} down", *_wrapped(why, width - 4, "    ")]
     slots, now, running = status["slots"], status["slots_now"], status["running"]
     owner = "busy" if status["owner_busy"] else "-"
     row = (
@@ -135,6 +137,13 @@ def _own_jobs(running: list[dict[str, Any]], width: int) -> list[str]:
             f" {job['elapsed']:>5.1f}s"
         )
     return lines
+
+
+def _wrapped(text: str, width: int, indent: str) -> list[str]:
+    """text in lines of at most width characters, each after indent (three at most)."""
+    width = max(width, 20)
+    parts = [text[i : i + width] for i in range(0, len(text), width)][:3]
+    return [indent + part for part in parts]
 
 
 def slot_bar(running: int, slots_now: int, slots: int) -> str:

@@ -109,8 +109,10 @@ def test_a_server_that_does_not_answer_shows_as_down(env, root_server):
     (entry,) = data["servers"]
     assert entry["status"] is None and entry["error"]
     text = subprocess.run([JAILCC, "mon", "--once"], env=env, capture_output=True, text=True)
-    row = next(line for line in text.stdout.splitlines() if line.startswith("unix:/tmp/"))
-    assert "jailccd.sock down: cannot connect" in row  # a long name loses its middle
+    lines = text.stdout.splitlines()
+    at = next(i for i, line in enumerate(lines) if line.startswith("unix:/tmp/"))
+    assert lines[at].endswith("jailccd.sock down")  # a long name loses its middle
+    assert lines[at + 1].startswith("    cannot connect")  # the whole reason, below
 
 
 @requires_root
@@ -205,7 +207,11 @@ def test_the_screen_fits_80_columns_however_long_the_names():
                 ),
                 "error": "",
             },
-            {"server": "build2:3633", "status": None, "error": "cannot connect: refused" * 9},
+            {
+                "server": "build2:3633",
+                "status": None,
+                "error": "cannot connect: \x1b]0;pwned\x07refused " + "x" * 60 + " END",
+            },
         ],
         running=[{"source": long_source, "phase": "queue", "server": "", "elapsed": 3.0}],
     )
@@ -214,7 +220,9 @@ def test_the_screen_fits_80_columns_however_long_the_names():
     text = "\n".join(lines)
     assert "module_with_a_long_name.cc" in text  # elided at the start: the name stays
     assert "...e.com:3633" in text or ".example.com:3633" in text
-    assert "build2:3633" in text and "down: cannot connect" in text
+    assert "build2:3633" in text and "    cannot connect: ?]0;pwned?refused" in text
+    assert "x END" in text  # the reason whole, past what the row leaves it
+    assert "\x1b]" not in text  # a server's escape sequences never reach the terminal
     assert "busy" in text and "2/32" in text
     assert "your build: 1 running, 40 done" in text
 
