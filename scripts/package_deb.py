@@ -11,7 +11,8 @@ What goes in, and where:
     /etc/jailcc/jailccd.toml     a conffile: docs/jailccd.toml.example with the group jailcc
                                  allowed on the local socket (postinst creates the group)
     /var/lib/jailcc/images/      jailccd's default image directory
-    /usr/share/doc/jailcc/       README.md, architecture.md, jailccd.toml.example
+    /usr/share/doc/jailcc/       README.md, architecture.md, farm-guide.md,
+                                 include-analysis.md, jailccd.toml.example
 
 The venv is built in a staging directory and moved into place by rewriting the staging path
 where it lands (script shebangs, pyvenv.cfg) and compiling the bytecode for /opt/jailcc; the
@@ -41,10 +42,12 @@ PYTHON = "/usr/bin/python3.11"  # Debian's, as scripts/setup: never a pyenv shim
 PREFIX = "/opt/jailcc"
 COMMANDS = ("jailcc", "jailcc-py", "jailccd", "jailcc-image")
 # Needed at run time beyond the libraries dpkg-shlibdeps finds: the interpreter, cc and static
-# libc for the spawn helper (sandbox/helpers.py builds it at jailccd's first start), groupadd.
-EXTRA_DEPENDS = ("python3.11", "gcc", "libc6-dev", "passwd")
-# jailcc-image build makes squashfs images; LDAP's default bind (SASL GSSAPI) needs the module.
-RECOMMENDS = ("squashfs-tools", "libsasl2-modules-gssapi-mit")
+# libc for the spawn helper (sandbox/helpers.py builds it at jailccd's first start), groupadd,
+# and squashfs-tools: jailcc-image build makes squashfs images, and jailccd reads their
+# manifests with unsquashfs (no service comes with it).
+EXTRA_DEPENDS = ("python3.11", "gcc", "libc6-dev", "passwd", "squashfs-tools")
+# LDAP's default bind (SASL GSSAPI) needs the module.
+RECOMMENDS = ("libsasl2-modules-gssapi-mit",)
 SUGGESTS = ("krb5-user",)
 CONFIG_SUBSTITUTIONS = (('# allow-group = ["jailcc-users"]', 'allow-group = ["jailcc"]'),)
 CONFIG_HEADER = """\
@@ -212,7 +215,8 @@ def lay_out(root: Path) -> None:
     (root / "etc/jailcc").mkdir(parents=True)
     (root / "etc/jailcc/jailccd.toml").write_text(CONFIG_HEADER + config)
     (root / "var/lib/jailcc/images").mkdir(parents=True)
-    for doc in ("README.md", "docs/architecture.md", "docs/jailccd.toml.example"):
+    docs = ("architecture.md", "farm-guide.md", "include-analysis.md", "jailccd.toml.example")
+    for doc in ("README.md", *(f"docs/{name}" for name in docs)):
         install(TOP / doc, f"/usr/share/doc/jailcc/{Path(doc).name}")
     license_ = project()["project"]["license"]["text"]
     (root / "usr/share/doc/jailcc/copyright").write_text(f"jailcc\nLicense: {license_}\n")

@@ -91,6 +91,7 @@ def test_the_package_says_what_it_is_and_needs_no_kdc_or_directory_server(deb):
         "libcap2",
         "gcc",
         "libc6-dev",
+        "squashfs-tools",  # jailccd reads images' manifests with unsquashfs
     ):
         assert needed in depends
     related = " ".join(fields.get(k, "") for k in ("Depends", "Recommends", "Suggests"))
@@ -123,6 +124,8 @@ def test_the_package_holds_the_commands_units_config_and_no_test_tools(deb):
         "/var/lib/jailcc/images/",
         "/opt/jailcc/pyvenv.cfg",
         "/opt/jailcc/bin/jailcc",
+        "/usr/share/doc/jailcc/farm-guide.md",  # README sends a new admin there
+        "/usr/share/doc/jailcc/architecture.md",
     ):
         assert path in entries, path
     site = "/opt/jailcc/lib/python3.11/site-packages/"
