@@ -207,9 +207,10 @@ def probe(host: str, port: int, timeout: float = 1.0, identity: str = "") -> Ser
     with sock:
         try:
             address = sock.getpeername()[0]
-            hello = proto.hello_header(
-                "client", client="jailcc-scan", identity=identity, auth="gssapi"
-            )
+            # Without a compiler to ask for, a status request: a server answers it with its
+            # HELLO (protocol, authentication) before any image check.
+            wanted = {"identity": identity} if identity else {"request": "status"}
+            hello = proto.hello_header("client", client="jailcc-scan", auth="gssapi", **wanted)
             proto.send(sock, proto.HELLO, hello)
             sock.settimeout(max(0.01, deadline - time.monotonic()))
             frame_type, header, _ = proto.recv(sock, proto.MAX_HELLO_FRAME)

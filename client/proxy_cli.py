@@ -98,7 +98,10 @@ def _hosts(args: list[str]) -> int:
     if args[:1] == ["scan"] and len(args) in (2, 3):
         from .discovery import DiscoveryError, scan
 
-        port = int(args[2]) if len(args) == 3 and args[2].isdigit() else 3633
+        if len(args) == 3 and not args[2].isdigit():
+            print(f"jailcc: hosts scan: {args[2]!r} is no port number", file=sys.stderr)
+            return 2
+        port = int(args[2]) if len(args) == 3 else 3633
         try:
             found = scan([args[1]], port)
         except (DiscoveryError, ValueError) as exc:

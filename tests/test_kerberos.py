@@ -157,6 +157,23 @@ def test_a_stale_server_keytab_is_said_with_kerberos_own_words(realm, gcc_image,
     assert "Kerberos authentication failed: refused" not in log
 
 
+def test_a_host_scan_names_the_server_and_its_authentication(server, tmp_path):
+    """`jailcc hosts scan` found every server "image" (its hello asked for no compiler, and
+    each answered that it had no image for it, logging a refusal)."""
+    port = tcp_port(server)
+    found = subprocess.run(
+        [str(BIN / "jailcc"), "hosts", "scan", "127.0.0.1", str(port)],
+        capture_output=True, text=True, timeout=60,
+    )  # fmt: skip
+    assert found.returncode == 0, found.stderr
+    assert f"127.0.0.1:{port}  protocol 2, kerberos" in found.stdout, found.stdout
+    assert "no toolchain image here matches" not in server.log_text()[-3000:]
+    bad = subprocess.run(
+        [str(BIN / "jailcc"), "hosts", "scan", "127.0.0.1", "abc"], capture_output=True, text=True
+    )
+    assert bad.returncode == 2 and "is no port number" in bad.stderr
+
+
 def test_no_ticket_says_run_kinit_without_verbose(realm, server, tmp_path):
     env = client_env(realm, server, {**realm.env, "KRB5CCNAME": f"FILE:{tmp_path}/none"})
     del env["JAILCC_VERBOSE"]
