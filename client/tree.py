@@ -234,6 +234,8 @@ class TreeBuilder:
         RemoteFailure (compile locally) whenever it cannot be trusted to be that."""
         inv.check_client()
         try:
+            if result.limit:
+                raise RemoteFailure(f"{host}: the job hit the server's {result.limit} limit")
             if result.exit_code != 0:
                 # Exact diagnostics even when the jail lacked a header: the local compile's.
                 raise RemoteFailure(f"{host}: the compile failed remotely; compiling locally")
