@@ -13,6 +13,7 @@ from .decide import RunLocally
 from .job import Invocation, Outcome
 
 ASK_TIMEOUT = 3600.0  # a compile may take long; a dead proxy closes the socket at once
+START_WAIT = 2.0  # for a proxy just started to listen (it takes 0.2-0.3 s here)
 
 
 def ask_proxy(
@@ -23,10 +24,14 @@ def ask_proxy(
     path = pw.socket_path(inv.env)
     sock = connect(path)
     if sock is None:
+        # The first compile of a build: the proxy it starts serves it too, once up (a few
+        # tenths of a second), rather than a compile of our own without its analysis.
         start_proxy(inv.env)
-        return None
-    if not ask:
-        sock.close()
+        sock = _wait_for_proxy(path)
+        if sock is None:
+            return None
+    elif not ask:
+        sock.close()  # the native client asked this proxy, which did not answer
         return None
     try:
         with sock:
@@ -35,6 +40,19 @@ def ask_proxy(
             return _read_reply(sock)
     except (OSError, ValueError):
         return None
+
+
+def _wait_for_proxy(path: str) -> socket.socket | None:
+    """A connection to the proxy just started at path, once it listens (START_WAIT at most)."""
+    import time
+
+    deadline = time.monotonic() + START_WAIT
+    while time.monotonic() < deadline:
+        time.sleep(0.02)
+        sock = connect(path)
+        if sock is not None:
+            return sock
+    return None
 
 
 def connect(path: str) -> socket.socket | None:
