@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import re
 import threading
 import time
 from collections.abc import Callable
@@ -43,6 +44,14 @@ LACKS_RECHECK = 60.0  # seconds before a server without our compiler's image is 
 # this long, and the others take them.
 TREES_RECHECK = 300.0
 IMAGE_REFUSALS = ("is not in the image", "differs from the image's copy")
+_LACKED = re.compile(
+    r"refused the job: (/.*) (?:is not in the image|differs from the image's copy)$"
+)
+MAX_LACKED_FILES = 10_000  # per server and compiler
+# glibc's header every gcc compile reads first (-include'd by the driver): an image without it
+# holds no headers (built without --headers), and refuses every tree job: no need to analyse
+# them for it.
+EVERY_JOB_READS = "/stdc-predef.h"
 # Refusals that say something about the job, not the server: another server would say the same.
 JOB_REFUSALS = ("policy", "jail", "protocol", "tree")
 # Refusals that say the server cannot take it now (full, or its owner took the desktop back):
@@ -78,6 +87,9 @@ class Link:
         self.lacks: dict[str, float] = {}
         # Tree jobs (tree_key) this server's image refused: when, and its words.
         self.refused_trees: dict[str, tuple[float, str]] = {}
+        # System files a tree job read that this server's image lacks (or holds otherwise),
+        # by tree_key: when it said so, and its words. Only jobs that read one go elsewhere.
+        self.lacks_files: dict[str, dict[str, tuple[float, str]]] = {}
         self.load: dict[str, Any] = {}  # the server's last load report
         self.load_at = 0.0
         self.jobs = 0
@@ -92,6 +104,18 @@ class Link:
         """Why this server's image refused these tree jobs (tree_key) lately, else None."""
         when, why = self.refused_trees.get(trees, (0.0, ""))
         return why if now - when < TREES_RECHECK else None
+
+    def lacks_one_of(self, trees: str, paths: frozenset[str], now: float) -> str | None:
+        """Why this server's image would refuse a tree job that reads these system files (one
+        it said lately it lacks), else None."""
+        lacking = self.lacks_files.get(trees)
+        if not lacking:
+            return None
+        for path in paths.intersection(lacking):
+            when, why = lacking[path]
+            if now - when < TREES_RECHECK:
+                return why
+        return None
 
     @property
     def usable(self) -> bool:
@@ -172,6 +196,8 @@ class Pool:
         tried: set[str] = set()
         trees = tree_key(identity, header.get("driver")) if provide is not None else None
         refused_trees: list[str] = []
+        # The system files this tree job reads: one a server's image lacks sends it elsewhere.
+        reads = frozenset(e[0] for e in header.get("image", ())) if trees else frozenset()
         if size is None:
             size = len(blobs[0]) if blobs else 0
         wire = sum(len(b) for b in blobs)
@@ -179,10 +205,14 @@ class Pool:
         key = object()
         held_until = time.monotonic() + WAIT_FOR_ROOM
         while True:
-            link = self._place(key, size, kind, identity, tried, held_until, trees)
+            link = self._place(key, size, kind, identity, tried, held_until, trees, reads)
             if link is None:
                 if trees:
-                    refused = refused_trees[-1] if refused_trees else self._tree_refusal(trees)
+                    refused = (
+                        refused_trees[-1]
+                        if refused_trees
+                        else self._tree_refusal(trees) or self._lacks_refusal(trees, reads)
+                    )
                     if refused:
                         raise RemoteFailure(refused, code="tree")
                 raise self._nowhere(reasons, tell_user, identity)
@@ -214,7 +244,15 @@ class Pool:
                         if not (trees and exc.code == "tree" and _image_refusal(exc.reason)):
                             raise
                         with self._lock:
-                            link.refused_trees[trees] = (time.monotonic(), exc.reason)
+                            lacked = _lacked_file(exc.reason)
+                            if lacked in reads and not lacked.endswith(EVERY_JOB_READS):
+                                # Only the jobs that read it go elsewhere.
+                                files = link.lacks_files.setdefault(trees, {})
+                                if len(files) >= MAX_LACKED_FILES:
+                                    files.clear()
+                                files[lacked] = (time.monotonic(), exc.reason)
+                            else:
+                                link.refused_trees[trees] = (time.monotonic(), exc.reason)
                         tried.add(str(link.host))
                         refused_trees.append(exc.reason)
                         break
@@ -251,6 +289,7 @@ class Pool:
         tried: set[str],
         until: float,
         trees: str | None = None,
+        reads: frozenset[str] = frozenset(),
     ) -> Link | None:
         """The server for this job (dispatched to it in the policy's books), waiting while all
         it may use are full; None when there is none to use at all, or, for a tree job, when
@@ -264,6 +303,7 @@ class Pool:
                     if k.usable
                     and not k.lacks_image(identity, now)
                     and not (trees and k.refuses_trees(trees, now))
+                    and not (trees and reads and k.lacks_one_of(trees, reads, now))
                     and str(k.host) not in tried
                     and not self._placement_backs_off(str(k.host), now)
                 }
@@ -410,6 +450,11 @@ class Pool:
         with self._lock:
             return next(filter(None, (k.refuses_trees(trees, now) for k in self.links)), None)
 
+    def _lacks_refusal(self, trees: str, reads: frozenset[str]) -> str | None:
+        now = time.monotonic()
+        with self._lock:
+            return next(filter(None, (k.lacks_one_of(trees, reads, now) for k in self.links)), None)
+
     def refuses_trees(self, identity: str, driver: str | None = None) -> str | None:
         """Why no server would take this compiler's tree jobs now (every one that has its
         image refused them lately), else None: the caller then need not analyse a job."""
@@ -520,6 +565,12 @@ def tree_key(identity: str, driver: str | None) -> str:
 
 def _image_refusal(reason: str) -> bool:
     return any(words in reason for words in IMAGE_REFUSALS)
+
+
+def _lacked_file(reason: str) -> str | None:
+    """The system file an image refusal names (jobs/tree.py's words), if it names one."""
+    match = _LACKED.search(reason)
+    return match.group(1) if match else None
 
 
 def _naming(host: Host, reason: str) -> str:

@@ -221,6 +221,35 @@ def test_an_image_without_headers_sends_the_jobs_preprocessed(gcc_image, tmp_pat
     assert "remote on" in said[1] and "every server's image refuses" in said[1], said[1]
 
 
+def test_a_header_the_image_lacks_sends_only_the_jobs_that_read_it_preprocessed(
+    headers_server, tmp_path
+):
+    """A system header installed after the image was built (libfmt-dev, in a review): the
+    jobs that read it go preprocessed, the others keep shipping sources. One refusal turned
+    off shipping for every job of that compiler on that server for five minutes."""
+    header = Path(f"/usr/local/include/jailcc_lacked_{os.getpid()}.h")
+    header.write_text("#define LACKED 1\n")
+    try:
+        (tmp_path / "uses.c").write_text(f"#include <{header.name}>\nint u = LACKED;\n")
+        (tmp_path / "plain.c").write_text("#include <stdio.h>\nint p(void) { return 1; }\n")
+        env = ship_env(headers_server, tmp_path / "run")
+        said = []
+        for source in ("uses.c", "plain.c", "uses.c", "plain.c"):
+            done = subprocess.run(
+                [JAILCC, "gcc-12", "-O2", "-c", source, "-o", source + ".o"],
+                cwd=tmp_path, env=env, capture_output=True, timeout=120,
+            )  # fmt: skip
+            assert done.returncode == 0, done.stderr
+            said.append(done.stderr.decode())
+    finally:
+        header.unlink()
+        subprocess.run([JAILCC, "proxy", "stop"], env=env, capture_output=True, timeout=60)
+    for uses in (said[0], said[2]):
+        assert "remote on" in uses and f"{header} is not in the image" in uses, uses
+    for plain in (said[1], said[3]):
+        assert "remote (sources) on" in plain, plain
+
+
 def test_a_server_whose_image_refuses_tree_jobs_leaves_them_to_the_others(
     gcc_image, headers_server, tmp_path
 ):
