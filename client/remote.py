@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import errno
 import os
 import select
 import socket
@@ -133,6 +134,12 @@ def connect(host: Host, timeout: float = CONNECT_TIMEOUT) -> socket.socket:
             sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_KEEPCNT, 4)
             sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_USER_TIMEOUT, 15000)
     except OSError as exc:
+        if exc.errno == errno.EACCES:  # something the user can see to: said without asking
+            raise RemoteFailure(
+                f"cannot connect to {host}: permission denied (the socket, or a directory on"
+                " its path, does not let you in: see who jailccd allows, e.g. --allow-group)",
+                tell_user=True,
+            ) from None
         raise RemoteFailure(f"cannot connect to {host}: {exc.strerror or exc}") from None
     return sock
 
@@ -197,9 +204,13 @@ def authenticate(
     it."""
     if server_hello.get("auth") != want:
         # Never let the other end (or someone in between) choose less than we asked for.
-        raise RemoteFailure(
-            f"{host} offers authentication {server_hello.get('auth')!r}, not {want}"
+        offered = server_hello.get("auth")
+        hint = (
+            " (an --insecure server: name it with ;auth=none to use it)"
+            if offered == "none"
+            else ""
         )
+        raise RemoteFailure(f"{host} offers authentication {said(offered)!r}, not {want}{hint}")
     if want != "gssapi":
         return proto.Channel(sock)
     from .kerberos import initiate

@@ -307,3 +307,29 @@ def test_the_dependency_files_compilers_write_are_plain_rules(compiler, tmp_path
     written = (tmp_path / "m.d").read_bytes()
     assert b"\\ " in written and b"$$" in written  # escaped as make needs
     assert plain_rules(written)
+
+
+@pytest.mark.skipif(os.geteuid() != 0, reason="needs root, to be refused as another user")
+def test_a_socket_the_user_may_not_reach_says_so_and_what_to_look_at():
+    """Permission denied on jailccd's socket (a 0700 directory, a group the user is not in)
+    read "no jailcc server could be reached: check that jailccd runs there": it does."""
+    from serverutil import as_nobody
+
+    private = Path(tempfile.mkdtemp(prefix="jailcc-private-"))  # 0700, root's
+    try:
+        with socket.socket(socket.AF_UNIX) as listening:
+            listening.bind(str(private / "jailccd.sock"))
+            listening.listen()
+            host = parse_hosts(f"unix:{private / 'jailccd.sock'}")[0]
+
+            def attempt() -> bytes:
+                try:
+                    remote.connect(host)
+                except remote.RemoteFailure as exc:
+                    return f"{exc.tell_user} {exc.reason}".encode()
+                return b"connected"
+
+            said = as_nobody(attempt).decode()
+    finally:
+        shutil.rmtree(private)
+    assert said.startswith("True ") and "permission denied (the socket" in said, said
