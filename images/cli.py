@@ -101,12 +101,16 @@ def _parser() -> argparse.ArgumentParser:
     return p
 
 
-def _list(directory: str, verify: bool) -> None:
-    """One block per image; a bad one says why instead of its compilers."""
+def _list(directory: str, verify: bool) -> bool:
+    """One block per image; a bad one says why instead of its compilers. Whether every image
+    is good (skipped or bad: False, the exit status says so)."""
     from jailcc.images.squashfs import read_manifest
     from jailcc.images.verify import verify_image
 
+    if not os.path.isdir(directory):
+        raise ImageError(f"no image directory {directory}: name the one to list")
     found, skipped = dir_images(directory)  # what jailccd would serve from it, and why not
+    good = not skipped
     for reason in skipped:
         print(f"SKIPPED: {reason}")
     for name, path in found.items():
@@ -116,11 +120,13 @@ def _list(directory: str, verify: bool) -> None:
             manifest = verify_image(path) if verify else read_manifest(path)
         except ImageError as exc:
             print(f"{entry}  {size:.1f} MiB  BAD: {exc}")
+            good = False
             continue
         verdict = "  verified" if verify else ""
         print(f"{entry}  name {name}  {size:.1f} MiB{verdict}")
         for c in manifest.compilers:
             print(f"    {c.name} {c.version} {c.target} {c.identity[:19]}")
+    return good
 
 
 def _on_sigterm(signum: int, frame: object) -> None:
@@ -144,7 +150,8 @@ def main(argv: list[str] | None = None) -> int:
                 read_log=args.read_log,
             )
         elif args.command == "list":
-            _list(args.directory or IMAGE_DIR, args.verify)
+            if not _list(args.directory or IMAGE_DIR, args.verify):
+                return 1
         elif args.command == "info":
             from jailcc.images.squashfs import read_manifest
 

@@ -129,9 +129,15 @@ def test_jailcc_image_list(image_dir):
         capture_output=True,
         text=True,
     )
-    assert done.returncode == 0, done.stderr
+    assert done.returncode == 1, done.stderr  # junk.img is bad: a script checking it learns so
     lines = done.stdout.splitlines()
     assert lines[0].startswith("gcc-12.img  name gcc-12  ") and lines[0].endswith("verified")
     identity = compiler_identity("/usr/bin/gcc-12")
     assert f"    gcc-12 12.2.0 x86_64-linux-gnu {identity[:19]}" in lines
     assert any(line.startswith("junk.img") and "BAD:" in line for line in lines)
+    missing = subprocess.run(
+        [str(BIN / "jailcc-image"), "list", str(image_dir / "nowhere")],
+        capture_output=True,
+        text=True,
+    )
+    assert missing.returncode == 1 and "no image directory" in missing.stderr, missing.stderr
