@@ -13,6 +13,7 @@ import os
 import sys
 
 USAGE = """usage: jailcc COMPILER [ARGS...]
+       jailcc --help | --version           this text; jailcc's version
        jailcc proxy start|stop|status      the per-user proxy (started on demand anyway)
        jailcc status [--json]              servers, connections, jobs, overhead
        jailcc hosts [--json]               the servers found, and from where

@@ -189,9 +189,12 @@ def test_selftest_and_mon_refuse_numbers_they_cannot_use():
 def test_versions():
     from jailcc import __version__
 
-    for prog in ("jailccd", "jailcc-image"):
+    for prog in ("jailccd", "jailcc-image", "jailcc"):
         done = subprocess.run([str(BIN / prog), "--version"], capture_output=True, text=True)
         assert done.stdout.strip() == f"{prog} {__version__}"
+        # ...and each says so in its --help.
+        helped = subprocess.run([str(BIN / prog), "--help"], capture_output=True, text=True)
+        assert "--version" in helped.stdout, prog
 
 
 def test_selftest_takes_its_images_from_the_config_file(tmp_path):
