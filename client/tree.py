@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import hashlib
 import os
+import re
 import threading
 import time
 
@@ -504,23 +505,48 @@ _MAKE_DIRECTIVES = frozenset(
 )
 
 
+_SPECIAL_TARGET = re.compile(rb"\.[A-Z_]+")
+
+
 def plain_rules(data: bytes) -> bool:
     """Whether a dependency file holds only what gcc and clang write there: rules `targets:
     prerequisites` (lines continued by a backslash) and blank lines. make reads it: a
     server's recipe (a line after a tab, or after ';'), variable, function call ("$(shell
-    ...)") or directive would run on this machine. (A user's own -MT '$(obj)' falls foul of
-    it too: that job compiles locally.)"""
-    for line in data.replace(b"\\\n", b" ").split(b"\n"):
+    ...)"), comment, special target (.SECONDEXPANSION expands "$$" again) or directive would
+    act on this machine. Lines are joined as make joins them: a newline after an odd number
+    of backslashes. (A user's own -MT '$(obj)' falls foul of it too: that job compiles
+    locally.)"""
+    for line in _make_lines(data):
         if line.startswith(b"\t"):
             return False
-        words = line.replace(b"$$", b"").strip()
+        words = line.replace(b"$$", b"").replace(b"\\\\", b"").replace(b"\\#", b"").strip()
         if not words:
             continue
-        if b":" not in words or b"$" in words or b";" in words or b"=" in words:
+        if b":" not in words or any(c in words for c in (b"$", b";", b"=", b"#")):
             return False
         if words.split(None, 1)[0] in _MAKE_DIRECTIVES:
             return False
+        targets = words.split(b":", 1)[0].split()
+        if any(_SPECIAL_TARGET.fullmatch(target) for target in targets):
+            return False  # .SECONDEXPANSION, .ONESHELL...: ("../inc/x.h:" is a plain one)
     return True
+
+
+def _make_lines(data: bytes) -> list[bytes]:
+    """data's logical lines as make reads them: a backslash-newline continues a line only
+    after an odd number of backslashes."""
+    lines: list[bytes] = []
+    pending = b""
+    for physical in data.split(b"\n"):
+        backslashes = len(physical) - len(physical.rstrip(b"\\"))
+        if backslashes % 2:
+            pending += physical[:-1] + b" "
+            continue
+        lines.append(pending + physical)
+        pending = b""
+    if pending:
+        lines.append(pending)
+    return lines
 
 
 def _write_dependencies(path: str, data: bytes, umask: int) -> None:

@@ -285,6 +285,12 @@ def test_a_unix_socket_someone_else_listens_on_is_no_server():
         b"-include x.d:\n",
         b"vpath %.h /tmp/evil:\n",
         b"plain words\n",
+        # An even number of backslashes ends the line for make: the tab starts a recipe.
+        b"a.o: a.c a.h #\\\\\n\ttouch /tmp/pwned\n",
+        b"a.o: a.c \\\\\n\ttouch /tmp/pwned\n",
+        # A special target makes make expand "$$" a second time.
+        b".SECONDEXPANSION:\na.o: a.c $$(shell touch /tmp/pwned)\n",
+        b"a.o: a.c # a comment\n",
     ],
 )
 def test_a_dependency_file_from_a_server_is_rules_and_nothing_make_would_run(rules):
@@ -299,13 +305,20 @@ def test_the_dependency_files_compilers_write_are_plain_rules(compiler, tmp_path
 
     (tmp_path / "odd dir#1").mkdir()
     (tmp_path / "odd dir#1" / "a$b.h").write_text("int a;\n")
-    (tmp_path / "m.c").write_text('#include <stdio.h>\n#include "odd dir#1/a$b.h"\n')
+    (tmp_path / "inc").mkdir()
+    (tmp_path / "inc" / "up.h").write_text("int up;\n")
+    (tmp_path / "sub").mkdir()
+    (tmp_path / "sub" / "s.h").write_text('#include "../inc/up.h"\n')
+    (tmp_path / "m.c").write_text(
+        '#include <stdio.h>\n#include "odd dir#1/a$b.h"\n#include "sub/s.h"\n'
+    )
     subprocess.run(
         [compiler, "-c", "m.c", "-MD", "-MP", "-MQ", "$(obj)/m.o", "-o", "m.o"],
         cwd=tmp_path, check=True,
     )  # fmt: skip
     written = (tmp_path / "m.d").read_bytes()
     assert b"\\ " in written and b"$$" in written  # escaped as make needs
+    assert b"sub/../inc/up.h:" in written or b"inc/up.h:" in written  # -MP's phony targets
     assert plain_rules(written)
 
 
