@@ -29,16 +29,45 @@ import re
 _LINE_MARKER = re.compile(rb'# (\d+) "((?:[^"\\\n]|\\.)*)"((?: \d)*)[ \t]*$', re.M)
 _EDGE = 4096  # bytes looked at from each end of such a stretch
 _CHECKED = 3  # lines at each end of a stretch between line markers that must be in place
+# Pragmas the preprocessor runs and leaves a blank line for: looked for in the files.
 _DROPPED = re.compile(
     rb"^[ \t\f\v]*(?:#|%:)[ \t\f\v]*pragma[ \t\f\v]+"
     rb"(GCC[ \t\f\v]+(?:poison|system_header))\b",
     re.M,
 )
+# The others it runs: looked for in the files whose output lines cannot be placed (those
+# with #line directives, bison's and flex's output), where one in a skipped #if counts too.
+_RUN_BY_CPP = re.compile(
+    rb"^[ \t\f\v]*(?:#|%:)[ \t\f\v]*pragma[ \t\f\v]+"
+    rb"(omp|acc|redefine_extname|push_macro|pop_macro)\b",
+    re.M,
+)
+_LINE_DIRECTIVE = re.compile(rb"^[ \t\f\v]*(?:#|%:)[ \t\f\v]*(?:line\b|\d)", re.M)
+_BOM = b"\xef\xbb\xbf"  # gcc drops it from a file's first line
 _SYSTEM_HEADER = re.compile(rb"GCC[ \t\f\v]+system_header")
 _MAX_CACHED = 20_000
 _DIRECTIVE = re.compile(rb"[ \t\f\v]*(?:#|%:)[ \t\f\v]*([A-Za-z_]*)")
-# (path, mtime_ns, size, inode) -> (its lines, the first dropped pragma it holds or "")
-_seen: dict[tuple[str, int, int, int], tuple[list[bytes], str]] = {}
+
+
+class _File:
+    """What lost_pragma needs of a file: its lines, the first pragma of _DROPPED it holds
+    (""), and, when it has #line directives, the first of _RUN_BY_CPP ("")."""
+
+    __slots__ = ("dropped", "lines", "renumbered", "run_by_cpp")
+
+    def __init__(self, data: bytes) -> None:
+        self.lines = data.split(b"\n")
+        self.dropped = _said(_DROPPED.search(data))
+        self.renumbered = _LINE_DIRECTIVE.search(data) is not None
+        self.run_by_cpp = _said(_RUN_BY_CPP.search(data)) if self.renumbered else ""
+
+
+def _said(found: re.Match[bytes] | None) -> str:
+    return re.sub(rb"[ \t\f\v]+", b" ", found.group(1)).decode() if found else ""
+
+
+# (path, mtime_ns, size, inode) -> what lost_pragma needs of it
+_seen: dict[tuple[str, int, int, int], _File] = {}
 
 
 def lost_pragma(output: bytes, cwd: str) -> str | None:
@@ -46,9 +75,9 @@ def lost_pragma(output: bytes, cwd: str) -> str | None:
     have moved, said for the user; None when there is none. A file that cannot be read
     counts as holding one."""
     files: dict[str, bool] = {}  # name as gcc opened it -> a system header
-    read: dict[str, tuple[list[bytes], str] | None] = {}  # each file once per job
+    read: dict[str, _File | None] = {}  # each file once per job
 
-    def _read_cached(cwd: str, name: str) -> tuple[list[bytes], str] | None:
+    def _read_cached(cwd: str, name: str) -> _File | None:
         if name not in read:
             read[name] = _read(os.path.join(cwd, name))
         return read[name]
@@ -58,16 +87,26 @@ def lost_pragma(output: bytes, cwd: str) -> str | None:
         name = _unescape(marker.group(2))
         if (name.startswith("<") and name.endswith(">")) or name.endswith("//"):
             continue  # <built-in>, <command-line>; with -g, the working directory
-        files[name] = files.get(name, False) or b"3" in marker.group(3).split()
+        flags = marker.group(3).split()
+        if name not in files and files and b"1" not in flags:
+            continue  # a name only a #line directive gives: no file of it was read
+        files[name] = files.get(name, False) or b"3" in flags
+        source = _read_cached(cwd, name)
+        if source is not None and source.renumbered:
+            continue  # its lines cannot be placed: its pragmas are looked for below
         start = marker.end() + 1
         end = markers[at + 1].start() if at + 1 < len(markers) else len(output)
-        moved = _out_of_place(output, start, end, int(marker.group(1)), _read_cached(cwd, name))
+        moved = _out_of_place(output, start, end, int(marker.group(1)), source)
         if moved is not None:
             return f"a pragma run by the preprocessor in {name} (line {moved})"
     for name, system in files.items():
         found = _read_cached(cwd, name)
-        if found is not None and found[1] and not (system and found[1].startswith("GCC system")):
-            return f"#pragma {found[1]} in {name}"
+        if found is None:
+            return f"{name} could not be read again"
+        if found.dropped and not (system and found.dropped.startswith("GCC system")):
+            return f"#pragma {found.dropped} in {name}"
+        if found.run_by_cpp:
+            return f"#pragma {found.run_by_cpp} in {name}"
     last = _last_line(output)
     if last.startswith((b"#pragma", b"%:pragma")):
         return "a #pragma on the last line"
@@ -75,7 +114,7 @@ def lost_pragma(output: bytes, cwd: str) -> str | None:
 
 
 def _out_of_place(
-    output: bytes, start: int, end: int, first: int, source: tuple[list[bytes], str] | None
+    output: bytes, start: int, end: int, first: int, source: _File | None
 ) -> int | None:
     """The line number of a line among the first and last few that hold something of a
     stretch of output (output[start:end], whose first line is line `first` of its file)
@@ -83,9 +122,12 @@ def _out_of_place(
     the ones after it."""
     if source is None:
         return first
-    lines = source[0]
+    lines = source.lines
     count = output.count(b"\n", start, end) + (end > start and output[end - 1 : end] != b"\n")
-    head = output[start : min(end, start + _EDGE)].split(b"\n")[:count]
+    head = output[start : min(end, start + _EDGE)].split(b"\n")
+    if start + _EDGE < end:
+        head.pop()  # (a line cut short)
+    head = head[:count]
     tail_from = max(start, end - _EDGE)
     tail = output[tail_from:end].split(b"\n")
     if end > start and output[end - 1 : end] == b"\n":
@@ -101,6 +143,8 @@ def _out_of_place(
                 continue
             number = first + number_of_first + step * index
             original = lines[number - 1].rstrip(b"\r") if 0 < number <= len(lines) else None
+            if number == 1 and original is not None:
+                original = original.removeprefix(_BOM)
             if not _same_line(text, original):
                 return number
             checked += 1
@@ -131,24 +175,22 @@ def _same_line(written: bytes, original: bytes | None) -> bool:
     return ours is not None and theirs is not None and ours.group(1) == theirs.group(1)
 
 
-def _read(path: str) -> tuple[list[bytes], str] | None:
-    """A file's lines and the first pragma of _DROPPED it holds (""), cached; None if it
-    cannot be read."""
+def _read(path: str) -> _File | None:
+    """What lost_pragma needs of the file at path, cached; None if it cannot be read."""
     try:
         st = os.stat(path)
         key = (path, st.st_mtime_ns, st.st_size, st.st_ino)
-        if key in _seen:
-            return _seen[key]
+        known = _seen.get(key)  # (one lookup: another thread may empty the cache meanwhile)
+        if known is not None:
+            return known
         with open(path, "rb") as f:
             data = f.read()
     except OSError:
         return None
-    found = _DROPPED.search(data)
-    said = re.sub(rb"[ \t\f\v]+", b" ", found.group(1)).decode() if found else ""
     if len(_seen) >= _MAX_CACHED:
         _seen.clear()
-    _seen[key] = (data.split(b"\n"), said)
-    return _seen[key]
+    _seen[key] = found = _File(data)
+    return found
 
 
 def _last_line(output: bytes) -> bytes:

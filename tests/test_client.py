@@ -196,6 +196,9 @@ def test_exact_debug_info_with_warnings_as_errors_goes_remote(server, tmp_path, 
         ("macro.c", "#define A 1\nint A2 = 2;\n#pragma push_macro(\"A\")\n#undef A\n"
          "#define A 2\n#pragma pop_macro(\"A\")\nint a = A;\n", []),
         ("hdr.c", '#include "src/omp.h"\nint h(int *a) { f(a, 4); return a[0]; }\n', ["-fopenmp"]),
+        # ...in a file with #line directives, looked for in it (lines cannot be placed)...
+        ("lined.c", "#line 7\nint f(int *a) {\n#pragma omp parallel for\n"
+         "  for (int i = 0; i < 4; i++) a[i] = i;\n  return 0;\n}\n", ["-fopenmp"]),
         # ...and a pragma respelled on the last line moves the static initializer's column.
         ("init.cc", "#include <string>\nstd::string s(\"hello\");\n"
          "#    pragma GCC diagnostic push\n#    pragma GCC diagnostic pop\n", []),
@@ -227,7 +230,11 @@ def test_pragmas_the_exact_debug_mode_would_lose_compile_locally(
         '#ifdef NOT_HERE\n#  pragma message("no")\n#pragma omp parallel for\n#endif\n'
         "int g(int a) { return a; }\n"
     )
-    for source in ("src/main.c", "off.c"):
+    # Nor do lines it cannot place: bison's #line, a byte-order mark, a line past 4 KiB.
+    (work / "gen.c").write_text('#line 10 "gen.y"\nint g2;\n#line 4 "gen.c"\nint g3;\n')
+    (work / "bom.c").write_bytes(b"\xef\xbb\xbfint bom;\n")
+    (work / "long.c").write_text("int t[] = {" + ",".join(["1"] * 3000) + "};\nint after;\n")
+    for source in ("src/main.c", "off.c", "gen.c", "bom.c", "long.c"):
         plain = run([JAILCC, "gcc-12", "-g", "-O2", "-c", source, "-o", "obj/m.o"], work, env)
         assert "remote on unix:" in where(plain.stderr), plain.stderr
 
