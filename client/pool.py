@@ -319,7 +319,13 @@ class Pool:
                     return link
                 if now > until:
                     return None
-                if trees and any(k.usable and k.refuses_trees(trees, now) for k in self.links):
+                if trees and any(
+                    k.usable
+                    and (
+                        k.refuses_trees(trees, now) or (reads and k.lacks_one_of(trees, reads, now))
+                    )
+                    for k in self.links
+                ):
                     # Not worth waiting for: a server whose image refuses tree jobs can take
                     # it preprocessed (the caller's fallback), rather than stand idle.
                     return None

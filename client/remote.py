@@ -30,6 +30,8 @@ ALIVE_SECONDS = 10.0
 ALIVE_MISSED = 6
 # The jail's READY follows authorization and a jail's making: seconds, not minutes.
 READY_TIMEOUT = 30.0
+# Each write of a JOB or BLOBS frame: a server that takes no byte for this long is gone.
+SEND_TIMEOUT = 300.0
 # A RESULT, on the wire and decompressed: an object at the server's own cap (256 MiB), stdout
 # and stderr (MAX_OUTPUT each) and a dependency file. A server's larger claims are refused
 # before anything is allocated for them.
@@ -271,6 +273,7 @@ def run_job(
     if channel.alive:
         sent = {**sent, "alive": ALIVE_SECONDS}
     try:
+        channel.sock.settimeout(SEND_TIMEOUT)  # (not what the last answer's reads left)
         wire = channel.send(proto.JOB, sent, blobs, compress=[True] * len(blobs))
         if not ready:
             channel.sock.settimeout(READY_TIMEOUT)
@@ -358,7 +361,9 @@ class _Answer:
             wait = min(self.deadline - now, quiet_since + self.silence - now)
             if self.gone is not None:
                 wait = min(wait, 1.0)
-            if select.select([sock], [], [], wait)[0]:
+            poller = select.poll()  # (select() cannot take a descriptor past 1023)
+            poller.register(sock, select.POLLIN)
+            if poller.poll(wait * 1000):
                 return
 
 
@@ -444,6 +449,7 @@ def _send_blobs(
     if not all(isinstance(d, str) for d in missing) or len(set(missing)) != len(missing):
         raise proto.ProtocolError("a NEED must name each blob once")
     wire = 0
+    channel.sock.settimeout(SEND_TIMEOUT)
     for start in range(0, len(missing), proto.MAX_BLOBS):
         digests = missing[start : start + proto.MAX_BLOBS]
         data = provide(digests)
