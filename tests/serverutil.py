@@ -95,6 +95,7 @@ def start_kerberos_server(
 ) -> Server:
     """A jailccd on 127.0.0.1 with the realm's keytab, allowing the principals listed (the
     text of an --allow-principals file)."""
+    tmp.mkdir(parents=True, exist_ok=True)
     allowed = tmp / "principals"
     allowed.write_text(principals)
     return start_server(
