@@ -18,6 +18,7 @@ from typing import Any
 
 from . import proxy_wire as pw
 from .proxy_cli import ask_json
+from .remote import printable
 
 HOME_CLEAR = "\x1b[H\x1b[2J"  # cursor home, clear the screen
 MIN_WIDTH = 40
@@ -90,7 +91,7 @@ def render(data: dict[str, Any], width: int) -> list[str]:
         lines.append("(no servers: see `jailcc hosts`)")
     lines += _own_jobs(data["build"].get("running", []), width)
     # Servers name the users and sources: no escape sequences of theirs reach the terminal.
-    return ["".join(c if c.isprintable() else "?" for c in line)[:width] for line in lines]
+    return [printable(line)[:width] for line in lines]
 
 
 def _build_line(build: dict[str, Any]) -> str:

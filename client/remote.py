@@ -15,6 +15,7 @@ from jailcc import __version__
 from jailcc import protocol as proto
 
 from .hosts import Host
+from .proxy_wire import MAX_OUTPUT  # stdout or stderr: what the native client takes
 
 TYPE_CHECKING = False  # typing costs milliseconds to import, on every compile; type checkers know
 if TYPE_CHECKING:
@@ -36,7 +37,6 @@ SEND_TIMEOUT = 300.0
 # and stderr (MAX_OUTPUT each) and a dependency file. A server's larger claims are refused
 # before anything is allocated for them.
 MAX_RESULT = 512 << 20
-MAX_OUTPUT = 64 << 20  # stdout or stderr: what the native client takes (proxy_wire.MAX_OUTPUT)
 MAX_SAID = 300  # characters of a server's own words (an ERROR's message) shown to the user
 
 
@@ -229,10 +229,16 @@ TOLD_REFUSALS = ("unauthorized", "unavailable", "unauthenticated")
 HANDSHAKE_ERRORS = (proto.RemoteError, OSError, proto.ProtocolError)
 
 
+def printable(text: str) -> str:
+    """text with each character a terminal would act on (controls: escape sequences could
+    retitle it, or write the clipboard) shown as "?"."""
+    return "".join(c if c.isprintable() else "?" for c in text)
+
+
 def said(words: object) -> str:
-    """A server's own words, fit for the user's terminal: no control characters (escape
-    sequences could retitle it, or write the clipboard), at most MAX_SAID characters."""
-    text = "".join(c if c.isprintable() else "?" for c in str(words)[: MAX_SAID + 1])
+    """A server's own words, fit for the user's terminal: printable, at most MAX_SAID
+    characters."""
+    text = printable(str(words)[: MAX_SAID + 1])
     return text if len(text) <= MAX_SAID else text[:MAX_SAID] + "..."
 
 
