@@ -70,6 +70,9 @@ def image_dir(given: str | None) -> str | None:
         return os.path.realpath(IMAGE_DIR) if os.path.isdir(IMAGE_DIR) else None
     if not os.path.isdir(given):
         raise ImageError(f"--image-dir {given}: no such directory")
+    info = os.stat(given)
+    if info.st_uid != 0 or info.st_mode & 0o022:  # the launcher refuses it too, later
+        raise ImageError(f"--image-dir {given}: must be owned by root and writable by no one else")
     return os.path.realpath(given)
 
 

@@ -9,6 +9,7 @@ import os
 import re
 import signal
 import socket
+import stat
 import subprocess
 import sys
 import threading
@@ -570,6 +571,8 @@ def _stop_process(proc: subprocess.Popen[bytes]) -> None:
 
 def listen_unix(path: str, allowing: str) -> socket.socket:
     os.makedirs(os.path.dirname(path) or ".", mode=0o755, exist_ok=True)
+    if os.path.lexists(path) and not stat.S_ISSOCK(os.lstat(path).st_mode):
+        raise OSError(f"{path} exists and is not a socket: name another --socket")
     if os.path.exists(path):
         probe = socket.socket(socket.AF_UNIX)
         try:

@@ -4,6 +4,7 @@ the file, errors naming file and key, --check-config, --version, and selftest's 
 from __future__ import annotations
 
 import argparse
+import shutil
 import subprocess
 from pathlib import Path
 
@@ -174,6 +175,33 @@ def test_check_config_finds_what_would_stop_or_break_the_server(tmp_path, gcc_im
         )  # fmt: skip
         assert done.returncode in (1, 2) and words in done.stderr, done.stderr
         assert "Traceback" not in done.stderr
+
+
+def test_jailccd_refuses_an_image_dir_others_may_write_and_a_socket_path_that_is_a_file(
+    tmp_path, gcc_image
+):
+    """The check used to pass an image directory that the launcher then refused, and a
+    --socket naming a regular file had that file deleted (root unlinked it as a stale socket)."""
+    images = tmp_path / "images"
+    images.mkdir()
+    shutil.copy(gcc_image, images / "gcc-12.img")
+    images.chmod(0o777)
+    jailccd = str(BIN / "jailccd")
+    base = [jailccd, "--no-config", "--allow-user", "root", "--socket", str(tmp_path / "s.sock")]
+    for check in (["--check-config"], []):
+        done = subprocess.run(
+            [*base, "--image-dir", str(images), *check], capture_output=True, text=True, timeout=60
+        )
+        assert done.returncode in (1, 2) and "writable by no one else" in done.stderr, done.stderr
+    precious = tmp_path / "precious"
+    precious.write_text("keep me\n")
+    done = subprocess.run(
+        [jailccd, "--no-config", "--allow-user", "root", "--toolchain-image", str(gcc_image),
+         "--socket", str(precious)],
+        capture_output=True, text=True, timeout=60,
+    )  # fmt: skip
+    assert done.returncode in (1, 2) and "is not a socket" in done.stderr, done.stderr
+    assert precious.read_text() == "keep me\n"
 
 
 def test_selftest_and_mon_refuse_numbers_they_cannot_use():
