@@ -35,7 +35,13 @@ _RECORDING = frozenset(
     )
 )
 # What a compiler that crashed says (gcc's ICE, clang's crash report).
-_CRASHES = (b"internal compiler error", b"PLEASE submit a bug report")
+_CRASHES = (
+    b"internal compiler error",
+    b"PLEASE submit a bug report",
+    b"virtual memory exhausted",  # gcc past the jail's address-space limit: locally, maybe not
+    b"out of memory allocating",
+    b"LLVM ERROR: out of memory",
+)
 # Options that decide gcc's links themselves (the plain output turns them off).
 _URL_OPTIONS = ("-fdiagnostics-urls", "-fno-diagnostics-urls", "-fdiagnostics-plain-output")
 _SAFE_CHARS = frozenset("ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789_+.,=@%-")
@@ -181,7 +187,9 @@ def finish(
     tree job), so its diagnostics quote them as a local compile's would."""
     inv.check_client()
     if result.limit:
-        raise RemoteFailure(f"{host}: the job hit the server's {result.limit} limit")
+        raise RemoteFailure(
+            f"{host}: the job hit the server's {result.limit} limit", code=f"limit:{result.limit}"
+        )
     if result.exit_code is None:
         raise RemoteFailure(f"{host}: the compiler was killed by signal {result.signal}")
     if result.exit_code == 127 or result.stderr.startswith(b"jail: "):

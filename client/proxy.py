@@ -78,6 +78,41 @@ class Notices:
             return True
 
 
+class Outgrown:
+    """Jobs that ran into a server's limit that is the job's own (its memory, CPU or wall time,
+    process count or output size), so that the next build compiles them locally at once instead
+    of spending the limit again on every build (googletest's largest test peaks at 2 GB)."""
+
+    LIMITS = frozenset(
+        f"limit:{name}" for name in ("memory", "cpu", "wall", "pids", "output", "file-size")
+    )
+    KEEP = 3600.0  # seconds: servers' limits may change
+    MAX = 4096
+
+    def __init__(self) -> None:
+        self.lock = threading.Lock()
+        self.jobs: dict[tuple[str, ...], tuple[float, str]] = {}  # key: (when, which limit)
+
+    def note(self, key: tuple[str, ...], failure: BaseException) -> None:
+        code = getattr(failure, "code", None)
+        if code in self.LIMITS:
+            with self.lock:
+                if len(self.jobs) >= self.MAX:
+                    del self.jobs[next(iter(self.jobs))]  # the oldest
+                self.jobs[key] = (time.monotonic(), code[6:])
+
+    def check(self, key: tuple[str, ...]) -> None:
+        """RemoteFailure if this job outgrew a server's limit in the last KEEP seconds."""
+        with self.lock:
+            when, limit = self.jobs.get(key, (None, ""))
+            if when is not None and time.monotonic() - when > self.KEEP:
+                del self.jobs[key]
+                when = None
+        if when is not None:
+            ago = time.monotonic() - when
+            raise RemoteFailure(f"it hit a server's {limit} limit {ago:.0f} s ago", code="outgrown")
+
+
 class Stats:
     def __init__(self) -> None:
         self.lock = threading.Lock()
@@ -256,6 +291,7 @@ class Proxy:
         self.discovery = Discovery(env, self.pool)
         self.stats = Stats()
         self.notices = Notices()
+        self.outgrown = Outgrown()
         self.spans = Spans()
         self.trees = TreeBuilder()  # its include analysis lives as long as the proxy
         self.running: dict[int, Span] = {}  # id(span): the jobs in progress, under stats.lock
@@ -328,7 +364,9 @@ class Proxy:
         def remote(compiler: str, job: Any, inv: Invocation) -> Outcome:
             tried_remote.append(True)
             span.source = job.source
+            this_job = (compiler, inv.cwd, *user_args)
             try:
+                self.outgrown.check(this_job)
                 self.discovery.check()
                 if self.discovery.error:
                     raise HostsError(self.discovery.error)
@@ -357,6 +395,7 @@ class Proxy:
                 return outcome
             except Exception as exc:  # recorded, then decide() compiles locally
                 span.reason = getattr(exc, "reason", None) or str(exc)
+                self.outgrown.note(this_job, exc)
                 if not span.phases:
                     span.phase("analysis", span.start)
                 raise

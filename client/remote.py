@@ -91,7 +91,8 @@ class RemoteFailure(Exception):
         super().__init__(reason)
         self.reason = reason
         self.tell_user = tell_user
-        self.code = code  # the server's ERROR code when it refused; None for other failures
+        self.code = code  # the server's ERROR code when it refused, "limit:NAME" when the job hit
+        # a server's limit NAME; None for other failures
 
 
 class RemoteResult(

@@ -236,7 +236,10 @@ class TreeBuilder:
         inv.check_client()
         try:
             if result.limit:
-                raise RemoteFailure(f"{host}: the job hit the server's {result.limit} limit")
+                raise RemoteFailure(
+                    f"{host}: the job hit the server's {result.limit} limit",
+                    code=f"limit:{result.limit}",
+                )
             if result.exit_code != 0:
                 # Exact diagnostics even when the jail lacked a header: the local compile's.
                 raise RemoteFailure(f"{host}: the compile failed remotely; compiling locally")

@@ -421,43 +421,59 @@ class FakeServer:
         self.thread.start()
 
     def _serve(self) -> None:
-        while True:
+        while True:  # a thread per connection: the proxy may hold one open ahead of its job
             try:
                 conn, _ = self.sock.accept()
             except OSError:
                 return
-            with conn:
-                try:
-                    proto.recv(conn, proto.MAX_HELLO_FRAME)
-                    images = [{"name": "x", "compilers": [{"identity": self.identity}]}]
-                    proto.send(conn, proto.HELLO, {"protocol": 1, "images": images})
-                    proto.recv(conn)
-                    if self.behaviour == "garbage":
-                        conn.sendall(b"\x00\x00\x00\x10" + b"\xff" * 16)
-                    elif self.behaviour == "error":
-                        proto.send(conn, proto.ERROR, {"code": "internal", "message": "boom"})
-                    elif self.behaviour == "killed":
-                        proto.send(
-                            conn,
-                            proto.RESULT,
-                            {
-                                "id": 1,
-                                "exit_code": None,
-                                "signal": 9,
-                                "limit": "memory",
-                                "has_output": False,
-                            },
-                            [b"", b"", b""],
-                        )
-                    # "die": close without a word
-                except (OSError, proto.ProtocolError):
-                    pass
+            threading.Thread(target=self._answer, args=(conn,), daemon=True).start()
+
+    def _answer(self, conn: socket.socket) -> None:
+        with conn:
+            try:
+                proto.recv(conn, proto.MAX_HELLO_FRAME)
+                images = [{"name": "x", "compilers": [{"identity": self.identity}]}]
+                hello = {
+                    "protocol": proto.PROTOCOL_VERSION,
+                    "role": "server",
+                    "auth": "local",
+                    "images": images,
+                    "slots": 1,
+                }
+                proto.send(conn, proto.HELLO, hello)
+                load = {"slots": 1, "running": 0, "queued": 0, "owner_busy": False}
+                proto.send(conn, proto.READY, {**hello, "load": load})
+                _, job, _ = proto.recv(conn)
+                if self.behaviour == "garbage":
+                    conn.sendall(b"\x00\x00\x00\x10" + b"\xff" * 16)
+                elif self.behaviour == "error":
+                    proto.send(conn, proto.ERROR, {"code": "internal", "message": "boom"})
+                elif self.behaviour == "killed":
+                    proto.send(
+                        conn,
+                        proto.RESULT,
+                        {
+                            "id": job["id"],
+                            "exit_code": None,
+                            "signal": 9,
+                            "limit": "memory",
+                            "has_output": False,
+                        },
+                        [b"", b"", b""],
+                    )
+                elif self.behaviour == "out-of-memory":  # the jail's address space
+                    header = {"id": job["id"], "exit_code": 1, "has_output": False}
+                    stderr = b"virtual memory exhausted: Cannot allocate memory\n"
+                    proto.send(conn, proto.RESULT, header, [b"", stderr, b""])
+                # "die": close without a word
+            except (OSError, proto.ProtocolError):
+                pass
 
     def close(self) -> None:
         self.sock.close()
 
 
-@pytest.mark.parametrize("behaviour", ["die", "garbage", "error", "killed"])
+@pytest.mark.parametrize("behaviour", ["die", "garbage", "error", "killed", "out-of-memory"])
 def test_a_failing_server_means_a_local_compile(tmp_path, behaviour):
     from jailcc.images.identity import compiler_identity
 
@@ -468,12 +484,15 @@ def test_a_failing_server_means_a_local_compile(tmp_path, behaviour):
         rres = run(
             [JAILCC, "gcc-12", *args],
             work,
-            env_for(None, JAILCC_HOSTS=f"unix:{tmp_path / 'fake.sock'}"),
+            # (The fake answers preprocessed jobs: a tree job's RESULT has more to it.)
+            env_for(
+                None, JAILCC_HOSTS=f"unix:{tmp_path / 'fake.sock'}", JAILCC_SHIP="preprocessed"
+            ),
         )
     finally:
         fake.close()
     assert rres.returncode == 0, rres.stderr
-    assert "compiling locally" in where(rres.stderr)
+    assert "compiling locally" in where(rres.stderr), rres.stderr
     produced = (work / "obj" / "main.o").read_bytes()
     run(["gcc-12", *args], work)
     assert (work / "obj" / "main.o").read_bytes() == produced

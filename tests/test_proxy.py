@@ -105,6 +105,31 @@ def test_the_first_compile_starts_one_proxy_and_the_next_go_through_it(server, t
     assert not proxies(env)
 
 
+def test_a_job_that_outgrew_a_limit_compiles_locally_at_once_the_next_time(headers_image, tmp_path):
+    """A job that ran into a limit of its own (here the wall clock; memory in googletest) used
+    to spend that limit again on every build before compiling locally."""
+    srv = start_server(
+        tmp_path / "srv", headers_image, "--allow-user", "root", "--job-timeout", "1"
+    )
+    env = proxy_env(srv)
+    # 2^22 expansions in an #if: a few seconds of the preprocessor, remote or local.
+    lines = ["#define A0 1", *(f"#define A{i} (A{i - 1}+A{i - 1})" for i in range(1, 23))]
+    (tmp_path / "slow.c").write_text("\n".join([*lines, "#if A22 == 0", "#endif", "int f;", ""]))
+    try:
+        first = jailcc(["gcc-12", "-c", "slow.c"], tmp_path, env)
+        assert first.returncode == 0 and "wall limit" in first.stderr, first.stderr
+        again = jailcc(["gcc-12", "-c", "slow.c"], tmp_path, env)
+        assert again.returncode == 0 and "limit" in again.stderr and " ago" in again.stderr
+        assert (tmp_path / "slow.o").exists()
+        # Other jobs still go.
+        (tmp_path / "a.c").write_text("int f(void) { return 1; }\n")
+        assert "remote" in jailcc(["gcc-12", "-c", "a.c"], tmp_path, env).stderr
+    finally:
+        stop_proxy(env)
+        stop_server(srv)
+    assert srv.log_text().count("limit:wall") == 1, srv.log_text()
+
+
 def test_status_counts_each_job_where_it_ran(server, tmp_path):
     env = proxy_env(server)
     (tmp_path / "a.c").write_text("int f(void) { return 1; }\n")
