@@ -152,7 +152,13 @@ def open_session(
 ) -> tuple[proto.Channel, dict[str, Any]]:
     """Hello and, on TCP, Kerberos: the channel to send jobs on, and the server's hello."""
     try:
-        want = send_hello(sock, host, identity=identity)
+        try:
+            want = send_hello(sock, host, identity=identity)
+        except (BrokenPipeError, ConnectionResetError):
+            # A server that refuses at once (busy) closes without reading our hello: its
+            # ERROR may still wait to be read, and says more than the broken pipe.
+            proto.expect(sock, proto.HELLO, proto.MAX_HELLO_FRAME)
+            raise
         header, _ = proto.expect(sock, proto.HELLO, proto.MAX_HELLO_FRAME)
         version = header.get("protocol")
         if type(version) is not int or version != proto.PROTOCOL_VERSION:

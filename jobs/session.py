@@ -188,6 +188,10 @@ def _channel(conn: socket.socket, params: dict[str, Any], token: bytes) -> proto
     return proto.SealedChannel(conn, context)
 
 
+def _plain_relative(name: str) -> bool:
+    return not name.startswith("/") and all(p not in ("", ".", "..") for p in name.split("/"))
+
+
 def _check_job(params: dict[str, Any], header: dict[str, Any], blobs: list[bytes]) -> dict:
     job_id = header.get("id")
     identity = header.get("identity")
@@ -195,7 +199,7 @@ def _check_job(params: dict[str, Any], header: dict[str, Any], blobs: list[bytes
     input_name = header.get("input")
     mode = header.get("mode")
     files = header.get("files", [])
-    if not isinstance(job_id, int) or not isinstance(identity, str):
+    if type(job_id) is not int or not isinstance(identity, str):
         raise JobRejected("protocol", "a job needs an id and a compiler identity")
     if identity != params["identity"]:
         raise JobRejected("image", "this connection serves another compiler: open another one")
@@ -211,6 +215,8 @@ def _check_job(params: dict[str, Any], header: dict[str, Any], blobs: list[bytes
         or not all(isinstance(f, str) for f in files)
     ):
         raise JobRejected("protocol", "extra files do not match the data sent")
+    if not all(f and "\0" not in f and _plain_relative(f) for f in files):
+        raise JobRejected("protocol", "extra files are named by normalized relative paths")
     args = policy.check_args(header.get("args"))
     env = policy.job_env(header.get("env"))
     steps = header.get("steps")
@@ -461,6 +467,12 @@ def _run_tree_job(
     job's listing (its digest) once the store keeps it (listing: its bytes to keep, or None
     when the job came by it)."""
     data = [store.get(digest) for _, digest in job.files]
+    for (_, digest), blob in zip(job.files, data, strict=True):
+        if len(blob) != job.sizes[digest]:  # the job's checks went by the sizes it gave
+            store.end_job()
+            raise _BadBlobs(
+                job.id, f"{digest}: {len(blob)} bytes, the tree says {job.sizes[digest]}"
+            )
 
     def execute(limits: RunLimits) -> tuple[dict[str, Any], list[bytes], dict[str, Any]]:
         return _compile_tree(init, params, job, data, limits)

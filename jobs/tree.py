@@ -170,6 +170,8 @@ def _check_root(root: str, image: ImageFiles) -> None:
     top = root.split("/")[1]
     if top in JAIL_OWN - {"tmp"} or top.startswith(".jailcc"):
         raise TreeRefused("tree", f"the root {root} lies in the jail's own /{top}")
+    if top == "etc":  # (the programs' loader would read a job's ld.so.preload)
+        raise TreeRefused("tree", f"the root {root} cannot lie in /etc")
     if image.holds_top(top):
         raise TreeRefused(
             "tree",

@@ -41,6 +41,8 @@ log = logging.getLogger("jailccd")
 # as we refused lands in our (unread) buffer instead of meeting a closed socket: it then reads
 # our ERROR rather than a broken pipe.
 REFUSAL_LINGER = 2.0
+# How a jail says its client went away (the words of EPIPE, ECONNRESET and a closed channel).
+CLIENT_HANG_UPS = ("Broken pipe", "Connection reset by peer", "channel closed")
 
 
 @dataclass
@@ -222,12 +224,15 @@ class JobService:
         # Named in log lines before the handshake names it better: the uid on the Unix socket.
         peer: Peer | str = f"{addr[0]}:{addr[1]}" if conn.family != socket.AF_UNIX else key
         link: ConnectionLink | None = None
-        authenticated = False
+        authenticated = False  # (the looser log budget)
+        waiting = True  # counted among the connections waiting to authenticate (caps)
 
-        def on_authenticated() -> None:
-            nonlocal authenticated
-            self.caps.authenticated(key)
+        def on_authenticated(stop_waiting: bool = True) -> None:
+            nonlocal authenticated, waiting
             authenticated = True
+            if stop_waiting and waiting:
+                self.caps.authenticated(key)
+                waiting = False
 
         def note(level: int, message: str, *args: Any) -> None:
             # Lines about a connection's failures are rate-limited per peer: tightly before
@@ -260,7 +265,9 @@ class JobService:
                 channel.send(proto.STATUS, self.status(_user_name(peer)))
                 return
             name = _user_name(peer)
-            refused = self.caps.take_user(name)
+            # --insecure TCP: each connection's name has its port; its share is its address's.
+            counted = key if auth == "none" else name
+            refused = self.caps.take_user(counted)
             if refused is not None:
                 # One user's connections (and their jails) are a share of the server's. On
                 # Kerberos only the jail could seal an ERROR: the connection just closes.
@@ -275,7 +282,7 @@ class JobService:
             try:
                 self._hand_over(conn, link, offer, hello, str(peer), name)
             finally:
-                self.caps.release_user(name)
+                self.caps.release_user(counted)
         except Refused:
             pass  # told the peer and logged by _handshake
         except proto.ProtocolError as exc:
@@ -292,7 +299,7 @@ class JobService:
             if link is not None:
                 link.close()
             conn.close()
-            self.caps.close(key, authenticated)
+            self.caps.close(key, not waiting)
 
     def _hand_over(
         self,
@@ -317,14 +324,20 @@ class JobService:
             self.metrics.jail_teardown.observe(_number(seconds))
         ended = end.get("error")
         if ended is not None:
-            log.warning("connection from %s ended: %s", user, _printable(ended, 300))
+            # Per user, rate-limited: an allowed user can end connections as fast as anyone.
+            # A client that hangs up (Ctrl-C in make) is no warning.
+            hung_up = any(why in str(ended) for why in CLIENT_HANG_UPS)
+            level = logging.INFO if hung_up else logging.WARNING
+            self.user_log.log(
+                name, level, "connection from %s ended: %s", user, _printable(ended, 300)
+            )
 
     def _handshake(
         self,
         conn: proto.DeadlineSocket,
         open_link: Callable[[], ConnectionLink],
         peer: Peer | str,
-        on_authenticated: Callable[[], None],
+        on_authenticated: Callable[..., None],
         note: Callable[..., None],
     ) -> tuple[Peer | str, Offer | None, str, proto.Channel | None]:
         """Credentials (Unix socket), hello, authentication (Kerberos), authorization: the
@@ -364,11 +377,15 @@ class JobService:
                 )
                 _until_closed(conn.sock, min(REFUSAL_LINGER, conn.deadline - time.monotonic()))
                 raise refused
-            on_authenticated()
+            on_authenticated(stop_waiting=False)
         try:
             hello = _client_hello(recv(proto.MAX_HELLO_FRAME))
         except Refused as exc:
             raise refuse(exc.code, str(exc)) from None
+        if isinstance(peer, Peer):
+            # Only now: until its hello, a local connection counts against its uid's share of
+            # the connections waiting (one allowed user must not hold them all silently).
+            on_authenticated()
         link = open_link()
         offer = None
         if hello.get("request") != "status":

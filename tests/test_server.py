@@ -215,15 +215,21 @@ def test_compile_errors_come_back_with_diagnostics(server, identity, tmp_path):
         ({"mode": "E"}, "protocol", "mode"),
         ({"cwd": "relative"}, "protocol", "working directory"),
         ({"cwd": "/usr/lib/x"}, "jail", "image"),
+        ({"id": True}, "protocol", "an id"),
+        # Refused before the job takes a slot (they were, by the jail, as "jail"):
+        ({"files": ["../../etc/x"]}, "protocol", "extra files"),
+        ({"files": ["/etc/x"]}, "protocol", "extra files"),
+        ({"files": ["a//b"]}, "protocol", "extra files"),
     ],
 )
 def test_refused_jobs_say_why_and_the_connection_goes_on(
     server, identity, tmp_path, changes, code, words
 ):
     pre = preprocess(tmp_path)
+    blobs = [pre, *(b"int x;\n" for _ in changes.get("files", []))]
     with server.connect() as sock:
         hello(sock)
-        proto.send(sock, proto.JOB, job(identity, tmp_path, **changes), [pre], [True])
+        proto.send(sock, proto.JOB, job(identity, tmp_path, **changes), blobs, [True] * len(blobs))
         with pytest.raises(proto.RemoteError) as refused:
             proto.expect(sock, proto.RESULT)
         assert refused.value.code == code and words in refused.value.message
@@ -375,7 +381,10 @@ def test_tcp_needs_insecure_and_then_warns(gcc_image, tmp_path, identity):
         text=True,
     )
     assert proc.returncode == 2 and "--insecure" in proc.stderr
-    srv = start_server(tmp_path, gcc_image, "--listen", "127.0.0.1:0", "--insecure")
+    srv = start_server(
+        tmp_path, gcc_image, "--listen", "127.0.0.1:0", "--insecure",
+        "--max-connections-per-user", "2",
+    )  # fmt: skip
     try:
         deadline = time.monotonic() + 10
         while "listening on tcp" not in srv.log_text() and time.monotonic() < deadline:
@@ -405,6 +414,17 @@ def test_tcp_needs_insecure_and_then_warns(gcc_image, tmp_path, identity):
             time.sleep(0.3)  # the jail is back (it would be in the cache) before the next
         text = srv.log_text()
         assert _jail_ids(text, "tcp0.c") != _jail_ids(text, "tcp1.c"), text[-1500:]
+        # ...but one address's connections are one share (each used to count as a user).
+        held = [socket.create_connection(("127.0.0.1", port), timeout=10) for _ in range(3)]
+        try:
+            for sock in held[:2]:
+                hello(sock)
+            proto.send(held[2], proto.HELLO, proto.hello_header("client", identity=identity))
+            with pytest.raises(proto.RemoteError, match=r"2 connections of 127\.0\.0\.1"):
+                proto.expect(held[2], proto.HELLO)
+        finally:
+            for sock in held:
+                sock.close()
     finally:
         stop_server(srv)
 

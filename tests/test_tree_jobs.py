@@ -257,6 +257,13 @@ def test_a_blob_with_other_content_is_refused(server, tmp_path):
     with connect(server) as sock:  # and the server goes on
         _, frame_type, header, _ = run(sock, job, project.blobs())
         assert frame_type == proto.RESULT and header["exit_code"] == 0
+    # A blob the store holds is the size the tree says too (the job's limits went by those).
+    ((path, held, size),) = job["tree"]
+    with connect(server) as sock:
+        proto.send(sock, proto.JOB, {**job, "tree": [[path, held, 1]]})
+        frame_type, header, _ = proto.recv(sock)
+        assert frame_type == proto.ERROR and header["code"] == "protocol", header
+        assert f"{size} bytes, the tree says 1" in header["message"]
 
 
 def _bad(project: Project, ident: str) -> list[tuple[dict, str, str]]:
@@ -268,6 +275,7 @@ def _bad(project: Project, ident: str) -> list[tuple[dict, str, str]]:
         (job(ident, tree=[["/etc/passwd", digest(X_C), len(X_C)]]), "protocol", "absolute"),
         (job(ident, tree=[["src/x.c", digest(X_C), len(X_C)]] * 2), "protocol", "twice"),
         (job(ident, root="/", cwd="/"), "tree", "root /"),
+        (job(ident, root="/etc/p", cwd="/etc/p"), "tree", "cannot lie in /etc"),  # not "jail"
         (job(ident, root="/usr/proj", cwd="/usr/proj"), "tree", "toolchain image"),
         (job(ident, outputs=["/tmp/elsewhere.o"]), "protocol", "not beneath the root"),
         (job(ident, [*ARGS, "-fplugin=/tmp/evil.so"]), "policy", "-fplugin=/tmp/evil.so"),

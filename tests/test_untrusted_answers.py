@@ -230,6 +230,18 @@ def test_a_servers_own_words_reach_the_terminal_without_escapes_and_cut_short():
     assert "not allowed" in failure.reason and len(failure.reason) < remote.MAX_SAID + 100
 
 
+def test_a_refusal_sent_before_the_server_closed_is_read_after_a_broken_pipe():
+    """A busy server answers ERROR and closes without reading the hello, so sending it can
+    fail with EPIPE: the refusal is then still there to read, and is what the user hears."""
+    ours, theirs = socket.socketpair()
+    with ours, theirs:
+        proto.send(theirs, proto.ERROR, {"code": "busy", "message": "too many connections"})
+        theirs.close()
+        with pytest.raises(remote.RemoteFailure, match="refused: too many connections") as got:
+            remote.open_session(ours, HOST, JOB["identity"])
+        assert got.value.code == "busy"
+
+
 @pytest.mark.parametrize(
     "hello",
     [
