@@ -12,7 +12,8 @@ the path is (stat follows)   gcc -c (as, BFD)        gcc -S (cc1)            cla
 missing                      created                 created                 created
 a symlink to nothing         its target created      its target created      replaced
 a regular file, or a         replaced (a symlink     rewritten in place      replaced
-symlink to one               itself is replaced)     (through the symlink)
+symlink to one               itself is replaced);    (through the symlink)
+                             an empty one rewritten
 a character/block device     written in place        written in place        written in place
 a FIFO                       as fails: local         written in place        written in place
 a directory, socket, ...     the compiler fails: the job compiles locally, which says why
@@ -60,6 +61,38 @@ class OutputError(Exception):
     """The output cannot be written as the compiler would write it here: compile locally."""
 
 
+def names_descriptors(path: str) -> bool:
+    """Whether path leads, by its name or its symlinks, through /proc or /dev/fd (as
+    /dev/stdout does): a process's own descriptors, which only the compiler the user started
+    can write. The proxy's, at that name, are other files (its stdout is /dev/null)."""
+    parts, resolved, links = path.split("/"), "/", 0
+    while parts:
+        name = parts.pop(0)
+        if name in ("", "."):
+            continue
+        if name == "..":
+            resolved = os.path.dirname(resolved)
+            continue
+        candidate = os.path.join(resolved, name)
+        if candidate in _DESCRIPTOR_NAMES:
+            return True
+        try:
+            target = os.readlink(candidate)
+        except OSError:  # not a symlink (or not there): a plain step
+            resolved = candidate
+            continue
+        links += 1
+        if links > 40:
+            return True  # ELOOP: the local compile says so
+        if target.startswith("/"):
+            resolved = "/"
+        parts[:0] = target.split("/")
+    return False
+
+
+_DESCRIPTOR_NAMES = frozenset(("/proc", "/dev/fd", "/dev/stdin", "/dev/stdout", "/dev/stderr"))
+
+
 def plan(path: str, clang: bool, assembly: bool) -> str:
     """How to write a compile's output to ``path``; OutputError when only the local compiler
     can reproduce what happens (its own error, for a directory or a FIFO under gcc -c)."""
@@ -76,7 +109,8 @@ def plan(path: str, clang: bool, assembly: bool) -> str:
         raise OutputError(f"cannot use {path} as the output: {exc.strerror}") from None
     mode = st.st_mode
     if stat.S_ISREG(mode):
-        return _REWRITE if gcc_asm else _REPLACE
+        # BFD (gcc -c) unlinks only a non-empty file; an empty one it opens and writes.
+        return _REWRITE if gcc_asm or (not clang and st.st_size == 0) else _REPLACE
     if stat.S_ISCHR(mode) or stat.S_ISBLK(mode):
         return _IN_PLACE
     if stat.S_ISFIFO(mode):

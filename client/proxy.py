@@ -25,6 +25,7 @@ import threading
 import time
 from typing import Any
 
+from . import outputs
 from . import proxy_wire as pw
 from .compiler import split_invocation
 from .decide import RunLocally, decide, ships_sources, source_of
@@ -367,6 +368,9 @@ class Proxy:
             this_job = (compiler, inv.cwd, *user_args)
             try:
                 self.outgrown.check(this_job)
+                for name in (job.output, job.dep_file):
+                    if name is not None and outputs.names_descriptors(inv.path(name)):
+                        raise RemoteFailure(f"{name} is the compiler's own descriptor")
                 self.discovery.check()
                 if self.discovery.error:
                     raise HostsError(self.discovery.error)

@@ -553,14 +553,24 @@ def _make_lines(data: bytes) -> list[bytes]:
 
 
 def _write_dependencies(path: str, data: bytes, umask: int) -> None:
-    """As cpp writes it: fopen("w"), through a symlink, with the user's umask."""
+    """As cpp writes it: fopen("w"), through a symlink, with the user's umask (the proxy's
+    own umask must not narrow it: the file is made 0600, then given the user's mode)."""
+    flags = os.O_WRONLY | os.O_CLOEXEC
     try:
-        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC, 0o666 & ~umask)
+        try:
+            fd, created = os.open(path, flags | os.O_CREAT | os.O_EXCL, 0o600), True
+        except FileExistsError:  # (or a symlink, perhaps dangling, which fopen follows)
+            try:
+                fd, created = os.open(path, flags | os.O_TRUNC), False
+            except FileNotFoundError:  # dangling: its target is made
+                fd, created = os.open(path, flags | os.O_CREAT | os.O_TRUNC, 0o600), True
     except OSError as exc:
         raise RemoteFailure(f"cannot write {path}: {exc.strerror}") from None
     try:
         from jailcc.wire import write_all
 
+        if created:
+            os.fchmod(fd, 0o666 & ~umask)
         write_all(fd, data)
     except OSError as exc:  # a full disk: the local compile says it as it would
         raise RemoteFailure(f"cannot write {path}: {exc.strerror}") from None

@@ -56,7 +56,7 @@ def snapshot(top: Path) -> dict[str, tuple]:
         if stat.S_ISLNK(st.st_mode):
             seen[name] = ("symlink", os.readlink(path))
         elif stat.S_ISREG(st.st_mode):
-            seen[name] = ("file", path.read_bytes(), st.st_nlink)
+            seen[name] = ("file", path.read_bytes(), st.st_nlink, oct(st.st_mode & 0o7777))
         elif stat.S_ISCHR(st.st_mode):
             seen[name] = ("chr", st.st_rdev)
         elif stat.S_ISFIFO(st.st_mode):
@@ -66,8 +66,12 @@ def snapshot(top: Path) -> dict[str, tuple]:
     return seen
 
 
-def mkfile(name: str, data: bytes = b"old output\n") -> Callable[[Path], None]:
-    return lambda d: (d / name).write_bytes(data)
+def mkfile(name: str, data: bytes = b"old output\n", mode: int = 0o644) -> Callable[[Path], None]:
+    def make(d: Path) -> None:
+        (d / name).write_bytes(data)
+        (d / name).chmod(mode)
+
+    return make
 
 
 def mksymlink(name: str, target: str, target_data: bytes | None = None) -> Callable[[Path], None]:
@@ -127,6 +131,7 @@ CASES = [
     # (output, what exists before, source)
     ("x.o", None, GOOD),
     ("x.o", mkfile("x.o"), GOOD),
+    ("x.o", mkfile("x.o", b"", 0o600), GOOD),  # BFD rewrites an empty file, keeping its mode
     ("link.o", mksymlink("link.o", "target.o", b"old target\n"), GOOD),
     ("link.o", mksymlink("link.o", "missing.o"), GOOD),
     ("h1.o", mkhardlink("h1.o", "h2.o"), GOOD),
@@ -136,7 +141,7 @@ CASES = [
     ("link.o", mksymlink("link.o", "target.o", b"old target\n"), BAD),
     ("null", mkchr("null"), BAD),
 ]
-IDS = ["new", "regular", "symlink", "dangling", "hardlink", "chrdev", "to-devnull"]
+IDS = ["new", "regular", "empty", "symlink", "dangling", "hardlink", "chrdev", "to-devnull"]
 IDS += ["fail-regular", "fail-symlink", "fail-chrdev"]
 
 
@@ -168,7 +173,7 @@ def tree_server(headers_server: Server) -> Server:
 
 
 @pytest.mark.parametrize("compiler", ["gcc-12", "clang-16"])
-@pytest.mark.parametrize(("output", "prepare", "source"), CASES[:7], ids=IDS[:7])
+@pytest.mark.parametrize(("output", "prepare", "source"), CASES[:8], ids=IDS[:8])
 def test_tree_jobs_leave_outputs_as_the_local_compiler_does(
     tree_server, tmp_path, compiler, output, prepare, source
 ):
@@ -284,4 +289,4 @@ def test_an_output_that_is_the_input_is_the_compilers_to_handle(
     assert our_tree == local_tree
     assert "local (the output is the input file)" in where(ours.stderr), ours.stderr
     if compiler == "gcc-12":
-        assert local.returncode == 1 and local_tree["x.c"] == ("file", GOOD, 1)
+        assert local.returncode == 1 and local_tree["x.c"] == ("file", GOOD, 1, "0o644")
