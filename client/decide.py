@@ -26,6 +26,9 @@ if TYPE_CHECKING:
 
 # Variables that make the compiler run other programs (cc1, as) than the image's: -B's kind.
 PROGRAM_ENV = ("GCC_EXEC_PREFIX", "COMPILER_PATH")
+# Variables that change the compile or make it write files besides its outputs, which a job
+# does not carry: gcc's -fcompare-debug, clang's added options and its logs.
+CHANGING_ENV = ("GCC_COMPARE_DEBUG", "CCC_OVERRIDE_OPTIONS", "CC_PRINT_", "CC_LOG_DIAGNOSTICS")
 
 
 class RunLocally(namedtuple("RunLocally", "compiler args message")):
@@ -100,10 +103,14 @@ def decide(
 
 
 def _program_env(env: Mapping[str, str]) -> str | None:
-    """Why env makes the compiler run other programs (cc1, as) than the image's, if it does."""
+    """Why env makes the compiler run other programs (cc1, as) than the image's, or changes
+    what it does, if it does."""
     for name in PROGRAM_ENV:
         if name in env:
             return f"{name} is set: it picks the compiler's programs"
+    for name in env:
+        if name.startswith(CHANGING_ENV):
+            return f"{name} is set, which a remote compile would not see"
     return None
 
 

@@ -5,10 +5,14 @@ be trusted to equal a local compile's, so the caller compiles locally instead.""
 from __future__ import annotations
 
 import os
+import re
 import select
 import socket
 import sys
+import time
 from collections import namedtuple
+
+from jailcc import options
 
 from . import outputs
 from .args import RemoteJob, debug_info_on
@@ -35,6 +39,9 @@ _RECORDING = frozenset(
     )
 )
 # What a compiler that crashed says (gcc's ICE, clang's crash report).
+# Macros -fdirectives-only leaves unexpanded whose value depends on where they expand: the
+# main file's name (the server's is the .i) and its mtime.
+_UNEXPANDED = (b"__BASE_FILE__", b"__TIMESTAMP__")
 _CRASHES = (
     b"internal compiler error",
     b"PLEASE submit a bug report",
@@ -168,6 +175,11 @@ def prepare(compiler: str, job: RemoteJob, inv: Invocation) -> Prepared:
             lost = lost_pragma(source, inv.cwd)
             if lost is not None:
                 raise RemoteFailure(f"{lost}, which gcc's exact -g mode cannot keep")
+            for word in _UNEXPANDED:  # the server would expand them: its file's, its clock's
+                if word in source:
+                    raise RemoteFailure(
+                        f"{word.decode()} would be the server's in the exact -g mode"
+                    )
     header, blobs = _job_frame(job, identity, inv, source, clang)
     if exact_debug:
         header["steps"] = "debug-exact"
@@ -386,12 +398,41 @@ PASSED_ENV = (
 
 
 def job_env(inv: Invocation) -> dict[str, str]:
-    """The few variables a remote compile gets from the user's environment."""
+    """The few variables a remote compile gets from the user's environment, and the user's
+    time zone (__DATE__ and __TIME__ are local times). RemoteFailure for a TZ the server could
+    not be given."""
     env = {"LC_ALL": "C.UTF-8" if quotes_in_utf8(inv.env) else "C"}
     for name in PASSED_ENV:
         if name in inv.env:
             env[name] = inv.env[name]
+    env["TZ"] = fixed_time_zone(inv.env.get("TZ"))
     return env
+
+
+FIXED_TZ = re.compile(options.FIXED_TZ)
+
+
+def fixed_time_zone(tz: str | None) -> str:
+    """The user's time zone as a POSIX TZ of its offset now, which needs no zoneinfo in the
+    jail: the system's (this machine's /etc/localtime) when TZ is unset, a zone's by name,
+    or TZ itself when it is already a fixed offset."""
+    if tz is not None and FIXED_TZ.fullmatch(tz):
+        return tz
+    now = time.time()
+    if tz is None:
+        east = time.localtime(now).tm_gmtoff
+    else:
+        import datetime
+        import zoneinfo
+
+        try:
+            zone = zoneinfo.ZoneInfo(tz.removeprefix(":") or "UTC")
+            offset = datetime.datetime.fromtimestamp(now, zone).utcoffset()
+        except (ValueError, OSError, zoneinfo.ZoneInfoNotFoundError):
+            raise RemoteFailure(f"TZ={tz[:60]!r} cannot be given to a server") from None
+        east = int(offset.total_seconds()) if offset is not None else 0
+    hours, rest = divmod(abs(east), 3600)
+    return f"LOC{'-' if east > 0 else '+'}{hours}:{rest // 60:02d}:{rest % 60:02d}"
 
 
 def _wants_color(args: list[str], inv: Invocation) -> bool:

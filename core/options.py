@@ -67,6 +67,10 @@ SERVER = "server"
 # server's allowlist.
 SENT_REMOTE = frozenset((BOTH, REMOTE))
 
+# The time zone a job carries (TZ, for __DATE__ and __TIME__): the client's as a fixed offset,
+# NAME[+-]H[:MM[:SS]], which the jail reads no file for (a regular expression, fullmatch).
+FIXED_TZ = r"[A-Za-z]{3,10}[+-]?\d{1,2}(:\d{2}){0,2}"
+
 
 class Option:
     """One row of the table (see the module docstring)."""

@@ -25,7 +25,9 @@ from __future__ import annotations
 
 import itertools
 import os
+import re
 
+from jailcc import options
 from jailcc.options import LOCAL, SENT_REMOTE, Word, option_at
 
 MAX_ARGS = 4096
@@ -36,8 +38,9 @@ MAX_TOTAL_ARG_BYTES = 512 * 1024
 # COMPILER_PATH, LD_*, CPATH*, DEPENDENCIES_OUTPUT, TMPDIR, ... never reach the compiler).
 ALLOWED_ENV = frozenset(
     {"LC_ALL", "GCC_COLORS", "GCC_URLS", "TERM_URLS", "GCC_EXTRA_DIAGNOSTIC_OUTPUT"}
-    | {"SOURCE_DATE_EPOCH"}
+    | {"SOURCE_DATE_EPOCH", "TZ"}
 )
+FIXED_TZ = re.compile(options.FIXED_TZ)
 ALLOWED_LOCALES = frozenset({"C", "POSIX", "C.UTF-8", "C.utf8"})
 BASE_ENV = {"PATH": "/usr/bin:/bin", "LC_ALL": "C", "TMPDIR": "/tmp"}
 
@@ -297,6 +300,8 @@ def job_env(requested: object) -> dict[str, str]:
             raise PolicyError(f"environment variable {key} is malformed")
         if key == "LC_ALL" and value not in ALLOWED_LOCALES:
             continue
+        if key == "TZ" and not FIXED_TZ.fullmatch(value):
+            raise PolicyError("TZ must be a fixed offset (NAME[+-]H[:MM[:SS]])")
         env[key] = value
     return env
 

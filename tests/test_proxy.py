@@ -130,6 +130,52 @@ def test_a_job_that_outgrew_a_limit_compiles_locally_at_once_the_next_time(heade
     assert srv.log_text().count("limit:wall") == 1, srv.log_text()
 
 
+@pytest.mark.parametrize("name", ["/dev/stdout", "/dev/fd/1", "/proc/self/fd/1", "link.s"])
+def test_an_output_named_by_the_compilers_own_descriptors_is_written_there(server, tmp_path, name):
+    """-o /dev/stdout (or a link to it) names the compiler's stdout: the proxy's, at that name,
+    is /dev/null, where the assembly went, and the user's stdout stayed empty (exit 0)."""
+    env = proxy_env(server)
+    (tmp_path / "a.c").write_text("int f(int x) { return x * 3; }\n")
+    (tmp_path / "link.s").symlink_to("/dev/stdout")
+    made = {}
+    try:
+        for how in (["gcc-12"], [JAILCC, "gcc-12"]):
+            with open(tmp_path / "out.s", "wb") as out:
+                done = subprocess.run(
+                    [*how, "-S", "a.c", "-o", name], cwd=tmp_path, env=env, stdout=out,
+                    stderr=subprocess.PIPE, text=True, timeout=120,
+                )  # fmt: skip
+            assert done.returncode == 0, done.stderr
+            made[how[0]] = (tmp_path / "out.s").read_bytes()
+    finally:
+        stop_proxy(env)
+    assert b"f:" in made["gcc-12"] and made[JAILCC] == made["gcc-12"]
+
+
+@pytest.mark.parametrize("tz", ["XXX-14", "Pacific/Kiritimati", ":Etc/GMT+11", "UTC"])
+def test_date_and_time_are_the_users_local_ones(headers_image, tmp_path, tz):
+    """__DATE__ and __TIME__ are local times: they came out in the server's zone (UTC)."""
+    srv = start_server(tmp_path / "srv", headers_image, "--allow-user", "root")
+    env = proxy_env(srv, TZ=tz)
+    # The date, and the hour (minutes and seconds may turn between the two compiles).
+    (tmp_path / "d.c").write_text(
+        "const char d[] = __DATE__;\nconst char h[] = {__TIME__[0], __TIME__[1], 0};\n"
+    )
+    made = {}
+    try:
+        for how in (["gcc-12"], [JAILCC, "gcc-12"]):
+            done = subprocess.run(
+                [*how, "-c", "d.c"], cwd=tmp_path, env=env, capture_output=True, text=True
+            )
+            assert done.returncode == 0, done.stderr
+            made[how[0]] = (tmp_path / "d.o").read_bytes()
+    finally:
+        stop_proxy(env)
+        stop_server(srv)
+    assert "remote (sources)" in done.stderr, done.stderr
+    assert made[JAILCC] == made["gcc-12"]
+
+
 def test_status_counts_each_job_where_it_ran(server, tmp_path):
     env = proxy_env(server)
     (tmp_path / "a.c").write_text("int f(void) { return 1; }\n")

@@ -216,6 +216,7 @@ def test_compile_errors_come_back_with_diagnostics(server, identity, tmp_path):
         ({"cwd": "relative"}, "protocol", "working directory"),
         ({"cwd": "/usr/lib/x"}, "jail", "image"),
         ({"id": True}, "protocol", "an id"),
+        ({"env": {"TZ": ":/etc/shadow"}}, "policy", "TZ must be a fixed offset"),
         # Refused before the job takes a slot (they were, by the jail, as "jail"):
         ({"files": ["../../etc/x"]}, "protocol", "extra files"),
         ({"files": ["/etc/x"]}, "protocol", "extra files"),

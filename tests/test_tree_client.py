@@ -802,6 +802,63 @@ def test_a_compiler_told_to_run_other_programs_compiles_locally(variable, proxy_
     assert (local[0] == 0) == (variable == "COMPILER_PATH")
 
 
+@pytest.mark.parametrize("macro", ["__BASE_FILE__", "__TIMESTAMP__"])
+def test_macros_of_the_main_file_in_gcc_exact_debug_mode(macro, proxy_env, tmp_path):
+    """-fdirectives-only leaves these to the server, which named the .i as the main file and
+    gave the time it compiled (wrong objects, exit 0)."""
+    env = {**proxy_env, "JAILCC_SHIP": "preprocessed"}
+    source = tmp_path / "b.c"
+    source.write_text(f"const char *b = {macro};\n")
+    os.utime(source, (1577934245, 1577934245))  # 2020-01-02
+    made = []
+    for how in (["gcc-12"], [JAILCC, "gcc-12"]):
+        done = subprocess.run(
+            [*how, "-g", "-c", "b.c"], cwd=tmp_path, env=env, capture_output=True, text=True
+        )
+        assert done.returncode == 0, done.stderr
+        made.append((tmp_path / "b.o").read_bytes())
+    assert made[1] == made[0], done.stderr
+    assert f"{macro} would be the server's" in done.stderr, done.stderr
+
+
+def test_a_new_dependency_file_has_the_users_mode(proxy_env, tmp_path):
+    """The proxy's own umask (022) narrowed the .d of a user whose umask is 002."""
+    (tmp_path / "m.c").write_text("int f(void) { return 1; }\n")
+    modes = []
+    for how in (["gcc-12"], [JAILCC, "gcc-12"]):
+        done = subprocess.run(
+            ["sh", "-c", 'umask 002 && exec "$@"', "sh", *how, "-MD", "-c", "m.c"],
+            cwd=tmp_path, env=proxy_env, capture_output=True, text=True,
+        )  # fmt: skip
+        assert done.returncode == 0, done.stderr
+        modes.append(((tmp_path / "m.d").stat().st_mode, (tmp_path / "m.o").stat().st_mode))
+        (tmp_path / "m.d").unlink()
+        (tmp_path / "m.o").unlink()
+    assert modes[1] == modes[0] and modes[0][0] & 0o777 == 0o664, done.stderr
+    assert "remote (sources)" in done.stderr, done.stderr
+
+
+@pytest.mark.parametrize(
+    ("compiler", "variable", "value"),
+    [
+        ("clang-16", "CCC_OVERRIDE_OPTIONS", "+-O2"),  # the object was -O0's
+        ("gcc-12", "GCC_COMPARE_DEBUG", "1"),  # the object lacked -fcompare-debug's marks
+        ("clang-16", "CC_PRINT_OPTIONS", "1"),  # with CC_PRINT_OPTIONS_FILE: no file written
+    ],
+)
+def test_variables_that_change_the_compile_keep_it_local(
+    compiler, variable, value, proxy_env, tmp_path
+):
+    env = {**proxy_env, variable: value, "CC_PRINT_OPTIONS_FILE": str(tmp_path / "opts.o")}
+    local, remote, said = local_and_through_jailcc(
+        compiler, ["-c", "-g", "m.c"], {"m.c": "int f(int x) { return x * 3; }\n"}, env, tmp_path
+    )
+    # (-fcompare-debug's objects differ between two local compiles: a random seed.)
+    same = slice(0, 2) if variable == "GCC_COMPARE_DEBUG" else slice(0, 3)
+    assert remote[same] == local[same] and local[0] == 0, said
+    assert f"local ({variable} is set".encode() in said, said
+
+
 @pytest.mark.parametrize("compiler", ["gcc-12", "clang-16"])
 @pytest.mark.parametrize("spelling", ["{link}", "{link}/", "{real}/", "{link}/../link"])
 def test_the_working_directory_as_pwd_names_it(compiler, spelling, proxy_env, tmp_path):
