@@ -108,8 +108,8 @@ def _program_env(env: Mapping[str, str]) -> str | None:
     for name in PROGRAM_ENV:
         if name in env:
             return f"{name} is set: it picks the compiler's programs"
-    for name in env:
-        if name.startswith(CHANGING_ENV):
+    for name, value in env.items():
+        if name.startswith(CHANGING_ENV) and value not in ("", "0"):  # (gcc's "off" values)
             return f"{name} is set, which a remote compile would not see"
     return None
 

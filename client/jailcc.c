@@ -1,7 +1,8 @@
 /* jailcc's native front end, in the manner of Mercurial's chg: it hands the invocation (argv,
- * working directory, environment, umask, whether stderr is a terminal) to the per-user proxy
- * over its Unix socket, and prints the answer, or execs the compiler when the proxy says the
- * job is local. Python's start-up is then paid once per proxy, not once per compile.
+ * working directory, environment, umask, whether stderr is a terminal, its UTC offset) to the
+ * per-user proxy over its Unix socket, and prints the answer, or execs the compiler when the
+ * proxy says the job is local. Python's start-up is then paid once per proxy, not once per
+ * compile.
  *
  * Whenever the proxy cannot answer (none running, a proxy of another uid, a proxy that died
  * before its whole answer arrived, anything malformed) it execs the Python client, jailcc-py
@@ -21,6 +22,7 @@
 #include <sys/stat.h>
 #include <sys/types.h>
 #include <sys/un.h>
+#include <time.h>
 #include <unistd.h>
 
 extern char **environ;
@@ -283,9 +285,17 @@ static int ask(int fd, int argc, char **argv, const char *exe, const char *typed
 	for (int i = 0; ok && i < argc; i++)
 		ok = put_str(&req, argv[i]) == 0;
 	ok = ok && put_str(&req, exe) == 0 && put_str(&req, cwd) == 0 &&
-	     put_u32(&req, (uint32_t)envc) == 0;
+	     put_u32(&req, (uint32_t)envc + 1) == 0;
 	for (char **e = environ; ok && *e; e++)
 		ok = put_str(&req, *e) == 0;
+	/* Last, so that it wins: our UTC offset now, as our localtime() has it (proxy_wire.py
+	 * UTC_OFFSET); the proxy's own zone is that of whoever started it. */
+	char offset[48];
+	time_t now = time(NULL);
+	struct tm local;
+	long east = localtime_r(&now, &local) ? local.tm_gmtoff : 0;
+	snprintf(offset, sizeof offset, "JAILCC_UTC_OFFSET=%ld", east);
+	ok = ok && put_str(&req, offset) == 0;
 	if (!ok)
 		return -1;
 	uint32_t body = (uint32_t)(req.len - 8);

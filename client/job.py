@@ -5,14 +5,11 @@ be trusted to equal a local compile's, so the caller compiles locally instead.""
 from __future__ import annotations
 
 import os
-import re
 import select
 import socket
 import sys
 import time
 from collections import namedtuple
-
-from jailcc import options
 
 from . import outputs
 from .args import RemoteJob, debug_info_on
@@ -42,13 +39,13 @@ _RECORDING = frozenset(
 # Macros -fdirectives-only leaves unexpanded whose value depends on where they expand: the
 # main file's name (the server's is the .i) and its mtime.
 _UNEXPANDED = (b"__BASE_FILE__", b"__TIMESTAMP__")
-_CRASHES = (
-    b"internal compiler error",
-    b"PLEASE submit a bug report",
-    b"virtual memory exhausted",  # gcc past the jail's address-space limit: locally, maybe not
+# The compiler past the jail's address-space limit: locally, maybe not.
+_OUT_OF_MEMORY = (
+    b"virtual memory exhausted",
     b"out of memory allocating",
     b"LLVM ERROR: out of memory",
 )
+_CRASHES = (b"internal compiler error", b"PLEASE submit a bug report", *_OUT_OF_MEMORY)
 # Options that decide gcc's links themselves (the plain output turns them off).
 _URL_OPTIONS = ("-fdiagnostics-urls", "-fno-diagnostics-urls", "-fdiagnostics-plain-output")
 _SAFE_CHARS = frozenset("ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789_+.,=@%-")
@@ -209,6 +206,8 @@ def finish(
     if result.exit_code != 0 and any(crash in result.stderr for crash in _CRASHES):
         # The local compile crashes the same way, or not (a server's limits): its words then,
         # naming the driver as the user did, and what it leaves behind.
+        if any(words in result.stderr for words in _OUT_OF_MEMORY):  # the jail's address space
+            raise RemoteFailure(f"{host}: the compiler ran out of memory", code="limit:memory")
         raise RemoteFailure(f"{host}: the compiler crashed")
     if (
         not headers_shipped
@@ -399,38 +398,33 @@ PASSED_ENV = (
 
 def job_env(inv: Invocation) -> dict[str, str]:
     """The few variables a remote compile gets from the user's environment, and the user's
-    time zone (__DATE__ and __TIME__ are local times). RemoteFailure for a TZ the server could
-    not be given."""
+    time zone now (__DATE__ and __TIME__ are local times) as a fixed offset, which needs no
+    zoneinfo in the jail."""
     env = {"LC_ALL": "C.UTF-8" if quotes_in_utf8(inv.env) else "C"}
     for name in PASSED_ENV:
         if name in inv.env:
             env[name] = inv.env[name]
-    env["TZ"] = fixed_time_zone(inv.env.get("TZ"))
+    env["TZ"] = fixed_time_zone(client_utc_offset(inv.env))
     return env
 
 
-FIXED_TZ = re.compile(options.FIXED_TZ)
+MAX_UTC_OFFSET = 26 * 3600
 
 
-def fixed_time_zone(tz: str | None) -> str:
-    """The user's time zone as a POSIX TZ of its offset now, which needs no zoneinfo in the
-    jail: the system's (this machine's /etc/localtime) when TZ is unset, a zone's by name,
-    or TZ itself when it is already a fixed offset."""
-    if tz is not None and FIXED_TZ.fullmatch(tz):
-        return tz
-    now = time.time()
-    if tz is None:
-        east = time.localtime(now).tm_gmtoff
-    else:
-        import datetime
-        import zoneinfo
+def client_utc_offset(env: Mapping[str, str]) -> int:
+    """The UTC offset the client stated (proxy_wire.UTC_OFFSET: the proxy's own zone is that
+    of whoever started it, and may be stale), else (a process of the client's own, or an
+    older client) this process's."""
+    from .proxy_wire import UTC_OFFSET
 
-        try:
-            zone = zoneinfo.ZoneInfo(tz.removeprefix(":") or "UTC")
-            offset = datetime.datetime.fromtimestamp(now, zone).utcoffset()
-        except (ValueError, OSError, zoneinfo.ZoneInfoNotFoundError):
-            raise RemoteFailure(f"TZ={tz[:60]!r} cannot be given to a server") from None
-        east = int(offset.total_seconds()) if offset is not None else 0
+    stated = env.get(UTC_OFFSET, "")
+    if stated.lstrip("-").isdigit() and abs(int(stated)) <= MAX_UTC_OFFSET:
+        return int(stated)
+    return time.localtime().tm_gmtoff
+
+
+def fixed_time_zone(east: int) -> str:
+    """A POSIX TZ for this many seconds east of UTC (POSIX counts west)."""
     hours, rest = divmod(abs(east), 3600)
     return f"LOC{'-' if east > 0 else '+'}{hours}:{rest // 60:02d}:{rest % 60:02d}"
 

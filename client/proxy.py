@@ -14,6 +14,7 @@ import argparse
 import contextlib
 import fcntl
 import functools
+import hashlib
 import json
 import logging
 import os
@@ -80,21 +81,24 @@ class Notices:
 
 
 class Outgrown:
-    """Jobs that ran into a server's limit that is the job's own (its memory, CPU or wall time,
-    process count or output size), so that the next build compiles them locally at once instead
-    of spending the limit again on every build (googletest's largest test peaks at 2 GB)."""
+    """Jobs that ran into a server's limit that is the job's own (its memory, CPU time,
+    process count or file size), so that the next build compiles them locally at once instead
+    of spending the limit again on every build (googletest's largest test peaks at 2 GB). Not
+    the wall clock or the output's size: a loaded server, or warnings the user then fixes."""
 
-    LIMITS = frozenset(
-        f"limit:{name}" for name in ("memory", "cpu", "wall", "pids", "output", "file-size")
-    )
+    LIMITS = frozenset(f"limit:{name}" for name in ("memory", "cpu", "pids", "file-size"))
     KEEP = 3600.0  # seconds: servers' limits may change
     MAX = 4096
 
     def __init__(self) -> None:
         self.lock = threading.Lock()
-        self.jobs: dict[tuple[str, ...], tuple[float, str]] = {}  # key: (when, which limit)
+        self.jobs: dict[bytes, tuple[float, str]] = {}  # digest of the job: (when, which limit)
 
-    def note(self, key: tuple[str, ...], failure: BaseException) -> None:
+    @staticmethod
+    def key(*words: str) -> bytes:
+        return hashlib.sha256("\0".join(words).encode(errors="surrogateescape")).digest()
+
+    def note(self, key: bytes, failure: BaseException) -> None:
         code = getattr(failure, "code", None)
         if code in self.LIMITS:
             with self.lock:
@@ -102,7 +106,7 @@ class Outgrown:
                     del self.jobs[next(iter(self.jobs))]  # the oldest
                 self.jobs[key] = (time.monotonic(), code[6:])
 
-    def check(self, key: tuple[str, ...]) -> None:
+    def check(self, key: bytes) -> None:
         """RemoteFailure if this job outgrew a server's limit in the last KEEP seconds."""
         with self.lock:
             when, limit = self.jobs.get(key, (None, ""))
@@ -365,7 +369,7 @@ class Proxy:
         def remote(compiler: str, job: Any, inv: Invocation) -> Outcome:
             tried_remote.append(True)
             span.source = job.source
-            this_job = (compiler, inv.cwd, *user_args)
+            this_job = Outgrown.key(compiler, inv.cwd, *user_args)
             try:
                 self.outgrown.check(this_job)
                 for name in (job.output, job.dep_file):

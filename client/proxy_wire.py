@@ -34,6 +34,7 @@ from __future__ import annotations
 
 import os
 import struct
+import time
 
 from jailcc.wire import U32, recv_exact
 
@@ -57,6 +58,9 @@ MAX_REPLY = 256 << 20  # a JSON answer (a trace of MAX_SPANS jobs is about 40 Mi
 MAX_PATH = 4096  # the compiler's path in a LOCAL reply
 MAX_ARGS = 100_000  # arguments in a request or a LOCAL reply, and environment strings
 MAX_STRING = 1 << 20  # one argument, or the message, of a LOCAL reply
+# A JCP1 request's last environment string: the client's UTC offset now, in seconds east, as
+# its own localtime() has it (its TZ, whatever its form; else the system's zone as it is now).
+UTC_OFFSET = "JAILCC_UTC_OFFSET"
 
 _I32 = struct.Struct(">i")
 
@@ -134,8 +138,10 @@ def encode_request(
 
     parts = [U32.pack(1 if stderr_tty else 0), U32.pack(umask), U32.pack(len(argv))]
     parts += [z(a) for a in argv]
-    parts += [z(exe), z(cwd), U32.pack(len(env))]
-    parts += [z(f"{k}={v}") for k, v in env.items()]
+    # Last, so that it wins over a variable of that name: the client's UTC offset now.
+    stated = {**env, UTC_OFFSET: str(time.localtime().tm_gmtoff)}
+    parts += [z(exe), z(cwd), U32.pack(len(stated))]
+    parts += [z(f"{k}={v}") for k, v in stated.items()]
     return encode_message(MAGIC_JOB, b"".join(parts))
 
 

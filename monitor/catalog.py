@@ -66,13 +66,16 @@ def name_images(paths: list[str], usable: Callable[[str], bool] = os.path.isfile
 def image_dir(given: str | None) -> str | None:
     """The image directory in use, resolved: the one given (which must exist), else the
     default if it exists."""
-    if given is None:
-        return os.path.realpath(IMAGE_DIR) if os.path.isdir(IMAGE_DIR) else None
+    if given is None and not os.path.isdir(IMAGE_DIR):
+        return None
+    given = given or IMAGE_DIR
     if not os.path.isdir(given):
         raise ImageError(f"--image-dir {given}: no such directory")
     info = os.stat(given)
     if info.st_uid != 0 or info.st_mode & 0o022:  # the launcher refuses it too, later
-        raise ImageError(f"--image-dir {given}: must be owned by root and writable by no one else")
+        raise ImageError(
+            f"image directory {given}: must be owned by root and writable by no one else"
+        )
     return os.path.realpath(given)
 
 

@@ -414,6 +414,7 @@ class FakeServer:
 
     def __init__(self, path: Path, identity: str, behaviour: str) -> None:
         self.path, self.identity, self.behaviour = path, identity, behaviour
+        self.jobs = 0
         self.sock = socket.socket(socket.AF_UNIX)
         self.sock.bind(str(path))
         self.sock.listen(4)
@@ -444,6 +445,7 @@ class FakeServer:
                 load = {"slots": 1, "running": 0, "queued": 0, "owner_busy": False}
                 proto.send(conn, proto.READY, {**hello, "load": load})
                 _, job, _ = proto.recv(conn)
+                self.jobs += 1
                 if self.behaviour == "garbage":
                     conn.sendall(b"\x00\x00\x00\x10" + b"\xff" * 16)
                 elif self.behaviour == "error":
@@ -496,6 +498,32 @@ def test_a_failing_server_means_a_local_compile(tmp_path, behaviour):
     produced = (work / "obj" / "main.o").read_bytes()
     run(["gcc-12", *args], work)
     assert (work / "obj" / "main.o").read_bytes() == produced
+
+
+@pytest.mark.parametrize("behaviour", ["killed", "out-of-memory"])
+def test_a_job_past_a_memory_limit_compiles_locally_at_once_the_next_time(tmp_path, behaviour):
+    """The proxy remembers it for an hour: the job spent the server's limit on every build
+    (googletest's largest test peaks at 2 GB, the default --job-memory is 2048 MiB)."""
+    from jailcc.images.identity import compiler_identity
+
+    work = tree(tmp_path)
+    fake = FakeServer(tmp_path / "fake.sock", compiler_identity("/usr/bin/gcc-12"), behaviour)
+    (tmp_path / "run").mkdir(mode=0o700)
+    env = env_for(
+        None,
+        JAILCC_HOSTS=f"unix:{tmp_path / 'fake.sock'}",
+        JAILCC_SHIP="preprocessed",
+        XDG_RUNTIME_DIR=str(tmp_path / "run"),
+    )
+    args = [JAILCC, "gcc-12", "-O2", "-c", "src/main.c", "-o", "obj/main.o"]
+    try:
+        first, again = run(args, work, env), run(args, work, env)
+    finally:
+        subprocess.run([JAILCC, "proxy", "stop"], env=env, capture_output=True, timeout=60)
+        fake.close()
+    assert first.returncode == again.returncode == 0, again.stderr
+    assert b"memory" in first.stderr and b"limit 0 s ago" in again.stderr, again.stderr
+    assert fake.jobs == 1
 
 
 def test_a_compiler_without_a_matching_image_stays_local(server, tmp_path):
