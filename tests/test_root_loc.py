@@ -27,8 +27,9 @@ SCRIPT = TOP / "scripts" / "root-loc"
 # once a stop (SIGTERM) with connections open was told apart from jails that broke, 4423
 # once --check-config caught the numbers, --metrics, --announce and --log-file that stopped
 # the start or broke every connection, 4429 once it also refused an image directory others may
-# write and a --socket that names something other than a socket (root deleted it).
-ROOT_LOC_CEILING = 4429
+# write and a --socket that names something other than a socket (root deleted it), 4432 with
+# the default image directory checked as well.
+ROOT_LOC_CEILING = 4432
 
 
 def _load_root_loc():
