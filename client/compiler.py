@@ -14,16 +14,20 @@ def _is_jailcc(path: str, ours: set[str]) -> bool:
         return False
 
 
-def find_compiler(name: str, self_path: str, path_env: str | None = None) -> str | None:
+def find_compiler(
+    name: str, self_path: str, path_env: str | None = None, cwd: str = ""
+) -> str | None:
     """The compiler called `name` (a path, or a name looked up on PATH), skipping any entry
-    that is jailcc itself (our masquerade symlinks), native or Python."""
+    that is jailcc itself (our masquerade symlinks), native or Python. Relative paths are
+    the caller's, from cwd (the proxy's own working directory is another)."""
     real = os.path.realpath(self_path)
     home = os.path.dirname(real)
     ours = {real, os.path.join(home, "jailcc"), os.path.join(home, "jailcc-py")}
     if "/" in name:
+        name = os.path.join(cwd, name)
         return None if _is_jailcc(name, ours) else name
     for directory in (os.environ.get("PATH", "") if path_env is None else path_env).split(":"):
-        candidate = os.path.join(directory or ".", name)
+        candidate = os.path.join(cwd, directory or ".", name)
         usable = os.path.isfile(candidate) and os.access(candidate, os.X_OK)
         if usable and not _is_jailcc(candidate, ours):
             return candidate

@@ -50,7 +50,7 @@ def decide(
     once per build; without it, every time)."""
     name, args, _ = split_invocation(argv)
     assert name is not None  # usage errors are answered before this
-    compiler = find_compiler(name, exe, inv.env.get("PATH", ""))
+    compiler = find_compiler(name, exe, inv.env.get("PATH", ""), inv.cwd)
     if compiler is None:
         return Outcome(127, b"", text_bytes(not_found(name)), "")
     verbose = inv.env.get("JAILCC_VERBOSE", "") not in ("", "0")

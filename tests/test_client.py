@@ -526,6 +526,22 @@ def test_a_job_past_a_memory_limit_compiles_locally_at_once_the_next_time(tmp_pa
     assert fake.jobs == 1
 
 
+@pytest.mark.parametrize(("typed", "path"), [("./mygcc", None), ("mygcc", "bin:/usr/bin")])
+def test_a_compiler_named_relative_to_the_working_directory(server, tmp_path, typed, path):
+    """The proxy looked such a name up from its own working directory: "not found", local."""
+    work = tree(tmp_path)
+    (work / "bin").mkdir()
+    for place in (work / "mygcc", work / "bin" / "mygcc"):
+        place.symlink_to("/usr/bin/gcc-12")
+    env = env_for(server, **({"PATH": path} if path else {}))
+    args = ["-O2", "-c", "src/main.c", "-o", "obj/main.o"]
+    done = run([JAILCC, typed, *args], work, env)
+    assert done.returncode == 0 and "remote on" in where(done.stderr), done.stderr
+    made = (work / "obj" / "main.o").read_bytes()
+    run(["gcc-12", *args], work)
+    assert (work / "obj" / "main.o").read_bytes() == made
+
+
 def test_a_compiler_without_a_matching_image_stays_local(server, tmp_path):
     work = tree(tmp_path)
     rres = run(
