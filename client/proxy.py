@@ -325,6 +325,10 @@ class Proxy:
                     log.info("idle for %.0f s: stopping", self.idle)
                     break
                 continue
+            except OSError as exc:  # EMFILE, ENFILE, ENOMEM: a make -j past our descriptors
+                log.warning("cannot take a client now: %s", exc)  # it waits in the backlog
+                time.sleep(0.1)
+                continue
             self.last_activity = time.monotonic()
             threading.Thread(target=self._serve_one, args=(conn,), daemon=True).start()
         self.close()
@@ -642,6 +646,17 @@ def _answers(path: str) -> bool:
         return False
 
 
+def _raise_descriptor_limit() -> None:
+    """A descriptor per client, and per server connection: as many as we may (a soft limit
+    of 1024 is common, and make -j can pass it)."""
+    import resource
+
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if soft < hard:
+        with contextlib.suppress(ValueError, OSError):
+            resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="jailcc-proxy", description=__doc__)
     parser.add_argument(
@@ -659,16 +674,21 @@ def main(argv: list[str] | None = None) -> int:
     except OSError as exc:
         print(f"jailcc proxy: {exc}", file=sys.stderr)
         return 1
-    lock_fd = os.open(path + ".lock", os.O_WRONLY | os.O_CREAT | os.O_CLOEXEC, 0o600)
-    if not _take_lock(lock_fd, path):
-        return 0  # another proxy serves these settings
-    logging.basicConfig(
-        filename=path.removesuffix(".sock") + ".log",
-        level=logging.INFO,
-        format="%(asctime)s jailcc-proxy[%(process)d] %(levelname)s %(message)s",
-    )
-    proxy = Proxy(env, args.idle)  # a mistake in the hosts: jobs are told, and run locally
-    proxy.listen()
+    _raise_descriptor_limit()
+    try:
+        lock_fd = os.open(path + ".lock", os.O_WRONLY | os.O_CREAT | os.O_CLOEXEC, 0o600)
+        if not _take_lock(lock_fd, path):
+            return 0  # another proxy serves these settings
+        logging.basicConfig(
+            filename=path.removesuffix(".sock") + ".log",
+            level=logging.INFO,
+            format="%(asctime)s jailcc-proxy[%(process)d] %(levelname)s %(message)s",
+        )
+        proxy = Proxy(env, args.idle)  # a mistake in the hosts: jobs are told, and run locally
+        proxy.listen()
+    except OSError as exc:  # (a full disk, a socket path too long for its address)
+        print(f"jailcc proxy: cannot serve {path}: {exc}", file=sys.stderr)
+        return 1
     signal.signal(signal.SIGTERM, lambda *_: proxy._stop.set())
     proxy.serve()
     log.info("stopped: %s", proxy.stats.as_dict())

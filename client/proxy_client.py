@@ -12,6 +12,10 @@ from . import proxy_wire as pw
 from .decide import RunLocally
 from .job import Invocation, Outcome
 
+TYPE_CHECKING = False  # (typing costs milliseconds of every compile's start)
+if TYPE_CHECKING:
+    import subprocess
+
 ASK_TIMEOUT = 3600.0  # a compile may take long; a dead proxy closes the socket at once
 START_WAIT = 2.0  # for a proxy just started to listen (it takes 0.2-0.3 s here)
 
@@ -26,8 +30,7 @@ def ask_proxy(
     if sock is None:
         # The first compile of a build: the proxy it starts serves it too, once up (a few
         # tenths of a second), rather than a compile of our own without its analysis.
-        start_proxy(inv.env)
-        sock = _wait_for_proxy(path)
+        sock = _wait_for_proxy(path, start_proxy(inv.env))
         if sock is None:
             return None
     elif not ask:
@@ -42,8 +45,9 @@ def ask_proxy(
         return None
 
 
-def _wait_for_proxy(path: str) -> socket.socket | None:
-    """A connection to the proxy just started at path, once it listens (START_WAIT at most)."""
+def _wait_for_proxy(path: str, started: subprocess.Popen | None) -> socket.socket | None:
+    """A connection to the proxy just started at path, once it listens (START_WAIT at most;
+    not at all once the one we started has failed: every compile would wait in vain)."""
     import time
 
     deadline = time.monotonic() + START_WAIT
@@ -52,6 +56,8 @@ def _wait_for_proxy(path: str) -> socket.socket | None:
         sock = connect(path)
         if sock is not None:
             return sock
+        if started is not None and started.poll() not in (None, 0):  # (0: another serves)
+            return None
     return None
 
 
@@ -76,14 +82,14 @@ def _read_reply(sock: socket.socket) -> RunLocally | Outcome:
     return Outcome(reply.exit_code, reply.stdout, reply.stderr, "")
 
 
-def start_proxy(env: os._Environ[str] | dict[str, str]) -> None:
+def start_proxy(env: os._Environ[str] | dict[str, str]) -> subprocess.Popen | None:
     """Start a proxy for these settings in the background, detached from this build (its own
-    session, no inherited descriptors). If another jailcc starts one at the same moment, the
-    proxy's lock lets only one of them run."""
+    session, no inherited descriptors): its Popen, or None. If another jailcc starts one at
+    the same moment, the proxy's lock lets only one of them run (the other exits 0)."""
     import subprocess
 
-    try:  # noqa: SIM105 - contextlib costs milliseconds of a compile's start
-        subprocess.Popen(
+    try:
+        return subprocess.Popen(
             [sys.executable, "-m", "jailcc.client.proxy"],
             env=dict(env),
             stdin=subprocess.DEVNULL,
@@ -94,4 +100,4 @@ def start_proxy(env: os._Environ[str] | dict[str, str]) -> None:
             cwd="/",
         )
     except OSError:
-        pass
+        return None

@@ -181,6 +181,59 @@ def test_date_and_time_are_the_users_local_ones(headers_image, tmp_path, client)
         stop_server(srv)
 
 
+EXECVE_WITH = """
+import ctypes, os, sys
+argv, env = sys.argv[1:sys.argv.index("--")], sys.argv[sys.argv.index("--") + 1:]
+libc = ctypes.CDLL(None, use_errno=True)
+def strings(words):
+    return (ctypes.c_char_p * (len(words) + 1))(*[os.fsencode(w) for w in words], None)
+libc.execve(os.fsencode(argv[0]), strings(argv), strings(env))
+sys.exit("execve failed")
+"""
+
+
+def test_a_variable_given_twice_is_the_first_one_as_getenv_has_it(server, tmp_path):
+    """The proxy took the last of two SOURCE_DATE_EPOCH strings, the compiler the first."""
+    env = proxy_env(server)
+    (tmp_path / "d.c").write_text("const char d[] = __DATE__;\n")
+    base = [f"{k}={v}" for k, v in env.items() if k != "SOURCE_DATE_EPOCH"]
+    twice = ["SOURCE_DATE_EPOCH=0", "SOURCE_DATE_EPOCH=1000000000", *base]
+    made = []
+    try:  # (the native client asks a running proxy; the Python one's os.environ has one)
+        assert jailcc(["proxy", "start"], tmp_path, env).returncode == 0
+        for how in (["/usr/bin/gcc-12"], [JAILCC, "gcc-12"]):
+            done = subprocess.run(
+                [sys.executable, "-c", EXECVE_WITH, *how, "-c", "d.c", "--", *twice],
+                cwd=tmp_path, capture_output=True, text=True, timeout=120,
+            )  # fmt: skip
+            assert done.returncode == 0, done.stderr
+            made.append((tmp_path / "d.o").read_bytes())
+    finally:
+        stop_proxy(env)
+    assert b"Jan  1 1970" in made[0] and made[1] == made[0], done.stderr
+    assert "remote" in done.stderr, done.stderr
+
+
+def test_a_proxy_that_cannot_start_says_why_and_is_not_waited_for(tmp_path, monkeypatch):
+    """A socket path too long for its address (a long XDG_RUNTIME_DIR) stopped the proxy with
+    a traceback nobody saw, and every compile waited START_WAIT for it in vain."""
+    from jailcc.client import proxy_client
+
+    run_dir = tmp_path / ("r" * 120)
+    run_dir.mkdir(mode=0o700)
+    env = {**os.environ, "XDG_RUNTIME_DIR": str(run_dir), "JAILCC_HOSTS": "unix:/nonexistent"}
+    done = subprocess.run(
+        [sys.executable, "-m", "jailcc.client.proxy"], env=env, capture_output=True, text=True
+    )
+    assert done.returncode == 1 and "jailcc proxy: cannot serve" in done.stderr, done.stderr
+    assert "Traceback" not in done.stderr
+    monkeypatch.setattr(proxy_client, "START_WAIT", 60.0)
+    started = time.monotonic()
+    failed = subprocess.Popen(["false"])
+    assert proxy_client._wait_for_proxy(str(run_dir / "none.sock"), failed) is None
+    assert time.monotonic() - started < 30  # (not the 60 s it waits for a proxy that runs)
+
+
 def test_status_counts_each_job_where_it_ran(server, tmp_path):
     env = proxy_env(server)
     (tmp_path / "a.c").write_text("int f(void) { return 1; }\n")
@@ -536,7 +589,13 @@ def test_a_ticket_expiring_mid_build_falls_back_and_the_build_is_right(
             def pause_until_expired() -> None:
                 # Stop make (not the compiles in flight) until the ticket has expired, so that
                 # the rest of the build runs without a valid one.
-                makes = [p for p in psutil.Process().children(recursive=True) if p.name() == "make"]
+                makes = []
+                for proc in psutil.Process().children(recursive=True):
+                    try:  # (a compile may end between the listing and the question)
+                        if proc.name() == "make":
+                            makes.append(proc)
+                    except psutil.NoSuchProcess:
+                        pass
                 for proc in makes:
                     proc.suspend()
                 try:
