@@ -284,18 +284,18 @@ static int ask(int fd, int argc, char **argv, const char *exe, const char *typed
 		 put_u32(&req, mask) == 0 && put_u32(&req, (uint32_t)argc) == 0;
 	for (int i = 0; ok && i < argc; i++)
 		ok = put_str(&req, argv[i]) == 0;
-	ok = ok && put_str(&req, exe) == 0 && put_str(&req, cwd) == 0 &&
-	     put_u32(&req, (uint32_t)envc + 1) == 0;
-	for (char **e = environ; ok && *e; e++)
-		ok = put_str(&req, *e) == 0;
-	/* Last, so that it wins: our UTC offset now, as our localtime() has it (proxy_wire.py
-	 * UTC_OFFSET); the proxy's own zone is that of whoever started it. */
+	/* First, so that it wins (the proxy takes a name's first string, as getenv does): our UTC
+	 * offset now, as our localtime() has it (proxy_wire.py UTC_OFFSET); the proxy's own zone
+	 * is that of whoever started it. */
 	char offset[48];
 	time_t now = time(NULL);
 	struct tm local;
 	long east = localtime_r(&now, &local) ? local.tm_gmtoff : 0;
 	snprintf(offset, sizeof offset, "JAILCC_UTC_OFFSET=%ld", east);
-	ok = ok && put_str(&req, offset) == 0;
+	ok = ok && put_str(&req, exe) == 0 && put_str(&req, cwd) == 0 &&
+	     put_u32(&req, (uint32_t)envc + 1) == 0 && put_str(&req, offset) == 0;
+	for (char **e = environ; ok && *e; e++)
+		ok = put_str(&req, *e) == 0;
 	if (!ok)
 		return -1;
 	uint32_t body = (uint32_t)(req.len - 8);

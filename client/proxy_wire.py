@@ -58,7 +58,7 @@ MAX_REPLY = 256 << 20  # a JSON answer (a trace of MAX_SPANS jobs is about 40 Mi
 MAX_PATH = 4096  # the compiler's path in a LOCAL reply
 MAX_ARGS = 100_000  # arguments in a request or a LOCAL reply, and environment strings
 MAX_STRING = 1 << 20  # one argument, or the message, of a LOCAL reply
-# A JCP1 request's last environment string: the client's UTC offset now, in seconds east, as
+# A JCP1 request's first environment string: the client's UTC offset now, in seconds east, as
 # its own localtime() has it (its TZ, whatever its form; else the system's zone as it is now).
 UTC_OFFSET = "JAILCC_UTC_OFFSET"
 
@@ -138,10 +138,11 @@ def encode_request(
 
     parts = [U32.pack(1 if stderr_tty else 0), U32.pack(umask), U32.pack(len(argv))]
     parts += [z(a) for a in argv]
-    # Last, so that it wins over a variable of that name: the client's UTC offset now.
-    stated = {**env, UTC_OFFSET: str(time.localtime().tm_gmtoff)}
-    parts += [z(exe), z(cwd), U32.pack(len(stated))]
-    parts += [z(f"{k}={v}") for k, v in stated.items()]
+    # First, so that it wins over a variable of that name: the client's UTC offset now.
+    strings = [f"{UTC_OFFSET}={time.localtime().tm_gmtoff}"]
+    strings += [f"{k}={v}" for k, v in env.items() if k != UTC_OFFSET]
+    parts += [z(exe), z(cwd), U32.pack(len(strings))]
+    parts += [z(text) for text in strings]
     return encode_message(MAGIC_JOB, b"".join(parts))
 
 
@@ -208,7 +209,7 @@ def decode_request(body: bytes) -> Request:
     for _ in range(envc):
         name, sep, value = string().partition("=")
         if sep:
-            env[name] = value
+            env.setdefault(name, value)  # the first of a name, as getenv() finds it
     if pos != len(body) or not cwd.startswith("/"):
         raise ValueError("malformed request")
     return Request(argv, exe, cwd, env, bool(flags & 1), umask)
