@@ -67,6 +67,7 @@ def decide(
     clang = is_clang(compiler)  # by the binary: `cc` may be clang
     why = clang_name_problem(name) if clang else None  # a name that sets its target or mode
     why = why or _program_env(inv.env)
+    why = why or (None if clang else _other_assembler(inv.env.get("PATH", ""), inv.cwd))
     why = why or (None if clang else translated_diagnostics(inv.env))
     if why is not None:
         return RunLocally(compiler, args, said(f"local ({why})"))
@@ -111,6 +112,28 @@ def _program_env(env: Mapping[str, str]) -> str | None:
     for name, value in env.items():
         if name.startswith(CHANGING_ENV) and value not in ("", "0"):  # (gcc's "off" values)
             return f"{name} is set, which a remote compile would not see"
+    return None
+
+
+def _other_assembler(path_env: str, cwd: str) -> str | None:
+    """Why gcc would run another `as` than our compiler identity's: gcc runs the first on
+    PATH, and the user's PATH (a wrapper in ~/bin, entries relative to cwd) may not be this
+    process's, by which the identity was taken (the proxy's is that of whoever started it)."""
+    ours = os.environ.get("PATH", "")
+    absolute = all(d.startswith("/") for d in path_env.split(":"))
+    if path_env == ours and (absolute or cwd == os.getcwd()):
+        return None
+    theirs = _first_on_path("as", path_env, cwd)
+    if theirs != _first_on_path("as", ours, os.getcwd()):
+        return f"the assembler your PATH finds, {theirs}, is not the one jailcc's is"
+    return None
+
+
+def _first_on_path(name: str, path_env: str, cwd: str) -> str | None:
+    for directory in path_env.split(":"):
+        candidate = os.path.join(cwd, directory or ".", name)
+        if os.path.isfile(candidate) and os.access(candidate, os.X_OK):
+            return os.path.realpath(candidate)
     return None
 
 

@@ -542,6 +542,29 @@ def test_a_compiler_named_relative_to_the_working_directory(server, tmp_path, ty
     assert (work / "obj" / "main.o").read_bytes() == made
 
 
+def test_an_assembler_first_on_the_users_path_is_the_one_used(server, tmp_path):
+    """gcc runs the first `as` on PATH. A proxy started with another PATH took its own `as`
+    for the user's, and the job went remote without the user's wrapper (exit 0)."""
+    work = tree(tmp_path)
+    wrappers = tmp_path / "wrappers"
+    wrappers.mkdir()
+    (wrappers / "as").write_text('#!/bin/sh\nexec /usr/bin/as --defsym WRAPPED_AS=1 "$@"\n')
+    (wrappers / "as").chmod(0o755)
+    (tmp_path / "run").mkdir(mode=0o700)
+    env = env_for(server, XDG_RUNTIME_DIR=str(tmp_path / "run"))
+    theirs = {**env, "PATH": f"{wrappers}:{env['PATH']}"}
+    args = ["-O2", "-c", "src/main.c", "-o", "obj/main.o"]
+    try:
+        subprocess.run([JAILCC, "proxy", "start"], env=env, check=True, capture_output=True)
+        done = run([JAILCC, "gcc-12", *args], work, theirs)
+    finally:
+        subprocess.run([JAILCC, "proxy", "stop"], env=env, capture_output=True, timeout=60)
+    assert done.returncode == 0 and b"assembler your PATH finds" in done.stderr, done.stderr
+    made = (work / "obj" / "main.o").read_bytes()
+    run(["gcc-12", *args], work, theirs)
+    assert (work / "obj" / "main.o").read_bytes() == made and b"WRAPPED_AS" in made
+
+
 def test_a_compiler_without_a_matching_image_stays_local(server, tmp_path):
     work = tree(tmp_path)
     rres = run(
