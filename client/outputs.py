@@ -189,22 +189,39 @@ def _open_fifo(path: str, flags: int) -> int:
     return fd
 
 
+def creation_mode(path: str) -> int:
+    """The mode to create path with: the compiler's own 0666 where its directory has a
+    default ACL (the kernel then ignores every umask, and the ACL decides, as for the local
+    compile), else 0600, which give_mode() then makes the user's umask's (the proxy's own
+    umask may differ)."""
+    try:
+        os.getxattr(os.path.dirname(path) or ".", "system.posix_acl_default")
+        return 0o666
+    except OSError:
+        return 0o600
+
+
+def give_mode(fd: int, created_with: int, umask: int) -> None:
+    if created_with == 0o600:
+        os.fchmod(fd, 0o666 & ~umask)
+
+
 def _rewrite(path: str, data: bytes, umask: int) -> None:
     flags = os.O_WRONLY | os.O_NOCTTY | os.O_CLOEXEC
-    created = True
+    created = mode = creation_mode(path)
     try:  # new: the user's umask, not the proxy's
-        fd = os.open(path, flags | os.O_CREAT | os.O_EXCL, 0o600)
+        fd = os.open(path, flags | os.O_CREAT | os.O_EXCL, mode)
     except FileExistsError:  # an existing file, or a symlink (perhaps dangling) to follow
         try:
             fd = os.open(path, flags | os.O_TRUNC)
-            created = False
+            created = 0
         except FileNotFoundError:  # a dangling symlink: cc1's fopen creates its target
-            fd = os.open(path, flags | os.O_CREAT | os.O_TRUNC, 0o600)
+            mode = created = creation_mode(os.path.realpath(path))
+            fd = os.open(path, flags | os.O_CREAT | os.O_TRUNC, mode)
     try:
         if not stat.S_ISREG(os.fstat(fd).st_mode):
             raise OutputError(f"{path} changed while the job ran")
-        if created:
-            os.fchmod(fd, 0o666 & ~umask)
+        give_mode(fd, created, umask)
         write_all(fd, data)
     finally:
         os.close(fd)
@@ -217,10 +234,11 @@ def _replace_atomically(path: str, data: bytes, umask: int) -> None:
     tmp = os.path.join(
         directory, f".{os.path.basename(path)}.jailcc-{os.getpid()}-{threading.get_ident()}"
     )
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o600)
+    mode = creation_mode(tmp)
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, mode)
     try:
         try:
-            os.fchmod(fd, 0o666 & ~umask)
+            give_mode(fd, mode, umask)
             write_all(fd, data)
         finally:
             os.close(fd)

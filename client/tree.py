@@ -555,22 +555,25 @@ def _make_lines(data: bytes) -> list[bytes]:
 def _write_dependencies(path: str, data: bytes, umask: int) -> None:
     """As cpp writes it: fopen("w"), through a symlink, with the user's umask (the proxy's
     own umask must not narrow it: the file is made 0600, then given the user's mode)."""
+    from .outputs import creation_mode, give_mode
+
     flags = os.O_WRONLY | os.O_CLOEXEC
     try:
         try:
-            fd, created = os.open(path, flags | os.O_CREAT | os.O_EXCL, 0o600), True
+            mode = creation_mode(path)
+            fd = os.open(path, flags | os.O_CREAT | os.O_EXCL, mode)
         except FileExistsError:  # (or a symlink, perhaps dangling, which fopen follows)
             try:
-                fd, created = os.open(path, flags | os.O_TRUNC), False
+                fd, mode = os.open(path, flags | os.O_TRUNC), 0
             except FileNotFoundError:  # dangling: its target is made
-                fd, created = os.open(path, flags | os.O_CREAT | os.O_TRUNC, 0o600), True
+                mode = creation_mode(os.path.realpath(path))
+                fd = os.open(path, flags | os.O_CREAT | os.O_TRUNC, mode)
     except OSError as exc:
         raise RemoteFailure(f"cannot write {path}: {exc.strerror}") from None
     try:
         from jailcc.wire import write_all
 
-        if created:
-            os.fchmod(fd, 0o666 & ~umask)
+        give_mode(fd, mode, umask)
         write_all(fd, data)
     except OSError as exc:  # a full disk: the local compile says it as it would
         raise RemoteFailure(f"cannot write {path}: {exc.strerror}") from None

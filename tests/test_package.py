@@ -646,6 +646,7 @@ def test_dpkg_installs_and_purges_it_in_a_throwaway_root(deb, tmp_path):
 # -- a real systemd on cgroup v2 --------------------------------------------------------------
 
 
+@pytest.mark.timeout(1200)  # a booted VM: about 135 s on a quiet machine, over 300 s on a busy one
 def test_the_package_installs_and_serves_under_systemd_on_cgroup_v2(deb, tmp_path):
     """scripts/vm-systemd: a VM booted by Debian 12's kernel and this machine's own Debian 12
     under a throwaway overlay, with systemd as PID 1 and only cgroup v2 mounted. dpkg -i, an

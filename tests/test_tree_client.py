@@ -838,6 +838,30 @@ def test_a_new_dependency_file_has_the_users_mode(proxy_env, tmp_path):
     assert "remote (sources)" in done.stderr, done.stderr
 
 
+def test_outputs_in_a_directory_with_a_default_acl_get_what_it_says(proxy_env, tmp_path):
+    """A default ACL makes the kernel ignore the umask: the proxy gave every new file the
+    user's umask's mode, so objects others may not read came out world-readable."""
+    out = tmp_path / "out"
+    out.mkdir()
+    subprocess.run(["setfacl", "-d", "-m", "o::-,g:nogroup:rw", str(out)], check=True)
+    (tmp_path / "m.c").write_text("int f(void) { return 1; }\n")
+    seen = []
+    for how in (["gcc-12"], [JAILCC, "gcc-12"]):
+        done = subprocess.run(
+            [*how, "-MD", "-c", "m.c", "-o", "out/m.o"],
+            cwd=tmp_path, env=proxy_env, capture_output=True, text=True,
+        )  # fmt: skip
+        assert done.returncode == 0, done.stderr
+        acls = subprocess.run(
+            ["getfacl", "-c", "out/m.o", "out/m.d"], cwd=tmp_path, capture_output=True, text=True
+        )
+        seen.append(acls.stdout)
+        for name in ("m.o", "m.d"):
+            (out / name).unlink()
+    assert seen[1] == seen[0] and "other::---" in seen[0], seen
+    assert "remote (sources)" in done.stderr, done.stderr
+
+
 @pytest.mark.parametrize(
     ("compiler", "variable", "value"),
     [
