@@ -278,10 +278,31 @@ def encode_local(compiler: str, args: list[str], message: str) -> bytes:
 
 
 def read_job_reply(sock: socket.socket) -> Done | Local:
-    """The proxy's reply to a JCP1 request, read as it comes (its length is not sent first)."""
+    """The proxy's reply to a JCP1 request, read as it comes (its length is not sent first),
+    ahead in blocks: the last thing on the connection."""
+    ahead = bytearray()
+
+    def fill() -> None:
+        data = sock.recv(1 << 16)
+        if not data:
+            raise ValueError("the reply was cut short")
+        ahead.extend(data)
 
     def read(n: int) -> bytes:
-        return recv_exact(sock, n, ValueError)
+        if len(ahead) < n:
+            ahead.extend(recv_exact(sock, n - len(ahead), ValueError))
+        data = bytes(ahead[:n])
+        del ahead[:n]
+        return data
+
+    def string() -> bytes:
+        while (end := ahead.find(0)) < 0:
+            if len(ahead) > MAX_STRING:
+                raise ValueError("oversized argument")
+            fill()
+        data = bytes(ahead[:end])
+        del ahead[: end + 1]
+        return data
 
     def u32(cap: int) -> int:
         (value,) = U32.unpack(read(U32.size))
@@ -298,14 +319,7 @@ def read_job_reply(sock: socket.socket) -> Done | Local:
     if kind == LOCAL:
         compiler = os.fsdecode(read(u32(MAX_PATH)))
         argc = u32(MAX_ARGS)
-        args = []
-        for _ in range(argc):
-            chunk = b""
-            while not chunk.endswith(b"\0"):
-                chunk += read(1)
-                if len(chunk) > MAX_STRING:
-                    raise ValueError("oversized argument")
-            args.append(os.fsdecode(chunk[:-1]))
+        args = [os.fsdecode(string()) for _ in range(argc)]
         message = read(u32(MAX_STRING)).decode("utf-8", "replace")
         return Local(compiler, args, message)
     raise ValueError("unknown reply")
