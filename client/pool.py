@@ -192,6 +192,7 @@ class Pool:
                 self.identities.add(identity)
                 self._wake.set()
         reasons: list[str] = []
+        busy: list[str] = []  # servers that said they are full (not broken)
         tell_user = False
         tried: set[str] = set()
         trees = tree_key(identity, header.get("driver")) if provide is not None else None
@@ -215,7 +216,7 @@ class Pool:
                     )
                     if refused:
                         raise RemoteFailure(refused, code="tree")
-                raise self._nowhere(reasons, tell_user, identity)
+                raise self._nowhere(reasons, tell_user, identity, busy)
             span.server = str(link.host)
             for attempt in range(2):
                 channel, fresh, why = self._checkout(link, identity)
@@ -225,7 +226,7 @@ class Pool:
                     else:
                         self._placement_failed(link, key)
                     tried.add(str(link.host))
-                    reasons.append(why.reason)
+                    (busy if why.code in ELSEWHERE else reasons).append(why.reason)
                     tell_user = tell_user or why.tell_user
                     break
                 sending = span.phase("queue", waiting)
@@ -261,7 +262,7 @@ class Pool:
                         with self._lock:
                             link.retry_at = time.monotonic() + ELSEWHERE[exc.code]
                             link.last_error = exc.reason
-                        reasons.append(exc.reason)
+                        busy.append(exc.reason)
                         break
                     self._drop(link, identity, channel, busy=True)
                     if not fresh and attempt == 0 and exc.code != "silent":
@@ -473,9 +474,12 @@ class Pool:
             return None
         return said[-1]
 
-    def _nowhere(self, reasons: list[str], tell_user: bool, identity: str) -> RemoteFailure:
+    def _nowhere(
+        self, reasons: list[str], tell_user: bool, identity: str, busy: list[str]
+    ) -> RemoteFailure:
         """Why a job found no server: the servers' own words when they have something to tell
-        the user (no ticket, no image), else, when none could be reached, what to check."""
+        the user (no ticket, no image), that they were full (quietly), else, when none could
+        be reached, what to check."""
         now = time.monotonic()
         with self._lock:
             lacking = [str(k.host) for k in self.links if k.lacks_image(identity, now)]
@@ -491,6 +495,8 @@ class Pool:
         if tell_user or told:
             # "run kinit" once, not once per server
             return RemoteFailure("; ".join(dict.fromkeys(reasons + told)), tell_user=True)
+        if not reasons and busy:
+            return RemoteFailure(f"every server was full ({'; '.join(dict.fromkeys(busy))})")
         if len(backed_off) < len(self.links) and not reasons:
             return RemoteFailure("every server stayed full")  # busy, not broken: quiet
         tried = "; ".join(dict.fromkeys(reasons + backed_off))

@@ -256,12 +256,15 @@ def test_an_unreachable_server_is_named_once_in_the_message() -> None:
     try:
         reason = f"cannot connect to {host}: Connection refused"
         pool._back_off(pool.links[0], RemoteFailure(reason))
-        said = pool._nowhere([reason], False, "id").reason
+        said = pool._nowhere([reason], False, "id", []).reason
         assert said.count(str(host)) == 1, said
         assert "Connection refused" in said and "check that jailccd runs there" in said
         # A reason that does not name its server gets the name, once.
         pool._back_off(pool.links[0], RemoteFailure("[Errno 32] Broken pipe"))
-        said = pool._nowhere([], False, "id").reason
+        said = pool._nowhere([], False, "id", []).reason
         assert f"{host}: [Errno 32] Broken pipe" in said and said.count(str(host)) == 1, said
+        # A server that said it is full is not "unreachable" (and the user has nothing to do).
+        full = pool._nowhere([], False, "id", [f"{host} refused the job: busy: 2 running"])
+        assert "every server was full" in full.reason and not full.tell_user, full.reason
     finally:
         pool.close()
