@@ -34,16 +34,19 @@ def command(name: str, args: list[str]) -> int:
             return 1
         print(f"jailcc: proxy started ({path})")
         return 0
-    if _ask(path, pw.MAGIC_STOP) is None:
+    status = _ask(path, pw.MAGIC_STATUS)
+    if status is None or _ask(path, pw.MAGIC_STOP) is None:
         print("jailcc: no proxy is running for these settings")
         return 0
-    # Gone when its lock is free: it holds that until it exits.
+    # Gone when its lock is free (it holds that until it exits), or when its process is, if a
+    # build's next compile has started another meanwhile, which holds the lock now.
     import fcntl
 
+    pid = _pid_of(status)
     deadline = time.monotonic() + START_TIMEOUT
     fd = os.open(path + ".lock", os.O_RDONLY | os.O_CREAT, 0o600)
     try:
-        while True:
+        while not _gone(pid):
             try:
                 fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
                 break
@@ -56,6 +59,26 @@ def command(name: str, args: list[str]) -> int:
         os.close(fd)
     print("jailcc: proxy stopped")
     return 0
+
+
+def _pid_of(status: bytes) -> int | None:
+    try:
+        pid = json.loads(status).get("pid")
+    except (ValueError, AttributeError):
+        return None
+    return pid if type(pid) is int and pid > 0 else None
+
+
+def _gone(pid: int | None) -> bool:
+    if pid is None:
+        return False
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return True
+    except OSError:
+        return False
+    return False
 
 
 def _status(args: list[str]) -> int:
@@ -84,13 +107,20 @@ def _status(args: list[str]) -> int:
 def _start(path: str) -> bytes | None:
     """Start the proxy for these settings and wait for its status; None (and why, said) if it
     does not answer."""
-    start_proxy(os.environ)
-    deadline = time.monotonic() + START_TIMEOUT
-    while (data := _ask(path, pw.MAGIC_STATUS)) is None:
-        if time.monotonic() > deadline:
-            print(f"jailcc: the proxy did not start; see {_log(path)}", file=sys.stderr)
-            return None
-        time.sleep(0.05)
+    import tempfile
+
+    with tempfile.TemporaryFile() as errors:  # what a proxy that cannot start says
+        started = start_proxy(os.environ, errors)
+        deadline = time.monotonic() + START_TIMEOUT
+        while (data := _ask(path, pw.MAGIC_STATUS)) is None:
+            failed = started is not None and started.poll() not in (None, 0)
+            if failed or time.monotonic() > deadline:
+                errors.seek(0)
+                said = errors.read(4096).decode(errors="replace").strip()
+                print(f"jailcc: the proxy did not start: {said or f'see {_log(path)}'}",
+                      file=sys.stderr)  # fmt: skip
+                return None
+            time.sleep(0.05)
     return data
 
 

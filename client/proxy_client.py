@@ -15,6 +15,7 @@ from .job import Invocation, Outcome
 TYPE_CHECKING = False  # (typing costs milliseconds of every compile's start)
 if TYPE_CHECKING:
     import subprocess
+    from typing import Any
 
 ASK_TIMEOUT = 3600.0  # a compile may take long; a dead proxy closes the socket at once
 START_WAIT = 2.0  # for a proxy just started to listen (it takes 0.2-0.3 s here)
@@ -82,7 +83,9 @@ def _read_reply(sock: socket.socket) -> RunLocally | Outcome:
     return Outcome(reply.exit_code, reply.stdout, reply.stderr, "")
 
 
-def start_proxy(env: os._Environ[str] | dict[str, str]) -> subprocess.Popen | None:
+def start_proxy(
+    env: os._Environ[str] | dict[str, str], stderr: Any = None
+) -> subprocess.Popen | None:
     """Start a proxy for these settings in the background, detached from this build (its own
     session, no inherited descriptors): its Popen, or None. If another jailcc starts one at
     the same moment, the proxy's lock lets only one of them run (the other exits 0)."""
@@ -94,7 +97,7 @@ def start_proxy(env: os._Environ[str] | dict[str, str]) -> subprocess.Popen | No
             env=dict(env),
             stdin=subprocess.DEVNULL,
             stdout=subprocess.DEVNULL,
-            stderr=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL if stderr is None else stderr,
             start_new_session=True,
             close_fds=True,
             cwd="/",

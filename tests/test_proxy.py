@@ -227,6 +227,8 @@ def test_a_proxy_that_cannot_start_says_why_and_is_not_waited_for(tmp_path, monk
     )
     assert done.returncode == 1 and "jailcc proxy: cannot serve" in done.stderr, done.stderr
     assert "Traceback" not in done.stderr
+    cli = subprocess.run([JAILCC, "proxy", "start"], env=env, capture_output=True, text=True)
+    assert cli.returncode == 1 and "AF_UNIX path too long" in cli.stderr, cli.stderr
     monkeypatch.setattr(proxy_client, "START_WAIT", 60.0)
     started = time.monotonic()
     failed = subprocess.Popen(["false"])
