@@ -513,10 +513,31 @@ def _close_all(fds: dict[str, int]) -> None:
     fds.clear()
 
 
+def _walk(path: str) -> int:
+    """An O_PATH descriptor for the directory at path, refusing a symlink at every step from
+    /: the job may have put one anywhere it could write, /tmp included (a work dir may lie
+    under it), and the init must not follow it out (to its own /proc/1, say)."""
+    fd = os.open("/", os.O_PATH | os.O_DIRECTORY)
+    try:
+        for part in path.split("/"):
+            if part:
+                nxt = os.open(part, os.O_PATH | os.O_DIRECTORY | os.O_NOFOLLOW, dir_fd=fd)
+                os.close(fd)
+                fd = nxt
+    except BaseException:
+        os.close(fd)
+        raise
+    return fd
+
+
 def _open_beneath(top: str, parts: list[str], create: bool = False) -> int:
     """A directory descriptor for top/parts..., refusing any symlink on the way (the job
-    controls every name below top)."""
-    fd = os.open(top, os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW)
+    controls every name below top, and may have made those above it under /tmp)."""
+    base = _walk(top)
+    try:
+        fd = os.open(".", os.O_RDONLY | os.O_DIRECTORY, dir_fd=base)
+    finally:
+        os.close(base)
     try:
         for part in parts:
             if create:
@@ -566,6 +587,7 @@ def _wipe(top: str) -> bool:
     """Empty a directory the job could write to, whatever it did to it; True if it is empty
     afterwards. Runs after every job process is gone, so nothing moves underneath."""
     try:
+        os.close(_walk(top))  # no symlink on the way: the chmod below follows none
         os.chmod(top, 0o700)  # the job owns the directory and may have locked it
         fd = _open_beneath(top, [])
         try:

@@ -401,6 +401,39 @@ def _compile_big(jail: Jail, source: bytes, limits: RunLimits) -> RunResult:
     )
 
 
+SWAP_IN_A_SYMLINK = r"""
+#include <stdio.h>
+#include <unistd.h>
+int main(void) {
+    return rename("/tmp/a", "/tmp/z") != 0 || symlink("/proc", "/tmp/a") != 0;
+}
+"""
+
+
+def test_the_init_follows_no_symlink_the_job_made_on_the_way_to_its_work_dir(
+    sandbox, tmp_path
+) -> None:
+    """A work dir under /tmp (a tree job's root may lie there): the job, which owns /tmp, put
+    a symlink to /proc in place of /tmp/a, and the init read its own /proc/1/maps back as the
+    job's "output" (a compiler exploit's view of the init, which the job itself may not read)."""
+    (tmp_path / "swap.c").write_text(SWAP_IN_A_SYMLINK)
+    subprocess.run(
+        ["cc", "-static", "-O1", "-o", str(tmp_path / "swap"), str(tmp_path / "swap.c")],
+        check=True,
+    )
+    with sandbox.create_jail("gcc-12") as jail:
+        result = jail.run(
+            ["/tmp/a/1/swap"],
+            cwd="/tmp/a/1",
+            inputs={"swap": (tmp_path / "swap").read_bytes()},
+            executables=["swap"],
+            outputs=["maps", "status", "1/maps"],
+        )
+        assert result.exit_code == 0, (result, result.stderr)
+        assert result.outputs == {}, sorted(result.outputs)
+        assert not jail.usable  # its work dir could not be wiped: retired
+
+
 def test_a_full_work_dir_is_reported_as_the_disk_limit(sandbox) -> None:
     """An object larger than the work dir's tmpfs: as fails with ENOSPC, an ordinary failure
     to the driver, where a local compile succeeds. The result must name the limit, or the
