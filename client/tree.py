@@ -169,8 +169,9 @@ class TreeBuilder:
         copies = _copies_included_once(analysis.files, self.analyzer)
         if copies is not None:
             raise TreeUnsupported(
-                f"{copies[0]} and {copies[1]} are copies that say #pragma once: gcc tells them"
-                " apart by their mtimes, which the jail's copies do not keep"
+                f"{copies[0]} and {copies[1]} say #pragma once and hold one content: the"
+                " compiler tells them apart by inode or mtime, which the jail's copies do not"
+                " keep"
             )
         system = tuple(d.rstrip("/") + "/" for d in analysis.system)
         tree: list[tuple[str, str, int]] = []
@@ -279,13 +280,16 @@ class TreeBuilder:
 def _copies_included_once(
     files: tuple[FileRead, ...], analyzer: IncludeAnalyzer
 ) -> tuple[str, str] | None:
-    """Two files of one content in two places (not one file under two names) that say
-    #pragma once, if the compile may read such: gcc reads the second unless their mtimes
-    agree too."""
+    """Two names of one content that say #pragma once, if the compile may read both: copies
+    in two places (gcc reads the second unless their mtimes agree too), or one file under two
+    names (a symlink: clang reads it once by its inode, and the jail lays out two files)."""
     first: dict[str, FileRead] = {}
     for f in files:
         seen = first.setdefault(f.digest, f)
-        if seen.real != f.real and analyzer.included_once(f.path):
+        # (Names the jail lays out at one place, as ".." names it lexically, are one file.)
+        if os.path.normpath(seen.path) != os.path.normpath(f.path) and analyzer.included_once(
+            f.path
+        ):
             return seen.path, f.path
     return None
 

@@ -1032,6 +1032,21 @@ def test_copies_that_say_pragma_once_compile_as_locally(same_mtime, proxy_env, t
     assert (local[0] == 0) == same_mtime, local
 
 
+@pytest.mark.parametrize("compiler", ["clang-16", "gcc-12"])
+@pytest.mark.parametrize("link", ["sub/inc.h", "sym.h"])
+def test_one_header_by_two_names_that_says_pragma_once(compiler, link, proxy_env, tmp_path):
+    """A symlink to a header that says #pragma once: clang reads it once (one inode), the
+    jail's two copies twice (n came out 2 remotely, 1 locally, exit 0)."""
+    (tmp_path / "sub").mkdir()
+    (tmp_path / "inc.h").write_text("#pragma once\n+1\n")
+    (tmp_path / link).symlink_to("../inc.h" if "/" in link else "inc.h")
+    files = {"m.c": f'int n = 0\n#include "inc.h"\n#include "{link}"\n;\n'}
+    local, remote, said = local_and_through_jailcc(
+        compiler, ["-c", "-O2", "m.c"], files, proxy_env, tmp_path
+    )
+    assert remote == local and local[0] == 0, said
+
+
 @pytest.mark.parametrize(
     ("compiler", "ship", "urls", "term"),
     [
