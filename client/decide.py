@@ -64,6 +64,10 @@ def decide(
             return ""
         return _note(verbose, args, what)
 
+    def told(what: str) -> str:
+        """A line said even without JAILCC_VERBOSE: to stderr, or to JAILCC_LOG likewise."""
+        return said(what) if log_file else _note(True, args, what)
+
     clang = is_clang(compiler)  # by the binary: `cc` may be clang
     why = clang_name_problem(name) if clang else None  # a name that sets its target or mode
     why = why or _program_env(inv.env)
@@ -88,14 +92,16 @@ def decide(
             return RunLocally(compiler, args, said(f"local ({job.reason})"))
         outcome = remote(compiler, job, inv)
     except RemoteFailure as exc:
-        told = exc.tell_user and (tell is None or tell(exc))
+        to_tell = exc.tell_user and (tell is None or tell(exc))
         what = f"compiling locally: {exc.reason}"
-        return RunLocally(compiler, args, _note(True, args, what) if told else said(what))
+        return RunLocally(compiler, args, told(what) if to_tell else said(what))
     except HostsError as exc:  # the user's mistake, in their words: say so on every compile
+        if log_file:
+            return RunLocally(compiler, args, said(f"{exc}; compiling locally"))
         return RunLocally(compiler, args, f"jailcc: {exc}; compiling {source_of(args)} locally\n")
     except Exception as exc:  # a bug of ours must never cost the user the compile
         message = f"internal error ({type(exc).__name__}: {exc}); compiling locally"
-        return RunLocally(compiler, args, _note(True, args, message))
+        return RunLocally(compiler, args, told(message))
     if verbose or log_file:
         total = f"total {1000 * (time.monotonic() - started):.0f} ms"
         note = text_bytes(said(f"{outcome.note}, {total}"))

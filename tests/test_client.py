@@ -344,6 +344,12 @@ def test_jailcc_log_takes_the_verbose_lines_off_stderr(server, tmp_path):
     logged = (work / "jailcc.log").read_text().splitlines()
     assert len(logged) == 2, logged
     assert "src/main.c: remote on unix:" in logged[0] and "local (-E" in logged[1], logged
+    # What is said even without JAILCC_VERBOSE (no server reached, a mistake in the hosts)
+    # goes there too: it went to stderr, into configure's checks.
+    for hosts in ("unix:/nonexistent/jailccd.sock", "tcp:bad:port:x"):
+        done = run([JAILCC, "gcc-12", *args], work, {**env, "JAILCC_HOSTS": hosts})
+        assert done.returncode == 0 and done.stderr == b"", done.stderr
+    assert len((work / "jailcc.log").read_text().splitlines()) == 4
 
 
 def test_without_the_proxy_the_verbose_line_says_why_preprocessed(server, tmp_path):
