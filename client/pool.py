@@ -18,6 +18,7 @@ from __future__ import annotations
 import contextlib
 import os
 import re
+import select
 import threading
 import time
 from collections.abc import Callable
@@ -219,7 +220,8 @@ class Pool:
                 raise self._nowhere(reasons, tell_user, identity, busy)
             span.server = str(link.host)
             for attempt in range(2):
-                channel, fresh, why = self._checkout(link, identity)
+                # (The retry: a connection of our own, not another idle one gone as stale.)
+                channel, fresh, why = self._checkout(link, identity, fresh_only=attempt > 0)
                 if channel is None:
                     if why.code == "image":  # this compiler only: the server is fine
                         self._placement_released(key)
@@ -350,16 +352,16 @@ class Pool:
             self._room.notify_all()
 
     def _checkout(
-        self, link: Link, identity: str
+        self, link: Link, identity: str, fresh_only: bool = False
     ) -> tuple[proto.Channel | None, bool, RemoteFailure]:
-        """An idle connection (not fresh), or a new one (fresh); None and why if none can be
-        had."""
+        """An idle connection (not fresh) that the server has not closed, or a new one
+        (fresh; the only kind with `fresh_only`); None and why if none can be had."""
         now = time.monotonic()
         with self._lock:
             idle = link.idle.setdefault(identity, [])
             while idle:
                 since, channel = idle.pop()
-                if now - since < MAX_IDLE_SECONDS:
+                if not fresh_only and now - since < MAX_IDLE_SECONDS and not _hung_up(channel):
                     return channel, False, _NO_FAILURE
                 link.open[identity] -= 1
                 channel.sock.close()
@@ -583,6 +585,16 @@ def _lacked_file(reason: str) -> str | None:
     """The system file an image refusal names (jobs/tree.py's words), if it names one."""
     match = _LACKED.search(reason)
     return match.group(1) if match else None
+
+
+def _hung_up(channel: proto.Channel) -> bool:
+    """Whether the server closed this idle connection (restarted, or dropped it idle)."""
+    try:
+        poller = select.poll()
+        poller.register(channel.sock, select.POLLRDHUP)
+        return bool(poller.poll(0))
+    except (OSError, ValueError):
+        return True
 
 
 def _naming(host: Host, reason: str) -> str:

@@ -532,6 +532,36 @@ def test_a_server_restarted_mid_build_is_used_again(sources, gcc_image, server, 
             stop_server(srv)
 
 
+def test_after_a_server_restart_between_builds_the_next_compiles_go_to_it(
+    gcc_image, server, tmp_path
+):
+    """The proxy's idle connections to a server that restarted are closed: the next build's
+    jobs took them, failed ("Broken pipe"), retried on another idle one as stale, and compiled
+    locally, the server backed off."""
+    env = proxy_env(server)
+    restarted: list[Server] = []
+    for n in range(4):
+        (tmp_path / f"u{n}.c").write_text(f"int u{n}(int x) {{ return x + {n}; }}\n")
+    try:
+        # Parallel compiles: the proxy holds several connections open, idle.
+        compiles = [
+            subprocess.Popen([JAILCC, "gcc-12", "-O2", "-c", f"u{n}.c"], cwd=tmp_path, env=env,
+                             stderr=subprocess.PIPE, text=True)
+            for n in range(4)
+        ]  # fmt: skip
+        for proc in compiles:
+            assert proc.wait(120) == 0 and "remote on" in proc.stderr.read()
+        stop_server(server)
+        restarted.append(_start_at(gcc_image, tmp_path / "srv2", server.socket_path))
+        for n in range(4):
+            done = jailcc(["gcc-12", "-O2", "-c", f"u{n}.c"], tmp_path, env)
+            assert done.returncode == 0 and "remote on" in done.stderr, done.stderr
+    finally:
+        stop_proxy(env)
+        for srv in restarted:
+            stop_server(srv)
+
+
 def _start_at(image: Path, state: Path, socket_path: Path) -> Server:
     state.mkdir(parents=True, exist_ok=True)
     log = state / "jailccd.log"
