@@ -26,6 +26,11 @@ if TYPE_CHECKING:
 
 # Variables that make the compiler run other programs (cc1, as) than the image's: -B's kind.
 PROGRAM_ENV = ("GCC_EXEC_PREFIX", "COMPILER_PATH")
+# Programs that run the compiler themselves, whose masquerade directories (/usr/lib/ccache)
+# may come first on PATH: taken for the compiler, every job would compile locally, told to
+# build an image of ccache.
+COMPILER_WRAPPERS = frozenset(("ccache", "sccache", "distcc", "icecc", "buildcache"))
+CCACHE_HINT = ", or keep ccache and set CCACHE_PREFIX=jailcc"
 # Variables that change the compile or make it write files besides its outputs, which a job
 # does not carry: gcc's -fcompare-debug, clang's added options and its logs.
 CHANGING_ENV = ("GCC_COMPARE_DEBUG", "CCC_OVERRIDE_OPTIONS", "CC_PRINT_", "CC_LOG_DIAGNOSTICS")
@@ -68,6 +73,11 @@ def decide(
         """A line said even without JAILCC_VERBOSE: to stderr, or to JAILCC_LOG likewise."""
         return said(what) if log_file else _note(True, args, what)
 
+    wrapper = os.path.basename(os.path.realpath(compiler))
+    if wrapper in COMPILER_WRAPPERS:  # its masquerade directory is first on PATH
+        hint = CCACHE_HINT if wrapper == "ccache" else ""
+        why = f"{compiler} is {wrapper}: take its directory off PATH for jailcc{hint}"
+        return RunLocally(compiler, args, said(f"local ({why})"))
     clang = is_clang(compiler)  # by the binary: `cc` may be clang
     why = clang_name_problem(name) if clang else None  # a name that sets its target or mode
     why = why or _program_env(inv.env)

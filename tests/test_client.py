@@ -571,6 +571,21 @@ def test_an_assembler_first_on_the_users_path_is_the_one_used(server, tmp_path):
     assert (work / "obj" / "main.o").read_bytes() == made and b"WRAPPED_AS" in made
 
 
+def test_a_ccache_masquerade_directory_first_on_path_is_said_for_what_it_is(server, tmp_path):
+    """/usr/lib/ccache first on PATH: jailcc took ccache for the compiler and told the user to
+    build a toolchain image of it, which cannot be done."""
+    work = tree(tmp_path)
+    masquerade = tmp_path / "ccache-bin"
+    masquerade.mkdir()
+    (masquerade / "gcc-12").symlink_to("/usr/bin/ccache")
+    env = env_for(server, PATH=f"{masquerade}:{os.environ['PATH']}", CCACHE_DIR=str(tmp_path / "c"))
+    done = run([JAILCC, "gcc-12", "-O2", "-c", "src/main.c", "-o", "obj/main.o"], work, env)
+    assert done.returncode == 0 and (work / "obj" / "main.o").exists(), done.stderr
+    said = where(done.stderr)
+    assert "is ccache" in said and "CCACHE_PREFIX=jailcc" in said, said
+    assert "jailcc-image" not in done.stderr.decode()
+
+
 def test_a_compiler_without_a_matching_image_stays_local(server, tmp_path):
     work = tree(tmp_path)
     rres = run(
