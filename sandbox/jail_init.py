@@ -513,42 +513,38 @@ def _close_all(fds: dict[str, int]) -> None:
     fds.clear()
 
 
+def _step(fd: int, name: str, flags: int) -> int:
+    """The directory name in fd's, not by a symlink; fd is closed either way."""
+    try:
+        return os.open(name, flags | os.O_DIRECTORY | os.O_NOFOLLOW, dir_fd=fd)
+    finally:
+        os.close(fd)
+
+
 def _walk(path: str) -> int:
     """An O_PATH descriptor for the directory at path, refusing a symlink at every step from
     /: the job may have put one anywhere it could write, /tmp included (a work dir may lie
     under it), and the init must not follow it out (to its own /proc/1, say)."""
     fd = os.open("/", os.O_PATH | os.O_DIRECTORY)
-    try:
-        for part in path.split("/"):
-            if part:
-                nxt = os.open(part, os.O_PATH | os.O_DIRECTORY | os.O_NOFOLLOW, dir_fd=fd)
-                os.close(fd)
-                fd = nxt
-    except BaseException:
-        os.close(fd)
-        raise
+    for part in filter(None, path.split("/")):
+        fd = _step(fd, part, os.O_PATH)
     return fd
 
 
 def _open_beneath(top: str, parts: list[str], create: bool = False) -> int:
     """A directory descriptor for top/parts..., refusing any symlink on the way (the job
     controls every name below top, and may have made those above it under /tmp)."""
-    base = _walk(top)
-    try:
-        fd = os.open(".", os.O_RDONLY | os.O_DIRECTORY, dir_fd=base)
-    finally:
-        os.close(base)
-    try:
-        for part in parts:
-            if create:
-                with contextlib.suppress(FileExistsError):
-                    os.mkdir(part, 0o700, dir_fd=fd)
-            nxt = os.open(part, os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW, dir_fd=fd)
-            os.close(fd)
-            fd = nxt
-    except BaseException:
-        os.close(fd)
-        raise
+    fd = _step(_walk(top), ".", os.O_RDONLY)
+    for part in parts:
+        if create:
+            try:
+                os.mkdir(part, 0o700, dir_fd=fd)
+            except FileExistsError:
+                pass
+            except BaseException:
+                os.close(fd)
+                raise
+        fd = _step(fd, part, os.O_RDONLY)
     return fd
 
 
