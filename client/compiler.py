@@ -6,6 +6,10 @@ from __future__ import annotations
 
 import os
 
+TYPE_CHECKING = False
+if TYPE_CHECKING:
+    from collections.abc import Iterator
+
 
 def _is_jailcc(path: str, ours: set[str]) -> bool:
     try:
@@ -26,12 +30,17 @@ def find_compiler(
     if "/" in name:
         name = os.path.join(cwd, name)
         return None if _is_jailcc(name, ours) else name
-    for directory in (os.environ.get("PATH", "") if path_env is None else path_env).split(":"):
+    path = os.environ.get("PATH", "") if path_env is None else path_env
+    return next((c for c in on_path(name, path, cwd) if not _is_jailcc(c, ours)), None)
+
+
+def on_path(name: str, path_env: str, cwd: str) -> Iterator[str]:
+    """The executable files called `name` in path_env's directories, in order, as execvp
+    would try them; an empty or relative entry is relative to cwd."""
+    for directory in path_env.split(":"):
         candidate = os.path.join(cwd, directory or ".", name)
-        usable = os.path.isfile(candidate) and os.access(candidate, os.X_OK)
-        if usable and not _is_jailcc(candidate, ours):
-            return candidate
-    return None
+        if os.path.isfile(candidate) and os.access(candidate, os.X_OK):
+            yield candidate
 
 
 def local_arg0(typed: str | None, compiler: str, self_path: str) -> tuple[str, str | None]:

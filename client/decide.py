@@ -8,7 +8,14 @@ import os
 import time
 from collections import namedtuple
 
-from .compiler import clang_name_problem, find_compiler, is_clang, not_found, split_invocation
+from .compiler import (
+    clang_name_problem,
+    find_compiler,
+    is_clang,
+    not_found,
+    on_path,
+    split_invocation,
+)
 from .hosts import HostsError
 from .job import Invocation, Outcome
 from .locales import translated_diagnostics
@@ -146,11 +153,8 @@ def _other_assembler(path_env: str, cwd: str) -> str | None:
 
 
 def _first_on_path(name: str, path_env: str, cwd: str) -> str | None:
-    for directory in path_env.split(":"):
-        candidate = os.path.join(cwd, directory or ".", name)
-        if os.path.isfile(candidate) and os.access(candidate, os.X_OK):
-            return os.path.realpath(candidate)
-    return None
+    found = next(on_path(name, path_env, cwd), None)
+    return None if found is None else os.path.realpath(found)
 
 
 def _append(path: str, line: str, umask: int) -> None:
