@@ -57,6 +57,7 @@ Thread-safe (one lock: the work is CPU-bound Python anyway).
 
 from __future__ import annotations
 
+import errno
 import hashlib
 import os
 import re
@@ -165,6 +166,15 @@ class Analysis:
 
 class Unsupported(Exception):
     """The analysis cannot bound the set of files (the message says why)."""
+
+
+def _missing(path: str, exc: OSError) -> None:
+    """None for a file or directory that is not there, which the compiler passes over too;
+    Unsupported for one it would fail on (no permission, a symbolic link loop, a file
+    where a directory should be): the compiler says so, and the analysis cannot."""
+    if exc.errno != errno.ENOENT:
+        raise Unsupported(f"{path}: {exc.strerror}") from None
+    return None
 
 
 # ---------------------------------------------------------------------------------------------
@@ -550,10 +560,10 @@ class _FileSystem:
     def listing(self, d: str) -> _Listing | None:
         try:
             st = os.stat(d)
-        except OSError:
-            return None
+        except OSError as exc:
+            return _missing(d, exc)
         if not stat.S_ISDIR(st.st_mode):
-            return None
+            raise Unsupported(f"{d} is not a directory")  # (gcc warns, or fails)
         sig = (st.st_dev, st.st_ino, st.st_mtime_ns)
         old = self.listings.get(d)
         if old is not None and old.signature == sig and old.trusted:
@@ -561,8 +571,8 @@ class _FileSystem:
         try:
             with os.scandir(d) as it:
                 names = [(e.name, _entry_is_dir(e)) for e in it]
-        except OSError:
-            return None
+        except OSError as exc:  # (one we may search but not list: its files still open)
+            raise Unsupported(f"{d}: cannot list it: {exc.strerror}") from None
         files = frozenset(name for name, is_dir in names if not is_dir)
         gch = frozenset(name for name, _ in names if name.endswith(".gch"))
         self.scans += 1
@@ -577,8 +587,8 @@ class _FileSystem:
     def entry(self, path: str) -> _Entry | None:
         try:
             st = os.stat(path)
-        except OSError:
-            return None
+        except OSError as exc:
+            return _missing(path, exc)
         if not stat.S_ISREG(st.st_mode) or st.st_size > MAX_FILE_BYTES:
             return None  # (larger than a tree job may ship: a server naming one gets no digest)
         sig = (st.st_dev, st.st_ino, st.st_size, st.st_mtime_ns, st.st_ctime_ns)
@@ -588,8 +598,8 @@ class _FileSystem:
         try:
             with open(path, "rb") as f:
                 data = f.read()
-        except OSError:
-            return None
+        except OSError as exc:
+            return _missing(path, exc)
         self.reads += 1
         digest = hashlib.sha256(data).hexdigest()
         if digest not in self.parsed:

@@ -26,13 +26,15 @@ if TYPE_CHECKING:
 
 MAX_EXTRA_SOURCE = 1 << 20
 PCH_PRAGMA = b"#pragma GCC pch_preprocess"  # what gcc -E -fpch-preprocess writes for a .gch
-# Options that put the command line into the object (gcc's and clang's spellings).
+# Options that put the command line into the output (gcc's and clang's spellings; the
+# annotated assembly of -S lists the options too).
 _RECORDING = frozenset(
     (
         "-frecord-gcc-switches",
         "-grecord-gcc-switches",
         "-frecord-command-line",
         "-grecord-command-line",
+        "-fverbose-asm",
     )
 )
 # What a compiler that crashed says (gcc's ICE, clang's crash report).
@@ -129,12 +131,18 @@ def prepare(compiler: str, job: RemoteJob, inv: Invocation) -> Prepared:
     except ImageError as exc:
         raise RemoteFailure(f"cannot identify the compiler: {exc}") from None
     clang = is_clang(compiler)
+    if clang and any(word in _RECORDING for word in job.remote_args):
+        raise RemoteFailure("clang records its command line, which names the preprocessed file")
     try:  # a directory, or a FIFO gcc -c cannot write: the local compile gives the error
         outputs.plan(inv.path(job.output), clang, job.assembly)
     except outputs.OutputError as exc:
         raise RemoteFailure(str(exc)) from None
     exact_debug = False
     if job.preprocessed:
+        if _input_name(job) != job.source:
+            # Its name is the compile's own (the object's FILE symbol, DW_AT_name, JSON
+            # diagnostics) where no line marker names another: the server's would differ.
+            raise RemoteFailure(f"a preprocessed input goes by its own name, {job.source}")
         try:
             with open(inv.path(job.source), "rb") as f:
                 source = f.read()
@@ -147,6 +155,10 @@ def prepare(compiler: str, job: RemoteJob, inv: Invocation) -> Prepared:
         if exact_debug and _records_options(job):
             raise RemoteFailure(
                 "the output records the compile's options, and gcc's exact -g mode adds one"
+            )
+        if not exact_debug and not clang and _warns_of_fallthrough(job.remote_args):
+            raise RemoteFailure(
+                "gcc's fallthrough warning reads comments, which preprocessed output lacks"
             )
         extra = ["-fdirectives-only"] if exact_debug else []
         # gcc -E ignores a precompiled header that the compile would use (and the object
@@ -281,13 +293,28 @@ def compile_remote(compiler: str, job: RemoteJob, inv: Invocation) -> Outcome:
     raise RemoteFailure("; ".join(reasons), tell_user)
 
 
-def _job_frame(
-    job: RemoteJob, identity: str, inv: Invocation, source: bytes, clang: bool
-) -> tuple[dict[str, Any], list[bytes]]:
+def _warns_of_fallthrough(args: list[str]) -> bool:
+    """Whether gcc may warn of implicit fallthrough (-Wextra, -W or the warning itself,
+    taken as on whatever follows): it takes a /* fallthrough */ comment for an attribute."""
+    return any(
+        a in ("-Wextra", "-W") or a.startswith(("-Wimplicit-fallthrough", "-Werror=implicit-fall"))
+        for a in args
+    )
+
+
+def _input_name(job: RemoteJob) -> str:
+    """The name the server compiles the preprocessed input by: the source's own base name
+    with the suffix of its language, when it is one the server takes."""
     suffix = "ii" if job.language == "c++" else "i"
     stem = os.path.basename(job.source).rsplit(".", 1)[0]
     safe = 0 < len(stem) <= 200 and set(stem) <= _SAFE_CHARS
-    input_name = f"{stem}.{suffix}" if safe else f"input.{suffix}"
+    return f"{stem}.{suffix}" if safe else f"input.{suffix}"
+
+
+def _job_frame(
+    job: RemoteJob, identity: str, inv: Invocation, source: bytes, clang: bool
+) -> tuple[dict[str, Any], list[bytes]]:
+    input_name = _input_name(job)
     args = with_color(list(job.remote_args), inv, clang)
     env = job_env(inv)
     files, blobs = [], [source]

@@ -287,6 +287,25 @@ def _user_realm() -> str:
         return ""
 
 
+def other_view(pid: int) -> str | None:
+    """Why the process `pid` does not see the files this one sees, if it does not: another
+    mount namespace or root (a container, bwrap, unshare: the same path names another file),
+    or other groups (a directory only it may read, or only we may)."""
+    try:
+        theirs = [os.stat(f"/proc/{pid}/{name}") for name in ("ns/mnt", "root")]
+        with open(f"/proc/{pid}/status", encoding="ascii", errors="replace") as status:
+            fields = dict(line.split(":", 1) for line in status if ":" in line)
+        groups = {int(g) for g in fields["Groups"].split()} | {int(fields["Gid"].split()[3])}
+    except (OSError, KeyError, IndexError, ValueError) as exc:
+        return f"cannot tell which files it sees ({exc})"
+    ours = [os.stat(f"/proc/self/{name}") for name in ("ns/mnt", "root")]
+    if any((a.st_dev, a.st_ino) != (b.st_dev, b.st_ino) for a, b in zip(theirs, ours, strict=True)):
+        return "it sees other files (another mount namespace or root directory)"
+    if groups != set(os.getgroups()) | {os.getegid()}:
+        return "its groups are not the proxy's (log in again, or stop the proxy)"
+    return None
+
+
 class Proxy:
     def __init__(self, env: dict[str, str], idle: float) -> None:
         self.env = env
@@ -345,8 +364,15 @@ class Proxy:
         with conn:
             try:
                 creds = conn.getsockopt(socket.SOL_SOCKET, socket.SO_PEERCRED, 12)
-                if struct.unpack("3i", creds)[1] != os.getuid():
+                pid, uid, _ = struct.unpack("3i", creds)
+                if uid != os.getuid():
                     return  # only our own user: not their compiles, not our tickets
+                other = other_view(pid)
+                if other is not None:
+                    # We read and write by path: a client that sees other files (a container)
+                    # compiles on its own, as when no proxy answers.
+                    log.info("a client (pid %d) not served: %s", pid, other)
+                    return
                 conn.settimeout(REQUEST_TIMEOUT)
                 magic, body = pw.read_request(conn)
                 handler = self._requests.get(magic)

@@ -316,7 +316,7 @@ _row(
     " -fcoverage --coverage -ftime-trace -fsave-optimization-record -foptimization-record-"
     " -fproc-stat-report -fcrash-diagnostics -fmemory-profile -fcompare-debug -fltrans"
     " -flto-incremental -fthin-link-bitcode -fdiagnostics-format=json-file"
-    " -fdiagnostics-format=sarif-file",
+    " -fdiagnostics-format=sarif-file -fvtv-debug -fvtv-counts",
     path="write",
     why="writes files beside the output",
 )

@@ -270,6 +270,8 @@ CASES: list[tuple[str, dict[str, object] | str]] = [
     ("-c -fdump-tree-all foo.c", local("-fdump-tree-all")),
     ("-c -fstack-usage foo.c", local("-fstack-usage")),
     ("-c -fcallgraph-info=su foo.c", local("-fcallgraph-info")),
+    ("-c -fvtable-verify=std -fvtv-debug foo.cc", local("-fvtv-debug")),
+    ("-c -fvtable-verify=std -fvtv-counts foo.cc", local("-fvtv-counts")),
     ("-c -aux-info protos.txt foo.c", local("-aux-info")),
     ("-c -fopt-info-vec=vec.txt foo.c", local("-fopt-info-vec=vec.txt")),
     ("-c -fdirectives-only foo.c", local("-fdirectives-only")),

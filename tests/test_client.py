@@ -696,3 +696,73 @@ def test_clang_debug_info_stays_local(server, tmp_path):
     rres = run([JAILCC, "clang-16", "-g", "-c", "src/main.c", "-o", "obj/x.o"], work, env)
     assert rres.returncode == 0
     assert "local (" in where(rres.stderr) and "debug info" in where(rres.stderr)
+
+
+@pytest.mark.skipif(shutil.which("clang-16") is None, reason="clang-16 not installed")
+def test_clang_recording_its_command_line_is_not_shipped_preprocessed(tmp_path):
+    """clang's .GCC.command.line names the file it compiled: preprocessed output would put
+    the server's .i (and none of the -D, -I) there, so such a job goes as sources or stays."""
+    from jailcc.client.args import RemoteJob, analyse
+    from jailcc.client.job import Invocation, RemoteFailure, prepare
+
+    (tmp_path / "a.c").write_text("int f(void) { return 1; }\n")
+    args = ["-DFOO=1", "-O2", "-frecord-command-line", "-c", "a.c"]  # (-g...: local already)
+    job = analyse(args, str(tmp_path), compiler="clang-16", clang=True)
+    assert isinstance(job, RemoteJob), job
+    inv = Invocation(str(tmp_path), dict(os.environ), False, 0o022)
+    with pytest.raises(RemoteFailure, match="records its command line"):
+        prepare(shutil.which("clang-16"), job, inv)
+
+
+@pytest.mark.parametrize(
+    ("args", "remote"),
+    [
+        (["-c", "a.i"], True),
+        (["-c", "sub/a.i"], False),  # DW_AT_name, the FILE symbol: "sub/a.i"
+        (["-c", "a b.i"], False),
+        (["-x", "cpp-output", "-c", "a.c"], False),
+    ],
+)
+def test_a_preprocessed_input_goes_only_under_its_own_name(tmp_path, args, remote):
+    """A .i without line markers is compiled by its own name: the server may compile it only
+    by the same one."""
+    from jailcc.client.args import RemoteJob, analyse
+    from jailcc.client.job import Invocation, RemoteFailure, prepare
+
+    (tmp_path / "sub").mkdir()
+    for name in ("a.i", "sub/a.i", "a b.i", "a.c"):
+        (tmp_path / name).write_text("int f(int a) { return a; }\n")
+    job = analyse(args, str(tmp_path), compiler="gcc-12")
+    assert isinstance(job, RemoteJob) and job.preprocessed, job
+    inv = Invocation(str(tmp_path), dict(os.environ), False, 0o022)
+    if remote:
+        assert prepare(shutil.which("gcc-12"), job, inv).header["input"] == "a.i"
+    else:
+        with pytest.raises(RemoteFailure, match="goes by its own name"):
+            prepare(shutil.which("gcc-12"), job, inv)
+
+
+@pytest.mark.parametrize(
+    ("warnings", "remote"),
+    [([], True), (["-Wall"], True), (["-Wextra"], False), (["-Wimplicit-fallthrough=3"], False)],
+)
+def test_fallthrough_comments_keep_a_preprocessed_job_here(tmp_path, warnings, remote):
+    """gcc -E drops the /* fallthrough */ comment that gcc's warning reads: with -Werror the
+    remote compile of preprocessed output failed where the local one succeeded."""
+    from jailcc.client.args import RemoteJob, analyse
+    from jailcc.client.job import Invocation, RemoteFailure, prepare
+
+    (tmp_path / "a.c").write_text(
+        "int f(int a) { switch (a) { case 1: a++; /* fallthrough */\n"
+        "  case 2: a++; break; } return a; }\n"
+    )
+    args = [*warnings, "-Werror", "-O2", "-c", "a.c"]
+    job = analyse(args, str(tmp_path), compiler="gcc-12")
+    assert isinstance(job, RemoteJob), job
+    inv = Invocation(str(tmp_path), dict(os.environ), False, 0o022)
+    if remote:
+        prepare(shutil.which("gcc-12"), job, inv)
+    else:
+        with pytest.raises(RemoteFailure, match="fallthrough"):
+            prepare(shutil.which("gcc-12"), job, inv)
+    assert run(["gcc-12", *args], tmp_path).returncode == 0  # what a local compile does

@@ -614,3 +614,34 @@ def test_every_project_compile_is_covered(
 )
 def test_pragma_once_is_seen(text: bytes, once: bool) -> None:
     assert parse_directives(text).once is once
+
+
+@pytest.mark.parametrize(
+    ("include_dir", "reason"),
+    [
+        ("loop", "Too many levels of symbolic links"),  # gcc: an error
+        ("afile/sub", "Not a directory"),  # gcc: an error
+        ("afile", "is not a directory"),  # gcc: a warning
+    ],
+)
+def test_a_search_directory_the_compiler_complains_of_is_not_guessed(
+    tmp_path: Path, include_dir: str, reason: str
+) -> None:
+    """A missing directory is passed over, by gcc as by the analysis; one gcc warns of or
+    fails on (or cannot list: its files still open) leaves the job to the compiler."""
+    tree(tmp_path, {"main.c": '#include "h.h"\n', "afile": "", "inc/h.h": ""})
+    os.symlink("loop", tmp_path / "loop")
+    argv = [GCC, f"-I{include_dir}", "-Iinc", "-c", "main.c"]
+    a = IncludeAnalyzer().files_read(argv, str(tmp_path))
+    assert not a.ok and reason in (a.unsupported or ""), a
+    assert subprocess.run(argv, cwd=tmp_path, capture_output=True).stderr  # gcc says something
+    assert IncludeAnalyzer().files_read([GCC, "-Inone", "-Iinc", "-c", "main.c"], str(tmp_path)).ok
+
+
+def test_a_header_the_compiler_cannot_open_is_not_passed_over(tmp_path: Path) -> None:
+    tree(tmp_path, {"main.c": "#include <h.h>\n", "two/h.h": ""})
+    (tmp_path / "one").mkdir()
+    os.symlink("h.h", tmp_path / "one" / "h.h")  # a loop where the compiler looks first
+    argv = [GCC, "-Ione", "-Itwo", "-c", "main.c"]
+    a = IncludeAnalyzer().files_read(argv, str(tmp_path))
+    assert not a.ok and "Too many levels" in (a.unsupported or ""), a

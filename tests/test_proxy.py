@@ -105,6 +105,42 @@ def test_the_first_compile_starts_one_proxy_and_the_next_go_through_it(server, t
     assert not proxies(env)
 
 
+def test_a_client_in_another_mount_namespace_compiles_what_it_sees(server, tmp_path):
+    """The proxy reads headers and writes objects by path: a client in another mount
+    namespace (a container, bwrap) must not get the proxy's files, nor have its object
+    written where the proxy sees that path. It compiles on its own, with its own view."""
+    env = proxy_env(server)
+    for name, text in {
+        "inc/q.h": "int from_host_view;\n",
+        "alt/q.h": "int from_its_view;\n",
+    }.items():
+        (tmp_path / name).parent.mkdir(exist_ok=True)
+        (tmp_path / name).write_text(text)
+    (tmp_path / "a.c").write_text("#include <q.h>\nint main(void) { return 0; }\n")
+    (tmp_path / "out").mkdir()
+    try:
+        warm = jailcc(["gcc-12", "-Iinc", "-c", "a.c", "-o", "warm.o"], tmp_path, env)
+        assert "remote on" in warm.stderr, warm.stderr  # a proxy runs
+        inside = (
+            f"mount --bind {tmp_path}/alt {tmp_path}/inc && mount -t tmpfs tmpfs {tmp_path}/out"
+            f" && {JAILCC} gcc-12 -Iinc -c a.c -o out/a.o && nm out/a.o"
+        )
+        done = subprocess.run(
+            ["unshare", "-m", "--propagation", "private", "sh", "-c", inside],
+            cwd=tmp_path,
+            env=env,
+            capture_output=True,
+            text=True,
+            timeout=120,
+        )
+        assert done.returncode == 0, done.stderr
+        assert "from_its_view" in done.stdout and "from_host_view" not in done.stdout
+        assert not (tmp_path / "out" / "a.o").exists()  # nothing written through our view
+        assert len(proxies(env)) == 1
+    finally:
+        stop_proxy(env)
+
+
 def test_a_job_past_the_wall_clock_is_tried_remotely_again(headers_image, tmp_path):
     """The wall clock is a loaded server's as much as the job's: not remembered (memory and
     CPU time are: tests/test_client.py)."""
