@@ -265,7 +265,7 @@ def _in_slot(
     already sent gives (go on?, None); else (go on?, (result, blobs, extra, done, times)) for
     the caller to answer."""
     queued = time.monotonic()
-    slot = init.ask({"what": "start", **question})
+    slot = init.ask({"what": "start", **question}, for_slot=True)
     started = time.monotonic()
     if not slot.get("ok"):
         code = "busy" if slot.get("code") == "busy" else "jail"

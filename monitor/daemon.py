@@ -185,8 +185,8 @@ def build_parser() -> argparse.ArgumentParser:
         type=int,
         default=0,
         metavar="N",
-        help="jobs that may wait for a slot; past that a job is refused as busy and the"
-        " client sends it elsewhere (default: four times --jobs, at least 8)",
+        help="jobs that may wait for a slot, shared fairly by users; past that a job is refused"
+        " as busy and sent elsewhere (default: four times --jobs, at least 8)",
     )
     p.add_argument(
         "--speed",
@@ -417,6 +417,7 @@ def run(args: argparse.Namespace) -> int:
             max_input_bytes=args.max_input * MiB,
             max_connections=args.max_connections,
             store_bytes=args.store_mb * MiB,
+            unix_socket=args.socket if serve_unix else None,
         ),
         kerberos,
         principals,
@@ -584,9 +585,13 @@ def listen_unix(path: str, allowing: str) -> socket.socket:
         finally:
             probe.close()
     sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
-    sock.bind(path)
-    # Anyone may connect; who may compile is decided from the peer's credentials.
-    os.chmod(path, 0o666)
+    # Anyone may connect; who may compile is decided from the peer's credentials. (Made so by
+    # the umask, not a chmod by name, which would follow a link put in its place.)
+    umask = os.umask(0o111)
+    try:
+        sock.bind(path)
+    finally:
+        os.umask(umask)
     sock.listen(128)
     log.info("listening on unix:%s, allowing %s", path, allowing)
     return sock

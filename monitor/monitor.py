@@ -19,8 +19,8 @@ Channels (Unix stream sockets, core/wire.py messages):
   nothing of peers that never send one: its socket, and the end of a socket pair that becomes
   the connection's channel, passed along; not answered, so that opening costs a connection
   no round trip), "catalog", "evict", "idle".
-- per connection: on TCP with Kerberos the handshake ("gss_step"), then either
-  "export_context" (a status request or a sealed refusal: that connection never gets a jail)
+- per connection: on TCP with Kerberos the handshake ("gss_step"), then either "seal" (a
+  status answer or a refusal, the one frame that connection gets sealed: it never gets a jail)
   or "serve" (the hand-over: the monitor then relays the jail's questions to the service as
   "ask" messages until the connection ends). A peer on the Unix socket (or, with --insecure,
   on TCP) goes straight to "serve", which first decides on it from SO_PEERCRED read here (or
@@ -33,6 +33,8 @@ from __future__ import annotations
 import contextlib
 import enum
 import logging
+import os
+import select
 import socket
 import threading
 import time
@@ -64,7 +66,12 @@ QUESTION_TIMEOUT = handover.IDLE_TIMEOUT + 60.0
 ANSWER_TIMEOUT = 30.0
 MAX_AUTH_TOKEN = 48 * 1024  # as the wire protocol caps a client's token (core/protocol.py)
 MAX_AUTH_ROUNDS = 4
-MAX_REQUEST_BYTES = MAX_AUTH_TOKEN  # blobs of any one request
+# Blobs of any one request: a GSSAPI token, or a frame to seal (a status answer's header is
+# capped by core/wire.py's MAX_HEADER).
+MAX_REQUEST_BYTES = wire.MAX_HEADER + 64 * 1024
+# The frames the service may have sealed, by their type (core/protocol.py ERROR and STATUS;
+# byte 4 of a frame): never READY or RESULT, which only a jail sends.
+SEALABLE_FRAMES = frozenset({4, 7})
 MAX_REPLY_BYTES = 64 * 1024  # blobs of any one answer from the service (none are expected)
 
 
@@ -73,7 +80,7 @@ class State(enum.Enum):
     ACCEPTING = "accepting"  # GSSAPI tokens going back and forth
     AUTHORIZED = "authorized"
     REFUSED = "refused"
-    NO_JAIL = "no jail"  # its context went to the service: never a jail for it
+    NO_JAIL = "no jail"  # it had its one sealed frame: never a jail for it
     SERVING = "serving"
 
 
@@ -88,6 +95,9 @@ class MonitorConfig:
     max_input_bytes: int
     max_connections: int  # connections the service may have open here at once
     store_bytes: int = handover.STORE_BYTES  # each jail's store of tree jobs' blobs
+    # The Unix socket jailccd serves (None: none): a connection on another one, which the
+    # service could have made itself, would have its listener's SO_PEERCRED (root's, say).
+    unix_socket: str | None = None
 
 
 @dataclass
@@ -155,6 +165,10 @@ class Monitor:
             except OutOfTurn as exc:
                 log.error("network service: %s", exc)
                 reply = {"ok": False, "error": str(exc)}
+            except Exception:  # a request that breaks the monitor: fail closed, as above
+                log.exception("network service: main channel: %s: closing it", str(op)[:40])
+                main.close()
+                return
             finally:
                 for fd in fds:
                     with contextlib.suppress(OSError):
@@ -167,8 +181,16 @@ class Monitor:
         if len(fds) != 2:
             log.error("network service: open without a socket and a channel")
             return
-        client = socket.socket(fileno=socket.dup(fds[0]))
-        channel = socket.socket(fileno=socket.dup(fds[1]))
+        copies, sockets = [socket.dup(fd) for fd in fds], []
+        try:
+            sockets.extend(socket.socket(fileno=fd) for fd in copies)
+        except OSError:  # (not a socket: the copy is not the socket's to close)
+            for sock in sockets:
+                sock.close()
+            for fd in copies[len(sockets) :]:
+                os.close(fd)
+            raise OutOfTurn("open: not two sockets") from None
+        client, channel = sockets
         conn = None
         try:
             if channel.family != socket.AF_UNIX or channel.type != socket.SOCK_STREAM:
@@ -180,6 +202,8 @@ class Monitor:
                 or client.getsockopt(socket.SOL_SOCKET, socket.SO_ACCEPTCONN)
             ):
                 raise OutOfTurn("open: not a connected stream socket")
+            if client.family == socket.AF_UNIX and client.getsockname() != self.config.unix_socket:
+                raise OutOfTurn("open: a Unix socket not accepted on jailccd's own")
             number = header.get("conn")
             with self.lock:
                 if not isinstance(number, int) or number in self.connections:
@@ -203,7 +227,8 @@ class Monitor:
 
     def _evict(self, header: dict[str, Any]) -> dict[str, Any]:
         """Kill the running job of a connection (the desktop owner needs the machine)."""
-        conn = self.connections.get(header.get("conn"))  # type: ignore[arg-type]
+        number = header.get("conn")
+        conn = self.connections.get(number) if isinstance(number, int) else None
         if conn is not None and conn.holding and conn.jail is not None:
             conn.jail.kill_job()
         return {"ok": True}
@@ -305,16 +330,19 @@ class Monitor:
         conn.state = State.AUTHORIZED if allowed else State.REFUSED
         return {"ok": True, "complete": True, "principal": principal, "allowed": allowed}, [token]
 
-    def _export_context(
-        self, conn: _Connection, _header: dict[str, Any], _blobs: list[bytes]
+    def _seal(
+        self, conn: _Connection, _header: dict[str, Any], blobs: list[bytes]
     ) -> tuple[dict, list[bytes]]:
-        """The context, for a connection that will never get a jail: a status answer, or a
-        sealed refusal. Sequence numbers go on in the service."""
-        if conn.context is None:
-            raise OutOfTurn(f"connection {conn.id}: no security context to export")
+        """Seal one frame the service built, a status answer or a refusal, as the connection's
+        first sealed frame (sequence number 0), for a connection that then never gets a jail.
+        The context never leaves root: a service taken over can neither read a job's frames
+        nor seal a READY or RESULT of its own."""
+        frame = blobs[0] if len(blobs) == 1 else b""
+        if conn.context is None or len(frame) < 9 or frame[4] not in SEALABLE_FRAMES:
+            raise OutOfTurn(f"connection {conn.id}: seal takes one ERROR or STATUS frame")
         conn.state = State.NO_JAIL
-        token, conn.context = conn.context.export(), None
-        return {"ok": True}, [token]
+        context, conn.context = conn.context, None
+        return {"ok": True}, [context.wrap(bytes(8) + frame, True).message]
 
     def _serve(
         self, conn: _Connection, header: dict[str, Any], _blobs: list[bytes]
@@ -446,6 +474,9 @@ class _Relay:
         channel.settimeout(None if queued else ANSWER_TIMEOUT)
         try:
             wire.send_message(channel, {"ask": question, "jail": self.jail.id})
+            if queued and channel not in select.select([channel, self.jail.channel()], [], [])[0]:
+                # Out of turn: the jail gave its queued job up (its client went), or died.
+                raise SandboxError("the client went while its job waited for a slot")
             reply, _ = wire.recv_message(channel, 0)
         except (OSError, wire.WireError) as exc:
             raise SandboxError(f"the network service did not answer: {exc}") from None
@@ -470,7 +501,7 @@ Handler = Callable[[Monitor, _Connection, dict[str, Any], list[bytes]], tuple[di
 # Per connection: request -> (the states it is allowed in, its handler).
 REQUESTS: dict[str, tuple[frozenset[State], Handler]] = {
     "gss_step": (frozenset({State.NEW, State.ACCEPTING}), Monitor._gss_step),
-    "export_context": (frozenset({State.AUTHORIZED, State.REFUSED}), Monitor._export_context),
+    "seal": (frozenset({State.AUTHORIZED, State.REFUSED}), Monitor._seal),
     # In NEW only without Kerberos: the monitor then decides who the peer is itself, first.
     "serve": (frozenset({State.NEW, State.AUTHORIZED}), Monitor._serve),
 }

@@ -147,6 +147,10 @@ class Sandbox:
                 wire.send_packet(self._control, message)
                 reply, fds = wire.recv_packet(self._control, max_fds)
             except (OSError, wire.WireError) as exc:
+                # A reply may still come, and would answer the next request, perhaps another
+                # user's (a jail and store not theirs): this channel is done for, and the
+                # launcher, which sees it close, stops (and jailccd with it: fail closed).
+                self._control.close()
                 raise SandboxError(f"the jail launcher failed: {exc}") from None
         if not reply.get("ok"):
             for fd in fds:
@@ -353,6 +357,10 @@ class Jail:
             self._broken = True
         error = header.get("error")
         return None if error is None else str(error)[:500]
+
+    def channel(self) -> socket.socket:
+        """The init's end, to watch while its question waits (it must not speak meanwhile)."""
+        return self._channel
 
     def job_pids(self) -> list[int]:
         """The host pids of everything in the jail but its init: the running job, if any."""

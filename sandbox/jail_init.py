@@ -44,8 +44,29 @@ ConnectionHandler = Callable[["JailInit", socket.socket, dict[str, Any], bytes],
 CONNECTION_HANDLERS: dict[str, ConnectionHandler] = {}
 
 
+PR_SET_SECCOMP, SECCOMP_MODE_FILTER = 22, 2  # <linux/prctl.h>, <linux/seccomp.h>
+
+
+def _install_seccomp_filter(program: bytes) -> None:
+    """Install a classic BPF program (struct sock_filter[], raw) on this process; it must
+    have no_new_privs, which the jail's privilege drop set."""
+    import ctypes  # (the launcher loaded it before the jail's root changed)
+
+    class Fprog(ctypes.Structure):
+        _fields_ = [("len", ctypes.c_ushort), ("filter", ctypes.c_char_p)]
+
+    fprog = Fprog(len(program) // 8, program)
+    libc = ctypes.CDLL(None, use_errno=True)
+    if libc.prctl(PR_SET_SECCOMP, SECCOMP_MODE_FILTER, ctypes.byref(fprog), 0, 0) != 0:
+        raise OSError(ctypes.get_errno(), "seccomp filter for the jail's init")
+
+
 class JobRefused(Exception):
     """The request is malformed; the init answers with an error and carries on."""
+
+
+class ClientGone(ConnectionError):
+    """A connection's client went while its job waited: the connection ends."""
 
 
 def _check_relative(name: Any) -> str:
@@ -120,6 +141,37 @@ class JailInit:
         finally:
             ours.close()
             theirs.close()
+        self.confine()
+
+    def confine(self) -> None:
+        """Put this init under the jobs' seccomp filter too, as the spawn helper prints it
+        (spawn.c: one source for both). The init parses every byte an authenticated client
+        sends, so a bug there meets the kernel a job meets: no keyrings (they would outlive
+        the jail with its uid), io_uring, namespaces, mounts or odd socket families."""
+        if "no_seccomp" in self.weaken:
+            return
+        mode = "2" if "any_socket_family" in self.weaken else "1"
+        read_end, write_end = os.pipe()
+        try:
+            pid = os.posix_spawn(
+                self.spawn_helper,
+                [self.spawn_helper, "--filter", mode],
+                {},
+                file_actions=[(os.POSIX_SPAWN_DUP2, write_end, 1)],
+            )
+            os.close(write_end)
+            write_end = -1
+            program = b""
+            while chunk := os.read(read_end, 65536):
+                program += chunk
+            status = os.waitpid(pid, 0)[1]
+        finally:
+            os.close(read_end)
+            if write_end >= 0:
+                os.close(write_end)
+        if status != 0 or not program or len(program) % 8 or len(program) > 8 * 4096:
+            raise RuntimeError("the spawn helper printed no seccomp filter")
+        _install_seccomp_filter(program)
 
     def serve(self) -> None:
         max_input = self.limits.work_bytes + MAX_ARGS_BYTES
@@ -162,15 +214,25 @@ class JailInit:
 
     # -- for connection handlers -------------------------------------------------------------
 
-    def ask(self, message: dict[str, Any]) -> dict[str, Any]:
-        """Ask the server something (a slot, a working directory) and wait for its answer."""
+    def ask(self, message: dict[str, Any], for_slot: bool = False) -> dict[str, Any]:
+        """Ask the server something (a slot, a working directory) and wait for its answer.
+        A slot (for_slot) may be long in coming: meanwhile the job's client is told it still
+        waits (ALIVE, if it asked), and if it goes, the job is given up (ClientGone), which
+        the monitor sees as this jail speaking out of turn: it ends the connection, and the
+        job's place in the queue goes to others."""
         wire.send_message(self.sock, {"ask": True, **message})
+        poller = select.poll()
+        poller.register(self.sock, select.POLLIN)
+        if for_slot and self.client_fd is not None:
+            poller.register(self.client_fd, select.POLLRDHUP)  # (data from it waits its turn)
         keep_alive = self.keep_alive
-        while keep_alive is not None:  # a slot may be long in coming: say the job still waits
-            seconds, tell = keep_alive
-            if select.select([self.sock], [], [], seconds)[0]:
+        while True:
+            events = poller.poll(None if keep_alive is None else keep_alive[0] * 1000)
+            if any(fd == self.sock.fileno() for fd, _ in events):
                 break
-            if not tell():
+            if events or (keep_alive is not None and not keep_alive[1]()):
+                if for_slot:
+                    raise ClientGone("the client went while its job waited for a slot")
                 keep_alive = None  # its client went: the job, given a slot, stops at once
         reply, _ = wire.recv_message(self.sock, 0)
         return reply

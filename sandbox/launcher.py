@@ -452,6 +452,8 @@ class Launcher:
         info = os.lstat(path)
         if not stat.S_ISREG(info.st_mode) or info.st_size > MAX_IMAGE_BYTES:
             raise ValueError(f"{path}: not a regular file of at most {MAX_IMAGE_BYTES} bytes")
+        if info.st_uid != 0 or info.st_mode & 0o022:  # (a loop device reads the file live)
+            raise ValueError(f"{path}: an image must be root's and writable by no one else")
         target = os.path.join(rootfs.MOUNT_BASE, f"image{self.targets}")
         self.targets += 1
         os.mkdir(target, 0o755)

@@ -4,6 +4,7 @@
  *
  * Usage: jailcc-spawn CWD CPU_SECONDS AS_BYTES FSIZE_BYTES NOFILE NPROC SECCOMP PROGRAM ARGV0
  *        ARGS...
+ *        jailcc-spawn --filter 1|2   (the seccomp filter's BPF program, raw, on stdout)
  * A limit of 0 means "leave as inherited". It starts a new session, resets the signals Python
  * ignores, makes the job the OOM killer's first choice, sets the limits (soft = hard, except
  * CPU whose hard limit is one second later so SIGXCPU comes first), with SECCOMP=1 installs a
@@ -67,7 +68,10 @@ static void die(const char *what, const char *arg);
         BPF_STMT(BPF_RET | BPF_K, SECCOMP_RET_ALLOW), \
         BPF_STMT(BPF_RET | BPF_K, SECCOMP_RET_ERRNO | EAFNOSUPPORT)
 
-static void install_seccomp(const char *prog, int socket_families) {
+#define FILTER_MAX 128
+
+/* The filter into `filter` (FILTER_MAX entries at most); returns its length. */
+static size_t build_filter(struct sock_filter *filter, int socket_families) {
     struct sock_filter head[] = {
         BPF_STMT(BPF_LD | BPF_W | BPF_ABS, offsetof(struct seccomp_data, arch)),
         BPF_JUMP(BPF_JMP | BPF_JEQ | BPF_K, JAIL_AUDIT_ARCH, 1, 0),
@@ -105,8 +109,8 @@ static void install_seccomp(const char *prog, int socket_families) {
         BPF_STMT(BPF_RET | BPF_K, SECCOMP_RET_ALLOW),
     };
     /* Each part falls through to the next with the syscall number loaded: join them. */
-    struct sock_filter filter[sizeof head / sizeof head[0] + sizeof families / sizeof families[0]
-                              + sizeof tail / sizeof tail[0]];
+    _Static_assert(sizeof head + sizeof families + sizeof tail <= FILTER_MAX * sizeof *filter,
+                   "FILTER_MAX");
     size_t len = 0;
     memcpy(filter, head, sizeof head);
     len += sizeof head / sizeof head[0];
@@ -115,7 +119,12 @@ static void install_seccomp(const char *prog, int socket_families) {
         len += sizeof families / sizeof families[0];
     }
     memcpy(filter + len, tail, sizeof tail);
-    len += sizeof tail / sizeof tail[0];
+    return len + sizeof tail / sizeof tail[0];
+}
+
+static void install_seccomp(const char *prog, int socket_families) {
+    struct sock_filter filter[FILTER_MAX];
+    size_t len = build_filter(filter, socket_families);
     struct sock_fprog prog_desc = {.len = (unsigned short)len, .filter = filter};
     /* The init set no_new_privs already; setting it again is harmless and required. */
     if (prctl(PR_SET_NO_NEW_PRIVS, 1, 0, 0, 0) != 0) die("no_new_privs", prog);
@@ -162,6 +171,13 @@ static void inherit_autogroup_nice(void) {
 }
 
 int main(int argc, char **argv) {
+    if (argc == 3 && !strcmp(argv[1], "--filter")) {
+        /* The filter itself (2: without the family check), raw, for the jail's init to
+         * install on itself (jail_init.py confine): one source for both. */
+        struct sock_filter filter[FILTER_MAX];
+        size_t bytes = build_filter(filter, strcmp(argv[2], "2") != 0) * sizeof *filter;
+        return write(1, filter, bytes) == (ssize_t)bytes ? 0 : 127;
+    }
     if (argc < 10) {
         dprintf(2, "usage: jailcc-spawn CWD CPU AS FSIZE NOFILE NPROC SECCOMP PROGRAM ARGV0"
                    " [ARGS...]\n");

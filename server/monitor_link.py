@@ -8,6 +8,7 @@ connection, over which that connection's handshake and hand-over go.
 
 from __future__ import annotations
 
+import select
 import socket
 import threading
 from collections.abc import Callable
@@ -15,7 +16,8 @@ from typing import Any
 
 from jailcc import wire
 
-MAX_ANSWER_BYTES = 64 * 1024  # a GSSAPI token or an exported context
+# A GSSAPI token, or a sealed frame (a status answer: its header is capped by MAX_HEADER).
+MAX_ANSWER_BYTES = wire.MAX_HEADER + 128 * 1024
 
 
 class MonitorGone(Exception):
@@ -105,7 +107,7 @@ class MonitorLink:
 
 
 class ConnectionLink:
-    """One connection's requests: the handshake, then the hand-over or an exported context."""
+    """One connection's requests: the handshake, then the hand-over or one sealed frame."""
 
     def __init__(self, sock: socket.socket, conn: int) -> None:
         self.sock, self.id = sock, conn
@@ -125,11 +127,13 @@ class ConnectionLink:
         _checked(reply)
         return reply, blobs[0] if blobs else b""
 
-    def export_context(self) -> bytes:
-        reply, blobs = self._request("export_context")
+    def seal(self, frame: bytes) -> bytes:
+        """The monitor's seal (wrap token) of one frame, ERROR or STATUS, the first and only
+        sealed frame of a connection that gets no jail."""
+        reply, blobs = self._request("seal", [frame])
         _checked(reply)
         if len(blobs) != 1:
-            raise MonitorGone("the monitor sent no context")
+            raise MonitorGone("the monitor sealed nothing")
         return blobs[0]
 
     def serve(
@@ -154,6 +158,11 @@ class ConnectionLink:
                 wire.send_message(self.sock, answer(int(message["jail"]), question))
         except (OSError, wire.WireError, KeyError, TypeError, ValueError) as exc:
             raise MonitorGone(f"the monitor broke off the hand-over: {exc}") from None
+
+    def spoke(self) -> bool:
+        """Whether the monitor has said something (or closed) while a question is open: it
+        does so only when it gives the connection up (its jail's client went)."""
+        return bool(select.select([self.sock], [], [], 0)[0])
 
     def close(self) -> None:
         self.sock.close()

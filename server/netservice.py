@@ -30,6 +30,11 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="jailccd-net", description=__doc__)
     parser.add_argument("--monitor-fd", type=int, required=True, help="the main channel")
     args = parser.parse_args(argv)
+    import prctl
+
+    # Not dumpable: another process of this uid (say another jailccd's service, when both
+    # fall back to the same uid) may neither trace us nor take our descriptors (pidfd_getfd).
+    prctl.set_dumpable(False)
     main_channel = socket.socket(fileno=args.monitor_fd)
     try:
         setup, _, fds = wire.recv_message_with_fds(main_channel, 0, MAX_LISTENERS)

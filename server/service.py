@@ -27,13 +27,13 @@ from jailcc import __version__
 from jailcc import protocol as proto
 from jailcc.peer import LocalAuthorizer, Peer, peer_credentials, unix_peer
 
-from .admission import Busy, Slots, measure_speed
+from .admission import Busy, Slots, Withdrawn, measure_speed
 from .metrics import Metrics
 from .monitor_link import ConnectionLink, MonitorGone, MonitorLink, MonitorRefused
 
 TYPE_CHECKING = False
 if TYPE_CHECKING:
-    from collections.abc import Callable
+    from collections.abc import Callable, Sequence
 
 log = logging.getLogger("jailccd")
 
@@ -42,7 +42,7 @@ log = logging.getLogger("jailccd")
 # our ERROR rather than a broken pipe.
 REFUSAL_LINGER = 2.0
 # How a jail says its client went away (the words of EPIPE, ECONNRESET and a closed channel).
-CLIENT_HANG_UPS = ("Broken pipe", "Connection reset by peer", "channel closed")
+CLIENT_HANG_UPS = ("Broken pipe", "Connection reset by peer", "channel closed", "client went")
 
 
 @dataclass
@@ -280,7 +280,7 @@ class JobService:
             if channel is not None:  # unsealed: on Kerberos the jail's READY is the hello
                 channel.send(proto.HELLO, {**hello, "auth": auth})
             try:
-                self._hand_over(conn, link, offer, hello, str(peer), name)
+                self._hand_over(conn, link, offer, hello, str(peer), name, counted)
             finally:
                 self.caps.release_user(counted)
         except Refused:
@@ -309,13 +309,17 @@ class JobService:
         hello: dict[str, Any],
         user: str,
         name: str,
+        share: str,
     ) -> None:
-        """The monitor hands the connection to a jail; we answer the jail's questions."""
-        questions = _Questions(self, link.id, user, name, offer.image)
+        """The monitor hands the connection to a jail; we answer the jail's questions. `share`:
+        whose share of the queue its jobs take (Slots)."""
+        questions = _Questions(self, link.id, user, name, offer.image, share, link.spoke)
         try:
             # The monitor's copy of the socket is the one the jail gets: once it is asked to
             # hand over, ours goes, and from then on only the jail reads the client's bytes.
             end = link.serve(offer.identity, hello, conn.close, questions.answer)
+        except Withdrawn as exc:  # (from questions.answer: the monitor gave the connection up)
+            end = {"error": str(exc)}
         finally:
             questions.forget()
         if isinstance(end.get("built"), int | float):
@@ -418,7 +422,7 @@ class JobService:
         principal = str(answer.get("principal"))
         shown = _printable(principal, 300)  # the KDC's word, but a realm can name anything
         if answer.get("allowed") is not True:
-            sealed = _sealed(conn, link)
+            sealed = _SealedByMonitor(conn, link)
             if "unavailable" in answer:
                 log.error("authorization unavailable for %s: %s", shown, answer["unavailable"])
                 raise refuse(
@@ -432,7 +436,7 @@ class JobService:
             )
         on_authenticated()
         log.info("authenticated %s from %s", shown, peer)
-        return principal, offer, "gssapi", (_sealed(conn, link) if offer is None else None)
+        return principal, offer, "gssapi", (_SealedByMonitor(conn, link) if offer is None else None)
 
     def _greeting(self, offer: Offer) -> dict[str, Any]:
         """The server's hello for a job connection (the jail's READY repeats it)."""
@@ -550,11 +554,29 @@ class _Workers:
                 self._idle += 1
 
 
-def _sealed(conn: proto.DeadlineSocket, link: ConnectionLink) -> proto.SealedChannel:
-    """A sealed channel from the context the monitor accepted (no jail will get it)."""
-    import gssapi
+class _SealedByMonitor(proto.Channel):
+    """The one sealed frame of a connection that gets no jail (a status answer, a refusal):
+    the monitor seals it, since the GSSAPI context never leaves root. Send only."""
 
-    return proto.SealedChannel(conn, gssapi.SecurityContext(token=link.export_context()))
+    sealed = True
+
+    def __init__(self, sock: socket.socket, link: ConnectionLink) -> None:
+        super().__init__(sock)
+        self.link = link
+
+    def send(
+        self,
+        frame_type: int,
+        header: dict[str, Any],
+        blobs: Sequence[bytes] = (),
+        compress: Sequence[bool] | None = None,
+    ) -> int:
+        token = self.link.seal(proto.encode(frame_type, header, blobs, compress))
+        self.sock.sendall(proto.U32.pack(len(token)) + token)
+        return 4 + len(token)
+
+    def recv(self, *_args: Any) -> tuple[int, dict[str, Any], list[bytes]]:
+        raise proto.ProtocolError("a connection that gets no jail reads no sealed frame")
 
 
 def _until_closed(conn: socket.socket, seconds: float) -> None:
@@ -619,10 +641,20 @@ class _Questions:
         refused  any       a job refused before it started, for the log and the counts
     """
 
-    def __init__(self, service: JobService, conn: int, user: str, name: str, image: str) -> None:
-        # user: the peer for the log; name: for status answers (user name or principal).
+    def __init__(
+        self,
+        service: JobService,
+        conn: int,
+        user: str,
+        name: str,
+        image: str,
+        share: str,
+        gone: Callable[[], bool],
+    ) -> None:
+        # user: the peer for the log; name: for status answers (user name or principal);
+        # gone(): whether the monitor gave the connection up (a queued job then leaves).
         self.service, self.conn, self.image = service, conn, image
-        self.user, self.name = user, name
+        self.user, self.name, self.share, self.gone = user, name, share, gone
         self.jail_id = 0  # the monitor's jail number, for the log and status answers
         self.holding = False
         self.evicted = False
@@ -641,7 +673,7 @@ class _Questions:
 
     def _start(self, question: dict[str, Any]) -> dict[str, Any]:
         try:
-            self.service.slots.acquire()
+            self.service.slots.acquire(self.share, self.gone)
         except Busy as exc:
             self.service.metrics.job_refused("busy")
             return {"ok": False, "error": f"busy: {exc}"}
@@ -713,7 +745,7 @@ class _Questions:
     def release(self) -> None:
         if self.holding:
             self.holding = False
-            self.service.slots.release()
+            self.service.slots.release(self.share)
 
     def forget(self) -> None:
         self.release()

@@ -8,6 +8,7 @@ import contextlib
 import os
 import re
 import socket
+import struct
 import sys
 import threading
 import time
@@ -20,6 +21,7 @@ from typing import Any
 import psutil
 import pytest
 from conftest import requires_root
+from jailcc import protocol as proto
 from jailcc import wire
 from jailcc.jobs import handover
 from jailcc.monitor.kerberos import AuthenticationFailed
@@ -55,6 +57,12 @@ def test_the_network_service_runs_unprivileged(root_server: Server) -> None:
     for caps in ("CapInh", "CapPrm", "CapEff", "CapAmb"):
         assert int(status[caps], 16) == 0, (caps, status[caps])
     assert status["NoNewPrivs"].strip() == "1"
+    # Not dumpable (its /proc files are then root's), once started: no process of its uid
+    # may trace it or take its descriptors.
+    deadline = time.monotonic() + 30
+    while Path(f"/proc/{pid}/fd").stat().st_uid != 0:
+        assert time.monotonic() < deadline, "the service stays dumpable"
+        time.sleep(0.05)
     # Its parent is the root monitor, which holds no listening socket: every peer's first
     # byte is read by the unprivileged service.
     monitor = psutil.Process(pid).parent()
@@ -136,15 +144,26 @@ class FakeKerberos:
 
 
 @pytest.fixture
-def monitor() -> Iterator[tuple[Monitor, socket.socket, FakeSandbox]]:
+def monitor(tmp_path: Path) -> Iterator[tuple[Monitor, socket.socket, FakeSandbox]]:
     sandbox = FakeSandbox()
+    listener = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    path = str(tmp_path / "jailccd.sock")
+    listener.bind(path)  # jailccd's own socket, as it were
+    listener.listen(16)
     mon = Monitor(
         sandbox,  # type: ignore[arg-type]
         FakeCatalog(),  # type: ignore[arg-type]
         FakeCache(),  # type: ignore[arg-type]
         LocalAuthorizer([], [], allow_tcp=False),  # nobody local may compile
-        MonitorConfig(JailLimits(), RunLimits(), 1 << 20, max_connections=4),
+        MonitorConfig(
+            JailLimits(),
+            RunLimits(),
+            1 << 20,
+            max_connections=4,
+            unix_socket=path,
+        ),
     )
+    mon.listener = listener  # type: ignore[attr-defined]
     ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM)
     thread = threading.Thread(target=mon.serve, args=(theirs,), daemon=True)
     thread.start()
@@ -153,6 +172,14 @@ def monitor() -> Iterator[tuple[Monitor, socket.socket, FakeSandbox]]:
     ours.close()
     thread.join(10)
     theirs.close()
+    listener.close()
+
+
+def _unix_pair(mon: Monitor) -> tuple[socket.socket, socket.socket]:
+    """(a local client's end, the end jailccd's socket accepted), as the service passes it."""
+    client = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    client.connect(mon.listener.getsockname())  # type: ignore[attr-defined]
+    return client, mon.listener.accept()[0]  # type: ignore[attr-defined]
 
 
 def _main(main: socket.socket, request: dict[str, Any], fds: list[int] = ()) -> dict:
@@ -219,8 +246,8 @@ def test_serve_before_kerberos_is_refused_and_ends_the_connection(monitor) -> No
 def test_a_refused_local_peer_gets_no_jail(monitor) -> None:
     """The monitor reads the peer's credentials itself: whatever the request says, a user
     who may not compile gets no jail, and asking again is out of turn."""
-    _mon, main, sandbox = monitor
-    client, _peer = socket.socketpair()
+    mon, main, sandbox = monitor
+    _peer, client = _unix_pair(mon)
     channel = _open(main, client)
     reply = _ask(channel, "serve", identity="id-1", hello={}, user="alice", uid=1000)
     assert reply["ok"] is False and reply["code"] == "unauthorized", reply
@@ -235,7 +262,7 @@ def test_allowed_peers_reach_the_sandbox(monitor) -> None:
     user; with --insecure, a TCP peer) do reach the sandbox."""
     mon, main, sandbox = monitor
     mon.local = LocalAuthorizer([_user_name()], [], allow_tcp=True)
-    client, _peer = socket.socketpair()
+    _peer, client = _unix_pair(mon)
     reply = _ask(_open(main, client), "serve", identity="id-1", hello={})
     assert reply["end"] is True and reply["error"] == "no jails here", reply
     listener, tcp_client, server_side = _tcp_pair()
@@ -258,7 +285,8 @@ def _user_name() -> str:
 @pytest.mark.parametrize(
     ("op", "fields"),
     [
-        ("export_context", {}),  # no context: nobody authenticated
+        ("seal", {}),  # no context: nobody authenticated
+        ("export_context", {}),  # no such request: the context never leaves root
         ("gss_step", {}),  # no Kerberos configured, and a Unix socket
         ("insecure", {}),  # no such request (the monitor decides on TCP peers itself)
         ("local_peer", {"user": "root"}),  # nor this: the monitor reads SO_PEERCRED itself
@@ -267,8 +295,8 @@ def _user_name() -> str:
     ],
 )
 def test_forged_requests_are_refused(monitor, op: str, fields: dict) -> None:
-    _mon, main, sandbox = monitor
-    client, _peer = socket.socketpair()
+    mon, main, sandbox = monitor
+    _peer, client = _unix_pair(mon)
     channel = _open(main, client)
     reply = _ask(channel, op, [b"token"] if op == "gss_step" else [], **fields)
     assert reply["ok"] is False, reply
@@ -284,7 +312,7 @@ def test_kerberos_failures_and_too_many_rounds_never_authorize(monitor) -> None:
     channel = _open(main, server_side)
     reply = _ask(channel, "gss_step", [b"garbage"])
     assert reply == {"ok": False, "code": "unauthenticated", "message": "a garbage token"}
-    for op in ("gss_step", "serve", "export_context"):
+    for op in ("gss_step", "serve", "seal"):
         channel = _open(main, server_side)
         _ask(channel, "gss_step", [b"garbage"])
         reply = _ask(channel, op, [b"x"] if op == "gss_step" else [], identity="id-1", hello={})
@@ -304,10 +332,81 @@ def test_kerberos_failures_and_too_many_rounds_never_authorize(monitor) -> None:
         sock.close()
 
 
+class SealingContext(FakeContext):
+    """A context that accepted alice: its wrap tokens show what was sealed."""
+
+    def wrap(self, message: bytes, encrypt: bool) -> SimpleNamespace:
+        return SimpleNamespace(message=b"sealed:" + message)
+
+    def export(self) -> bytes:
+        raise AssertionError("the context must never leave root")
+
+
+class AcceptingKerberos(FakeKerberos):
+    def new_context(self) -> FakeContext:
+        return SealingContext()
+
+    def step(self, context: FakeContext, token: bytes) -> tuple[bytes, bool]:
+        return (b"welcome", True) if token == b"alice" else super().step(context, token)
+
+    def established(self, context: FakeContext) -> str:
+        return "alice@TEST"
+
+
+def _frame(frame_type: int, header: bytes = b"{}") -> bytes:
+    return struct.pack(">IBI", 1 + 4 + len(header), frame_type, len(header)) + header
+
+
+@pytest.mark.parametrize("allowed", [True, False])
+def test_a_service_gets_one_sealed_status_or_error_and_never_the_context(
+    monitor, allowed: bool
+) -> None:
+    """Sealing is root's: the service has one ERROR or STATUS frame sealed (sequence number
+    0) for a connection that then never gets a jail, and cannot seal a READY or RESULT of its
+    own (which would let it pose as the jail), nor read what the client seals."""
+    mon, main, sandbox = monitor
+    mon.kerberos = AcceptingKerberos()  # type: ignore[assignment]
+    mon.principals = SimpleNamespace(allowed=lambda principal: allowed)  # type: ignore[assignment]
+    listener, client, server_side = _tcp_pair()
+
+    def authenticated() -> socket.socket:
+        channel = _open(main, server_side)
+        reply = _ask(channel, "gss_step", [b"alice"])
+        assert reply["complete"] is True and reply["allowed"] is allowed, reply
+        return channel
+
+    for frame_type in (proto.READY, proto.RESULT, proto.JOB, proto.ALIVE, proto.HELLO):
+        channel = authenticated()
+        assert _ask(channel, "seal", [_frame(frame_type)])["ok"] is False
+        assert _closed(channel)
+    channel = authenticated()
+    assert _ask(channel, "seal", [_frame(proto.STATUS), _frame(proto.STATUS)])["ok"] is False
+    channel = authenticated()
+    assert _ask(channel, "seal", [b"\x00\x00"])["ok"] is False
+    channel = authenticated()
+    wire.send_message(channel, {"op": "seal"}, [_frame(proto.STATUS)])
+    reply, blobs = wire.recv_message(channel, 1 << 20)
+    assert reply["ok"] is True and blobs == [b"sealed:" + bytes(8) + _frame(proto.STATUS)]
+    for op in ("seal", "serve"):  # once: then that connection is done
+        assert _ask(channel, op, [_frame(proto.ERROR)], identity="id-1", hello={})["ok"] is False
+        channel = authenticated()
+        _ask(channel, "seal", [_frame(proto.ERROR)])
+    assert sandbox.created == []
+    for sock in (client, server_side, listener):
+        sock.close()
+
+
+def test_the_frame_types_root_may_seal_are_the_protocols() -> None:
+    from jailcc.monitor.monitor import SEALABLE_FRAMES
+
+    assert {proto.ERROR, proto.STATUS} == SEALABLE_FRAMES
+    assert proto.encode(proto.STATUS, {})[4] == proto.STATUS  # byte 4: what root looks at
+
+
 def test_the_main_channel_takes_only_its_table(monitor, caplog) -> None:
     mon, main, _sandbox = monitor
     assert _main(main, {"op": "fork_jail"})["ok"] is False
-    client, _peer = socket.socketpair()
+    _peer, client = _unix_pair(mon)
     assert _main(main, {"op": "catalog"}, [client.fileno()])["ok"] is False  # fd out of turn
     # Opening: refusals go on the connection's own channel.
     udp = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
@@ -316,6 +415,25 @@ def test_the_main_channel_takes_only_its_table(monitor, caplog) -> None:
     listening = socket.create_server(("127.0.0.1", 0))  # its peer would be whoever listened
     _refused_and_closed(_open(main, listening), "not a connected stream socket")
     listening.close()
+    # Only connections jailccd's own socket accepted: one the service made itself would have
+    # its listener's SO_PEERCRED (here, ours), and a socket pair's names whoever made it.
+    _refused_and_closed(_open(main, _peer), "not accepted on jailccd's own")
+    pair = socket.socketpair()
+    _refused_and_closed(_open(main, pair[0]), "not accepted on jailccd's own")
+    for sock in pair:
+        sock.close()
+    # Not a socket at all: refused on the main channel, and root keeps no copy of it.
+    descriptors = len(os.listdir("/proc/self/fd"))
+    with open("/dev/null", "rb") as null:
+        ours, theirs = socket.socketpair()
+        wire.send_message(main, {"op": "open", "conn": 98}, fds=[null.fileno(), theirs.fileno()])
+        reply, _, _ = wire.recv_message_with_fds(main, 0, 1)
+        assert reply == {"ok": False, "error": "open: not two sockets"}
+        ours.close()
+        theirs.close()
+    assert len(os.listdir("/proc/self/fd")) == descriptors
+    # A malformed connection number to evict is no connection, not a broken monitor.
+    assert _main(main, {"op": "evict", "conn": [1]})["ok"] is True
     taken = _open(main, client, number=7)
     _refused_and_closed(_open(main, client, number=7), "taken")
     # An open without its two sockets is not answered, and the channel goes on.
@@ -358,8 +476,13 @@ def test_a_job_waits_in_the_services_queue_as_long_as_it_takes(monkeypatch) -> N
     ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM)
     conn = SimpleNamespace(channel=theirs, holding=False, before=None)
     counters = {"cpu_ns": 0}
+    quiet, jail_end = socket.socketpair()  # the jail's channel: it says nothing meanwhile
     jail = SimpleNamespace(
-        id=7, usable=True, enter_workdir=lambda cwd: None, job_counters=lambda: counters
+        id=7,
+        usable=True,
+        enter_workdir=lambda cwd: None,
+        job_counters=lambda: counters,
+        channel=lambda: quiet,
     )
     relay = monitor_module._Relay(conn, jail)  # type: ignore[arg-type]
 
@@ -378,3 +501,13 @@ def test_a_job_waits_in_the_services_queue_as_long_as_it_takes(monkeypatch) -> N
         with pytest.raises(SandboxError, match="did not answer"):
             relay.answer({"what": "done", "status": "exit:0"})  # nobody answers this one
         assert time.monotonic() - started < 5
+        # A jail that speaks while its job waits (its client went) ends the connection at
+        # once; the service, which sees the monitor end it, gives up the place in its queue.
+        conn.holding = False
+        jail_end.sendall(b"gone")
+        started = time.monotonic()
+        with pytest.raises(SandboxError, match="client went while its job waited"):
+            relay.answer({"what": "start", "cwd": "/w"})
+        assert time.monotonic() - started < 5 and conn.holding is False
+    quiet.close()
+    jail_end.close()

@@ -28,8 +28,13 @@ SCRIPT = TOP / "scripts" / "root-loc"
 # once --check-config caught the numbers, --metrics, --announce and --log-file that stopped
 # the start or broke every connection, 4429 once it also refused an image directory others may
 # write and a --socket that names something other than a socket (root deleted it), 4432 with
-# the default image directory checked as well.
-ROOT_LOC_CEILING = 4432
+# the default image directory checked as well, 4437 once the monitor watched a jail whose job
+# waits for a slot (a client gone meanwhile frees its place in the queue), 4463 once root
+# sealed a status answer or refusal itself (the context left root only for a jail), took
+# only connections its own Unix socket accepted, checked an image's owner and mode, and
+# failed closed on a main-channel request it could not handle or a launcher reply out of
+# step.
+ROOT_LOC_CEILING = 4463
 
 
 def _load_root_loc():

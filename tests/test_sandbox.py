@@ -101,6 +101,15 @@ def test_identity_inside_the_jail(sandbox, probe_binary: bytes) -> None:
         assert DEFAULT_BASE <= jail.uid < DEFAULT_BASE + DEFAULT_COUNT
 
 
+def test_the_init_runs_under_the_jobs_seccomp_filter(sandbox, probe_binary: bytes) -> None:
+    """The init parses what authenticated clients send: it is filtered as a job is (spawn.c
+    prints the filter it installs), and stays usable under it."""
+    with sandbox.create_jail("gcc-12") as jail:
+        status = Path(f"/proc/{jail.pid}/status").read_text()
+        assert "\nSeccomp:\t2\n" in status and "\nNoNewPrivs:\t1\n" in status
+        assert run_probe(jail, probe_binary, "uid0_caps").stdout.startswith(b"PASS")
+
+
 def test_several_runs_share_a_jail_and_start_clean(sandbox, probe_binary: bytes) -> None:
     with sandbox.create_jail("gcc-12") as jail:
         first = jail.run(

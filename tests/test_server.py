@@ -17,6 +17,8 @@ import psutil
 import pytest
 from conftest import BIN, requires_root
 from jailcc import protocol as proto
+from jailcc.client.hosts import Host
+from jailcc.client.status import fetch_status
 from jailcc.images.identity import compiler_identity
 from serverutil import Server, as_nobody, start_server, stop_server
 
@@ -157,6 +159,42 @@ def test_a_job_that_asks_hears_it_is_alive_while_queued_and_while_running(
             assert _frames_until_result(sock)[0] == []
     finally:
         stop_server(srv)
+
+
+def test_a_queued_job_whose_client_went_gives_its_place_up(gcc_image, identity, tmp_path):
+    """One slot, one place in the queue: a client that queues a job and hangs up (Ctrl-C in
+    make) frees its place at once, rather than holding it until the job's turn comes."""
+    srv = start_server(
+        tmp_path / "srv", gcc_image, "--allow-user", "root", "--jobs", "1", "--max-queue", "1"
+    )
+    try:
+        slow = preprocess(tmp_path, _slow_source(700), "slow.c")
+        quick = preprocess(tmp_path)
+        with srv.connect() as running:
+            hello(running)
+            proto.send(running, proto.JOB, job(identity, tmp_path, id=1), [slow], [True])
+            time.sleep(0.5)  # it holds the only slot
+            with srv.connect() as leaving:
+                hello(leaving)
+                proto.send(leaving, proto.JOB, job(identity, tmp_path, id=2), [quick], [True])
+                deadline = time.monotonic() + 30
+                while fetch_status(Host("unix", str(srv.socket_path)))["queued"] != 1:
+                    assert time.monotonic() < deadline
+                    time.sleep(0.05)
+            deadline = time.monotonic() + 30
+            while "client went while its job waited" not in srv.log_text():
+                assert time.monotonic() < deadline, srv.log_text()[-2000:]
+                time.sleep(0.05)
+            with srv.connect() as after:
+                hello(after)
+                proto.send(after, proto.JOB, job(identity, tmp_path, id=3), [quick], [True])
+                header, _ = proto.expect(after, proto.RESULT)  # not "busy": the place is free
+                assert header["id"] == 3 and header["exit_code"] == 0
+            assert proto.expect(running, proto.RESULT)[0]["exit_code"] == 0
+    finally:
+        stop_server(srv)
+    log = srv.log_text()
+    assert " ERROR " not in log and "broke" not in log, log[-3000:]
 
 
 @pytest.mark.parametrize("asked", [0, 0.5, 61, True, "10", [10]])
