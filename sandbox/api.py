@@ -394,7 +394,8 @@ class Jail:
     def init_isolation_problems(self) -> list[str]:
         """Seen from the host (root: another uid's /proc/PID/fd): what of ours the jail's init
         holds, a terminal or log for stdio or our session (code in it could then type into a
-        shell with TIOCSTI). `jailccd selftest` runs its other probes unprivileged."""
+        shell with TIOCSTI), and whether its seccomp filter is on (it parses what clients
+        send). `jailccd selftest` runs its other probes unprivileged."""
         problems = []
         null = os.makedev(*DEVICES["null"])
         for fd in (0, 1, 2):
@@ -405,6 +406,9 @@ class Jail:
         with open(f"/proc/{self.pid}/stat") as f:
             if int(f.read().rsplit(")", 1)[1].split()[3]) == os.getsid(0):
                 problems.append("it shares the server's session")
+        with open(f"/proc/{self.pid}/status") as f:
+            if "\nSeccomp:\t2\n" not in f.read():
+                problems.append("it runs without its seccomp filter")
         return problems
 
     @staticmethod

@@ -234,14 +234,14 @@ class _Runner:
 
     def init_isolation(self) -> tuple[bool, str]:
         """From the host: the jail's init holds no terminal or log of ours, in no session of
-        ours (api.Jail.init_isolation_problems)."""
+        ours, and runs under its seccomp filter (api.Jail.init_isolation_problems)."""
         problems = self.init_problems
         if problems is None:
             with self.jail() as jail:
                 problems = jail.init_isolation_problems()
         if problems:
             return False, "the jail's init: " + "; ".join(problems)
-        return True, "init has /dev/null for stdio and a session of its own"
+        return True, "init has /dev/null for stdio, a session of its own and its seccomp filter"
 
     def leftovers(self) -> tuple[bool, str]:
         """A job that litters and locks its work dir and /tmp leaves nothing for the next."""

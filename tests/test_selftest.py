@@ -86,6 +86,17 @@ def test_each_probe_fails_against_a_weakened_jail(
     assert report.leftovers == []
 
 
+def test_init_isolation_fails_for_an_init_without_its_seccomp_filter(gcc_image: Path) -> None:
+    (report,) = run_selftest(
+        {"img": str(gcc_image)},
+        weaken=frozenset({"no_seccomp"}),
+        only=["init_isolation"],
+        timing_rounds=0,
+    )
+    (result,) = report.probes
+    assert not result.passed and "without its seccomp filter" in result.detail
+
+
 def test_weakened_image_probe_passes_without_the_weakening(unpacked_image: Path) -> None:
     # The same directory image with only root_uid: the read-only remount alone protects it.
     (report,) = run_selftest(
