@@ -72,7 +72,8 @@ option                                         where   why
 -g3 -ggdb3 -gdwarf3 ... (level 3)              local   separate cpp loses macro info (with
                                                        sources: shipped as sources only)
 -fdebug-macro
--Wa,* -Xassembler X -Xpreprocessor X           local   may write files / pass -H, -P to cpp
+-Wa,* (but --noexecstack and the like)        local   may write files (listings)
+-Xassembler X -Xpreprocessor X                 local   may write files / pass -H, -P to cpp
 -emit-llvm --analyze                           local   other outputs
 -no-integrated-as -fno-integrated-as           local   clang images hold no assembler
 -fno-<a local -f family> (-fno-plugin...)      local   judged as the family it negates

@@ -295,7 +295,7 @@ _row(
     src="local",
     why="passes options unchecked",
 )
-_row(JOINED, LOCAL, "-Wa,", src="local", why="passes options unchecked")
+_row(JOINED, REMOTE, "-Wa,", check="assembler", why="passes the assembler other options")
 _row(JOINED, BOTH, "-march= -mtune= -mcpu=", check="native", why="probes this CPU")
 _row(
     JOINED,
@@ -474,6 +474,35 @@ _DEBUG3 = frozenset(("-g3", "-ggdb3", "-gdwarf3", "-gstabs3", "-gstabs+3", "-gxc
 # cc1 converts with iconv to and from any other charset (-finput-charset=latin1); a server's
 # image holds no gconv modules, so its cc1 fails where the local one converts.
 _CHARSETS_WITHOUT_ICONV = frozenset({"UTF-8", "UTF8"})
+# What -Wa, may pass the assembler (comma-separated): options that read and write no file and
+# change only the object, as projects use them (CMake's and Debian's --noexecstack; listings
+# -a, -o, -I, @file and the rest keep a job local).
+_ASSEMBLER_OPTIONS = frozenset(
+    (
+        "--noexecstack",
+        "--execstack",
+        "-mrelax-relocations=yes",
+        "-mrelax-relocations=no",
+        "--gdwarf-2",
+        "--gdwarf-3",
+        "--gdwarf-4",
+        "--gdwarf-5",
+        "--compress-debug-sections",
+        "--compress-debug-sections=none",
+        "--compress-debug-sections=zlib",
+        "--compress-debug-sections=zlib-gnu",
+        "--compress-debug-sections=zlib-gabi",
+        "--nocompress-debug-sections",
+        "-mx86-used-note=yes",
+        "-mx86-used-note=no",
+        "--generate-missing-build-notes=yes",
+        "--generate-missing-build-notes=no",
+        "--fatal-warnings",
+        "--warn",
+        "--no-warn",
+        "-W",
+    )
+)
 
 
 def _checked(option: Option, canonical: str, value: str) -> str:
@@ -489,6 +518,8 @@ def _checked(option: Option, canonical: str, value: str) -> str:
         ok = value.upper() in _CHARSETS_WITHOUT_ICONV
     elif check == "native":  # -march=native: this machine's CPU, not the client's
         ok = not value.startswith("native")
+    elif check == "assembler":  # -Wa,A,B: each one the assembler takes without files
+        ok = all(item in _ASSEMBLER_OPTIONS for item in value.split(","))
     else:  # "bbsections": all, labels, none, or a file listing functions
         ok = value in ("all", "labels", "none")
     return option.pp if ok else LOCAL

@@ -109,6 +109,12 @@ CASES: list[tuple[str, dict[str, object] | str]] = [
         "-c -std=c++17 -O2 -g -fPIC -march=x86-64-v2 -mtune=generic foo.cc",
         remote(remote=["-std=c++17", "-O2", "-g", "-fPIC", "-march=x86-64-v2", "-mtune=generic"]),
     ),
+    # options for the assembler that write no file (CMake's --noexecstack): the compile's
+    ("-c -Wa,--noexecstack foo.c", remote(remote=["-Wa,--noexecstack"])),
+    (
+        "-c -Wa,--noexecstack,--compress-debug-sections=zlib foo.c",
+        remote(remote=["-Wa,--noexecstack,--compress-debug-sections=zlib"]),
+    ),
     (
         "-c --param max-inline-insns-single=10 --param=ggc-min-expand=1 foo.c",
         remote(remote=["--param", "max-inline-insns-single=10", "--param=ggc-min-expand=1"]),
@@ -289,6 +295,8 @@ CASES: list[tuple[str, dict[str, object] | str]] = [
     ("-c -gsplit-dwarf foo.c", local("-gsplit-dwarf")),
     ("-c -MJ db.json foo.c", local("-MJ")),
     ("-c -Wa,-adhln=foo.lst foo.c", local("-Wa,")),
+    ("-c -Wa,--noexecstack,-al foo.c", local("-Wa,")),  # each one must be allowed
+    ("-c -Wa,@opts foo.c", local("-Wa,")),
     ("-c -Xassembler --gdwarf-5 foo.c", local("-Xassembler")),
     ("-c -Xpreprocessor -H foo.c", local("-Xpreprocessor")),
     ("-c -Wp,-H foo.c", local("-Wp,-H")),

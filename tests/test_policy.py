@@ -157,6 +157,8 @@ def test_the_server_admits_what_real_builds_send() -> None:
     assert check_args(args) == args
     # a family's unknown members pass (cc1 itself refuses what it does not know)
     assert check_args(["-frobnicate-x", "-Wnew-warning", "-mnew-isa"])
+    # the assembler options CMake and Debian pass, which write no file
+    assert check_args(["-Wa,--noexecstack", "--for-assembler=--gdwarf-5"])
 
 
 @pytest.mark.parametrize(

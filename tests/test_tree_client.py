@@ -407,6 +407,31 @@ def test_clang_compiles_a_c_file_in_its_drivers_language(compiler, symbol, proxy
     assert symbol in symbols.stdout, symbols.stdout
 
 
+def test_lto_without_a_random_seed_goes_remote(proxy_env, tmp_path):
+    """gcc -flto names its sections from /dev/urandom unless -frandom-seed says otherwise:
+    the jail's read of it is no input of the user's (two local compiles differ as much), so
+    the job is not compiled again here."""
+    files = {"l.c": "int twice(int a) { return 2 * a; }\n"}
+    args = ["-c", "-O2", "-flto", "l.c"]
+    local, remote, said = local_and_through_jailcc("gcc-12", args, files, proxy_env, tmp_path)
+    assert b"remote (sources) on" in said, said
+    assert remote[0] == local[0] == 0 and set(remote[2]) == set(local[2]) == {Path("l.o")}
+    seeded = [*args, "-frandom-seed=l.o"]  # and with a seed, the object is a local one's
+    local, remote, said = local_and_through_jailcc("gcc-12", seeded, files, proxy_env, tmp_path)
+    assert b"remote (sources) on" in said, said
+    assert remote == local
+
+
+@pytest.mark.parametrize("compiler", ["gcc-12", "clang-16"])
+def test_assembler_options_that_write_no_file_go_remote(compiler, proxy_env, tmp_path):
+    """CMake and Debian pass -Wa,--noexecstack (zstd's build, every file): it writes no file."""
+    files = {"s.c": "int twice(int a) { return 2 * a; }\n"}
+    args = ["-c", "-O2", "-g", "-Wa,--noexecstack", "s.c"]
+    local, remote, said = local_and_through_jailcc(compiler, args, files, proxy_env, tmp_path)
+    assert b"remote (sources) on" in said, said
+    assert remote == local and local[2]
+
+
 def test_a_same_named_header_nobody_includes_does_not_stop_the_job(server, tmp_path):
     """src/util/limits.h exists, but no file read includes "limits.h" with quotes: the image's
     limits.h found through the search is the one a local compile reads too."""
