@@ -425,6 +425,7 @@ def run(args: argparse.Namespace) -> int:
     jail_cache.on_teardown = monitor.torn_down
     setup = {
         "log_level": args.log_level,
+        "spawn_helper": sandbox.spawn_helper,  # whose seccomp filter the service takes on
         # The network service's ServiceConfig (server/service.py), whose fields these must be.
         "config": {
             "slots": args.jobs,

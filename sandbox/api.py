@@ -70,7 +70,7 @@ class Sandbox:
         from .helpers import HelperUnavailable, build_static
 
         try:
-            spawn_helper = build_static("spawn.c")
+            self.spawn_helper = spawn_helper = build_static("spawn.c")
         except (HelperUnavailable, OSError) as exc:
             raise SandboxError(f"cannot build the jail's spawn helper: {exc}") from None
         ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)

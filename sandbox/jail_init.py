@@ -24,7 +24,7 @@ import time
 from collections.abc import Callable
 from typing import Any
 
-from jailcc import wire
+from jailcc import seccomp, wire
 
 from .spec import JailLimits, RunLimits
 
@@ -42,23 +42,6 @@ MAX_ARGS_BYTES = 256 * 1024
 # It returns None when the client ended the connection cleanly, or why it ended otherwise.
 ConnectionHandler = Callable[["JailInit", socket.socket, dict[str, Any], bytes], "str | None"]
 CONNECTION_HANDLERS: dict[str, ConnectionHandler] = {}
-
-
-PR_SET_SECCOMP, SECCOMP_MODE_FILTER = 22, 2  # <linux/prctl.h>, <linux/seccomp.h>
-
-
-def _install_seccomp_filter(program: bytes) -> None:
-    """Install a classic BPF program (struct sock_filter[], raw) on this process; it must
-    have no_new_privs, which the jail's privilege drop set."""
-    import ctypes  # (the launcher loaded it before the jail's root changed)
-
-    class Fprog(ctypes.Structure):
-        _fields_ = [("len", ctypes.c_ushort), ("filter", ctypes.c_char_p)]
-
-    fprog = Fprog(len(program) // 8, program)
-    libc = ctypes.CDLL(None, use_errno=True)
-    if libc.prctl(PR_SET_SECCOMP, SECCOMP_MODE_FILTER, ctypes.byref(fprog), 0, 0) != 0:
-        raise OSError(ctypes.get_errno(), "seccomp filter for the jail's init")
 
 
 class JobRefused(Exception):
@@ -144,34 +127,14 @@ class JailInit:
         self.confine()
 
     def confine(self) -> None:
-        """Put this init under the jobs' seccomp filter too, as the spawn helper prints it
-        (spawn.c: one source for both). The init parses every byte an authenticated client
-        sends, so a bug there meets the kernel a job meets: no keyrings (they would outlive
-        the jail with its uid), io_uring, namespaces, mounts or odd socket families."""
+        """Put this init under the jobs' seccomp filter too (jailcc.seccomp): it parses every
+        byte an authenticated client sends, so a bug there meets the kernel a job meets: no
+        keyrings (they would outlive the jail with its uid), io_uring, namespaces, mounts or
+        odd socket families."""
         if "no_seccomp" in self.weaken:
             return
-        mode = "2" if "any_socket_family" in self.weaken else "1"
-        read_end, write_end = os.pipe()
-        try:
-            pid = os.posix_spawn(
-                self.spawn_helper,
-                [self.spawn_helper, "--filter", mode],
-                {},
-                file_actions=[(os.POSIX_SPAWN_DUP2, write_end, 1)],
-            )
-            os.close(write_end)
-            write_end = -1
-            program = b""
-            while chunk := os.read(read_end, 65536):
-                program += chunk
-            status = os.waitpid(pid, 0)[1]
-        finally:
-            os.close(read_end)
-            if write_end >= 0:
-                os.close(write_end)
-        if status != 0 or not program or len(program) % 8 or len(program) > 8 * 4096:
-            raise RuntimeError("the spawn helper printed no seccomp filter")
-        _install_seccomp_filter(program)
+        which = seccomp.ANY_SOCKET_FAMILY if "any_socket_family" in self.weaken else seccomp.JOBS
+        seccomp.confine(self.spawn_helper, which)
 
     def serve(self) -> None:
         max_input = self.limits.work_bytes + MAX_ARGS_BYTES

@@ -45,8 +45,10 @@ from .spec import WEAKENINGS, JailLimits
 from .uidpool import DEFAULT_BASE, DEFAULT_COUNT, UidPool
 
 # The jail's init (its PID 1), run only in the jail once unprivileged: served from memory like
-# the job code, first, since the job code imports it.
+# the job code, first, since the job code imports it; with the one project module it imports
+# that the launcher does not hold.
 JAIL_INIT = "jailcc.sandbox.jail_init"
+JAIL_INIT_CODE = ("jailcc.seccomp", JAIL_INIT)
 # Standard modules jail_init.py imports that nothing here does: a jail cannot load them after
 # its chroot (tests/test_jobs_loading.py checks the init loads in a jail).
 INIT_STDLIB = ("resource",)
@@ -650,7 +652,7 @@ def main(argv: list[str] | None = None) -> None:
     try:
         # Now, while the host's files are in reach: a jail cannot load code after chroot.
         import_libraries([*INIT_STDLIB, *args.jail_library])
-        jail_code = JailCode.read([JAIL_INIT, *args.jail_module])
+        jail_code = JailCode.read([*JAIL_INIT_CODE, *args.jail_module])
     except (OSError, ImportError, SyntaxError, ValueError, JailCodeError) as exc:
         wire.send_packet(control, {"ok": False, "error": f"launcher start-up failed: {exc}"})
         sys.exit(1)

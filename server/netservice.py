@@ -1,8 +1,10 @@
 """The network service's process: `python -m jailcc.server.netservice --monitor-fd N`, started
 by jailccd's root monitor (monitor/daemon.py) as its own unprivileged uid, with no capabilities
-and no_new_privs. It gets its settings and listening sockets from the monitor's first message,
-then serves (service.py): accepts and the handshakes, admission, status, Prometheus metrics,
-the mDNS announcement and the desktop owner's monitor. It exits when the monitor goes.
+and no_new_privs; it takes on a seccomp filter (jailcc.seccomp) and makes itself undumpable
+before it reads a peer's byte. It gets its settings and listening sockets from the monitor's
+first message, then serves (service.py): accepts and the handshakes, admission, status,
+Prometheus metrics, the mDNS announcement and the desktop owner's monitor. It exits when the
+monitor goes.
 """
 
 from __future__ import annotations
@@ -17,7 +19,7 @@ import threading
 from collections.abc import Callable
 
 from jailcc import protocol as proto
-from jailcc import wire
+from jailcc import seccomp, wire
 
 from .monitor_link import MonitorLink
 from .service import CatalogView, JobService, ServiceConfig
@@ -30,17 +32,24 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="jailccd-net", description=__doc__)
     parser.add_argument("--monitor-fd", type=int, required=True, help="the main channel")
     args = parser.parse_args(argv)
-    import prctl
-
-    # Not dumpable: another process of this uid (say another jailccd's service, when both
-    # fall back to the same uid) may neither trace us nor take our descriptors (pidfd_getfd).
-    prctl.set_dumpable(False)
     main_channel = socket.socket(fileno=args.monitor_fd)
     try:
         setup, _, fds = wire.recv_message_with_fds(main_channel, 0, MAX_LISTENERS)
     except wire.WireError as exc:
         print(f"jailccd-net: no settings from the monitor: {exc}", file=sys.stderr)
         return 2
+    try:
+        # Before any peer's byte: the jobs' filter but for socket families (mDNS finds the
+        # network's interfaces over netlink). No namespaces, mounts, keyrings, io_uring...
+        seccomp.confine(str(setup["spawn_helper"]), seccomp.ANY_SOCKET_FAMILY)
+    except seccomp.SeccompError as exc:
+        print(f"jailccd-net: {exc}", file=sys.stderr)
+        return 2
+    import prctl
+
+    # Not dumpable: another process of this uid (say another jailccd's service, when both
+    # fall back to the same uid) may neither trace us nor take our descriptors (pidfd_getfd).
+    prctl.set_dumpable(False)
     logging.basicConfig(
         stream=sys.stderr,
         level=getattr(logging, str(setup["log_level"]).upper()),

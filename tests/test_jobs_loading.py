@@ -14,7 +14,7 @@ import pytest
 from conftest import requires_root
 from jailcc import jobs
 from jailcc.sandbox.jail_code import JailCode, JailCodeError, import_libraries
-from jailcc.sandbox.launcher import JAIL_INIT
+from jailcc.sandbox.launcher import JAIL_INIT_CODE
 
 PRINT_MODULES = "\nimport json, sys; print(json.dumps(sorted(sys.modules)))"
 # The launcher's start-up, as far as modules go: its own imports, then the jail libraries.
@@ -55,7 +55,7 @@ def test_jail_modules_are_exactly_what_the_jobs_need_beyond_the_launcher() -> No
     assert not [m for m in launcher if is_forbidden(m)]
     jail = modules_after("import jailcc.jobs.session")
     # Anything else the jobs import must come from the launcher: nothing is loaded after chroot.
-    assert jail - launcher == {JAIL_INIT, *jobs.JAIL_MODULES}
+    assert jail - launcher == {*JAIL_INIT_CODE, *jobs.JAIL_MODULES}
     assert [m for m in jobs.JAIL_MODULES if m.startswith("jailcc.jobs")][
         -1
     ] == "jailcc.jobs.session"

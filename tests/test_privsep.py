@@ -57,12 +57,13 @@ def test_the_network_service_runs_unprivileged(root_server: Server) -> None:
     for caps in ("CapInh", "CapPrm", "CapEff", "CapAmb"):
         assert int(status[caps], 16) == 0, (caps, status[caps])
     assert status["NoNewPrivs"].strip() == "1"
-    # Not dumpable (its /proc files are then root's), once started: no process of its uid
-    # may trace it or take its descriptors.
+    # Under a seccomp filter, and then not dumpable (its /proc files are then root's): no
+    # process of its uid may trace it or take its descriptors.
     deadline = time.monotonic() + 30
     while Path(f"/proc/{pid}/fd").stat().st_uid != 0:
         assert time.monotonic() < deadline, "the service stays dumpable"
         time.sleep(0.05)
+    assert _status(pid)["Seccomp"].strip() == "2"
     # Its parent is the root monitor, which holds no listening socket: every peer's first
     # byte is read by the unprivileged service.
     monitor = psutil.Process(pid).parent()

@@ -33,8 +33,9 @@ SCRIPT = TOP / "scripts" / "root-loc"
 # sealed a status answer or refusal itself (the context left root only for a jail), took
 # only connections its own Unix socket accepted, checked an image's owner and mode, and
 # failed closed on a main-channel request it could not handle or a launcher reply out of
-# step, 4466 once the selftest checked that the jail's init runs under its seccomp filter.
-ROOT_LOC_CEILING = 4466
+# step, 4466 once the selftest checked that the jail's init runs under its seccomp filter,
+# 4468 once root told the network service its spawn helper (whose filter it takes on).
+ROOT_LOC_CEILING = 4468
 
 
 def _load_root_loc():
