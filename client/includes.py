@@ -168,13 +168,14 @@ class Unsupported(Exception):
     """The analysis cannot bound the set of files (the message says why)."""
 
 
-def _missing(path: str, exc: OSError) -> None:
-    """None for a file or directory that is not there, which the compiler passes over too;
-    Unsupported for one it would fail on (no permission, a symbolic link loop, a file
-    where a directory should be): the compiler says so, and the analysis cannot."""
-    if exc.errno != errno.ENOENT:
-        raise Unsupported(f"{path}: {exc.strerror}") from None
-    return None
+def _missing(path: str, exc: OSError, searched: bool = False) -> None:
+    """None for a file or directory that is not there, which the compiler passes over too (a
+    header's name through a file, ENOTDIR, as well: libcpp and clang search on); Unsupported
+    for one it would fail on (no permission, a symbolic link loop; a search directory, given
+    by the user, under a file): the compiler says so, and the analysis cannot."""
+    if exc.errno == errno.ENOENT or (exc.errno == errno.ENOTDIR and not searched):
+        return None
+    raise Unsupported(f"{path}: {exc.strerror}") from None
 
 
 # ---------------------------------------------------------------------------------------------
@@ -557,13 +558,17 @@ class _FileSystem:
         self.reads = 0  # files read (hashed) since the start: for measurements
         self.scans = 0  # directories listed
 
-    def listing(self, d: str) -> _Listing | None:
+    def listing(self, d: str, searched: bool = False) -> _Listing | None:
+        """The directory's listing; None if there is none. `searched`: a search directory
+        the user named, which gcc warns of (a file) or fails on (a path through a file)."""
         try:
             st = os.stat(d)
         except OSError as exc:
-            return _missing(d, exc)
+            return _missing(d, exc, searched)
         if not stat.S_ISDIR(st.st_mode):
-            raise Unsupported(f"{d} is not a directory")  # (gcc warns, or fails)
+            if searched:
+                raise Unsupported(f"{d} is not a directory")
+            return None
         sig = (st.st_dev, st.st_ino, st.st_mtime_ns)
         old = self.listings.get(d)
         if old is not None and old.signature == sig and old.trusted:
@@ -1129,7 +1134,7 @@ class IncludeAnalyzer:
         return _Chains(quote, bracket, cmd.current_dir, config)
 
     def _dir_id(self, walk: _Walk, d: str) -> tuple[int, int] | None:
-        listing = self._listing(walk, d)
+        listing = self._listing(walk, d, searched=True)
         return None if listing is None else listing.signature[:2]
 
     def _dedup(self, walk: _Walk, dirs: list[str], exclude: Iterable) -> list[str]:
@@ -1145,11 +1150,11 @@ class IncludeAnalyzer:
 
     # -- the file system, once per analysis --------------------------------------------------
 
-    def _listing(self, walk: _Walk, d: str) -> _Listing | None:
+    def _listing(self, walk: _Walk, d: str, searched: bool = False) -> _Listing | None:
         try:
             return walk.dirs[d]
         except KeyError:
-            listing = walk.dirs[d] = self._fs.listing(d)
+            listing = walk.dirs[d] = self._fs.listing(d, searched)
             return listing
 
     def _entry(self, walk: _Walk, path: str) -> _Entry | None:

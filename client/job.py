@@ -26,15 +26,13 @@ if TYPE_CHECKING:
 
 MAX_EXTRA_SOURCE = 1 << 20
 PCH_PRAGMA = b"#pragma GCC pch_preprocess"  # what gcc -E -fpch-preprocess writes for a .gch
-# Options that put the command line into the output (gcc's and clang's spellings; the
-# annotated assembly of -S lists the options too).
+# Options that put the command line into the object (gcc's and clang's spellings).
 _RECORDING = frozenset(
     (
         "-frecord-gcc-switches",
         "-grecord-gcc-switches",
         "-frecord-command-line",
         "-grecord-command-line",
-        "-fverbose-asm",
     )
 )
 # What a compiler that crashed says (gcc's ICE, clang's crash report).
@@ -156,10 +154,6 @@ def prepare(compiler: str, job: RemoteJob, inv: Invocation) -> Prepared:
             raise RemoteFailure(
                 "the output records the compile's options, and gcc's exact -g mode adds one"
             )
-        if not exact_debug and not clang and _warns_of_fallthrough(job.remote_args):
-            raise RemoteFailure(
-                "gcc's fallthrough warning reads comments, which preprocessed output lacks"
-            )
         extra = ["-fdirectives-only"] if exact_debug else []
         # gcc -E ignores a precompiled header that the compile would use (and the object
         # differs); -fpch-preprocess makes it say so with a pragma, and changes nothing else.
@@ -178,6 +172,14 @@ def prepare(compiler: str, job: RemoteJob, inv: Invocation) -> Prepared:
             raise RemoteFailure("the preprocessor had something to say")
         if not clang and PCH_PRAGMA in source:
             raise RemoteFailure("a precompiled header (.gch) is used, which only this machine has")
+        if (
+            not (exact_debug or clang)  # (-fdirectives-only keeps the comments)
+            and b"case" in source
+            and _warns_of_fallthrough(job.remote_args)
+        ):
+            raise RemoteFailure(
+                "gcc's fallthrough warning reads comments, which preprocessed output lacks"
+            )
         if exact_debug:
             from .directives_only import lost_pragma
 
@@ -294,12 +296,18 @@ def compile_remote(compiler: str, job: RemoteJob, inv: Invocation) -> Outcome:
 
 
 def _warns_of_fallthrough(args: list[str]) -> bool:
-    """Whether gcc may warn of implicit fallthrough (-Wextra, -W or the warning itself,
-    taken as on whatever follows): it takes a /* fallthrough */ comment for an attribute."""
-    return any(
-        a in ("-Wextra", "-W") or a.startswith(("-Wimplicit-fallthrough", "-Werror=implicit-fall"))
-        for a in args
-    )
+    """Whether gcc warns of implicit fallthrough, which takes a /* fallthrough */ comment for
+    an attribute: -Wextra (or -W) turns it on unless the warning itself is set, last word
+    winning (-Wimplicit-fallthrough=0 and -Wno-... turn it off)."""
+    extra, explicit = False, None
+    for a in args:
+        if a in ("-Wextra", "-W", "-Wno-extra"):
+            extra = a != "-Wno-extra"
+        elif a.startswith(("-Wimplicit-fallthrough", "-Werror=implicit-fallthrough")):
+            explicit = not a.endswith("=0")
+        elif a == "-Wno-implicit-fallthrough":
+            explicit = False
+    return extra if explicit is None else explicit
 
 
 def _input_name(job: RemoteJob) -> str:
@@ -405,11 +413,12 @@ def with_color(args: list[str], inv: Invocation, clang: bool) -> list[str]:
 
 
 def _records_command_line(args: list[str], clang: bool) -> bool:
-    """Whether the object may hold the compile's options: gcc's debug info does unless told
-    not to (taken as it does), and either compiler does when asked."""
+    """Whether the output may hold the compile's options: gcc's debug info does unless told
+    not to (taken as it does), gcc's annotated assembly (-fverbose-asm) lists them, and
+    either compiler's object does when asked."""
     if any(a in _RECORDING for a in args):
         return True
-    return not clang and debug_info_on(args)
+    return not clang and (debug_info_on(args) or "-fverbose-asm" in args)
 
 
 # What the user's environment may say to a remote compiler (the server's own allowlist,

@@ -30,7 +30,7 @@ import time
 
 from .args import RemoteJob, expand_response_files, same_file
 from .compiler import clang_mode, is_clang
-from .includes import COMPUTED, Analysis, FileRead, IncludeAnalyzer
+from .includes import COMPUTED, Analysis, FileRead, IncludeAnalyzer, Unsupported
 from .job import Invocation, Outcome, job_env, with_color
 from .job import finish as write_back
 from .remote import RemoteFailure, RemoteResult
@@ -245,8 +245,11 @@ class TreeBuilder:
                 # Exact diagnostics even when the jail lacked a header: the local compile's.
                 raise RemoteFailure(f"{host}: the compile failed remotely; compiling locally")
             cwd = tree_job.header["cwd"]  # where the jail compiled: the user's name for it
-            check_reads(tree_job, cwd, result.reads, self.analyzer)
-            check_misses(cwd, result.misses or (), self.analyzer)
+            try:
+                check_reads(tree_job, cwd, result.reads, self.analyzer)
+                check_misses(cwd, result.misses or (), self.analyzer)
+            except Unsupported as exc:  # a file here the compiler would fail on: its words
+                raise RemoteFailure(f"cannot check what the jail read: {exc}") from None
         except RemoteFailure:
             self.counters.add(local_after_check=1)
             raise

@@ -91,7 +91,7 @@ Inspect = Callable[[str, bool], ImageCompilers]
 
 class Catalog:
     def __init__(self, paths: list[str], directory: str | None, inspect: Inspect) -> None:
-        self.explicit = {n: os.path.abspath(p) for n, p in name_images(paths).items()}
+        self.explicit = {n: os.path.realpath(p) for n, p in name_images(paths).items()}
         self.directory = directory
         self.images: dict[str, str] = {}  # mount name -> path: what the sandbox mounts at start
         self.manifests: dict[str, ImageCompilers] = {}  # by image name

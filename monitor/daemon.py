@@ -654,6 +654,7 @@ def check(args: argparse.Namespace) -> Checked:
             raise ValueError("--listen takes HOST:PORT")
         tcp = (host.strip("[]"), int(port))
     kerberos, principals = _kerberos(args, tcp is not None)
+    args.socket = os.path.abspath(args.socket)  # (the monitor knows its connections by it)
     serve_unix = bool(args.allow_user or args.allow_group)
     if not serve_unix and tcp is None:
         raise ValueError(

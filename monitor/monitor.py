@@ -189,7 +189,8 @@ class Monitor:
                 sock.close()
             for fd in copies[len(sockets) :]:
                 os.close(fd)
-            raise OutOfTurn("open: not two sockets") from None
+            log.error("network service: open: not two sockets")  # (open is never answered)
+            return
         client, channel = sockets
         conn = None
         try:
@@ -474,8 +475,12 @@ class _Relay:
         channel.settimeout(None if queued else ANSWER_TIMEOUT)
         try:
             wire.send_message(channel, {"ask": question, "jail": self.jail.id})
-            if queued and channel not in select.select([channel, self.jail.channel()], [], [])[0]:
-                # Out of turn: the jail gave its queued job up (its client went), or died.
+            if queued and not _first(channel, self.jail.channel()):
+                # Out of turn: the jail gave its queued job up (its client went), or died. The
+                # service withdraws the job from its queue; its answer ends the question.
+                wire.send_message(channel, {"withdraw": True})
+                channel.settimeout(ANSWER_TIMEOUT)
+                wire.recv_message(channel, 0)
                 raise SandboxError("the client went while its job waited for a slot")
             reply, _ = wire.recv_message(channel, 0)
         except (OSError, wire.WireError) as exc:
@@ -483,6 +488,14 @@ class _Relay:
         finally:
             channel.settimeout(None)
         return reply
+
+
+def _first(ours: socket.socket, theirs: socket.socket) -> bool:
+    """Wait until either socket has something to read; whether ours does."""
+    poller = select.poll()
+    for sock in (ours, theirs):
+        poller.register(sock, select.POLLIN)
+    return any(fd == ours.fileno() for fd, _ in poller.poll())
 
 
 def catalog_snapshot(monitor: Monitor) -> dict[str, Any]:

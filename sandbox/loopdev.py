@@ -11,6 +11,7 @@ import ctypes
 import errno
 import fcntl
 import os
+import stat
 
 from . import syscalls
 
@@ -56,10 +57,16 @@ def _filesystem_type(image_fd: int) -> str:
     raise ValueError("not a squashfs or ext4 image")
 
 
-def mount_image(image_path: str, target: str) -> str:
-    """Mount image_path read-only on target through a fresh autoclear loop device."""
-    image_fd = os.open(image_path, os.O_RDONLY | os.O_CLOEXEC)
+def mount_image(image_path: str, target: str, max_bytes: int) -> str:
+    """Mount image_path read-only on target through a fresh autoclear loop device. The file
+    (not a symlink) must be root's and writable by no one else: the device reads it live."""
+    image_fd = os.open(image_path, os.O_RDONLY | os.O_CLOEXEC | os.O_NOFOLLOW)
     try:
+        info = os.fstat(image_fd)  # (this very file: no name to swap between check and use)
+        if not stat.S_ISREG(info.st_mode) or info.st_size > max_bytes:
+            raise ValueError(f"{image_path}: not a regular file of at most {max_bytes} bytes")
+        if info.st_uid != 0 or info.st_mode & 0o022:
+            raise ValueError(f"{image_path}: an image must be root's and writable by no one else")
         fstype = _filesystem_type(image_fd)
         config = _LoopConfig()
         config.fd = image_fd

@@ -78,7 +78,7 @@ class Slots:
                     if ticket.turned_away:
                         raise Busy("the queue made room for another user's job")
                     if gone is not None and gone():
-                        raise Withdrawn("the client went while its job waited for a slot")
+                        raise Withdrawn("the job was withdrawn while it waited for a slot")
                     self._cond.wait(None if gone is None else 1.0)
             finally:
                 if not ticket.granted and not ticket.turned_away:

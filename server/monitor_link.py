@@ -152,6 +152,8 @@ class ConnectionLink:
             handed_over()
             while True:
                 message, _ = wire.recv_message(self.sock, 0)
+                if message.get("withdraw") is True:
+                    continue  # (it came after our answer to the question it withdrew)
                 question = message.get("ask")
                 if not isinstance(question, dict):
                     return _checked(message)
@@ -161,8 +163,19 @@ class ConnectionLink:
 
     def spoke(self) -> bool:
         """Whether the monitor has said something (or closed) while a question is open: it
-        does so only when it gives the connection up (its jail's client went)."""
-        return bool(select.select([self.sock], [], [], 0)[0])
+        does so only to withdraw the question (the jail gave its queued job up)."""
+        poller = select.poll()
+        poller.register(self.sock, select.POLLIN)
+        return bool(poller.poll(0))
+
+    def take_withdrawal(self) -> None:
+        """Read what the monitor said while a question was open: it must be a withdrawal."""
+        try:
+            message, _ = wire.recv_message(self.sock, 0)
+        except (OSError, wire.WireError) as exc:
+            raise MonitorGone(f"the monitor broke off the hand-over: {exc}") from None
+        if message.get("withdraw") is not True:
+            raise MonitorGone("the monitor spoke out of turn")
 
     def close(self) -> None:
         self.sock.close()

@@ -313,13 +313,11 @@ class JobService:
     ) -> None:
         """The monitor hands the connection to a jail; we answer the jail's questions. `share`:
         whose share of the queue its jobs take (Slots)."""
-        questions = _Questions(self, link.id, user, name, offer.image, share, link.spoke)
+        questions = _Questions(self, link, user, name, offer.image, share)
         try:
             # The monitor's copy of the socket is the one the jail gets: once it is asked to
             # hand over, ours goes, and from then on only the jail reads the client's bytes.
             end = link.serve(offer.identity, hello, conn.close, questions.answer)
-        except Withdrawn as exc:  # (from questions.answer: the monitor gave the connection up)
-            end = {"error": str(exc)}
         finally:
             questions.forget()
         if isinstance(end.get("built"), int | float):
@@ -644,24 +642,22 @@ class _Questions:
     def __init__(
         self,
         service: JobService,
-        conn: int,
+        link: ConnectionLink,
         user: str,
         name: str,
         image: str,
         share: str,
-        gone: Callable[[], bool],
     ) -> None:
-        # user: the peer for the log; name: for status answers (user name or principal);
-        # gone(): whether the monitor gave the connection up (a queued job then leaves).
-        self.service, self.conn, self.image = service, conn, image
-        self.user, self.name, self.share, self.gone = user, name, share, gone
+        # user: the peer for the log; name: for status answers (user name or principal).
+        self.service, self.link, self.conn, self.image = service, link, link.id, image
+        self.user, self.name, self.share = user, name, share
         self.jail_id = 0  # the monitor's jail number, for the log and status answers
         self.holding = False
         self.evicted = False
         self.source = ""
         self.started = 0.0
         with service.active_lock:
-            service.active[conn] = self
+            service.active[self.conn] = self
 
     def answer(self, jail_id: int, question: dict[str, Any]) -> dict[str, Any]:
         self.jail_id = jail_id
@@ -673,7 +669,12 @@ class _Questions:
 
     def _start(self, question: dict[str, Any]) -> dict[str, Any]:
         try:
-            self.service.slots.acquire(self.share, self.gone)
+            self.service.slots.acquire(self.share, self.link.spoke)
+        except Withdrawn:
+            # The monitor says the jail gave the job up (its client went): out of the queue;
+            # the connection then ends.
+            self.link.take_withdrawal()
+            return {"ok": False, "error": "withdrawn: the client went"}
         except Busy as exc:
             self.service.metrics.job_refused("busy")
             return {"ok": False, "error": f"busy: {exc}"}

@@ -744,7 +744,14 @@ def test_a_preprocessed_input_goes_only_under_its_own_name(tmp_path, args, remot
 
 @pytest.mark.parametrize(
     ("warnings", "remote"),
-    [([], True), (["-Wall"], True), (["-Wextra"], False), (["-Wimplicit-fallthrough=3"], False)],
+    [
+        ([], True),
+        (["-Wall"], True),
+        (["-Wextra"], False),
+        (["-Wimplicit-fallthrough=3"], False),
+        (["-Wextra", "-Wno-implicit-fallthrough"], True),
+        (["-Wimplicit-fallthrough=0", "-Wextra"], True),
+    ],
 )
 def test_fallthrough_comments_keep_a_preprocessed_job_here(tmp_path, warnings, remote):
     """gcc -E drops the /* fallthrough */ comment that gcc's warning reads: with -Werror the
@@ -766,3 +773,5 @@ def test_fallthrough_comments_keep_a_preprocessed_job_here(tmp_path, warnings, r
         with pytest.raises(RemoteFailure, match="fallthrough"):
             prepare(shutil.which("gcc-12"), job, inv)
     assert run(["gcc-12", *args], tmp_path).returncode == 0  # what a local compile does
+    (tmp_path / "a.c").write_text("int f(int a) { return a + 1; }\n")  # no switch: no matter
+    prepare(shutil.which("gcc-12"), analyse(args, str(tmp_path), compiler="gcc-12"), inv)

@@ -645,3 +645,13 @@ def test_a_header_the_compiler_cannot_open_is_not_passed_over(tmp_path: Path) ->
     argv = [GCC, "-Ione", "-Itwo", "-c", "main.c"]
     a = IncludeAnalyzer().files_read(argv, str(tmp_path))
     assert not a.ok and "Too many levels" in (a.unsupported or ""), a
+
+
+@pytest.mark.parametrize("cc", COMPILERS)
+def test_a_header_name_through_a_file_is_searched_past(tmp_path: Path, cc: str) -> None:
+    """Qt's layout: include/QtCore/QtCore is a file, so <QtCore/qglobal.h> under -Iinclude/QtCore
+    names a path through a file (ENOTDIR), which the compilers pass over to -Iinclude."""
+    tree(tmp_path, {"main.c": "#include <QtCore/qglobal.h>\n", "include/QtCore/qglobal.h": ""})
+    (tmp_path / "include/QtCore/QtCore").write_text("")
+    a = check(tmp_path, [cc, "-Iinclude/QtCore", "-Iinclude", "-c", "main.c"])
+    assert rel(tmp_path, a) == {"main.c", "include/QtCore/qglobal.h"}

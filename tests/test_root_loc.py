@@ -34,8 +34,10 @@ SCRIPT = TOP / "scripts" / "root-loc"
 # only connections its own Unix socket accepted, checked an image's owner and mode, and
 # failed closed on a main-channel request it could not handle or a launcher reply out of
 # step, 4466 once the selftest checked that the jail's init runs under its seccomp filter,
-# 4468 once root told the network service its spawn helper (whose filter it takes on).
-ROOT_LOC_CEILING = 4468
+# 4468 once root told the network service its spawn helper (whose filter it takes on), 4479
+# once the monitor withdrew a queued job's question when its jail gave the job up, and the
+# image file's checks moved onto the descriptor the loop device reads (start images too).
+ROOT_LOC_CEILING = 4479
 
 
 def _load_root_loc():

@@ -341,6 +341,19 @@ def test_missing_or_corrupt_image_is_a_clear_error(tmp_path: Path) -> None:
     with pytest.raises(SandboxError, match="not a squashfs or ext4 image"):
         Sandbox({"x": str(bad)})
     assert leaks.loop_devices_backed_by([str(bad)]) == []
+    # A loop device reads its file live: one that others may write, or not root's, or a
+    # symlink (whose target may change between the check and the mount) is refused.
+    bad.chmod(0o666)
+    with pytest.raises(SandboxError, match="writable by no one else"):
+        Sandbox({"x": str(bad)})
+    bad.chmod(0o644)
+    os.chown(bad, 65534, 65534)
+    with pytest.raises(SandboxError, match="root's"):
+        Sandbox({"x": str(bad)})
+    link = tmp_path / "link.img"
+    link.symlink_to(bad)
+    with pytest.raises(SandboxError, match="symbolic links"):
+        Sandbox({"x": str(link)})
 
 
 def test_cpu_of_children_never_waited_for_is_still_counted(sandbox, probe_binary) -> None:

@@ -195,6 +195,7 @@ def test_a_queued_job_whose_client_went_gives_its_place_up(gcc_image, identity, 
         stop_server(srv)
     log = srv.log_text()
     assert " ERROR " not in log and "broke" not in log, log[-3000:]
+    assert "network service: connection" not in log, log[-3000:]  # (a clean end on both sides)
 
 
 @pytest.mark.parametrize("asked", [0, 0.5, 61, True, "10", [10]])
