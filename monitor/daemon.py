@@ -497,12 +497,14 @@ def run(args: argparse.Namespace) -> int:
     try:
         while not stopping.wait(0.2):
             if service.poll() is not None:
+                code = service.returncode
                 log.critical(
-                    "the network service (uid %d) exited (status %s): stopping; its own lines"
-                    " above say why (it must be able to read jailcc's installation as that"
-                    " user: see --service-user)",
+                    "the network service (uid %d) exited (%s): stopping; its own lines above say"
+                    " why%s",
                     service_uid,
-                    service.returncode,
+                    f"status {code}" if code >= 0 else f"killed by signal {-code}",
+                    " (it must be able to read jailcc's installation as that user: see"
+                    " --service-user)" * (code > 0),
                 )
                 failed = True
                 break

@@ -78,6 +78,8 @@ def test_the_monitor_stops_when_the_service_dies(root_server: Server) -> None:
     os.kill(_service_pid(root_server), 9)
     assert root_server.proc.wait(timeout=30) == 1
     assert "the network service (uid " in root_server.log_text()
+    assert "(killed by signal 9): stopping" in root_server.log_text()
+    assert "must be able to read" not in root_server.log_text()  # (that is for a failed start)
     assert not root_server.socket_path.exists()
     root_server.socket_path.parent.rmdir()
 
