@@ -178,18 +178,23 @@ def _note(say: bool, args: list[str], what: str) -> str:
 
 def source_of(args: list[str]) -> str:
     """The source file a compile names, for messages ("?" if none): the first word that is
-    neither an option nor an option's value (-x c, -include h, -MT t)."""
+    neither an option nor an option's value (-x c, -include h, -MT t), nor a response file
+    (named only when nothing else is: the source may be in it)."""
     from jailcc.options import option_at
 
-    i = 0
+    i, response_file = 0, None
     while i < len(args):
+        if args[i][:1] == "@" and len(args[i]) > 1:
+            response_file = response_file or args[i]
+            i += 1
+            continue
         if args[i][:1] != "-" or args[i] == "-":
             return args[i]
         try:
             i = option_at(args, i)[1]
         except ValueError:
             break
-    return "?"
+    return response_file or "?"
 
 
 def ships_sources(inv: Invocation) -> bool:

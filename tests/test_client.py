@@ -775,3 +775,18 @@ def test_fallthrough_comments_keep_a_preprocessed_job_here(tmp_path, warnings, r
     assert run(["gcc-12", *args], tmp_path).returncode == 0  # what a local compile does
     (tmp_path / "a.c").write_text("int f(int a) { return a + 1; }\n")  # no switch: no matter
     prepare(shutil.which("gcc-12"), analyse(args, str(tmp_path), compiler="gcc-12"), inv)
+
+
+@pytest.mark.parametrize(
+    ("args", "named"),
+    [
+        (["@opts.rsp", "-c", "fil.c"], "fil.c"),  # the source, not the response file
+        (["-c", "@all.rsp"], "@all.rsp"),  # the source is in it: the file names the compile
+        (["-MT", "x.o", "-c", "y.c"], "y.c"),
+        (["-c"], "?"),
+    ],
+)
+def test_messages_name_the_source(args, named):
+    from jailcc.client.decide import source_of
+
+    assert source_of(args) == named
