@@ -11,8 +11,9 @@ section ("How this guide is tested") and done by `substitute` here.
 
 Each server and the client see the guide's paths (/etc/krb5.conf, /etc/hosts, /etc/jailcc,
 /var/lib/jailcc/images) through overlays of /etc and /var/lib in a private mount namespace
-(`View`): the files are written into the overlays' upper directories, and the real /etc and
-/var/lib are never touched. Two things are set in the environment instead of on disk: the
+(`View`; the client's is one for all its commands, which its proxy needs): the files are
+written into the overlays' upper directories, and the real /etc and /var/lib are never
+touched. Two things are set in the environment instead of on disk: the
 servers' Kerberos replay cache directory and the client's ccache and runtime directory, which
 would otherwise land in the host's /var/tmp, /tmp and /run/user.
 """
@@ -122,6 +123,7 @@ class GuideFarm:
         self.views = {host: View(state / "views" / host) for host in (*SERVERS, CLIENT)}
         self.servers: dict[str, subprocess.Popen[bytes]] = {}
         self.client_env: dict[str, str] = {}
+        self.client_view: subprocess.Popen[bytes] | None = None  # holds the client's namespace
 
     def log(self, host: str) -> str:
         path = self.state / f"{host}.log"
@@ -174,7 +176,7 @@ class GuideFarm:
         kwargs.setdefault("cwd", self.state)
         with self.lab.inside(host):
             proc = subprocess.run(
-                self.views[host].argv(argv),
+                self._in_view(host, argv, kwargs["cwd"]),
                 timeout=timeout,
                 capture_output=True,
                 text=True,
@@ -183,6 +185,31 @@ class GuideFarm:
         if check:
             assert proc.returncode == 0, f"{argv} on {host}: {proc.stdout}{proc.stderr}"
         return proc
+
+    def _in_view(self, host: str, argv: list[str], cwd: object) -> list[str]:
+        """The command in host's view. The client's is one mount namespace for all of its
+        commands, as on a machine: its proxy outlives the command that starts it, and serves
+        only clients that see the files it sees. A server's commands get one each."""
+        if host != CLIENT:
+            return self.views[host].argv(argv)
+        if self.client_view is None:
+            holder = subprocess.Popen(
+                self.views[CLIENT].argv(["sleep", "infinity"]),
+                stdin=subprocess.DEVNULL,
+                start_new_session=True,
+            )
+            self.lab.procs.append(holder)  # killed with the lab, whatever happens
+            ours = os.stat("/proc/self/ns/mnt").st_ino
+            deadline = time.monotonic() + 30
+            while (
+                os.stat(f"/proc/{holder.pid}/ns/mnt").st_ino == ours
+                or " /var/lib overlay " not in Path(f"/proc/{holder.pid}/mounts").read_text()
+            ):
+                assert holder.poll() is None and time.monotonic() < deadline, "no client view"
+                time.sleep(0.05)
+            self.client_view = holder
+        pid = self.client_view.pid
+        return ["nsenter", f"--mount=/proc/{pid}/ns/mnt", f"--wd={cwd}", "--", *argv]
 
 
 def _clean(env: os._Environ[str] | dict[str, str]) -> dict[str, str]:
