@@ -90,8 +90,7 @@ class Slots:
             self._running_by[user] -= 1
             if self._running_by[user] <= 0:
                 del self._running_by[user]
-                if user not in self._queues:
-                    self._served.pop(user, None)
+                self._forget_if_idle(user)
             self._grant()
 
     def set_limit(self, limit: int, owner_busy: bool) -> None:
@@ -111,6 +110,13 @@ class Slots:
         self.waiting -= 1
         if not queue:
             del self._queues[user]
+            self._forget_if_idle(user)
+
+    def _forget_if_idle(self, user: str) -> None:
+        """A user who neither runs nor waits any more is served "never" again (and their
+        stamp goes, however they left: done, withdrawn, turned away)."""
+        if user not in self._running_by and user not in self._queues:
+            self._served.pop(user, None)
 
     def _grant(self) -> None:
         """Give the free slots to the waiting: the user running fewest first, then the one

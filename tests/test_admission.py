@@ -126,3 +126,22 @@ def test_a_lower_limit_holds_the_queue_and_a_higher_one_lets_it_in() -> None:
     slots.set_limit(3, owner_busy=False)
     wait_until(lambda: sorted(order) == ["a", "b"])
     assert slots.report(1.0)["running"] == 2
+
+
+def test_users_who_left_the_queue_leave_no_state_behind() -> None:
+    """Whatever way a user's jobs end (done, withdrawn, turned away), nothing of theirs stays:
+    a server sees many users (or --insecure addresses) over its life."""
+    slots, order = Slots(1, 4), []
+    slots.acquire("alice")  # alice has been served...
+    ended = threading.Event()
+    second = Waiter(slots, "alice", order, gone=ended.is_set)
+    second.start()
+    wait_until(lambda: slots.waiting == 1)
+    queue_up(slots, ["bob"], order)
+    slots.release("alice")  # ...so bob, never served, goes first; alice still waits
+    wait_until(lambda: order == ["bob"])
+    ended.set()  # and then leaves
+    second.join(5)
+    assert isinstance(second.error, Withdrawn)
+    slots.release("bob")
+    assert slots._served == {} and slots._queues == {} and not slots._running_by
