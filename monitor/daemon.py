@@ -39,6 +39,8 @@ if TYPE_CHECKING:
     from .kerberos import KerberosAcceptor
 
 DEFAULT_SOCKET = "/run/jailccd/jailccd.sock"
+# How long a child's end waits for our own stop signal before it counts as a failure.
+STOP_SIGNAL_GRACE = 2.0
 log = logging.getLogger("jailccd")
 
 
@@ -496,8 +498,13 @@ def run(args: argparse.Namespace) -> int:
     failed = False
     try:
         while not stopping.wait(0.2):
-            if service.poll() is not None:
-                code = service.returncode
+            if service.poll() is None and sandbox.launcher_exit is None:
+                continue
+            # A stop signalled to the whole group (systemd's KillMode=control-group) may reach
+            # our children first: not a failure. Otherwise stop, for a supervisor to restart us.
+            failed = not stopping.wait(STOP_SIGNAL_GRACE)
+            code = service.returncode
+            if failed and code is not None:
                 log.critical(
                     "the network service (uid %d) exited (%s): stopping; its own lines above say"
                     " why%s",
@@ -506,17 +513,9 @@ def run(args: argparse.Namespace) -> int:
                     " (it must be able to read jailcc's installation as that user: see"
                     " --service-user)" * (code > 0),
                 )
-                failed = True
-                break
-            if sandbox.launcher_exit is not None:
-                # Without it no jail can be built: stop, so a supervisor restarts us, rather
-                # than refuse every job while looking alive.
-                log.critical(
-                    "the jail launcher died (status %s): stopping; restart jailccd",
-                    sandbox.launcher_exit,
-                )
-                failed = True
-                break
+            elif failed:  # without it no jail can be built, whatever we look like
+                log.critical("the jail launcher died (status %s): stopping", sandbox.launcher_exit)
+            break
     finally:
         monitor.stopping = True
         _stop_process(service)

@@ -279,7 +279,8 @@ def stop(group: str) -> None:
     ]
     say(not loops, "no loop device is left attached", " ".join(loops))
     result = unit_property("Result")
-    say(result == "success", "jailccd exited cleanly", result)
+    if not say(result == "success", "jailccd exited cleanly", result):
+        info("its last lines: " + journal()[-1200:].replace("\n", " | "))
 
 
 def selftest() -> None:

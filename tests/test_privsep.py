@@ -84,6 +84,23 @@ def test_the_monitor_stops_when_the_service_dies(root_server: Server) -> None:
     root_server.socket_path.parent.rmdir()
 
 
+@requires_root
+def test_a_stop_that_reaches_the_children_first_is_clean(root_server: Server) -> None:
+    """systemctl stop signals every process of the unit (KillMode=control-group), and our
+    children may end before our own handler runs: that is a stop, not a failure to restart."""
+    service = _service_pid(root_server)
+    children = psutil.Process(root_server.proc.pid).children()
+    assert service in {child.pid for child in children}
+    for child in children:
+        child.send_signal(15)
+    time.sleep(0.5)  # past the monitor's poll: it has seen them go
+    root_server.proc.send_signal(15)
+    assert root_server.proc.wait(timeout=30) == 0, root_server.log_text()
+    assert "stopping; " not in root_server.log_text()
+    assert not root_server.socket_path.exists()
+    root_server.socket_path.parent.rmdir()
+
+
 # -- the monitor's tables, driven as a compromised service would ----------------------------
 
 
