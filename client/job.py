@@ -11,10 +11,13 @@ import sys
 import time
 from collections import namedtuple
 
+from jailcc.protocol import Channel
+
 from . import outputs
 from .args import RemoteJob, debug_info_on
 from .compiler import is_clang
-from .hosts import candidates
+from .deadline import NO_ANSWER, SETUP_DEADLINE, within
+from .hosts import Host, candidates
 from .locales import quotes_in_utf8
 from .remote import MAX_RESULT, RemoteFailure, RemoteResult, connect, open_session, run_job
 from .spawn import ClientGone, run_capture
@@ -273,13 +276,19 @@ def compile_remote(compiler: str, job: RemoteJob, inv: Invocation) -> Outcome:
     prepared = prepare(compiler, job, inv)
     reasons, tell_user = [], False
     for host in hosts:
-        try:
-            sock = connect(host)
-        except RemoteFailure as exc:
-            reasons.append(exc.reason)
+        opened = within(
+            SETUP_DEADLINE,
+            lambda host=host: _session(host, prepared.identity),
+            _close_late_session,
+            f"open {host}",
+        )
+        session = opened[0] if opened else RemoteFailure(f"{host}: {NO_ANSWER}")
+        if isinstance(session, RemoteFailure):
+            reasons.append(session.reason)
+            tell_user = tell_user or session.tell_user
             continue
+        sock, channel = session
         try:
-            channel, _ = open_session(sock, host, prepared.identity)
             result = run_job(channel, host, prepared.header, prepared.blobs, MAX_RESULT)
         except RemoteFailure as exc:
             reasons.append(exc.reason)
@@ -293,6 +302,27 @@ def compile_remote(compiler: str, job: RemoteJob, inv: Invocation) -> Outcome:
             outcome = outcome._replace(note=f"{outcome.note}; preprocessed: no proxy")
         return outcome
     raise RemoteFailure("; ".join(reasons), tell_user)
+
+
+def _session(host: Host, identity: str) -> tuple[socket.socket, Channel] | RemoteFailure:
+    """A connection to host, through its hello and authentication, or why not."""
+    try:
+        sock = connect(host)
+    except RemoteFailure as exc:
+        return exc
+    try:
+        channel, _ = open_session(sock, host, identity)
+    except BaseException as exc:
+        sock.close()
+        if isinstance(exc, RemoteFailure):
+            return exc
+        raise
+    return sock, channel
+
+
+def _close_late_session(session: tuple[socket.socket, Channel] | RemoteFailure) -> None:
+    if not isinstance(session, RemoteFailure):
+        session[0].close()
 
 
 def _warns_of_fallthrough(args: list[str]) -> bool:

@@ -26,6 +26,7 @@ from typing import Any
 
 from jailcc import protocol as proto
 
+from .deadline import NO_ANSWER, SETUP_DEADLINE, within
 from .hosts import Host
 from .placement import Placement, ServerView
 from .remote import (
@@ -366,7 +367,13 @@ class Pool:
                 link.open[identity] -= 1
                 channel.sock.close()
             link.open[identity] = link.open.get(identity, 0) + 1
-        channel = self._open(link, identity)
+        opened = within(
+            SETUP_DEADLINE,
+            lambda: self._open(link, identity),
+            lambda late: self._opened_late(link, identity, late),
+            f"open {link.host}",
+        )
+        channel = opened[0] if opened else self._gave_up_on(link)
         if isinstance(channel, RemoteFailure):
             with self._lock:
                 link.busy -= 1
@@ -374,6 +381,29 @@ class Pool:
                 self._room.notify_all()
             return None, True, channel
         return channel, True, _NO_FAILURE
+
+    def _gave_up_on(self, link: Link) -> RemoteFailure:
+        """A set-up that outlasted SETUP_DEADLINE: the server is left alone for a while."""
+        failure = RemoteFailure(f"{link.host}: {NO_ANSWER}")
+        with self._lock:
+            self._back_off(link, failure)
+        return failure
+
+    def _opened_late(
+        self, link: Link, identity: str, channel: proto.Channel | RemoteFailure
+    ) -> None:
+        """A set-up whose job went on without it: its connection joins the idle ones, and the
+        server, which did answer, is used again at once."""
+        if isinstance(channel, RemoteFailure):
+            return  # (_open left the server alone)
+        with self._lock:
+            if self._closed or link not in self.links:
+                channel.sock.close()
+                return
+            link.open[identity] = link.open.get(identity, 0) + 1
+            link.idle.setdefault(identity, []).append((time.monotonic(), channel))
+            link.retry_at = 0.0
+            self._room.notify_all()
 
     def _checkin(
         self,

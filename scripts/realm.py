@@ -388,7 +388,20 @@ class Realm:
             if kdc._kdc_proc is None:
                 kdc.start_kdc()
 
+    def pause_kdc(self) -> None:
+        """Stop both KDCs answering while they keep their ports (SIGSTOP): a KDC that hangs,
+        as behind a firewall that drops its packets, not one that refuses."""
+        for kdc in self._kdcs.values():
+            if kdc._kdc_proc is not None:
+                kdc._kdc_proc.send_signal(signal.SIGSTOP)
+
+    def resume_kdc(self) -> None:
+        for kdc in self._kdcs.values():
+            if kdc._kdc_proc is not None:
+                kdc._kdc_proc.send_signal(signal.SIGCONT)
+
     def close(self) -> None:
+        self.resume_kdc()  # (a stopped process would never take its SIGTERM)
         for kdc in self._kdcs.values():
             proc = kdc._kdc_proc
             with contextlib.suppress(Exception):

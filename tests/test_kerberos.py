@@ -212,6 +212,30 @@ def test_tickets_keep_working_while_the_kdc_is_down(realm, server, tmp_path):
     assert "remote on" in result.stderr, result.stderr
 
 
+def test_a_kdc_that_does_not_answer_holds_no_compile(realm, server, tmp_path):
+    """A KDC that hangs rather than refuses (a firewall dropping its packets) held each new
+    connection for libkrb5's half-minute of retries, and the build with it. A job waits for a
+    connection's set-up at most SETUP_DEADLINE, then compiles locally: through the proxy, and
+    in-process (JAILCC_PROXY=0)."""
+    env = client_env(realm, server, realm.kinit("carol", tmp_path / "fresh.cc"))
+    realm.pause_kdc()  # carol has no service ticket yet: each set-up asks the KDC for one
+    try:
+        results = [
+            compile_with(env, tmp_path),
+            compile_with({**env, "JAILCC_PROXY": "0"}, tmp_path),
+        ]
+    finally:
+        realm.resume_kdc()
+    for result in results:
+        assert result.returncode == 0, result.stderr
+        assert "compiling locally" in result.stderr
+        assert "no connection after 10 s: the server, or its Kerberos KDC, does not answer" in (
+            result.stderr
+        )
+    assert "no jailcc server could be reached" in results[0].stderr  # (the proxy's words)
+    assert (tmp_path / "unit.o").read_bytes() == local_object(tmp_path)
+
+
 def test_a_server_without_the_key_refuses_to_start(realm, gcc_image, tmp_path):
     proc = subprocess.run(
         [
