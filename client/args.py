@@ -148,8 +148,8 @@ class RemoteJob(
     namedtuple(
         "RemoteJob",
         "source language preprocessed output assembly preprocess_args remote_args dep_file"
-        " sources_only",
-        defaults=(False,),
+        " sources_only dep_targets",
+        defaults=(False, ()),
     )
 ):
     """A job that may run remotely.
@@ -166,6 +166,8 @@ class RemoteJob(
     sources_only: bool        only a tree job gives the local compile's result (debug info
                               that shipping preprocessed output would change): shipped as
                               sources or compiled locally, never preprocessed
+    dep_targets: tuple        the -MT targets, which the compiler writes into the dependency
+                              file as they are (make variables included)
     """
 
     __slots__ = ()
@@ -471,6 +473,7 @@ def analyse(
     dep = False
     dep_file = None  # last -MF
     target = False  # -MT/-MQ given
+    dep_targets: list[str] = []  # -MT's
     wp_dep = False
     wp_dep_file = None
     debug = False  # a -g option that turns debug info on is in force
@@ -536,6 +539,8 @@ def analyse(
             cpp += words
         elif handler == "target":
             target = True
+            if w.canonical == "-MT":
+                dep_targets.append(w.value)
             cpp += words
         elif handler == "wp":
             parsed = _wp_deps(a)
@@ -642,4 +647,5 @@ def analyse(
         remote,
         result_dep_file,
         sources_only,
+        tuple(dep_targets),
     )

@@ -27,6 +27,7 @@ import os
 import re
 import threading
 import time
+from collections.abc import Sequence
 
 from .args import RemoteJob, expand_response_files, same_file
 from .compiler import clang_mode, is_clang
@@ -261,7 +262,7 @@ class TreeBuilder:
         if dep_path is not None:
             if dep_path not in got or job.dep_file is None:
                 raise RemoteFailure(f"{host}: the compile sent no dependency file")
-            if not plain_rules(got[dep_path]):
+            if not plain_rules(got[dep_path], job.dep_targets):
                 raise RemoteFailure(f"{host}: the dependency file holds more than rules")
             # Where the user's compiler writes it: from the real working directory, as the
             # kernel resolves ".." (the jail's name for it is $PWD's, taken lexically).
@@ -524,17 +525,20 @@ _MAKE_DIRECTIVES = frozenset(
 _SPECIAL_TARGET = re.compile(rb"\.[A-Z_]+")
 
 
-def plain_rules(data: bytes) -> bool:
+def plain_rules(data: bytes, own_targets: Sequence[str] = ()) -> bool:
     """Whether a dependency file holds only what gcc and clang write there: rules `targets:
     prerequisites` (lines continued by a backslash) and blank lines. make reads it: a
     server's recipe (a line after a tab, or after ';'), variable, function call ("$(shell
     ...)"), comment, special target (.SECONDEXPANSION expands "$$" again) or directive would
     act on this machine. Lines are joined as make joins them: a newline after an odd number
-    of backslashes. (A user's own -MT '$(obj)' falls foul of it too: that job compiles
-    locally.)"""
-    for line in _make_lines(data):
+    of backslashes. The user's own -MT targets (`own_targets`, '$(obj)/x.o' say), which the
+    compiler writes as they are at the start of the first rule, may hold anything there: a
+    local compile would write the same."""
+    for number, line in enumerate(_make_lines(data)):
         if line.startswith(b"\t"):
             return False
+        if number == 0:
+            line = _without_own_targets(line, [os.fsencode(t) for t in own_targets])
         words = line.replace(b"$$", b"").replace(b"\\\\", b"").replace(b"\\#", b"").strip()
         if not words:
             continue
@@ -546,6 +550,29 @@ def plain_rules(data: bytes) -> bool:
         if any(_SPECIAL_TARGET.fullmatch(target) for target in targets):
             return False  # .SECONDEXPANSION, .ONESHELL...: ("../inc/x.h:" is a plain one)
     return True
+
+
+def _without_own_targets(line: bytes, own: list[bytes]) -> bytes:
+    """The first rule's line with each of the user's -MT targets among its targets (before
+    the word with the colon) made a plain word."""
+    kept = b""
+    rest = line
+    while own and rest:
+        found = next((t for t in own if t and _starts_with_word(rest, t)), None)
+        if found is not None:
+            kept += b"target "
+            rest = rest[len(found) :].lstrip(b" ")
+            continue
+        word, _, after = rest.partition(b" ")
+        if b":" in word:  # the targets end here
+            break
+        kept += word + b" "
+        rest = after.lstrip(b" ")
+    return kept + rest
+
+
+def _starts_with_word(line: bytes, word: bytes) -> bool:
+    return line.startswith(word) and line[len(word) : len(word) + 1] in (b" ", b":")
 
 
 def _make_lines(data: bytes) -> list[bytes]:

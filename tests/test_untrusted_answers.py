@@ -311,6 +311,27 @@ def test_a_dependency_file_from_a_server_is_rules_and_nothing_make_would_run(rul
     assert not plain_rules(rules)
 
 
+@pytest.mark.parametrize(
+    ("rules", "plain"),
+    [
+        (b"$(OBJ)/x.o: x.c a.h\n", True),  # the user's own words, where the compiler puts them
+        (b"$(OBJ)/x.o other.o: x.c\na.h:\n", True),
+        (b"other.o $(OBJ)/x.o: x.c\n", True),
+        (b"$(OBJ)/x.o: x.c $(shell touch /tmp/pwned)\n", False),  # never as prerequisites
+        (b"$(OBJ)/x.o ; touch /tmp/pwned\n", False),
+        (b"$(OBJ)/x.o;x: x.c\n", False),  # only the whole word the user gave
+        (b"x.o: x.c\n$(OBJ)/x.o: $(shell touch /tmp/pwned)\n", False),  # in the first rule only
+        (b"$(OBJ)/x.o: x.c\n\ttouch /tmp/pwned\n", False),
+        (b"$(OTHER)/x.o: x.c\n", False),
+    ],
+)
+def test_the_users_own_targets_are_taken_in_the_first_rule_only(rules, plain):
+    from jailcc.client.tree import plain_rules
+
+    assert plain_rules(rules, ["$(OBJ)/x.o"]) is plain
+    assert plain_rules(rules) is (plain and b"$(OBJ)" not in rules)
+
+
 @pytest.mark.parametrize("compiler", ["gcc-12", "clang-16"])
 def test_the_dependency_files_compilers_write_are_plain_rules(compiler, tmp_path):
     from jailcc.client.tree import plain_rules
