@@ -5,15 +5,17 @@
  * compile.
  *
  * Whenever the proxy cannot answer (none running, a proxy of another uid, a proxy that died
- * before its whole answer arrived, anything malformed) it execs the Python client, jailcc-py
- * beside it, which does the compile on its own and starts a proxy for the next one. Nothing
- * is printed before a whole answer is in, so a fallback never repeats output.
+ * before its whole answer arrived or that is stopped, anything malformed) it execs the Python
+ * client, jailcc-py beside it, which does the compile on its own and starts a proxy for the
+ * next one. Nothing is printed before a whole answer is in, so a fallback never repeats
+ * output.
  *
  * The socket's place and the request's bytes are those of client/proxy_wire.py. */
 #define _GNU_SOURCE
 #include <errno.h>
 #include <fcntl.h>
 #include <limits.h>
+#include <poll.h>
 #include <stdint.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -29,6 +31,7 @@ extern char **environ;
 
 #define MAX_OUTPUT (64u << 20)
 #define MAX_REPLY_STRING (1u << 20)
+#define STOPPED_CHECK_MS 2000 /* as client/proxy_client.py STOPPED_CHECK */
 
 struct buf {
 	char *data;
@@ -96,6 +99,43 @@ static void user_hosts_file(char *out, size_t size)
 		out[0] = 0;
 }
 
+static int by_value(const void *a, const void *b)
+{
+	gid_t x = *(const gid_t *)a, y = *(const gid_t *)b;
+	return (x > y) - (x < y);
+}
+
+/* As proxy_wire.view_line(): this process's mount namespace and root, and its groups. */
+static uint64_t hash_view(uint64_t h)
+{
+	struct stat ns, root;
+	char text[128];
+	if (stat("/proc/self/ns/mnt", &ns) == 0 && stat("/", &root) == 0)
+		snprintf(text, sizeof text, "view=%llu:%llu %llu:%llu groups=",
+			 (unsigned long long)ns.st_dev, (unsigned long long)ns.st_ino,
+			 (unsigned long long)root.st_dev, (unsigned long long)root.st_ino);
+	else
+		snprintf(text, sizeof text, "view=? groups=");
+	h = fnv1a(h, text);
+	int n = getgroups(0, NULL);
+	gid_t *groups = malloc(sizeof(gid_t) * (n > 0 ? n + 1 : 1));
+	if (!groups)
+		return h; /* (a key no proxy has: the Python client takes over) */
+	n = n > 0 ? getgroups(n, groups) : 0;
+	if (n < 0)
+		n = 0;
+	groups[n++] = getegid();
+	qsort(groups, n, sizeof *groups, by_value);
+	for (int i = 0; i < n; i++) {
+		if (i > 0 && groups[i] == groups[i - 1])
+			continue;
+		snprintf(text, sizeof text, i ? ",%u" : "%u", (unsigned)groups[i]);
+		h = fnv1a(h, text);
+	}
+	free(groups);
+	return fnv1a(h, "\n");
+}
+
 /* As proxy_wire.socket_path(), its key from the lines of proxy_wire.key_settings(). */
 static int socket_path(char *out, size_t size)
 {
@@ -118,6 +158,7 @@ static int socket_path(char *out, size_t size)
 	h = fnv1a(h, "KRB5CCNAME=");
 	h = fnv1a(h, ccache ? ccache : "");
 	h = fnv1a(h, "\n");
+	h = hash_view(h);
 	char dir[PATH_MAX];
 	const char *xdg = getenv("XDG_RUNTIME_DIR");
 	char run_user[64];
@@ -219,6 +260,40 @@ static char *read_cstr(int fd)
 	return b.data;
 }
 
+/* The proxy's pid (its socket's peer), and whether it is stopped (SIGSTOP, ^Z, a debugger):
+ * its answer then never comes, and the build would wait for it for good. */
+static pid_t proxy_pid;
+
+static int proxy_stopped(void)
+{
+	char path[64], line[512];
+	snprintf(path, sizeof path, "/proc/%d/stat", (int)proxy_pid);
+	int fd = open(path, O_RDONLY | O_CLOEXEC);
+	if (fd < 0)
+		return 0; /* (gone: its socket says so) */
+	ssize_t n = read(fd, line, sizeof line - 1);
+	close(fd);
+	if (n <= 0)
+		return 0;
+	line[n] = 0;
+	const char *state = strrchr(line, ')'); /* after "pid (comm)", which may hold ") " */
+	return state && state[1] == ' ' && (state[2] == 'T' || state[2] == 't');
+}
+
+/* The answer comes when the job is done, however long that takes; from a stopped proxy,
+ * never: then the Python client does the job. */
+static int wait_for_answer(int fd)
+{
+	struct pollfd ready = {.fd = fd, .events = POLLIN};
+	for (;;) {
+		int n = poll(&ready, 1, STOPPED_CHECK_MS);
+		if (n > 0)
+			return 0;
+		if ((n < 0 && errno != EINTR) || (n == 0 && proxy_stopped()))
+			return -1;
+	}
+}
+
 static int connect_proxy(void)
 {
 	struct sockaddr_un addr = {.sun_family = AF_UNIX};
@@ -234,6 +309,7 @@ static int connect_proxy(void)
 		close(fd);
 		return -1;
 	}
+	proxy_pid = cred.pid;
 	return fd;
 }
 
@@ -324,7 +400,7 @@ static int ask(int fd, int argc, char **argv, const char *exe, const char *typed
 	free(req.data);
 
 	unsigned char kind;
-	if (read_all(fd, &kind, 1))
+	if (wait_for_answer(fd) || read_all(fd, &kind, 1))
 		return -1;
 	if (kind == 0) {
 		uint32_t code, out_len, err_len;

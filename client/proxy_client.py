@@ -18,6 +18,7 @@ if TYPE_CHECKING:
     from typing import Any
 
 ASK_TIMEOUT = 3600.0  # a compile may take long; a dead proxy closes the socket at once
+STOPPED_CHECK = 2.0  # seconds between looks at whether a proxy that has not answered is stopped
 START_WAIT = 2.0  # for a proxy just started to listen (it takes 0.2-0.3 s here)
 
 
@@ -41,9 +42,35 @@ def ask_proxy(
         with sock:
             sock.settimeout(ASK_TIMEOUT)
             sock.sendall(pw.encode_request(argv, exe, inv.cwd, inv.env, inv.stderr_tty, inv.umask))
+            if not _answer_comes(sock):
+                return None
             return _read_reply(sock)
     except (OSError, ValueError):
         return None
+
+
+def _answer_comes(sock: socket.socket) -> bool:
+    """Wait for the proxy's answer, which comes when the job is done however long it takes,
+    but not from a proxy that is stopped (SIGSTOP, ^Z, a debugger): False then."""
+    import select
+
+    pid = struct.unpack("3i", sock.getsockopt(socket.SOL_SOCKET, socket.SO_PEERCRED, 12))[0]
+    poller = select.poll()
+    poller.register(sock, select.POLLIN)
+    while not poller.poll(STOPPED_CHECK * 1000):
+        if _stopped(pid):
+            return False
+    return True
+
+
+def _stopped(pid: int) -> bool:
+    try:
+        with open(f"/proc/{pid}/stat", "rb") as stat:
+            line = stat.read(512)
+    except OSError:
+        return False  # (gone: its socket says so)
+    state = line[line.rfind(b")") + 2 : line.rfind(b")") + 3]  # after "pid (comm)"
+    return state in (b"T", b"t")
 
 
 def _wait_for_proxy(path: str, started: subprocess.Popen | None) -> socket.socket | None:

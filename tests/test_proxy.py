@@ -105,10 +105,12 @@ def test_the_first_compile_starts_one_proxy_and_the_next_go_through_it(server, t
     assert not proxies(env)
 
 
-def test_a_client_in_another_mount_namespace_compiles_what_it_sees(server, tmp_path):
+@pytest.mark.parametrize("how", ["mount namespace", "groups"])
+def test_a_client_that_sees_other_files_gets_a_proxy_of_its_view(how, server, tmp_path):
     """The proxy reads headers and writes objects by path: a client in another mount
     namespace (a container, bwrap) must not get the proxy's files, nor have its object
-    written where the proxy sees that path. It compiles on its own, with its own view."""
+    written where the proxy sees that path; nor may a client with other groups (after
+    `newgrp`) read through a proxy with the old ones. Each view has a proxy of its own."""
     env = proxy_env(server)
     for name, text in {
         "inc/q.h": "int from_host_view;\n",
@@ -120,23 +122,63 @@ def test_a_client_in_another_mount_namespace_compiles_what_it_sees(server, tmp_p
     (tmp_path / "out").mkdir()
     try:
         warm = jailcc(["gcc-12", "-Iinc", "-c", "a.c", "-o", "warm.o"], tmp_path, env)
-        assert "remote on" in warm.stderr, warm.stderr  # a proxy runs
-        inside = (
-            f"mount --bind {tmp_path}/alt {tmp_path}/inc && mount -t tmpfs tmpfs {tmp_path}/out"
-            f" && {JAILCC} gcc-12 -Iinc -c a.c -o out/a.o && nm out/a.o"
-        )
+        assert "remote" in warm.stderr, warm.stderr  # a proxy runs
+        (ours,) = proxies(env)
+        if how == "mount namespace":
+            inside = (
+                f"mount --bind {tmp_path}/alt {tmp_path}/inc && mount -t tmpfs tmpfs"
+                f" {tmp_path}/out && for i in 1 2; do {JAILCC} gcc-12 -Iinc -c a.c -o out/a.o"
+                " || exit; done && nm out/a.o"
+            )
+            argv, extra = ["unshare", "-m", "--propagation", "private", "sh", "-c", inside], {}
+        else:
+            inside = f"for i in 1 2; do {JAILCC} gcc-12 -Iinc -c a.c -o out/a.o || exit; done"
+            argv, extra = ["sh", "-c", inside], {"extra_groups": [54321]}
         done = subprocess.run(
-            ["unshare", "-m", "--propagation", "private", "sh", "-c", inside],
-            cwd=tmp_path,
-            env=env,
-            capture_output=True,
-            text=True,
-            timeout=120,
+            argv, cwd=tmp_path, env=env, capture_output=True, text=True, timeout=120, **extra
         )
         assert done.returncode == 0, done.stderr
-        assert "from_its_view" in done.stdout and "from_host_view" not in done.stdout
-        assert not (tmp_path / "out" / "a.o").exists()  # nothing written through our view
-        assert len(proxies(env)) == 1
+        # Its second compile went through a proxy of its own, which saw what it sees.
+        assert done.stderr.count("remote") == 2 and "no proxy" not in done.stderr, done.stderr
+        theirs = [p for p in proxies(env) if p.pid != ours.pid]
+        assert len(theirs) == 1, theirs
+        if how == "mount namespace":
+            assert "from_its_view" in done.stdout and "from_host_view" not in done.stdout
+            assert not (tmp_path / "out" / "a.o").exists()  # nothing written through our view
+        else:
+            assert (tmp_path / "out" / "a.o").exists()
+            assert 54321 in _groups(theirs[0].pid)
+    finally:
+        for proc in proxies(env):
+            proc.terminate()
+        psutil.wait_procs(proxies(env), timeout=10)
+
+
+def _groups(pid: int) -> set[int]:
+    with open(f"/proc/{pid}/status") as status:
+        line = next(line for line in status if line.startswith("Groups:"))
+    return {int(g) for g in line.split()[1:]}
+
+
+@pytest.mark.parametrize("client", ["jailcc", "jailcc-py"])
+def test_a_stopped_proxy_does_not_freeze_the_build(client, server, tmp_path):
+    """A proxy stopped by SIGSTOP (^Z, a debugger) never answers: both clients see it stopped
+    while they wait, and do the job on their own."""
+    env = proxy_env(server)
+    (tmp_path / "a.c").write_text("int f(int x) { return x + 1; }\n")
+    try:
+        assert "remote" in jailcc(["gcc-12", "-c", "a.c", "-o", "warm.o"], tmp_path, env).stderr
+        (proxy,) = proxies(env)
+        proxy.suspend()
+        try:
+            done = subprocess.run(
+                [str(BIN / client), "gcc-12", "-c", "a.c", "-o", "a.o"],
+                cwd=tmp_path, env=env, capture_output=True, text=True, timeout=120,
+            )  # fmt: skip
+        finally:
+            proxy.resume()
+        assert done.returncode == 0, done.stderr
+        assert (tmp_path / "a.o").read_bytes() == (tmp_path / "warm.o").read_bytes()
     finally:
         stop_proxy(env)
 
