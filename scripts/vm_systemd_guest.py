@@ -124,6 +124,12 @@ def start() -> str | None:
     if not say(wait_served(300), "jailccd serves its socket", journal()[-800:]):
         return None
     info(f"jailccd started in {time.monotonic() - began:.1f} s")
+    deadline = time.monotonic() + 60
+    while "network service ready" not in journal() and time.monotonic() < deadline:
+        time.sleep(0.5)
+    ready = [line for line in journal().splitlines() if "network service ready" in line]
+    # (Landlock where the distribution's kernel enables it; the service says which.)
+    say(bool(ready), "the network service started", ready[-1] if ready else journal()[-400:])
     group = CGROUP + unit_property("ControlGroup")
     say(group.endswith("/system.slice/jailccd.service"), "the unit's cgroup", group)
     main_pid = unit_property("MainPID")

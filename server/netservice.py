@@ -1,7 +1,8 @@
 """The network service's process: `python -m jailcc.server.netservice --monitor-fd N`, started
 by jailccd's root monitor (monitor/daemon.py) as its own unprivileged uid, with no capabilities
 and no_new_privs; it takes on a seccomp filter (jailcc.seccomp) and makes itself undumpable
-before it reads a peer's byte. It gets its settings and listening sockets from the monitor's
+before it reads a peer's byte, and confines its file system access with Landlock (landlock.py)
+once it has started. It gets its settings and listening sockets from the monitor's
 first message, then serves (service.py): accepts and the handshakes, admission, status,
 Prometheus metrics, the mDNS announcement and the desktop owner's monitor. It exits when the
 monitor goes.
@@ -21,6 +22,7 @@ from collections.abc import Callable
 from jailcc import protocol as proto
 from jailcc import seccomp, wire
 
+from . import landlock
 from .monitor_link import MonitorLink
 from .service import CatalogView, JobService, ServiceConfig
 
@@ -82,7 +84,24 @@ def main(argv: list[str] | None = None) -> int:
     except (OSError, ValueError) as exc:
         log.error("the network service cannot start: %s", exc)
         return 2
-    log.info("network service ready: protocol %d, as uid %d", proto.PROTOCOL_VERSION, os.getuid())
+    try:
+        # Last, once everything it opens is open: the owner's monitor still reads /proc,
+        # /sys and /dev/input and runs loginctl, which the rules allow.
+        confined = f"Landlock ABI {landlock.confine_service()}"
+    except landlock.LandlockUnavailable as exc:
+        confined = "no Landlock"
+        log.warning(
+            "this kernel has no Landlock (%s): the network service may read what its uid may", exc
+        )
+    except OSError as exc:
+        log.error("the network service cannot confine itself: %s", exc)
+        return 2
+    log.info(
+        "network service ready: protocol %d, as uid %d, %s",
+        proto.PROTOCOL_VERSION,
+        os.getuid(),
+        confined,
+    )
     try:
         service.serve_forever()
     finally:

@@ -5,11 +5,15 @@ with forged and out-of-turn requests over its real channels, as a compromised se
 from __future__ import annotations
 
 import contextlib
+import json
 import os
 import re
+import shutil
 import socket
 import struct
+import subprocess
 import sys
+import tempfile
 import threading
 import time
 from collections.abc import Iterator
@@ -71,6 +75,77 @@ def test_the_network_service_runs_unprivileged(root_server: Server) -> None:
     socket_path = str(root_server.socket_path)
     listening = [c for c in psutil.net_connections(kind="unix") if c.laddr == socket_path and c.pid]
     assert {c.pid for c in listening} == {pid}
+
+
+LANDLOCK_PROBE = """
+import json, os, socket, sys
+import prctl
+prctl.set_no_new_privs(True)
+os.setgroups([]); os.setgid(65534); os.setuid(65534)
+if sys.argv[2] == "confined":
+    from jailcc.server import landlock
+    landlock.confine_service()
+def attempt(do):
+    try:
+        do()
+        return "ok"
+    except OSError as exc:
+        return exc.strerror
+said = {
+    "read a world-readable file": attempt(lambda: open(sys.argv[1] + "/secret").read()),
+    "list its directory": attempt(lambda: os.listdir(sys.argv[1])),
+    "write there": attempt(lambda: open(sys.argv[1] + "/new", "w").close()),
+    "read /etc": attempt(lambda: open("/etc/os-release").read()),
+    "read /proc": attempt(lambda: open("/proc/self/status").read()),
+    "tcp": attempt(lambda: socket.create_connection(("127.0.0.1", int(sys.argv[3])), 5).close()),
+}
+import zeroconf, prometheus_client, lz4.frame, decimal  # (not imported before: read now)
+import jailcc.server.owner, jailcc.server.metrics
+print(json.dumps(said))
+"""
+
+
+@requires_root
+def test_the_network_service_can_read_only_what_it_runs_on(root_server: Server) -> None:
+    """Landlock (server/landlock.py): once started, the service reads Python, jailcc and the
+    system's files, /proc, /sys, /dev and /run, and nothing else; writes no file; connects to
+    no TCP port. The same probe without it is the control: its uid alone may do all that."""
+    from jailcc.server import landlock
+
+    try:
+        abi = landlock.abi_version()
+    except landlock.LandlockUnavailable as exc:
+        pytest.skip(f"no Landlock here: {exc}")
+    deadline = time.monotonic() + 30
+    while "network service ready" not in root_server.log_text():
+        assert time.monotonic() < deadline, root_server.log_text()
+        time.sleep(0.05)
+    assert f"Landlock ABI {abi}" in root_server.log_text()  # the real service took it on
+    public = Path(tempfile.mkdtemp(prefix="jailcc-landlock-", dir="/var/tmp"))
+    try:
+        public.chmod(0o777)
+        (public / "secret").write_text("the owner's notes\n")
+        (public / "secret").chmod(0o644)
+        with socket.socket() as listener:
+            listener.bind(("127.0.0.1", 0))
+            listener.listen(4)
+            port = str(listener.getsockname()[1])
+            said = {}
+            for how in ("free", "confined"):
+                done = subprocess.run(
+                    [sys.executable, "-c", LANDLOCK_PROBE, str(public), how, port],
+                    capture_output=True, text=True, timeout=60,
+                )  # fmt: skip
+                assert done.returncode == 0, done.stderr
+                said[how] = json.loads(done.stdout)
+    finally:
+        shutil.rmtree(public)
+    assert set(said["free"].values()) == {"ok"}, said["free"]
+    confined = said["confined"]
+    assert confined["read /etc"] == confined["read /proc"] == "ok", confined
+    for what in ("read a world-readable file", "list its directory", "write there"):
+        assert confined[what] == "Permission denied", (what, confined)
+    assert confined["tcp"] == ("Permission denied" if abi >= 4 else "ok"), confined
 
 
 @requires_root
