@@ -31,6 +31,12 @@ MAX_LISTENERS = 4
 
 
 def main(argv: list[str] | None = None) -> int:
+    import prctl
+
+    # Not dumpable, first thing (the listeners, queued with our settings, are taken in only
+    # after this): another process of this uid (say another jailccd's service, when both fall
+    # back to the same uid) may neither trace us nor take our descriptors (pidfd_getfd).
+    prctl.set_dumpable(False)
     parser = argparse.ArgumentParser(prog="jailccd-net", description=__doc__)
     parser.add_argument("--monitor-fd", type=int, required=True, help="the main channel")
     args = parser.parse_args(argv)
@@ -47,11 +53,6 @@ def main(argv: list[str] | None = None) -> int:
     except seccomp.SeccompError as exc:
         print(f"jailccd-net: {exc}", file=sys.stderr)
         return 2
-    import prctl
-
-    # Not dumpable: another process of this uid (say another jailccd's service, when both
-    # fall back to the same uid) may neither trace us nor take our descriptors (pidfd_getfd).
-    prctl.set_dumpable(False)
     logging.basicConfig(
         stream=sys.stderr,
         level=getattr(logging, str(setup["log_level"]).upper()),
