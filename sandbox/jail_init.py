@@ -339,8 +339,8 @@ class JailInit:
     def _execute(
         self, program: str, argv: list[str], env: dict[str, str], cwd: str, limits: RunLimits
     ) -> tuple[dict[str, Any], bytes, bytes]:
-        out_r, out_w = os.pipe2(os.O_CLOEXEC)
-        err_r, err_w = os.pipe2(os.O_CLOEXEC)
+        out_r, out_w = _output_channel()
+        err_r, err_w = _output_channel()
         started = time.monotonic()
         written_before = _bytes_written(self.io_counters)
         pid = self._spawn(program, argv, env, cwd, limits, out_w, err_w)
@@ -361,6 +361,7 @@ class JailInit:
         exited = False
         keep_alive = self.keep_alive
         told = started
+        cpu_seen, still_since, looked = -1, started, started
         try:
             while open_pipes or not exited:
                 now = time.monotonic()
@@ -368,6 +369,19 @@ class JailInit:
                 if timeout is not None and timeout <= 0:
                     limit = "wall"
                     break
+                if not exited and "no_wall_clock" not in self.weaken:
+                    # A job that waits for nothing that can come (say a read of a pipe it
+                    # holds itself) would keep its slot to the wall clock at no cost.
+                    if now - looked >= IDLE_LOOK:
+                        looked = now
+                        used = _jobs_cpu_ticks()
+                        if used != cpu_seen:
+                            cpu_seen, still_since = used, now
+                        elif now - still_since >= limits.idle_seconds:
+                            limit = "idle"
+                            break
+                    due = looked + IDLE_LOOK - now
+                    timeout = due if timeout is None else min(timeout, due)
                 if keep_alive is not None:
                     if now - told >= keep_alive[0]:
                         if not keep_alive[1]():
@@ -502,6 +516,35 @@ class JailInit:
 # What the file-size limit makes a compiler driver or tool say: strsignal(SIGXFSZ) (gcc's driver
 # when it kills as or cc1: "... signal terminated program as"), strerror(EFBIG) (a tool that
 # gets the error instead, SIGXFSZ being ignored). In English: images carry no translations.
+IDLE_LOOK = 5.0  # seconds between looks at the CPU time a job's processes have used
+
+
+def _output_channel() -> tuple[int, int]:
+    """(ours to read, the job's to write) for its stdout or stderr: a socket pair, which,
+    unlike a pipe, the job cannot open again for reading through /proc/self/fd (a compile
+    that #includes its own stderr would otherwise wait on itself to the wall clock)."""
+    ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM)
+    ours.shutdown(socket.SHUT_WR)
+    theirs.shutdown(socket.SHUT_RD)
+    return ours.detach(), theirs.detach()
+
+
+def _jobs_cpu_ticks() -> int:
+    """The CPU time (clock ticks) of every process in the jail but its init, and of the
+    children they reaped: it stays the same only while none of them runs."""
+    total, own = 0, str(os.getpid())
+    for name in os.listdir("/proc"):
+        if not name.isdigit() or name == own:
+            continue
+        try:
+            with open(f"/proc/{name}/stat", "rb") as f:
+                fields = f.read().rsplit(b")", 1)[1].split()
+        except (OSError, IndexError):
+            continue  # gone meanwhile
+        total += sum(int(v) for v in fields[11:15])  # utime stime cutime cstime
+    return total
+
+
 FILE_SIZE_MESSAGES = (b"File size limit exceeded", b"File too large")
 # strerror(ENOSPC), as the compiler, the assembler and the linker print it. A job's own text
 # that says it too (an #error) costs only a local compile, which then says it as well.

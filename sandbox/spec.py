@@ -94,6 +94,7 @@ class RunLimits(_Limits):
 
     cpu_seconds: int = 300  # RLIMIT_CPU: SIGXCPU, then SIGKILL a second later
     wall_seconds: float = 600.0  # killed by the jail's init when it runs longer
+    idle_seconds: float = 60.0  # ...or when its processes use no CPU time this long
     file_bytes: int = 512 * MiB  # RLIMIT_FSIZE: no single file larger
     address_space_bytes: int = 8 * 1024 * MiB  # RLIMIT_AS: a backstop; the cgroup is the limit
     open_files: int = 256  # RLIMIT_NOFILE
@@ -112,7 +113,7 @@ class ResourceUsage:
 
 
 # The limit names a RunResult can carry, so callers can tell a limit from a compile error.
-LIMIT_REASONS = ("memory", "pids", "cpu", "wall", "output", "file-size", "hung-up")
+LIMIT_REASONS = ("memory", "pids", "cpu", "wall", "idle", "output", "file-size", "hung-up")
 
 
 @dataclass

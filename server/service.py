@@ -622,7 +622,7 @@ MAX_COUNTED_BYTES = 1 << 36  # a job's input or result, as the jail reports it
 # ("hung-up": the client went away mid-job, and the jail stopped it; "disk": the jail's work
 # dir or /tmp was full)
 KNOWN_LIMITS = frozenset(
-    {"memory", "pids", "cpu", "wall", "output", "file-size", "disk", "hung-up"}
+    {"memory", "pids", "cpu", "wall", "idle", "output", "file-size", "disk", "hung-up"}
 )
 JOB_REFUSALS = frozenset({"policy", "protocol", "image"})  # the "refused" question's codes
 

@@ -38,8 +38,9 @@ SCRIPT = TOP / "scripts" / "root-loc"
 # once the monitor withdrew a queued job's question when its jail gave the job up, and the
 # image file's checks moved onto the descriptor the loop device reads (start images too),
 # 4481 once a killed network service was told from one that could not start, 4479 once a
-# stop that reached the children first (systemd signals the whole unit) counted as a stop.
-ROOT_LOC_CEILING = 4479
+# stop that reached the children first (systemd signals the whole unit) counted as a stop,
+# 4480 with a job's idle limit among the run limits.
+ROOT_LOC_CEILING = 4480
 
 
 def _load_root_loc():

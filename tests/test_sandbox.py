@@ -222,6 +222,35 @@ def test_a_job_killed_by_a_limit_says_which(sandbox, probe_binary, args, limit) 
         assert jail.run(["/usr/bin/gcc-12", "--version"], cwd="/w").exit_code == 0
 
 
+def test_a_job_that_waits_on_nothing_gives_its_slot_up(sandbox, probe_binary) -> None:
+    """A job whose processes use no CPU time for idle_seconds is stopped ("idle"): one that
+    waits on something that cannot come would hold its slot to the wall clock at no cost."""
+    idle = RunLimits(cpu_seconds=5, wall_seconds=60.0, idle_seconds=2.0)
+    with sandbox.create_jail("gcc-12", SMALL) as jail:
+        result = run_probe(jail, probe_binary, "sleep", "50", limits=idle)
+        assert result.limit == "idle", (result.exit_code, result.signal, result.stdout[-200:])
+        assert result.usage.wall_seconds < 30
+        # Busy is not idle: a job that computes runs on.
+        busy = run_probe(jail, probe_binary, "spin", "10", limits=idle)
+        assert busy.limit == "cpu", (busy.exit_code, busy.signal, busy.stdout[-200:])
+
+
+@pytest.mark.parametrize("name", ["/proc/self/fd/2", "/dev/stderr", "/proc/self/fd/1"])
+def test_a_compile_cannot_wait_on_its_own_output(sandbox, name) -> None:
+    """The job's stdout and stderr are sockets, which cannot be opened again for reading: a
+    source that #includes its own stderr fails at once instead of waiting on itself."""
+    limits = RunLimits(cpu_seconds=10, wall_seconds=30.0)
+    with sandbox.create_jail("gcc-12", SMALL) as jail:
+        result = jail.run(
+            ["/usr/bin/gcc-12", "-c", "x.c", "-o", "x.o"],
+            cwd="/w",
+            inputs={"x.c": f'#include "{name}"\nint x;\n'.encode()},
+            limits=limits,
+        )
+    assert result.limit is None and result.exit_code == 1, (result.limit, result.stderr)
+    assert b"No such device or address" in result.stderr, result.stderr
+
+
 def test_pids_and_file_size_limits(sandbox, probe_binary) -> None:
     with sandbox.create_jail("gcc-12", SMALL) as jail:
         before = jail.job_counters()
