@@ -167,8 +167,13 @@ static int socket_path(char *out, size_t size)
 		snprintf(dir, sizeof dir, "%s/jailcc", xdg);
 	else if (owned_dir(run_user))
 		snprintf(dir, sizeof dir, "%s/jailcc", run_user);
-	else
+	else {
+		struct stat st;
+		const char *home = getenv("HOME");
 		snprintf(dir, sizeof dir, "/tmp/jailcc-%u", (unsigned)getuid());
+		if (lstat(dir, &st) == 0 && !owned_dir(dir) && home && home[0] == '/')
+			snprintf(dir, sizeof dir, "%s/.jailcc-proxy", home);
+	}
 	return snprintf(out, size, "%s/proxy-%016llx.sock", dir, (unsigned long long)h) >= (int)size
 		       ? -1
 		       : 0;

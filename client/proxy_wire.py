@@ -74,7 +74,11 @@ def runtime_dir(uid: int | None = None, env: Mapping[str, str] = os.environ) -> 
     run_user = f"/run/user/{uid}"
     if _owned_dir(run_user, uid):
         return os.path.join(run_user, "jailcc")
-    return f"/tmp/jailcc-{uid}"
+    tmp = f"/tmp/jailcc-{uid}"
+    home = env.get("HOME", "")
+    if os.path.lexists(tmp) and not _owned_dir(tmp, uid) and home.startswith("/"):
+        return os.path.join(home, ".jailcc-proxy")  # anyone may take a name in /tmp first
+    return tmp
 
 
 def _owned_dir(path: str, uid: int) -> bool:

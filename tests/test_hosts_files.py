@@ -7,8 +7,11 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import socket
 import subprocess
+import sys
+import tempfile
 import threading
 import time
 from collections.abc import Iterator
@@ -197,6 +200,56 @@ def test_the_native_client_finds_the_proxy_python_names(settings, runtime_dir, t
         **settings,
     }
     assert native_client_asks(env, tmp_path)
+
+
+AS_USER_ASKS = """
+import os, socket, subprocess, sys, threading
+from jailcc.client import proxy_wire as pw
+env = {"PATH": os.environ["PATH"], "HOME": sys.argv[1], "JAILCC_HOSTS": ""}
+path = pw.socket_path(env)
+pw.ensure_private_dir(os.path.dirname(path))
+asked = []
+with socket.socket(socket.AF_UNIX) as listener:
+    listener.bind(path)
+    listener.listen(1)
+    def serve():
+        conn, _ = listener.accept()
+        with conn:
+            asked.append(conn.recv(4))
+            conn.sendall(pw.encode_done(42, b"", b""))
+    threading.Thread(target=serve, daemon=True).start()
+    done = subprocess.run([sys.argv[2], "gcc-12", "-c", "x.c"], cwd=sys.argv[1], env=env)
+print(path, asked == [pw.MAGIC_JOB] and done.returncode == 42)
+"""
+
+
+@requires_root
+def test_a_runtime_dir_another_user_took_in_tmp_sends_the_proxy_home():
+    """Without XDG_RUNTIME_DIR or /run/user/UID (cron, ssh without pam_systemd) the proxy's
+    directory is /tmp/jailcc-UID, which anyone may make first: then both clients agree on a
+    directory in the user's home instead, rather than lose the proxy."""
+    uid = 48151  # a user of the test's own, with neither directory
+    squatted = Path(f"/tmp/jailcc-{uid}")
+    home = Path(tempfile.mkdtemp(prefix="jailcc-home-", dir="/var/tmp"))  # (others may enter)
+    os.chown(home, uid, uid)
+    (home / "x.c").write_text("int x(void) { return 1; }\n")
+    env = {"HOME": str(home)}
+    shutil.rmtree(squatted, ignore_errors=True)
+    assert pw.runtime_dir(uid, env) == str(squatted)
+    squatted.mkdir(mode=0o700)
+    try:
+        os.chown(squatted, uid + 1, uid + 1)  # another user's
+        assert pw.runtime_dir(uid, env) == str(home / ".jailcc-proxy")
+        done = subprocess.run(
+            [sys.executable, "-c", AS_USER_ASKS, str(home), JAILCC],
+            user=uid, group=uid, extra_groups=[], capture_output=True, text=True, timeout=60,
+        )  # fmt: skip
+        assert done.returncode == 0, done.stderr
+        path, asked = done.stdout.split()
+        assert path.startswith(f"{home}/.jailcc-proxy/") and asked == "True", done.stdout
+    finally:
+        squatted.rmdir()
+        shutil.rmtree(home)
 
 
 def test_a_proxy_that_dies_before_reading_means_a_fallback_not_sigpipe(runtime_dir, tmp_path):
