@@ -17,6 +17,7 @@ import os
 import site
 import sys
 import sysconfig
+import threading
 from collections.abc import Iterable
 
 # <linux/landlock.h>
@@ -86,6 +87,9 @@ def restrict(rules: Iterable[tuple[str, int]]) -> int:
     """Restrict this process, and every child it will have, to the given (path, access)
     rules beneath each path, and to no TCP; returns the ABI version used. Paths that do not
     exist are left out. LandlockUnavailable on a kernel without it; OSError if a step fails."""
+    if threading.active_count() != 1:
+        # (Before ABI 8, Landlock covers only the thread that asks and those it starts.)
+        raise OSError(f"Landlock asked for with {threading.active_count()} threads running")
     create, add_rule, restrict_self = _syscalls()
     abi = abi_version()
     handled = _FS_BY_ABI[max(v for v in _FS_BY_ABI if v <= abi)]

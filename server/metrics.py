@@ -10,13 +10,16 @@ collectors) is published.
 
 from __future__ import annotations
 
+import socket
 import threading
 from collections import Counter
 from collections.abc import Callable, Iterator
 from typing import Any
+from wsgiref.simple_server import WSGIRequestHandler, WSGIServer, make_server
 
-from prometheus_client import CollectorRegistry, Histogram, start_http_server
+from prometheus_client import CollectorRegistry, Histogram, make_wsgi_app
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
+from prometheus_client.exposition import ThreadingWSGIServer
 
 # What became of a job: it compiled (ok), the compiler failed or was killed (failed), a
 # limit stopped it (limit), the desktop's owner took the machine back (evicted), or the server
@@ -98,11 +101,31 @@ class Metrics:
                 "bytes_out": self.bytes_out,
             }
 
-    def serve(self, host: str, port: int) -> int:
-        """Serve the registry over plain, unauthenticated HTTP from a daemon thread; the
-        port bound."""
-        server, _ = start_http_server(port, host, registry=self.registry)
-        return int(server.server_port)
+    def serve(self, server: WSGIServer) -> None:
+        """Serve the registry over plain, unauthenticated HTTP on a server from bind(), from
+        a daemon thread (and one a scrape)."""
+        server.set_app(make_wsgi_app(self.registry))
+        threading.Thread(target=server.serve_forever, name="metrics", daemon=True).start()
+
+
+class _QuietHandler(WSGIRequestHandler):
+    def log_message(self, format: str, *args: Any) -> None:
+        pass  # (a line per scrape otherwise)
+
+
+def bind(host: str, port: int) -> WSGIServer:
+    """The metrics' HTTP server, bound (a thread serves it only from Metrics.serve: the
+    service binds before Landlock forbids it, and starts threads after, which Landlock then
+    covers)."""
+
+    class Server(ThreadingWSGIServer):
+        pass
+
+    family, _, _, _, address = socket.getaddrinfo(
+        host, port, type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE
+    )[0]
+    Server.address_family = family
+    return make_server(address[0], port, make_wsgi_app(CollectorRegistry()), Server, _QuietHandler)
 
 
 def _histogram(

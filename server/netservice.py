@@ -18,11 +18,12 @@ import socket
 import sys
 import threading
 from collections.abc import Callable
+from wsgiref.simple_server import WSGIServer
 
 from jailcc import protocol as proto
 from jailcc import seccomp, wire
 
-from . import landlock
+from . import landlock, metrics
 from .monitor_link import MonitorLink
 from .service import CatalogView, JobService, ServiceConfig
 
@@ -58,6 +59,23 @@ def main(argv: list[str] | None = None) -> int:
         level=getattr(logging, str(setup["log_level"]).upper()),
         format="%(asctime)s jailccd-net[%(process)d] %(levelname)s %(message)s",
     )
+    try:
+        metrics_server = _bind_metrics(str(setup["metrics"])) if setup.get("metrics") else None
+    except (OSError, ValueError) as exc:
+        log.error("the network service cannot start: %s", exc)
+        return 2
+    try:
+        # Before any thread starts (Landlock covers the thread that asks, and the threads it
+        # starts after) and any peer's byte is read.
+        confined = f"Landlock ABI {landlock.confine_service()}"
+    except landlock.LandlockUnavailable as exc:
+        confined = "no Landlock"
+        log.warning(
+            "this kernel has no Landlock (%s): the network service may read what its uid may", exc
+        )
+    except OSError as exc:
+        log.error("the network service cannot confine itself: %s", exc)
+        return 2
     link = MonitorLink(main_channel)
     service = JobService(link, CatalogView(), ServiceConfig(**setup["config"]))
     service.catalog.refresh(link)
@@ -73,9 +91,9 @@ def main(argv: list[str] | None = None) -> int:
     # The monitor rescans the images (on its own SIGHUP), then sends us one to read them again.
     signal.signal(signal.SIGHUP, lambda _signum, _frame: service.rescanned.set())
     extras = []
+    if metrics_server is not None:
+        service.metrics.serve(metrics_server)
     try:
-        if setup.get("metrics"):
-            _serve_metrics(service, str(setup["metrics"]))
         desktop = setup.get("desktop")
         if desktop:
             extras.append(_watch_the_owner(service, desktop["calm"], desktop["evict_after"]))
@@ -84,18 +102,6 @@ def main(argv: list[str] | None = None) -> int:
             extras.append(_announce(service, int(announce["port"]), announce["addresses"]))
     except (OSError, ValueError) as exc:
         log.error("the network service cannot start: %s", exc)
-        return 2
-    try:
-        # Last, once everything it opens is open: the owner's monitor still reads /proc,
-        # /sys and /dev/input and runs loginctl, which the rules allow.
-        confined = f"Landlock ABI {landlock.confine_service()}"
-    except landlock.LandlockUnavailable as exc:
-        confined = "no Landlock"
-        log.warning(
-            "this kernel has no Landlock (%s): the network service may read what its uid may", exc
-        )
-    except OSError as exc:
-        log.error("the network service cannot confine itself: %s", exc)
         return 2
     log.info(
         "network service ready: protocol %d, as uid %d, %s",
@@ -113,13 +119,16 @@ def main(argv: list[str] | None = None) -> int:
     return 1 if service.failed else 0
 
 
-def _serve_metrics(service: JobService, address: str) -> None:
-    """Prometheus metrics from a daemon thread, on the address given only."""
+def _bind_metrics(address: str) -> WSGIServer:
+    """The Prometheus metrics' server, bound on the address given only."""
     host, _, port = address.rpartition(":")
     if not host or not port.isdigit():
         raise ValueError("--metrics takes HOST:PORT")
-    bound = service.metrics.serve(host.strip("[]"), int(port))
-    log.warning("serving metrics on http://%s:%d/metrics, unauthenticated", host, bound)
+    server = metrics.bind(host.strip("[]"), int(port))
+    log.warning(
+        "serving metrics on http://%s:%d/metrics, unauthenticated", host, server.server_port
+    )
+    return server
 
 
 def _watch_the_owner(service: JobService, calm: float, evict_after: float) -> Callable[[], None]:

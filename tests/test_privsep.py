@@ -61,11 +61,14 @@ def test_the_network_service_runs_unprivileged(root_server: Server) -> None:
     for caps in ("CapInh", "CapPrm", "CapEff", "CapAmb"):
         assert int(status[caps], 16) == 0, (caps, status[caps])
     assert status["NoNewPrivs"].strip() == "1"
-    # Under a seccomp filter, and then not dumpable (its /proc files are then root's): no
-    # process of its uid may trace it or take its descriptors.
+    # Not dumpable (its /proc files are then root's): no process of its uid may trace it or
+    # take its descriptors; and, before it reads a peer's byte, under a seccomp filter.
     deadline = time.monotonic() + 30
     while Path(f"/proc/{pid}/fd").stat().st_uid != 0:
         assert time.monotonic() < deadline, "the service stays dumpable"
+        time.sleep(0.05)
+    while "network service ready" not in root_server.log_text():
+        assert time.monotonic() < deadline, root_server.log_text()
         time.sleep(0.05)
     assert _status(pid)["Seccomp"].strip() == "2"
     # Its parent is the root monitor, which holds no listening socket: every peer's first
@@ -146,6 +149,24 @@ def test_the_network_service_can_read_only_what_it_runs_on(root_server: Server) 
     for what in ("read a world-readable file", "list its directory", "write there"):
         assert confined[what] == "Permission denied", (what, confined)
     assert confined["tcp"] == ("Permission denied" if abi >= 4 else "ok"), confined
+
+
+def test_landlock_is_refused_while_other_threads_run() -> None:
+    """Landlock covers the thread that asks and those it starts after (before ABI 8): a
+    thread already running (a metrics server's, zeroconf's) would keep every right."""
+    script = (
+        "import threading, time\n"
+        "from jailcc.server import landlock\n"
+        "threading.Thread(target=time.sleep, args=(5,), daemon=True).start()\n"
+        "try:\n"
+        "    landlock.confine_service()\n"
+        "except OSError as exc:\n"
+        "    print(exc)\n"
+    )
+    done = subprocess.run(
+        [sys.executable, "-c", script], capture_output=True, text=True, timeout=60
+    )
+    assert "threads running" in done.stdout, done.stdout + done.stderr
 
 
 @requires_root
