@@ -112,11 +112,13 @@ def main(argv: list[str] | None = None) -> int:
         inv = Invocation.here()
     except OSError:  # the working directory was removed: the compiler says what it makes of it
         return _here_unknown(name, exe, args)
-    tried = os.environ.pop("JAILCC_PROXY_TRIED", None) is not None  # by the native client
-    if os.environ.get("JAILCC_PROXY", "1") != "0":
+    # By the native client: "answerless" when a proxy runs that gave it no answer (stopped,
+    # say): then neither ask it nor start another.
+    tried = os.environ.pop("JAILCC_PROXY_TRIED", None)
+    if os.environ.get("JAILCC_PROXY", "1") != "0" and tried != "answerless":
         from .proxy_client import ask_proxy
 
-        answer = ask_proxy(argv, exe, inv, ask=not tried)
+        answer = ask_proxy(argv, exe, inv, ask=tried is None)
         if answer is not None:
             return _act(answer, name, exe)
     from .decide import decide

@@ -105,18 +105,11 @@ static int by_value(const void *a, const void *b)
 	return (x > y) - (x < y);
 }
 
-/* As proxy_wire.view_line(): this process's mount namespace and root, and its groups. */
-static uint64_t hash_view(uint64_t h)
+/* As proxy_wire.groups_line(): this process's groups. */
+static uint64_t hash_groups(uint64_t h)
 {
-	struct stat ns, root;
-	char text[128];
-	if (stat("/proc/self/ns/mnt", &ns) == 0 && stat("/", &root) == 0)
-		snprintf(text, sizeof text, "view=%llu:%llu %llu:%llu groups=",
-			 (unsigned long long)ns.st_dev, (unsigned long long)ns.st_ino,
-			 (unsigned long long)root.st_dev, (unsigned long long)root.st_ino);
-	else
-		snprintf(text, sizeof text, "view=? groups=");
-	h = fnv1a(h, text);
+	char text[32];
+	h = fnv1a(h, "groups=");
 	int n = getgroups(0, NULL);
 	gid_t *groups = malloc(sizeof(gid_t) * (n > 0 ? n + 1 : 1));
 	if (!groups)
@@ -158,7 +151,7 @@ static int socket_path(char *out, size_t size)
 	h = fnv1a(h, "KRB5CCNAME=");
 	h = fnv1a(h, ccache ? ccache : "");
 	h = fnv1a(h, "\n");
-	h = hash_view(h);
+	h = hash_groups(h);
 	char dir[PATH_MAX];
 	const char *xdg = getenv("XDG_RUNTIME_DIR");
 	char run_user[64];
@@ -290,11 +283,15 @@ static int proxy_stopped(void)
 static int wait_for_answer(int fd)
 {
 	struct pollfd ready = {.fd = fd, .events = POLLIN};
-	for (;;) {
+	for (int stopped = 0;;) {
 		int n = poll(&ready, 1, STOPPED_CHECK_MS);
 		if (n > 0)
 			return 0;
-		if ((n < 0 && errno != EINTR) || (n == 0 && proxy_stopped()))
+		if (n < 0 && errno != EINTR)
+			return -1;
+		/* Twice in a row: a profiler's sample stops a process for a moment. */
+		stopped = n == 0 && proxy_stopped() ? stopped + 1 : 0;
+		if (stopped == 2)
 			return -1;
 	}
 }
@@ -304,17 +301,28 @@ static int connect_proxy(void)
 	struct sockaddr_un addr = {.sun_family = AF_UNIX};
 	if (socket_path(addr.sun_path, sizeof addr.sun_path))
 		return -1;
-	int fd = socket(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0);
+	/* Not blocking: a proxy that does not accept (stopped, with its queue full) would hold
+	 * connect() for good. */
+	int fd = socket(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC | SOCK_NONBLOCK, 0);
 	if (fd < 0)
 		return -1;
 	struct ucred cred;
 	socklen_t len = sizeof cred;
-	if (connect(fd, (struct sockaddr *)&addr, sizeof addr) ||
-	    getsockopt(fd, SOL_SOCKET, SO_PEERCRED, &cred, &len) || cred.uid != getuid()) {
+	if (connect(fd, (struct sockaddr *)&addr, sizeof addr)) {
+		int queue_full = errno == EAGAIN;
+		close(fd);
+		return queue_full ? -2 : -1; /* -2: a proxy runs, but will not answer */
+	}
+	if (getsockopt(fd, SOL_SOCKET, SO_PEERCRED, &cred, &len) || cred.uid != getuid() ||
+	    fcntl(fd, F_SETFL, 0)) {
 		close(fd);
 		return -1;
 	}
 	proxy_pid = cred.pid;
+	if (proxy_stopped()) {
+		close(fd);
+		return -2;
+	}
 	return fd;
 }
 
@@ -474,19 +482,21 @@ int main(int argc, char **argv)
 	int plain = !(proxy && strcmp(proxy, "0") == 0) &&
 		    !(ours && (argc < 2 || argv[1][0] == '-' || is_subcommand(argv[1]))) &&
 		    fcntl(2, F_GETFD) != -1;
+	int proxy_runs = 0; /* but gave no answer */
 	if (plain) {
 		int fd = connect_proxy();
 		if (fd >= 0) {
 			ask(fd, argc, argv, exe, ours ? argv[1] : base);
 			close(fd);
 		}
+		proxy_runs = fd != -1;
 	}
 	char python[PATH_MAX + 16];
 	char *slash = strrchr(exe, '/');
 	snprintf(python, sizeof python, "%.*s/jailcc-py", (int)(slash - exe), exe);
 	setenv("JAILCC_ARGV0", argv[0], 1);
-	if (plain)
-		setenv("JAILCC_PROXY_TRIED", "1", 1);
+	if (plain) /* (with "answerless", it need not look for the proxy again) */
+		setenv("JAILCC_PROXY_TRIED", proxy_runs ? "answerless" : "1", 1);
 	argv[0] = python;
 	execv(python, argv);
 	fprintf(stderr, "jailcc: cannot run %s: %s\n", python, strerror(errno));

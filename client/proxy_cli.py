@@ -10,7 +10,7 @@ import time
 from typing import Any
 
 from . import proxy_wire as pw
-from .proxy_client import connect, start_proxy
+from .proxy_client import ProxyStopped, connect, start_proxy
 
 START_TIMEOUT = 30.0
 
@@ -202,7 +202,10 @@ def ask_json(magic: bytes, body: bytes = b"") -> Any:
 
 
 def _ask(path: str, magic: bytes, body: bytes = b"", timeout: float = 10.0) -> bytes | None:
-    sock = connect(path)
+    try:
+        sock = connect(path)
+    except ProxyStopped:
+        return None
     if sock is None:
         return None
     with sock:

@@ -28,7 +28,10 @@ def ask_proxy(
     """The proxy's answer, or None (compile on our own). Starts a proxy if none runs; with
     `ask` False (the native client asked already and got no answer), does only that."""
     path = pw.socket_path(inv.env)
-    sock = connect(path)
+    try:
+        sock = connect(path)
+    except ProxyStopped:
+        return None  # a proxy runs that will not answer: neither ask it nor start another
     if sock is None:
         # The first compile of a build: the proxy it starts serves it too, once up (a few
         # tenths of a second), rather than a compile of our own without its analysis.
@@ -53,12 +56,17 @@ def _answer_comes(sock: socket.socket) -> bool:
     """Wait for the proxy's answer, which comes when the job is done however long it takes,
     but not from a proxy that is stopped (SIGSTOP, ^Z, a debugger): False then."""
     import select
+    import time
 
     pid = struct.unpack("3i", sock.getsockopt(socket.SOL_SOCKET, socket.SO_PEERCRED, 12))[0]
     poller = select.poll()
     poller.register(sock, select.POLLIN)
+    deadline = time.monotonic() + ASK_TIMEOUT
+    stopped = 0
     while not poller.poll(STOPPED_CHECK * 1000):
-        if _stopped(pid):
+        # Twice in a row: a profiler's sample stops a process for a moment.
+        stopped = stopped + 1 if _stopped(pid) else 0
+        if stopped == 2 or time.monotonic() > deadline:
             return False
     return True
 
@@ -81,7 +89,10 @@ def _wait_for_proxy(path: str, started: subprocess.Popen | None) -> socket.socke
     deadline = time.monotonic() + START_WAIT
     while time.monotonic() < deadline:
         time.sleep(0.02)
-        sock = connect(path)
+        try:
+            sock = connect(path)
+        except ProxyStopped:
+            return None
         if sock is not None:
             return sock
         if started is not None and started.poll() not in (None, 0):  # (0: another serves)
@@ -89,17 +100,34 @@ def _wait_for_proxy(path: str, started: subprocess.Popen | None) -> socket.socke
     return None
 
 
+class ProxyStopped(Exception):
+    """A proxy runs there, but will not answer: it is stopped, or its queue is full."""
+
+
 def connect(path: str) -> socket.socket | None:
-    """A connection to the proxy at path, if one runs there as this user."""
+    """A connection to the proxy at path, if one runs there as this user; ProxyStopped if it
+    runs but will not answer."""
     sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
     try:
+        # Not blocking: a proxy that does not accept (stopped, its queue full) would hold
+        # connect() for good.
+        sock.setblocking(False)
         sock.connect(path)
+        sock.setblocking(True)
         creds = sock.getsockopt(socket.SOL_SOCKET, socket.SO_PEERCRED, 12)
-        if struct.unpack("3i", creds)[1] != os.getuid():
+        pid, uid, _ = struct.unpack("3i", creds)
+        if uid != os.getuid():
             raise PermissionError("the proxy socket belongs to someone else")
+        stopped = _stopped(pid)
+    except BlockingIOError:
+        sock.close()
+        raise ProxyStopped from None
     except OSError:
         sock.close()
         return None
+    if stopped:
+        sock.close()
+        raise ProxyStopped
     return sock
 
 

@@ -115,20 +115,15 @@ def key_settings(env: Mapping[str, str]) -> list[str]:
     builds the same lines; tests/test_hosts_files.py checks that both agree."""
     hosts = env.get("JAILCC_HOSTS")
     first = f"JAILCC_HOSTS={hosts}" if hosts is not None else f"hosts file={user_hosts_file(env)}"
-    return [first, f"KRB5CCNAME={env.get('KRB5CCNAME', '')}", view_line()]
+    return [first, f"KRB5CCNAME={env.get('KRB5CCNAME', '')}", groups_line()]
 
 
-def view_line() -> str:
-    """Which files this process sees, as the proxy reads and writes them by path: its mount
-    namespace and root directory, and its groups (a directory only they may read). A client
-    in a container, or after `newgrp` or a change of groups, gets a proxy of its own view."""
-    try:
-        ns, root = os.stat("/proc/self/ns/mnt"), os.stat("/")
-        where = f"{ns.st_dev}:{ns.st_ino} {root.st_dev}:{root.st_ino}"
-    except OSError:
-        where = "?"
-    groups = ",".join(str(g) for g in sorted(set(os.getgroups()) | {os.getegid()}))
-    return f"view={where} groups={groups}"
+def groups_line() -> str:
+    """The groups this process has, which decide what the proxy may read and write for it:
+    after `newgrp` or a change of groups a client gets a proxy of its own. (Not its mount
+    namespace: sandboxes such as Bazel's make one per compile, and would make a proxy each;
+    a client in another one is left to the Python client, proxy.other_view.)"""
+    return "groups=" + ",".join(str(g) for g in sorted(set(os.getgroups()) | {os.getegid()}))
 
 
 def settings_key(env: Mapping[str, str]) -> str:

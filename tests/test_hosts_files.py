@@ -252,6 +252,45 @@ def test_a_runtime_dir_another_user_took_in_tmp_sends_the_proxy_home():
         shutil.rmtree(home)
 
 
+@pytest.mark.parametrize("client", ["jailcc", "jailcc-py"])
+def test_a_proxy_that_accepts_nothing_holds_no_compile(client, runtime_dir, tmp_path):
+    """A proxy that does not accept (stopped, with its queue full) made connect() wait for
+    good: both clients connect without blocking, and compile on their own."""
+    env = {
+        "PATH": os.environ["PATH"],
+        "XDG_RUNTIME_DIR": str(runtime_dir),
+        "JAILCC_DISCOVER": "",
+        "JAILCC_HOSTS": "",
+    }
+    (tmp_path / "x.c").write_text("int x(void) { return 1; }\n")
+    path = pw.socket_path(env)
+    pw.ensure_private_dir(os.path.dirname(path))
+    queued = []
+    with socket.socket(socket.AF_UNIX) as listener:
+        listener.bind(path)
+        listener.listen(0)
+        while True:  # fill its queue
+            sock = socket.socket(socket.AF_UNIX)
+            sock.setblocking(False)
+            try:
+                sock.connect(path)
+            except BlockingIOError:
+                sock.close()
+                break
+            queued.append(sock)
+        try:
+            done = subprocess.run(
+                [str(BIN / client), "gcc-12", "-c", "x.c"],
+                cwd=tmp_path, env=env, capture_output=True, timeout=60,
+            )  # fmt: skip
+        finally:
+            for sock in queued:
+                sock.close()
+            os.unlink(path)
+    assert done.returncode == 0, done.stderr
+    assert (tmp_path / "x.o").stat().st_size > 0
+
+
 def test_a_proxy_that_dies_before_reading_means_a_fallback_not_sigpipe(runtime_dir, tmp_path):
     """The native client's request to a proxy that closes without reading it fails with EPIPE:
     the compile must then go on without the proxy, not die of SIGPIPE ("Broken pipe" in make)."""

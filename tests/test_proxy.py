@@ -105,12 +105,11 @@ def test_the_first_compile_starts_one_proxy_and_the_next_go_through_it(server, t
     assert not proxies(env)
 
 
-@pytest.mark.parametrize("how", ["mount namespace", "groups"])
-def test_a_client_that_sees_other_files_gets_a_proxy_of_its_view(how, server, tmp_path):
+def test_a_client_in_another_mount_namespace_compiles_what_it_sees(server, tmp_path):
     """The proxy reads headers and writes objects by path: a client in another mount
-    namespace (a container, bwrap) must not get the proxy's files, nor have its object
-    written where the proxy sees that path; nor may a client with other groups (after
-    `newgrp`) read through a proxy with the old ones. Each view has a proxy of its own."""
+    namespace (a container, bwrap, Bazel's sandbox) must not get the proxy's files, nor have
+    its object written where the proxy sees that path. It compiles on its own, with its own
+    view, and starts no proxy of its own (a sandbox per compile would make one each)."""
     env = proxy_env(server)
     for name, text in {
         "inc/q.h": "int from_host_view;\n",
@@ -123,31 +122,46 @@ def test_a_client_that_sees_other_files_gets_a_proxy_of_its_view(how, server, tm
     try:
         warm = jailcc(["gcc-12", "-Iinc", "-c", "a.c", "-o", "warm.o"], tmp_path, env)
         assert "remote" in warm.stderr, warm.stderr  # a proxy runs
-        (ours,) = proxies(env)
-        if how == "mount namespace":
-            inside = (
-                f"mount --bind {tmp_path}/alt {tmp_path}/inc && mount -t tmpfs tmpfs"
-                f" {tmp_path}/out && for i in 1 2; do {JAILCC} gcc-12 -Iinc -c a.c -o out/a.o"
-                " || exit; done && nm out/a.o"
-            )
-            argv, extra = ["unshare", "-m", "--propagation", "private", "sh", "-c", inside], {}
-        else:
-            inside = f"for i in 1 2; do {JAILCC} gcc-12 -Iinc -c a.c -o out/a.o || exit; done"
-            argv, extra = ["sh", "-c", inside], {"extra_groups": [54321]}
+        inside = (
+            f"mount --bind {tmp_path}/alt {tmp_path}/inc && mount -t tmpfs tmpfs {tmp_path}/out"
+            f" && {JAILCC} gcc-12 -Iinc -c a.c -o out/a.o && nm out/a.o"
+        )
         done = subprocess.run(
-            argv, cwd=tmp_path, env=env, capture_output=True, text=True, timeout=120, **extra
+            ["unshare", "-m", "--propagation", "private", "sh", "-c", inside],
+            cwd=tmp_path,
+            env=env,
+            capture_output=True,
+            text=True,
+            timeout=120,
         )
         assert done.returncode == 0, done.stderr
-        # Its second compile went through a proxy of its own, which saw what it sees.
+        assert "from_its_view" in done.stdout and "from_host_view" not in done.stdout
+        assert not (tmp_path / "out" / "a.o").exists()  # nothing written through our view
+        assert len(proxies(env)) == 1
+    finally:
+        stop_proxy(env)
+
+
+def test_a_client_with_other_groups_gets_a_proxy_of_its_own(server, tmp_path):
+    """What the proxy may read and write for a client depends on its groups: a client with
+    other ones (after `newgrp`, or a change of groups) starts and uses a proxy of its own."""
+    env = proxy_env(server)
+    (tmp_path / "a.c").write_text("int main(void) { return 0; }\n")
+    try:
+        warm = jailcc(["gcc-12", "-c", "a.c", "-o", "warm.o"], tmp_path, env)
+        assert "remote" in warm.stderr, warm.stderr
+        (ours,) = proxies(env)
+        twice = f"for i in 1 2; do {JAILCC} gcc-12 -c a.c -o a.o || exit; done"
+        done = subprocess.run(
+            ["sh", "-c", twice], cwd=tmp_path, env=env, capture_output=True, text=True,
+            timeout=120, extra_groups=[54321],
+        )  # fmt: skip
+        assert done.returncode == 0, done.stderr
+        # Both through a proxy (the first starts it), none compiled on its own.
         assert done.stderr.count("remote") == 2 and "no proxy" not in done.stderr, done.stderr
         theirs = [p for p in proxies(env) if p.pid != ours.pid]
-        assert len(theirs) == 1, theirs
-        if how == "mount namespace":
-            assert "from_its_view" in done.stdout and "from_host_view" not in done.stdout
-            assert not (tmp_path / "out" / "a.o").exists()  # nothing written through our view
-        else:
-            assert (tmp_path / "out" / "a.o").exists()
-            assert 54321 in _groups(theirs[0].pid)
+        assert len(theirs) == 1 and 54321 in _groups(theirs[0].pid), theirs
+        assert 54321 not in _groups(ours.pid)
     finally:
         for proc in proxies(env):
             proc.terminate()
