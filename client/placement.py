@@ -379,6 +379,12 @@ class Placement:
             self._free_total += _free(s)
             self._reorder(s)
 
+    def on_recovered(self, server: str) -> None:
+        """The server answered after all (a connection it was given up on came late)."""
+        s = self.servers.get(server)
+        if s is not None:
+            s.failures, s.retry_at = 0, 0.0
+
     def on_failure(self, server: str, now: float, key: Hashable | None = None) -> None:
         """The server failed (connection, protocol, crash): back off, doubling per failure in a
         row; the job (key), if any, is re-planned by the caller."""

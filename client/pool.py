@@ -367,13 +367,15 @@ class Pool:
                 link.open[identity] -= 1
                 channel.sock.close()
             link.open[identity] = link.open.get(identity, 0) + 1
+        # The handshake (Kerberos: a KDC that hangs) within the deadline; the jail's READY,
+        # which a loaded server may take seconds to build, after.
         opened = within(
             SETUP_DEADLINE,
-            lambda: self._open(link, identity),
-            lambda late: self._opened_late(link, identity, late),
+            lambda: self._handshake(link, identity),
+            lambda late: self._handshaken_late(link, identity, late),
             f"open {link.host}",
         )
-        channel = opened[0] if opened else self._gave_up_on(link)
+        channel = self._ready(link, identity, opened[0]) if opened else self._gave_up_on(link)
         if isinstance(channel, RemoteFailure):
             with self._lock:
                 link.busy -= 1
@@ -389,20 +391,31 @@ class Pool:
             self._back_off(link, failure)
         return failure
 
-    def _opened_late(
-        self, link: Link, identity: str, channel: proto.Channel | RemoteFailure
+    def _handshaken_late(
+        self, link: Link, identity: str, session: tuple[proto.Channel, dict] | RemoteFailure
     ) -> None:
-        """A set-up whose job went on without it: its connection joins the idle ones, and the
-        server, which did answer, is used again at once."""
-        if isinstance(channel, RemoteFailure):
-            return  # (_open left the server alone)
+        """A handshake whose job went on without it: its connection joins the idle ones (room
+        permitting), and the server, which did answer, is used again at once. (A late failure
+        changes nothing: the server was left alone when the job gave up on it.)"""
+        if isinstance(session, RemoteFailure):
+            return
         with self._lock:
-            if self._closed or link not in self.links:
-                channel.sock.close()
+            if (
+                self._closed
+                or link not in self.links
+                or link.open.get(identity, 0) >= min(link.capacity, CONNECTIONS_CAP)
+            ):
+                session[0].sock.close()
                 return
             link.open[identity] = link.open.get(identity, 0) + 1
+        channel = self._ready(link, identity, session)
+        with self._lock:
+            if isinstance(channel, RemoteFailure):
+                link.open[identity] -= 1
+                return
             link.idle.setdefault(identity, []).append((time.monotonic(), channel))
-            link.retry_at = 0.0
+            link.failures, link.retry_at = 0, 0.0
+            self.placement.on_recovered(str(link.host))
             self._room.notify_all()
 
     def _checkin(
@@ -454,35 +467,54 @@ class Pool:
     def _open(self, link: Link, identity: str) -> proto.Channel | RemoteFailure:
         """Connect, authenticate, wait for the jail's READY; why not (and a back-off, unless
         the server only lacks an image for this compiler) on failure."""
+        return self._ready(link, identity, self._handshake(link, identity))
+
+    def _handshake(
+        self, link: Link, identity: str
+    ) -> tuple[proto.Channel, dict[str, Any]] | RemoteFailure:
+        """Connect, hello, authenticate: the channel and the server's hello, or why not."""
         sock = None
         try:
             sock = connect(link.host)
-            channel, hello = open_session(sock, link.host, identity)
-            sock.settimeout(30)
-            ready, _ = channel.expect(proto.READY, proto.MAX_HELLO_FRAME)
-            channel.alive = sends_alive(ready)
-            if isinstance(ready.get("load"), dict):
-                link.load, link.load_at = ready["load"], time.monotonic()
-            slots = ready.get("slots", hello.get("slots"))
-            if isinstance(slots, int) and slots > 0 and not link.host.slots:
-                link.slots = min(slots, CONNECTIONS_CAP)
-            link.last_told = ""
-            return channel
+            return open_session(sock, link.host, identity)
         except (RemoteFailure, proto.RemoteError, proto.ProtocolError, OSError) as exc:
             if sock is not None:
                 sock.close()
-            if isinstance(exc, RemoteFailure):
-                failure = exc
-            elif isinstance(exc, proto.RemoteError):  # e.g. a sealed "unauthorized" for READY
-                failure = handshake_failure(link.host, exc)
+            return _as_failure(link.host, exc)
+
+    def _ready(
+        self,
+        link: Link,
+        identity: str,
+        session: tuple[proto.Channel, dict[str, Any]] | RemoteFailure,
+    ) -> proto.Channel | RemoteFailure:
+        """The jail's READY on a handshaken session; on any failure, why, the server left
+        alone (or, when it lacks an image for this compiler, remembered so)."""
+        if isinstance(session, RemoteFailure):
+            failure = session
+        else:
+            channel, hello = session
+            try:
+                channel.sock.settimeout(30)
+                ready, _ = channel.expect(proto.READY, proto.MAX_HELLO_FRAME)
+            except (RemoteFailure, proto.RemoteError, proto.ProtocolError, OSError) as exc:
+                channel.sock.close()
+                failure = _as_failure(link.host, exc)
             else:
-                failure = RemoteFailure(f"{link.host}: {exc}")
-            with self._lock:
-                if failure.code == "image":
-                    link.lacks[identity] = time.monotonic()
-                else:
-                    self._back_off(link, failure)
-            return failure
+                channel.alive = sends_alive(ready)
+                if isinstance(ready.get("load"), dict):
+                    link.load, link.load_at = ready["load"], time.monotonic()
+                slots = ready.get("slots", hello.get("slots"))
+                if isinstance(slots, int) and slots > 0 and not link.host.slots:
+                    link.slots = min(slots, CONNECTIONS_CAP)
+                link.last_told = ""
+                return channel
+        with self._lock:
+            if failure.code == "image":
+                link.lacks[identity] = time.monotonic()
+            else:
+                self._back_off(link, failure)
+        return failure
 
     def _tree_refusal(self, trees: str) -> str | None:
         now = time.monotonic()
@@ -625,6 +657,14 @@ def _hung_up(channel: proto.Channel) -> bool:
         return bool(poller.poll(0))
     except (OSError, ValueError):
         return True
+
+
+def _as_failure(host: Host, exc: Exception) -> RemoteFailure:
+    if isinstance(exc, RemoteFailure):
+        return exc
+    if isinstance(exc, proto.RemoteError):  # e.g. a sealed "unauthorized" for READY
+        return handshake_failure(host, exc)
+    return RemoteFailure(f"{host}: {exc}")
 
 
 def _naming(host: Host, reason: str) -> str:
