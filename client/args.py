@@ -379,12 +379,14 @@ def _replace_suffix(path: str, suffix: str) -> str:
     return (path[:dot] if dot > slash else path) + suffix
 
 
-def _wp_deps(a: str) -> tuple[bool, str | None, bool] | None:
-    """Parse -Wp,...: (has -MD/-MMD, its dep file, has -MT/-MQ), or None if not allowed."""
+def _wp_deps(a: str) -> tuple[bool, str | None, bool, list[str]] | None:
+    """Parse -Wp,...: (has -MD/-MMD, its dep file, has -MT/-MQ, the -MT targets), or None if
+    not allowed."""
     words = a[4:].split(",")
     dep = False
     dep_file = None
     target = False
+    targets: list[str] = []
     i = 0
     while i < len(words):
         w = words[i]
@@ -394,6 +396,8 @@ def _wp_deps(a: str) -> tuple[bool, str | None, bool] | None:
                 return None
             if w in ("-MT", "-MQ"):
                 target = True
+                if w == "-MT":
+                    targets.append(words[i])
             else:
                 dep = dep or w != "-MF"
                 dep_file = words[i]
@@ -405,7 +409,7 @@ def _wp_deps(a: str) -> tuple[bool, str | None, bool] | None:
                 i += 1
         else:
             return None
-    return dep, dep_file, target
+    return dep, dep_file, target, targets
 
 
 def _clang_precompiled(forced: list[str], cwd: str) -> str | None:
@@ -539,7 +543,7 @@ def analyse(
             cpp += words
         elif handler == "target":
             target = True
-            if w.canonical == "-MT":
+            if w.canonical.startswith("-MT"):  # (-MT X or -MTX)
                 dep_targets.append(w.value)
             cpp += words
         elif handler == "wp":
@@ -550,6 +554,7 @@ def analyse(
                 wp_dep = True
                 wp_dep_file = parsed[1]
             target = target or parsed[2]
+            dep_targets += parsed[3]
             cpp += words
         else:  # "debug"
             if w.canonical.startswith("-gdwarf-"):

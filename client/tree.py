@@ -532,8 +532,8 @@ def plain_rules(data: bytes, own_targets: Sequence[str] = ()) -> bool:
     ...)"), comment, special target (.SECONDEXPANSION expands "$$" again) or directive would
     act on this machine. Lines are joined as make joins them: a newline after an odd number
     of backslashes. The user's own -MT targets (`own_targets`, '$(obj)/x.o' say), which the
-    compiler writes as they are at the start of the first rule, may hold anything there: a
-    local compile would write the same."""
+    compiler writes as they are, in order, at the start of the first rule, may hold anything
+    there: a local compile would write the same. (A -MQ before them: compiled locally.)"""
     for number, line in enumerate(_make_lines(data)):
         if line.startswith(b"\t"):
             return False
@@ -553,22 +553,15 @@ def plain_rules(data: bytes, own_targets: Sequence[str] = ()) -> bool:
 
 
 def _without_own_targets(line: bytes, own: list[bytes]) -> bytes:
-    """The first rule's line with each of the user's -MT targets among its targets (before
-    the word with the colon) made a plain word."""
-    kept = b""
+    """The first rule's line with the user's -MT targets made plain words, when it starts
+    with them, in their order (as the compiler writes them first): nothing of the server's
+    may stand between them."""
     rest = line
-    while own and rest:
-        found = next((t for t in own if t and _starts_with_word(rest, t)), None)
-        if found is not None:
-            kept += b"target "
-            rest = rest[len(found) :].lstrip(b" ")
-            continue
-        word, _, after = rest.partition(b" ")
-        if b":" in word:  # the targets end here
-            break
-        kept += word + b" "
-        rest = after.lstrip(b" ")
-    return kept + rest
+    for target in own:
+        if not target or not _starts_with_word(rest, target):
+            return line
+        rest = rest[len(target) :].lstrip(b" ")
+    return b"target " * len(own) + rest
 
 
 def _starts_with_word(line: bytes, word: bytes) -> bool:

@@ -672,12 +672,19 @@ def test_a_users_own_make_variables_in_its_targets_go_remote(compiler, proxy_env
     """-MT '$(OBJ)/m.o' is written into the dependency file as it is: the server's file was
     refused as more than rules, and every such job compiled twice (remote, then locally)."""
     files = {"m.c": '#include <stdio.h>\nint main(void) { return puts("hi"); }\n'}
-    args = ["-c", "-g", "-MMD", "-MP", "-MT", "$(OBJ)/m.o", "-MT", "a;b", "-MQ", "$(Q)", "m.c"]
+    args = ["-c", "-g", "-MMD", "-MP", "-MT", "$(OBJ)/m.o", "-MTa;b", "-MQ", "$(Q)", "m.c"]
     local, remote, said = local_and_through_jailcc(
         compiler, args, files, {**proxy_env, "JAILCC_VERBOSE": "1"}, tmp_path
     )
     assert remote == local and b"$(OBJ)/m.o a;b $$(Q):" in local[2][Path("m.d")], local
     assert b"remote (sources) on" in said and b"locally" not in said, said
+    if compiler == "gcc-12":  # (cc1's own option: gcc takes it as it is)
+        args = ["-c", "-g", "-Wp,-MMD,m.d,-MT,$(W)/m.o", "m.c", "-o", "m.o"]
+        local, remote, said = local_and_through_jailcc(
+            compiler, args, files, {**proxy_env, "JAILCC_VERBOSE": "1"}, tmp_path
+        )
+        assert remote == local and local[2][Path("m.d")].startswith(b"$(W)/m.o:"), local
+        assert b"remote (sources) on" in said and b"locally" not in said, said
 
 
 @pytest.mark.parametrize(

@@ -316,7 +316,7 @@ def test_a_dependency_file_from_a_server_is_rules_and_nothing_make_would_run(rul
     [
         (b"$(OBJ)/x.o: x.c a.h\n", True),  # the user's own words, where the compiler puts them
         (b"$(OBJ)/x.o other.o: x.c\na.h:\n", True),
-        (b"other.o $(OBJ)/x.o: x.c\n", True),
+        (b"other.o $(OBJ)/x.o: x.c\n", False),  # first, as the compiler writes them
         (b"$(OBJ)/x.o: x.c $(shell touch /tmp/pwned)\n", False),  # never as prerequisites
         (b"$(OBJ)/x.o ; touch /tmp/pwned\n", False),
         (b"$(OBJ)/x.o;x: x.c\n", False),  # only the whole word the user gave
@@ -330,6 +330,15 @@ def test_the_users_own_targets_are_taken_in_the_first_rule_only(rules, plain):
 
     assert plain_rules(rules, ["$(OBJ)/x.o"]) is plain
     assert plain_rules(rules) is (plain and b"$(OBJ)" not in rules)
+
+
+def test_nothing_of_the_servers_may_stand_between_the_users_targets():
+    from jailcc.client.tree import plain_rules
+
+    own = ["$(shell", "echo)"]  # one make call the user split over two -MT words
+    assert plain_rules(b"$(shell echo): x.c\n", own)
+    assert not plain_rules(b"$(shell touch /tmp/pwned echo): x.c\n", own)
+    assert not plain_rules(b"$(shell echo)\\\n $(X): x.c\n", own)
 
 
 @pytest.mark.parametrize("compiler", ["gcc-12", "clang-16"])
