@@ -242,6 +242,26 @@ _DEFINE = re.compile(r"[ \t\f\v]*([A-Za-z_$][\w$]*)(\([^)]*\))?(.*)", re.S)
 _HAS_INCLUDE = re.compile(r"__has_include(_next)?\s*\(\s*(\"[^\"]*\"|<[^>]*>|[^)]*?)\s*\)")
 _PRAGMA_DEPENDENCY = re.compile(r"\s*GCC\s+dependency\s+(\"[^\"]*\"|<[^>]*>)")
 _PRAGMA_ONCE = re.compile(r"\s*once\b")
+_STRING = re.compile(rb'(?:u8|[LuU])?"((?:\\.|[^"\\\n])*)"')
+_PRAGMA_ONCE_BYTES = re.compile(rb"\s*once\b")
+_PRAGMA_DEPENDENCY_BYTES = re.compile(rb"\s*GCC\s+dependency\b")
+
+
+def _operator_pragmas(code: bytes) -> tuple[bool, bool]:
+    """Whether code (without comments) may say #pragma once, and #pragma GCC dependency,
+    through the _Pragma operator: in the string it is given, or, since a macro may make that
+    string (_Pragma(STR(once))), as a word anywhere outside string literals."""
+    once = dependency = False
+    for m in _STRING.finditer(code):
+        before = code[max(0, m.start() - 4096) : m.start()].rstrip()
+        if before.endswith(b"(") and before[:-1].rstrip().endswith(b"_Pragma"):
+            text = m.group(1)
+            once = once or _PRAGMA_ONCE_BYTES.match(text) is not None
+            dependency = dependency or _PRAGMA_DEPENDENCY_BYTES.match(text) is not None
+    words = _STRING.sub(b" ", code)
+    once = once or re.search(rb"\bonce\b", words) is not None
+    dependency = dependency or re.search(rb"\bdependency\b", words) is not None
+    return once, dependency
 
 
 def _strip_comments(data: bytes) -> bytes:
@@ -291,15 +311,17 @@ def _add_define(defines: dict[str, list[Macro]], rest: str) -> None:
 def parse_directives(data: bytes) -> Directives:
     """The inclusions and macro definitions of one file's contents (all branches)."""
     timestamp = b"__TIMESTAMP__" in data
-    # The _Pragma operator's spellings are not parsed: a file that may use it is taken to.
-    operator = b"_Pragma" in data
-    once = operator and b"once" in data
-    timestamp = timestamp or (operator and b"dependency" in data)
+    once = False
+    code = None
+    if b"_Pragma" in data:
+        code = _strip_comments(data)
+        once, dependency = _operator_pragmas(code)
+        timestamp = timestamp or dependency
     if b"#" not in data and b"%:" not in data:
         return Directives((), {}, timestamp, once) if timestamp or once else _NO_DIRECTIVES
     includes: list[Include] = []
     defines: dict[str, list[Macro]] = {}
-    for m in _DIRECTIVE.finditer(_strip_comments(data)):
+    for m in _DIRECTIVE.finditer(_strip_comments(data) if code is None else code):
         keyword = m.group(1)
         rest = m.group(2).decode("utf-8", "surrogateescape")
         if keyword in (b"include", b"import", b"include_next"):

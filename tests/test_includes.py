@@ -607,6 +607,10 @@ def test_every_project_compile_is_covered(
         (b"  #  pragma   once  // guard\n", True),
         (b"%:pragma once\n", True),
         (b'_Pragma("once")\n', True),
+        (b'_Pragma ( u8"once" )\n', True),
+        (b"#define P(x) _Pragma(#x)\nP(once)\n", True),  # a macro makes the string
+        (b'_Pragma("GCC diagnostic push")\n/* once upon a time */\n', False),
+        (b'_Pragma("message(\\"once\\")")\nconst char *s = "once";\n', False),
         (b"#pragma onceler\n", False),
         (b"#pragma GCC system_header\n#include <x.h>\n", False),
         (b"/* #pragma once */\n", False),
@@ -614,6 +618,23 @@ def test_every_project_compile_is_covered(
 )
 def test_pragma_once_is_seen(text: bytes, once: bool) -> None:
     assert parse_directives(text).once is once
+
+
+@pytest.mark.parametrize(
+    ("text", "compares"),
+    [
+        (b'_Pragma("GCC dependency \\"x.h\\"")\n', True),
+        (b'#define P(x) _Pragma(#x)\nP(GCC dependency "x.h")\n', True),
+        (b"int t = __TIMESTAMP__;\n", True),
+        # curl's curl.h: a diagnostic _Pragma, and the word in a comment and a string.
+        (b'#define IGN _Pragma("GCC diagnostic push")\n/* stream dependency */\n', False),
+        (b'_Pragma("GCC diagnostic push")\nconst char *e = "no dependency";\n', False),
+    ],
+)
+def test_mtime_comparisons_through_the_pragma_operator_are_seen(text: bytes, compares) -> None:
+    """A file that compares mtimes cannot go as sources (the jail's copies have their own):
+    #pragma GCC dependency said through _Pragma is one; a mere mention is none."""
+    assert parse_directives(text).timestamp is compares
 
 
 @pytest.mark.parametrize(
