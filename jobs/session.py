@@ -25,6 +25,7 @@ from __future__ import annotations
 import contextlib
 import os
 import re
+import select
 import socket
 import time
 from collections.abc import Callable
@@ -98,6 +99,8 @@ def serve(init: JailInit, conn: socket.socket, params: dict[str, Any], token: by
         conn.settimeout(SEND_TIMEOUT)
         channel.send(proto.READY, params["hello"])
         while True:
+            if not _speaks_within(conn, IDLE_TIMEOUT):
+                return None  # idle this long between jobs: a clean end (the proxy opens anew)
             conn.settimeout(IDLE_TIMEOUT)
             try:
                 frame_type, header, blobs = channel.recv(max_input + 1024 * 1024, 4 * max_input)
@@ -508,6 +511,13 @@ def _run_tree_job(
         compress=[False, False, *(True for _ in blobs[2:])],
     )
     return go_on, True
+
+
+def _speaks_within(conn: socket.socket, seconds: float) -> bool:
+    """Whether the client sends something (or hangs up) within seconds."""
+    poller = select.poll()
+    poller.register(conn.fileno(), select.POLLIN | select.POLLRDHUP)
+    return bool(poller.poll(int(seconds * 1000)))
 
 
 _LISTING_IN_TMP = (policy.DEPS_SUNPRO, policy.DEPS_HEADERS, policy.DEPS_LOG)
