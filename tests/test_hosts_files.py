@@ -181,6 +181,22 @@ def native_client_asks(env: dict[str, str], cwd: Path) -> bool:
     return asked == [pw.MAGIC_JOB] and proc.returncode == 42
 
 
+def fake_proxy_place(runtime_dir: Path, cwd: Path, **extra: str) -> tuple[dict[str, str], str]:
+    """A client environment with no servers, a source x.c in cwd, and the path (its directory
+    made) where that environment's proxy would listen: a test's stand-in listens there."""
+    env = {
+        "PATH": os.environ["PATH"],
+        "XDG_RUNTIME_DIR": str(runtime_dir),
+        "JAILCC_DISCOVER": "",
+        "JAILCC_HOSTS": "",
+        **extra,
+    }
+    (cwd / "x.c").write_text("int x(void) { return 1; }\n")
+    path = pw.socket_path(env)
+    pw.ensure_private_dir(os.path.dirname(path))
+    return env, path
+
+
 @pytest.mark.parametrize(
     "settings",
     [
@@ -256,15 +272,7 @@ def test_a_runtime_dir_another_user_took_in_tmp_sends_the_proxy_home():
 def test_a_proxy_that_accepts_nothing_holds_no_compile(client, runtime_dir, tmp_path):
     """A proxy that does not accept (stopped, with its queue full) made connect() wait for
     good: both clients connect without blocking, and compile on their own."""
-    env = {
-        "PATH": os.environ["PATH"],
-        "XDG_RUNTIME_DIR": str(runtime_dir),
-        "JAILCC_DISCOVER": "",
-        "JAILCC_HOSTS": "",
-    }
-    (tmp_path / "x.c").write_text("int x(void) { return 1; }\n")
-    path = pw.socket_path(env)
-    pw.ensure_private_dir(os.path.dirname(path))
+    env, path = fake_proxy_place(runtime_dir, tmp_path)
     queued = []
     with socket.socket(socket.AF_UNIX) as listener:
         listener.bind(path)
@@ -294,17 +302,9 @@ def test_a_proxy_that_accepts_nothing_holds_no_compile(client, runtime_dir, tmp_
 def test_a_proxy_that_dies_before_reading_means_a_fallback_not_sigpipe(runtime_dir, tmp_path):
     """The native client's request to a proxy that closes without reading it fails with EPIPE:
     the compile must then go on without the proxy, not die of SIGPIPE ("Broken pipe" in make)."""
-    env = {
-        "PATH": os.environ["PATH"],
-        "XDG_RUNTIME_DIR": str(runtime_dir),
-        "JAILCC_DISCOVER": "",
-        "JAILCC_HOSTS": "",
-        # Larger than the socket's buffer, so the write is still going when the proxy closes.
-        **{f"JAILCC_TEST_PAD{i}": "x" * 100_000 for i in range(10)},
-    }
-    (tmp_path / "x.c").write_text("int x(void) { return 1; }\n")
-    path = pw.socket_path(env)
-    pw.ensure_private_dir(os.path.dirname(path))
+    # Larger than the socket's buffer, so the write is still going when the proxy closes.
+    pad = {f"JAILCC_TEST_PAD{i}": "x" * 100_000 for i in range(10)}
+    env, path = fake_proxy_place(runtime_dir, tmp_path, **pad)
     accepted = 0
     with socket.socket(socket.AF_UNIX) as listener:
         listener.bind(path)
