@@ -2,8 +2,8 @@
 
 The service parses every byte peers send before they authenticate, as a uid of its own. Its
 uid alone lets it read whatever is world-readable: on a borrowed desktop, the owner's home and
-source trees, /tmp. Once it has started (listeners, metrics, announcer and the owner's monitor
-in place), it restricts itself with Landlock (an unprivileged LSM; it has no_new_privs) to
+source trees, /tmp. Before it starts any thread or reads a peer's byte (its metrics socket
+already bound), it restricts itself with Landlock (an unprivileged LSM; it has no_new_privs) to
 reading the system's programs, libraries and configuration, Python and jailcc, /proc, /sys,
 /dev and /run: it can write no file, make no TCP connection or listener, and, where the
 kernel scopes them, signal no process and reach no abstract Unix socket outside itself and its

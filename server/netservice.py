@@ -2,7 +2,7 @@
 by jailccd's root monitor (monitor/daemon.py) as its own unprivileged uid, with no capabilities
 and no_new_privs; it takes on a seccomp filter (jailcc.seccomp) and makes itself undumpable
 before it reads a peer's byte, and confines its file system access with Landlock (landlock.py)
-once it has started. It gets its settings and listening sockets from the monitor's
+before it starts any thread. It gets its settings and listening sockets from the monitor's
 first message, then serves (service.py): accepts and the handshakes, admission, status,
 Prometheus metrics, the mDNS announcement and the desktop owner's monitor. It exits when the
 monitor goes.
