@@ -269,9 +269,11 @@ def test_mdns_drops_a_cut_server_and_keeps_quiet_live_ones(lab: NetLab) -> None:
 
         lab.cut("s1")
         cut_at = time.monotonic()
-        # Stale after 2-2.5 s, then two unanswered queries 0.75 s apart.
+        # Stale 2-2.5 s after s1 was last heard, which may be just before the cut; then two
+        # unanswered queries 0.75 s apart. The first may have left just before the cut, so the
+        # drop comes no sooner than about 1.5 s after it: never on the first silence.
         assert wait_for(lambda: hosts_of(browser) == {"s2.local"}, 8)
-        assert time.monotonic() - cut_at > 2.0
+        assert time.monotonic() - cut_at > 1.25
         assert seen.of("s1")[-1][0] == "removed"
 
         lab.restore("s1")
