@@ -305,6 +305,14 @@ def build_parser() -> argparse.ArgumentParser:
         help="memory limit of one connection's jail, in MiB (default 2048)",
     )
     p.add_argument(
+        "--jails-memory",
+        type=int,
+        metavar="MIB",
+        help="memory of all jails together, in MiB: slots and waiting jobs times --job-memory"
+        " may pass the machine's; past it the kernel ends a job, which its client redoes"
+        " elsewhere or locally (default: three quarters of this machine's memory)",
+    )
+    p.add_argument(
         "--max-input",
         type=int,
         default=128,
@@ -382,6 +390,7 @@ def run(args: argparse.Namespace) -> int:
             jail_modules=jobs.JAIL_MODULES,
             jail_libraries=jobs.JAIL_LIBRARIES,
             image_dir=catalog.directory,
+            all_jails_memory=args.jails_memory * MiB,
         )
     except SandboxError as exc:
         print(f"jailccd: error: {exc}", file=sys.stderr)
@@ -676,6 +685,10 @@ def check(args: argparse.Namespace) -> Checked:
             " --job-memory, --max-input, --speed and the timeouts must be positive; --max-queue"
             " and the other times not negative"
         )
+    if args.jails_memory is None:
+        args.jails_memory = os.sysconf("SC_PHYS_PAGES") * os.sysconf("SC_PAGE_SIZE") * 3 // 4 // MiB
+    if args.jails_memory < args.job_memory:
+        raise ValueError("--jails-memory must be at least --job-memory (one jail's)")
     if args.announce and tcp is None:
         raise ValueError("--announce needs --listen")
     if args.metrics and not re.fullmatch(r"\[?[\w.:-]+\]?:\d{1,5}", args.metrics):

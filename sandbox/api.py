@@ -63,6 +63,7 @@ class Sandbox:
         jail_libraries: Sequence[str] = (),
         python: str = sys.executable,
         image_dir: str | None = None,
+        all_jails_memory: int | None = None,
     ) -> None:
         for name, path in images.items():
             if not os.path.exists(path):
@@ -96,6 +97,8 @@ class Sandbox:
         # imports (see jail_code.py).
         cmd += [f"--jail-module={module}" for module in jail_modules]
         cmd += [f"--jail-library={library}" for library in jail_libraries]
+        if all_jails_memory is not None:  # else the jails' parent group keeps what it has
+            cmd.append(f"--jails-memory={all_jails_memory}")
         if image_dir is not None:  # where mount_image may take images from later
             cmd.append(f"--image-dir={os.path.realpath(image_dir)}")
         cmd += [f"--image={name}={os.path.abspath(path)}" for name, path in images.items()]

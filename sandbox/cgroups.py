@@ -231,9 +231,10 @@ def offered_v2() -> set[str]:
 # -- making the parents (the launcher, once) ----------------------------------------------------
 
 
-def parent_dirs() -> dict[str, str]:
+def parent_dirs(all_jails_memory: int | None = None) -> dict[str, str]:
     """The jailcc parent group of each hierarchy the jails use, created (and controllers
-    enabled) if missing. Raises CgroupError when a required controller is nowhere."""
+    enabled) if missing, its memory limit (all jails together) set if given. Raises
+    CgroupError when a required controller is nowhere or the limit does not take."""
     _, v2 = _mounts()
     offered = offered_v2()
     in_v2 = [c for c in REQUIRED if c in offered]
@@ -272,7 +273,20 @@ def parent_dirs() -> dict[str, str]:
         dirs["cpuacct"] = parent
     for path in dirs.values():
         os.makedirs(path, exist_ok=True)
+    if all_jails_memory is not None:
+        _limit_all_jails(dirs, all_jails_memory)
     return dirs
+
+
+def _limit_all_jails(dirs: dict[str, str], limit: int) -> None:
+    """Memory of all jails together, so that slots times the jail limit cannot take the
+    machine (outside systemd nothing else bounds them). The parents are shared with this
+    machine's other launchers: the last one to start sets it. Swap stays out by each jail's
+    own limit. v1 refuses (EBUSY) a limit below what the jails already use."""
+    if "memory" in dirs:
+        _write(os.path.join(dirs["memory"], "memory.limit_in_bytes"), str(limit))
+    else:
+        _write(os.path.join(dirs[UNIFIED], "memory.max"), str(limit))
 
 
 def _make_unified_parent(base: str, required: list[str], optional: list[str]) -> str:

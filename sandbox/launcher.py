@@ -111,8 +111,10 @@ class Launcher:
         warm_per_key: int = 1,
         allow_weaken: bool = False,
         image_dir: str | None = None,
+        all_jails_memory: int | None = None,
     ) -> None:
         self.control = control
+        self.all_jails_memory = all_jails_memory
         self.jail_code = jail_code
         if image_dir is not None:
             _check_image_dir(image_dir)
@@ -157,7 +159,7 @@ class Launcher:
         self.targets = len(self.images)
         rootfs.install_spawn_helper(spawn_helper)
         self.spawn_helper = spawn_helper  # the host path: only the host_mount_sources weakening
-        self.cgroup_parents = cgroups.parent_dirs()
+        self.cgroup_parents = cgroups.parent_dirs(self.all_jails_memory)
         cgroups.remove_stale(self.cgroup_parents)
 
     # -- request loop ------------------------------------------------------------------------
@@ -338,7 +340,7 @@ class Launcher:
         except FileNotFoundError:
             # The "jailcc" parents are shared with this machine's other launchers, and one that
             # stopped while we had no jail removed them (it removes them when empty): again.
-            self.cgroup_parents = cgroups.parent_dirs()
+            self.cgroup_parents = cgroups.parent_dirs(self.all_jails_memory)
             return cgroups.JailCgroup.create(self.cgroup_parents, name, memory, pids)
 
     def _finish(self, pending: PendingJail) -> tuple[dict, list[int]]:
@@ -626,6 +628,7 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--uid-count", type=int, default=DEFAULT_COUNT)
     parser.add_argument("--warm", type=int, default=1, help="jails kept ready per image/limits")
     parser.add_argument("--allow-weaken", action="store_true", help="accept test weakenings")
+    parser.add_argument("--jails-memory", type=int, metavar="BYTES", help="all jails' memory")
     parser.add_argument("--spawn-helper", required=True, help="the static jailcc-spawn binary")
     parser.add_argument(
         "--jail-module",
@@ -666,6 +669,7 @@ def main(argv: list[str] | None = None) -> None:
             args.warm,
             args.allow_weaken,
             args.image_dir,
+            args.jails_memory,
         )
     except (OSError, ValueError, cgroups.CgroupError) as exc:
         wire.send_packet(control, {"ok": False, "error": f"launcher start-up failed: {exc}"})

@@ -39,8 +39,9 @@ SCRIPT = TOP / "scripts" / "root-loc"
 # image file's checks moved onto the descriptor the loop device reads (start images too),
 # 4481 once a killed network service was told from one that could not start, 4479 once a
 # stop that reached the children first (systemd signals the whole unit) counted as a stop,
-# 4480 with a job's idle limit among the run limits.
-ROOT_LOC_CEILING = 4480
+# 4480 with a job's idle limit among the run limits, 4507 with a memory limit for all jails
+# together (--jails-memory: outside systemd nothing else bounded them).
+ROOT_LOC_CEILING = 4507
 
 
 def _load_root_loc():

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
 import signal
 import stat
@@ -9,6 +10,7 @@ import subprocess
 import sys
 import threading
 import time
+from collections.abc import Iterator
 from pathlib import Path
 
 import psutil
@@ -220,6 +222,51 @@ def test_a_job_killed_by_a_limit_says_which(sandbox, probe_binary, args, limit) 
         assert not result.ok
         # The jail survives a job that hit a limit.
         assert jail.run(["/usr/bin/gcc-12", "--version"], cwd="/w").exit_code == 0
+
+
+@contextlib.contextmanager
+def groups_of_our_own() -> Iterator[None]:
+    """This process (and so a launcher it starts) in new groups below its own, so that the
+    launcher's jailcc parents are its alone: their limits reach no other test's jails."""
+    if "memory" in cgroups.offered_v2():
+        pytest.skip("cgroup v2 offers memory here: a child group of ours could not enable it")
+    own = [d for c in (*cgroups.CONTROLLERS, None) if (d := cgroups.group_dir("self", c))]
+    moved: list[tuple[str, str]] = []
+    try:
+        for group in own:
+            mine = os.path.join(group, f"jailcc-test-{os.getpid()}")
+            os.mkdir(mine)
+            moved.append((group, mine))
+            Path(mine, "cgroup.procs").write_text("0")
+        yield
+    finally:
+        for group, _ in moved:
+            Path(group, "cgroup.procs").write_text("0")
+    for _, mine in moved:  # once the launcher is gone (it removes its own parents)
+        os.rmdir(mine)
+
+
+def test_all_jails_together_stay_within_their_memory(gcc_image, probe_binary) -> None:
+    """jailccd --jails-memory: the jails' parent group holds all of them below it, whatever
+    each jail's own limit, and a job stopped there is a memory limit (its client compiles
+    locally), not the compile's own failure."""
+    with groups_of_our_own():
+        sandbox = Sandbox({"gcc-12": str(gcc_image)}, warm=0, all_jails_memory=96 * MiB)
+        try:
+            parent = cgroups.parent_dirs()
+            if "memory" in parent:
+                limit = Path(parent["memory"], "memory.limit_in_bytes").read_text()
+            else:
+                limit = Path(parent[cgroups.UNIFIED], "memory.max").read_text()
+            assert int(limit) == 96 * MiB
+            big = JailLimits(memory_bytes=512 * MiB, pids_max=32, work_bytes=16 * MiB)
+            with sandbox.create_jail("gcc-12", big) as jail:
+                within = run_probe(jail, probe_binary, "memory", "32")
+                assert within.ok, (within.exit_code, within.signal, within.stdout[-200:])
+                beyond = run_probe(jail, probe_binary, "memory", "200")
+                assert beyond.limit == "memory", (beyond.exit_code, beyond.signal)
+        finally:
+            sandbox.close()
 
 
 def test_a_job_that_waits_on_nothing_gives_its_slot_up(sandbox, probe_binary) -> None:
