@@ -168,6 +168,11 @@ class Unsupported(Exception):
     """The analysis cannot bound the set of files (the message says why)."""
 
 
+class ProbeFailed(Unsupported):
+    """The compiler refused the probe with these flags: so it will again, for this compiler
+    file and these flags (kept, and raised again, rather than run again for every job)."""
+
+
 def _missing(path: str, exc: OSError, searched: bool = False) -> None:
     """None for a file or directory that is not there, which the compiler passes over too (a
     header's name through a file, ENOTDIR, as well: libcpp and clang search on); Unsupported
@@ -875,8 +880,10 @@ def _run_probe(compiler: str, language: str, flags: Iterable[str], cwd: str, env
         )
     except (OSError, subprocess.SubprocessError) as e:
         raise Unsupported(f"cannot run {compiler} -E -v: {e}") from None
-    if p.returncode != 0:
-        raise Unsupported(f"{compiler} -E -v failed: {p.stderr.strip()[-300:]}")
+    if p.returncode != 0:  # -v's banner ends stderr: the error lines say why
+        errors = [line for line in p.stderr.splitlines() if re.search(r": (fatal )?error: ", line)]
+        why = "; ".join(errors) if errors else p.stderr.strip()
+        raise ProbeFailed(f"{compiler} -E -v failed: {why[-300:]}")
     macros: dict[str, list[Macro]] = {}
     entered: dict[str, None] = {}
     for line in p.stdout.splitlines():
@@ -949,7 +956,7 @@ class IncludeAnalyzer:
 
     def __init__(self, max_files: int = MAX_FILES) -> None:
         self._fs = _FileSystem(max_files)
-        self._probes: dict[tuple, _Probe] = {}
+        self._probes: dict[tuple, _Probe | str] = {}  # a probe, or why it failed
         self._configs: dict[tuple, int] = {}
         self._nodes: dict[tuple[int, str], _Node] = {}
         self._lock = threading.Lock()
@@ -1139,8 +1146,13 @@ class IncludeAnalyzer:
         if probe is None:
             probe_env = {k: v for k, v in env.items() if k not in SEARCH_ENV + DEPS_ENV}
             probe_env["LC_ALL"] = "C"
-            probe = _run_probe(cmd.compiler, cmd.language, cmd.probe_flags, cwd, probe_env)
+            try:
+                probe = _run_probe(cmd.compiler, cmd.language, cmd.probe_flags, cwd, probe_env)
+            except ProbeFailed as failed:  # (not one that could not run: a timeout may pass)
+                probe = str(failed)
             self._probes[key] = probe
+        if isinstance(probe, str):
+            raise ProbeFailed(probe)
         return probe
 
     def _chains(self, walk: _Walk, cmd: _Command, probe: _Probe) -> _Chains:

@@ -416,6 +416,27 @@ def test_missing_header(tmp_path: Path) -> None:
     assert {os.path.basename(d) for d in generated} >= {"nope.h", "also_nope.h"}
 
 
+def test_a_compiler_that_refuses_the_probe_is_asked_once(tmp_path: Path) -> None:
+    """Flags the compiler refuses fail every job alike: the analysis says so from what it
+    kept, without running the compiler again, until the compiler file changes."""
+    tree(tmp_path, {"main.c": "int x;\n"})
+    log = tmp_path / "runs"
+    compiler = tmp_path / "counting-gcc"
+    compiler.write_text(f'#!/bin/sh\necho run >> {log}\nexec {GCC} "$@"\n')
+    compiler.chmod(0o755)
+    analyzer = IncludeAnalyzer()
+    argv = [str(compiler), "-mno-such-option-anywhere", "-c", "main.c"]
+    for _ in range(3):
+        refused = analyzer.files_read(argv, str(tmp_path))
+        assert not refused.ok and "-E -v failed" in refused.unsupported
+        assert "-mno-such-option-anywhere" in refused.unsupported
+    assert log.read_text().count("run") == 1
+    os.utime(compiler, ns=(0, 0))  # another compiler file now: asked again
+    assert not analyzer.files_read(argv, str(tmp_path)).ok
+    assert log.read_text().count("run") == 2
+    assert analyzer.files_read([str(compiler), "-c", "main.c"], str(tmp_path)).ok
+
+
 def test_missing_source(tmp_path: Path) -> None:
     a = IncludeAnalyzer().files_read([GCC, "-c", "absent.c"], str(tmp_path))
     assert a.ok and a.files == () and a.missing == (str(tmp_path / "absent.c"),)
