@@ -28,6 +28,7 @@ from jailcc import protocol as proto
 from jailcc.peer import LocalAuthorizer, Peer, peer_credentials, unix_peer
 
 from .admission import Busy, Slots, Withdrawn, measure_speed
+from .caps import ConnectionCaps
 from .metrics import Metrics
 from .monitor_link import ConnectionLink, MonitorGone, MonitorLink, MonitorRefused
 
@@ -205,7 +206,7 @@ class JobService:
             log.warning("dropped a connection whose peer cannot be told: %s", exc)
             conn.close()
             return
-        refused = self.caps.admit(key)
+        refused = self.caps.admit(key, conn)
         if refused is not None:
             self.metrics.refusal("busy", by_caps=True)
             self.peer_log.log(key, logging.WARNING, "refused %s: busy: %s", key, refused)
@@ -225,14 +226,12 @@ class JobService:
         peer: Peer | str = f"{addr[0]}:{addr[1]}" if conn.family != socket.AF_UNIX else key
         link: ConnectionLink | None = None
         authenticated = False  # (the looser log budget)
-        waiting = True  # counted among the connections waiting to authenticate (caps)
 
         def on_authenticated(stop_waiting: bool = True) -> None:
-            nonlocal authenticated, waiting
+            nonlocal authenticated
             authenticated = True
-            if stop_waiting and waiting:
-                self.caps.authenticated(key)
-                waiting = False
+            if stop_waiting:
+                self.caps.authenticated(conn)
 
         def note(level: int, message: str, *args: Any) -> None:
             # Lines about a connection's failures are rate-limited per peer: tightly before
@@ -298,8 +297,8 @@ class JobService:
         finally:
             if link is not None:
                 link.close()
+            self.caps.close(conn)  # first: once closed, the descriptor may be another's
             conn.close()
-            self.caps.close(key, not waiting)
 
     def _hand_over(
         self,
@@ -786,10 +785,6 @@ def _printable(value: Any, limit: int) -> str:
     return shown + "..." if len(text) > limit else shown
 
 
-def _is_local(peer: str) -> bool:
-    return peer.startswith("uid ")  # (peer_key's name for a Unix socket's peer)
-
-
 def peer_key(conn: socket.socket, addr: Any) -> str:
     """Who a connection counts against for the caps and log limits before authentication: a
     uid on the Unix socket; on TCP an IPv4 address, or an IPv6 /64 (one host or site usually
@@ -802,73 +797,6 @@ def peer_key(conn: socket.socket, addr: Any) -> str:
             return str(address.ipv4_mapped)
         return str(ipaddress.IPv6Network((address, 64), strict=False))
     return str(address)
-
-
-class ConnectionCaps:
-    """Who may hold one of the server's connections: at most `total` at once; of those at
-    most `unauthenticated` from network peers that have not authenticated yet, and at most
-    `per_peer` of those from any one peer (a uid on the Unix socket, whose connections the
-    network's cannot crowd out: the kernel names it); at most `per_user` handed to one user's
-    jails. So peers that never authenticate (or may not compile) cannot take more than their
-    share, nor can one user take every connection and jail from the others."""
-
-    def __init__(self, total: int, unauthenticated: int, per_peer: int, per_user: int) -> None:
-        self.total, self.unauthenticated, self.per_peer = total, unauthenticated, per_peer
-        self.per_user = per_user
-        self.lock = threading.Lock()
-        self.open = 0
-        self.waiting = 0  # network connections not authenticated yet
-        self.waiting_by_peer: dict[str, int] = {}
-        self.by_user: dict[str, int] = {}
-
-    def admit(self, peer: str) -> str | None:
-        """Count a new connection from peer as unauthenticated; or why it may not open."""
-        with self.lock:
-            if self.open >= self.total:
-                return "too many connections"
-            local = _is_local(peer)
-            if not local and self.waiting >= self.unauthenticated:
-                return "too many connections waiting to authenticate"
-            if self.waiting_by_peer.get(peer, 0) >= self.per_peer:
-                return f"too many connections from {peer} waiting to authenticate"
-            self.open += 1
-            self.waiting += not local
-            self.waiting_by_peer[peer] = self.waiting_by_peer.get(peer, 0) + 1
-            return None
-
-    def take_user(self, user: str) -> str | None:
-        """Count a connection about to be handed to user's jail; or why it may not be."""
-        with self.lock:
-            if self.by_user.get(user, 0) >= self.per_user:
-                return f"{self.per_user} connections of {user} are open already"
-            self.by_user[user] = self.by_user.get(user, 0) + 1
-            return None
-
-    def release_user(self, user: str) -> None:
-        with self.lock:
-            left = self.by_user[user] - 1
-            if left:
-                self.by_user[user] = left
-            else:
-                del self.by_user[user]
-
-    def authenticated(self, peer: str) -> None:
-        with self.lock:
-            self._stop_waiting(peer)
-
-    def close(self, peer: str, authenticated: bool) -> None:
-        with self.lock:
-            self.open -= 1
-            if not authenticated:
-                self._stop_waiting(peer)
-
-    def _stop_waiting(self, peer: str) -> None:
-        self.waiting -= not _is_local(peer)
-        left = self.waiting_by_peer[peer] - 1
-        if left:
-            self.waiting_by_peer[peer] = left
-        else:
-            del self.waiting_by_peer[peer]
 
 
 class PeerLog:

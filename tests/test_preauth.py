@@ -283,42 +283,134 @@ def test_a_blob_table_of_the_wrong_type_is_a_protocol_error(table):
 
 
 def test_connection_caps_keep_a_share_for_authenticated_peers():
-    from jailcc.server.service import ConnectionCaps
+    from jailcc.server.caps import ConnectionCaps
 
     caps = ConnectionCaps(total=8, unauthenticated=4, per_peer=2, per_user=8)
-    assert caps.admit("a") is None and caps.admit("a") is None
-    assert "from a" in str(caps.admit("a"))  # a third from one peer
-    assert caps.admit("b") is None and caps.admit("c") is None
-    assert "waiting to authenticate" in str(caps.admit("d"))  # half the total, unauthenticated
-    for peer in "abc":
-        caps.authenticated(peer)  # three authenticate: their places free up for others
-    assert caps.admit("d") is None and caps.admit("e") is None and caps.admit("f") is None
-    assert "waiting to authenticate" in str(caps.admit("g"))  # a, d, e, f wait
-    caps.authenticated("d")
-    assert caps.admit("g") is None  # 8 open: 4 authenticated, 4 waiting
-    assert caps.admit("h") == "too many connections"
-    caps.close("g", authenticated=False)
-    caps.close("b", authenticated=True)
-    assert caps.admit("h") is None
-    assert caps.waiting_by_peer == {"a": 1, "e": 1, "f": 1, "h": 1}
+    a1, a2, b, c, d, e, f, g, h = (object() for _ in range(9))
+    assert caps.admit("a", a1) is None and caps.admit("a", a2) is None
+    assert "from a" in str(caps.admit("a", object()))  # a third from one peer
+    assert caps.admit("b", b) is None and caps.admit("c", c) is None
+    # Half the total waits to authenticate: a newcomer takes the place of the oldest of the
+    # peer that holds more than the newcomer's would (a's two), then of none.
+    assert caps.admit("d", d) is None
+    assert caps.waiting_by_peer == {"a": 1, "b": 1, "c": 1, "d": 1}
+    assert "waiting to authenticate" in str(caps.admit("e", object()))
+    caps.close(a1)  # its handler closes it: counted once
+    for conn in (a2, b, c):
+        caps.authenticated(conn)  # three authenticate: their places free up for others
+    assert caps.admit("e", e) is None and caps.admit("f", f) is None
+    assert caps.admit("g", g) is None
+    assert "waiting to authenticate" in str(caps.admit("h", object()))  # d, e, f, g wait
+    caps.authenticated(d)
+    assert caps.admit("h", h) is None  # 8 open: 4 authenticated, 4 waiting
+    assert caps.admit("i", object()) == "too many connections"
+    caps.close(h)
+    caps.close(b)  # (authenticated)
+    assert caps.admit("i", object()) is None
+    assert caps.waiting_by_peer == {"e": 1, "f": 1, "g": 1, "i": 1}
+
+
+def test_a_full_pool_of_silent_peers_gives_way_to_newcomers(monkeypatch):
+    """Peers that never authenticate cannot keep the others out by filling the pool: a
+    newcomer takes the place of the heaviest peer's oldest connection, which is shut down, or,
+    when every peer holds as few, of the oldest once it has waited longer than a handshake."""
+    from jailcc.server import caps as caps_module
+
+    caps = caps_module.ConnectionCaps(total=32, unauthenticated=4, per_peer=3, per_user=8)
+    silent = [socket.socketpair() for _ in range(3)]
+    for ours, _ in silent:
+        assert caps.admit("192.0.2.1", ours) is None
+    other = object()
+    assert caps.admit("192.0.2.2", other) is None  # full: 192.0.2.1 holds 3, .2 holds 1
+    try:
+        newcomer = object()
+        assert caps.admit("198.51.100.7", newcomer) is None
+        assert silent[0][1].recv(1) == b""  # the oldest of the heaviest, shut down
+        assert caps.waiting_by_peer == {"192.0.2.1": 2, "192.0.2.2": 1, "198.51.100.7": 1}
+        caps.close(silent[0][0])  # its handler's own close: counted once
+        assert caps.waiting == 4 and caps.open == 4
+        # Its next newcomer may not evict its own kind's equals: 2 against 1 + 1.
+        assert "waiting to authenticate" in str(caps.admit("192.0.2.2", object()))
+        # Two a peer now: nobody is heavier than a newcomer would be, so only a connection
+        # that has waited long gives its place up.
+        assert caps.admit("203.0.113.9", object()) is None  # .1 still held 2 against 0 + 1
+        assert caps.waiting_by_peer == {
+            "192.0.2.1": 1,
+            "192.0.2.2": 1,
+            "198.51.100.7": 1,
+            "203.0.113.9": 1,
+        }
+        late = object()
+        assert "waiting to authenticate" in str(caps.admit("192.0.2.99", late))
+        monkeypatch.setattr(caps_module, "EVICT_AFTER", 0.0)
+        assert caps.admit("192.0.2.99", late) is None
+        assert silent[2][1].recv(1) == b""  # the oldest in the pool
+        # Local users, whom the kernel names, have their own pool: never evicted, never
+        # evicting.
+        assert caps.admit("uid 1000", object()) is None
+        assert caps.waiting == 4 and caps.evicted == 3
+    finally:
+        for pair in silent:
+            for sock in pair:
+                sock.close()
+
+
+def test_silent_peers_that_fill_the_pool_do_not_lock_a_client_out(gcc_image, tmp_path):
+    """Real jailccd on TCP: two addresses hold every place of the pool with connections that
+    never speak (each would be opened again as its deadline drops it); a client from a third
+    address is still served, in the place of the heaviest peer's oldest connection."""
+    from jailcc.images.identity import compiler_identity
+
+    srv = start_server(
+        tmp_path, gcc_image, "--listen", "127.0.0.1:0", "--insecure",
+        "--max-unauthenticated", "4", "--max-unauthenticated-per-peer", "3",
+        "--handshake-timeout", "60",
+    )  # fmt: skip
+    silent: list[socket.socket] = []
+    try:
+        deadline = time.monotonic() + 10
+        while "listening on tcp" not in srv.log_text() and time.monotonic() < deadline:
+            time.sleep(0.05)
+        port = int(srv.log_text().split("listening on tcp:127.0.0.1:")[1].split()[0].rstrip(","))
+        for source in ("127.0.0.2", "127.0.0.2", "127.0.0.2", "127.0.0.3"):
+            sock = socket.socket()
+            sock.bind((source, 0))
+            sock.connect(("127.0.0.1", port))
+            silent.append(sock)
+        time.sleep(0.5)  # all four accepted and counted
+        with socket.create_connection(("127.0.0.1", port), timeout=10) as client:
+            identity = compiler_identity("/usr/bin/gcc-12")
+            proto.send(client, proto.HELLO, proto.hello_header("client", identity=identity))
+            header, _ = proto.expect(client, proto.HELLO)
+            assert header["protocol"] == proto.PROTOCOL_VERSION
+            proto.expect(client, proto.READY)
+        silent[0].settimeout(10)
+        assert silent[0].recv(1) == b""  # the oldest of 127.0.0.2's, given up
+        for sock in silent[1:]:
+            assert not select.select([sock], [], [], 0)[0]  # the others wait on
+    finally:
+        for sock in silent:
+            sock.close()
+        stop_server(srv)
 
 
 def test_network_peers_cannot_crowd_out_local_users_nor_one_user_the_others():
     """Peers from the network that never authenticate fill their pool, not the Unix socket's:
     a local user, whom the kernel names, still connects (within its own per-uid cap). And one
     user holds at most per_user connections (each a jail), so it cannot take them all."""
-    from jailcc.server.service import ConnectionCaps
+    from jailcc.server.caps import ConnectionCaps
 
     caps = ConnectionCaps(total=16, unauthenticated=4, per_peer=2, per_user=3)
-    for peer in ("192.0.2.1", "192.0.2.1", "192.0.2.2", "192.0.2.2"):
-        assert caps.admit(peer) is None
-    assert "waiting to authenticate" in str(caps.admit("192.0.2.3"))
-    assert caps.admit("uid 1000") is None and caps.admit("uid 1000") is None
-    assert "from uid 1000" in str(caps.admit("uid 1000"))  # its own cap still holds
-    assert caps.admit("uid 1001") is None
-    caps.authenticated("uid 1000")
-    caps.close("uid 1001", authenticated=False)
-    assert caps.waiting == 4 and "waiting to authenticate" in str(caps.admit("192.0.2.3"))
+    for peer in ("192.0.2.1", "192.0.2.2", "192.0.2.3", "192.0.2.4"):
+        assert caps.admit(peer, object()) is None
+    assert "waiting to authenticate" in str(caps.admit("192.0.2.5", object()))
+    first, second, other = object(), object(), object()
+    assert caps.admit("uid 1000", first) is None and caps.admit("uid 1000", second) is None
+    assert "from uid 1000" in str(caps.admit("uid 1000", object()))  # its own cap still holds
+    assert caps.admit("uid 1001", other) is None
+    caps.authenticated(first)
+    caps.close(other)
+    assert caps.waiting == 4 and "waiting to authenticate" in str(caps.admit("192.0.2.5", 1))
     for _ in range(3):
         assert caps.take_user("alice") is None
     assert "3 connections of alice" in str(caps.take_user("alice"))
