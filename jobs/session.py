@@ -99,11 +99,16 @@ def serve(init: JailInit, conn: socket.socket, params: dict[str, Any], token: by
         conn.settimeout(SEND_TIMEOUT)
         channel.send(proto.READY, params["hello"])
         while True:
+            # Nothing of the last job is kept while the client is silent: a connection that
+            # only waits must not hold its inputs (up to twice --max-input) for the idle time.
+            header = blobs = job = original = None
             if not _speaks_within(conn, IDLE_TIMEOUT):
                 return None  # idle this long between jobs: a clean end (the proxy opens anew)
             conn.settimeout(IDLE_TIMEOUT)
             try:
-                frame_type, header, blobs = channel.recv(max_input + 1024 * 1024, 4 * max_input)
+                # A preprocessed job's blobs: its input and its source (jobs/tree.py: a tree
+                # job has none), each at most --max-input once decompressed.
+                frame_type, header, blobs = channel.recv(max_input + (1 << 20), 2 * max_input)
             except proto.ConnectionClosed:
                 return None  # between jobs: a clean end
             if frame_type != proto.JOB:
@@ -220,6 +225,10 @@ def _check_job(params: dict[str, Any], header: dict[str, Any], blobs: list[bytes
         raise JobRejected("protocol", "extra files do not match the data sent")
     if not all(f and "\0" not in f and _plain_relative(f) for f in files):
         raise JobRejected("protocol", "extra files are named by normalized relative paths")
+    if any(len(data) > params["max_input_bytes"] for data in blobs):
+        raise JobRejected(
+            "policy", f"an input past this server's --max-input of {params['max_input_bytes']}"
+        )
     args = policy.check_args(header.get("args"))
     env = policy.job_env(header.get("env"))
     steps = header.get("steps")

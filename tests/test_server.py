@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
 import random
 import shutil
@@ -280,6 +281,50 @@ def test_refused_jobs_say_why_and_the_connection_goes_on(
         proto.send(sock, proto.JOB, job(identity, tmp_path), [pre], [True])
         header, _ = proto.expect(sock, proto.RESULT)
         assert header["exit_code"] == 0
+
+
+def test_an_input_past_max_input_is_refused_and_not_kept(gcc_image, identity, tmp_path):
+    """--max-input is the largest input once decompressed, not what comes on the wire: a
+    frame of a few hundred KiB of LZ4 that would make 96 MiB is refused, and no jail init holds
+    its data while the connection waits for the next job (each could, for the idle time)."""
+    srv = start_server(tmp_path / "srv", gcc_image, "--allow-user", "root", "--max-input", "64")
+    try:
+        bomb = b"\n" * (96 * 1024 * 1024)
+        inits_before = {p.pid for p in _jail_inits(srv)}
+        with srv.connect() as sock:
+            hello(sock)
+            proto.send(sock, proto.JOB, job(identity, tmp_path), [bomb], [True])
+            with pytest.raises(proto.RemoteError) as refused:
+                proto.expect(sock, proto.RESULT)
+            assert refused.value.code == "policy" and "--max-input" in refused.value.message
+            deadline = time.monotonic() + 10  # (the init sends the ERROR, then lets go)
+            while True:
+                held = {p.pid: p.memory_info().rss for p in _jail_inits(srv)}
+                if (held and max(held.values()) < 48 << 20) or time.monotonic() > deadline:
+                    break
+                time.sleep(0.1)
+            assert held and max(held.values()) < 48 << 20, (held, inits_before)
+            # The connection goes on; twice --max-input is past what any job frame may hold.
+            pre = preprocess(tmp_path)
+            proto.send(sock, proto.JOB, job(identity, tmp_path), [pre], [True])
+            assert proto.expect(sock, proto.RESULT)[0]["exit_code"] == 0
+            with contextlib.suppress(BrokenPipeError):  # (refused by its prefix, unread)
+                proto.send(
+                    sock, proto.JOB, job(identity, tmp_path), [bomb + bomb[: 40 << 20]], [True]
+                )
+            with pytest.raises(proto.RemoteError, match="decompress to more than"):
+                proto.expect(sock, proto.RESULT)
+    finally:
+        stop_server(srv)
+
+
+def _jail_inits(srv: Server) -> list[psutil.Process]:
+    found = []
+    for process in psutil.Process(srv.proc.pid).children(recursive=True):
+        with contextlib.suppress(psutil.Error):
+            if process.cmdline()[:1] == ["jailcc-init"]:
+                found.append(process)
+    return found
 
 
 def test_environment_is_scrubbed(server, identity, tmp_path):
