@@ -7,6 +7,7 @@ import contextlib
 import logging
 import os
 import re
+import resource
 import signal
 import socket
 import stat
@@ -396,6 +397,11 @@ def run(args: argparse.Namespace) -> int:
         print(f"jailccd: error: {exc}", file=sys.stderr)
         return 2
     catalog.sync(sandbox)  # the image directory's images (a bad one is logged and skipped)
+    # Past the launcher's start, which waits with select() and keeps 1024: the monitor holds
+    # two descriptors a connection, the network service one and a thread (systemd's soft limit
+    # of 1024 ran out first, and that stopped jailccd).
+    hard = resource.getrlimit(resource.RLIMIT_NOFILE)[1]
+    resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
     if not catalog.manifests:
         sandbox.close()
         print("jailccd: error: no usable toolchain image (see the log)", file=sys.stderr)

@@ -181,7 +181,15 @@ class Monitor:
         if len(fds) != 2:
             log.error("network service: open without a socket and a channel")
             return
-        copies, sockets = [socket.dup(fd) for fd in fds], []
+        copies: list[int] = []
+        try:
+            copies.extend(socket.dup(fd) for fd in fds)
+        except OSError as exc:  # out of descriptors: this connection fails, not jailccd
+            for fd in copies:
+                os.close(fd)
+            log.error("network service: open: %s", exc)
+            return
+        sockets: list[socket.socket] = []
         try:
             sockets.extend(socket.socket(fileno=fd) for fd in copies)
         except OSError:  # (not a socket: the copy is not the socket's to close)

@@ -28,9 +28,14 @@ class Server:
 
 
 def start_server(
-    tmp: Path, image: Path | None, *extra: str, env: dict[str, str] | None = None
+    tmp: Path,
+    image: Path | None,
+    *extra: str,
+    env: dict[str, str] | None = None,
+    prefix: tuple[str, ...] = (),
 ) -> Server:
-    """jailccd serving image (None: only what its other options name, e.g. --image-dir)."""
+    """jailccd serving image (None: only what its other options name, e.g. --image-dir),
+    run through prefix (e.g. prlimit and its options) if given."""
     # The socket lives where any user can reach it (pytest's tmp dirs are 0700 root).
     sock_dir = Path(tempfile.mkdtemp(prefix="jailccd-test-"))
     sock_dir.chmod(0o755)
@@ -38,6 +43,7 @@ def start_server(
     sock, log = sock_dir / "jailccd.sock", tmp / "jailccd.log"
     proc = subprocess.Popen(
         [
+            *prefix,
             str(BIN / "jailccd"),
             *(["--toolchain-image", str(image)] if image else []),
             "--socket",

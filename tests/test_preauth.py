@@ -19,7 +19,7 @@ from pathlib import Path
 import pytest
 from conftest import BIN, requires_root
 from jailcc import protocol as proto
-from serverutil import Server, as_nobody, start_server, stop_server
+from serverutil import Server, as_nobody, start_server, stop_server, tcp_port
 
 pytestmark = requires_root
 
@@ -371,7 +371,7 @@ def test_silent_peers_that_fill_the_pool_do_not_lock_a_client_out(gcc_image, tmp
         deadline = time.monotonic() + 10
         while "listening on tcp" not in srv.log_text() and time.monotonic() < deadline:
             time.sleep(0.05)
-        port = int(srv.log_text().split("listening on tcp:127.0.0.1:")[1].split()[0].rstrip(","))
+        port = tcp_port(srv)
         for source in ("127.0.0.2", "127.0.0.2", "127.0.0.2", "127.0.0.3"):
             sock = socket.socket()
             sock.bind((source, 0))

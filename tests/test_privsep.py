@@ -5,6 +5,7 @@ with forged and out-of-turn requests over its real channels, as a compromised se
 from __future__ import annotations
 
 import contextlib
+import errno
 import json
 import os
 import re
@@ -562,6 +563,40 @@ def test_the_main_channel_takes_only_its_table(monitor, caplog) -> None:
     assert all(c.state is State.NEW for c in mon.connections.values())
     for channel in channels:
         channel.close()
+
+
+def test_a_monitor_out_of_descriptors_fails_that_connection_not_itself(
+    monitor, monkeypatch, caplog
+) -> None:
+    """EMFILE while root copies a new connection's sockets ends that connection alone (it
+    stopped jailccd, which took every user's connections with it), and leaks no copy."""
+    mon, main, _sandbox = monitor
+    client, server_side = _unix_pair(mon)
+    copies: list[int] = []
+    real_dup = socket.dup
+
+    def dup(fd: int) -> int:
+        if copies:
+            raise OSError(errno.EMFILE, "Too many open files")
+        copies.append(real_dup(fd))
+        return copies[-1]
+
+    descriptors = len(os.listdir("/proc/self/fd"))
+    monkeypatch.setattr(socket, "dup", dup)
+    channel = _open(main, server_side)
+    assert _closed(channel)  # never answered: the service's end sees it close
+    monkeypatch.undo()
+    assert _main(main, {"op": "catalog"})["ok"] is True
+    assert "open: [Errno 24] Too many open files" in caplog.text
+    channel.close()
+    with pytest.raises(OSError):
+        os.fstat(copies[0])  # the one copy made was closed again
+    assert len(os.listdir("/proc/self/fd")) == descriptors
+    # The next connection is served as ever (here: refused, as nobody local may compile).
+    reply = _ask(_open(main, server_side), "serve", identity="id-1", hello={})
+    assert reply["ok"] is False and reply["code"] == "unauthorized", reply
+    client.close()
+    server_side.close()
 
 
 def test_nonsense_on_the_main_channel_closes_it(monitor) -> None:

@@ -40,8 +40,9 @@ SCRIPT = TOP / "scripts" / "root-loc"
 # 4481 once a killed network service was told from one that could not start, 4479 once a
 # stop that reached the children first (systemd signals the whole unit) counted as a stop,
 # 4480 with a job's idle limit among the run limits, 4507 with a memory limit for all jails
-# together (--jails-memory: outside systemd nothing else bounded them).
-ROOT_LOC_CEILING = 4507
+# together (--jails-memory: outside systemd nothing else bounded them), 4518 once jailccd
+# raised its descriptor limit and a monitor out of descriptors failed one connection, not all.
+ROOT_LOC_CEILING = 4518
 
 
 def _load_root_loc():

@@ -579,6 +579,41 @@ def test_a_users_next_connection_reuses_its_jail_and_no_one_elses(gcc_image, tmp
         shutil.rmtree(work, ignore_errors=True)
 
 
+def test_out_of_descriptors_a_connection_fails_not_the_server(gcc_image, tmp_path):
+    """Under a small descriptor limit the monitor and the launcher run out (two a connection,
+    two a jail; tests/test_privsep.py makes the monitor's case sure): the connections past it
+    fail, each alone, and once they close the server takes new ones (up to the jail's READY:
+    a compile's own limit of 256 descriptors is above this hard limit)."""
+    srv = start_server(
+        tmp_path, gcc_image, "--allow-user", "root", "--max-connections-per-user", "200",
+        prefix=("prlimit", "--nofile=80:80"),
+    )  # fmt: skip
+    held, served, failed = [], 0, 0
+    try:
+        for _ in range(60):
+            sock = srv.connect()
+            held.append(sock)
+            sock.settimeout(30)
+            try:
+                hello(sock)
+                served += 1
+            except (OSError, proto.ProtocolError):
+                failed += 1
+        assert served and failed, (served, failed)
+        assert "Too many open files" in srv.log_text()
+        for sock in held:
+            sock.close()
+        held = []
+        assert srv.proc.poll() is None
+        for _ in range(3):
+            with srv.connect() as sock:
+                hello(sock)
+    finally:
+        for sock in held:
+            sock.close()
+        stop_server(srv)
+
+
 def test_the_server_stops_loudly_when_its_launcher_dies(gcc_image, tmp_path):
     srv = start_server(tmp_path, gcc_image, "--allow-user", "root")
     try:
