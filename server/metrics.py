@@ -26,6 +26,9 @@ from prometheus_client.exposition import ThreadingWSGIServer
 # would not run it (refused: busy, policy, jail, protocol, image).
 OUTCOMES = ("ok", "failed", "limit", "evicted", "refused")
 
+MAX_SCRAPES = 4  # connections to the metrics port served at once; more are closed at once
+SCRAPE_TIMEOUT = 5.0  # seconds a scrape's connection may stall
+
 _JAIL_BUCKETS = (0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0)
 _JOB_BUCKETS = (0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 120.0, 300.0, 900.0)
 
@@ -109,6 +112,8 @@ class Metrics:
 
 
 class _QuietHandler(WSGIRequestHandler):
+    timeout = SCRAPE_TIMEOUT  # a scraper that stalls is dropped (it held a thread for good)
+
     def log_message(self, format: str, *args: Any) -> None:
         pass  # (a line per scrape otherwise)
 
@@ -119,7 +124,25 @@ def bind(host: str, port: int) -> WSGIServer:
     covers)."""
 
     class Server(ThreadingWSGIServer):
-        pass
+        # At most MAX_SCRAPES at once, each a thread and a descriptor: idle connections from
+        # anyone who reaches the port took every descriptor of the service.
+        scrapes = threading.BoundedSemaphore(MAX_SCRAPES)
+
+        def process_request(self, request: Any, client_address: Any) -> None:
+            if not self.scrapes.acquire(blocking=False):
+                self.shutdown_request(request)
+                return
+            try:
+                super().process_request(request, client_address)
+            except BaseException:
+                self.scrapes.release()
+                raise
+
+        def process_request_thread(self, request: Any, client_address: Any) -> None:
+            try:
+                super().process_request_thread(request, client_address)
+            finally:
+                self.scrapes.release()
 
     family, _, _, _, address = socket.getaddrinfo(
         host, port, type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE

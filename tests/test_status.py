@@ -13,6 +13,7 @@ import urllib.request
 from collections.abc import Iterator
 from pathlib import Path
 
+import psutil
 import pytest
 from conftest import requires_root
 from jailcc import protocol as proto
@@ -184,6 +185,29 @@ def test_metrics_count_jobs_by_outcome_and_time_them(server, tmp_path):
     assert after["jailccd_owner_busy"] == 0
     totals = fetch_status(local(server))["totals"]
     assert totals["refused"].get("policy", 0) >= 1 and totals["failed"] >= 1
+
+
+def test_idle_metrics_connections_hold_no_more_than_a_few_threads(server):
+    """Anyone who reaches the metrics port may open connections and say nothing: at most
+    MAX_SCRAPES are served at once (the rest are closed at once), each dropped once it stalls
+    SCRAPE_TIMEOUT, so they cannot take the service's descriptors and threads."""
+    from jailcc.server.metrics import MAX_SCRAPES, SCRAPE_TIMEOUT
+
+    metrics(server)  # up
+    port = int(server.log_text().split("serving metrics on http://127.0.0.1:")[1].split("/")[0])
+    service = psutil.Process(int(server.log_text().split("network service pid ")[1].split()[0]))
+    threads = service.num_threads()
+    idle = [socket.create_connection(("127.0.0.1", port), timeout=10) for _ in range(40)]
+    try:
+        time.sleep(1.0)
+        assert service.num_threads() <= threads + MAX_SCRAPES
+        closed = sum(not sock.recv(1) for sock in idle[MAX_SCRAPES:])
+        assert closed == len(idle) - MAX_SCRAPES
+        time.sleep(SCRAPE_TIMEOUT + 1.0)
+        assert metrics(server)["jailccd_slots"] == 2  # the stalled ones were dropped
+    finally:
+        for sock in idle:
+            sock.close()
 
 
 def test_sources_of_everyone_with_status_show_sources_all(gcc_image, tmp_path):
