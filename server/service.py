@@ -12,6 +12,7 @@ sends, and it holds neither the jail's channel nor a job connection's security c
 from __future__ import annotations
 
 import contextlib
+import errno
 import ipaddress
 import logging
 import queue
@@ -42,6 +43,7 @@ log = logging.getLogger("jailccd")
 # as we refused lands in our (unread) buffer instead of meeting a closed socket: it then reads
 # our ERROR rather than a broken pipe.
 REFUSAL_LINGER = 2.0
+ACCEPT_PAUSE = 0.1  # seconds the accept loop waits when out of descriptors or memory
 # How a jail says its client went away (the words of EPIPE, ECONNRESET and a closed channel).
 CLIENT_HANG_UPS = ("Broken pipe", "Connection reset by peer", "channel closed", "client went")
 
@@ -174,7 +176,11 @@ class JobService:
                             # until the client's delayed ACK of the last AUTH frame (40 ms).
                             conn.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
                     except OSError as exc:
-                        log.warning("accept failed: %s", exc)
+                        # Out of descriptors or memory the listener stays ready: without a
+                        # pause this loop spun, and without a budget it filled the disk.
+                        self.peer_log.log("accepting", logging.WARNING, "accept failed: %s", exc)
+                        if exc.errno in (errno.EMFILE, errno.ENFILE, errno.ENOBUFS, errno.ENOMEM):
+                            time.sleep(ACCEPT_PAUSE)
                         continue
                     self._start_connection(conn, addr)
         finally:
@@ -802,15 +808,18 @@ def peer_key(conn: socket.socket, addr: Any) -> str:
 class PeerLog:
     """Log lines about peers not yet authenticated, at most `per_minute` a peer a minute and
     then one line saying the rest are suppressed: such a peer must not be able to fill the
-    disk, or drown the lines that matter."""
+    disk, or drown the lines that matter. And at most ten times that for all peers together:
+    thousands of addresses (an IPv6 /48 is 65536 /64s) must not either."""
 
     WINDOW = 60.0
     MAX_PEERS = 10_000  # past this many in a minute, the others share one budget
+    ALL_PEERS = 10  # the budget of all peers together, in peers' budgets
 
     def __init__(self, per_minute: int) -> None:
         self.per_minute = per_minute
         self.lock = threading.Lock()
         self.counts: dict[str, int] = {}
+        self.total = 0
         self.window_end = 0.0
 
     def log(self, peer: str, level: int, message: str, *args: Any) -> None:
@@ -818,14 +827,21 @@ class PeerLog:
         with self.lock:
             if now >= self.window_end:
                 self.counts.clear()
+                self.total = 0
                 self.window_end = now + self.WINDOW
             if peer not in self.counts and len(self.counts) >= self.MAX_PEERS:
                 peer = "other peers"
             count = self.counts[peer] = self.counts.get(peer, 0) + 1
-        if count <= self.per_minute:
+            if count <= self.per_minute:
+                self.total += 1
+            total, peers = self.total, len(self.counts)
+        cap = self.ALL_PEERS * self.per_minute
+        if count <= self.per_minute and total <= cap:
             log.log(level, message, *args)
-        elif count == self.per_minute + 1:
+        elif count == self.per_minute + 1 and total <= cap:
             log.warning("more log lines about %s suppressed for up to a minute", peer)
+        elif count <= self.per_minute and total == cap + 1:
+            log.warning("more log lines about %d peers suppressed for up to a minute", peers)
 
 
 def _number(value: Any) -> float:

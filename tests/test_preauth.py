@@ -5,6 +5,7 @@ lines, and frame headers that cannot make the parser recurse. Real jailccd, raw 
 from __future__ import annotations
 
 import contextlib
+import logging
 import os
 import select
 import signal
@@ -244,6 +245,21 @@ def test_an_allowed_users_failures_are_logged_within_a_budget_too(gcc_image, tmp
         assert "more log lines about uid 0 suppressed" in text
     finally:
         stop_server(srv)
+
+
+def test_many_peers_together_log_within_a_budget(caplog):
+    """Each of thousands of addresses keeps within its own budget (20 lines a minute), but
+    all of them together could write millions of lines a day: ten peers' budgets is all."""
+    from jailcc.server.service import PeerLog
+
+    peer_log = PeerLog(per_minute=3)
+    with caplog.at_level("INFO", logger="jailccd"):
+        for n in range(2000):
+            peer_log.log(f"192.0.2.{n % 200}", logging.WARNING, "refused %s", n)
+    lines = caplog.messages
+    assert len([m for m in lines if m.startswith("refused")]) == 10 * 3
+    assert lines[-1] == "more log lines about 31 peers suppressed for up to a minute"
+    assert len(lines) <= 10 * 3 + 1
 
 
 def test_a_deeply_nested_header_is_a_protocol_error(server):
