@@ -683,11 +683,13 @@ def test_after_authentication_only_the_unprivileged_jail_holds_the_connection(re
     channel = open_sealed(realm, server)
     try:
         channel.expect(proto.READY, proto.MAX_HELLO_FRAME)
-        client_port = channel.sock.getsockname()[1]
+        ours, theirs = channel.sock.getsockname(), channel.sock.getpeername()
+        # This very connection's other end (an old one of our port may linger in TIME_WAIT,
+        # held by no process).
         holders = {
             c.pid
             for c in psutil.net_connections("tcp")
-            if c.raddr and c.raddr.port == client_port and c.pid != os.getpid()
+            if c.laddr == theirs[:2] and c.raddr == ours[:2] and c.pid != os.getpid()
         }
         assert len(holders) == 1, holders  # not the server too
         holder = psutil.Process(holders.pop())
