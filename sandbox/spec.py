@@ -75,7 +75,7 @@ class JailLimits(_Limits):
     memory_bytes: int = 1024 * MiB  # cgroup memory: processes plus tmpfs pages
     pids_max: int = 128  # cgroup pids: every process and thread, the jail's init included
     work_bytes: int = 512 * MiB  # size of the writable work dir tmpfs
-    work_inodes: int = 4096
+    work_inodes: int = 32768  # a tree job's files and directories (jobs/tree.py: 20000 files)
     tmp_bytes: int = 256 * MiB  # size of the writable /tmp
     tmp_inodes: int = 1024
 

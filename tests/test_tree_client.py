@@ -140,6 +140,24 @@ def test_a_project_header_the_analysis_missed_is_not_replaced_by_the_images(serv
         tree_job(server, cwd, args, drop(own))
 
 
+def test_a_translation_unit_of_thousands_of_headers_goes_as_sources(server, tmp_path):
+    """Heavy C++ reads thousands of headers: 6000, each in a directory of its own, fit the
+    jail's work dir (its inodes were 4096, and such a job went preprocessed)."""
+    cwd = tmp_path / "many"
+    cwd.mkdir()
+    lines = []
+    for n in range(6000):
+        (cwd / f"d{n}").mkdir()
+        (cwd / f"d{n}" / "h.h").write_text(f"#define H{n} {n}\n")
+        lines.append(f'#include "d{n}/h.h"\n')
+    (cwd / "main.c").write_text("".join(lines) + "int last = H5999;\n")
+    args = ["-O2", "-c", "main.c", "-o", "main.o"]
+    subprocess.run([GCC, *args[:-1], "local.o"], cwd=cwd, check=True)
+    outcome = tree_job(server, cwd, args)
+    assert outcome.exit_code == 0
+    assert (cwd / "main.o").read_bytes() == (cwd / "local.o").read_bytes()
+
+
 def test_a_header_the_jail_lacks_means_a_local_compile(server, tmp_path):
     cwd = project(tmp_path)
     args = ["-O2", "-I../inc", "-c", "../src/main.c", "-o", "main.o"]

@@ -303,7 +303,8 @@ def _bad(project: Project, ident: str) -> list[tuple[dict, str, str]]:
             "30000 files: a tree job takes at most 20000",
         ),
         (
-            job(ident, tree=[[f"d/f{n}.h", f"sha256:{n:064x}", 1] for n in range(5000)]),
+            # 20000 files, each in a directory of its own: more inodes than the work dir has.
+            job(ident, tree=[[f"d{n}/f.h", f"sha256:{n:064x}", 1] for n in range(20000)]),
             "tree",
             "too many files",
         ),
