@@ -22,7 +22,6 @@ import contextlib
 import socket
 import threading
 import time
-from collections import Counter
 from dataclasses import dataclass
 
 EVICT_AFTER = 2.0  # seconds: a client sends its hello at once, a Kerberos handshake takes ms
@@ -84,13 +83,14 @@ class ConnectionCaps:
     def _victim(self, newcomer: str) -> _Waiting | None:
         """Whose place a newcomer from the network takes when the pool is full (the module's
         docstring), or None."""
-        network = [w for w in self._queue.values() if not is_local(w.peer)]  # oldest first
-        if not network:
+        counts = self.waiting_by_peer
+        heavy = max((p for p in counts if not is_local(p)), key=counts.__getitem__, default=None)
+        if heavy is None:
             return None
-        heavy, held = Counter(w.peer for w in network).most_common(1)[0]
-        if held > self.waiting_by_peer.get(newcomer, 0) + 1:
+        network = (w for w in self._queue.values() if not is_local(w.peer))  # oldest first
+        if counts[heavy] > counts.get(newcomer, 0) + 1:
             return next(w for w in network if w.peer == heavy)
-        oldest = network[0]
+        oldest = next(network)
         return oldest if time.monotonic() - oldest.since >= EVICT_AFTER else None
 
     def take_user(self, user: str) -> str | None:
