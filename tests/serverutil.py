@@ -68,7 +68,11 @@ def start_server(
 
 
 def tcp_port(server: Server) -> int:
-    """The TCP port a server started with --listen HOST:0 got."""
+    """The TCP port a server started with --listen HOST:0 got (once its log says, 10 s at most:
+    the line may come just after the Unix socket)."""
+    deadline = time.monotonic() + 10
+    while "listening on tcp" not in server.log_text() and time.monotonic() < deadline:
+        time.sleep(0.05)
     text = server.log_text()
     return int(text.split("listening on tcp:127.0.0.1:")[1].split()[0].rstrip(","))
 

@@ -21,7 +21,7 @@ from jailcc import protocol as proto
 from jailcc.client.hosts import Host
 from jailcc.client.status import fetch_status
 from jailcc.images.identity import compiler_identity
-from serverutil import Server, as_nobody, start_server, stop_server
+from serverutil import Server, as_nobody, start_server, stop_server, tcp_port
 
 pytestmark = requires_root
 
@@ -471,12 +471,8 @@ def test_tcp_needs_insecure_and_then_warns(gcc_image, tmp_path, identity):
         "--max-connections-per-user", "2",
     )  # fmt: skip
     try:
-        deadline = time.monotonic() + 10
-        while "listening on tcp" not in srv.log_text() and time.monotonic() < deadline:
-            time.sleep(0.05)
-        text = srv.log_text()
-        assert "WITHOUT AUTHENTICATION" in text
-        port = int(text.split("listening on tcp:127.0.0.1:")[1].split()[0].rstrip(","))
+        port = tcp_port(srv)
+        assert "WITHOUT AUTHENTICATION" in srv.log_text()
         with socket.create_connection(("127.0.0.1", port), timeout=10) as sock:
             hello(sock)
             pre = preprocess(tmp_path)
