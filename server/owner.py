@@ -55,6 +55,7 @@ class OwnerState:
     idle_seconds: float | None  # since the owner's last input; None: cannot tell
     own_cpu: float = 0.0  # share of the machine's CPU used by jailccd and its jails
     at: float = 0.0  # time.monotonic() of the sample
+    own_mem: int = 0  # bytes held by jailccd's tree and its jails, counted once
 
 
 @dataclass(frozen=True)
@@ -353,7 +354,8 @@ class OwnerMonitor:
         vm = psutil.virtual_memory()
         group_mem = sum(cgroup_memory_bytes(d) or 0 for d in self._outermost_groups())
         used = vm.total - vm.available
-        owner_mem = min(1.0, max(0, used - tree_rss - group_mem) / vm.total)
+        own_mem = tree_rss + group_mem
+        owner_mem = min(1.0, max(0, used - own_mem) / vm.total)
 
         idles = [i for i in (self.logind.idle(), self.inputs.idle()) if i is not None]
         idle = min(idles) if idles else None
@@ -363,7 +365,7 @@ class OwnerMonitor:
             or owner_mem >= th.mem
             or (idle is not None and idle < th.input_idle)
         )
-        return OwnerState(owner_busy, owner_cpu, owner_mem, idle, own_cpu, now["wall"])
+        return OwnerState(owner_busy, owner_cpu, owner_mem, idle, own_cpu, now["wall"], own_mem)
 
     def start(self, on_state: Callable[[OwnerState], None]) -> None:
         """Sample every `interval` seconds in a thread, handing each state to on_state."""
