@@ -34,6 +34,7 @@ from .compiler import clang_mode, is_clang
 from .includes import COMPUTED, Analysis, FileRead, IncludeAnalyzer, Unsupported
 from .job import Invocation, Outcome, job_env, with_color
 from .job import finish as write_back
+from .outputs import remove_after_failure
 from .remote import RemoteFailure, RemoteResult
 
 TYPE_CHECKING = False
@@ -242,8 +243,9 @@ class TreeBuilder:
                     f"{host}: the job hit the server's {result.limit} limit",
                     code=f"limit:{result.limit}",
                 )
-            if result.exit_code != 0:
-                # Exact diagnostics even when the jail lacked a header: the local compile's.
+            if result.exit_code != 0 and result.misses is None:
+                # Without the read log's names looked for in vain, the jail may have lacked a
+                # header this machine has: the local compile's diagnostics are the exact ones.
                 raise RemoteFailure(f"{host}: the compile failed remotely; compiling locally")
             cwd = tree_job.header["cwd"]  # where the jail compiled: the user's name for it
             try:
@@ -257,6 +259,10 @@ class TreeBuilder:
         self.counters.add(shipped=1, bytes_sent=result.sent)
         got = dict(zip(result.output_names, result.outputs, strict=True))
         obj_path, dep_path = (tree_job.header["outputs"] + [None])[:2]
+        if result.exit_code != 0:
+            if obj_path in got:  # neither compiler leaves one: something else failed
+                raise RemoteFailure(f"{host}: the compile failed but sent its output")
+            return self._failed(compiler, job, inv, host, result, got.get(dep_path))
         if obj_path not in got:
             raise RemoteFailure(f"{host}: the compile succeeded but sent no output")
         if dep_path is not None:
@@ -277,8 +283,42 @@ class TreeBuilder:
             result.times,
             result.load,
         )
-        outcome = write_back(compiler, job, inv, host, plain, headers_shipped=True)
-        return outcome._replace(note=outcome.note.replace("remote on", "remote (sources) on", 1))
+        return _sources_note(write_back(compiler, job, inv, host, plain, headers_shipped=True))
+
+    def _failed(
+        self,
+        compiler: str,
+        job: RemoteJob,
+        inv: Invocation,
+        host: object,
+        result: RemoteResult,
+        dependencies: bytes | None,
+    ) -> Outcome:
+        """A failed compile whose reads and misses were checked: its diagnostics and status are
+        the local compile's, and so is what it leaves behind (measured with gcc-12 and
+        clang-16): a dependency file where the compiler wrote one (gcc and clang do after an
+        error, not after a missing header), else gcc leaves the old one and clang deletes it;
+        the object as write_back says. The jail made the outputs' directories: where one is
+        missing here, the local compile fails otherwise."""
+        for name in (job.output, job.dep_file):
+            if name is not None and not os.path.isdir(os.path.dirname(inv.path(name)) or "."):
+                raise RemoteFailure(f"{name}: its directory is missing here")
+        if dependencies is not None and job.dep_file is None:
+            raise RemoteFailure(f"{host}: the compile sent a dependency file not asked for")
+        if dependencies is not None and not plain_rules(dependencies, job.dep_targets):
+            raise RemoteFailure(f"{host}: the dependency file holds more than rules")
+        plain = result._replace(output=None)
+        outcome = _sources_note(write_back(compiler, job, inv, host, plain, headers_shipped=True))
+        if job.dep_file is not None:
+            if dependencies is not None:
+                _write_dependencies(inv.path(job.dep_file), dependencies, inv.umask)
+            elif is_clang(compiler):
+                remove_after_failure(inv.path(job.dep_file))
+        return outcome
+
+
+def _sources_note(outcome: Outcome) -> Outcome:
+    return outcome._replace(note=outcome.note.replace("remote on", "remote (sources) on", 1))
 
 
 def _copies_included_once(

@@ -161,7 +161,7 @@ def test_a_translation_unit_of_thousands_of_headers_goes_as_sources(server, tmp_
 def test_a_header_the_jail_lacks_means_a_local_compile(server, tmp_path):
     cwd = project(tmp_path)
     args = ["-O2", "-I../inc", "-c", "../src/main.c", "-o", "main.o"]
-    with pytest.raises(RemoteFailure, match="failed remotely"):
+    with pytest.raises(RemoteFailure, match=r"the jail found no \.\./inc/config\.h"):
         tree_job(server, cwd, args, drop(tmp_path / "proj" / "inc" / "config.h"))
 
 
@@ -1219,3 +1219,61 @@ def test_file_names_that_are_not_utf8(proxy, proxy_env, tmp_path):
         outputs.append(((tmp_path / "s.o").read_bytes(), (tmp_path / "s.d").read_bytes()))
     assert outputs[0] == outputs[1]
     assert b"jailcc: s\xfe.c: remote" in done.stderr, done.stderr
+
+
+FAILING = {
+    "error": "int f(void) { return undeclared; }\n",
+    "missing header": '#include <stdio.h>\n#include "absent.h"\nint f(void) { return 1; }\n',
+    "warning as error": "int f(int a) { int unused; return a; }\n",
+}
+
+
+@pytest.mark.parametrize("compiler", ["gcc-12", "g++-12", "clang-16"])
+@pytest.mark.parametrize("case", list(FAILING))
+def test_a_failed_compile_is_the_answer_once_the_jail_vouches_for_its_misses(
+    case, compiler, proxy_env, tmp_path
+):
+    """A compile error (configure's failing checks, a developer's typo) ran twice: remotely,
+    then locally for exact diagnostics. With gcc's read log the jail names every header it
+    looked for in vain, the client checks them, and the remote failure is the answer: the same
+    status, diagnostics, dependency file and old object as the local compile leaves (clang has
+    no such log: it still compiles locally, and ends the same)."""
+    (tmp_path / "inc").mkdir()
+    (tmp_path / "f.c").write_text(FAILING[case])
+    args = ["-Wall", "-Werror", "-Iinc", "-c", "f.c", "-o", "f.o", "-MD", "-MF", "f.d"]
+    ends = []
+    for command in ([compiler], [JAILCC, compiler]):
+        for name in ("f.o", "f.d"):
+            (tmp_path / name).write_bytes(b"old\n")
+        done = subprocess.run(
+            [*command, *args], cwd=tmp_path, env=proxy_env, capture_output=True, timeout=120
+        )
+        lines = done.stderr.splitlines(True)
+        said = b"".join(line for line in lines if line.startswith(b"jailcc: "))
+        stderr = b"".join(line for line in lines if not line.startswith(b"jailcc: "))
+        left = {
+            name: (tmp_path / name).read_bytes() if (tmp_path / name).exists() else None
+            for name in ("f.o", "f.d")
+        }
+        ends.append((done.returncode, stderr, left))
+    assert ends[1] == ends[0] and ends[0][0] == 1, (ends, said)
+    if compiler == "clang-16":
+        assert b"locally" in said, said
+    else:
+        assert b"remote (sources) on" in said and b"locally" not in said, said
+
+
+def test_a_failed_compile_into_a_directory_missing_here_is_the_local_compiles(proxy_env, tmp_path):
+    """The jail makes the outputs' directories; where one is missing here, gcc also fails
+    to open the dependency file there, which only the local compile says."""
+    (tmp_path / "f.c").write_text(FAILING["error"])
+    args = ["-c", "f.c", "-o", "out/f.o", "-MD", "-MF", "out/f.d"]
+    ends = []
+    for command in (["gcc-12"], [JAILCC, "gcc-12"]):
+        done = subprocess.run(
+            [*command, *args], cwd=tmp_path, env=proxy_env, capture_output=True, timeout=120
+        )
+        lines = done.stderr.splitlines(True)
+        ends.append((done.returncode, [x for x in lines if not x.startswith(b"jailcc: ")]))
+    assert ends[1] == ends[0] and b"dependency file" in b"".join(ends[0][1]), ends
+    assert b"out/f.o: its directory is missing here" in done.stderr, done.stderr
