@@ -170,15 +170,47 @@ def _recv_exact(sock: socket.socket | DeadlineSocket, size: int) -> bytes:
     return recv_exact(sock, size, TruncatedFrame)
 
 
+# `reserve`: asked what a frame will hold in memory before it is read, and again before its
+# blobs are decompressed: the wire bytes (a sealed frame's three times over: the token, the
+# unwrapped message and the blobs cut from it), then those plus the declared decompressed
+# sizes. Its False refuses the frame (OverBudget).
+
+
+class OverBudget(ProtocolError):
+    """`reserve` said no: the frame was not read (or not decompressed). Its bytes on the wire
+    were read and dropped, so nothing of it is kept; a sealed channel cannot go on after it."""
+
+
 def recv(
     sock: socket.socket | DeadlineSocket,
     max_frame: int = DEFAULT_MAX_FRAME,
     max_raw: int | None = None,
+    reserve: Callable[[int], bool] | None = None,
 ) -> tuple[int, dict[str, Any], list[bytes]]:
     """Read one frame: (type, header, blobs decompressed). max_frame caps the bytes on the wire,
     max_raw the decompressed total (default: 4 x max_frame)."""
     first = _recv_start(sock, _PREFIX.size)
-    return _parse(first, lambda size: _recv_exact(sock, size), max_frame, max_raw)
+    unread = _PREFIX.unpack(first)[0] - 5  # the body after the prefix
+
+    def read(size: int) -> bytes:
+        nonlocal unread
+        unread -= size
+        return _recv_exact(sock, size)
+
+    def reserved(wire: int, raw: int) -> bool:
+        assert reserve is not None
+        if reserve(wire + raw):
+            return True
+        _discard(sock, unread)
+        return False
+
+    return _parse(first, read, max_frame, max_raw, reserved if reserve is not None else None)
+
+
+def _discard(sock: socket.socket | DeadlineSocket, size: int) -> None:
+    """Read and drop `size` bytes, a little at a time."""
+    while size > 0:
+        size -= len(_recv_exact(sock, min(size, 1 << 16)))
 
 
 def _recv_start(sock: socket.socket | DeadlineSocket, size: int) -> bytes:
@@ -249,7 +281,12 @@ class DeadlineSocket:
         return TimeoutError(f"a frame not whole {self.frame_seconds:g} s after its first byte")
 
 
-def decode(data: bytes, max_frame: int, max_raw: int | None = None) -> tuple[int, dict, list]:
+def decode(
+    data: bytes,
+    max_frame: int,
+    max_raw: int | None = None,
+    reserve: Callable[[int, int], bool] | None = None,
+) -> tuple[int, dict, list]:
     """One frame from bytes that must hold exactly that frame (a sealed frame's payload)."""
     view, offset = memoryview(data), _PREFIX.size
 
@@ -262,18 +299,24 @@ def decode(data: bytes, max_frame: int, max_raw: int | None = None) -> tuple[int
 
     if len(data) < _PREFIX.size:
         raise ProtocolError("frame shorter than its prefix")
-    frame = _parse(bytes(view[: _PREFIX.size]), read, max_frame, max_raw)
+    frame = _parse(bytes(view[: _PREFIX.size]), read, max_frame, max_raw, reserve)
     if offset != len(data):
         raise ProtocolError("trailing bytes after the frame")
     return frame
 
 
 def _parse(
-    prefix: bytes, read: Callable[[int], bytes], max_frame: int, max_raw: int | None
+    prefix: bytes,
+    read: Callable[[int], bytes],
+    max_frame: int,
+    max_raw: int | None,
+    reserve: Callable[[int, int], bool] | None = None,
 ) -> tuple[int, dict[str, Any], list[bytes]]:
     body_len, frame_type, head_len = _PREFIX.unpack(prefix)
     if body_len > max_frame:
         raise ProtocolError(f"frame of {body_len} bytes exceeds the cap of {max_frame}")
+    if reserve is not None and not reserve(body_len, 0):
+        raise OverBudget(f"a frame of {body_len} bytes")
     if frame_type not in FRAME_NAMES:
         raise ProtocolError(f"unknown frame type {frame_type}")
     if head_len > header_cap(frame_type) or 5 + head_len > body_len:
@@ -293,8 +336,11 @@ def _parse(
     if 5 + head_len + sum(sizes) != body_len:
         raise ProtocolError("blob lengths do not add up to the frame length")
     limit = 4 * max_frame if max_raw is None else max_raw
-    if sum(r if r is not None else s for s, r in zip(sizes, raws, strict=True)) > limit:
+    unpacked = sum(r for r in raws if r is not None)
+    if unpacked + sum(s for s, r in zip(sizes, raws, strict=True) if r is None) > limit:
         raise ProtocolError(f"frame would decompress to more than {limit} bytes")
+    if unpacked and reserve is not None and not reserve(body_len, unpacked):
+        raise OverBudget(f"a frame of {body_len} bytes that unpacks to {unpacked} more")
     blobs = []
     for size, raw in zip(sizes, raws, strict=True):
         data = read(size)
@@ -343,9 +389,12 @@ class Channel:
         return send(self.sock, frame_type, header, blobs, compress)
 
     def recv(
-        self, max_frame: int = DEFAULT_MAX_FRAME, max_raw: int | None = None
+        self,
+        max_frame: int = DEFAULT_MAX_FRAME,
+        max_raw: int | None = None,
+        reserve: Callable[[int], bool] | None = None,
     ) -> tuple[int, dict[str, Any], list[bytes]]:
-        return recv(self.sock, max_frame, max_raw)
+        return recv(self.sock, max_frame, max_raw, reserve)
 
     def expect(
         self, wanted: int, max_frame: int = DEFAULT_MAX_FRAME
@@ -388,11 +437,17 @@ class SealedChannel(Channel):
         return 4 + len(token)
 
     def recv(
-        self, max_frame: int = DEFAULT_MAX_FRAME, max_raw: int | None = None
+        self,
+        max_frame: int = DEFAULT_MAX_FRAME,
+        max_raw: int | None = None,
+        reserve: Callable[[int], bool] | None = None,
     ) -> tuple[int, dict[str, Any], list[bytes]]:
         (size,) = U32.unpack(_recv_start(self.sock, U32.size))
         if size > max_frame + _PREFIX.size + SEAL_OVERHEAD:
             raise ProtocolError(f"sealed frame of {size} bytes exceeds the cap of {max_frame}")
+        if reserve is not None and not reserve(3 * size):
+            _discard(self.sock, size)
+            raise OverBudget(f"a sealed frame of {size} bytes")
         token = _recv_exact(self.sock, size)
         try:
             unwrapped = self.context.unwrap(token)
@@ -406,7 +461,11 @@ class SealedChannel(Channel):
         if len(payload) < 8 or self._SEQ.unpack_from(payload)[0] != self.recv_seq:
             raise IntegrityError(f"frame out of sequence (expected number {self.recv_seq})")
         self.recv_seq += 1
-        return decode(payload[8:], max_frame, max_raw)
+        # (Its wire bytes are reserved already: only what it unpacks to is asked for.)
+        reserved = (
+            None if reserve is None else lambda _wire, raw: not raw or reserve(3 * size + raw)
+        )
+        return decode(payload[8:], max_frame, max_raw, reserved)
 
 
 class IntegrityError(ProtocolError):

@@ -51,6 +51,34 @@ SEND_TIMEOUT = 60.0
 _INPUT_NAME = re.compile(r"[A-Za-z0-9_+.,=@%-]{1,200}\.(i|ii)")  # fullmatch: "$" allows "\n"
 
 
+# A frame that will hold more than this in memory asks the server first (its user's
+# --user-memory budget), and holds it until its job ends: one user's connections could each
+# hold three times --max-input while frames arrive and unpack. Smaller ones ask nothing, so
+# common jobs pay no round trip.
+RESERVE_FROM = 8 << 20
+
+
+class _Reservation:
+    """The memory this connection's current job holds, as the server's budget counts it: the
+    `reserve` of proto.recv."""
+
+    def __init__(self, init: JailInit) -> None:
+        self.init, self.held = init, 0
+
+    def __call__(self, nbytes: int) -> bool:
+        if nbytes <= self.held or (nbytes < RESERVE_FROM and not self.held):
+            return True
+        if self.init.ask({"what": "reserve", "bytes": nbytes}).get("ok") is not True:
+            return False
+        self.held = nbytes
+        return True
+
+    def release(self) -> None:
+        if self.held:
+            self.held = 0
+            self.init.ask({"what": "reserve", "bytes": 0})
+
+
 class JobRejected(Exception):
     """A job the server will not run; the client is told why and compiles locally."""
 
@@ -94,6 +122,7 @@ def serve(init: JailInit, conn: socket.socket, params: dict[str, Any], token: by
     max_input = int(params["max_input_bytes"])
     store = _store(init, params)
     base: tuple[str, list[Any]] | None = None  # (root, tree) of the last tree job answered
+    reservation = _Reservation(init)
     init.client_fd = conn.fileno()  # a job stops when its client hangs up
     try:
         conn.settimeout(SEND_TIMEOUT)
@@ -102,13 +131,16 @@ def serve(init: JailInit, conn: socket.socket, params: dict[str, Any], token: by
             # Nothing of the last job is kept while the client is silent: a connection that
             # only waits must not hold its inputs (up to twice --max-input) for the idle time.
             header = blobs = job = original = None
+            reservation.release()
             if not _speaks_within(conn, IDLE_TIMEOUT):
                 return None  # idle this long between jobs: a clean end (the proxy opens anew)
             conn.settimeout(IDLE_TIMEOUT)
             try:
                 # A preprocessed job's blobs: its input and its source (jobs/tree.py: a tree
                 # job has none), each at most --max-input once decompressed.
-                frame_type, header, blobs = channel.recv(max_input + (1 << 20), 2 * max_input)
+                frame_type, header, blobs = channel.recv(
+                    max_input + (1 << 20), 2 * max_input, reservation
+                )
             except proto.ConnectionClosed:
                 return None  # between jobs: a clean end
             if frame_type != proto.JOB:
@@ -135,7 +167,7 @@ def serve(init: JailInit, conn: socket.socket, params: dict[str, Any], token: by
                 )
                 continue
             if kind == "tree":
-                received = _fetch_blobs(channel, store, job)
+                received = _fetch_blobs(channel, store, job, reservation)
                 conn.settimeout(SEND_TIMEOUT)
                 # Kept with the answer, for the next job (of any connection) to name it by.
                 listing = (original["listing"], None) if listed else proto.job_listing(header)
@@ -149,6 +181,13 @@ def serve(init: JailInit, conn: socket.socket, params: dict[str, Any], token: by
                 go_on = _run_job(init, channel, params, job)
             if not go_on:
                 return "the jail can no longer be used; retired"
+    except proto.OverBudget as exc:
+        # Its bytes were read and dropped: the client hears "busy" and goes elsewhere. (A
+        # sealed channel cannot go on past a frame it did not unwrap: the connection ends.)
+        message = f"this user's jobs hold what this server gives one user ({exc})"
+        with contextlib.suppress(OSError, proto.ProtocolError):
+            channel.send(proto.ERROR, {"code": "busy", "message": message})
+        return f"over the user's memory budget: {exc}"
     except proto.IntegrityError as exc:
         return f"integrity: {exc}"
     except proto.ProtocolError as exc:
@@ -426,7 +465,10 @@ def _with_listing(
 
 
 def _fetch_blobs(
-    channel: proto.Channel, store: BlobStore | SharedBlobStore, job: tree.TreeJob
+    channel: proto.Channel,
+    store: BlobStore | SharedBlobStore,
+    job: tree.TreeJob,
+    reservation: _Reservation,
 ) -> int:
     """Ask for the blobs the store lacks (NEED) and take them in (BLOBS) until every one has
     come, each checked against its digest and size; the bytes received."""
@@ -440,7 +482,9 @@ def _fetch_blobs(
         budget = sum(outstanding.values())
         channel.sock.settimeout(IDLE_TIMEOUT)
         # Never more than what is still due (LZ4 may grow incompressible data a little).
-        frame_type, header, blobs = channel.recv(budget + budget // 128 + (1 << 20), budget)
+        frame_type, header, blobs = channel.recv(
+            budget + budget // 128 + (1 << 20), budget, reservation
+        )
         if frame_type != proto.BLOBS:
             raise _BadBlobs(job.id, f"expected BLOBS, got {proto.FRAME_NAMES[frame_type]}")
         digests = header.get("digests")

@@ -314,6 +314,15 @@ def build_parser() -> argparse.ArgumentParser:
         " elsewhere or locally (default: three quarters of this machine's memory)",
     )
     p.add_argument(
+        "--user-memory",
+        type=int,
+        metavar="MIB",
+        help="memory one user's jobs may hold in their jails while their inputs arrive, unpack"
+        " and compile (each input past 8 MiB asks for its share before it is read); past it"
+        " a job is refused as busy and its client goes elsewhere, in MiB (default: a quarter"
+        " of --jails-memory)",
+    )
+    p.add_argument(
         "--max-input",
         type=int,
         default=128,
@@ -458,6 +467,7 @@ def run(args: argparse.Namespace) -> int:
             "max_unauthenticated": args.max_unauthenticated,
             "max_unauthenticated_per_peer": args.max_unauthenticated_per_peer,
             "max_connections_per_user": args.max_connections_per_user,
+            "user_memory": args.user_memory * MiB,
             "peer_log_lines": args.log_peer_lines,
             "status_show_sources": args.status_show_sources,
         },
@@ -695,6 +705,10 @@ def check(args: argparse.Namespace) -> Checked:
         args.jails_memory = os.sysconf("SC_PHYS_PAGES") * os.sysconf("SC_PAGE_SIZE") * 3 // 4 // MiB
     if args.jails_memory < args.job_memory:
         raise ValueError("--jails-memory must be at least --job-memory (one jail's)")
+    if args.user_memory is None:
+        args.user_memory = max(1, args.jails_memory // 4)
+    if args.user_memory < 1:
+        raise ValueError("--user-memory must be positive")
     if args.announce and tcp is None:
         raise ValueError("--announce needs --listen")
     if args.metrics and not re.fullmatch(r"\[?[\w.:-]+\]?:\d{1,5}", args.metrics):

@@ -476,6 +476,9 @@ class _Relay:
         if what == "refused":
             self._ask({"what": "refused", **{k: question.get(k) for k in ("code", "message")}})
             return {}
+        if what == "reserve":
+            reply = self._ask({"what": "reserve", "bytes": question.get("bytes")})
+            return {"ok": reply.get("ok") is True}
         raise SandboxError(f"the jail asked out of turn: {str(what)[:20]}")
 
     def _ask(self, question: dict[str, Any], queued: bool = False) -> dict[str, Any]:

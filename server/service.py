@@ -70,6 +70,9 @@ class ServiceConfig:
     max_unauthenticated: int = 0  # 0: half of max_connections
     max_unauthenticated_per_peer: int = 16
     max_connections_per_user: int = 0  # 0: a quarter of max_connections, 8 at least
+    # Bytes one user's frames may hold at once in their jails while they arrive, unpack and
+    # wait for their job's end (the jails ask before reading a large one); 0: no budget.
+    user_memory: int = 0
     peer_log_lines: int = 20  # a minute, about one unauthenticated peer
     # Whose running jobs a status request shows with their source names: "own" or "all".
     status_show_sources: str = "own"
@@ -126,7 +129,8 @@ class JobService:
         self.slots = Slots(config.slots, config.max_queue or max(8, 4 * config.slots))
         self.speed = config.speed if config.speed is not None else measure_speed()
         self.active: dict[int, _Questions] = {}  # by connection: connections in a jail now
-        self.active_lock = threading.Lock()
+        self.reserved: dict[str, int] = {}  # by share: the memory its jails' frames hold
+        self.active_lock = threading.Lock()  # (also for reserved)
         self.idle_priority = False
         self.caps = ConnectionCaps(
             config.max_connections,
@@ -480,8 +484,13 @@ class JobService:
                 for image in self.catalog.images
             ],
             "jobs": self._running_jobs(requester),
+            "memory_held": self._memory_held(),
             "totals": self.metrics.totals(),
         }
+
+    def _memory_held(self) -> int:
+        with self.active_lock:
+            return sum(self.reserved.values())
 
     def _running_jobs(self, requester: str) -> list[dict[str, Any]]:
         everyone = self.config.status_show_sources == "all"
@@ -642,6 +651,8 @@ class _Questions:
         abort    a job     the slot back: the monitor could not set the job up
         done     a job     the slot back, the log line; the cgroup's verdict, byte counts
         refused  any       a job refused before it started, for the log and the counts
+        reserve  any       memory for a large frame the jail is about to read (its bytes in
+                           all, 0 to give them back), within the user's --user-memory
     """
 
     def __init__(
@@ -661,6 +672,7 @@ class _Questions:
         self.evicted = False
         self.source = ""
         self.started = 0.0
+        self.reserved = 0  # bytes of the user's memory budget this connection's frames hold
         with service.active_lock:
             service.active[self.conn] = self
 
@@ -748,6 +760,37 @@ class _Questions:
         )
         return {"ok": True}
 
+    def _reserve(self, question: dict[str, Any]) -> dict[str, Any]:
+        """A new total for this connection: granted while the user's connections together stay
+        within the budget (giving back always is); the jail reads the frame only if granted."""
+        wanted = _size(question.get("bytes"))
+        budget = self.service.config.user_memory
+        with self.service.active_lock:
+            others = self.service.reserved.get(self.share, 0) - self.reserved
+            granted = wanted <= self.reserved or not budget or others + wanted <= budget
+            if granted:
+                self._hold(others, wanted)
+        if granted:
+            return {"ok": True}
+        self.service.metrics.job_refused("busy")
+        self.service.peer_log.log(
+            f"memory of {self.user}",
+            logging.WARNING,
+            "job refused user=%s: its jobs would hold %d MiB, past --user-memory (%d MiB)",
+            self.user,
+            (others + wanted) >> 20,
+            budget >> 20,
+        )
+        return {"ok": False, "error": f"{self.name}'s jobs hold this server's memory for one user"}
+
+    def _hold(self, others: int, mine: int) -> None:
+        """(Under active_lock.)"""
+        self.reserved = mine
+        if others + mine:
+            self.service.reserved[self.share] = others + mine
+        else:
+            self.service.reserved.pop(self.share, None)
+
     def release(self) -> None:
         if self.holding:
             self.holding = False
@@ -757,6 +800,7 @@ class _Questions:
         self.release()
         with self.service.active_lock:
             self.service.active.pop(self.conn, None)
+            self._hold(self.service.reserved.get(self.share, 0) - self.reserved, 0)
 
 
 # The jail's questions: name -> (whether a job must be running, None: either; the handler).
@@ -765,6 +809,7 @@ QUESTIONS: dict[str, tuple[bool | None, Callable[[_Questions, dict[str, Any]], d
     "abort": (True, _Questions._abort),
     "done": (True, _Questions._done),
     "refused": (None, _Questions._refused),
+    "reserve": (None, _Questions._reserve),
 }
 
 

@@ -318,6 +318,45 @@ def test_an_input_past_max_input_is_refused_and_not_kept(gcc_image, identity, tm
         stop_server(srv)
 
 
+def test_one_users_large_inputs_stay_within_user_memory(gcc_image, identity, tmp_path):
+    """--user-memory bounds what one user's large frames hold at once across connections: a
+    frame past 8 MiB is read only once its jail is granted its share. One connection holds 12
+    of the 20 MiB while its frame trickles in; another's 12 MiB job is refused as busy (its
+    bytes read and dropped, the connection ended), and once the first job is done the same
+    job goes through."""
+    srv = start_server(tmp_path / "srv", gcc_image, "--allow-user", "root", "--user-memory", "20")
+    host = Host("unix", str(srv.socket_path))
+    try:
+        large = preprocess(tmp_path) + b"\n" * (12 << 20)
+        frame = proto.encode(proto.JOB, job(identity, tmp_path), [large], [False])
+        with srv.connect() as first, srv.connect() as second:
+            hello(first)
+            hello(second)
+            first.sendall(frame[: len(frame) // 2])
+            deadline = time.monotonic() + 30
+            while fetch_status(host).get("memory_held", 0) < 12 << 20:
+                assert time.monotonic() < deadline, "the first frame was never reserved"
+                time.sleep(0.05)
+            second.sendall(frame)
+            with pytest.raises(proto.RemoteError) as refused:
+                proto.expect(second, proto.RESULT)
+            assert refused.value.code == "busy", refused.value
+            second.settimeout(30)
+            assert second.recv(1) == b""  # the connection ended
+            first.sendall(frame[len(frame) // 2 :])
+            assert proto.expect(first, proto.RESULT)[0]["exit_code"] == 0
+        deadline = time.monotonic() + 30
+        while fetch_status(host).get("memory_held", 0):
+            assert time.monotonic() < deadline, "the first job's share was never given back"
+            time.sleep(0.05)
+        with srv.connect() as third:
+            hello(third)
+            third.sendall(frame)
+            assert proto.expect(third, proto.RESULT)[0]["exit_code"] == 0
+    finally:
+        stop_server(srv)
+
+
 def _jail_inits(srv: Server) -> list[psutil.Process]:
     found = []
     for process in psutil.Process(srv.proc.pid).children(recursive=True):

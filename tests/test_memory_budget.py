@@ -1,0 +1,142 @@
+"""A user's memory budget on a server (--user-memory): the frame reader asks before it holds a
+large frame, drops the frame's bytes when refused, and the network service's ledger counts
+each user's connections together (the real server: tests/test_server.py)."""
+
+from __future__ import annotations
+
+import socket
+import threading
+from types import SimpleNamespace
+
+import pytest
+from jailcc import protocol as proto
+from jailcc.server.service import QUESTIONS, _Questions
+
+MiB = 1 << 20
+
+
+def _send_in_thread(sock: socket.socket, data: bytes) -> threading.Thread:
+    sender = threading.Thread(target=sock.sendall, args=(data,), daemon=True)
+    sender.start()
+    return sender
+
+
+def test_a_large_frame_is_read_only_once_reserved_and_dropped_when_not() -> None:
+    big = bytes(range(256)) * (4 * MiB // 256)  # 4 MiB, barely compressible
+    zeros = b"\0" * (6 * MiB)  # LZ4 makes a few KiB of it
+    asked: list[int] = []
+    answers = iter([False, True, True, False, True])
+
+    def reserve(nbytes: int) -> bool:
+        asked.append(nbytes)
+        return next(answers)
+
+    ours, theirs = socket.socketpair()
+    with ours, theirs:
+        data = (
+            proto.encode(proto.JOB, {"n": 1}, [big])  # refused before it is read
+            + proto.encode(proto.JOB, {"n": 2}, [big])  # granted
+            + proto.encode(proto.JOB, {"n": 3}, [zeros], [True])  # wire granted, unpacked not
+            + proto.encode(proto.JOB, {"n": 4}, [b"small"])
+        )
+        sender = _send_in_thread(theirs, data)
+        with pytest.raises(proto.OverBudget):
+            proto.recv(ours, 8 * MiB, reserve=reserve)
+        wire = asked[0]
+        assert wire > len(big)
+        _, header, blobs = proto.recv(ours, 8 * MiB, reserve=reserve)
+        assert header["n"] == 2 and blobs == [big] and asked[1] == wire
+        with pytest.raises(proto.OverBudget, match="unpacks"):
+            proto.recv(ours, 8 * MiB, 8 * MiB, reserve=reserve)
+        assert asked[3] == asked[2] + len(
+            zeros
+        )  # the wire bytes, then those and what it unpacks to
+        # Each refused frame was read through to its end: the stream is whole.
+        _, header, blobs = proto.recv(ours, 8 * MiB, reserve=reserve)
+        assert header["n"] == 4 and blobs == [b"small"]
+        sender.join(5)
+
+
+def _service(budget: int) -> SimpleNamespace:
+    logged: list[str] = []
+    return SimpleNamespace(
+        config=SimpleNamespace(user_memory=budget),
+        reserved={},
+        active={},
+        active_lock=threading.Lock(),
+        metrics=SimpleNamespace(job_refused=lambda code: logged.append(code)),
+        peer_log=SimpleNamespace(log=lambda *args: logged.append(args[0])),
+        logged=logged,
+    )
+
+
+def _connection(service: SimpleNamespace, number: int, share: str) -> _Questions:
+    link = SimpleNamespace(id=number)
+    return _Questions(service, link, share, share, "gcc-12", share)  # type: ignore[arg-type]
+
+
+def test_one_users_connections_share_one_budget() -> None:
+    service = _service(100 * MiB)
+    alice1, alice2 = _connection(service, 1, "alice"), _connection(service, 2, "alice")
+    bob = _connection(service, 3, "bob")
+    assert alice1.answer(1, {"what": "reserve", "bytes": 60 * MiB})["ok"] is True
+    assert alice2.answer(2, {"what": "reserve", "bytes": 50 * MiB})["ok"] is False
+    assert service.logged[0] == "busy"
+    assert bob.answer(3, {"what": "reserve", "bytes": 90 * MiB})["ok"] is True  # his own
+    assert alice2.answer(2, {"what": "reserve", "bytes": 40 * MiB})["ok"] is True
+    assert service.reserved == {"alice": 100 * MiB, "bob": 90 * MiB}
+    # Growing past the budget is refused; shrinking, or asking no more than held, never is.
+    assert alice1.answer(1, {"what": "reserve", "bytes": 61 * MiB})["ok"] is False
+    assert alice1.answer(1, {"what": "reserve", "bytes": 60 * MiB})["ok"] is True
+    assert alice1.answer(1, {"what": "reserve", "bytes": 0})["ok"] is True
+    assert service.reserved["alice"] == 40 * MiB
+    # Nonsense counts as nothing; a connection that ends gives back what it held.
+    assert alice2.answer(2, {"what": "reserve", "bytes": "lots"})["ok"] is True
+    assert "alice" not in service.reserved
+    bob.forget()
+    assert service.reserved == {}
+
+
+def test_reserve_is_in_the_jails_table_in_any_state() -> None:
+    assert QUESTIONS["reserve"][0] is None
+    service = _service(0)  # no budget: every reservation is granted
+    conn = _connection(service, 1, "alice")
+    conn.holding = True
+    assert conn.answer(1, {"what": "reserve", "bytes": 1 << 34})["ok"] is True
+    assert service.reserved == {"alice": 1 << 34}
+
+
+class _PlainContext:
+    """A GSSAPI context's wrap and unwrap, without the cryptography."""
+
+    def wrap(self, message: bytes, encrypt: bool) -> SimpleNamespace:
+        return SimpleNamespace(message=message)
+
+    def unwrap(self, token: bytes) -> SimpleNamespace:
+        return SimpleNamespace(message=token, encrypted=True)
+
+
+def test_a_sealed_frame_counts_three_times_its_token() -> None:
+    zeros = b"\0" * (6 * MiB)
+    asked: list[int] = []
+    answers = iter([True, False, False])
+
+    def reserve(nbytes: int) -> bool:
+        asked.append(nbytes)
+        return next(answers)
+
+    ours, theirs = socket.socketpair()
+    with ours, theirs:
+        sender = proto.SealedChannel(theirs, _PlainContext())
+        sizes = [sender.send(proto.JOB, {"n": n}, [zeros], [True]) for n in (1, 2)]
+        reader = proto.SealedChannel(ours, _PlainContext())
+        with pytest.raises(proto.OverBudget, match="unpacks"):
+            reader.recv(8 * MiB, 8 * MiB, reserve)
+        token = sizes[0] - 4
+        assert asked == [3 * token, 3 * token + len(zeros)]
+        with pytest.raises(proto.OverBudget, match="sealed frame"):
+            reader.recv(8 * MiB, 8 * MiB, reserve)
+        assert asked[2] == 3 * token
+        ours.setblocking(False)
+        with pytest.raises(BlockingIOError):  # the refused token was read through
+            ours.recv(1)
