@@ -48,7 +48,11 @@ _OUT_OF_MEMORY = (
     b"out of memory allocating",
     b"LLVM ERROR: out of memory",
 )
-_CRASHES = (b"internal compiler error", b"PLEASE submit a bug report", *_OUT_OF_MEMORY)
+# A compiler proper killed under the driver, which then fails as for any error (gcc: "Killed
+# signal terminated program cc1"; clang with an external cc1: "failed due to signal"): a limit
+# of the jail's that the server could not name, or a crash the local compile tells truly.
+_KILLED = (b"signal terminated program", b"failed due to signal")
+_CRASHES = (b"internal compiler error", b"PLEASE submit a bug report", *_KILLED, *_OUT_OF_MEMORY)
 # Options that decide gcc's links themselves (the plain output turns them off).
 _URL_OPTIONS = ("-fdiagnostics-urls", "-fno-diagnostics-urls", "-fdiagnostics-plain-output")
 _SAFE_CHARS = frozenset("ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789_+.,=@%-")

@@ -440,6 +440,10 @@ class JailInit:
                 limit = "file-size"
             elif DISK_FULL_MESSAGE in stderr:
                 limit = "disk"  # the work dir or /tmp is full: a local compile has room
+            elif limits.cpu_seconds and cpu >= limits.cpu_seconds:
+                # RLIMIT_CPU is a process's: a cc1 it killed leaves its driver failing as for
+                # any error. (Several processes that used this much together: a local compile.)
+                limit = "cpu"
         result = {
             "ok": True,
             "exit_code": os.WEXITSTATUS(status) if os.WIFEXITED(status) else None,

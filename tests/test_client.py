@@ -473,6 +473,10 @@ class FakeServer:
                     header = {"id": job["id"], "exit_code": 1, "has_output": False}
                     stderr = b"virtual memory exhausted: Cannot allocate memory\n"
                     proto.send(conn, proto.RESULT, header, [b"", stderr, b""])
+                elif self.behaviour == "cc1-killed":  # (RLIMIT_CPU: the driver exits 1)
+                    header = {"id": job["id"], "exit_code": 1, "has_output": False}
+                    stderr = b"gcc-12: fatal error: Killed signal terminated program cc1\n"
+                    proto.send(conn, proto.RESULT, header, [b"", stderr, b""])
                 # "die": close without a word
             except (OSError, proto.ProtocolError):
                 pass
@@ -481,7 +485,9 @@ class FakeServer:
         self.sock.close()
 
 
-@pytest.mark.parametrize("behaviour", ["die", "garbage", "error", "killed", "out-of-memory"])
+@pytest.mark.parametrize(
+    "behaviour", ["die", "garbage", "error", "killed", "out-of-memory", "cc1-killed"]
+)
 def test_a_failing_server_means_a_local_compile(tmp_path, behaviour):
     from jailcc.images.identity import compiler_identity
 

@@ -544,6 +544,26 @@ def test_a_full_work_dir_is_reported_as_the_disk_limit(sandbox) -> None:
         assert result.exit_code != 0 and result.limit == "disk", (result, result.stderr)
 
 
+def test_a_cpu_limit_below_the_compiler_driver_is_reported(sandbox) -> None:
+    """RLIMIT_CPU stops cc1, not the gcc driver, which then fails with a status of its own
+    ("CPU time limit exceeded signal terminated program cc1", or "Killed signal" past the hard
+    limit): the result must name the limit, so that the client compiles locally."""
+    chain = "".join(
+        f"int f{i}(int x) {{ return f{i - 1}(x) * 3 + {i}; }}\n" for i in range(1, 6000)
+    )
+    source = ("int f0(int x) { return x; }\n" + chain).encode()
+    with sandbox.create_jail("gcc-12") as jail:
+        result = jail.run(
+            ["/usr/bin/gcc-12", "-O2", "-c", "slow.i", "-o", "slow.o"],
+            cwd="/src",
+            inputs={"slow.i": source},
+            limits=RunLimits(cpu_seconds=1, wall_seconds=60.0),
+        )
+        assert result.signal is None and result.exit_code != 0, (result, result.stderr)
+        assert b"terminated program cc1" in result.stderr, result.stderr
+        assert result.limit == "cpu", (result, result.stderr)
+
+
 def test_a_file_size_limit_below_the_compiler_driver_is_reported(sandbox, tmp_path) -> None:
     """as, not the gcc driver, is stopped by RLIMIT_FSIZE: the driver fails with an ordinary
     status, and the result must still name the limit (the client then compiles locally)."""
