@@ -52,7 +52,16 @@ _OUT_OF_MEMORY = (
 # signal terminated program cc1"; clang with an external cc1: "failed due to signal"): a limit
 # of the jail's that the server could not name, or a crash the local compile tells truly.
 _KILLED = (b"signal terminated program", b"failed due to signal")
-_CRASHES = (b"internal compiler error", b"PLEASE submit a bug report", *_KILLED, *_OUT_OF_MEMORY)
+# The driver could not run a program of its own (an image without the assembler, say): every
+# compile there would fail so.
+_CANNOT_RUN = (b"cannot execute '", b"error trying to exec '", b"unable to execute command")
+_CRASHES = (
+    b"internal compiler error",
+    b"PLEASE submit a bug report",
+    *_KILLED,
+    *_CANNOT_RUN,
+    *_OUT_OF_MEMORY,
+)
 # Options that decide gcc's links themselves (the plain output turns them off).
 _URL_OPTIONS = ("-fdiagnostics-urls", "-fno-diagnostics-urls", "-fdiagnostics-plain-output")
 _SAFE_CHARS = frozenset("ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789_+.,=@%-")

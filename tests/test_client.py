@@ -473,9 +473,9 @@ class FakeServer:
                     header = {"id": job["id"], "exit_code": 1, "has_output": False}
                     stderr = b"virtual memory exhausted: Cannot allocate memory\n"
                     proto.send(conn, proto.RESULT, header, [b"", stderr, b""])
-                elif self.behaviour == "cc1-killed":  # (RLIMIT_CPU: the driver exits 1)
+                elif self.behaviour in DRIVER_FAILURES:  # the driver exits as for an error
                     header = {"id": job["id"], "exit_code": 1, "has_output": False}
-                    stderr = b"gcc-12: fatal error: Killed signal terminated program cc1\n"
+                    stderr = DRIVER_FAILURES[self.behaviour]
                     proto.send(conn, proto.RESULT, header, [b"", stderr, b""])
                 # "die": close without a word
             except (OSError, proto.ProtocolError):
@@ -485,8 +485,17 @@ class FakeServer:
         self.sock.close()
 
 
+# What gcc's driver says, exiting 1, of a program of its own it lost (RLIMIT_CPU killed cc1)
+# or could not run (an image without the assembler).
+DRIVER_FAILURES = {
+    "cc1-killed": b"gcc-12: fatal error: Killed signal terminated program cc1\n",
+    "no-assembler": b"gcc-12: fatal error: cannot execute 'as': execvp: No such file or"
+    b" directory\ncompilation terminated.\n",
+}
+
+
 @pytest.mark.parametrize(
-    "behaviour", ["die", "garbage", "error", "killed", "out-of-memory", "cc1-killed"]
+    "behaviour", ["die", "garbage", "error", "killed", "out-of-memory", *DRIVER_FAILURES]
 )
 def test_a_failing_server_means_a_local_compile(tmp_path, behaviour):
     from jailcc.images.identity import compiler_identity
