@@ -37,7 +37,12 @@ class Metrics:
     """The server's counts since it started. `load` gives the admission state now (the
     load report: slots, running, queued, owner_busy); `configured_slots` is --jobs."""
 
-    def __init__(self, load: Callable[[], dict[str, Any]], configured_slots: int) -> None:
+    def __init__(
+        self,
+        load: Callable[[], dict[str, Any]],
+        configured_slots: int,
+        memory_held: Callable[[], int] = lambda: 0,
+    ) -> None:
         self._lock = threading.Lock()
         self.connections = 0
         self.outcomes = dict.fromkeys(OUTCOMES, 0)
@@ -53,7 +58,7 @@ class Metrics:
         self.jail_teardown = _histogram(
             self.registry, "jail_teardown", "tearing a jail down", _JAIL_BUCKETS
         )
-        self.registry.register(_Collector(self, load, configured_slots))
+        self.registry.register(_Collector(self, load, configured_slots, memory_held))
 
     def connection(self) -> None:
         with self._lock:
@@ -163,9 +168,14 @@ class _Collector:
     """Counters and gauges made at scrape time from the counts and the admission state."""
 
     def __init__(
-        self, metrics: Metrics, load: Callable[[], dict[str, Any]], configured_slots: int
+        self,
+        metrics: Metrics,
+        load: Callable[[], dict[str, Any]],
+        configured_slots: int,
+        memory_held: Callable[[], int],
     ) -> None:
         self.metrics, self.load, self.configured_slots = metrics, load, configured_slots
+        self.memory_held = memory_held
 
     def collect(self) -> Iterator[Metric]:
         m, load = self.metrics, self.load()
@@ -192,6 +202,11 @@ class _Collector:
         yield GaugeMetricFamily("jailccd_running_jobs", "Jobs running now", load["running"])
         yield GaugeMetricFamily(
             "jailccd_owner_busy", "1 while the desktop's owner works", int(load["owner_busy"])
+        )
+        yield GaugeMetricFamily(
+            "jailccd_memory_held_bytes",
+            "Bytes large job frames hold now (of each user's --user-memory), all users",
+            self.memory_held(),
         )
 
 

@@ -142,7 +142,7 @@ class JobService:
         self.user_log = PeerLog(10 * config.peer_log_lines)
         self.workers = _Workers()
         self.listeners: list[socket.socket] = []
-        self.metrics = Metrics(self.load, config.slots)
+        self.metrics = Metrics(self.load, config.slots, self._memory_held)
         self.started = time.monotonic()
         self._stopping = threading.Event()
         # Set on SIGHUP, which the monitor sends once it has rescanned the images.
@@ -773,7 +773,7 @@ class _Questions:
         if granted:
             return {"ok": True}
         self.service.metrics.job_refused("busy")
-        self.service.peer_log.log(
+        self.service.user_log.log(
             f"memory of {self.user}",
             logging.WARNING,
             "job refused user=%s: its jobs would hold %d MiB, past --user-memory (%d MiB)",

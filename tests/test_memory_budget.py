@@ -65,7 +65,7 @@ def _service(budget: int) -> SimpleNamespace:
         active={},
         active_lock=threading.Lock(),
         metrics=SimpleNamespace(job_refused=lambda code: logged.append(code)),
-        peer_log=SimpleNamespace(log=lambda *args: logged.append(args[0])),
+        user_log=SimpleNamespace(log=lambda *args: logged.append(args[0])),
         logged=logged,
     )
 

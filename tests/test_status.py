@@ -182,7 +182,7 @@ def test_metrics_count_jobs_by_outcome_and_time_them(server, tmp_path):
     assert "jailccd_jail_teardown_seconds_count" in after
     assert after["jailccd_queue_length"] == 0 and after["jailccd_running_jobs"] == 0
     assert after["jailccd_slots"] == 2 and after["jailccd_slots_now"] == 2
-    assert after["jailccd_owner_busy"] == 0
+    assert after["jailccd_owner_busy"] == 0 and after["jailccd_memory_held_bytes"] == 0
     totals = fetch_status(local(server))["totals"]
     assert totals["refused"].get("policy", 0) >= 1 and totals["failed"] >= 1
 
