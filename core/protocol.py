@@ -19,7 +19,15 @@ import socket
 import struct
 import time
 
-from jailcc.wire import MAX_HEADER, U32, is_size, json_object, recv_exact, recv_start
+from jailcc.wire import (
+    MAX_HEADER,
+    U32,
+    is_size,
+    json_object,
+    parsed_size,
+    recv_exact,
+    recv_start,
+)
 
 TYPE_CHECKING = False  # typing costs milliseconds to import, on every compile; type checkers know
 if TYPE_CHECKING:
@@ -170,10 +178,11 @@ def _recv_exact(sock: socket.socket | DeadlineSocket, size: int) -> bytes:
     return recv_exact(sock, size, TruncatedFrame)
 
 
-# `reserve`: asked what a frame will hold in memory before it is read, and again before its
-# blobs are decompressed: the wire bytes (a sealed frame's three times over: the token, the
-# unwrapped message and the blobs cut from it), then those plus the declared decompressed
-# sizes. Its False refuses the frame (OverBudget).
+# `reserve`: asked what a frame will hold in memory before it is read, before its header is
+# parsed and before its blobs are decompressed: the wire bytes (a sealed frame's three times
+# over: the token, the unwrapped message and the blobs cut from it), then those plus what the
+# header parses to (wire.parsed_size), then those plus the declared decompressed sizes. Its
+# False refuses the frame (OverBudget).
 
 
 class OverBudget(ProtocolError):
@@ -321,7 +330,12 @@ def _parse(
         raise ProtocolError(f"unknown frame type {frame_type}")
     if head_len > header_cap(frame_type) or 5 + head_len > body_len:
         raise ProtocolError("bad header length")
-    header = json_object(read(head_len), ProtocolError)
+    head = read(head_len)
+    parsed = parsed_size(head) if reserve is not None else 0
+    if parsed and not reserve(body_len, parsed):
+        raise OverBudget(f"a frame of {body_len} bytes whose header parses to {parsed}")
+    header = json_object(head, ProtocolError)
+    del head
     sizes = header.pop("blobs", [])
     raws = header.pop("raw", [None] * len(sizes) if isinstance(sizes, list) else None)
     if (
@@ -339,7 +353,7 @@ def _parse(
     unpacked = sum(r for r in raws if r is not None)
     if unpacked + sum(s for s, r in zip(sizes, raws, strict=True) if r is None) > limit:
         raise ProtocolError(f"frame would decompress to more than {limit} bytes")
-    if unpacked and reserve is not None and not reserve(body_len, unpacked):
+    if unpacked and reserve is not None and not reserve(body_len, parsed + unpacked):
         raise OverBudget(f"a frame of {body_len} bytes that unpacks to {unpacked} more")
     blobs = []
     for size, raw in zip(sizes, raws, strict=True):

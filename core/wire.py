@@ -37,6 +37,12 @@ MAX_PACKET = 64 * 1024
 # How deep a JSON header may nest. Ours nest three deep; much deeper would make the decoder, or
 # any later repr or re-encoding of the header, recurse past Python's limit (RecursionError).
 MAX_NESTING = 32
+# How many values a JSON header may hold: a tree job's 20000 files and as many image files
+# (about 140000), its RESULT's 50000 reads and 100000 misses (about 250000), with room. Each
+# costs up to about 100 bytes once parsed (an empty object 64, its place in a list 8) against
+# 2 or 3 on the wire, so without a cap an 8 MiB header of "{}," would take some 250 MiB.
+MAX_JSON_VALUES = 1 << 19
+PARSED_VALUE_BYTES = 100  # a value's cost once parsed, for a budget (parsed_size)
 
 
 class WireError(Exception):
@@ -88,8 +94,22 @@ def recv_exact(sock: socket.socket, size: int, error: type[Exception] = WireErro
     return b"".join(parts)
 
 
+def json_values(raw: bytes) -> int:
+    """About how many values the JSON text holds (its separators and containers; those in
+    strings count too, which errs high), at C speed."""
+    return raw.count(b",") + raw.count(b"[") + raw.count(b"{") + 1
+
+
+def parsed_size(raw: bytes) -> int:
+    """About the most memory the JSON text takes once parsed, for a budget."""
+    return 2 * len(raw) + PARSED_VALUE_BYTES * json_values(raw)
+
+
 def json_object(raw: bytes, error: type[Exception] = WireError) -> dict[str, Any]:
-    """The JSON object in raw, or `error`: malformed, not an object, or nested too deep."""
+    """The JSON object in raw, or `error`: malformed, not an object, nested too deep or holding
+    more than MAX_JSON_VALUES values."""
+    if json_values(raw) > MAX_JSON_VALUES:
+        raise error(f"malformed header: more than {MAX_JSON_VALUES} values")
     # Counting brackets is cheap; only a header with many of them needs the real scan.
     if raw.count(b"[") + raw.count(b"{") > MAX_NESTING and _nesting(raw) > MAX_NESTING:
         raise error(f"malformed header: nested more than {MAX_NESTING} deep")

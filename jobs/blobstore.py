@@ -73,6 +73,14 @@ class BlobStore:
     def end_job(self) -> None:
         """Nothing to let go of: the blobs are the store."""
 
+    def memory(self) -> int:
+        """The bytes this store keeps in memory between jobs."""
+        return self.total
+
+    def clear(self) -> None:
+        self._blobs.clear()
+        self.total = 0
+
     def get(self, digest: str) -> bytes:
         """A blob held (KeyError otherwise), now the most recently used."""
         self._blobs.move_to_end(digest)
@@ -138,6 +146,14 @@ class SharedBlobStore:
 
     def end_job(self) -> None:
         """Let go of the current job's blobs: a jail kept for later holds no job's files."""
+        self._current = {}
+
+    def memory(self) -> int:
+        """Nothing in memory between jobs: the files are the tmpfs's (counted against the
+        memory of the jail that wrote each, and --store-mb for the user's)."""
+        return 0
+
+    def clear(self) -> None:
         self._current = {}
 
     def add(self, digest: str, data: bytes, keep: Collection[str] = ()) -> None:

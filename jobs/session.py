@@ -51,32 +51,49 @@ SEND_TIMEOUT = 60.0
 _INPUT_NAME = re.compile(r"[A-Za-z0-9_+.,=@%-]{1,200}\.(i|ii)")  # fullmatch: "$" allows "\n"
 
 
-# A frame that will hold more than this in memory asks the server first (its user's
-# --user-memory budget), and holds it until its job ends: one user's connections could each
-# hold three times --max-input while frames arrive and unpack. Smaller ones ask nothing, so
-# common jobs pay no round trip.
+# Memory for a job past this asks the server first (its user's --user-memory budget), and
+# is held until the job ends: one user's connections could each hold three times --max-input
+# while frames arrive and unpack, or a tree's files. Less asks nothing, so common jobs pay no
+# round trip.
 RESERVE_FROM = 8 << 20
 
 
 class _Reservation:
-    """The memory this connection's current job holds, as the server's budget counts it: the
-    `reserve` of proto.recv."""
+    """The memory this connection holds, as the server's budget counts it: what the jail keeps
+    between jobs (an in-memory blob store), the current job's tree files, and the largest
+    frame of the job so far (proto.recv's `reserve`, which calls it with a frame's need)."""
 
     def __init__(self, init: JailInit) -> None:
         self.init, self.held = init, 0
+        self.kept = self.tree = self.frame = 0
 
-    def __call__(self, nbytes: int) -> bool:
-        if nbytes <= self.held or (nbytes < RESERVE_FROM and not self.held):
+    def __call__(self, frame: int) -> bool:
+        self.frame = max(self.frame, frame)
+        return self._want(self.kept + self.tree + self.frame)
+
+    def tree_files(self, size: int) -> bool:
+        """The current tree job's files, held from the store's first look until the job ends."""
+        self.tree = size
+        return self._want(self.kept + self.tree + self.frame)
+
+    def end_job(self, kept: int) -> bool:
+        """The job's frames and files are let go of; `kept` bytes stay. False if the server
+        will not count them (the caller then lets them go too)."""
+        self.tree = self.frame = 0
+        self.kept = kept
+        target = kept if kept >= RESERVE_FROM else 0
+        if target < self.held:
+            self.held = target
+            self.init.ask({"what": "reserve", "bytes": target})
+        return self._want(target)
+
+    def _want(self, total: int) -> bool:
+        if total <= self.held or (total < RESERVE_FROM and not self.held):
             return True
-        if self.init.ask({"what": "reserve", "bytes": nbytes}).get("ok") is not True:
+        if self.init.ask({"what": "reserve", "bytes": total}).get("ok") is not True:
             return False
-        self.held = nbytes
+        self.held = total
         return True
-
-    def release(self) -> None:
-        if self.held:
-            self.held = 0
-            self.init.ask({"what": "reserve", "bytes": 0})
 
 
 class JobRejected(Exception):
@@ -131,7 +148,9 @@ def serve(init: JailInit, conn: socket.socket, params: dict[str, Any], token: by
             # Nothing of the last job is kept while the client is silent: a connection that
             # only waits must not hold its inputs (up to twice --max-input) for the idle time.
             header = blobs = job = original = None
-            reservation.release()
+            if not reservation.end_job(store.memory()):
+                store.clear()  # what the server will not count is not kept
+                reservation.end_job(0)
             if not _speaks_within(conn, IDLE_TIMEOUT):
                 return None  # idle this long between jobs: a clean end (the proxy opens anew)
             conn.settimeout(IDLE_TIMEOUT)
@@ -151,10 +170,15 @@ def serve(init: JailInit, conn: socket.socket, params: dict[str, Any], token: by
                 init.keep_alive = _keep_alive(channel, header)
                 if kind == "tree":
                     original, listed = header, "listing" in header
-                    header = tree.with_base(_with_listing(channel, store, header), base)
+                    header = tree.with_base(
+                        _with_listing(channel, store, header, reservation), base
+                    )
                     job: Any = tree.check_job(
                         params, header, blobs, init.limits, store.cap, _image()
                     )
+                    # Its files are held in memory from the store's first look to its end.
+                    if not reservation.tree_files(sum(job.sizes.values())):
+                        raise proto.OverBudget(f"a tree of {sum(job.sizes.values())} bytes")
                 elif kind == "preprocessed":
                     job = _check_job(params, header, blobs)
                 else:
@@ -417,7 +441,10 @@ _BY_LISTING = frozenset({"id", "kind", "image", "listing", "alive"})
 
 
 def _with_listing(
-    channel: proto.Channel, store: BlobStore | SharedBlobStore, header: dict[str, Any]
+    channel: proto.Channel,
+    store: BlobStore | SharedBlobStore,
+    header: dict[str, Any],
+    reservation: _Reservation,
 ) -> dict[str, Any]:
     """The whole header from the listing it names (PROTOCOL.md, "listing"): a blob of the
     store, or, when the store lacks it, asked for (NEED) like any other."""
@@ -440,7 +467,7 @@ def _with_listing(
         channel.send(proto.NEED, {"id": job_id, "missing": [ref]})
         channel.sock.settimeout(IDLE_TIMEOUT)
         cap = proto.MAX_TREE_HEADER
-        frame_type, answer, blobs = channel.recv(cap + cap // 128 + 1024, cap)
+        frame_type, answer, blobs = channel.recv(cap + cap // 128 + 1024, cap, reservation)
         if (
             frame_type != proto.BLOBS
             or answer.get("id") != job_id
@@ -455,6 +482,8 @@ def _with_listing(
             raise _BadBlobs(job_id, str(exc)) from None
         except StoreFull:
             pass  # larger than this server's whole store: used for this job, not kept
+    if not reservation(len(data) + wire.parsed_size(data)):
+        raise proto.OverBudget(f"a listing of {len(data)} bytes")
     try:
         job = wire.json_object(data)
     except wire.WireError as exc:
@@ -482,8 +511,11 @@ def _fetch_blobs(
         budget = sum(outstanding.values())
         channel.sock.settimeout(IDLE_TIMEOUT)
         # Never more than what is still due (LZ4 may grow incompressible data a little).
+        # (The blobs it brings are the tree's files, counted already: only the rest counts.)
         frame_type, header, blobs = channel.recv(
-            budget + budget // 128 + (1 << 20), budget, reservation
+            budget + budget // 128 + (1 << 20),
+            budget,
+            lambda need, due=budget: reservation(max(0, need - due)),
         )
         if frame_type != proto.BLOBS:
             raise _BadBlobs(job.id, f"expected BLOBS, got {proto.FRAME_NAMES[frame_type]}")

@@ -763,7 +763,9 @@ class _Questions:
     def _reserve(self, question: dict[str, Any]) -> dict[str, Any]:
         """A new total for this connection: granted while the user's connections together stay
         within the budget (giving back always is); the jail reads the frame only if granted."""
-        wanted = _size(question.get("bytes"))
+        wanted = question.get("bytes")
+        if not (type(wanted) is int and 0 <= wanted <= MAX_COUNTED_BYTES):
+            return {"ok": False, "error": "a reservation is a number of bytes"}
         budget = self.service.config.user_memory
         with self.service.active_lock:
             others = self.service.reserved.get(self.share, 0) - self.reserved

@@ -10,6 +10,7 @@ from types import SimpleNamespace
 
 import pytest
 from jailcc import protocol as proto
+from jailcc import wire
 from jailcc.server.service import QUESTIONS, _Questions
 
 MiB = 1 << 20
@@ -24,37 +25,54 @@ def _send_in_thread(sock: socket.socket, data: bytes) -> threading.Thread:
 def test_a_large_frame_is_read_only_once_reserved_and_dropped_when_not() -> None:
     big = bytes(range(256)) * (4 * MiB // 256)  # 4 MiB, barely compressible
     zeros = b"\0" * (6 * MiB)  # LZ4 makes a few KiB of it
+    pad = {"pad": [{}] * 200_000}  # 600 KB of JSON, some 20 MB once parsed
     asked: list[int] = []
-    answers = iter([False, True, True, False, True])
+    limit = [0]
 
     def reserve(nbytes: int) -> bool:
         asked.append(nbytes)
-        return next(answers)
+        return nbytes <= limit[0]
+
+    def recv() -> tuple[int, dict, list]:
+        asked.clear()
+        return proto.recv(ours, 8 * MiB, 8 * MiB, reserve=reserve)
 
     ours, theirs = socket.socketpair()
     with ours, theirs:
-        data = (
-            proto.encode(proto.JOB, {"n": 1}, [big])  # refused before it is read
-            + proto.encode(proto.JOB, {"n": 2}, [big])  # granted
-            + proto.encode(proto.JOB, {"n": 3}, [zeros], [True])  # wire granted, unpacked not
-            + proto.encode(proto.JOB, {"n": 4}, [b"small"])
-        )
-        sender = _send_in_thread(theirs, data)
+        frames = [
+            proto.encode(proto.JOB, {"n": 1}, [big]),  # refused before it is read
+            proto.encode(proto.JOB, {"n": 2}, [big]),  # granted
+            proto.encode(proto.JOB, {"n": 3}, [zeros], [True]),  # its unpacking refused
+            proto.encode(proto.JOB, {"n": 4, **pad}),  # its parsing refused
+            proto.encode(proto.JOB, {"n": 5}, [b"small"]),
+        ]
+        sender = _send_in_thread(theirs, b"".join(frames))
+        limit[0] = MiB
         with pytest.raises(proto.OverBudget):
-            proto.recv(ours, 8 * MiB, reserve=reserve)
-        wire = asked[0]
-        assert wire > len(big)
-        _, header, blobs = proto.recv(ours, 8 * MiB, reserve=reserve)
-        assert header["n"] == 2 and blobs == [big] and asked[1] == wire
+            recv()
+        assert asked == [len(frames[0]) - 4]  # its length, asked for before the rest is read
+        limit[0] = 16 * MiB
+        _, header, blobs = recv()
+        assert header["n"] == 2 and blobs == [big] and asked[0] == len(frames[1]) - 4
+        limit[0] = len(frames[2]) + 1000
         with pytest.raises(proto.OverBudget, match="unpacks"):
-            proto.recv(ours, 8 * MiB, 8 * MiB, reserve=reserve)
-        assert asked[3] == asked[2] + len(
-            zeros
-        )  # the wire bytes, then those and what it unpacks to
+            recv()
+        assert asked[-1] >= len(zeros)  # the wire bytes, the header's, and what it unpacks to
+        limit[0] = len(frames[3]) * 4
+        with pytest.raises(proto.OverBudget, match="parses to"):
+            recv()
+        assert asked[-1] > 200_000 * 100
         # Each refused frame was read through to its end: the stream is whole.
-        _, header, blobs = proto.recv(ours, 8 * MiB, reserve=reserve)
-        assert header["n"] == 4 and blobs == [b"small"]
+        _, header, blobs = recv()
+        assert header["n"] == 5 and blobs == [b"small"]
         sender.join(5)
+
+
+def test_a_header_of_too_many_values_is_refused_unparsed() -> None:
+    with pytest.raises(proto.ProtocolError, match="values"):
+        proto.decode(proto.encode(proto.JOB, {"pad": [{}] * (wire.MAX_JSON_VALUES + 1)}), 8 * MiB)
+    header = {"tree": [["a/b.h", "sha256:" + "0" * 64, 100]] * 20000}
+    assert proto.decode(proto.encode(proto.JOB, header), 8 * MiB)[1] == header  # a tree's
 
 
 def _service(budget: int) -> SimpleNamespace:
@@ -90,8 +108,11 @@ def test_one_users_connections_share_one_budget() -> None:
     assert alice1.answer(1, {"what": "reserve", "bytes": 60 * MiB})["ok"] is True
     assert alice1.answer(1, {"what": "reserve", "bytes": 0})["ok"] is True
     assert service.reserved["alice"] == 40 * MiB
-    # Nonsense counts as nothing; a connection that ends gives back what it held.
-    assert alice2.answer(2, {"what": "reserve", "bytes": "lots"})["ok"] is True
+    # Nonsense is refused and changes nothing; a connection that ends gives back what it held.
+    for nonsense in ("lots", True, -1, 1.5, None, 1 << 200):
+        assert alice2.answer(2, {"what": "reserve", "bytes": nonsense})["ok"] is False
+    assert service.reserved["alice"] == 40 * MiB
+    assert alice2.answer(2, {"what": "reserve", "bytes": 0})["ok"] is True
     assert "alice" not in service.reserved
     bob.forget()
     assert service.reserved == {}
@@ -119,11 +140,11 @@ class _PlainContext:
 def test_a_sealed_frame_counts_three_times_its_token() -> None:
     zeros = b"\0" * (6 * MiB)
     asked: list[int] = []
-    answers = iter([True, False, False])
+    limit = [MiB]
 
     def reserve(nbytes: int) -> bool:
         asked.append(nbytes)
-        return next(answers)
+        return nbytes <= limit[0]
 
     ours, theirs = socket.socketpair()
     with ours, theirs:
@@ -133,10 +154,12 @@ def test_a_sealed_frame_counts_three_times_its_token() -> None:
         with pytest.raises(proto.OverBudget, match="unpacks"):
             reader.recv(8 * MiB, 8 * MiB, reserve)
         token = sizes[0] - 4
-        assert asked == [3 * token, 3 * token + len(zeros)]
+        assert asked[0] == 3 * token and asked[-1] >= 3 * token + len(zeros), asked
+        limit[0] = 3 * token - 1
+        asked.clear()
         with pytest.raises(proto.OverBudget, match="sealed frame"):
             reader.recv(8 * MiB, 8 * MiB, reserve)
-        assert asked[2] == 3 * token
+        assert asked == [3 * token]
         ours.setblocking(False)
         with pytest.raises(BlockingIOError):  # the refused token was read through
             ours.recv(1)

@@ -694,3 +694,31 @@ def test_without_the_read_log_the_compilers_dependency_output_tells(
     names = [name for name, _ in header["reads"]]
     assert {"x.c", "inc/a.h", "/usr/include/stdio.h", "/usr/include/stdc-predef.h"} <= set(names)
     check_reads(project, header["reads"])
+
+
+def test_a_tree_or_a_header_past_the_users_memory_is_refused_busy(headers_image, tmp_path):
+    """--user-memory counts a tree job's files (held in the jail's memory from the store's
+    first look to the job's end) and what a header parses to, not only the frames' bytes: a
+    24 MiB tree, or a header of 300000 empty objects (900 KB that parse to some 30 MB), is
+    refused busy with 20 MiB to spend; a 12 MiB tree compiles."""
+    srv = start_server(
+        tmp_path / "srv", headers_image, "--allow-user", "root", "--user-memory", "20"
+    )
+    try:
+        ident = compiler_identity(GCC)
+        for size, answer in ((24 << 20, proto.ERROR), (12 << 20, proto.RESULT)):
+            project = Project(tmp_path / str(size))
+            project.write("src/inc/unread.h", b"/* never included */\n" * (size // 22))
+            with connect(srv) as sock:
+                need, frame_type, header, _ = run(sock, project.job(ident), project.blobs())
+                assert frame_type == answer, header
+                if answer == proto.ERROR:
+                    assert header["code"] == "busy" and need is None, header
+                    sock.settimeout(30)
+                    assert sock.recv(1) == b""  # the connection ended
+        with connect(srv) as sock:
+            padded = project.job(ident, pad=[{}] * 300_000)
+            _, frame_type, header, _ = run(sock, padded, project.blobs())
+            assert frame_type == proto.ERROR and header["code"] == "busy", header
+    finally:
+        stop_server(srv)
