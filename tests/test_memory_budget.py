@@ -163,3 +163,33 @@ def test_a_sealed_frame_counts_three_times_its_token() -> None:
         ours.setblocking(False)
         with pytest.raises(BlockingIOError):  # the refused token was read through
             ours.recv(1)
+
+
+class _Init:
+    """A jail init's questions to the server, answered from a budget."""
+
+    def __init__(self, budget: int) -> None:
+        self.budget, self.asked = budget, []
+
+    def ask(self, question: dict) -> dict:
+        assert question["what"] == "reserve"
+        self.asked.append(question["bytes"])
+        return {"ok": question["bytes"] <= self.budget}
+
+
+def test_a_connection_reserves_its_frames_its_tree_and_what_it_keeps() -> None:
+    from jailcc.jobs.session import RESERVE_FROM, _Reservation
+
+    init = _Init(64 * MiB)
+    reservation = _Reservation(init)  # type: ignore[arg-type]
+    assert reservation(RESERVE_FROM - 1) and init.asked == []  # small: nothing asked
+    assert reservation.tree_files(20 * MiB) and init.asked == [20 * MiB + RESERVE_FROM - 1]
+    assert reservation(MiB) and len(init.asked) == 1  # within what is held
+    assert not reservation.tree_files(64 * MiB)  # the tree and the frame: past the budget
+    # The job ends: what the jail keeps (an in-memory store) stays counted, the rest goes.
+    assert reservation.end_job(10 * MiB) and init.asked[-1] == 10 * MiB
+    assert reservation(20 * MiB) and init.asked[-1] == 30 * MiB
+    assert reservation.end_job(0) and init.asked[-1] == 0
+    # Keeping more than the server will count is refused: the caller lets it go.
+    assert not reservation.end_job(80 * MiB)
+    assert reservation.end_job(0) and reservation.held == 0
