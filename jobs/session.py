@@ -56,6 +56,7 @@ _INPUT_NAME = re.compile(r"[A-Za-z0-9_+.,=@%-]{1,200}\.(i|ii)")  # fullmatch: "$
 # while frames arrive and unpack, or a tree's files. Less asks nothing, so common jobs pay no
 # round trip.
 RESERVE_FROM = 8 << 20
+TREE_ENTRY_BYTES = 400  # a tree's file kept for the next job's tree_delta: path, digest, size
 
 
 class _Reservation:
@@ -140,17 +141,31 @@ def serve(init: JailInit, conn: socket.socket, params: dict[str, Any], token: by
     store = _store(init, params)
     base: tuple[str, list[Any]] | None = None  # (root, tree) of the last tree job answered
     reservation = _Reservation(init)
+    header: Any = None
+    blobs: Any = None
+    job: Any = None
+    original: Any = None
+
+    def let_go() -> None:
+        """The job's inputs are done with once it has run: let go of them, and of their share
+        of the user's memory, before its answer goes out (a client may read that slowly, and
+        send its next job at once). Nothing of a job is kept while the client is silent
+        either: a connection that only waits must not hold its inputs for the idle time."""
+        nonlocal header, blobs, job, original, base
+        header = blobs = job = original = None
+        store.end_job()
+        kept = store.memory() + (len(base[1]) * TREE_ENTRY_BYTES if base else 0)
+        if not reservation.end_job(kept):
+            store.clear()  # what the server will not count is not kept
+            base = None
+            reservation.end_job(0)
+
     init.client_fd = conn.fileno()  # a job stops when its client hangs up
     try:
         conn.settimeout(SEND_TIMEOUT)
         channel.send(proto.READY, params["hello"])
         while True:
-            # Nothing of the last job is kept while the client is silent: a connection that
-            # only waits must not hold its inputs (up to twice --max-input) for the idle time.
-            header = blobs = job = original = None
-            if not reservation.end_job(store.memory()):
-                store.clear()  # what the server will not count is not kept
-                reservation.end_job(0)
+            let_go()
             if not _speaks_within(conn, IDLE_TIMEOUT):
                 return None  # idle this long between jobs: a clean end (the proxy opens anew)
             conn.settimeout(IDLE_TIMEOUT)
@@ -173,9 +188,7 @@ def serve(init: JailInit, conn: socket.socket, params: dict[str, Any], token: by
                     header = tree.with_base(
                         _with_listing(channel, store, header, reservation), base
                     )
-                    job: Any = tree.check_job(
-                        params, header, blobs, init.limits, store.cap, _image()
-                    )
+                    job = tree.check_job(params, header, blobs, init.limits, store.cap, _image())
                     # Its files are held in memory from the store's first look to its end.
                     if not reservation.tree_files(sum(job.sizes.values())):
                         raise proto.OverBudget(f"a tree of {sum(job.sizes.values())} bytes")
@@ -195,14 +208,15 @@ def serve(init: JailInit, conn: socket.socket, params: dict[str, Any], token: by
                 conn.settimeout(SEND_TIMEOUT)
                 # Kept with the answer, for the next job (of any connection) to name it by.
                 listing = (original["listing"], None) if listed else proto.job_listing(header)
+                answered_tree = (job.root, header["tree"])
                 go_on, answered = _run_tree_job(
-                    init, channel, params, job, store, received, listing
+                    init, channel, params, job, store, received, listing, let_go
                 )
-                store.end_job()
                 if answered:
-                    base = (job.root, header["tree"])
+                    base = answered_tree
+                del answered_tree
             else:
-                go_on = _run_job(init, channel, params, job)
+                go_on = _run_job(init, channel, params, job, let_go)
             if not go_on:
                 return "the jail can no longer be used; retired"
     except proto.OverBudget as exc:
@@ -402,8 +416,11 @@ def _result_header(
     }
 
 
-def _run_job(init: JailInit, channel: proto.Channel, params: dict, job: dict) -> bool:
-    """Run one job in a server slot and send its result. False if the jail cannot go on."""
+def _run_job(
+    init: JailInit, channel: proto.Channel, params: dict, job: dict, let_go: Callable[[], None]
+) -> bool:
+    """Run one job in a server slot and send its result, letting go of its inputs first (the
+    caller's let_go drops the caller's). False if the jail cannot go on."""
 
     def execute(limits: RunLimits) -> tuple[dict[str, Any], list[bytes], dict[str, Any]]:
         if job["steps"] == policy.DEBUG_EXACT:
@@ -423,11 +440,14 @@ def _run_job(init: JailInit, channel: proto.Channel, params: dict, job: dict) ->
     )
     if answer is None:
         return go_on
+    job_id = job["id"]
+    job = None  # (and so execute's)
+    let_go()
     result, blobs, _, done, times = answer
     output = blobs[2] if len(blobs) > 2 else None
     channel.send(
         proto.RESULT,
-        {**_result_header(job["id"], result, done, times), "has_output": output is not None},
+        {**_result_header(job_id, result, done, times), "has_output": output is not None},
         [blobs[0], blobs[1], output or b""],
         compress=[False, False, True],
     )
@@ -549,11 +569,12 @@ def _run_tree_job(
     store: BlobStore | SharedBlobStore,
     received: int,
     listing: tuple[str, bytes | None],
+    let_go: Callable[[], None],
 ) -> tuple[bool, bool]:
     """Run a tree job in a server slot, its work dir mounted at its root, and answer it:
-    (whether the connection goes on, whether the answer was a RESULT). A RESULT names the
-    job's listing (its digest) once the store keeps it (listing: its bytes to keep, or None
-    when the job came by it)."""
+    (whether the connection goes on, whether the answer was a RESULT), letting go of its
+    files first (let_go). A RESULT names the job's listing (its digest) once the store keeps
+    it (listing: its bytes to keep, or None when the job came by it)."""
     data = [store.get(digest) for _, digest in job.files]
     for (_, digest), blob in zip(job.files, data, strict=True):
         if len(blob) != job.sizes[digest]:  # the job's checks went by the sizes it gave
@@ -570,10 +591,13 @@ def _run_tree_job(
     )
     if answer is None:
         return go_on, False
+    job_id, driver = job.id, job.driver
+    job = data = None  # (and so execute's)
+    let_go()
     result, blobs, extra, done, times = answer
     if extra["reads"] is None and result["exit_code"] == 0:
         message = "the jail could not tell which files the compile read"
-        channel.send(proto.ERROR, {"code": "tree", "id": job.id, "message": message})
+        channel.send(proto.ERROR, {"code": "tree", "id": job_id, "message": message})
         return go_on, False
     listing_ref, listing_bytes = listing
     if listing_bytes is not None:
@@ -584,9 +608,9 @@ def _run_tree_job(
     channel.send(
         proto.RESULT,
         {
-            **_result_header(job.id, result, done, times),
+            **_result_header(job_id, result, done, times),
             **({"listing": listing_ref} if listing_ref else {}),
-            **({"driver": job.driver} if job.driver else {}),
+            **({"driver": driver} if driver else {}),
             "has_output": bool(extra["outputs"]),
             "outputs": extra["outputs"],
             "reads": extra["reads"] or [],

@@ -322,7 +322,7 @@ def test_one_users_large_inputs_stay_within_user_memory(gcc_image, identity, tmp
     """--user-memory bounds what one user's large frames hold at once across connections: a
     frame past 8 MiB is read only once its jail is granted its share. One connection holds 12
     of the 20 MiB while its frame trickles in; another's 12 MiB job is refused as busy (its
-    bytes read and dropped, the connection ended), and once the first job is done the same
+    bytes read and dropped, the connection ended), and once the first job is answered the same
     job goes through."""
     srv = start_server(tmp_path / "srv", gcc_image, "--allow-user", "root", "--user-memory", "20")
     host = Host("unix", str(srv.socket_path))
@@ -345,10 +345,8 @@ def test_one_users_large_inputs_stay_within_user_memory(gcc_image, identity, tmp
             assert second.recv(1) == b""  # the connection ended
             first.sendall(frame[len(frame) // 2 :])
             assert proto.expect(first, proto.RESULT)[0]["exit_code"] == 0
-        deadline = time.monotonic() + 30
-        while fetch_status(host).get("memory_held", 0):
-            assert time.monotonic() < deadline, "the first job's share was never given back"
-            time.sleep(0.05)
+            # Given back before the answer went out: the user's next job may come at once.
+            assert fetch_status(host)["memory_held"] == 0
         with srv.connect() as third:
             hello(third)
             third.sendall(frame)
