@@ -21,9 +21,11 @@ import time
 
 from jailcc.wire import (
     MAX_HEADER,
+    MAX_JSON_VALUES,
     U32,
     is_size,
     json_object,
+    json_values,
     parsed_size,
     recv_exact,
     recv_start,
@@ -331,7 +333,8 @@ def _parse(
     if head_len > header_cap(frame_type) or 5 + head_len > body_len:
         raise ProtocolError("bad header length")
     head = read(head_len)
-    parsed = parsed_size(head) if reserve is not None else 0
+    # (Past the cap on values json_object refuses it: nothing to reserve for.)
+    parsed = parsed_size(head) if reserve and json_values(head) <= MAX_JSON_VALUES else 0
     if parsed and not reserve(body_len, parsed):
         raise OverBudget(f"a frame of {body_len} bytes whose header parses to {parsed}")
     header = json_object(head, ProtocolError)
