@@ -5,6 +5,7 @@ be trusted to equal a local compile's, so the caller compiles locally instead.""
 from __future__ import annotations
 
 import os
+import re
 import select
 import socket
 import sys
@@ -55,6 +56,7 @@ _KILLED = (b"signal terminated program", b"failed due to signal")
 # The driver could not run a program of its own (an image without the assembler, say): every
 # compile there would fail so.
 _CANNOT_RUN = (b"cannot execute '", b"error trying to exec '", b"unable to execute command")
+_PIPE = frozenset(("-pipe", "--pipe"))
 _CRASHES = (
     b"internal compiler error",
     b"PLEASE submit a bug report",
@@ -268,6 +270,12 @@ def finish(
             raise RemoteFailure(str(exc)) from None
         except OSError as exc:  # e.g. a missing directory: the local compile says it properly
             raise RemoteFailure(f"cannot write {job.output}: {exc.strerror}") from None
+    elif not clang and not job.assembly and _PIPE.intersection(job.remote_args):
+        # as ran beside cc1 on a pipe, and the driver deletes its output (or as fails on a
+        # FIFO): what it leaves is the local compile's to say.
+        raise RemoteFailure("a failed gcc -pipe: compiling locally")
+    elif not clang and job.assembly and not outputs.writable(path):
+        raise RemoteFailure(f"cc1 could not open {job.output}: the local compile says so")
     elif outputs.failure_shows_partial_text(path, clang, job.assembly):
         raise RemoteFailure("a failed gcc -S leaves part of its output: compiling locally")
     elif clang or job.assembly:
@@ -447,12 +455,34 @@ def with_color(args: list[str], inv: Invocation, clang: bool) -> list[str]:
     extra = []
     if _wants_color(args, inv) and not (clang and _records_command_line(args, clang)):
         extra.append("-fdiagnostics-color=always")
-    links = (
-        not clang and _links_on_terminal(inv) and not any(a.startswith(_URL_OPTIONS) for a in args)
-    )
-    if links and not _records_command_line(args, clang):
+    if _wants_links(args, inv, clang) and not _records_command_line(args, clang):
         extra.append("-fdiagnostics-urls=always")
     return [*args, *extra] if extra else args
+
+
+# A warning's "[-Wname]" (its bracket coloured apart, on a terminal): where gcc links.
+_OPTION_TAG = re.compile(rb"\[(?:\x1b\[[0-9;]*m\x1b\[K)?-W")
+
+
+def terminal_links_left_out(args: list[str], inv: Invocation, clang: bool, stderr: bytes) -> bool:
+    """Whether the local compile would have printed links from its warnings to their options'
+    documentation that the remote one could not be asked for (gcc keeps the option in the
+    debug info's record of the command line)."""
+    return (
+        _OPTION_TAG.search(stderr) is not None
+        and _wants_links(args, inv, clang)
+        and _records_command_line(args, clang)
+    )
+
+
+def _wants_links(args: list[str], inv: Invocation, clang: bool) -> bool:
+    """gcc, on a terminal it prints links on, told nothing of them or "auto" last."""
+    said = [a for a in args if a.startswith(_URL_OPTIONS)]
+    return (
+        not clang
+        and _links_on_terminal(inv)
+        and (not said or said[-1] == "-fdiagnostics-urls=auto")
+    )
 
 
 def _records_command_line(args: list[str], clang: bool) -> bool:
@@ -509,7 +539,9 @@ def fixed_time_zone(east: int) -> str:
 
 
 def _wants_color(args: list[str], inv: Invocation) -> bool:
-    if any(a.startswith(("-fdiagnostics-color", "-fno-diagnostics-color")) for a in args):
+    """On a terminal, told nothing of colours or "auto" last (GCC_COLORS="" turns them off)."""
+    said = [a for a in args if a.startswith(("-fdiagnostics-color", "-fno-diagnostics-color"))]
+    if said and said[-1] != "-fdiagnostics-color=auto":
         return False
     return inv.env.get("GCC_COLORS") != "" and _on_terminal(inv)
 

@@ -132,6 +132,20 @@ def write(path: str, data: bytes, umask: int, how: str) -> None:
         _replace_atomically(path, data, umask)
 
 
+def writable(path: str) -> bool:
+    """Whether gcc's cc1 could open path for writing (fopen "w", which it does for -S before it
+    reads a line of the source): an existing file, node or symlink's target we may write, or a
+    new one in a directory we may write in. Not a directory."""
+    try:
+        st = os.stat(path)
+    except FileNotFoundError:
+        parent = os.path.dirname(os.path.realpath(path)) or "."
+        return os.access(parent, os.W_OK | os.X_OK)
+    except OSError:
+        return False
+    return not stat.S_ISDIR(st.st_mode) and os.access(path, os.W_OK)
+
+
 def failure_shows_partial_text(path: str, clang: bool, assembly: bool) -> bool:
     """Whether a failed local compile would leave some of its text visible at ``path``:
     gcc's cc1 writes the .s as it goes and the driver then unlinks only the path given, so

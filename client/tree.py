@@ -32,7 +32,7 @@ from collections.abc import Sequence
 from .args import RemoteJob, expand_response_files, same_file
 from .compiler import clang_mode, is_clang
 from .includes import COMPUTED, Analysis, FileRead, IncludeAnalyzer, Unsupported
-from .job import Invocation, Outcome, job_env, with_color
+from .job import Invocation, Outcome, job_env, terminal_links_left_out, with_color
 from .job import finish as write_back
 from .outputs import remove_after_failure
 from .remote import RemoteFailure, RemoteResult
@@ -200,6 +200,12 @@ class TreeBuilder:
             placed[where] = digest
             tree.append((where, digest, f.size))
             paths[digest] = f.path
+        for name in (job.output, job.dep_file):
+            if name is not None and _lexical_parent_differs(cwd, name):
+                raise TreeUnsupported(
+                    f"{name} names its directory through a symlink and '..', which the jail's"
+                    " directories, laid out as the names read, do not follow"
+                )
         outputs = [_absolute(cwd, job.output)]
         if job.dep_file is not None:
             outputs.append(_absolute(cwd, job.dep_file))
@@ -243,7 +249,7 @@ class TreeBuilder:
                     f"{host}: the job hit the server's {result.limit} limit",
                     code=f"limit:{result.limit}",
                 )
-            if result.exit_code != 0 and result.misses is None:
+            if result.exit_code != 0 and (result.misses is None or not result.reads):
                 # Without the read log's names looked for in vain, the jail may have lacked a
                 # header this machine has: the local compile's diagnostics are the exact ones.
                 raise RemoteFailure(f"{host}: the compile failed remotely; compiling locally")
@@ -303,8 +309,21 @@ class TreeBuilder:
         for name in (job.output, job.dep_file):
             if name is not None and not os.path.isdir(os.path.dirname(inv.path(name)) or "."):
                 raise RemoteFailure(f"{name}: its directory is missing here")
+        if any(words in result.stderr for words in _OUTPUT_TROUBLE):
+            raise RemoteFailure("the compile could not write an output: the local one says why")
         if dependencies is not None and job.dep_file is None:
             raise RemoteFailure(f"{host}: the compile sent a dependency file not asked for")
+        if (
+            dependencies is None
+            and job.dep_file is not None
+            and not is_clang(compiler)
+            and b"compilation terminated." not in result.stderr
+        ):
+            # gcc writes its dependency file after any error but a fatal one: another name
+            # than the one expected (a second -MD by -Wp,), which only the local compile tells.
+            raise RemoteFailure(f"{host}: the failed compile sent no dependency file")
+        if terminal_links_left_out(job.remote_args, inv, is_clang(compiler), result.stderr):
+            raise RemoteFailure("the terminal would show links the remote compile left out")
         if dependencies is not None and not plain_rules(dependencies, job.dep_targets):
             raise RemoteFailure(f"{host}: the dependency file holds more than rules")
         plain = result._replace(output=None)
@@ -315,6 +334,15 @@ class TreeBuilder:
             elif is_clang(compiler):
                 remove_after_failure(inv.path(job.dep_file))
         return outcome
+
+
+# cc1 or the driver could not open an output (a name the jail laid out otherwise, a directory
+# where the output goes): the local compile's own failure is another.
+_OUTPUT_TROUBLE = (
+    b"fatal error: opening dependency file",
+    b"' for writing: ",
+    b"fatal error: opening output file",
+)
 
 
 def _sources_note(outcome: Outcome) -> Outcome:
@@ -490,12 +518,13 @@ def check_misses(cwd: str, misses: tuple[str, ...], analyzer: IncludeAnalyzer) -
     for name in misses:
         head, slash, base = name.rpartition("/")
         if base in ("", ".", ".."):
-            head, base = os.path.split(_absolute(cwd, name))
+            head, base = os.path.split(os.path.realpath(os.path.join(cwd, name)))
         wanted.setdefault(head or slash or ".", {})[base] = name
-    # Many names in few directories: each directory's spelling resolved once.
+    # Many names in few directories: each directory's spelling resolved once, as this
+    # machine's kernel resolves it (the jail had no symlink to take "lnk/.." elsewhere).
     by_directory: dict[str, dict[str, str]] = {}
     for head, names in wanted.items():
-        by_directory.setdefault(_absolute(cwd, head), {}).update(names)
+        by_directory.setdefault(_as_the_kernel_names(cwd, head), {}).update(names)
     here = _Listings(analyzer)
     for directory, names in by_directory.items():
         there = sorted(here.names(directory).intersection(names))
@@ -542,6 +571,22 @@ def _search_dirs_to_make(
 
 def _absolute(cwd: str, name: str) -> str:
     return os.path.normpath(os.path.join(cwd, name))
+
+
+def _lexical_parent_differs(cwd: str, name: str) -> bool:
+    """Whether the directory of name, with its ".." taken lexically, is another than the one
+    this machine's kernel finds."""
+    parent = os.path.dirname(os.path.join(cwd, name))
+    if ".." not in parent.split("/"):
+        return False
+    return os.path.realpath(parent) != os.path.realpath(os.path.normpath(parent))
+
+
+def _as_the_kernel_names(cwd: str, name: str) -> str:
+    """name from cwd, normalized only where that cannot change what the kernel finds: a ".."
+    after a symlink leads from the link's target, not back to where the link is."""
+    joined = os.path.join(cwd, name)
+    return joined if ".." in joined.split("/") else os.path.normpath(joined)
 
 
 def _common_root(paths: list[str]) -> str:

@@ -614,7 +614,9 @@ def _run_tree_job(
             "has_output": bool(extra["outputs"]),
             "outputs": extra["outputs"],
             "reads": extra["reads"] or [],
-            **({"misses": extra["misses"] or []} if "misses" in extra else {}),
+            # (None: the read log could not be trusted, and the client must not take the
+            # failure of a compile that it did not check for the answer.)
+            **({"misses": extra["misses"]} if extra.get("misses") is not None else {}),
         },
         blobs,
         compress=[False, False, *(True for _ in blobs[2:])],

@@ -1277,3 +1277,102 @@ def test_a_failed_compile_into_a_directory_missing_here_is_the_local_compiles(pr
         ends.append((done.returncode, [x for x in lines if not x.startswith(b"jailcc: ")]))
     assert ends[1] == ends[0] and b"dependency file" in b"".join(ends[0][1]), ends
     assert b"out/f.o: its directory is missing here" in done.stderr, done.stderr
+
+
+def _twin_runs(tmp_path: Path, env: dict, compiler: str, args: list[str], files: list[str]):
+    """The compile run locally, then through jailcc, in tmp_path, each from the same files
+    (the `files` as left by the setup, restored between the runs): (exit code, stderr, what
+    each of `files` holds, or None) of each, and what jailcc said."""
+    saved = {n: (tmp_path / n).read_bytes() for n in files if (tmp_path / n).is_file()}
+    ends, said = [], b""
+    for command in ([compiler], [JAILCC, compiler]):
+        for n in files:
+            (tmp_path / n).unlink(missing_ok=True)
+        for n, data in saved.items():
+            (tmp_path / n).write_bytes(data)
+        done = subprocess.run(
+            [*command, *args], cwd=tmp_path, env=env, capture_output=True, timeout=120
+        )
+        lines = done.stderr.splitlines(True)
+        said = b"".join(x for x in lines if x.startswith(b"jailcc: "))
+        stderr = b"".join(x for x in lines if not x.startswith(b"jailcc: "))
+        left = {n: (tmp_path / n).read_bytes() if (tmp_path / n).is_file() else None for n in files}
+        ends.append((done.returncode, stderr, left))
+    return ends[0], ends[1], said
+
+
+def _symlinked(tmp_path: Path) -> None:
+    """lnk -> other/deep, so "lnk/.." is other/ to the kernel and tmp_path to the letter."""
+    (tmp_path / "other" / "deep").mkdir(parents=True)
+    (tmp_path / "other" / "deps").mkdir()
+    (tmp_path / "lnk").symlink_to("other/deep")
+
+
+@pytest.mark.parametrize(
+    "case",
+    ["source through the symlink", "header through the symlink", "deps through the symlink"],
+)
+def test_names_through_a_symlink_and_dotdot_compile_as_locally(case, proxy_env, tmp_path):
+    """The jail lays names out as they read ("lnk/.." is the directory lnk is in); this
+    machine's kernel takes ".." from lnk's target. A job whose names go that way must end as
+    the local compile does, not fail in the jail (and a failure must not be taken for the
+    answer unchecked)."""
+    _symlinked(tmp_path)
+    (tmp_path / "other" / "h.h").write_text("#define H 1\n")
+    (tmp_path / "other" / "a.c").write_text("int a = 1;\n")
+    (tmp_path / "m.c").write_text('#include "lnk/../h.h"\nint m = H;\n')
+    args = {
+        "source through the symlink": ["-c", "lnk/../a.c", "-o", "a.o"],
+        "header through the symlink": ["-c", "m.c", "-o", "a.o"],
+        "deps through the symlink": ["-c", "m.c", "-Iother", "-o", "a.o"],
+    }[case]
+    if case == "deps through the symlink":
+        (tmp_path / "m.c").write_text("int m = 1;\n")
+        args += ["-MD", "-MF", "lnk/../deps/a.d"]
+    files = ["a.o", "other/deps/a.d"]
+    local, remote, said = _twin_runs(tmp_path, proxy_env, "gcc-12", args, files)
+    assert local[0] == 0 and remote == local, (local, remote, said)
+
+
+BROKEN = "int f(void) { return undeclared; }\n"
+
+
+@pytest.mark.parametrize(
+    ("case", "args", "files"),
+    [
+        ("-pipe", ["-pipe", "-c", "a.c", "-o", "a.o"], ["a.o"]),
+        ("-S into a directory", ["-S", "a.c", "-o", "adir"], []),
+        ("two -MD names", ["-c", "a.c", "-o", "a.o", "-MD", "-Wp,-MD,b.d"], ["a.o", "a.d", "b.d"]),
+        ("-MMD then -Wp,-MF", ["-c", "a.c", "-o", "a.o", "-MMD", "-Wp,-MF,b.d"], ["a.d", "b.d"]),
+    ],
+)
+def test_a_failed_compile_leaves_what_gcc_leaves(case, args, files, proxy_env, tmp_path):
+    """Where gcc's failure leaves its outputs otherwise than a plain cc1 error does (-pipe
+    deletes the object, cc1 -S opens its output first, cc1 takes the last dependency file's
+    name), the local compile is the answer."""
+    (tmp_path / "a.c").write_text(BROKEN)
+    (tmp_path / "adir").mkdir()
+    for name in files:
+        (tmp_path / name).write_bytes(b"OLD\n")
+    local, remote, said = _twin_runs(tmp_path, proxy_env, "gcc-12", args, files)
+    assert local[0] == 1 and remote == local, (local, remote, said)
+
+
+@pytest.mark.parametrize(
+    "extra", [[], ["-g"], ["-fdiagnostics-color=auto"], ["-g", "-fdiagnostics-urls=auto"]]
+)
+def test_a_failure_on_a_terminal_prints_as_locally(extra, proxy_env, tmp_path):
+    """Colours and gcc's links from a warning to its option's page, on a terminal: "auto"
+    written out is the terminal's choice too, and links that gcc would record in the debug
+    info (-g) the remote compile cannot print: such a failure compiles locally."""
+    (tmp_path / "w.c").write_text("int f(void) { int unused; return 0; }\n")
+    env = {**proxy_env, "TERM": "xterm-256color", "JAILCC_VERBOSE": "0"}
+    printed = []
+    for command in (["gcc-12"], [JAILCC, "gcc-12"]):
+        line = shlex.join([*command, "-Wall", "-Werror", *extra, "-c", "w.c", "-o", "w.o"])
+        done = subprocess.run(
+            ["script", "-qec", line, "/dev/null"], cwd=tmp_path, env=env, capture_output=True
+        )
+        printed.append((done.returncode, done.stdout))
+    assert printed[0] == printed[1] and printed[0][0] == 1, printed
+    assert b"\x1b]8;;https://" in printed[0][1] and b"\x1b[" in printed[0][1]

@@ -699,8 +699,8 @@ def test_without_the_read_log_the_compilers_dependency_output_tells(
 def test_a_tree_or_a_header_past_the_users_memory_is_refused_busy(headers_image, tmp_path):
     """--user-memory counts a tree job's files (held in the jail's memory from the store's
     first look to the job's end) and what a header parses to, not only the frames' bytes: a
-    24 MiB tree, or a header of 300000 empty objects (900 KB that parse to some 30 MB), is
-    refused busy with 20 MiB to spend; a 12 MiB tree compiles."""
+    24 MiB tree, or a header of 200000 empty objects (600 KB, counted as some 40 MB once
+    parsed), is refused busy with 20 MiB to spend; a 12 MiB tree compiles."""
     srv = start_server(
         tmp_path / "srv", headers_image, "--allow-user", "root", "--user-memory", "20"
     )
@@ -717,7 +717,7 @@ def test_a_tree_or_a_header_past_the_users_memory_is_refused_busy(headers_image,
                     sock.settimeout(30)
                     assert sock.recv(1) == b""  # the connection ended
         with connect(srv) as sock:
-            padded = project.job(ident, pad=[{}] * 300_000)
+            padded = project.job(ident, pad=[{}] * 200_000)
             _, frame_type, header, _ = run(sock, padded, project.blobs())
             assert frame_type == proto.ERROR and header["code"] == "busy", header
     finally:
