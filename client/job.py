@@ -271,9 +271,12 @@ def finish(
         except OSError as exc:  # e.g. a missing directory: the local compile says it properly
             raise RemoteFailure(f"cannot write {job.output}: {exc.strerror}") from None
     elif not clang and not job.assembly and _PIPE.intersection(job.remote_args):
-        # as ran beside cc1 on a pipe, and the driver deletes its output (or as fails on a
-        # FIFO): what it leaves is the local compile's to say.
-        raise RemoteFailure("a failed gcc -pipe: compiling locally")
+        # as ran beside cc1 on a pipe, and the driver deletes its output: a file of one name
+        # goes (measured); what as wrote first through a symlink or to a FIFO or another hard
+        # link of it is the local compile's to say.
+        if not outputs.plain_or_missing(path):
+            raise RemoteFailure("a failed gcc -pipe: compiling locally")
+        outputs.remove_after_failure(path)
     elif not clang and job.assembly and not outputs.writable(path):
         raise RemoteFailure(f"cc1 could not open {job.output}: the local compile says so")
     elif outputs.failure_shows_partial_text(path, clang, job.assembly):

@@ -132,6 +132,18 @@ def write(path: str, data: bytes, umask: int, how: str) -> None:
         _replace_atomically(path, data, umask)
 
 
+def plain_or_missing(path: str) -> bool:
+    """Whether path is missing, or a regular file of that one name (no symlink, no other hard
+    link): what a compiler's failed write there leaves is the same whether it wrote or not."""
+    try:
+        st = os.lstat(path)
+    except FileNotFoundError:
+        return True
+    except OSError:
+        return False
+    return stat.S_ISREG(st.st_mode) and st.st_nlink == 1
+
+
 def writable(path: str) -> bool:
     """Whether gcc's cc1 could open path for writing (fopen "w", which it does for -S before it
     reads a line of the source): an existing file, node or symlink's target we may write, or a

@@ -146,15 +146,17 @@ def serve(init: JailInit, conn: socket.socket, params: dict[str, Any], token: by
     job: Any = None
     original: Any = None
 
-    def let_go() -> None:
+    def let_go(answering: int = 0) -> None:
         """The job's inputs are done with once it has run: let go of them, and of their share
         of the user's memory, before its answer goes out (a client may read that slowly, and
-        send its next job at once). Nothing of a job is kept while the client is silent
-        either: a connection that only waits must not hold its inputs for the idle time."""
+        send its next job at once); `answering`: the bytes still held until it has gone (a
+        tree job's listing and its tree, kept for the next job). Nothing of a job is kept while
+        the client is silent either: a connection that only waits must not hold its inputs for
+        the idle time."""
         nonlocal header, blobs, job, original, base
         header = blobs = job = original = None
         store.end_job()
-        kept = store.memory() + (len(base[1]) * TREE_ENTRY_BYTES if base else 0)
+        kept = store.memory() + (len(base[1]) * TREE_ENTRY_BYTES if base else 0) + answering
         if not reservation.end_job(kept):
             store.clear()  # what the server will not count is not kept
             base = None
@@ -569,7 +571,7 @@ def _run_tree_job(
     store: BlobStore | SharedBlobStore,
     received: int,
     listing: tuple[str, bytes | None],
-    let_go: Callable[[], None],
+    let_go: Callable[[int], None],
 ) -> tuple[bool, bool]:
     """Run a tree job in a server slot, its work dir mounted at its root, and answer it:
     (whether the connection goes on, whether the answer was a RESULT), letting go of its
@@ -592,8 +594,9 @@ def _run_tree_job(
     if answer is None:
         return go_on, False
     job_id, driver = job.id, job.driver
+    answering = len(listing[1] or b"") + len(job.files) * TREE_ENTRY_BYTES
     job = data = None  # (and so execute's)
-    let_go()
+    let_go(answering)
     result, blobs, extra, done, times = answer
     if extra["reads"] is None and result["exit_code"] == 0:
         message = "the jail could not tell which files the compile read"

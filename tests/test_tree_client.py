@@ -1279,16 +1279,21 @@ def test_a_failed_compile_into_a_directory_missing_here_is_the_local_compiles(pr
     assert b"out/f.o: its directory is missing here" in done.stderr, done.stderr
 
 
-def _twin_runs(tmp_path: Path, env: dict, compiler: str, args: list[str], files: list[str]):
+def _twin_runs(
+    tmp_path: Path, env: dict, compiler: str, args: list[str], files: list[str], setup=None
+):
     """The compile run locally, then through jailcc, in tmp_path, each from the same files
-    (the `files` as left by the setup, restored between the runs): (exit code, stderr, what
-    each of `files` holds, or None) of each, and what jailcc said."""
+    (the `files` as left by the caller, restored between the runs, or as setup() makes
+    them): (exit code, stderr, what each of `files` holds, or None) of each, and what
+    jailcc said."""
     saved = {n: (tmp_path / n).read_bytes() for n in files if (tmp_path / n).is_file()}
     ends, said = [], b""
     for command in ([compiler], [JAILCC, compiler]):
         for n in files:
             (tmp_path / n).unlink(missing_ok=True)
-        for n, data in saved.items():
+        if setup is not None:
+            setup()
+        for n, data in saved.items() if setup is None else ():
             (tmp_path / n).write_bytes(data)
         done = subprocess.run(
             [*command, *args], cwd=tmp_path, env=env, capture_output=True, timeout=120
@@ -1341,6 +1346,7 @@ BROKEN = "int f(void) { return undeclared; }\n"
     ("case", "args", "files"),
     [
         ("-pipe", ["-pipe", "-c", "a.c", "-o", "a.o"], ["a.o"]),
+        ("-pipe to a hard link", ["-pipe", "-c", "a.c", "-o", "a.o"], ["a.o", "b.o"]),
         ("-S into a directory", ["-S", "a.c", "-o", "adir"], []),
         ("two -MD names", ["-c", "a.c", "-o", "a.o", "-MD", "-Wp,-MD,b.d"], ["a.o", "a.d", "b.d"]),
         ("-MMD then -Wp,-MF", ["-c", "a.c", "-o", "a.o", "-MMD", "-Wp,-MF,b.d"], ["a.d", "b.d"]),
@@ -1352,10 +1358,18 @@ def test_a_failed_compile_leaves_what_gcc_leaves(case, args, files, proxy_env, t
     name), the local compile is the answer."""
     (tmp_path / "a.c").write_text(BROKEN)
     (tmp_path / "adir").mkdir()
-    for name in files:
-        (tmp_path / name).write_bytes(b"OLD\n")
-    local, remote, said = _twin_runs(tmp_path, proxy_env, "gcc-12", args, files)
+
+    def old_outputs() -> None:
+        for name in files:
+            (tmp_path / name).write_bytes(b"OLD\n")
+        if case == "-pipe to a hard link":
+            (tmp_path / "b.o").unlink()
+            os.link(tmp_path / "a.o", tmp_path / "b.o")
+
+    local, remote, said = _twin_runs(tmp_path, proxy_env, "gcc-12", args, files, old_outputs)
     assert local[0] == 1 and remote == local, (local, remote, said)
+    if case == "-pipe":  # the remote failure is the answer: gcc's driver deletes the object
+        assert b"remote" in said and b"locally" not in said, said
 
 
 @pytest.mark.parametrize(
